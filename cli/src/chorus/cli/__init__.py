@@ -1,0 +1,1 @@
+"""chorus.cli — the `chorus` command and the local stack launcher."""

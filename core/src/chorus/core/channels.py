@@ -1,0 +1,154 @@
+"""Channels for service-to-service calls.
+
+`ChannelPool` keeps one `grpc.aio` channel per target per process (create it inside the
+running event loop, e.g. in a FastAPI lifespan; grpc#32480). Every call made through a pooled
+channel carries:
+
+* the caller's identity (`x-chorus-user`, from `chorus.core.identity`) and the internal token;
+* the request id of the RPC being served (`x-request-id`);
+* the caller's remaining deadline as `timeout`, unless the call sets its own.
+
+Idempotent unary RPCs are retried on UNAVAILABLE by gRPC's own retry policy (service config);
+streams are never retried — resume them with `after_seq`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from chorus.core import deadlines, identity
+from chorus.core.settings import CoreSettings
+
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "chorus.v1.ProviderService": ("ListModels",),
+    "chorus.v1.HistoryService": (
+        "GetConversation",
+        "ListConversations",
+        "ListMessages",
+        "AppendMessages",
+        "GetRunRecord",
+        "ListRunRecords",
+        "AppendRunEvents",
+        "ListRunEvents",
+    ),
+    "chorus.v1.RunService": ("GetRun", "ListRuns", "CancelRun", "ListTeamTemplates"),
+}
+"""Unary RPCs safe to retry on UNAVAILABLE (reads, and writes with idempotency keys)."""
+
+
+def service_config() -> str:
+    """gRPC service config JSON with a retry policy for `IDEMPOTENT_METHODS`."""
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [
+                        {"service": service, "method": method}
+                        for service, methods in IDEMPOTENT_METHODS.items()
+                        for method in methods
+                    ],
+                    "retryPolicy": {
+                        "maxAttempts": 4,
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+def outgoing_metadata(token: str | None) -> list[tuple[str, str]]:
+    """Metadata forwarded on an outgoing call from the current context."""
+    md: list[tuple[str, str]] = []
+    ident = identity.current_identity_or_none()
+    if ident is not None:
+        md.append((identity.USER_KEY, ident.user))
+    if token:
+        md.append((identity.TOKEN_KEY, token))
+    request_id = identity.current_request_id()
+    if request_id:
+        md.append((identity.REQUEST_ID_KEY, request_id))
+    return md
+
+
+class _ForwardingInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
+):
+    def __init__(self, token: str | None) -> None:
+        self._token = token
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        present = {key for key, _ in metadata}
+        for key, value in outgoing_metadata(self._token):
+            if key not in present:
+                metadata.add(key, value)
+        timeout = details.timeout
+        if timeout is None:
+            remaining = deadlines.time_remaining()
+            if remaining is not None:
+                timeout = max(remaining, 0.001)
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+
+def channel_options(settings: CoreSettings) -> list[tuple[str, Any]]:
+    """Channel arguments: message sizes, keepalive and the retry service config."""
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config()),
+    ]
+
+
+class ChannelPool:
+    """One channel per target, with identity, request id and deadline forwarding.
+
+    Args:
+        settings: supplies the internal token and channel options.
+    """
+
+    def __init__(self, settings: CoreSettings) -> None:
+        self._settings = settings
+        token = settings.internal_token.get_secret_value() if settings.internal_token else None
+        self._interceptors: Sequence[grpc.aio.ClientInterceptor] = [_ForwardingInterceptor(token)]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, target: str) -> grpc.aio.Channel:
+        """The channel to `target` (`host:port`), created on first use."""
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(
+                target, options=channel_options(self._settings), interceptors=self._interceptors
+            )
+            self._channels[target] = channel
+        return channel
+
+    async def close(self) -> None:
+        """Close every channel (pending calls are cancelled)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()

@@ -1,0 +1,81 @@
+"""Structured logs: JSON lines (structlog) carrying request id, user and run id.
+
+`configure_logging` is called once per process. Context values are bound with
+`structlog.contextvars.bind_contextvars` (the interceptors bind `request_id` and `user`; the
+orchestrator binds `run_id`), so every log line of a request or run carries them. Values of
+keys that look like secrets are replaced by `"***"`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEY = re.compile(r"(token|secret|password|api_?key|authorization|credential)", re.I)
+
+
+def redact_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: replace the value of any secret-looking key with `***`."""
+    for key in list(event_dict):
+        if key != "event" and _SECRET_KEY.search(key):
+            event_dict[key] = "***"
+    return event_dict
+
+
+def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -> None:
+    """Route structlog and stdlib logging to stderr as JSON (or console) lines.
+
+    Args:
+        service: the service name put on every line (`service` key).
+        level: minimum level name (`DEBUG`, `INFO`, …).
+        json: JSON lines when true, coloured console output otherwise.
+    """
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info
+            if json
+            else structlog.processors.StackInfoRenderer(),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service)
+    # Libraries that log through the standard library end up as JSON lines too.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=shared,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    """A structlog logger; `name` is added as the `logger` key."""
+    log = structlog.get_logger()
+    return log.bind(logger=name) if name else log  # type: ignore[no-any-return]

@@ -1,0 +1,180 @@
+"""The gRPC server runner every service uses.
+
+`GrpcServer` builds a `grpc.aio` server with the Chorus interceptors, explicit keepalive and
+message-size options, the standard health service (Check and Watch, one status per service
+name plus the overall `""`) and server reflection. `run_service` runs one until SIGTERM or
+SIGINT, then shuts down gracefully: health goes NOT_SERVING first, then
+`server.stop(grace)` lets in-flight RPCs (streams included) finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from chorus.core.interceptors import ContextInterceptor, MetricsInterceptor
+from chorus.core.logging import configure_logging, get_logger
+from chorus.core.metrics import start_metrics_server
+from chorus.core.settings import ConfigurationError, CoreSettings
+
+log = get_logger("chorus.core.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One servicer to serve.
+
+    Attributes:
+        name: full service name, e.g. `chorus.v1.HistoryService` (health and reflection key).
+        servicer: the servicer instance.
+        add: the generated `add_XxxServicer_to_server` function.
+    """
+
+    name: str
+    servicer: Any
+    add: Callable[[Any, grpc.aio.Server], None]
+
+
+def server_options(settings: CoreSettings) -> list[tuple[str, int]]:
+    """Channel arguments of every Chorus server (names checked: unknown keys are ignored)."""
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class GrpcServer:
+    """A started-on-demand grpc.aio server with health, reflection and interceptors.
+
+    Args:
+        bindings: the services to serve.
+        settings: core settings (host, token, dev mode, options, grace period).
+        port: TCP port; 0 picks a free one (see `port` after `start`).
+    """
+
+    def __init__(
+        self, bindings: Sequence[ServiceBinding], settings: CoreSettings, port: int
+    ) -> None:
+        self.settings = settings
+        self.bindings = list(bindings)
+        self.health = HealthServicer()
+        token = settings.internal_token.get_secret_value() if settings.internal_token else None
+        self.server = grpc.aio.server(
+            interceptors=[
+                MetricsInterceptor(),
+                ContextInterceptor(internal_token=token, dev_mode=settings.dev_mode),
+            ],
+            options=server_options(settings),
+        )
+        for binding in self.bindings:
+            binding.add(binding.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [b.name for b in self.bindings]
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{settings.host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {settings.host}:{port}")
+
+    @property
+    def address(self) -> str:
+        """`host:port` clients dial."""
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start serving; every service reports SERVING."""
+        await self.server.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool, names: Sequence[str] | None = None) -> None:
+        """Report SERVING / NOT_SERVING for `names` (default: every service and `""`)."""
+        status = SERVING if serving else NOT_SERVING
+        for name in names if names is not None else ["", *(b.name for b in self.bindings)]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: health NOT_SERVING, then stop accepting and drain for `grace` s."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_period_s if grace is None else grace)
+
+
+async def run_service(
+    service: str,
+    settings: CoreSettings,
+    port: int,
+    make_bindings: Callable[[], Awaitable[Sequence[ServiceBinding]]],
+    *,
+    on_started: Callable[[GrpcServer], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully.
+
+    Args:
+        service: service name for logs (`provider`, `history`, `orchestrator`).
+        settings: the service's settings; `check_security()` is enforced.
+        port: gRPC port (0 picks one; the bound address is logged as `listening`).
+        make_bindings: builds the servicers (runs inside the event loop, so channels and
+            pools are created on the right loop).
+        on_started: called once the server is SERVING (e.g. to start background sweeps).
+        on_shutdown: called after the server stopped (close pools and channels).
+    """
+    settings.check_security()
+    bindings = await make_bindings()
+    server = GrpcServer(bindings, settings, port)
+    if settings.metrics_port is not None:
+        metrics_port = start_metrics_server(settings.metrics_port, settings.host)
+        log.info("metrics_listening", address=f"http://{settings.host}:{metrics_port}/metrics")
+    await server.start()
+    log.info("listening", address=server.address, services=[b.name for b in bindings])
+    if on_started is not None:
+        await on_started(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting_down", grace_s=settings.grace_period_s)
+    await server.stop()
+    if on_shutdown is not None:
+        await on_shutdown()
+    log.info("stopped")
+
+
+def main(
+    service: str,
+    settings: CoreSettings,
+    port: int,
+    make_bindings: Callable[[], Awaitable[Sequence[ServiceBinding]]],
+    **kwargs: Any,
+) -> None:
+    """Entry point of `python -m chorus.<service>`: logging, uvloop, `run_service`."""
+    configure_logging(service, level=settings.log_level, json=settings.log_json)
+    try:
+        uvloop.run(run_service(service, settings, port, make_bindings, **kwargs))
+    except ConfigurationError as exc:  # one clear line, exit 2
+        log.error("configuration_error", error=str(exc))
+        raise SystemExit(2) from None

@@ -1,0 +1,72 @@
+"""Settings shared by every service, read from `CHORUS_*` environment variables and `.env`.
+
+Each service subclasses `CoreSettings` with its own fields. Secrets are `SecretStr`, so they
+never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigurationError(Exception):
+    """The settings are unusable (the process should exit with a clear message)."""
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+class CoreSettings(BaseSettings):
+    """Configuration every gRPC service reads.
+
+    Environment variables carry the `CHORUS_` prefix (`CHORUS_DEV_MODE=true`); a `.env` file in
+    the working directory is read too. Unknown variables are ignored.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHORUS_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
+
+    dev_mode: bool = Field(
+        False,
+        description="Accept calls without identity (as user `dev`) and run without an internal token.",
+    )
+    internal_token: SecretStr | None = Field(
+        None,
+        description="Shared secret services present in `x-chorus-internal-token`. "
+        "Required unless dev_mode is on.",
+    )
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_json: bool = Field(True, description="JSON logs (true) or human-readable console logs.")
+    metrics_port: int | None = Field(
+        None,
+        description="Port of the Prometheus /metrics endpoint; unset disables it, 0 picks one.",
+    )
+    grace_period_s: float = Field(
+        10.0, gt=0, description="Seconds in-flight RPCs get to finish on SIGTERM/SIGINT."
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, description="Max gRPC message size, both directions, bytes."
+    )
+    keepalive_time_s: float = Field(
+        30.0, gt=0, description="Interval of HTTP/2 keepalive pings on idle connections, seconds."
+    )
+    keepalive_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a keepalive ping's ack before closing."
+    )
+    instance_id: str = Field(
+        default_factory=_default_instance_id, description="This process's id in run records."
+    )
+
+    def check_security(self) -> None:
+        """Raise `ConfigurationError` when the process would accept unauthenticated calls by accident."""
+        if not self.dev_mode and not self.internal_token:
+            raise ConfigurationError(
+                "CHORUS_INTERNAL_TOKEN must be set (or CHORUS_DEV_MODE=true for local development)"
+            )

@@ -1,0 +1,1 @@
+"""chorus.gateway — the HTTP gateway (REST, SSE, WebSocket, web page)."""
