@@ -141,7 +141,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
+                except Exception as exc:
                     await fail(exc, context)
 
             return unary
@@ -154,7 +154,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                         yield item
                 except grpc.aio.AbortError:
                     raise
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     await fail(exc, context)
 
             return stream

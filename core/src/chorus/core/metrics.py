@@ -8,7 +8,6 @@ hence `chorus.core.interceptors.MetricsInterceptor`.
 
 from __future__ import annotations
 
-
 from prometheus_client import Counter, Histogram, start_http_server
 
 STARTED = Counter(
