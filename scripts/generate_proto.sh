@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-out=core/src
+out=${OUT:-core/src}
+mkdir -p "$out"/chorus/v1
 rm -f "$out"/chorus/v1/*_pb2*.py "$out"/chorus/v1/*_pb2*.pyi
 "$PY" -m grpc_tools.protoc \
   -I proto -I third_party/googleapis \

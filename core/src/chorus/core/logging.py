@@ -76,6 +76,11 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    """A structlog logger; `name` is added as the `logger` key."""
-    log = structlog.get_logger()
-    return log.bind(logger=name) if name else log  # type: ignore[no-any-return]
+    """A structlog logger; `name` is added as the `logger_name` key.
+
+    Safe at import time: the logger stays lazy until first use, so it follows the
+    configuration `configure_logging` installs later.
+    """
+    if name:
+        return structlog.get_logger(logger_name=name)  # type: ignore[no-any-return]
+    return structlog.get_logger()  # type: ignore[no-any-return]

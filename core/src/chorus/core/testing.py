@@ -64,7 +64,7 @@ class ServiceProcess:
     """A Chorus service in its own process (`python -m <module>`), on port 0 by default.
 
     Args:
-        module: e.g. `chorus.history`.
+        module: e.g. `chorus.history`, or the path of a `.py` script to run.
         env: extra environment (`CHORUS_*` settings); the parent's environment is inherited.
         log_event: the log line event that carries the bound address.
     """
@@ -79,7 +79,7 @@ class ServiceProcess:
         self._ready = threading.Event()
         full_env = {**os.environ, "CHORUS_LOG_JSON": "true", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [sys.executable, module] if module.endswith(".py") else [sys.executable, "-m", module],
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

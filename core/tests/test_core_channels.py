@@ -1,0 +1,96 @@
+"""ChannelPool: one channel per target; identity, request id and deadline are forwarded."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from chorus.core import deadlines, identity
+from chorus.core.channels import ChannelPool, channel_options
+from chorus.core.server import GrpcServer, ServiceBinding
+from chorus.v1 import provider_service_pb2 as pb
+from chorus.v1 import provider_service_pb2_grpc as pbg
+
+from .conftest import AUTH
+
+
+class Relay(pbg.ProviderServiceServicer):
+    """Front service: ListModels calls the back service through a ChannelPool."""
+
+    def __init__(self, pool: ChannelPool, target: str) -> None:
+        self.stub = pbg.ProviderServiceStub(pool.get(target))
+
+    async def ListModels(self, request, context):
+        return await self.stub.ListModels(request)
+
+
+async def test_identity_request_id_and_deadline_are_forwarded(provider_server, settings):
+    back, recorder = provider_server
+    pool = ChannelPool(settings)
+    front = GrpcServer(
+        [
+            ServiceBinding(
+                "chorus.v1.ProviderService",
+                Relay(pool, back.address),
+                pbg.add_ProviderServiceServicer_to_server,
+            )
+        ],
+        settings,
+        0,
+    )
+    await front.start()
+    try:
+        async with grpc.aio.insecure_channel(front.address) as channel:
+            await pbg.ProviderServiceStub(channel).ListModels(
+                pb.ListModelsRequest(provider="ok"),
+                metadata=(*AUTH, ("x-request-id", "chain-1")),
+                timeout=5,
+            )
+    finally:
+        await front.stop(0)
+        await pool.close()
+    call = recorder.calls[-1]
+    assert call["user"] == "alice"
+    assert call["request_id"] == "chain-1"
+    assert call["remaining"] is not None and 0 < call["remaining"] <= 5
+
+
+async def test_pool_reuses_one_channel_per_target(settings):
+    pool = ChannelPool(settings)
+    try:
+        assert pool.get("127.0.0.1:1") is pool.get("127.0.0.1:1")
+        assert pool.get("127.0.0.1:1") is not pool.get("127.0.0.1:2")
+    finally:
+        await pool.close()
+
+
+async def test_outgoing_call_without_identity_context_is_rejected_downstream(provider_server, settings):
+    back, _ = provider_server
+    pool = ChannelPool(settings)
+    identity.set_identity(None)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pbg.ProviderServiceStub(pool.get(back.address)).ListModels(pb.ListModelsRequest())
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await pool.close()
+
+
+async def test_background_identity_is_forwarded_without_deadline(provider_server, settings):
+    back, recorder = provider_server
+    pool = ChannelPool(settings)
+    identity.set_identity(identity.Identity(identity.SYSTEM_USER, "internal-token"))
+    deadlines.clear_deadline()
+    try:
+        await pbg.ProviderServiceStub(pool.get(back.address)).ListModels(pb.ListModelsRequest(provider="ok"))
+    finally:
+        await pool.close()
+    assert recorder.calls[-1]["user"] == "system"
+    assert recorder.calls[-1]["remaining"] is None
+
+
+def test_channel_options_enable_retries_with_a_service_config(settings):
+    options = dict(channel_options(settings))
+    assert options["grpc.enable_retries"] == 1
+    assert '"retryableStatusCodes": ["UNAVAILABLE"]' in options["grpc.service_config"]
+    assert options["grpc.max_receive_message_length"] == settings.max_message_bytes

@@ -1,0 +1,43 @@
+"""Settings from the environment and JSON logs without secrets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from chorus.core.logging import configure_logging, get_logger
+from chorus.core.settings import ConfigurationError, CoreSettings
+
+
+def test_settings_read_chorus_prefixed_environment(monkeypatch):
+    monkeypatch.setenv("CHORUS_GRACE_PERIOD_S", "2.5")
+    monkeypatch.setenv("CHORUS_INTERNAL_TOKEN", "s3cret")
+    settings = CoreSettings()
+    assert settings.grace_period_s == 2.5
+    assert "s3cret" not in repr(settings)
+
+
+def test_settings_refuse_to_run_without_token_unless_dev_mode():
+    with pytest.raises(ConfigurationError, match="CHORUS_INTERNAL_TOKEN"):
+        CoreSettings(internal_token=None, dev_mode=False).check_security()
+    CoreSettings(internal_token=None, dev_mode=True).check_security()
+
+
+def test_json_logs_carry_context_and_redact_secrets(capsys):
+    configure_logging("test", level="INFO", json=True)
+    structlog.contextvars.bind_contextvars(request_id="r-7", user="alice", run_id="run-1")
+    get_logger("t").info("called", api_key="sk-live-123", authorization="Bearer x", turns=3)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    record = json.loads(line)
+    assert record["event"] == "called"
+    assert (record["request_id"], record["user"], record["run_id"], record["service"]) == (
+        "r-7",
+        "alice",
+        "run-1",
+        "test",
+    )
+    assert record["api_key"] == "***" and record["authorization"] == "***"
+    assert record["turns"] == 3
+    assert "sk-live-123" not in line

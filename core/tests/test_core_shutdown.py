@@ -1,0 +1,71 @@
+"""SIGTERM: health flips to NOT_SERVING first, in-flight streams drain, exit code 0."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chorus.core.testing import ServiceProcess
+from chorus.v1 import provider_service_pb2 as pb
+from chorus.v1 import provider_service_pb2_grpc as pbg
+
+SERVER = str(Path(__file__).with_name("slow_stream_server.py"))
+
+
+async def test_sigterm_drains_in_flight_stream_after_health_goes_not_serving():
+    proc = ServiceProcess(SERVER, env={"CHORUS_DEV_MODE": "true", "CHORUS_GRACE_PERIOD_S": "5"})
+    try:
+        address = await asyncio.to_thread(proc.wait_ready)
+        async with grpc.aio.insecure_channel(address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+            stream = pbg.ProviderServiceStub(channel).StreamChat(pb.StreamChatRequest())
+            received = [await stream.read()]
+            proc.terminate()
+
+            update = await asyncio.wait_for(watch.read(), timeout=5)
+            assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            flipped_at = len(received)
+
+            while (item := await stream.read()) is not grpc.aio.EOF:
+                received.append(item)
+            assert [r.text_delta.text for r in received] == [str(i) for i in range(10)]
+            assert flipped_at < 10, "health must flip before the stream finished"
+            assert await stream.code() == grpc.StatusCode.OK
+        exit_code = await asyncio.to_thread(proc.proc.wait, 10)
+        assert exit_code == 0
+        assert any('"stopped"' in line for line in proc.lines)
+    finally:
+        proc.stop()
+
+
+async def test_new_calls_are_refused_after_sigterm():
+    proc = ServiceProcess(SERVER, env={"CHORUS_DEV_MODE": "true", "CHORUS_GRACE_PERIOD_S": "5"})
+    try:
+        address = await asyncio.to_thread(proc.wait_ready)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stream = pbg.ProviderServiceStub(channel).StreamChat(pb.StreamChatRequest())
+            await stream.read()
+            proc.terminate()
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def not_serving() -> bool:
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                except grpc.aio.AioRpcError:
+                    return True
+                return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            from chorus.core.testing import wait_for
+
+            await wait_for(not_serving, timeout=5)
+            while await stream.read() is not grpc.aio.EOF:
+                pass
+        assert await asyncio.to_thread(proc.proc.wait, 10) == 0
+    finally:
+        proc.stop()
