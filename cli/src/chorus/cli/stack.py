@@ -56,9 +56,24 @@ def stack_services(env: Mapping[str, str]) -> list[Service]:
         return int(env.get(var) or default)
 
     return [
-        Service("provider", "chorus.provider", port("CHORUS_PROVIDER_PORT", 50051), "chorus.v1.ProviderService"),
-        Service("history", "chorus.history", port("CHORUS_HISTORY_PORT", 50052), "chorus.v1.HistoryService"),
-        Service("orchestrator", "chorus.orchestrator", port("CHORUS_ORCHESTRATOR_PORT", 50053), "chorus.v1.RunService"),
+        Service(
+            "provider",
+            "chorus.provider",
+            port("CHORUS_PROVIDER_PORT", 50051),
+            "chorus.v1.ProviderService",
+        ),
+        Service(
+            "history",
+            "chorus.history",
+            port("CHORUS_HISTORY_PORT", 50052),
+            "chorus.v1.HistoryService",
+        ),
+        Service(
+            "orchestrator",
+            "chorus.orchestrator",
+            port("CHORUS_ORCHESTRATOR_PORT", 50053),
+            "chorus.v1.RunService",
+        ),
         Service("gateway", "chorus.gateway", port("CHORUS_GATEWAY_PORT", 8000), None),
     ]
 
@@ -66,7 +81,12 @@ def stack_services(env: Mapping[str, str]) -> list[Service]:
 def stack_environment(base: Mapping[str, str], services: list[Service]) -> dict[str, str]:
     """The environment every process gets: shared internal token, ports and addresses."""
     env = dict(base)
-    env.setdefault("CHORUS_INTERNAL_TOKEN", secrets.token_urlsafe(24))
+    if not env.get("CHORUS_INTERNAL_TOKEN"):
+        # Local development: services bind to loopback and accept calls without the internal
+        # token (identity `dev`, or `x-chorus-user`), so grpcurl and the CLI work as they are.
+        # The gateway still forwards the token it was given, so generate one for it.
+        env["CHORUS_DEV_MODE"] = "true"
+        env["CHORUS_INTERNAL_TOKEN"] = secrets.token_urlsafe(24)
     env.setdefault("CHORUS_LOG_JSON", "false")
     by_name = {s.name: s for s in services}
     for s in services:
@@ -83,7 +103,9 @@ def describe_configuration(env: Mapping[str, str]) -> list[str]:
     if env.get("CHORUS_DATABASE_URL"):
         lines.append("storage: PostgreSQL from CHORUS_DATABASE_URL")
     else:
-        lines.append(f"storage: embedded SQLite in {env.get('CHORUS_DATA_DIR', './data')} (set CHORUS_DATABASE_URL for PostgreSQL)")
+        lines.append(
+            f"storage: embedded SQLite in {env.get('CHORUS_DATA_DIR', './data')} (set CHORUS_DATABASE_URL for PostgreSQL)"
+        )
     if env.get("CHORUS_REDIS_URL"):
         lines.append("cache + live event log: Redis from CHORUS_REDIS_URL")
     else:
@@ -136,7 +158,7 @@ async def _http_ready(service: Service, deadline: float) -> None:
 
     def probe() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310 - loopback URL
+            with urllib.request.urlopen(url, timeout=2) as reply:
                 return bool(reply.status == 200)
         except OSError:
             return False
@@ -147,11 +169,15 @@ async def _http_ready(service: Service, deadline: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: float = 60.0, grace: float = 10.0) -> int:
+async def run_stack(
+    env: Mapping[str, str] | None = None, *, ready_timeout: float = 60.0, grace: float = 10.0
+) -> int:
     """Run the stack until a signal or a crash; return the exit code (0 after a clean stop)."""
     base = dict(os.environ if env is None else env)
     services = stack_services(base)
     full_env = stack_environment(base, services)
+    if full_env.get("CHORUS_DEV_MODE", "").lower() == "true":
+        print("chorus      | dev mode: services on 127.0.0.1 accept calls without the internal token (user 'dev')", flush=True)
     for line in describe_configuration(full_env):
         print(f"chorus      | {line}", flush=True)
     stop = asyncio.Event()
@@ -161,8 +187,12 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
 
     for service in services:
         service.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", service.module,
-            env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            service.module,
+            env=full_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
         )
         service.pump = asyncio.create_task(_pump(service))
@@ -172,9 +202,12 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
     deadline = loop.time() + ready_timeout
     ready = asyncio.create_task(
         asyncio.wait_for(
-            asyncio.gather(*(
-                _grpc_ready(s, deadline) if s.grpc_service else _http_ready(s, deadline) for s in services
-            )),
+            asyncio.gather(
+                *(
+                    _grpc_ready(s, deadline) if s.grpc_service else _http_ready(s, deadline)
+                    for s in services
+                )
+            ),
             ready_timeout,
         )
     )
@@ -182,9 +215,15 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
     done, _ = await asyncio.wait({ready, stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
     if ready in done and ready.exception() is None:
         gateway = services[-1]
-        print(f"chorus      | gateway     http://{gateway.address}  (web page, REST under /api/v1, /docs)", flush=True)
+        print(
+            f"chorus      | gateway     http://{gateway.address}  (web page, REST under /api/v1, /docs)",
+            flush=True,
+        )
         for s in services[:-1]:
-            print(f"chorus      | {s.name:<12}{s.address}  ({s.grpc_service}; try: grpcurl -plaintext {s.address} list)", flush=True)
+            print(
+                f"chorus      | {s.name:<12}{s.address}  ({s.grpc_service}; try: grpcurl -plaintext {s.address} list)",
+                flush=True,
+            )
         if not any(full_env.get(k) for k in PROVIDER_KEYS):
             print(SIMULATOR_BANNER, flush=True)
         print("chorus      | all services SERVING — Ctrl-C stops them", flush=True)
@@ -195,7 +234,10 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
     ready.cancel()
     for task in done & exits.keys():
         s = exits[task]
-        print(f"chorus      | {s.name} exited unexpectedly with code {task.result()}; stopping the rest", flush=True)
+        print(
+            f"chorus      | {s.name} exited unexpectedly with code {task.result()}; stopping the rest",
+            flush=True,
+        )
         code = 1
 
     for s in services:
@@ -207,7 +249,9 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
         try:
             rc = await asyncio.wait_for(s.process.wait(), grace + 2)
         except TimeoutError:
-            print(f"chorus      | {s.name} did not stop within {grace + 2:.0f} s: killed", flush=True)
+            print(
+                f"chorus      | {s.name} did not stop within {grace + 2:.0f} s: killed", flush=True
+            )
             s.process.kill()
             rc = await s.process.wait()
             code = 1

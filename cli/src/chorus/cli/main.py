@@ -1,0 +1,417 @@
+"""`chorus`: run, watch and inspect Chorus runs from the terminal, over gRPC.
+
+Exit codes: 0 success (run completed), 1 run failed, 2 usage error, 3 run cancelled,
+4 the service answered with an error or could not be reached, 5 detached from a live run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.prompt import Prompt
+from rich.table import Table
+
+from chorus.cli.client import Connection
+from chorus.cli.render import RunRenderer
+from chorus.v1 import (
+    chat_pb2,
+    history_service_pb2,
+    provider_service_pb2,
+    run_pb2,
+    run_service_pb2,
+)
+
+EXIT_FAILED, EXIT_CANCELLED, EXIT_RPC_ERROR, EXIT_DETACHED = 1, 3, 4, 5
+
+app = typer.Typer(help="Run and watch Chorus agent teams.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, show, cancel and export runs.", no_args_is_help=True)
+conversations_app = typer.Typer(help="List and show conversations.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(conversations_app, name="conversations")
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+_defaults = Connection.from_env()
+_conn = Connection(**vars(_defaults))
+
+
+@app.callback()
+def connect(
+    orchestrator: Annotated[
+        str, typer.Option(envvar="CHORUS_ORCHESTRATOR_ADDRESS", help="RunService host:port.")
+    ] = _defaults.orchestrator,
+    history: Annotated[
+        str, typer.Option(envvar="CHORUS_HISTORY_ADDRESS", help="HistoryService host:port.")
+    ] = _defaults.history,
+    provider: Annotated[
+        str, typer.Option(envvar="CHORUS_PROVIDER_ADDRESS", help="ProviderService host:port.")
+    ] = _defaults.provider,
+    user: Annotated[
+        str, typer.Option(envvar="CHORUS_USER", help="Identity sent as x-chorus-user.")
+    ] = _defaults.user,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHORUS_INTERNAL_TOKEN", help="Internal token of the stack.", show_default=False
+        ),
+    ] = _defaults.token,
+) -> None:
+    """Connection and identity, from flags or the environment."""
+    _conn.orchestrator, _conn.history, _conn.provider = orchestrator, history, provider
+    _conn.user, _conn.token = user, token
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(coro_fn())
+    except grpc.aio.AioRpcError as err:
+        err_console.print(f"[red]error:[/red] {err.code().name}: {err.details()}")
+        raise typer.Exit(EXIT_RPC_ERROR) from None
+
+
+def _json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message)
+
+
+def _status_name(status: int) -> str:
+    return run_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
+
+
+async def _follow(stream: AsyncIterator[Any], renderer: RunRenderer) -> None:
+    async for item in stream:
+        renderer.handle(item.event)
+
+
+def _parse_models(models: list[str]) -> dict[str, chat_pb2.ModelRef]:
+    out = {}
+    for item in models:
+        agent, sep, ref = item.partition("=")
+        provider, slash, model = ref.partition("/")
+        if not sep or not slash or not agent:
+            raise typer.BadParameter(f"--model expects AGENT=PROVIDER/MODEL, got {item!r}")
+        out[agent] = chat_pb2.ModelRef(provider=provider, model=model)
+    return out
+
+
+def _stream_run(
+    open_stream: Callable[[grpc.aio.Channel], Any], on_interrupt: str, *, after_seq: int = 0
+) -> int:
+    """Render a run stream; handle Ctrl-C by cancelling or detaching. Returns the exit code."""
+    renderer = RunRenderer(console)
+    renderer.last_seq = after_seq
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+            with renderer:
+                await _follow(open_stream(channel), renderer)
+
+    try:
+        asyncio.run(main())
+    except grpc.aio.AioRpcError as err:
+        err_console.print(f"[red]error:[/red] {err.code().name}: {err.details()}")
+        return EXIT_RPC_ERROR
+    except KeyboardInterrupt:
+        if not renderer.run_id:
+            return EXIT_DETACHED
+        choice = on_interrupt
+        if choice == "ask":
+            choice = (
+                Prompt.ask(
+                    "\nCancel the run or detach from it?",
+                    choices=["cancel", "detach"],
+                    default="detach",
+                )
+                if sys.stdin.isatty()
+                else "detach"
+            )
+        if choice == "cancel":
+            reply = _run(lambda: _cancel(renderer.run_id, "cancelled from the chorus CLI"))
+            console.print(reply.message or "cancel requested")
+            return EXIT_CANCELLED
+        console.print(
+            f"detached; follow again with: chorus watch {renderer.run_id} --after {renderer.last_seq}"
+        )
+        return EXIT_DETACHED
+    return {"run_completed": 0, "run_failed": EXIT_FAILED, "run_cancelled": EXIT_CANCELLED}.get(
+        renderer.outcome or "", EXIT_RPC_ERROR
+    )
+
+
+async def _cancel(run_id: str, reason: str) -> run_service_pb2.CancelRunResponse:
+    async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+        return await _conn.runs(channel).CancelRun(
+            run_service_pb2.CancelRunRequest(run_id=run_id, reason=reason), metadata=_conn.metadata
+        )
+
+
+@app.command()
+def run(
+    template: Annotated[
+        str,
+        typer.Argument(help="Team template: duet, assistant, crypto-analysts, article-pipeline, …"),
+    ],
+    input: Annotated[str, typer.Option("--input", "-i", help="Topic, task or message.")],
+    conversation: Annotated[str, typer.Option(help="Conversation id (default: a new one).")] = "",
+    max_turns: Annotated[int, typer.Option(help="Turn limit (0: the team's default).")] = 0,
+    model: Annotated[
+        list[str],
+        typer.Option(help="Override an agent's model: AGENT=PROVIDER/MODEL (repeatable)."),
+    ] = [],  # noqa: B006
+    request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
+    on_interrupt: Annotated[str, typer.Option(help="On Ctrl-C: ask, cancel or detach.")] = "ask",
+) -> None:
+    """Start a run of TEMPLATE and stream it live until it ends."""
+    spec = run_pb2.RunSpec(
+        template=template,
+        input=input,
+        conversation_id=conversation,
+        max_turns=max_turns,
+        request_id=request_id,
+        model_overrides=_parse_models(model),
+    )
+    code = _stream_run(
+        lambda ch: _conn.runs(ch).StreamRun(
+            run_service_pb2.StreamRunRequest(spec=spec), metadata=_conn.metadata
+        ),
+        on_interrupt,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def watch(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    after: Annotated[int, typer.Option("--after", help="Replay events after this seq.")] = 0,
+    on_interrupt: Annotated[str, typer.Option(help="On Ctrl-C: ask, cancel or detach.")] = "detach",
+) -> None:
+    """Follow a run (live or finished) from the event after --after."""
+    code = _stream_run(
+        lambda ch: _conn.runs(ch).WatchRun(
+            run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after), metadata=_conn.metadata
+        ),
+        on_interrupt,
+        after_seq=after,
+    )
+    raise typer.Exit(code)
+
+
+@runs_app.command("list")
+def runs_list(
+    conversation: Annotated[str, typer.Option(help="Only runs of this conversation.")] = "",
+    status: Annotated[
+        str,
+        typer.Option(
+            help="Only runs with this status: queued, running, completed, failed, cancelled."
+        ),
+    ] = "",
+    limit: Annotated[int, typer.Option(help="Page size.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List your runs, newest first."""
+    status_value = 0
+    if status:
+        try:
+            status_value = run_pb2.RunStatus.Value(f"RUN_STATUS_{status.upper()}")
+        except ValueError:
+            raise typer.BadParameter(f"unknown status {status!r}") from None
+
+    async def call() -> run_service_pb2.ListRunsResponse:
+        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+            return await _conn.runs(channel).ListRuns(
+                run_service_pb2.ListRunsRequest(
+                    page_size=limit, conversation_id=conversation, status=status_value
+                ),
+                metadata=_conn.metadata,
+            )
+
+    reply = _run(call)
+    if as_json:
+        console.print_json(data=_json(reply))
+        return
+    table = Table("id", "status", "template", "turns", "created", "input")
+    for r in reply.runs:
+        table.add_row(
+            r.id,
+            _status_name(r.status),
+            r.spec.template or "inline",
+            str(r.turns),
+            r.create_time.ToDatetime().isoformat(timespec="seconds"),
+            r.spec.input[:50],
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """Show one run as JSON."""
+
+    async def call() -> run_service_pb2.GetRunResponse:
+        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+            return await _conn.runs(channel).GetRun(
+                run_service_pb2.GetRunRequest(run_id=run_id), metadata=_conn.metadata
+            )
+
+    console.print_json(data=_json(_run(call).run))
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "cancelled from the chorus CLI",
+) -> None:
+    """Cancel a run (a no-op that says so when it has already ended)."""
+    reply = _run(lambda: _cancel(run_id, reason))
+    console.print(f"{reply.message} (status {_status_name(reply.run.status)})")
+
+
+@runs_app.command("export")
+def runs_export(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+) -> None:
+    """Export a run: its record, its messages and all its events, as JSON."""
+
+    async def call() -> dict[str, Any]:
+        async with grpc.aio.insecure_channel(_conn.history) as channel:
+            history = _conn.history_stub(channel)
+            run_rec = (
+                await history.GetRunRecord(
+                    history_service_pb2.GetRunRecordRequest(run_id=run_id), metadata=_conn.metadata
+                )
+            ).run
+            events: list[dict[str, Any]] = []
+            token = ""
+            while True:
+                page = await history.ListRunEvents(
+                    history_service_pb2.ListRunEventsRequest(
+                        run_id=run_id, page_size=1000, page_token=token
+                    ),
+                    metadata=_conn.metadata,
+                )
+                events.extend(_json(e) for e in page.events)
+                token = page.next_page_token
+                if not token:
+                    break
+            messages = await history.ListMessages(
+                history_service_pb2.ListMessagesRequest(
+                    conversation_id=run_rec.conversation_id, run_id=run_id, page_size=1000
+                ),
+                metadata=_conn.metadata,
+            )
+            return {
+                "run": _json(run_rec),
+                "messages": [_json(m) for m in messages.messages],
+                "events": events,
+            }
+
+    data = json.dumps(_run(call), indent=2)
+    if output:
+        output.write_text(data)
+        console.print(f"wrote {output}")
+    else:
+        sys.stdout.write(data + "\n")
+
+
+@conversations_app.command("list")
+def conversations_list(limit: Annotated[int, typer.Option(help="Page size.")] = 20) -> None:
+    """List your conversations, most recently updated first."""
+
+    async def call() -> history_service_pb2.ListConversationsResponse:
+        async with grpc.aio.insecure_channel(_conn.history) as channel:
+            return await _conn.history_stub(channel).ListConversations(
+                history_service_pb2.ListConversationsRequest(page_size=limit),
+                metadata=_conn.metadata,
+            )
+
+    table = Table("id", "title", "team", "messages", "updated")
+    for c in _run(call).conversations:
+        table.add_row(
+            c.id,
+            c.title,
+            c.team,
+            str(c.message_count),
+            c.update_time.ToDatetime().isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@conversations_app.command("show")
+def conversations_show(
+    conversation_id: Annotated[str, typer.Argument(help="The conversation's id.")],
+) -> None:
+    """Show a conversation and its messages."""
+
+    async def call() -> history_service_pb2.GetConversationResponse:
+        async with grpc.aio.insecure_channel(_conn.history) as channel:
+            return await _conn.history_stub(channel).GetConversation(
+                history_service_pb2.GetConversationRequest(
+                    conversation_id=conversation_id, include_messages=True
+                ),
+                metadata=_conn.metadata,
+            )
+
+    reply = _run(call)
+    console.print(f"[bold]{reply.conversation.title or reply.conversation.id}[/bold]")
+    for m in reply.messages:
+        who = m.agent or chat_pb2.Role.Name(m.role).removeprefix("ROLE_").lower()
+        console.print(f"[cyan]{who}[/cyan]: ", end="")
+        console.print(m.content, markup=False, highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the configured models."""
+
+    async def call() -> provider_service_pb2.ListModelsResponse:
+        async with grpc.aio.insecure_channel(_conn.provider) as channel:
+            return await _conn.provider_stub(channel).ListModels(
+                provider_service_pb2.ListModelsRequest(), metadata=_conn.metadata
+            )
+
+    table = Table("provider", "model", "tools", "reasoning", "context", "credentials")
+    for m in _run(call).models:
+        table.add_row(
+            m.ref.provider,
+            m.ref.model,
+            "yes" if m.capabilities.tools else "no",
+            "yes" if m.capabilities.reasoning else "no",
+            str(m.context_window or "?"),
+            "yes" if m.credentials_present else "no",
+        )
+    console.print(table)
+
+
+@app.command()
+def teams() -> None:
+    """List the team templates."""
+
+    async def call() -> run_service_pb2.ListTeamTemplatesResponse:
+        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+            return await _conn.runs(channel).ListTeamTemplates(
+                run_service_pb2.ListTeamTemplatesRequest(), metadata=_conn.metadata
+            )
+
+    table = Table("name", "kind", "agents", "description")
+    from chorus.v1 import team_pb2
+
+    for t in _run(call).templates:
+        table.add_row(
+            t.name,
+            team_pb2.TeamKind.Name(t.spec.kind).removeprefix("TEAM_KIND_").lower(),
+            ", ".join(a.name for a in t.spec.agents),
+            t.description,
+        )
+    console.print(table)
