@@ -56,6 +56,7 @@ proto-check: $(STAMP) ## fail when the committed generated code is stale
 	rm -rf $$tmp; echo "generated code is up to date"
 
 bench: $(STAMP) ## benchmarks (see bench/README.md); results in bench/results/
+	$(UV) pip install --quiet --python $(PY) --override overrides.txt -r bench/requirements.txt
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:

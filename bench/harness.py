@@ -1,0 +1,217 @@
+"""Processes the benchmarks start: the fake OpenAI-compatible upstream, the Chorus stack on
+PostgreSQL + Redis, LiteLLM's proxy in its own virtualenv, and load-client runs.
+
+Everything binds to 127.0.0.1; every process is stopped when its context exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from chorus.core.testing import ServiceProcess, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+ANCHORS = REPO.parent / "shared" / "anchors"
+RESULTS = REPO / "bench" / "results"
+LITELLM_VENV = REPO / ".venv-litellm"
+LITELLM_KEY = "sk-local-benchmark-key-7f3a9c2e1b5d8f4a6c0e"
+TOKEN = "bench-internal-token"
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} not up within {timeout} s")
+
+
+@contextmanager
+def upstream(delay_ms: float = 0) -> Iterator[str]:
+    """`fake_openai.py` under uvicorn+uvloop; yields its base URL (`http://…/v1`)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "fake_openai:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--log-level",
+            "warning",
+            "--app-dir",
+            str(ANCHORS),
+        ],
+        env={**os.environ, "DELAY_MS": str(delay_ms)},
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v1/models", 30, proc)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def litellm(upstream_base: str) -> Iterator[str | None]:
+    """LiteLLM's proxy (1 worker) in front of `upstream_base`; yields its chat URL, or None
+    when it cannot be installed here. Installed once into `.venv-litellm`."""
+    python = LITELLM_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "litellm[proxy]<1.106", "uvloop"],
+            check=False,
+        )
+        if done.returncode != 0:
+            yield None
+            return
+    port = free_port()
+    config = RESULTS / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: sim\n    litellm_params:\n      model: openai/sim\n"
+        f"      api_base: {upstream_base}\n      api_key: sk-fake\n"
+        f"general_settings:\n  master_key: {LITELLM_KEY}\nlitellm_settings:\n  drop_params: true\n"
+    )
+    proc = subprocess.Popen(
+        [
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, proc)
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A throw-away PostgreSQL database on 127.0.0.1:5432; yields its URL."""
+    import psycopg
+
+    name = f"chorus_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(
+            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Stack:
+    """The four Chorus services as separate processes on free ports."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: dict[str, ServiceProcess] = {}
+        self.addresses: dict[str, str] = {}
+
+    def __enter__(self) -> Stack:
+        base = {
+            **self.env,
+            "CHORUS_INTERNAL_TOKEN": TOKEN,
+            "CHORUS_DEV_MODE": "true",
+            "CHORUS_LOG_LEVEL": "WARNING",
+        }
+        for name in ("provider", "history"):
+            self.procs[name] = ServiceProcess(
+                f"chorus.{name}", env={**base, f"CHORUS_{name.upper()}_PORT": "0"}
+            )
+        for name in ("provider", "history"):
+            self.addresses[name] = self.procs[name].wait_ready(60)
+        wiring = {
+            "CHORUS_PROVIDER_ADDRESS": self.addresses["provider"],
+            "CHORUS_HISTORY_ADDRESS": self.addresses["history"],
+        }
+        self.procs["orchestrator"] = ServiceProcess(
+            "chorus.orchestrator", env={**base, **wiring, "CHORUS_ORCHESTRATOR_PORT": "0"}
+        )
+        self.addresses["orchestrator"] = self.procs["orchestrator"].wait_ready(60)
+        gateway_port = free_port()
+        self.procs["gateway"] = ServiceProcess(
+            "chorus.gateway",
+            env={
+                **base,
+                **wiring,
+                "CHORUS_ORCHESTRATOR_ADDRESS": self.addresses["orchestrator"],
+                "CHORUS_GATEWAY_PORT": str(gateway_port),
+                "CHORUS_AUTH_MODE": "none",
+                "CHORUS_RATE_LIMIT_RUNS": "1000000/minute",
+                "CHORUS_RATE_LIMIT_MESSAGES": "1000000/minute",
+            },
+        )
+        self.procs["gateway"].wait_ready(60)
+        self.addresses["gateway"] = f"http://127.0.0.1:{gateway_port}"
+        return self
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of each service process, MB (from /proc)."""
+        out = {}
+        for name, proc in self.procs.items():
+            for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[name] = int(line.split()[1]) / 1024
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs.values()):
+            proc.stop()
+
+
+def load(
+    mode: str, target: str, concurrency: int, tokens: int, *extra: str, timeout: float = 900
+) -> dict[str, object]:
+    """Run `bench.load_client` in its own process; return its JSON result."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.load_client",
+            mode,
+            target,
+            str(concurrency),
+            str(tokens),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"load client failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]

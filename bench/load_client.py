@@ -1,0 +1,216 @@
+"""Load client for the benchmarks, run in its own process.
+
+    python -m bench.load_client MODE TARGET CONCURRENCY TOKENS [--repeats R] [--model PROVIDER/MODEL]
+        [--tokens-per-second TPS] [--lag]
+
+MODE is where the client attaches:
+  openai        POST TARGET (an OpenAI-compatible /v1/chat/completions: the upstream or LiteLLM)
+  provider      ProviderService.StreamChat at TARGET (host:port)
+  orchestrator  RunService.StreamRun at TARGET (a SINGLE team of one agent, one turn)
+  sse           POST TARGET/api/v1/runs/stream on the gateway (SSE)
+
+Every mode asks for TOKENS output tokens per stream and counts tokens as they arrive (the
+upstream's tokens are ` tokN`, so coalesced deltas count right). Prints one JSON line:
+tokens, tokens_per_s, ttft_p50_ms / ttft_p99_ms (time to first token per stream), errors,
+and with --lag the p50/p99 lag of every token behind its schedule (first token + i / TPS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+import orjson
+
+from chorus.v1 import (
+    chat_pb2,
+    provider_service_pb2,
+    provider_service_pb2_grpc,
+    run_pb2,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    team_pb2,
+)
+
+MD = (("x-chorus-user", "bench"),)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values` by nearest rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def run_spec(model: chat_pb2.ModelRef, tokens: int, tps: float | None) -> run_pb2.RunSpec:
+    agent = team_pb2.AgentSpec(
+        name="writer", model=model, max_output_tokens=tokens, system_prompt="Write."
+    )
+    if tps is not None:
+        agent.simulator.tokens_per_second = tps
+        agent.simulator.output_tokens = tokens
+    return run_pb2.RunSpec(
+        team=team_pb2.TeamSpec(kind=team_pb2.TEAM_KIND_SINGLE, agents=[agent]),
+        input="Go.",
+        max_turns=1,
+    )
+
+
+async def stream_openai(
+    client: httpx.AsyncClient, url: str, tokens: int, key: str
+) -> AsyncIterator[int]:
+    body = {
+        "model": "sim",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_tokens": tokens,
+    }
+    async with client.stream(
+        "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data:") and " tok" in line:
+                yield line.count(" tok")
+
+
+async def stream_sse(
+    client: httpx.AsyncClient, url: str, spec: run_pb2.RunSpec
+) -> AsyncIterator[int]:
+    from google.protobuf import json_format
+
+    body = json_format.MessageToDict(spec)
+    async with client.stream(
+        "POST", f"{url}/api/v1/runs/stream", json=body, headers={"Accept": "text/event-stream"}
+    ) as r:
+        r.raise_for_status()
+        event = ""
+        async for line in r.aiter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "text_delta":
+                text = orjson.loads(line[5:])["textDelta"]["text"]
+                yield max(1, text.count(" tok"))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["openai", "provider", "orchestrator", "sse"])
+    parser.add_argument("target")
+    parser.add_argument("concurrency", type=int)
+    parser.add_argument("tokens", type=int)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--model", default="openai-compatible/sim")
+    parser.add_argument("--key", default="sk-none")
+    parser.add_argument("--tokens-per-second", type=float, default=None)
+    parser.add_argument("--lag", action="store_true")
+    args = parser.parse_args()
+    provider, _, model_name = args.model.partition("/")
+    model = chat_pb2.ModelRef(provider=provider, model=model_name)
+    ttfts: list[float] = []
+    lags: list[float] = []
+    total = 0
+    errors: list[str] = []
+    channel = (
+        grpc.aio.insecure_channel(args.target)
+        if args.mode in ("provider", "orchestrator")
+        else None
+    )
+    client = httpx.AsyncClient(
+        timeout=600, limits=httpx.Limits(max_connections=args.concurrency + 10)
+    )
+
+    def open_stream() -> AsyncIterator[int]:
+        if args.mode == "openai":
+            return stream_openai(client, args.target, args.tokens, args.key)
+        if args.mode == "sse":
+            return stream_sse(
+                client, args.target, run_spec(model, args.tokens, args.tokens_per_second)
+            )
+        assert channel is not None
+        if args.mode == "provider":
+            request = provider_service_pb2.StreamChatRequest(
+                model=model,
+                messages=[provider_service_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content="hi")],
+                max_output_tokens=args.tokens,
+            )
+            if args.tokens_per_second is not None:
+                request.simulator.tokens_per_second = args.tokens_per_second
+                request.simulator.output_tokens = args.tokens
+            call = provider_service_pb2_grpc.ProviderServiceStub(channel).StreamChat(
+                request, metadata=MD
+            )
+
+            async def provider_tokens() -> AsyncIterator[int]:
+                async for item in call:
+                    if item.HasField("text_delta"):
+                        yield max(1, item.text_delta.text.count(" tok"))
+
+            return provider_tokens()
+        run_call = run_service_pb2_grpc.RunServiceStub(channel).StreamRun(
+            run_service_pb2.StreamRunRequest(
+                spec=run_spec(model, args.tokens, args.tokens_per_second)
+            ),
+            metadata=MD,
+        )
+
+        async def run_tokens() -> AsyncIterator[int]:
+            async for item in run_call:
+                if item.event.HasField("text_delta"):
+                    yield max(1, item.event.text_delta.text.count(" tok"))
+
+        return run_tokens()
+
+    async def one() -> None:
+        nonlocal total
+        start = time.perf_counter()
+        first: float | None = None
+        count = 0
+        try:
+            async for n in open_stream():
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                    ttfts.append(now - start)
+                elif args.lag and args.tokens_per_second:
+                    lags.append(now - (first + count / args.tokens_per_second))
+                count += n
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+        total += count
+
+    began = time.perf_counter()
+    for _ in range(args.repeats):
+        await asyncio.gather(*(one() for _ in range(args.concurrency)))
+    elapsed = time.perf_counter() - began
+    await client.aclose()
+    if channel is not None:
+        await channel.close()
+    result = {
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "tokens_requested": args.tokens * args.concurrency * args.repeats,
+        "tokens": total,
+        "tokens_per_s": round(total / elapsed, 1),
+        "ttft_p50_ms": round(1000 * statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p99_ms": round(1000 * percentile(ttfts, 0.99), 3) if ttfts else None,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "elapsed_s": round(elapsed, 3),
+    }
+    if args.lag:
+        result["lag_p50_ms"] = round(1000 * statistics.median(lags), 2) if lags else None
+        result["lag_p99_ms"] = round(1000 * percentile(lags, 0.99), 2) if lags else None
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
