@@ -181,7 +181,7 @@ async def main() -> None:
                 elif args.lag and args.tokens_per_second:
                     lags.append(now - (first + count / args.tokens_per_second))
                 count += n
-        except Exception as exc:  # noqa: BLE001 - counted and reported
+        except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
         total += count
 
