@@ -63,7 +63,9 @@ def settings() -> CoreSettings:
 
 
 @pytest.fixture
-async def provider_server(settings: CoreSettings) -> AsyncIterator[tuple[GrpcServer, RecordingProvider]]:
+async def provider_server(
+    settings: CoreSettings,
+) -> AsyncIterator[tuple[GrpcServer, RecordingProvider]]:
     servicer = RecordingProvider()
     server = GrpcServer(
         [

@@ -20,7 +20,9 @@ class SlowProvider(pbg.ProviderServiceServicer):
 
 async def bindings() -> list[ServiceBinding]:
     return [
-        ServiceBinding("chorus.v1.ProviderService", SlowProvider(), pbg.add_ProviderServiceServicer_to_server)
+        ServiceBinding(
+            "chorus.v1.ProviderService", SlowProvider(), pbg.add_ProviderServiceServicer_to_server
+        )
     ]
 
 

@@ -64,7 +64,9 @@ async def test_pool_reuses_one_channel_per_target(settings):
         await pool.close()
 
 
-async def test_outgoing_call_without_identity_context_is_rejected_downstream(provider_server, settings):
+async def test_outgoing_call_without_identity_context_is_rejected_downstream(
+    provider_server, settings
+):
     back, _ = provider_server
     pool = ChannelPool(settings)
     identity.set_identity(None)
@@ -82,7 +84,9 @@ async def test_background_identity_is_forwarded_without_deadline(provider_server
     identity.set_identity(identity.Identity(identity.SYSTEM_USER, "internal-token"))
     deadlines.clear_deadline()
     try:
-        await pbg.ProviderServiceStub(pool.get(back.address)).ListModels(pb.ListModelsRequest(provider="ok"))
+        await pbg.ProviderServiceStub(pool.get(back.address)).ListModels(
+            pb.ListModelsRequest(provider="ok")
+        )
     finally:
         await pool.close()
     assert recorder.calls[-1]["user"] == "system"

@@ -149,7 +149,11 @@ def _counter(name: str, **labels: str) -> float:
 
 async def test_metrics_endpoint_counts_calls_by_code(provider_server):
     server, _ = provider_server
-    labels = {"grpc_type": "unary", "grpc_service": "chorus.v1.ProviderService", "grpc_method": "ListModels"}
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "chorus.v1.ProviderService",
+        "grpc_method": "ListModels",
+    }
     ok_before = _counter("grpc_server_handled_total", **labels, grpc_code="OK")
     nf_before = _counter("grpc_server_handled_total", **labels, grpc_code="NOT_FOUND")
     stream_before = _counter(

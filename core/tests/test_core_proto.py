@@ -22,4 +22,6 @@ def test_generated_code_is_up_to_date(tmp_path):
     generated = sorted(p.name for p in fresh.iterdir())
     assert generated, "generator produced nothing"
     _, mismatch, errors = filecmp.cmpfiles(fresh, committed, generated, shallow=False)
-    assert mismatch == [] and errors == [], f"stale generated code: {mismatch + errors}; run make proto"
+    assert mismatch == [] and errors == [], (
+        f"stale generated code: {mismatch + errors}; run make proto"
+    )

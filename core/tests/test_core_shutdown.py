@@ -20,7 +20,9 @@ async def test_sigterm_drains_in_flight_stream_after_health_goes_not_serving():
     try:
         address = await asyncio.to_thread(proc.wait_ready)
         async with grpc.aio.insecure_channel(address) as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="")
+            )
             first = await watch.read()
             assert first.status == health_pb2.HealthCheckResponse.SERVING
 

@@ -244,7 +244,7 @@ def status_code_from_rpc(code: int) -> grpc.StatusCode:
 
 def rpc_code(code: grpc.StatusCode) -> code_pb2.Code.ValueType:
     """The `google.rpc.Code` number of a `grpc.StatusCode`."""
-    return code.value[0]  # type: ignore[no-any-return]
+    return code.value[0]
 
 
 def error_for_code(
@@ -267,7 +267,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> ChorusError:
     from grpc_status import rpc_status
 
     reason = None
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

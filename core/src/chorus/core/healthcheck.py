@@ -28,4 +28,5 @@ if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
         print("usage: python -m chorus.core.healthcheck HOST:PORT [SERVICE]", file=sys.stderr)
         raise SystemExit(2)
-    raise SystemExit(0 if check(*sys.argv[1:]) else 1)
+    address, service = sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else ""
+    raise SystemExit(0 if check(address, service) else 1)

@@ -97,12 +97,12 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or method.lstrip("/").startswith(_PUBLIC_SERVICES):
             return handler
         metadata = {
             k: v for k, v in handler_call_details.invocation_metadata or () if isinstance(v, str)
-        }  # type: ignore[attr-defined]
+        }
         request_id = metadata.get(identity.REQUEST_ID_KEY) or uuid.uuid4().hex
 
         def enter(context: grpc.aio.ServicerContext) -> identity.Identity:
@@ -190,7 +190,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        _, service, name = handler_call_details.method.split("/", 2)  # type: ignore[attr-defined]
+        _, service, name = handler_call_details.method.split("/", 2)
 
         def wrap_unary(inner: Unary) -> Unary:
             labels = ("unary", service, name)
