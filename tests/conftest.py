@@ -35,7 +35,9 @@ def service_env(tmp: Path, port_var: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module", params=sorted(SERVICES))
-def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     """(full service name, address) of one service running as its own process."""
     module = request.param
     name, port_var = SERVICES[module]

