@@ -1,0 +1,368 @@
+"""The cache in front of the store: Redis (shared by replicas) or in-process (embedded).
+
+Write-through: after the store committed, the handler puts the new value here. Cache-aside:
+a read looks here first, then in the store, then fills the cache. Redis is never needed for
+correctness: a failed Redis call counts as a miss (reads) or drops the key as soon as Redis
+answers again (writes; `chorus_history_cache_write_failures_total`), and every key expires
+after `cache_ttl_s`.
+
+Values carry a version (update time and message count or last seq) and are only ever
+replaced by a newer one (a Lua compare-and-set in Redis), so a slow cache fill can't
+overwrite a newer write-through. Deleted conversations leave a tombstone for one TTL, so a
+fill racing the delete can't bring them back. Message lists hold the first
+`cache_max_messages` messages of a conversation and are valid only when their positions are
+1..n with n = min(message_count, limit) — messages never change once stored, so a list that
+passes this check is exactly right.
+
+Redis keys (prefix `redis_key_prefix`): `conv:{id}` (version + Conversation bytes),
+`conv:{id}:msgs` (list of Message bytes), `run:{id}` (version + Run bytes).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import cachetools
+import redis.asyncio as redis
+
+from chorus.history import metrics
+from chorus.history.redis_guard import ERRORS, RedisGuard
+from chorus.history.settings import Settings
+from chorus.history.timeutil import ts_to_us
+from chorus.v1 import conversation_pb2, run_pb2
+
+_VERSION_CHARS = 40
+_TOMBSTONE = b"9" * _VERSION_CHARS
+
+# KEYS[1]: key; ARGV: version, value, ttl ms. Sets version..value unless the stored version
+# is the same or newer (a tombstone is newer than everything). Returns 1 when set.
+_SET_IF_NEWER = """
+local cur = redis.call('GETRANGE', KEYS[1], 0, 39)
+if cur ~= '' and cur >= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+def conversation_version(conv: conversation_pb2.Conversation) -> bytes:
+    """Fixed-width version of a conversation: update time (strictly increasing per write)."""
+    return b"%020d%020d" % (ts_to_us(conv.update_time) or 0, conv.message_count)
+
+
+def run_version(run: run_pb2.Run) -> bytes:
+    """Fixed-width version of a run record: update time, then last seq."""
+    return b"%020d%020d" % (ts_to_us(run.update_time) or 0, run.last_seq)
+
+
+def messages_valid(messages: Sequence[conversation_pb2.Message], expected: int) -> bool:
+    """A cached list is usable when it holds positions 1..expected in order."""
+    return len(messages) == expected and all(m.position == i for i, m in enumerate(messages, 1))
+
+
+class Cache(abc.ABC):
+    """Cached conversations, message lists and run records.
+
+    Args:
+        max_messages: messages cached per conversation (its first ones).
+    """
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+
+    @abc.abstractmethod
+    async def get_conversation(
+        self, conversation_id: str, with_messages: bool
+    ) -> tuple[conversation_pb2.Conversation | None, list[conversation_pb2.Message] | None]:
+        """`(conversation, its first messages)` as cached; None for what is not (or not
+        validly) cached. Messages are looked up only `with_messages`."""
+
+    @abc.abstractmethod
+    async def put_conversation(self, conversation: conversation_pb2.Conversation) -> None:
+        """Cache the conversation unless a newer version is cached."""
+
+    @abc.abstractmethod
+    async def put_messages(
+        self, conversation_id: str, messages: Sequence[conversation_pb2.Message]
+    ) -> None:
+        """Cache the conversation's first messages (read from the store)."""
+
+    @abc.abstractmethod
+    async def append_messages(
+        self, conversation: conversation_pb2.Conversation, added: Sequence[conversation_pb2.Message]
+    ) -> None:
+        """Write-through of AppendMessages: the conversation and its new messages."""
+
+    @abc.abstractmethod
+    async def drop_conversation(self, conversation_id: str) -> None:
+        """Forget a deleted conversation (tombstone) and its messages."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> run_pb2.Run | None:
+        """The cached run record, or None."""
+
+    @abc.abstractmethod
+    async def put_run(self, run: run_pb2.Run) -> None:
+        """Cache the run record unless a newer version is cached."""
+
+
+def _count(entity: str, hit: bool) -> None:
+    metrics.CACHE_REQUESTS.labels(entity, "hit" if hit else "miss").inc()
+
+
+class RedisCache(Cache):
+    """`Cache` in Redis, shared by every replica.
+
+    Args:
+        client: a `redis.asyncio` client (bytes responses).
+        guard: the shared Redis availability tracker.
+    """
+
+    def __init__(self, client: redis.Redis, guard: RedisGuard, settings: Settings) -> None:
+        super().__init__(settings.cache_max_messages)
+        self._redis = client
+        self._guard = guard
+        self._prefix = settings.redis_key_prefix
+        self._ttl_ms = settings.cache_ttl_s * 1000
+        self._set_if_newer = client.register_script(_SET_IF_NEWER)
+        self._dirty: set[str] = set()
+
+    def conversation_key(self, conversation_id: str) -> str:
+        return f"{self._prefix}conv:{conversation_id}"
+
+    def messages_key(self, conversation_id: str) -> str:
+        return f"{self._prefix}conv:{conversation_id}:msgs"
+
+    def run_key(self, run_id: str) -> str:
+        return f"{self._prefix}run:{run_id}"
+
+    async def _ready(self) -> bool:
+        """Redis may be used now (after dropping keys whose write-through failed)."""
+        if not self._guard.usable():
+            return False
+        if self._dirty:
+            keys = list(self._dirty)
+            try:
+                await self._redis.delete(*keys)
+            except ERRORS as exc:
+                self._guard.failed("drop_stale", exc)
+                return False
+            self._dirty.difference_update(keys)
+            self._guard.succeeded()
+        return True
+
+    def _write_failed(self, operation: str, exc: BaseException, *keys: str) -> None:
+        self._guard.failed(operation, exc)
+        metrics.CACHE_WRITE_FAILURES.inc()
+        if len(self._dirty) < 100_000:  # beyond that the TTL bounds staleness
+            self._dirty.update(keys)
+
+    async def get_conversation(
+        self, conversation_id: str, with_messages: bool
+    ) -> tuple[conversation_pb2.Conversation | None, list[conversation_pb2.Message] | None]:
+        if not await self._ready():
+            return None, None
+        try:
+            if with_messages:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.get(self.conversation_key(conversation_id))
+                    pipe.lrange(self.messages_key(conversation_id), 0, self.max_messages - 1)
+                    raw, items = await pipe.execute()
+            else:
+                raw, items = await self._redis.get(self.conversation_key(conversation_id)), None
+        except ERRORS as exc:
+            self._guard.failed("get_conversation", exc)
+            return None, None
+        self._guard.succeeded()
+        if raw is None or raw.startswith(_TOMBSTONE):
+            _count("conversation", False)
+            return None, None
+        _count("conversation", True)
+        conv = conversation_pb2.Conversation.FromString(raw[_VERSION_CHARS:])
+        if items is None:
+            return conv, None
+        messages = [conversation_pb2.Message.FromString(b) for b in items]
+        valid = messages_valid(messages, min(conv.message_count, self.max_messages))
+        _count("messages", valid)
+        return conv, messages if valid else None
+
+    async def put_conversation(self, conversation: conversation_pb2.Conversation) -> None:
+        key = self.conversation_key(conversation.id)
+        if not await self._ready():
+            self._dirty.add(key)
+            return
+        try:
+            await self._set_if_newer(
+                keys=[key],
+                args=[
+                    conversation_version(conversation),
+                    conversation.SerializeToString(),
+                    self._ttl_ms,
+                ],
+            )
+        except ERRORS as exc:
+            self._write_failed("put_conversation", exc, key)
+            return
+        self._guard.succeeded()
+
+    async def put_messages(
+        self, conversation_id: str, messages: Sequence[conversation_pb2.Message]
+    ) -> None:
+        if not await self._ready():
+            return
+        key = self.messages_key(conversation_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if messages:
+                    pipe.rpush(key, *(m.SerializeToString() for m in messages[: self.max_messages]))
+                    pipe.pexpire(key, self._ttl_ms)
+                await pipe.execute()
+        except ERRORS as exc:
+            self._guard.failed("put_messages", exc)
+            return
+        self._guard.succeeded()
+
+    async def append_messages(
+        self, conversation: conversation_pb2.Conversation, added: Sequence[conversation_pb2.Message]
+    ) -> None:
+        conv_key, msgs_key = (
+            self.conversation_key(conversation.id),
+            self.messages_key(conversation.id),
+        )
+        if not await self._ready():
+            self._dirty.update((conv_key, msgs_key))
+            return
+        cached = [m.SerializeToString() for m in added if m.position <= self.max_messages]
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await self._set_if_newer(
+                    keys=[conv_key],
+                    args=[
+                        conversation_version(conversation),
+                        conversation.SerializeToString(),
+                        self._ttl_ms,
+                    ],
+                    client=pipe,
+                )
+                if cached:
+                    pipe.rpushx(msgs_key, *cached)
+                await pipe.execute()
+        except ERRORS as exc:
+            self._write_failed("append_messages", exc, conv_key, msgs_key)
+            return
+        self._guard.succeeded()
+
+    async def drop_conversation(self, conversation_id: str) -> None:
+        conv_key, msgs_key = (
+            self.conversation_key(conversation_id),
+            self.messages_key(conversation_id),
+        )
+        if not await self._ready():
+            self._dirty.update((conv_key, msgs_key))
+            return
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(conv_key, _TOMBSTONE, px=self._ttl_ms)
+                pipe.delete(msgs_key)
+                await pipe.execute()
+        except ERRORS as exc:
+            self._write_failed("drop_conversation", exc, conv_key, msgs_key)
+            return
+        self._guard.succeeded()
+
+    async def get_run(self, run_id: str) -> run_pb2.Run | None:
+        if not await self._ready():
+            return None
+        try:
+            raw = await self._redis.get(self.run_key(run_id))
+        except ERRORS as exc:
+            self._guard.failed("get_run", exc)
+            return None
+        self._guard.succeeded()
+        _count("run", raw is not None)
+        return None if raw is None else run_pb2.Run.FromString(raw[_VERSION_CHARS:])
+
+    async def put_run(self, run: run_pb2.Run) -> None:
+        key = self.run_key(run.id)
+        if not await self._ready():
+            self._dirty.add(key)
+            return
+        try:
+            await self._set_if_newer(
+                keys=[key], args=[run_version(run), run.SerializeToString(), self._ttl_ms]
+            )
+        except ERRORS as exc:
+            self._write_failed("put_run", exc, key)
+            return
+        self._guard.succeeded()
+
+
+class LocalCache(Cache):
+    """`Cache` in this process (TTL + LRU, `cache_max_entries`), for the embedded default.
+
+    Values are the stored messages themselves; callers copy them into responses and never
+    mutate them.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.cache_max_messages)
+        self._entries: cachetools.TTLCache[tuple[str, str], tuple[bytes, object]] = (
+            cachetools.TTLCache(settings.cache_max_entries, settings.cache_ttl_s)
+        )
+
+    def _put_if_newer(self, key: tuple[str, str], version: bytes, value: object) -> None:
+        current = self._entries.get(key)
+        if current is None or current[0] < version:
+            self._entries[key] = (version, value)
+
+    async def get_conversation(
+        self, conversation_id: str, with_messages: bool
+    ) -> tuple[conversation_pb2.Conversation | None, list[conversation_pb2.Message] | None]:
+        entry = self._entries.get(("conv", conversation_id))
+        if entry is None or entry[0] == _TOMBSTONE:
+            _count("conversation", False)
+            return None, None
+        _count("conversation", True)
+        conv: conversation_pb2.Conversation = entry[1]  # type: ignore[assignment]
+        if not with_messages:
+            return conv, None
+        listed = self._entries.get(("msgs", conversation_id))
+        messages: list[conversation_pb2.Message] | None = None if listed is None else listed[1]  # type: ignore[assignment]
+        valid = messages is not None and messages_valid(
+            messages, min(conv.message_count, self.max_messages)
+        )
+        _count("messages", valid)
+        return conv, messages if valid else None
+
+    async def put_conversation(self, conversation: conversation_pb2.Conversation) -> None:
+        self._put_if_newer(
+            ("conv", conversation.id), conversation_version(conversation), conversation
+        )
+
+    async def put_messages(
+        self, conversation_id: str, messages: Sequence[conversation_pb2.Message]
+    ) -> None:
+        self._entries[("msgs", conversation_id)] = (b"", list(messages[: self.max_messages]))
+
+    async def append_messages(
+        self, conversation: conversation_pb2.Conversation, added: Sequence[conversation_pb2.Message]
+    ) -> None:
+        await self.put_conversation(conversation)
+        listed = self._entries.get(("msgs", conversation.id))
+        if listed is not None:
+            messages: list[conversation_pb2.Message] = listed[1]  # type: ignore[assignment]
+            fresh = messages + [m for m in added if m.position <= self.max_messages]
+            self._entries[("msgs", conversation.id)] = (b"", fresh)
+
+    async def drop_conversation(self, conversation_id: str) -> None:
+        self._entries[("conv", conversation_id)] = (_TOMBSTONE, None)
+        self._entries.pop(("msgs", conversation_id), None)
+
+    async def get_run(self, run_id: str) -> run_pb2.Run | None:
+        entry = self._entries.get(("run", run_id))
+        _count("run", entry is not None)
+        return None if entry is None else entry[1]  # type: ignore[return-value]
+
+    async def put_run(self, run: run_pb2.Run) -> None:
+        self._put_if_newer(("run", run.id), run_version(run), run)

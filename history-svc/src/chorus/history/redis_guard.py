@@ -1,0 +1,81 @@
+"""Redis availability, shared by the cache and the event log.
+
+Redis is an accelerator, never a dependency of a committed write: when a command fails the
+caller goes on without Redis, and for `retry_after_s` every call skips Redis at once
+(instead of paying a connect timeout per call); then one call tries again. Transitions are
+logged once (`redis_unavailable`, `redis_recovered`), every failure is counted in
+`chorus_history_redis_errors_total{operation}`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from chorus.core.logging import get_logger
+from chorus.history import metrics
+from chorus.history.settings import Settings
+
+log = get_logger("chorus.history.redis")
+
+ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+"""Exceptions meaning "Redis did not do it" (connection refused, reset, timeout, error reply)."""
+
+
+def client(settings: Settings, *, socket_timeout_s: float | None = None) -> redis.Redis:
+    """A `redis.asyncio` client on `settings.redis_url` (own pool), bytes in and out.
+
+    Args:
+        socket_timeout_s: read timeout (default `redis_socket_timeout_s`; blocking reads need
+            more than their block time).
+    """
+    assert settings.redis_url is not None
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=socket_timeout_s or settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        max_connections=settings.redis_max_connections,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+class RedisGuard:
+    """Tracks whether Redis is usable right now (a small circuit breaker).
+
+    Args:
+        retry_after_s: after a failure, seconds during which `usable()` is False.
+    """
+
+    def __init__(self, retry_after_s: float) -> None:
+        self._retry_after = retry_after_s
+        self._down_since: float | None = None
+        self._next_try = 0.0
+
+    def usable(self) -> bool:
+        """False while Redis recently failed; True when it is (or may be) back."""
+        return self._down_since is None or time.monotonic() >= self._next_try
+
+    @property
+    def down(self) -> bool:
+        """True from a failure until the next success."""
+        return self._down_since is not None
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        """Record a failed command."""
+        metrics.REDIS_ERRORS.labels(operation).inc()
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "redis_unavailable", operation=operation, error=str(exc) or type(exc).__name__
+            )
+        self._next_try = now + self._retry_after
+
+    def succeeded(self) -> None:
+        """Record a successful command."""
+        if self._down_since is not None:
+            log.info("redis_recovered", down_s=round(time.monotonic() - self._down_since, 3))
+            self._down_since = None

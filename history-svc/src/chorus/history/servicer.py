@@ -1,0 +1,351 @@
+"""`chorus.v1.HistoryService` handlers: validate, call the store, keep the cache and log in step.
+
+Each handler checks the whole request first (INVALID_ARGUMENT naming every bad field, before
+any write), scopes every read and write by the caller's identity (`SYSTEM_USER` may act on
+any owner's rows by id), commits to the store, and only then updates the cache and the live
+event log, whose failures never fail the call. The contract is the comment of each RPC in
+proto/chorus/v1/history_service.proto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from chorus.core.errors import PermissionDenied, Violations
+from chorus.core.identity import Identity, current_identity
+from chorus.history import events as event_rules
+from chorus.history import limits, metrics, pagination, validation
+from chorus.history import runs as run_rules
+from chorus.history.cache import Cache
+from chorus.history.event_log import EventLog
+from chorus.history.settings import Settings
+from chorus.history.stores.base import RunFilter, Store, conversation_not_found, run_not_found
+from chorus.history.timeutil import now_us, set_ts, ts_to_us
+from chorus.history.watch import Watcher
+from chorus.v1 import (
+    conversation_pb2,
+    history_service_pb2,
+    history_service_pb2_grpc,
+    run_pb2,
+)
+
+_CONVERSATION_PATHS = ("title", "model", "team", "metadata")
+
+pb = history_service_pb2
+
+
+def _scope(ident: Identity) -> str | None:
+    """The owner every query is restricted to; None for the service identity."""
+    return None if ident.is_system else ident.user
+
+
+def _visible(ident: Identity, owner: str) -> bool:
+    return ident.is_system or owner == ident.user
+
+
+class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
+    """The HistoryService over a `Store`, a `Cache` and an `EventLog`."""
+
+    def __init__(self, settings: Settings, store: Store, cache: Cache, log: EventLog) -> None:
+        self._settings = settings
+        self._store = store
+        self._cache = cache
+        self._log = log
+        self._watcher = Watcher(store, log, settings)
+
+    # Conversations
+
+    async def CreateConversation(
+        self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateConversationResponse:
+        ident = current_identity()
+        v = Violations()
+        validation.conversation_fields(v, request.conversation, _CONVERSATION_PATHS)
+        validation.request_id(v, "request_id", request.request_id)
+        v.raise_if_any()
+        now = now_us()
+        given = request.conversation
+        conv = conversation_pb2.Conversation(
+            id=str(uuid.uuid4()), owner=ident.user, title=given.title, team=given.team
+        )
+        if given.HasField("model"):
+            conv.model.CopyFrom(given.model)
+        conv.metadata.update(given.metadata)
+        set_ts(conv.create_time, now)
+        set_ts(conv.update_time, now)
+        stored, _ = await self._store.create_conversation(conv, request.request_id)
+        await self._cache.put_conversation(stored)
+        return pb.CreateConversationResponse(conversation=stored)
+
+    async def _conversation(
+        self, ident: Identity, conversation_id: str, with_messages: bool
+    ) -> tuple[conversation_pb2.Conversation, list[conversation_pb2.Message] | None]:
+        conv, messages = await self._cache.get_conversation(conversation_id, with_messages)
+        if conv is not None and not _visible(ident, conv.owner):
+            raise conversation_not_found(conversation_id)
+        if conv is None:
+            conv = await self._store.get_conversation(conversation_id, _scope(ident))
+            if conv is None:
+                raise conversation_not_found(conversation_id)
+            await self._cache.put_conversation(conv)
+        if with_messages and messages is None:
+            messages = await self._store.list_messages(
+                conversation_id, _scope(ident), 0, limits.MAX_INCLUDED_MESSAGES
+            )
+            if messages is None:
+                raise conversation_not_found(conversation_id)
+            await self._cache.put_messages(conversation_id, messages)
+        return conv, messages
+
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConversationResponse:
+        ident = current_identity()
+        v = Violations()
+        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
+        v.raise_if_any()
+        conv, messages = await self._conversation(ident, conversation_id, request.include_messages)
+        return pb.GetConversationResponse(conversation=conv, messages=messages or ())
+
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListConversationsResponse:
+        ident = current_identity()
+        v = Violations()
+        size = validation.page_size(v, request.page_size, limits.CONVERSATIONS_PAGE)
+        v.raise_if_any()
+        query = pagination.fingerprint("ListConversations", ident.user)
+        cursor = pagination.decode(request.page_token, query, (int, str))
+        found = await self._store.list_conversations(
+            ident.user, size + 1, None if cursor is None else (cursor[0], cursor[1])
+        )
+        resp = pb.ListConversationsResponse(conversations=found[:size])
+        if len(found) > size:
+            last = found[size - 1]
+            resp.next_page_token = pagination.encode(query, [ts_to_us(last.update_time), last.id])
+        return resp
+
+    async def UpdateConversation(
+        self, request: pb.UpdateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateConversationResponse:
+        ident = current_identity()
+        v = Violations()
+        conversation_id = validation.uuid_field(v, "conversation.id", request.conversation.id)
+        paths = validation.mask_paths(v, request.update_mask, _CONVERSATION_PATHS)
+        validation.conversation_fields(v, request.conversation, paths)
+        v.raise_if_any()
+        updated = await self._store.update_conversation(
+            conversation_id, _scope(ident), request.conversation, paths, now_us()
+        )
+        if updated is None:
+            raise conversation_not_found(conversation_id)
+        await self._cache.put_conversation(updated)
+        return pb.UpdateConversationResponse(conversation=updated)
+
+    async def DeleteConversation(
+        self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteConversationResponse:
+        ident = current_identity()
+        v = Violations()
+        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
+        v.raise_if_any()
+        if not await self._store.delete_conversation(conversation_id, _scope(ident)):
+            raise conversation_not_found(conversation_id)
+        await self._cache.drop_conversation(conversation_id)
+        return pb.DeleteConversationResponse()
+
+    # Messages
+
+    async def AppendMessages(
+        self, request: pb.AppendMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AppendMessagesResponse:
+        ident = current_identity()
+        v = Violations()
+        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
+        if not request.messages:
+            v.add("messages", "at least one message is required")
+        elif len(request.messages) > limits.MAX_MESSAGES_PER_APPEND:
+            v.add("messages", f"at most {limits.MAX_MESSAGES_PER_APPEND} messages per call")
+        else:
+            seen: set[str] = set()
+            for i, msg in enumerate(request.messages):
+                validation.message(v, msg, f"messages[{i}]")
+                if msg.client_message_id:
+                    if msg.client_message_id in seen:
+                        v.add(f"messages[{i}].client_message_id", "repeated within the request")
+                    seen.add(msg.client_message_id)
+                if len(v.items) >= 50:
+                    break
+        v.raise_if_any("invalid messages")
+        for msg in request.messages:
+            if msg.run_id:
+                msg.run_id = str(uuid.UUID(msg.run_id))
+        result = await self._store.append_messages(
+            conversation_id, _scope(ident), request.messages, now_us()
+        )
+        if result is None:
+            raise conversation_not_found(conversation_id)
+        if result.added:
+            await self._cache.append_messages(result.conversation, result.added)
+        return pb.AppendMessagesResponse(messages=result.messages)
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMessagesResponse:
+        ident = current_identity()
+        v = Violations()
+        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
+        run_id = validation.uuid_field(v, "run_id", request.run_id, required=False)
+        size = validation.page_size(v, request.page_size, limits.MESSAGES_PAGE)
+        v.raise_if_any()
+        query = pagination.fingerprint("ListMessages", ident.user, conversation_id, run_id)
+        cursor = pagination.decode(request.page_token, query, (int,))
+        found = await self._store.list_messages(
+            conversation_id, _scope(ident), cursor[0] if cursor else 0, size + 1, run_id
+        )
+        if found is None:
+            raise conversation_not_found(conversation_id)
+        resp = pb.ListMessagesResponse(messages=found[:size])
+        if len(found) > size:
+            resp.next_page_token = pagination.encode(query, [found[size - 1].position])
+        return resp
+
+    # Run records
+
+    async def RecordRun(
+        self, request: pb.RecordRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordRunResponse:
+        ident = current_identity()
+        run = request.run
+        v = Violations()
+        run.id = validation.uuid_field(v, "run.id", run.id)
+        paths = validation.mask_paths(v, request.update_mask, run_rules.UPDATABLE_PATHS)
+        if not request.update_mask.paths and run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
+            paths.discard("status")  # "all fields" with no status: keep (or default) it
+        validation.run_values(v, run, paths)
+        if run.conversation_id:
+            run.conversation_id = validation.uuid_field(
+                v, "run.conversation_id", run.conversation_id
+            )
+        if run.HasField("spec"):
+            validation.run_spec(v, run.spec)
+        v.raise_if_any("invalid run record")
+        stored, created = await self._store.record_run(
+            run, paths, ident.user, ident.is_system, now_us()
+        )
+        await self._cache.put_run(stored)
+        return pb.RecordRunResponse(run=stored, created=created)
+
+    async def _run(self, ident: Identity, run_id: str) -> run_pb2.Run:
+        run = await self._cache.get_run(run_id)
+        if run is not None:
+            if not _visible(ident, run.owner):
+                raise run_not_found(run_id)
+            return run
+        run = await self._store.get_run(run_id, _scope(ident))
+        if run is None:
+            raise run_not_found(run_id)
+        await self._cache.put_run(run)
+        return run
+
+    async def GetRunRecord(
+        self, request: pb.GetRunRecordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRunRecordResponse:
+        ident = current_identity()
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        v.raise_if_any()
+        return pb.GetRunRecordResponse(run=await self._run(ident, run_id))
+
+    async def ListRunRecords(
+        self, request: pb.ListRunRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunRecordsResponse:
+        ident = current_identity()
+        if request.all_owners and not ident.is_system:
+            raise PermissionDenied(
+                "all_owners is only allowed for the internal service identity",
+                reason="ALL_OWNERS_DENIED",
+            )
+        v = Violations()
+        size = validation.page_size(v, request.page_size, limits.RUNS_PAGE)
+        conversation_id = validation.uuid_field(
+            v, "conversation_id", request.conversation_id, required=False
+        )
+        if request.status not in run_pb2.RunStatus.values():
+            v.add("status", f"unknown status {request.status}")
+        before = ts_to_us(request.heartbeat_before)
+        v.raise_if_any()
+        owner = None if request.all_owners else ident.user
+        query = pagination.fingerprint(
+            "ListRunRecords", owner or "*", conversation_id, request.status, before
+        )
+        cursor = pagination.decode(request.page_token, query, (int, str))
+        found = await self._store.list_runs(
+            RunFilter(owner, conversation_id, request.status, before),
+            size + 1,
+            None if cursor is None else (cursor[0], cursor[1]),
+        )
+        resp = pb.ListRunRecordsResponse(runs=found[:size])
+        if len(found) > size:
+            last = found[size - 1]
+            resp.next_page_token = pagination.encode(query, [ts_to_us(last.create_time), last.id])
+        return resp
+
+    # Run events
+
+    async def AppendRunEvents(
+        self, request: pb.AppendRunEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AppendRunEventsResponse:
+        ident = current_identity()
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        v.raise_if_any()
+        batch = event_rules.prepare_batch(run_id, request.events, self._settings.max_event_bytes)
+        result = await self._store.append_events(run_id, _scope(ident), batch)
+        if result.new_payloads:
+            metrics.EVENTS_APPENDED.inc(len(result.new_payloads))
+            await asyncio.gather(
+                self._log.publish(run_id, result.first_new_seq, result.new_payloads),
+                self._cache.put_run(result.run),
+            )
+        return pb.AppendRunEventsResponse(last_seq=result.last_seq)
+
+    async def ListRunEvents(
+        self, request: pb.ListRunEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunEventsResponse:
+        ident = current_identity()
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        size = validation.page_size(v, request.page_size, limits.EVENTS_PAGE)
+        if request.after_seq < 0:
+            v.add("after_seq", "must not be negative")
+        v.raise_if_any()
+        query = pagination.fingerprint("ListRunEvents", ident.user, run_id, request.after_seq)
+        cursor = pagination.decode(request.page_token, query, (int,))
+        await self._run(ident, run_id)
+        found = await self._store.list_events(
+            run_id, cursor[0] if cursor else request.after_seq, size + 1
+        )
+        resp = pb.ListRunEventsResponse()
+        for _, payload in found[:size]:
+            resp.events.add().ParseFromString(payload)
+        if len(found) > size:
+            resp.next_page_token = pagination.encode(query, [found[size - 1][0]])
+        return resp
+
+    async def WatchRunEvents(
+        self, request: pb.WatchRunEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunEventsResponse]:
+        ident = current_identity()
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        if request.after_seq < 0:
+            v.add("after_seq", "must not be negative")
+        v.raise_if_any()
+        await self._run(ident, run_id)
+        async for item in self._watcher.watch(run_id, request.after_seq):
+            yield item

@@ -1,0 +1,232 @@
+"""The storage interface both back ends implement (PostgreSQL and the embedded SQLite).
+
+Stores speak `chorus.v1` messages at their edge and keep the rules of `chorus.history.runs`
+and `chorus.history.events` inside their transactions, so every write is all-or-nothing and
+the rules hold under concurrent callers. Ownership: `owner` is the caller's identity; `None`
+means the internal service identity acting across owners. A row of another owner is
+reported exactly like a missing row.
+
+Errors raised (as `chorus.core.errors` classes, so they reach clients as gRPC statuses):
+`NotFound`, `Aborted` (reason CONVERSATION_BUSY, or a concurrent-create race),
+`FailedPrecondition` (run-record and event-log rules) and `Unavailable` (reason
+DATABASE_UNAVAILABLE) when the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from chorus.core.errors import Aborted, NotFound, Unavailable
+from chorus.history.events import Batch
+from chorus.v1 import conversation_pb2, run_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """ListRunRecords filters.
+
+    Attributes:
+        owner: only this owner's runs; None for every owner.
+        conversation_id: only runs of this conversation ("" for any).
+        status: only this status (0 for any).
+        heartbeat_before_us: only runs whose heartbeat (or creation, when they never sent
+            one) is older than this time, in µs since the epoch.
+    """
+
+    owner: str | None
+    conversation_id: str = ""
+    status: int = 0
+    heartbeat_before_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendedMessages:
+    """Result of `Store.append_messages`.
+
+    Attributes:
+        conversation: the conversation after the append.
+        messages: every message of the request, in request order, as stored.
+        added: the messages this call stored (a subset of `messages`, in position order).
+    """
+
+    conversation: conversation_pb2.Conversation
+    messages: list[conversation_pb2.Message]
+    added: list[conversation_pb2.Message]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendedEvents:
+    """Result of `Store.append_events`.
+
+    Attributes:
+        last_seq: the run's highest stored seq after the call.
+        first_new_seq: seq of `new_payloads[0]`.
+        new_payloads: events this call stored (empty for an exact repeat).
+        run: the run record after the call.
+    """
+
+    last_seq: int
+    first_new_seq: int
+    new_payloads: list[bytes]
+    run: run_pb2.Run
+
+
+def conversation_not_found(conversation_id: str) -> NotFound:
+    return NotFound(
+        f"conversation {conversation_id} not found", metadata={"conversation_id": conversation_id}
+    )
+
+
+def run_not_found(run_id: str) -> NotFound:
+    return NotFound(f"run {run_id} not found", metadata={"run_id": run_id})
+
+
+def conversation_busy(conversation_id: str, active_run_id: str) -> Aborted:
+    return Aborted(
+        f"conversation {conversation_id} already has an active run ({active_run_id})",
+        reason="CONVERSATION_BUSY",
+        metadata={"conversation_id": conversation_id, "active_run_id": active_run_id},
+    )
+
+
+def database_unavailable(kind: str, exc: BaseException) -> Unavailable:
+    detail = str(exc) or type(exc).__name__
+    return Unavailable(
+        f"the {kind} database is unreachable ({detail}); retry later",
+        reason="DATABASE_UNAVAILABLE",
+    )
+
+
+class Store(abc.ABC):
+    """Conversations, messages, run records and run events, durably.
+
+    Attributes:
+        kind: `postgresql` or `sqlite` (for logs and health).
+        on_unavailable: called (without arguments) whenever a call found the database
+            unreachable; the health monitor uses it to report NOT_SERVING at once.
+    """
+
+    kind: str
+    on_unavailable: Callable[[], None] | None = None
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """A trivial query. Raises `Unavailable` when the database cannot be reached."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every connection."""
+
+    # Conversations and messages
+
+    @abc.abstractmethod
+    async def create_conversation(
+        self, conversation: conversation_pb2.Conversation, request_id: str
+    ) -> tuple[conversation_pb2.Conversation, bool]:
+        """Insert `conversation` (id, owner and times already set).
+
+        Returns `(stored, created)`: with a non-empty `request_id` already used by the same
+        owner, the conversation created first and False.
+        """
+
+    @abc.abstractmethod
+    async def get_conversation(
+        self, conversation_id: str, owner: str | None
+    ) -> conversation_pb2.Conversation | None:
+        """The conversation, or None when missing or another owner's."""
+
+    @abc.abstractmethod
+    async def list_conversations(
+        self, owner: str, limit: int, after: tuple[int, str] | None
+    ) -> list[conversation_pb2.Conversation]:
+        """Up to `limit` conversations of `owner`, most recently updated first, after the
+        keyset cursor `(update_time_us, id)`."""
+
+    @abc.abstractmethod
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        values: conversation_pb2.Conversation,
+        paths: set[str],
+        now_us: int,
+    ) -> conversation_pb2.Conversation | None:
+        """Set the `paths` (title, model, team, metadata) from `values`; None when missing."""
+
+    @abc.abstractmethod
+    async def delete_conversation(self, conversation_id: str, owner: str | None) -> bool:
+        """Delete the conversation and its messages; False when missing."""
+
+    @abc.abstractmethod
+    async def append_messages(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        messages: Sequence[conversation_pb2.Message],
+        now_us: int,
+    ) -> AppendedMessages | None:
+        """Append `messages` (ids set) at the end, atomically; None when the conversation is
+        missing. Messages whose `client_message_id` is stored come back as stored."""
+
+    @abc.abstractmethod
+    async def list_messages(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        after_position: int,
+        limit: int,
+        run_id: str = "",
+    ) -> list[conversation_pb2.Message] | None:
+        """Up to `limit` messages after `after_position`, oldest first (only `run_id`'s when
+        given); None when the conversation is missing."""
+
+    # Run records
+
+    @abc.abstractmethod
+    async def record_run(
+        self,
+        values: run_pb2.Run,
+        paths: set[str],
+        owner: str,
+        is_system: bool,
+        now_us: int,
+    ) -> tuple[run_pb2.Run, bool]:
+        """Create or update the run `values.id` (see `chorus.history.runs`).
+
+        Creates when no run has that id and `values` has `spec` and `conversation_id`: the
+        caller's `spec.request_id` already used returns that run; the conversation must be
+        the caller's; an active status while the conversation has an active run is ABORTED
+        CONVERSATION_BUSY. Otherwise updates `paths` (owner's run only, unless
+        `is_system`). Returns `(stored run, created)`.
+        """
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
+        """The run, or None when missing or another owner's."""
+
+    @abc.abstractmethod
+    async def list_runs(
+        self, where: RunFilter, limit: int, after: tuple[int, str] | None
+    ) -> list[run_pb2.Run]:
+        """Up to `limit` runs, newest first, after the keyset cursor `(create_time_us, id)`."""
+
+    # Run events
+
+    @abc.abstractmethod
+    async def append_events(self, run_id: str, owner: str | None, batch: Batch) -> AppendedEvents:
+        """Store a batch atomically (gapless, idempotent repeat, conflict and end rules of
+        `chorus.history.events`) and raise the run's `last_seq`.
+
+        Raises:
+            NotFound: no such run (or another owner's).
+            FailedPrecondition: SEQ_GAP, SEQ_CONFLICT or RUN_ENDED; nothing is stored.
+        """
+
+    @abc.abstractmethod
+    async def list_events(
+        self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Up to `limit` `(seq, serialized RunEvent)` with `after_seq < seq <= until_seq`, in
+        seq order. No ownership check: callers check the run first."""

@@ -1,0 +1,475 @@
+"""PostgreSQL store (asyncpg pool). Every statement is parameterized.
+
+Writes that read-then-write lock the parent row (`SELECT … FOR UPDATE` on the conversation
+or run) inside one transaction, so concurrent appenders are serialized per conversation or
+run and never interleave; uniqueness that must hold across rows (one active run per
+conversation, idempotency keys) is enforced by unique indexes (see migrations/postgres/).
+Connection failures become UNAVAILABLE (reason DATABASE_UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from chorus.history import events as event_rules
+from chorus.history import runs as run_rules
+from chorus.history.events import Batch
+from chorus.history.settings import Settings
+from chorus.history.stores import rows
+from chorus.history.stores.base import (
+    AppendedEvents,
+    AppendedMessages,
+    RunFilter,
+    Store,
+    conversation_busy,
+    conversation_not_found,
+    database_unavailable,
+    run_not_found,
+)
+from chorus.history.timeutil import datetime_to_us, ts_to_us, us_to_datetime
+from chorus.v1 import conversation_pb2, run_pb2
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
+"""Exceptions meaning "the database cannot be reached right now"."""
+
+_C = rows.CONVERSATION_COLUMNS
+_M = rows.MESSAGE_COLUMNS
+_times = datetime_to_us
+
+
+class PostgresStore(Store):
+    """`Store` on PostgreSQL.
+
+    Args:
+        pool: an asyncpg pool on a migrated database.
+        acquire_timeout_s: seconds to wait for a pooled connection (or a new one).
+    """
+
+    kind = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float) -> None:
+        self._pool = pool
+        self._acquire_timeout = acquire_timeout_s
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> PostgresStore:
+        """Open the pool (`db_pool_min_size` connections up front).
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        try:
+            pool = await asyncpg.create_pool(
+                dsn=settings.database_url,
+                min_size=settings.db_pool_min_size,
+                max_size=settings.db_pool_max_size,
+                timeout=settings.db_connect_timeout_s,
+                command_timeout=settings.db_command_timeout_s,
+                server_settings={"application_name": f"chorus-history {settings.instance_id}"},
+            )
+        except CONNECTION_ERRORS as exc:
+            raise database_unavailable(cls.kind, exc) from exc
+        return cls(pool, settings.db_command_timeout_s)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), 10)
+        except (TimeoutError, *CONNECTION_ERRORS):
+            self._pool.terminate()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                yield conn
+        except CONNECTION_ERRORS as exc:
+            if self.on_unavailable is not None:
+                self.on_unavailable()
+            raise database_unavailable(self.kind, exc) from exc
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1", timeout=self._acquire_timeout)
+
+    # Conversations and messages
+
+    async def create_conversation(
+        self, conversation: conversation_pb2.Conversation, request_id: str
+    ) -> tuple[conversation_pb2.Conversation, bool]:
+        c = conversation
+        provider, model, team, metadata = rows.conversation_params(c)
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"INSERT INTO conversations (id, owner, title, model_provider, model_name, team, "
+                f"metadata, message_count, request_id, create_time, update_time) "
+                f"VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $9) "
+                f"ON CONFLICT (owner, request_id) WHERE request_id IS NOT NULL DO NOTHING "
+                f"RETURNING {_C}",
+                c.id, c.owner, c.title, provider, model, team, metadata,
+                request_id or None, us_to_datetime(ts_to_us(c.create_time)),
+            )  # fmt: skip
+            if row is not None:
+                return rows.conversation(row, _times), True
+            row = await conn.fetchrow(
+                f"SELECT {_C} FROM conversations WHERE owner = $1 AND request_id = $2",
+                c.owner,
+                request_id,
+            )
+        return rows.conversation(row, _times), False
+
+    async def get_conversation(
+        self, conversation_id: str, owner: str | None
+    ) -> conversation_pb2.Conversation | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_C} FROM conversations WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+                conversation_id,
+                owner,
+            )
+        return None if row is None else rows.conversation(row, _times)
+
+    async def list_conversations(
+        self, owner: str, limit: int, after: tuple[int, str] | None
+    ) -> list[conversation_pb2.Conversation]:
+        async with self._conn() as conn:
+            if after is None:
+                found = await conn.fetch(
+                    f"SELECT {_C} FROM conversations WHERE owner = $1 "
+                    f"ORDER BY update_time DESC, id DESC LIMIT $2",
+                    owner,
+                    limit,
+                )
+            else:
+                found = await conn.fetch(
+                    f"SELECT {_C} FROM conversations WHERE owner = $1 "
+                    f"AND (update_time, id) < ($2, $3::uuid) "
+                    f"ORDER BY update_time DESC, id DESC LIMIT $4",
+                    owner,
+                    us_to_datetime(after[0]),
+                    after[1],
+                    limit,
+                )
+        return [rows.conversation(r, _times) for r in found]
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        values: conversation_pb2.Conversation,
+        paths: set[str],
+        now_us: int,
+    ) -> conversation_pb2.Conversation | None:
+        provider, model, team, metadata = rows.conversation_params(values)
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE conversations SET "
+                f"title = CASE WHEN $3 THEN $4 ELSE title END, "
+                f"model_provider = CASE WHEN $5 THEN $6 ELSE model_provider END, "
+                f"model_name = CASE WHEN $5 THEN $7 ELSE model_name END, "
+                f"team = CASE WHEN $8 THEN $9 ELSE team END, "
+                f"metadata = CASE WHEN $10 THEN $11::jsonb ELSE metadata END, "
+                f"update_time = GREATEST(update_time + interval '1 microsecond', $12) "
+                f"WHERE id = $1 AND ($2::text IS NULL OR owner = $2) RETURNING {_C}",
+                conversation_id, owner,
+                "title" in paths, values.title,
+                "model" in paths, provider, model,
+                "team" in paths, team,
+                "metadata" in paths, metadata,
+                us_to_datetime(now_us),
+            )  # fmt: skip
+        return None if row is None else rows.conversation(row, _times)
+
+    async def delete_conversation(self, conversation_id: str, owner: str | None) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "DELETE FROM conversations WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+                conversation_id,
+                owner,
+            )
+        return bool(status.endswith(" 1"))
+
+    async def append_messages(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        messages: Sequence[conversation_pb2.Message],
+        now_us: int,
+    ) -> AppendedMessages | None:
+        client_ids = [m.client_message_id for m in messages if m.client_message_id]
+        async with self._conn() as conn, conn.transaction():
+            count = await conn.fetchval(
+                "SELECT message_count FROM conversations "
+                "WHERE id = $1 AND ($2::text IS NULL OR owner = $2) FOR UPDATE",
+                conversation_id,
+                owner,
+            )
+            if count is None:
+                return None
+            stored: dict[str, conversation_pb2.Message] = {}
+            if client_ids:
+                for row in await conn.fetch(
+                    f"SELECT {_M} FROM messages WHERE conversation_id = $1 "
+                    f"AND client_message_id = ANY($2::text[])",
+                    conversation_id,
+                    client_ids,
+                ):
+                    msg = rows.message(row, _times)
+                    stored[msg.client_message_id] = msg
+            added = rows.number_new_messages(messages, stored, conversation_id, count, now_us)
+            if added:
+                await conn.executemany(
+                    f"INSERT INTO messages ({_M}) VALUES "
+                    f"($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    [_pg_message(m) for m in added],
+                )
+                row = await conn.fetchrow(
+                    f"UPDATE conversations SET message_count = $2, "
+                    f"update_time = GREATEST(update_time + interval '1 microsecond', $3) "
+                    f"WHERE id = $1 RETURNING {_C}",
+                    conversation_id,
+                    count + len(added),
+                    us_to_datetime(now_us),
+                )
+            else:
+                row = await conn.fetchrow(
+                    f"SELECT {_C} FROM conversations WHERE id = $1", conversation_id
+                )
+        conv = rows.conversation(row, _times)
+        return AppendedMessages(conv, rows.in_request_order(messages, stored, added), added)
+
+    async def list_messages(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        after_position: int,
+        limit: int,
+        run_id: str = "",
+    ) -> list[conversation_pb2.Message] | None:
+        async with self._conn() as conn:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM conversations WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+                conversation_id,
+                owner,
+            )
+            if exists is None:
+                return None
+            if run_id:
+                found = await conn.fetch(
+                    f"SELECT {_M} FROM messages WHERE conversation_id = $1 AND run_id = $2 "
+                    f"AND position > $3 ORDER BY position LIMIT $4",
+                    conversation_id,
+                    run_id,
+                    after_position,
+                    limit,
+                )
+            else:
+                found = await conn.fetch(
+                    f"SELECT {_M} FROM messages WHERE conversation_id = $1 "
+                    f"AND position > $2 ORDER BY position LIMIT $3",
+                    conversation_id,
+                    after_position,
+                    limit,
+                )
+        return [rows.message(r, _times) for r in found]
+
+    # Run records
+
+    async def record_run(
+        self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
+    ) -> tuple[run_pb2.Run, bool]:
+        for _ in range(3):  # a concurrent create of the same id or key: read it again
+            try:
+                return await self._record_run(values, paths, owner, is_system, now_us)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == "runs_one_active_per_conversation":
+                    async with self._conn() as conn:
+                        active = await conn.fetchval(
+                            "SELECT id FROM runs WHERE conversation_id = $1 AND status IN (1, 2)",
+                            values.conversation_id,
+                        )
+                    raise conversation_busy(values.conversation_id, str(active or "")) from None
+                if exc.constraint_name not in ("runs_pkey", "runs_owner_request_id"):
+                    raise
+        raise RuntimeError("run record kept changing under concurrent creates")
+
+    async def _record_run(
+        self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
+    ) -> tuple[run_pb2.Run, bool]:
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT owner, record, last_seq FROM runs WHERE id = $1 FOR UPDATE", values.id
+            )
+            if row is not None:
+                if not is_system and row[0] != owner:
+                    raise run_not_found(values.id)
+                stored = rows.run(row[1:])
+                merged = run_rules.apply_update(stored, values, paths, now_us)
+                cols = rows.run_columns(merged)
+                await conn.execute(
+                    "UPDATE runs SET status = $2, turns = $3, final_answer = $4, error = $5, "
+                    "cancellation = $6, usage = $7, owner_instance = $8, heartbeat_time = $9, "
+                    "start_time = $10, end_time = $11, update_time = $12, last_seq = $13, "
+                    "record = $14 WHERE id = $1",
+                    values.id, cols["status"], cols["turns"], cols["final_answer"],
+                    cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
+                    *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "start_time", "end_time", "update_time")),
+                    cols["last_seq"], cols["record"],
+                )  # fmt: skip
+                return merged, False
+            if not values.HasField("spec") or not values.conversation_id:
+                raise run_not_found(values.id)
+            request_id = values.spec.request_id
+            if request_id:
+                row = await conn.fetchrow(
+                    "SELECT record, last_seq FROM runs WHERE owner = $1 AND request_id = $2",
+                    owner,
+                    request_id,
+                )
+                if row is not None:
+                    return rows.run(row), False
+            conv_owner = await conn.fetchval(
+                "SELECT owner FROM conversations WHERE id = $1", values.conversation_id
+            )
+            if conv_owner is None or (conv_owner != owner and not is_system):
+                raise conversation_not_found(values.conversation_id)
+            new = run_rules.prepare_new(values, owner, now_us)
+            cols = rows.run_columns(new)
+            await conn.execute(
+                "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
+                "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
+                "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
+                new.id, owner, new.conversation_id, cols["status"], request_id or None,
+                cols["input"], cols["turns"], cols["final_answer"], cols["error"],
+                cols["cancellation"], cols["usage"], cols["owner_instance"],
+                *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
+                cols["record"],
+            )  # fmt: skip
+            return new, True
+
+    async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT record, last_seq FROM runs WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+                run_id,
+                owner,
+            )
+        return None if row is None else rows.run(row)
+
+    async def list_runs(
+        self, where: RunFilter, limit: int, after: tuple[int, str] | None
+    ) -> list[run_pb2.Run]:
+        conditions: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if where.owner is not None:
+            conditions.append(f"owner = {arg(where.owner)}")
+        if where.conversation_id:
+            conditions.append(f"conversation_id = {arg(where.conversation_id)}")
+        if where.status:
+            conditions.append(f"status = {arg(where.status)}")
+        if where.heartbeat_before_us is not None:
+            conditions.append(
+                f"coalesce(heartbeat_time, create_time) < {arg(us_to_datetime(where.heartbeat_before_us))}"
+            )
+        if after is not None:
+            conditions.append(
+                f"(create_time, id) < ({arg(us_to_datetime(after[0]))}, {arg(after[1])}::uuid)"
+            )
+        sql = "SELECT record, last_seq FROM runs"
+        if conditions:
+            sql += " WHERE " + " AND ".join(conditions)
+        sql += f" ORDER BY create_time DESC, id DESC LIMIT {arg(limit)}"
+        async with self._conn() as conn:
+            found = await conn.fetch(sql, *args)
+        return [rows.run(r) for r in found]
+
+    # Run events
+
+    async def append_events(self, run_id: str, owner: str | None, batch: Batch) -> AppendedEvents:
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT owner, event_seq, events_ended, record, last_seq FROM runs "
+                "WHERE id = $1 FOR UPDATE",
+                run_id,
+            )
+            if row is None or (owner is not None and row[0] != owner):
+                raise run_not_found(run_id)
+            stored_last, ended = row[1], row[2]
+            repeated = event_rules.overlap(stored_last, batch, run_id)
+            if repeated:
+                stored = await conn.fetch(
+                    "SELECT event FROM run_events WHERE run_id = $1 AND seq >= $2 AND seq <= $3 "
+                    "ORDER BY seq",
+                    run_id,
+                    batch.first_seq,
+                    batch.first_seq + repeated - 1,
+                )
+                event_rules.check_repeat([r[0] for r in stored], batch, run_id)
+            new = batch.payloads[repeated:]
+            event_rules.check_open(ended, len(new), run_id, stored_last)
+            first_new = batch.first_seq + repeated
+            if new:
+                await conn.execute(
+                    "INSERT INTO run_events (run_id, seq, kind, event) "
+                    "SELECT $1, s, k, e FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS t(s, k, e)",
+                    run_id,
+                    list(range(first_new, batch.last_seq + 1)),
+                    batch.kinds[repeated:],
+                    new,
+                )
+                await conn.execute(
+                    "UPDATE runs SET event_seq = $2, events_ended = $3, "
+                    "last_seq = GREATEST(last_seq, $2) WHERE id = $1",
+                    run_id,
+                    batch.last_seq,
+                    batch.ends_run,
+                )
+        run = rows.run(row[3:])
+        run.last_seq = max(run.last_seq, batch.last_seq)
+        return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+
+    async def list_events(
+        self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        async with self._conn() as conn:
+            if until_seq is None:
+                found = await conn.fetch(
+                    "SELECT seq, event FROM run_events WHERE run_id = $1 AND seq > $2 "
+                    "ORDER BY seq LIMIT $3",
+                    run_id,
+                    after_seq,
+                    limit,
+                )
+            else:
+                found = await conn.fetch(
+                    "SELECT seq, event FROM run_events WHERE run_id = $1 AND seq > $2 "
+                    "AND seq <= $3 ORDER BY seq LIMIT $4",
+                    run_id,
+                    after_seq,
+                    until_seq,
+                    limit,
+                )
+        return [(r[0], r[1]) for r in found]
+
+
+def _pg_message(msg: conversation_pb2.Message) -> tuple[Any, ...]:
+    params = rows.message_params(msg)
+    return (*params[:11], us_to_datetime(params[11]))

@@ -1,0 +1,465 @@
+"""SQLite store (aiosqlite), the embedded default when no database URL is configured.
+
+One connection in WAL mode, used by one coroutine at a time (an asyncio lock), and every
+read-then-write inside `BEGIN IMMEDIATE`, which takes SQLite's write lock up front: the same
+all-or-nothing and per-run/per-conversation serialization as the PostgreSQL store, also
+against another process sharing the file (busy timeout 5 s). Times are integer µs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiosqlite
+
+from chorus.history import events as event_rules
+from chorus.history import runs as run_rules
+from chorus.history.events import Batch
+from chorus.history.settings import Settings
+from chorus.history.stores import rows
+from chorus.history.stores.base import (
+    AppendedEvents,
+    AppendedMessages,
+    RunFilter,
+    Store,
+    conversation_busy,
+    conversation_not_found,
+    database_unavailable,
+    run_not_found,
+)
+from chorus.history.timeutil import ts_to_us
+from chorus.v1 import conversation_pb2, run_pb2
+
+_C = rows.CONVERSATION_COLUMNS
+_M = rows.MESSAGE_COLUMNS
+
+
+def _times(value: Any) -> int | None:
+    return value  # type: ignore[no-any-return]
+
+
+class SqliteStore(Store):
+    """`Store` on one SQLite file.
+
+    Args:
+        conn: an open aiosqlite connection (autocommit mode) on a migrated database.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._db = conn
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> SqliteStore:
+        """Open `settings.sqlite_path` (created with its directory when missing)."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(settings.sqlite_path, isolation_level=None)
+        for pragma in (
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA busy_timeout = 5000",
+        ):
+            await conn.execute(pragma)
+        return cls(conn)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def _use(self, write: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, exclusively; with `write`, inside a transaction that commits on
+        success and rolls back on any exception."""
+        async with self._lock:
+            try:
+                if not write:
+                    yield self._db
+                    return
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    raise
+                await self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self.on_unavailable is not None:
+                    self.on_unavailable()
+                raise database_unavailable(self.kind, exc) from exc
+
+    async def _one(self, db: aiosqlite.Connection, sql: str, *args: Any) -> Any:
+        async with db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, db: aiosqlite.Connection, sql: str, *args: Any) -> list[Any]:
+        async with db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def ping(self) -> None:
+        async with self._use() as db:
+            await self._one(db, "SELECT 1")
+
+    # Conversations and messages
+
+    async def create_conversation(
+        self, conversation: conversation_pb2.Conversation, request_id: str
+    ) -> tuple[conversation_pb2.Conversation, bool]:
+        c = conversation
+        provider, model, team, metadata = rows.conversation_params(c)
+        async with self._use(write=True) as db:
+            if request_id:
+                row = await self._one(
+                    db,
+                    f"SELECT {_C} FROM conversations WHERE owner = ?1 AND request_id = ?2",
+                    c.owner,
+                    request_id,
+                )
+                if row is not None:
+                    return rows.conversation(row, _times), False
+            row = await self._one(
+                db,
+                f"INSERT INTO conversations (id, owner, title, model_provider, model_name, team, "
+                f"metadata, message_count, request_id, create_time, update_time) "
+                f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9) RETURNING {_C}",
+                c.id, c.owner, c.title, provider, model, team, metadata,
+                request_id or None, ts_to_us(c.create_time),
+            )  # fmt: skip
+        return rows.conversation(row, _times), True
+
+    async def get_conversation(
+        self, conversation_id: str, owner: str | None
+    ) -> conversation_pb2.Conversation | None:
+        async with self._use() as db:
+            row = await self._one(
+                db,
+                f"SELECT {_C} FROM conversations WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
+                conversation_id,
+                owner,
+            )
+        return None if row is None else rows.conversation(row, _times)
+
+    async def list_conversations(
+        self, owner: str, limit: int, after: tuple[int, str] | None
+    ) -> list[conversation_pb2.Conversation]:
+        async with self._use() as db:
+            if after is None:
+                found = await self._all(
+                    db,
+                    f"SELECT {_C} FROM conversations WHERE owner = ?1 "
+                    f"ORDER BY update_time DESC, id DESC LIMIT ?2",
+                    owner,
+                    limit,
+                )
+            else:
+                found = await self._all(
+                    db,
+                    f"SELECT {_C} FROM conversations WHERE owner = ?1 "
+                    f"AND (update_time, id) < (?2, ?3) ORDER BY update_time DESC, id DESC LIMIT ?4",
+                    owner,
+                    after[0],
+                    after[1],
+                    limit,
+                )
+        return [rows.conversation(r, _times) for r in found]
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        values: conversation_pb2.Conversation,
+        paths: set[str],
+        now_us: int,
+    ) -> conversation_pb2.Conversation | None:
+        provider, model, team, metadata = rows.conversation_params(values)
+        async with self._use(write=True) as db:
+            row = await self._one(
+                db,
+                f"UPDATE conversations SET "
+                f"title = CASE WHEN ?3 THEN ?4 ELSE title END, "
+                f"model_provider = CASE WHEN ?5 THEN ?6 ELSE model_provider END, "
+                f"model_name = CASE WHEN ?5 THEN ?7 ELSE model_name END, "
+                f"team = CASE WHEN ?8 THEN ?9 ELSE team END, "
+                f"metadata = CASE WHEN ?10 THEN ?11 ELSE metadata END, "
+                f"update_time = max(update_time + 1, ?12) "
+                f"WHERE id = ?1 AND (?2 IS NULL OR owner = ?2) RETURNING {_C}",
+                conversation_id, owner,
+                "title" in paths, values.title,
+                "model" in paths, provider, model,
+                "team" in paths, team,
+                "metadata" in paths, metadata,
+                now_us,
+            )  # fmt: skip
+        return None if row is None else rows.conversation(row, _times)
+
+    async def delete_conversation(self, conversation_id: str, owner: str | None) -> bool:
+        async with self._use(write=True) as db:
+            row = await self._one(
+                db,
+                "DELETE FROM conversations WHERE id = ?1 AND (?2 IS NULL OR owner = ?2) RETURNING id",
+                conversation_id,
+                owner,
+            )
+        return row is not None
+
+    async def append_messages(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        messages: Sequence[conversation_pb2.Message],
+        now_us: int,
+    ) -> AppendedMessages | None:
+        client_ids = [m.client_message_id for m in messages if m.client_message_id]
+        async with self._use(write=True) as db:
+            found = await self._one(
+                db,
+                "SELECT message_count FROM conversations WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
+                conversation_id,
+                owner,
+            )
+            if found is None:
+                return None
+            count = found[0]
+            stored: dict[str, conversation_pb2.Message] = {}
+            if client_ids:
+                marks = ", ".join("?" for _ in client_ids)
+                for row in await self._all(
+                    db,
+                    f"SELECT {_M} FROM messages WHERE conversation_id = ? "
+                    f"AND client_message_id IN ({marks})",
+                    conversation_id,
+                    *client_ids,
+                ):
+                    msg = rows.message(row, _times)
+                    stored[msg.client_message_id] = msg
+            added = rows.number_new_messages(messages, stored, conversation_id, count, now_us)
+            if added:
+                await db.executemany(
+                    f"INSERT INTO messages ({_M}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [rows.message_params(m) for m in added],
+                )
+                row = await self._one(
+                    db,
+                    f"UPDATE conversations SET message_count = ?2, update_time = max(update_time + 1, ?3) "
+                    f"WHERE id = ?1 RETURNING {_C}",
+                    conversation_id,
+                    count + len(added),
+                    now_us,
+                )
+            else:
+                row = await self._one(
+                    db, f"SELECT {_C} FROM conversations WHERE id = ?1", conversation_id
+                )
+        conv = rows.conversation(row, _times)
+        return AppendedMessages(conv, rows.in_request_order(messages, stored, added), added)
+
+    async def list_messages(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        after_position: int,
+        limit: int,
+        run_id: str = "",
+    ) -> list[conversation_pb2.Message] | None:
+        async with self._use() as db:
+            exists = await self._one(
+                db,
+                "SELECT 1 FROM conversations WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
+                conversation_id,
+                owner,
+            )
+            if exists is None:
+                return None
+            if run_id:
+                found = await self._all(
+                    db,
+                    f"SELECT {_M} FROM messages WHERE conversation_id = ?1 AND run_id = ?2 "
+                    f"AND position > ?3 ORDER BY position LIMIT ?4",
+                    conversation_id,
+                    run_id,
+                    after_position,
+                    limit,
+                )
+            else:
+                found = await self._all(
+                    db,
+                    f"SELECT {_M} FROM messages WHERE conversation_id = ?1 AND position > ?2 "
+                    f"ORDER BY position LIMIT ?3",
+                    conversation_id,
+                    after_position,
+                    limit,
+                )
+        return [rows.message(r, _times) for r in found]
+
+    # Run records
+
+    async def record_run(
+        self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
+    ) -> tuple[run_pb2.Run, bool]:
+        async with self._use(write=True) as db:
+            row = await self._one(
+                db, "SELECT owner, record, last_seq FROM runs WHERE id = ?1", values.id
+            )
+            if row is not None:
+                if not is_system and row[0] != owner:
+                    raise run_not_found(values.id)
+                merged = run_rules.apply_update(rows.run(row[1:]), values, paths, now_us)
+                cols = rows.run_columns(merged)
+                await db.execute(
+                    "UPDATE runs SET status = ?2, turns = ?3, final_answer = ?4, error = ?5, "
+                    "cancellation = ?6, usage = ?7, owner_instance = ?8, heartbeat_time = ?9, "
+                    "start_time = ?10, end_time = ?11, update_time = ?12, last_seq = ?13, "
+                    "record = ?14 WHERE id = ?1",
+                    (
+                        values.id, cols["status"], cols["turns"], cols["final_answer"],
+                        cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
+                        cols["heartbeat_time"], cols["start_time"], cols["end_time"],
+                        cols["update_time"], cols["last_seq"], cols["record"],
+                    ),
+                )  # fmt: skip
+                return merged, False
+            if not values.HasField("spec") or not values.conversation_id:
+                raise run_not_found(values.id)
+            request_id = values.spec.request_id
+            if request_id:
+                row = await self._one(
+                    db,
+                    "SELECT record, last_seq FROM runs WHERE owner = ?1 AND request_id = ?2",
+                    owner,
+                    request_id,
+                )
+                if row is not None:
+                    return rows.run(row), False
+            conv = await self._one(
+                db, "SELECT owner FROM conversations WHERE id = ?1", values.conversation_id
+            )
+            if conv is None or (conv[0] != owner and not is_system):
+                raise conversation_not_found(values.conversation_id)
+            new = run_rules.prepare_new(values, owner, now_us)
+            if new.status in run_rules.ACTIVE:
+                active = await self._one(
+                    db,
+                    "SELECT id FROM runs WHERE conversation_id = ?1 AND status IN (1, 2)",
+                    values.conversation_id,
+                )
+                if active is not None:
+                    raise conversation_busy(values.conversation_id, active[0])
+            cols = rows.run_columns(new)
+            await db.execute(
+                "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
+                "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
+                "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
+                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18)",
+                (
+                    new.id, owner, new.conversation_id, cols["status"], request_id or None,
+                    cols["input"], cols["turns"], cols["final_answer"], cols["error"],
+                    cols["cancellation"], cols["usage"], cols["owner_instance"],
+                    cols["heartbeat_time"], cols["create_time"], cols["start_time"],
+                    cols["end_time"], cols["update_time"], cols["record"],
+                ),
+            )  # fmt: skip
+            return new, True
+
+    async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
+        async with self._use() as db:
+            row = await self._one(
+                db,
+                "SELECT record, last_seq FROM runs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
+                run_id,
+                owner,
+            )
+        return None if row is None else rows.run(row)
+
+    async def list_runs(
+        self, where: RunFilter, limit: int, after: tuple[int, str] | None
+    ) -> list[run_pb2.Run]:
+        conditions: list[str] = []
+        args: list[Any] = []
+        if where.owner is not None:
+            conditions.append("owner = ?")
+            args.append(where.owner)
+        if where.conversation_id:
+            conditions.append("conversation_id = ?")
+            args.append(where.conversation_id)
+        if where.status:
+            conditions.append("status = ?")
+            args.append(where.status)
+        if where.heartbeat_before_us is not None:
+            conditions.append("coalesce(heartbeat_time, create_time) < ?")
+            args.append(where.heartbeat_before_us)
+        if after is not None:
+            conditions.append("(create_time, id) < (?, ?)")
+            args.extend(after)
+        sql = "SELECT record, last_seq FROM runs"
+        if conditions:
+            sql += " WHERE " + " AND ".join(conditions)
+        sql += " ORDER BY create_time DESC, id DESC LIMIT ?"
+        args.append(limit)
+        async with self._use() as db:
+            found = await self._all(db, sql, *args)
+        return [rows.run(r) for r in found]
+
+    # Run events
+
+    async def append_events(self, run_id: str, owner: str | None, batch: Batch) -> AppendedEvents:
+        async with self._use(write=True) as db:
+            row = await self._one(
+                db,
+                "SELECT owner, event_seq, events_ended, record, last_seq FROM runs WHERE id = ?1",
+                run_id,
+            )
+            if row is None or (owner is not None and row[0] != owner):
+                raise run_not_found(run_id)
+            stored_last, ended = row[1], bool(row[2])
+            repeated = event_rules.overlap(stored_last, batch, run_id)
+            if repeated:
+                stored = await self._all(
+                    db,
+                    "SELECT event FROM run_events WHERE run_id = ?1 AND seq >= ?2 AND seq <= ?3 "
+                    "ORDER BY seq",
+                    run_id,
+                    batch.first_seq,
+                    batch.first_seq + repeated - 1,
+                )
+                event_rules.check_repeat([r[0] for r in stored], batch, run_id)
+            new = batch.payloads[repeated:]
+            event_rules.check_open(ended, len(new), run_id, stored_last)
+            first_new = batch.first_seq + repeated
+            if new:
+                await db.executemany(
+                    "INSERT INTO run_events (run_id, seq, kind, event) VALUES (?, ?, ?, ?)",
+                    [
+                        (run_id, first_new + i, kind, data)
+                        for i, (kind, data) in enumerate(
+                            zip(batch.kinds[repeated:], new, strict=True)
+                        )
+                    ],
+                )
+                await db.execute(
+                    "UPDATE runs SET event_seq = ?2, events_ended = ?3, "
+                    "last_seq = max(last_seq, ?2) WHERE id = ?1",
+                    (run_id, batch.last_seq, batch.ends_run),
+                )
+        run = rows.run(row[3:])
+        run.last_seq = max(run.last_seq, batch.last_seq)
+        return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+
+    async def list_events(
+        self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        async with self._use() as db:
+            found = await self._all(
+                db,
+                "SELECT seq, event FROM run_events WHERE run_id = ?1 AND seq > ?2 "
+                "AND seq <= ?3 ORDER BY seq LIMIT ?4",
+                run_id,
+                after_seq,
+                until_seq if until_seq is not None else 2**62,
+                limit,
+            )
+        return [(r[0], r[1]) for r in found]

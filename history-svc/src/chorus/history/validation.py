@@ -1,0 +1,195 @@
+"""Request checks shared by the HistoryService handlers.
+
+Each function records every problem it finds in a `Violations` (field path → description)
+so that one INVALID_ARGUMENT names all bad fields at once; the handler calls
+`raise_if_any()` before touching storage, so a bad request writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from chorus.core.errors import Violations
+from chorus.history import limits
+from chorus.v1 import chat_pb2, conversation_pb2, run_pb2
+
+
+def uuid_field(v: Violations, field: str, value: str, *, required: bool = True) -> str:
+    """The canonical (lower-case, hyphenated) form of a UUID field; "" when absent and optional."""
+    if not value:
+        if required:
+            v.add(field, "required")
+        return ""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        v.add(field, "must be a UUID")
+        return ""
+
+
+def page_size(v: Violations, value: int, bounds: tuple[int, int]) -> int:
+    """The effective page size: 0 → the default; must be 0..max."""
+    maximum, default = bounds
+    if value < 0 or value > maximum:
+        v.add("page_size", f"must be 0..{maximum} (0 means {default})")
+        return default
+    return value or default
+
+
+def mask_paths(
+    v: Violations, mask: FieldMask, allowed: Iterable[str], *, field: str = "update_mask"
+) -> set[str]:
+    """The paths of an update mask (AIP-134); empty mask → every allowed path."""
+    allowed = tuple(allowed)
+    if not mask.paths:
+        return set(allowed)
+    paths: set[str] = set()
+    for i, path in enumerate(mask.paths):
+        if path not in allowed:
+            v.add(
+                f"{field}.paths[{i}]",
+                f"unknown or immutable path {path!r}; allowed: {', '.join(allowed)}",
+            )
+        else:
+            paths.add(path)
+    return paths
+
+
+def text(v: Violations, field: str, value: str, max_chars: int) -> None:
+    """At most `max_chars` characters."""
+    if len(value) > max_chars:
+        v.add(field, f"at most {max_chars} characters (got {len(value)})")
+
+
+def utf8_size(v: Violations, field: str, value: str, max_bytes: int) -> None:
+    """At most `max_bytes` bytes of UTF-8 (cheap check first: chars ≤ bytes ≤ 4 × chars)."""
+    if len(value) * 4 > max_bytes and len(value.encode()) > max_bytes:
+        v.add(field, f"at most {max_bytes} bytes of UTF-8")
+
+
+def request_id(v: Violations, field: str, value: str) -> None:
+    """An idempotency key: at most 128 characters."""
+    text(v, field, value, limits.MAX_REQUEST_ID_CHARS)
+
+
+def model_ref(v: Violations, field: str, model: chat_pb2.ModelRef) -> None:
+    text(v, f"{field}.provider", model.provider, limits.MAX_MODEL_FIELD_CHARS)
+    text(v, f"{field}.model", model.model, limits.MAX_MODEL_FIELD_CHARS)
+
+
+def conversation_fields(
+    v: Violations,
+    conv: conversation_pb2.Conversation,
+    paths: Iterable[str],
+    prefix: str = "conversation",
+) -> None:
+    """The client-settable fields named in `paths` (`title`, `model`, `team`, `metadata`)."""
+    paths = set(paths)
+    if "title" in paths:
+        text(v, f"{prefix}.title", conv.title, limits.MAX_TITLE_CHARS)
+    if "model" in paths:
+        model_ref(v, f"{prefix}.model", conv.model)
+    if "team" in paths:
+        text(v, f"{prefix}.team", conv.team, limits.MAX_TEAM_CHARS)
+    if "metadata" in paths:
+        if len(conv.metadata) > limits.MAX_METADATA_ENTRIES:
+            v.add(f"{prefix}.metadata", f"at most {limits.MAX_METADATA_ENTRIES} entries")
+        for key, value in conv.metadata.items():
+            if not key or len(key) > limits.MAX_METADATA_KEY_CHARS:
+                v.add(
+                    f"{prefix}.metadata",
+                    f"keys must be 1..{limits.MAX_METADATA_KEY_CHARS} characters",
+                )
+                break
+            if len(value) > limits.MAX_METADATA_VALUE_CHARS:
+                v.add(
+                    f"{prefix}.metadata[{key}]",
+                    f"at most {limits.MAX_METADATA_VALUE_CHARS} characters",
+                )
+
+
+def message(v: Violations, msg: conversation_pb2.Message, prefix: str) -> None:
+    """One message of AppendMessages (role, content, tool calls, ids, sizes)."""
+    if msg.role == chat_pb2.ROLE_UNSPECIFIED:
+        v.add(f"{prefix}.role", "required")
+    elif msg.role not in chat_pb2.Role.values():
+        v.add(f"{prefix}.role", f"unknown role {msg.role}")
+    if not msg.content and not msg.tool_calls:
+        v.add(f"{prefix}.content", "must not be empty (unless tool_calls is set)")
+    utf8_size(v, f"{prefix}.content", msg.content, limits.MAX_CONTENT_BYTES)
+    text(
+        v, f"{prefix}.client_message_id", msg.client_message_id, limits.MAX_CLIENT_MESSAGE_ID_CHARS
+    )
+    text(v, f"{prefix}.agent", msg.agent, limits.MAX_AGENT_CHARS)
+    text(v, f"{prefix}.tool_call_id", msg.tool_call_id, limits.MAX_TOOL_CALL_ID_CHARS)
+    uuid_field(v, f"{prefix}.run_id", msg.run_id, required=False)
+    if len(msg.tool_calls) > limits.MAX_TOOL_CALLS_PER_MESSAGE:
+        v.add(f"{prefix}.tool_calls", f"at most {limits.MAX_TOOL_CALLS_PER_MESSAGE} calls")
+    for j, call in enumerate(msg.tool_calls):
+        text(v, f"{prefix}.tool_calls[{j}].id", call.id, limits.MAX_TOOL_CALL_ID_CHARS)
+        if not call.name:
+            v.add(f"{prefix}.tool_calls[{j}].name", "required")
+        text(v, f"{prefix}.tool_calls[{j}].name", call.name, limits.MAX_TOOL_NAME_CHARS)
+        utf8_size(
+            v,
+            f"{prefix}.tool_calls[{j}].arguments",
+            call.arguments,
+            limits.MAX_TOOL_ARGUMENTS_BYTES,
+        )
+    usage(v, f"{prefix}.usage", msg.usage)
+
+
+def usage(v: Violations, field: str, u: chat_pb2.Usage) -> None:
+    for name in (
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+    ):
+        if getattr(u, name) < 0:
+            v.add(f"{field}.{name}", "must not be negative")
+    if u.HasField("cost_usd") and not u.cost_usd >= 0:  # also rejects NaN
+        v.add(f"{field}.cost_usd", "must be a non-negative number")
+
+
+def run_values(v: Violations, run: run_pb2.Run, paths: Iterable[str]) -> None:
+    """The Run fields named in `paths` (RecordRun), prefix `run.`."""
+    paths = set(paths)
+    if "status" in paths:
+        if run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
+            v.add("run.status", "required when status is updated")
+        elif run.status not in run_pb2.RunStatus.values():
+            v.add("run.status", f"unknown status {run.status}")
+    if "turns" in paths and run.turns < 0:
+        v.add("run.turns", "must not be negative")
+    if "final_answer" in paths:
+        utf8_size(v, "run.final_answer", run.final_answer, limits.MAX_FINAL_ANSWER_BYTES)
+    if "error" in paths:
+        text(v, "run.error.message", run.error.message, limits.MAX_ERROR_MESSAGE_CHARS)
+        text(v, "run.error.reason", run.error.reason, limits.MAX_AGENT_CHARS)
+    if "cancellation" in paths:
+        text(v, "run.cancellation.reason", run.cancellation.reason, limits.MAX_CANCEL_REASON_CHARS)
+        text(
+            v,
+            "run.cancellation.requested_by",
+            run.cancellation.requested_by,
+            limits.MAX_AGENT_CHARS,
+        )
+    if "usage" in paths:
+        usage(v, "run.usage", run.usage)
+    if "last_seq" in paths and run.last_seq < 0:
+        v.add("run.last_seq", "must not be negative")
+    if "owner_instance" in paths:
+        text(v, "run.owner_instance", run.owner_instance, limits.MAX_OWNER_INSTANCE_CHARS)
+
+
+def run_spec(v: Violations, spec: run_pb2.RunSpec) -> None:
+    """The spec of a run being created (stored as given; the orchestrator validated the team)."""
+    utf8_size(v, "run.spec.input", spec.input, limits.MAX_RUN_INPUT_BYTES)
+    request_id(v, "run.spec.request_id", spec.request_id)
+    if spec.max_turns < 0:
+        v.add("run.spec.max_turns", "must not be negative")
