@@ -1,0 +1,144 @@
+"""`python -m chorus.gateway`: serve the HTTP gateway with uvicorn on uvloop until SIGTERM/SIGINT.
+
+Other commands:
+
+* `python -m chorus.gateway hash-password` — read a password (prompt or stdin) and print
+  the bcrypt hash for `CHORUS_BASIC_PASSWORD_HASH`;
+* `python -m chorus.gateway new-api-key [--user NAME]` — print a new API key and the
+  `CHORUS_API_KEY_HASHES` entry for it.
+
+The process logs `listening` with `address=http://host:port` once it accepts connections
+(`chorus.core.testing.ServiceProcess` waits for that line). A configuration that must not
+serve (e.g. `auth_mode=none` off loopback) exits with code 2 and one clear log line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import socket
+import sys
+
+import uvicorn
+import uvloop
+
+from chorus.core.logging import configure_logging, get_logger
+from chorus.core.settings import ConfigurationError
+from chorus.gateway.auth import hash_password, new_api_key
+from chorus.gateway.main import build_app
+from chorus.gateway.settings import GatewaySettings
+
+log = get_logger("chorus.gateway")
+
+WS_TRANSPORT_FACTOR = 4
+"""uvicorn refuses (close 1009) frames above this multiple of `ws_max_message_bytes`."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0 picks one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
+    """The uvicorn configuration of the gateway (uvloop, httptools, our logging)."""
+    return uvicorn.Config(
+        build_app(settings),
+        loop="none",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_message_bytes * WS_TRANSPORT_FACTOR,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.grace_period_s),
+        timeout_keep_alive=30,
+    )
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Serve until SIGTERM/SIGINT (uvicorn's signal handling: drain, then exit)."""
+    config = uvicorn_config(settings)
+    sock = bind_socket(settings.gateway_host, settings.gateway_port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.01)
+        log.info("listening", address=f"http://{shown}:{port}", auth_mode=settings.auth_mode)
+
+    task = asyncio.create_task(announce())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        task.cancel()
+    log.info("stopped")
+
+
+def _hash_password() -> None:
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            sys.exit("passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        sys.exit("use at least 8 characters")
+    print(hash_password(password))
+
+
+def _new_api_key(user: str) -> None:
+    key, digest = new_api_key()
+    print(f"api key (give it to {user}; it is not stored): {key}")
+    print(f"CHORUS_API_KEY_HASHES entry: {json.dumps({digest: user})}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m chorus.gateway", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve HTTP (default)")
+    sub.add_parser("hash-password", help="print a bcrypt hash for CHORUS_BASIC_PASSWORD_HASH")
+    key = sub.add_parser("new-api-key", help="print a new API key and its hash entry")
+    key.add_argument("--user", required=True, help="the identity the key authenticates")
+    args = parser.parse_args(argv)
+    if args.command == "hash-password":
+        _hash_password()
+        return
+    if args.command == "new-api-key":
+        _new_api_key(args.user)
+        return
+    try:
+        settings = GatewaySettings()
+    except ValueError as exc:  # pydantic ValidationError: one line per bad setting
+        configure_logging("gateway")
+        log.error("configuration_error", error=str(exc))
+        raise SystemExit(2) from None
+    configure_logging("gateway", level=settings.log_level, json=settings.log_json)
+    try:
+        uvloop.run(serve(settings))
+    except ConfigurationError as exc:
+        log.error("configuration_error", error=str(exc))
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

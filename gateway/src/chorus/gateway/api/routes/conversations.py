@@ -1,0 +1,414 @@
+"""Conversations and their messages (HistoryService), and chatting with the assistant.
+
+`POST /conversations/{id}/messages` runs the `assistant` team template in the
+conversation (its history is the context) with the conversation's model when it has one:
+JSON with the user and assistant messages, or SSE of the run's events when the client
+sends `Accept: text/event-stream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+import grpc
+import orjson
+from fastapi import APIRouter, Query, Request
+from google.protobuf import field_mask_pb2
+from starlette.responses import Response
+
+from chorus.core.errors import (
+    Aborted,
+    ChorusError,
+    DeadlineExceeded,
+    InvalidArgument,
+    error_for_code,
+    status_code_from_rpc,
+)
+from chorus.core.logging import get_logger
+from chorus.gateway import openapi, protojson, sse
+from chorus.gateway.api.deps import (
+    CallerDep,
+    HistoryDep,
+    LimiterDep,
+    RunsDep,
+    SettingsDep,
+    check_text,
+    proto_body,
+)
+from chorus.v1 import (
+    chat_pb2,
+    conversation_pb2,
+    history_service_pb2,
+    run_pb2,
+    run_service_pb2,
+)
+
+log = get_logger("chorus.gateway.conversations")
+
+router = APIRouter(prefix="/conversations", tags=["conversations"])
+
+ASSISTANT_TEMPLATE = "assistant"
+"""The team template `POST /conversations/{id}/messages` runs."""
+TITLE_CHARS = 80
+"""Length of a title made from the first message."""
+_CONVERSATION_FIELDS = {"title", "model", "team", "metadata"}
+_TEMPLATE_CACHE_S = 60.0
+
+
+def title_from(text: str) -> str:
+    """A conversation title from a message: its first line, at most `TITLE_CHARS`."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+@router.get(
+    "",
+    summary="List the caller's conversations",
+    responses=openapi.responses_of(
+        history_service_pb2.ListConversationsResponse, "A page, most recently updated first."
+    ),
+)
+async def list_conversations(
+    caller: CallerDep,
+    history: HistoryDep,
+    settings: SettingsDep,
+    page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
+    page_token: Annotated[str, Query(max_length=4096)] = "",
+) -> Response:
+    """The caller's conversations, most recently updated first."""
+    reply = await history.ListConversations(
+        history_service_pb2.ListConversationsRequest(page_size=page_size, page_token=page_token),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(reply)
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a conversation",
+    openapi_extra=openapi.body_of(
+        conversation_pb2.Conversation, "`title`, `model`, `team`, `metadata`.", required=False
+    ),
+    responses=openapi.responses_of(
+        history_service_pb2.CreateConversationResponse, "The conversation.", 201
+    ),
+)
+async def create_conversation(
+    request: Request,
+    caller: CallerDep,
+    history: HistoryDep,
+    settings: SettingsDep,
+    request_id: Annotated[
+        str, Query(max_length=128, description="Idempotency key (AIP-155).")
+    ] = "",
+) -> Response:
+    """Creates a conversation (201, `Location`). The same `request_id` returns the
+    conversation created first."""
+    conversation, _ = await proto_body(request, conversation_pb2.Conversation(), optional=True)
+    reply = await history.CreateConversation(
+        history_service_pb2.CreateConversationRequest(
+            conversation=conversation, request_id=request_id
+        ),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(
+        reply, 201, headers={"Location": f"{request.url.path}/{reply.conversation.id}"}
+    )
+
+
+@router.get(
+    "/{conversation_id}",
+    summary="Get a conversation",
+    responses=openapi.responses_of(
+        history_service_pb2.GetConversationResponse, "The conversation (and messages)."
+    ),
+)
+async def get_conversation(
+    conversation_id: str,
+    caller: CallerDep,
+    history: HistoryDep,
+    settings: SettingsDep,
+    include_messages: bool = False,
+) -> Response:
+    """A conversation; with `include_messages=true` also its messages (oldest first, at
+    most 1000 — page through `GET …/messages` for more)."""
+    reply = await history.GetConversation(
+        history_service_pb2.GetConversationRequest(
+            conversation_id=conversation_id, include_messages=include_messages
+        ),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(reply)
+
+
+@router.patch(
+    "/{conversation_id}",
+    summary="Update a conversation",
+    openapi_extra=openapi.body_of(
+        conversation_pb2.Conversation, "New values of `title`, `model`, `team`, `metadata`."
+    ),
+    responses=openapi.responses_of(
+        history_service_pb2.UpdateConversationResponse, "The conversation after the update."
+    ),
+)
+async def update_conversation(
+    conversation_id: str,
+    request: Request,
+    caller: CallerDep,
+    history: HistoryDep,
+    settings: SettingsDep,
+    update_mask: Annotated[
+        str | None, Query(description="Fields to change; default: the fields in the body.")
+    ] = None,
+) -> Response:
+    """Changes the fields named by `update_mask` (default: those present in the body)."""
+    conversation, data = await proto_body(request, conversation_pb2.Conversation())
+    mask = field_mask_pb2.FieldMask()
+    if update_mask is not None:
+        mask.FromJsonString(",".join(p.strip() for p in update_mask.split(",") if p.strip()))
+    else:
+        mask.paths.extend(k for k in data)
+    bad = [p for p in mask.paths if p not in _CONVERSATION_FIELDS]
+    if bad or not mask.paths:
+        raise InvalidArgument(
+            "only title, model, team and metadata can be changed",
+            [(p, "not updatable") for p in bad] or [("body", "give a field to change")],
+        )
+    conversation.id = conversation_id
+    reply = await history.UpdateConversation(
+        history_service_pb2.UpdateConversationRequest(conversation=conversation, update_mask=mask),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(reply)
+
+
+@router.delete(
+    "/{conversation_id}",
+    status_code=204,
+    summary="Delete a conversation",
+    responses=openapi.responses_of(None, "Deleted.", 204),
+)
+async def delete_conversation(
+    conversation_id: str, caller: CallerDep, history: HistoryDep, settings: SettingsDep
+) -> Response:
+    """Deletes the conversation and its messages (204). 404 when it does not exist."""
+    await history.DeleteConversation(
+        history_service_pb2.DeleteConversationRequest(conversation_id=conversation_id),
+        timeout=settings.rpc_timeout_s,
+    )
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{conversation_id}/messages",
+    summary="List a conversation's messages",
+    responses=openapi.responses_of(
+        history_service_pb2.ListMessagesResponse, "A page, oldest first."
+    ),
+)
+async def list_messages(
+    conversation_id: str,
+    caller: CallerDep,
+    history: HistoryDep,
+    settings: SettingsDep,
+    page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
+    page_token: Annotated[str, Query(max_length=4096)] = "",
+    run_id: Annotated[str, Query(max_length=128, description="Only this run's messages.")] = "",
+) -> Response:
+    """The conversation's messages, oldest first."""
+    reply = await history.ListMessages(
+        history_service_pb2.ListMessagesRequest(
+            conversation_id=conversation_id,
+            page_size=page_size,
+            page_token=page_token,
+            run_id=run_id,
+        ),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(reply)
+
+
+async def _assistant_agent(request: Request, runs: RunsDep, settings: SettingsDep) -> str:
+    """The agent name of the `assistant` template (cached for a minute)."""
+    state = request.app.state
+    cached: tuple[float, str] | None = getattr(state, "assistant_agent", None)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    reply = await runs.ListTeamTemplates(
+        run_service_pb2.ListTeamTemplatesRequest(), timeout=settings.rpc_timeout_s
+    )
+    for template in reply.templates:
+        if template.name == ASSISTANT_TEMPLATE and template.spec.agents:
+            name = template.spec.agents[0].name
+            state.assistant_agent = (time.monotonic() + _TEMPLATE_CACHE_S, name)
+            return name
+    raise error_for_code(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"the orchestrator has no {ASSISTANT_TEMPLATE!r} team template",
+        reason="TEMPLATE_MISSING",
+    )
+
+
+def _run_error(event: run_pb2.RunEvent) -> ChorusError:
+    """The error to answer for a run that ended without completing."""
+    run_id = event.run_id
+    if event.HasField("run_failed"):
+        failure = event.run_failed.error
+        code = status_code_from_rpc(failure.code) if failure.code else grpc.StatusCode.INTERNAL
+        err = error_for_code(
+            code, failure.message or "the run failed", reason=failure.reason or None
+        )
+    else:
+        who = event.run_cancelled.cancellation.requested_by
+        err = Aborted(f"the run was cancelled{f' by {who}' if who else ''}", reason="RUN_CANCELLED")
+    err.metadata["run_id"] = run_id
+    return err
+
+
+@router.post(
+    "/{conversation_id}/messages",
+    summary="Send a message to the conversation's assistant",
+    openapi_extra=openapi.body_of(
+        conversation_pb2.Message,
+        "The user's message: `content` (required) and optional `clientMessageId` "
+        "(idempotency key of the run it starts).",
+    ),
+    responses={
+        **openapi.responses_of(
+            None,
+            "`{conversation, run, userMessage, assistantMessage}` (JSON), or the run's "
+            "events as SSE with `Accept: text/event-stream`.",
+        ),
+        200: {
+            "description": "`{conversation, run, userMessage, assistantMessage}` or SSE.",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+    },
+)
+async def send_message(
+    conversation_id: str,
+    request: Request,
+    caller: CallerDep,
+    runs: RunsDep,
+    history: HistoryDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
+) -> Response:
+    """Runs the `assistant` template with the message in this conversation."""
+    message, _ = await proto_body(request, conversation_pb2.Message())
+    check_text(message.content, "content", settings)
+    if message.role not in (chat_pb2.ROLE_UNSPECIFIED, chat_pb2.ROLE_USER):
+        raise InvalidArgument("only user messages can be sent", [("role", "must be ROLE_USER")])
+    await limiter.hit("messages", caller.user)
+    timeout = settings.rpc_timeout_s
+    conversation = (
+        await history.GetConversation(
+            history_service_pb2.GetConversationRequest(conversation_id=conversation_id),
+            timeout=timeout,
+        )
+    ).conversation
+    spec = run_pb2.RunSpec(
+        template=ASSISTANT_TEMPLATE,
+        input=message.content,
+        conversation_id=conversation_id,
+        request_id=message.client_message_id,
+        on_disconnect=run_pb2.ON_DISCONNECT_CONTINUE,
+    )
+    if conversation.model.provider or conversation.model.model:
+        agent = await _assistant_agent(request, runs, settings)
+        spec.model_overrides[agent].CopyFrom(conversation.model)
+    call = runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec))
+    if "text/event-stream" in request.headers.get("accept", ""):
+        response = await sse.open_event_stream(
+            call,
+            first_event_wait_s=settings.sse_first_event_wait_s,
+            keepalive_s=settings.sse_keepalive_s,
+            max_buffered=settings.sse_max_buffered_events,
+        )
+        await _title_if_untitled(history, conversation, message.content, timeout)
+        return response
+    return await _chat_json(call, history, runs, conversation, message.content, settings)
+
+
+async def _chat_json(
+    call: Any,
+    history: HistoryDep,
+    runs: RunsDep,
+    conversation: conversation_pb2.Conversation,
+    content: str,
+    settings: SettingsDep,
+) -> Response:
+    """Wait for the run to end; answer the conversation, run and the two messages."""
+    run_id = ""
+    terminal: run_pb2.RunEvent | None = None
+    try:
+        async with asyncio.timeout(settings.chat_timeout_s):
+            async for item in call:
+                event = item.event
+                run_id = run_id or event.run_id
+                kind = event.WhichOneof("payload")
+                if kind == "run_started":
+                    await _title_if_untitled(history, conversation, content, settings.rpc_timeout_s)
+                if kind in protojson.TERMINAL_PAYLOADS:
+                    terminal = event
+                    break
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"the run did not finish within {settings.chat_timeout_s:.0f} s; "
+            f"watch it with GET /api/v1/runs/{run_id}/events",
+            reason="RUN_STILL_ACTIVE",
+            metadata={"run_id": run_id},
+        ) from None
+    finally:
+        call.cancel()  # the run goes on (on_disconnect CONTINUE); we only stop listening
+    if terminal is None:
+        raise error_for_code(grpc.StatusCode.INTERNAL, "the run's stream ended without an outcome")
+    if not terminal.HasField("run_completed"):
+        raise _run_error(terminal)
+    timeout = settings.rpc_timeout_s
+    run, listed, current = await asyncio.gather(
+        runs.GetRun(run_service_pb2.GetRunRequest(run_id=run_id), timeout=timeout),
+        history.ListMessages(
+            history_service_pb2.ListMessagesRequest(
+                conversation_id=conversation.id, run_id=run_id, page_size=1000
+            ),
+            timeout=timeout,
+        ),
+        history.GetConversation(
+            history_service_pb2.GetConversationRequest(conversation_id=conversation.id),
+            timeout=timeout,
+        ),
+    )
+    user = next((m for m in listed.messages if m.role == chat_pb2.ROLE_USER), None)
+    reply = next((m for m in reversed(listed.messages) if m.role == chat_pb2.ROLE_ASSISTANT), None)
+    body = {
+        "conversation": protojson.to_dict(current.conversation),
+        "run": protojson.to_dict(run.run),
+        "userMessage": protojson.to_dict(user) if user is not None else None,
+        "assistantMessage": protojson.to_dict(reply) if reply is not None else None,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+async def _title_if_untitled(
+    history: HistoryDep, conversation: conversation_pb2.Conversation, content: str, timeout: float
+) -> None:
+    """Give an untitled conversation a title made from its first message (best effort)."""
+    if conversation.title:
+        return
+    conversation.title = title_from(content)
+    try:
+        await history.UpdateConversation(
+            history_service_pb2.UpdateConversationRequest(
+                conversation=conversation_pb2.Conversation(
+                    id=conversation.id, title=conversation.title
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["title"]),
+            ),
+            timeout=timeout,
+        )
+    except grpc.aio.AioRpcError as exc:  # the chat goes on without a title
+        log.warning("title_update_failed", conversation_id=conversation.id, code=exc.code().name)

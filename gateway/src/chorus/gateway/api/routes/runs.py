@@ -1,0 +1,348 @@
+"""Runs: start, stream, watch, resume, cancel, steer and export (RunService).
+
+Bodies are proto3 JSON of the contract's messages; a response body is the proto3 JSON of
+the RPC's response message (`POST /runs` → `CreateRunResponse` = `{"run": {…}}`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from google.protobuf import field_mask_pb2
+from starlette.responses import Response
+
+from chorus.core.errors import InvalidArgument
+from chorus.gateway import openapi, protojson, sse
+from chorus.gateway.api.deps import (
+    CallerDep,
+    HistoryDep,
+    LimiterDep,
+    RunsDep,
+    SettingsDep,
+    check_text,
+    json_body,
+    proto_body,
+)
+from chorus.v1 import (
+    history_service_pb2,
+    run_pb2,
+    run_service_pb2,
+    team_pb2,
+)
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+_TERMINAL = (
+    run_pb2.RUN_STATUS_COMPLETED,
+    run_pb2.RUN_STATUS_FAILED,
+    run_pb2.RUN_STATUS_CANCELLED,
+)
+_AGENT_FIELDS = {"systemPrompt": "system_prompt", "temperature": "temperature", "model": "model"}
+
+
+def parse_status(value: str | None) -> run_pb2.RunStatus.ValueType:
+    """A `RunStatus` from `RUN_STATUS_RUNNING` or `running` (any case); None → unspecified.
+
+    Raises:
+        InvalidArgument: an unknown status (field `status`).
+    """
+    if not value:
+        return run_pb2.RUN_STATUS_UNSPECIFIED
+    name = value.strip().upper()
+    if not name.startswith("RUN_STATUS_"):
+        name = "RUN_STATUS_" + name
+    try:
+        return run_pb2.RunStatus.Value(name)
+    except ValueError:
+        names = ", ".join(
+            n.removeprefix("RUN_STATUS_").lower() for n in run_pb2.RunStatus.keys()[1:]
+        )
+        raise InvalidArgument(
+            f"unknown run status {value!r}", [("status", f"one of {names}")]
+        ) from None
+
+
+def resume_after(last_event_id: str | None, after_seq: int | None) -> int:
+    """The seq to resume after: the `Last-Event-ID` header wins over `?after_seq=`.
+
+    Raises:
+        InvalidArgument: `Last-Event-ID` that is not a non-negative integer.
+    """
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            seq = int(last_event_id.strip())
+        except ValueError:
+            seq = -1
+        if seq < 0:
+            raise InvalidArgument(
+                "Last-Event-ID must be the seq of an event",
+                [("Last-Event-ID", "a non-negative integer")],
+            )
+        return seq
+    return after_seq or 0
+
+
+async def _run_spec(request: Request, settings: SettingsDep) -> run_pb2.RunSpec:
+    spec, _ = await proto_body(request, run_pb2.RunSpec())
+    check_text(spec.input, "input", settings)
+    return spec
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Start a run in the background",
+    openapi_extra=openapi.body_of(run_pb2.RunSpec, "What to run (chorus.v1.RunSpec)."),
+    responses=openapi.responses_of(run_service_pb2.CreateRunResponse, "The run.", 201),
+)
+async def create_run(
+    request: Request, caller: CallerDep, runs: RunsDep, limiter: LimiterDep, settings: SettingsDep
+) -> Response:
+    """Starts a run and returns it at once (201, `Location` = the run). The same
+    `requestId` returns the same run. 409 ABORTED when the conversation is busy; 429 over
+    the runs rate limit."""
+    spec = await _run_spec(request, settings)
+    await limiter.hit("runs", caller.user)
+    reply = await runs.CreateRun(
+        run_service_pb2.CreateRunRequest(spec=spec), timeout=settings.rpc_timeout_s
+    )
+    return protojson.response(
+        reply, 201, headers={"Location": f"{request.url.path}/{reply.run.id}"}
+    )
+
+
+@router.post(
+    "/stream",
+    summary="Start a run and stream its events (SSE)",
+    openapi_extra=openapi.body_of(run_pb2.RunSpec, "What to run (chorus.v1.RunSpec)."),
+    responses=openapi.SSE_RESPONSE,
+)
+async def stream_run(
+    request: Request, caller: CallerDep, runs: RunsDep, limiter: LimiterDep, settings: SettingsDep
+) -> Response:
+    """Starts a run and streams its events as SSE until the terminal event. When the
+    client disconnects the run follows `onDisconnect` (default: it goes on; watch it with
+    `GET /runs/{id}/events`)."""
+    spec = await _run_spec(request, settings)
+    await limiter.hit("runs", caller.user)
+    call = runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec))
+    return await _event_stream(call, settings)
+
+
+@router.get(
+    "",
+    summary="List the caller's runs",
+    responses=openapi.responses_of(run_service_pb2.ListRunsResponse, "A page, newest first."),
+)
+async def list_runs(
+    caller: CallerDep,
+    runs: RunsDep,
+    settings: SettingsDep,
+    conversation_id: Annotated[str, Query(max_length=128)] = "",
+    status: Annotated[
+        str | None, Query(description="e.g. `running` or `RUN_STATUS_RUNNING`")
+    ] = None,
+    page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
+    page_token: Annotated[str, Query(max_length=4096)] = "",
+) -> Response:
+    """The caller's runs, newest first, optionally of one conversation or status."""
+    reply = await runs.ListRuns(
+        run_service_pb2.ListRunsRequest(
+            conversation_id=conversation_id,
+            status=parse_status(status),
+            page_size=page_size,
+            page_token=page_token,
+        ),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(reply)
+
+
+@router.get(
+    "/{run_id}",
+    summary="Get a run",
+    responses=openapi.responses_of(run_service_pb2.GetRunResponse, "The run."),
+)
+async def get_run(run_id: str, caller: CallerDep, runs: RunsDep, settings: SettingsDep) -> Response:
+    """A run: its spec, status, turns, final answer, error, usage. 404 for an unknown run or
+    another user's."""
+    reply = await runs.GetRun(
+        run_service_pb2.GetRunRequest(run_id=run_id), timeout=settings.rpc_timeout_s
+    )
+    return protojson.response(reply)
+
+
+@router.get(
+    "/{run_id}/events",
+    summary="Watch or resume a run's events (SSE)",
+    responses=openapi.SSE_RESPONSE,
+)
+async def watch_run(
+    run_id: str,
+    caller: CallerDep,
+    runs: RunsDep,
+    settings: SettingsDep,
+    after_seq: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this seq (wins).")
+    ] = None,
+) -> Response:
+    """Events with seq greater than `Last-Event-ID` (or `after_seq`), then live until the
+    terminal event. No gap, no duplicate; works for finished runs (204 when nothing is
+    left)."""
+    after = resume_after(last_event_id, after_seq)
+    call = runs.WatchRun(run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after))
+    return await _event_stream(call, settings)
+
+
+@router.post(
+    "/{run_id}/cancel",
+    summary="Cancel a run",
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"reason": {"type": "string"}}}
+                }
+            },
+        }
+    },
+    responses=openapi.responses_of(run_service_pb2.CancelRunResponse, "The outcome."),
+)
+async def cancel_run(
+    run_id: str, request: Request, caller: CallerDep, runs: RunsDep, settings: SettingsDep
+) -> Response:
+    """Stops the run's in-flight model call and ends it with `run_cancelled`. Idempotent:
+    `cancelled: false` with a message when the run had already ended."""
+    data = await json_body(request, optional=True)
+    unknown = sorted(set(data) - {"reason"})
+    if unknown:
+        raise InvalidArgument("unknown fields", [(f, "unknown field") for f in unknown])
+    reason = data.get("reason", "")
+    if not isinstance(reason, str):
+        raise InvalidArgument("reason must be a string", [("reason", "must be a string")])
+    check_text(reason, "reason", settings, required=False)
+    reply = await runs.CancelRun(
+        run_service_pb2.CancelRunRequest(run_id=run_id, reason=reason),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(reply)
+
+
+@router.patch(
+    "/{run_id}/agents/{agent_name}",
+    summary="Change an agent mid-run",
+    openapi_extra=openapi.body_of(
+        team_pb2.AgentSpec, "The new `systemPrompt`, `temperature` and/or `model`."
+    ),
+    responses=openapi.responses_of(
+        run_service_pb2.UpdateRunAgentResponse, "The agent's configuration after the change."
+    ),
+)
+async def update_run_agent(
+    run_id: str,
+    agent_name: str,
+    request: Request,
+    caller: CallerDep,
+    runs: RunsDep,
+    settings: SettingsDep,
+    update_mask: Annotated[
+        str | None, Query(description="Fields to change; default: the fields in the body.")
+    ] = None,
+) -> Response:
+    """Changes the agent's system prompt, temperature or model from its next turn and emits
+    `agent_updated`. 400 FAILED_PRECONDITION once the run has ended, 404 for an unknown
+    agent."""
+    agent, data = await proto_body(request, team_pb2.AgentSpec())
+    check_text(agent.system_prompt, "systemPrompt", settings, required=False)
+    if update_mask is not None:
+        paths = [p.strip() for p in update_mask.split(",") if p.strip()]
+        mask = field_mask_pb2.FieldMask()
+        mask.FromJsonString(",".join(paths))
+    else:
+        names = [_AGENT_FIELDS.get(k, k) for k in data]
+        mask = field_mask_pb2.FieldMask(paths=names)
+    if not mask.paths:
+        raise InvalidArgument(
+            "nothing to change",
+            [("body", "give at least one of systemPrompt, temperature, model")],
+        )
+    reply = await runs.UpdateRunAgent(
+        run_service_pb2.UpdateRunAgentRequest(
+            run_id=run_id, agent_name=agent_name, agent=agent, update_mask=mask
+        ),
+        timeout=settings.rpc_timeout_s,
+    )
+    return protojson.response(reply)
+
+
+@router.get(
+    "/{run_id}/export",
+    summary="Export a run as JSON",
+    responses={
+        200: {
+            "description": "`{format, exportTime, complete, run, messages, events}`: the run, "
+            "its messages and every event so far (partial while the run is active).",
+            "content": {"application/json": {}},
+        }
+    },
+)
+async def export_run(
+    run_id: str, caller: CallerDep, runs: RunsDep, history: HistoryDep, settings: SettingsDep
+) -> Response:
+    """The whole run as one JSON download: the run, its conversation messages and all its
+    events (`Content-Disposition: attachment`)."""
+    timeout = settings.rpc_timeout_s
+    run = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run_id), timeout=timeout)).run
+    events: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        page = await history.ListRunEvents(
+            history_service_pb2.ListRunEventsRequest(
+                run_id=run_id, page_size=5000, page_token=token
+            ),
+            timeout=timeout,
+        )
+        events.extend(protojson.event_dict(e) for e in page.events)
+        token = page.next_page_token
+        if not token:
+            break
+    messages: list[dict[str, Any]] = []
+    token = ""
+    while run.conversation_id:
+        mpage = await history.ListMessages(
+            history_service_pb2.ListMessagesRequest(
+                conversation_id=run.conversation_id, run_id=run_id, page_size=1000, page_token=token
+            ),
+            timeout=timeout,
+        )
+        messages.extend(protojson.to_dict(m) for m in mpage.messages)
+        token = mpage.next_page_token
+        if not token:
+            break
+    body = {
+        "format": "chorus.run-export.v1",
+        "exportTime": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "complete": run.status in _TERMINAL,
+        "run": protojson.to_dict(run),
+        "messages": messages,
+        "events": events,
+    }
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="chorus-run-{run.id}.json"'},
+    )
+
+
+async def _event_stream(call: sse.EventCall, settings: SettingsDep) -> Response:
+    return await sse.open_event_stream(
+        call,
+        first_event_wait_s=settings.sse_first_event_wait_s,
+        keepalive_s=settings.sse_keepalive_s,
+        max_buffered=settings.sse_max_buffered_events,
+    )

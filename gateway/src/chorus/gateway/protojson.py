@@ -1,0 +1,145 @@
+"""proto3 JSON in and out: every body the gateway reads or writes is the contract's message.
+
+Conventions (the protobuf defaults, used everywhere — REST, SSE `data:`, WebSocket):
+
+* field names in lowerCamelCase (`runId`, `maxTurns`); requests may use either the
+  camelCase or the original snake_case name, as proto3 JSON parsers accept both;
+* enums as their names (`RUN_STATUS_RUNNING`), int64 as decimal strings (`"seq": "12"`),
+  Timestamps as RFC 3339 UTC strings, FieldMasks as comma-separated camelCase paths;
+* fields holding their default value (0, "", false, empty list) are omitted.
+
+Run events are the hot path: `event_json` serializes the frequent small payloads
+(`text_delta`, `reasoning_delta`, `progress`, turn markers) without `json_format`'s generic
+reflection, producing the same JSON (a test checks the two agree).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.responses import Response
+
+from chorus.core.errors import InvalidArgument
+from chorus.v1 import run_pb2
+
+M = TypeVar("M", bound=Message)
+
+TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+"""Payload names that end a run (nothing follows them)."""
+
+_PARSE_PATH = re.compile(r' at "?([A-Za-z0-9_.\[\]]+?)"?\.*(?:\n|$)')
+_PARSE_PREFIX = re.compile(r"Failed to parse (\w+) field: ")
+_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """proto3 JSON of `message` as a dict (camelCase, defaults omitted)."""
+    return json_format.MessageToDict(message)
+
+
+def to_json(message: Message) -> bytes:
+    """proto3 JSON of `message`, encoded."""
+    return orjson.dumps(json_format.MessageToDict(message))
+
+
+def response(message: Message, status_code: int = 200, **kwargs: Any) -> Response:
+    """A JSON response whose body is the proto3 JSON of `message`."""
+    return Response(
+        to_json(message), status_code=status_code, media_type="application/json", **kwargs
+    )
+
+
+def parse(data: Any, message: M) -> M:
+    """Fill `message` from proto3 JSON `data` (a dict); unknown fields are errors.
+
+    Raises:
+        InvalidArgument: with one field violation naming the offending field path
+            (`team.agents[0].temperature`).
+    """
+    if not isinstance(data, dict):
+        raise InvalidArgument(
+            "the request body must be a JSON object",
+            [("body", "must be a JSON object")],
+        )
+    try:
+        return json_format.ParseDict(data, message)
+    except json_format.ParseError as exc:
+        field, reason = _parse_error_field(str(exc))
+        raise InvalidArgument(f"invalid {field}: {reason}", [(field, reason)]) from None
+
+
+def _parse_error_field(text: str) -> tuple[str, str]:
+    """(field path, description) of a `json_format.ParseError` message.
+
+    The messages nest ("Failed to parse team field: Failed to parse agents field: …") and
+    sometimes end with the full path (" at RunSpec.team.agents[0].temperature"); the more
+    specific of the two wins.
+    """
+    chain: list[str] = []
+    rest = text
+    while (m := _PARSE_PREFIX.match(rest)) is not None:
+        chain.append(m.group(1))
+        rest = rest[m.end() :]
+    at = _PARSE_PATH.search(rest)
+    at_path = at.group(1).partition(".")[2] if at else ""
+    if at:
+        rest = rest[: at.start()]
+    path = max(".".join(chain), at_path, key=len)
+    unknown = _UNKNOWN_FIELD.search(rest)
+    if unknown:
+        return (f"{path}.{unknown.group(1)}" if path else unknown.group(1)), "unknown field"
+    return path or "body", rest.strip().rstrip(".") or "invalid value"
+
+
+def _fast_payload(event: run_pb2.RunEvent, kind: str) -> tuple[str, dict[str, Any]] | None:
+    """The camelCase key and JSON of the hot payloads, or None for the others."""
+    if kind == "text_delta":
+        text = event.text_delta.text
+        return "textDelta", {"text": text} if text else {}
+    if kind == "reasoning_delta":
+        text = event.reasoning_delta.text
+        return "reasoningDelta", {"text": text} if text else {}
+    if kind == "progress":
+        p = event.progress
+        d: dict[str, Any] = {}
+        if p.turn:
+            d["turn"] = p.turn
+        if p.max_turns:
+            d["maxTurns"] = p.max_turns
+        return "progress", d
+    if kind == "agent_started":
+        turn = event.agent_started.turn
+        return "agentStarted", {"turn": turn} if turn else {}
+    if kind == "agent_finished":
+        turn = event.agent_finished.turn
+        return "agentFinished", {"turn": turn} if turn else {}
+    return None
+
+
+def event_dict(event: run_pb2.RunEvent) -> dict[str, Any]:
+    """proto3 JSON of a `RunEvent` as a dict; equal to `to_dict(event)`, faster for the
+    frequent payloads."""
+    kind = event.WhichOneof("payload")
+    fast = _fast_payload(event, kind) if kind else None
+    if fast is None:
+        return json_format.MessageToDict(event)
+    d: dict[str, Any] = {}
+    if event.run_id:
+        d["runId"] = event.run_id
+    if event.seq:
+        d["seq"] = str(event.seq)
+    if event.HasField("time"):
+        d["time"] = event.time.ToJsonString()
+    if event.agent:
+        d["agent"] = event.agent
+    d[fast[0]] = fast[1]
+    return d
+
+
+def event_json(event: run_pb2.RunEvent) -> bytes:
+    """proto3 JSON of a `RunEvent`, encoded (one line: newlines in text are escaped)."""
+    return orjson.dumps(event_dict(event))

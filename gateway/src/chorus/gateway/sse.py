@@ -1,0 +1,244 @@
+"""Run events as Server-Sent Events, straight from a gRPC stream.
+
+Wire format (WHATWG HTML §9.2), one frame per `RunEvent`::
+
+    event: text_delta
+    id: 17
+    data: {"runId":"…","seq":"17","time":"…","agent":"optimist","textDelta":{"text":"Hi"}}
+
+`event:` is the payload's field name (`run_started`, `text_delta`, …, `run_completed`),
+`id:` the seq, `data:` the proto3 JSON of the event (`chorus.gateway.protojson`). A
+browser's `Last-Event-ID` on reconnect is the seq to resume after. The stream ends after
+the terminal event. An upstream failure after the response started is sent as
+`event: error` with the AIP-193 error body, then the stream ends.
+
+How the stream is served (the gateway's hot path):
+
+* `open_event_stream` starts reading the gRPC call at once and waits for its first event
+  (up to `sse_first_event_wait_s`) before answering, so a missing run is a real 404 and not
+  a 200 stream that fails; a stream with nothing after `after_seq` on a finished run is
+  204 No Content, which tells `EventSource` to stop reconnecting.
+* A reader task decodes each gRPC message and appends its pre-encoded SSE frame to a
+  buffer; the writer sends everything buffered in one `http.response.body` write. When
+  events arrive faster than the socket drains, the writer's send is still waiting on
+  flow control when the next events land, so several go out in the next write. Above
+  `sse_max_buffered_events` the reader stops reading and gRPC flow control pushes back.
+* An idle stream gets a `: keepalive` comment every `sse_keepalive_s`.
+* Client disconnect (or any exit) cancels the upstream gRPC call in `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+import orjson
+from prometheus_client import Counter, Gauge
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from chorus.gateway import errors, protojson
+from chorus.v1 import run_pb2
+
+SSE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+"""Headers of every event stream (no caching, no proxy buffering; never compressed)."""
+
+KEEPALIVE = b": keepalive\n\n"
+RETRY_MS = 2000
+"""Reconnect delay suggested to `EventSource` (`retry:` field), milliseconds."""
+
+STREAMS = Gauge("chorus_gateway_sse_streams", "SSE streams being served.")
+EVENTS = Counter("chorus_gateway_sse_events_total", "Run events sent over SSE.")
+WRITES = Counter("chorus_gateway_sse_writes_total", "Body writes of SSE streams (≤ events).")
+
+
+class EventCall(Protocol):
+    """What the stream needs of a server-streaming gRPC call (StreamRun, WatchRun)."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def cancel(self) -> bool: ...
+
+
+def encode_event(event: run_pb2.RunEvent) -> bytes:
+    """One SSE frame for `event` (`event:`, `id:`, `data:` lines and the blank line)."""
+    kind = event.WhichOneof("payload") or "message"
+    return b"".join(
+        (
+            b"event: ",
+            kind.encode(),
+            b"\nid: ",
+            str(event.seq).encode(),
+            b"\ndata: ",
+            protojson.event_json(event),
+            b"\n\n",
+        )
+    )
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """The `event: error` frame of a failure after the stream started (AIP-193 body)."""
+    status, http_status = errors.status_of(exc)
+    return b"event: error\ndata: " + orjson.dumps(errors.error_body(status, http_status)) + b"\n\n"
+
+
+class _Pump:
+    """Reads a gRPC event stream into a buffer of encoded frames (one reader task)."""
+
+    def __init__(self, call: EventCall, max_buffered: int) -> None:
+        self.call = call
+        self.frames: list[bytes] = []
+        self.error: BaseException | None = None
+        self.finished = False
+        self.closed = False
+        self.last_seq = 0
+        self._max = max_buffered
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for item in self.call:
+                event = item.event
+                self.last_seq = event.seq
+                self.frames.append(encode_event(event))
+                self._ready.set()
+                if len(self.frames) >= self._max:
+                    self._space.clear()
+                    await self._space.wait()
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: report it on the stream, not silently
+            self.error = exc
+        finally:
+            self.finished = True
+            self._ready.set()
+
+    async def wait_first(self, timeout: float) -> None:
+        """Wait until a frame is buffered, the stream ended, or `timeout` s passed."""
+        if self.frames or self.finished:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            pass
+
+    async def take(self, keepalive_s: float) -> bytes | None:
+        """Everything buffered as one chunk; `KEEPALIVE` after `keepalive_s` idle seconds;
+        None at the end (stream finished and drained, or closed)."""
+        while not self.frames:
+            if self.finished or self.closed:
+                return None
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(keepalive_s):
+                    await self._ready.wait()
+            except TimeoutError:
+                return KEEPALIVE
+        if self.closed:
+            return None
+        frames, self.frames = self.frames, []
+        self._space.set()
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def close(self) -> None:
+        """Stop: cancel the upstream call and the reader, wake the writer."""
+        self.closed = True
+        self.call.cancel()
+        self.task.cancel()
+        self._ready.set()
+
+
+class EventStreamResponse(Response):
+    """An ASGI response serving a `_Pump` as SSE until the run's end or the client's exit."""
+
+    def __init__(self, pump: _Pump, keepalive_s: float, headers: dict[str, str] | None) -> None:
+        self.pump = pump
+        self.keepalive_s = keepalive_s
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(SSE_HEADERS) + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = self.pump
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    pump.close()
+                    return
+
+        watcher = asyncio.create_task(watch_disconnect())
+        STREAMS.inc()
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": f"retry: {RETRY_MS}\n\n".encode(),
+                    "more_body": True,
+                }
+            )
+            while (chunk := await pump.take(self.keepalive_s)) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk is not KEEPALIVE:
+                    WRITES.inc()
+                    EVENTS.inc(chunk.count(b"\n\n"))
+            tail = b""
+            if pump.error is not None and not pump.closed:
+                tail = encode_error(pump.error)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except OSError:  # ASGI 2.4 servers raise on a send after the client left
+            pass
+        finally:
+            STREAMS.dec()
+            watcher.cancel()
+            pump.close()
+
+
+async def open_event_stream(
+    call: EventCall,
+    *,
+    first_event_wait_s: float,
+    keepalive_s: float,
+    max_buffered: int,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The HTTP response for a run-event gRPC stream.
+
+    Waits up to `first_event_wait_s` for the first event, so early failures get their own
+    HTTP status.
+
+    Returns:
+        a streaming 200 response; or 204 when the stream ended with no event (nothing after
+        `after_seq` on a finished run).
+
+    Raises:
+        grpc.aio.AioRpcError: the call failed before any event (e.g. NOT_FOUND); the
+            exception handler turns it into the mapped HTTP error.
+    """
+    pump = _Pump(call, max_buffered)
+    try:
+        await pump.wait_first(first_event_wait_s)
+    except BaseException:
+        pump.close()
+        raise
+    if pump.finished and not pump.frames:
+        pump.close()
+        if pump.error is not None:
+            raise pump.error
+        return Response(status_code=204, headers=headers)
+    return EventStreamResponse(pump, keepalive_s, headers)

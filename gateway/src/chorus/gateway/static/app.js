@@ -1,0 +1,582 @@
+// Chorus web page: start a team, watch it think, steer it, export it.
+//
+// Everything comes from the gateway's REST + SSE API (/api/v1). Model output is only ever
+// put in the page with textContent (never innerHTML), so it cannot inject markup.
+//
+// Resume: the page keeps the run being watched (its id, the last seq seen and the rendered
+// transcript) in sessionStorage and the run id in the URL (#run=<id>). A reload renders the
+// saved transcript and resumes the stream with Last-Event-ID = last seq, so nothing repeats.
+"use strict";
+
+const API = "/api/v1";
+const STORE_KEY = "chorus.run";
+const KEY_KEY = "chorus.apiKey";
+const SAVE_EVERY_MS = 300;
+const TERMINAL = new Set(["run_completed", "run_failed", "run_cancelled"]);
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+};
+
+// ---------------------------------------------------------------------------------------
+// API
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const err = (body && body.error) || {};
+    super(err.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = err.status || "";
+    this.details = err.details || [];
+  }
+}
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_KEY);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function api(path, { method = "GET", body, headers = {} } = {}) {
+  const init = { method, headers: { ...authHeaders(), ...headers }, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(API + path, init);
+  if (resp.status === 401 && (resp.headers.get("WWW-Authenticate") || "").startsWith("Bearer")) {
+    showKeyPanel();
+  }
+  if (!resp.ok) {
+    let payload = null;
+    try { payload = await resp.json(); } catch (_) { /* not JSON */ }
+    throw new ApiError(resp.status, payload);
+  }
+  if (resp.status === 204) return null;
+  return resp.json();
+}
+
+function showKeyPanel() { $("apikey-panel").hidden = false; }
+
+function banner(message) {
+  const node = $("banner");
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+// ---------------------------------------------------------------------------------------
+// SSE over fetch (so Authorization headers work), parsed frame by frame.
+
+async function readEvents(path, { afterSeq = 0, signal, onEvent }) {
+  const headers = { ...authHeaders(), Accept: "text/event-stream" };
+  if (afterSeq > 0) headers["Last-Event-ID"] = String(afterSeq);
+  const resp = await fetch(API + path, { headers, signal, credentials: "same-origin" });
+  if (resp.status === 204) return "ended";
+  if (!resp.ok) {
+    let payload = null;
+    try { payload = await resp.json(); } catch (_) { /* not JSON */ }
+    throw new ApiError(resp.status, payload);
+  }
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return "closed";
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let type = "message";
+      const data = [];
+      for (const line of frame.split("\n")) {
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") type = val;
+        else if (field === "data") data.push(val);
+      }
+      if (!data.length) continue;
+      const payload = JSON.parse(data.join("\n"));
+      if (type === "error") throw new ApiError(payload.error.code, payload);
+      if (onEvent(type, payload) === "stop") return "ended";
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run model (what is saved for resume) and its rendering
+
+let model = null;        // {runId, lastSeq, status, title, maxTurns, turn, turns[], agents[], outcome}
+let watching = null;     // AbortController of the current stream
+let saveTimer = null;
+
+function newModel(runId) {
+  return { runId, lastSeq: 0, status: "queued", title: "", maxTurns: 0, turn: 0,
+           turns: [], agents: [], outcome: null };
+}
+
+function save() {
+  if (!model) return;
+  try { sessionStorage.setItem(STORE_KEY, JSON.stringify(model)); } catch (_) { /* quota */ }
+}
+
+function scheduleSave() {
+  if (saveTimer === null) saveTimer = setTimeout(() => { saveTimer = null; save(); }, SAVE_EVERY_MS);
+}
+
+function currentTurn(agent) {
+  for (let i = model.turns.length - 1; i >= 0; i--) {
+    const t = model.turns[i];
+    if (t.kind === "turn" && t.agent === agent && !t.done) return t;
+  }
+  const t = { kind: "turn", agent, turn: 0, text: "", reasoning: "", tools: [], done: false };
+  model.turns.push(t);
+  return t;
+}
+
+// Applies one event to the model; returns the transcript item it changed (or null).
+function apply(type, ev) {
+  const seq = Number(ev.seq || 0);
+  if (seq && seq <= model.lastSeq) return null;   // never apply an event twice
+  if (seq) model.lastSeq = seq;
+  const agent = ev.agent || "";
+  switch (type) {
+    case "run_started": {
+      const run = ev.runStarted.run || {};
+      const spec = run.spec || {};
+      model.status = "running";
+      model.title = spec.template || "custom team";
+      model.maxTurns = spec.maxTurns || (spec.team && spec.team.maxTurns) || 0;
+      model.agents = ((spec.team && spec.team.agents) || []).map((a) => ({
+        name: a.name, temperature: a.temperature, systemPrompt: a.systemPrompt || "",
+        model: a.model ? `${a.model.provider || ""}/${a.model.model || ""}` : "",
+      }));
+      return null;
+    }
+    case "agent_started": {
+      const t = { kind: "turn", agent, turn: ev.agentStarted.turn || 0, text: "", reasoning: "",
+                  tools: [], done: false };
+      model.turns.push(t);
+      return t;
+    }
+    case "text_delta": {
+      const t = currentTurn(agent);
+      t.text += ev.textDelta.text || "";
+      return t;
+    }
+    case "reasoning_delta": {
+      const t = currentTurn(agent);
+      t.reasoning += ev.reasoningDelta.text || "";
+      return t;
+    }
+    case "tool_call_started": {
+      const t = currentTurn(agent);
+      const call = ev.toolCallStarted.call || {};
+      t.tools.push({ id: call.id || "", name: call.name || "", args: call.arguments || "",
+                     result: null, success: null });
+      return t;
+    }
+    case "tool_call_finished": {
+      const t = currentTurn(agent);
+      const call = ev.toolCallFinished.call || {};
+      let tool = t.tools.find((x) => x.id && x.id === call.id);
+      if (!tool) { tool = { id: call.id || "", name: call.name || "", args: call.arguments || "" }; t.tools.push(tool); }
+      tool.result = ev.toolCallFinished.result || "";
+      tool.success = !!ev.toolCallFinished.success;
+      return t;
+    }
+    case "message_completed": {
+      const t = currentTurn(agent);
+      const content = (ev.messageCompleted.message || {}).content || "";
+      if (content) t.text = content;   // the whole message is authoritative
+      return t;
+    }
+    case "agent_finished": {
+      const t = currentTurn(agent);
+      t.done = true;
+      return t;
+    }
+    case "agent_updated": {
+      const upd = ev.agentUpdated;
+      const a = model.agents.find((x) => x.name === (upd.agent || {}).name);
+      if (a) {
+        if ("temperature" in (upd.agent || {})) a.temperature = upd.agent.temperature;
+        if ((upd.fields || []).includes("system_prompt")) a.systemPrompt = upd.agent.systemPrompt || "";
+      }
+      const note = { kind: "note", text: `${(upd.agent || {}).name} updated (${(upd.fields || []).join(", ")}) by ${upd.updatedBy || "?"}` };
+      model.turns.push(note);
+      renderAgents();
+      return note;
+    }
+    case "progress":
+      model.turn = ev.progress.turn || 0;
+      model.maxTurns = ev.progress.maxTurns || model.maxTurns;
+      return null;
+    case "artifact": {
+      const art = ev.artifact;
+      const item = { kind: "artifact", agent, name: art.name || "", mime: art.mimeType || "", data: art.data || "" };
+      model.turns.push(item);
+      return item;
+    }
+    case "run_completed":
+      model.status = "completed";
+      model.outcome = { kind: "completed", text: ev.runCompleted.finalAnswer || "(no answer)" };
+      return null;
+    case "run_failed": {
+      const err = ev.runFailed.error || {};
+      model.status = "failed";
+      model.outcome = { kind: "failed", text: `Failed: ${err.message || err.code || "unknown error"}` };
+      return null;
+    }
+    case "run_cancelled": {
+      const c = ev.runCancelled.cancellation || {};
+      model.status = "cancelled";
+      model.outcome = { kind: "cancelled", text: `Cancelled by ${c.requestedBy || "?"}${c.reason ? `: ${c.reason}` : ""}` };
+      return null;
+    }
+    default:
+      return null;
+  }
+}
+
+const rendered = new Map();   // transcript item → its DOM node
+
+function renderItem(item) {
+  let node = rendered.get(item);
+  if (!node) {
+    node = el("div", item.kind === "turn" ? "turn" : item.kind);
+    rendered.set(item, node);
+    $("transcript").appendChild(node);
+  }
+  if (item.kind === "note") { node.textContent = item.text; return; }
+  if (item.kind === "artifact") {
+    node.replaceChildren(el("div", "turn-head", `${item.agent}: ${item.name} (${item.mime})`));
+    const href = `data:${item.mime};base64,${item.data}`;
+    if (/^image\/(png|jpeg|gif|webp)$/.test(item.mime)) {
+      const img = el("img"); img.src = href; img.alt = item.name; node.appendChild(img);
+    } else {
+      const a = el("a", null, "download"); a.href = href; a.download = item.name; node.appendChild(a);
+    }
+    return;
+  }
+  node.dataset.agent = item.agent;
+  node.classList.toggle("active", !item.done);
+  let head = node.querySelector(".turn-head");
+  if (!head) {
+    head = el("div", "turn-head");
+    head.append(el("span", "turn-agent", item.agent), el("span", "turn-number", item.turn ? `turn ${item.turn}` : ""));
+    const reasoning = el("details", "turn-reasoning");
+    reasoning.hidden = true;
+    reasoning.append(el("summary", null, "reasoning"), el("pre"));
+    node.append(head, reasoning, el("div", "turn-tools"), el("div", "turn-text"));
+  }
+  const reasoning = node.querySelector(".turn-reasoning");
+  reasoning.hidden = !item.reasoning;
+  reasoning.querySelector("pre").textContent = item.reasoning;
+  const tools = node.querySelector(".turn-tools");
+  while (tools.children.length < item.tools.length) {
+    const d = el("details", "tool");
+    d.append(el("summary"), el("div", "hint", "arguments"), el("pre", "tool-args"), el("div", "hint", "result"), el("pre", "tool-result"));
+    tools.appendChild(d);
+  }
+  item.tools.forEach((tool, i) => {
+    const d = tools.children[i];
+    const state = tool.success === null || tool.success === undefined ? "running…" : tool.success ? "ok" : "failed";
+    d.classList.toggle("failed", tool.success === false);
+    d.querySelector("summary").textContent = `tool: ${tool.name} — ${state}`;
+    d.querySelector(".tool-args").textContent = tool.args;
+    d.querySelector(".tool-result").textContent = tool.result === null || tool.result === undefined ? "" : tool.result;
+  });
+  node.querySelector(".turn-text").textContent = item.text;
+}
+
+function renderHead() {
+  $("run").hidden = false;
+  $("run-title").textContent = model.title ? `${model.title} · ${model.runId.slice(0, 8)}` : model.runId.slice(0, 8);
+  const status = $("status");
+  status.textContent = model.status;
+  status.className = `status ${model.status}`;
+  const active = model.status === "running" || model.status === "queued";
+  $("cancel").disabled = !active;
+  const bar = $("progress");
+  bar.max = Math.max(model.maxTurns || 1, 1);
+  bar.value = Math.min(model.turn, bar.max);
+  $("progress-label").textContent = model.maxTurns ? `turn ${model.turn} of ${model.maxTurns}` : (model.turn ? `turn ${model.turn}` : "");
+  const outcome = $("outcome");
+  outcome.hidden = !model.outcome;
+  if (model.outcome) {
+    outcome.className = `outcome ${model.outcome.kind}`;
+    outcome.textContent = model.outcome.text;
+  }
+  document.querySelectorAll(".agent button").forEach((b) => { b.disabled = !active; });
+}
+
+function renderAgents() {
+  const box = $("agents");
+  box.replaceChildren();
+  $("agents-panel").hidden = !model || !model.agents.length;
+  if (!model) return;
+  const active = model.status === "running" || model.status === "queued";
+  for (const agent of model.agents) {
+    const form = $("agent-template").content.firstElementChild.cloneNode(true);
+    form.dataset.agent = agent.name;
+    form.querySelector(".agent-name").textContent = agent.name;
+    form.querySelector(".agent-model").textContent = agent.model;
+    const temp = form.querySelector(".agent-temperature");
+    temp.value = agent.temperature === undefined || agent.temperature === null ? "" : agent.temperature;
+    const prompt = form.querySelector(".agent-prompt");
+    prompt.value = agent.systemPrompt;
+    form.querySelector("button").disabled = !active;
+    form.addEventListener("submit", (e) => { e.preventDefault(); updateAgent(agent, temp, prompt, form); });
+    box.appendChild(form);
+  }
+}
+
+function renderAll() {
+  rendered.clear();
+  $("transcript").replaceChildren();
+  for (const item of model.turns) renderItem(item);
+  renderHead();
+  renderAgents();
+}
+
+// ---------------------------------------------------------------------------------------
+// Watching a run (with resume)
+
+async function watch(runId, { restored = false } = {}) {
+  if (watching) watching.abort();
+  const controller = new AbortController();
+  watching = controller;
+  if (!restored || !model || model.runId !== runId) {
+    model = newModel(runId);
+  }
+  history.replaceState(null, "", `#run=${encodeURIComponent(runId)}`);
+  renderAll();
+  save();
+  let failures = 0;
+  while (!controller.signal.aborted && !TERMINAL.has(`run_${model.status}`)) {
+    try {
+      const end = await readEvents(`/runs/${encodeURIComponent(runId)}/events`, {
+        afterSeq: model.lastSeq,
+        signal: controller.signal,
+        onEvent: (type, ev) => {
+          if (watching !== controller) return "stop";
+          const item = apply(type, ev);
+          if (item) renderItem(item);
+          if (type === "run_started") renderAgents();
+          renderHead();
+          scheduleSave();
+          failures = 0;
+          return TERMINAL.has(type) ? "stop" : undefined;
+        },
+      });
+      if (end === "ended") break;
+    } catch (err) {
+      if (controller.signal.aborted) return;
+      if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 429) {
+        banner(`Cannot watch the run: ${err.message}`);
+        break;
+      }
+      failures += 1;
+      banner(`Connection lost (${err.message}); resuming…`);
+      await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** failures, 8000)));
+      continue;
+    }
+    banner("");
+  }
+  if (watching === controller) {
+    banner("");
+    save();
+    renderHead();
+    loadConversations();
+  }
+}
+
+async function startRun(event) {
+  event.preventDefault();
+  banner("");
+  const spec = { template: $("template").value, input: $("topic").value };
+  const maxTurns = parseInt($("max-turns").value, 10);
+  if (maxTurns > 0) spec.maxTurns = maxTurns;
+  spec.requestId = crypto.randomUUID ? crypto.randomUUID() : String(Date.now());
+  $("start").disabled = true;
+  try {
+    const reply = await api("/runs", { method: "POST", body: spec });
+    watch(reply.run.id);
+  } catch (err) {
+    banner(`Could not start: ${err.message}`);
+  } finally {
+    $("start").disabled = false;
+  }
+}
+
+async function cancelRun() {
+  if (!model) return;
+  $("cancel").disabled = true;
+  try {
+    const reply = await api(`/runs/${encodeURIComponent(model.runId)}/cancel`, {
+      method: "POST", body: { reason: "cancelled from the web page" } });
+    if (!reply.cancelled) banner(reply.message);
+  } catch (err) {
+    banner(`Cancel failed: ${err.message}`);
+    renderHead();
+  }
+}
+
+async function exportRun() {
+  if (!model) return;
+  try {
+    const resp = await fetch(`${API}/runs/${encodeURIComponent(model.runId)}/export`,
+                             { headers: authHeaders(), credentials: "same-origin" });
+    if (!resp.ok) throw new ApiError(resp.status, await resp.json().catch(() => null));
+    const blob = await resp.blob();
+    const a = el("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `chorus-run-${model.runId}.json`;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  } catch (err) {
+    banner(`Export failed: ${err.message}`);
+  }
+}
+
+async function updateAgent(agent, tempInput, promptInput, form) {
+  const body = {};
+  const temp = tempInput.value.trim();
+  if (temp !== "" && Number(temp) !== agent.temperature) body.temperature = Number(temp);
+  if (promptInput.value !== agent.systemPrompt) body.systemPrompt = promptInput.value;
+  const result = form.querySelector(".agent-result");
+  if (!Object.keys(body).length) { result.textContent = "nothing changed"; return; }
+  try {
+    await api(`/runs/${encodeURIComponent(model.runId)}/agents/${encodeURIComponent(agent.name)}`,
+              { method: "PATCH", body });
+    result.textContent = "applied from the next turn";
+  } catch (err) {
+    result.textContent = err.message;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Templates, conversations, identity
+
+let templates = [];
+
+async function loadTemplates() {
+  const reply = await api("/teams");
+  templates = reply.templates || [];
+  const select = $("template");
+  select.replaceChildren();
+  for (const t of templates) {
+    const opt = el("option", null, t.title ? `${t.name} — ${t.title}` : t.name);
+    opt.value = t.name;
+    select.appendChild(opt);
+  }
+  describeTemplate();
+}
+
+function describeTemplate() {
+  const t = templates.find((x) => x.name === $("template").value);
+  $("template-description").textContent = t ? (t.description || "") : "";
+  $("topic").placeholder = t && t.inputHint ? `The ${t.inputHint}` : "A topic, a task or a message";
+}
+
+let conversationsToken = "";
+
+async function loadConversations(more = false) {
+  try {
+    const reply = await api(`/conversations?page_size=20${more && conversationsToken ? `&page_token=${encodeURIComponent(conversationsToken)}` : ""}`);
+    const list = $("conversations");
+    if (!more) list.replaceChildren();
+    for (const c of reply.conversations || []) {
+      const li = el("li");
+      li.dataset.conversation = c.id;
+      const title = el("button", "conversation-title", c.title || "(untitled)");
+      title.type = "button";
+      title.appendChild(el("span", "conversation-time", c.updateTime ? new Date(c.updateTime).toLocaleString() : ""));
+      const runs = el("ul", "runs");
+      title.addEventListener("click", () => toggleRuns(c.id, runs));
+      li.append(title, runs);
+      list.appendChild(li);
+    }
+    conversationsToken = reply.nextPageToken || "";
+    $("more-conversations").hidden = !conversationsToken;
+  } catch (err) {
+    if (err.status !== 401) banner(`Conversations: ${err.message}`);
+  }
+}
+
+async function toggleRuns(conversationId, list) {
+  if (list.children.length) { list.replaceChildren(); return; }
+  try {
+    const reply = await api(`/runs?conversation_id=${encodeURIComponent(conversationId)}`);
+    for (const r of reply.runs || []) {
+      const li = el("li");
+      const status = (r.status || "").replace("RUN_STATUS_", "").toLowerCase();
+      const when = r.createTime ? new Date(r.createTime).toLocaleTimeString() : "";
+      const b = el("button", null, `${(r.spec && r.spec.template) || "run"} · ${status} · ${when}`);
+      b.type = "button";
+      b.dataset.run = r.id;
+      b.addEventListener("click", () => watch(r.id));
+      li.appendChild(b);
+      list.appendChild(li);
+    }
+    if (!list.children.length) list.appendChild(el("li", "hint", "no runs"));
+  } catch (err) {
+    banner(`Runs: ${err.message}`);
+  }
+}
+
+async function loadIdentity() {
+  const me = await api("/user");
+  $("whoami").textContent = `${me.user} (${me.authenticatedBy})`;
+  $("apikey-panel").hidden = true;
+}
+
+async function boot() {
+  try {
+    await loadIdentity();
+  } catch (err) {
+    if (err.status === 401) { showKeyPanel(); banner("Sign in to use Chorus."); return; }
+    banner(`Gateway unavailable: ${err.message}`);
+    return;
+  }
+  banner("");
+  await Promise.all([loadTemplates().catch((e) => banner(`Teams: ${e.message}`)), loadConversations()]);
+  const fromUrl = new URLSearchParams(location.hash.slice(1)).get("run");
+  let saved = null;
+  try { saved = JSON.parse(sessionStorage.getItem(STORE_KEY) || "null"); } catch (_) { saved = null; }
+  if (fromUrl && saved && saved.runId === fromUrl) {
+    model = saved;
+    watch(fromUrl, { restored: true });
+  } else if (fromUrl) {
+    watch(fromUrl);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("start-form").addEventListener("submit", startRun);
+  $("template").addEventListener("change", describeTemplate);
+  $("example").addEventListener("click", () => {
+    const t = templates.find((x) => x.name === $("template").value);
+    if (t && t.exampleInput) $("topic").value = t.exampleInput;
+  });
+  $("cancel").addEventListener("click", cancelRun);
+  $("export").addEventListener("click", exportRun);
+  $("refresh-conversations").addEventListener("click", () => loadConversations());
+  $("more-conversations").addEventListener("click", () => loadConversations(true));
+  $("apikey-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(KEY_KEY, $("apikey").value.trim());
+    $("apikey").value = "";
+    boot();
+  });
+  window.addEventListener("pagehide", save);
+  boot();
+});
