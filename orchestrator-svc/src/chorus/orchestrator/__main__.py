@@ -1,32 +1,45 @@
-"""`python -m chorus.orchestrator`: serve chorus.v1.RunService until SIGTERM/SIGINT."""
+"""`python -m chorus.orchestrator`: serve chorus.v1.RunService until SIGTERM/SIGINT.
+
+Settings come from `CHORUS_*` environment variables (orchestrator-svc/README.md). On
+SIGTERM the server drains for `CHORUS_GRACE_PERIOD_S`; runs still executing then end with
+`run_failed` (ORCHESTRATOR_STOPPED, retryable).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Sequence
 
-from chorus.core.server import ServiceBinding, main
-from chorus.core.settings import CoreSettings
-from chorus.v1 import run_service_pb2_grpc
+from chorus.core.server import GrpcServer, ServiceBinding, main
+from chorus.orchestrator.app import OrchestratorApp, build_app
+from chorus.orchestrator.settings import Settings
 
 
-class Settings(CoreSettings):
-    """Settings of the orchestrator service (`CHORUS_*` environment variables)."""
+def run() -> None:
+    settings = Settings()
+    app: OrchestratorApp | None = None
 
-    orchestrator_port: int = Field(
-        50053, ge=0, le=65535, description="gRPC port (0 picks a free one)."
+    async def bindings() -> Sequence[ServiceBinding]:
+        nonlocal app
+        app = await build_app(settings)
+        return app.bindings
+
+    async def on_started(server: GrpcServer) -> None:
+        assert app is not None
+        await app.on_started(server)
+
+    async def on_shutdown() -> None:
+        if app is not None:
+            await app.close()
+
+    main(
+        "orchestrator",
+        settings,
+        settings.orchestrator_port,
+        bindings,
+        on_started=on_started,
+        on_shutdown=on_shutdown,
     )
 
 
-async def _bindings() -> list[ServiceBinding]:
-    return [
-        ServiceBinding(
-            "chorus.v1.RunService",
-            run_service_pb2_grpc.RunServiceServicer(),
-            run_service_pb2_grpc.add_RunServiceServicer_to_server,
-        )
-    ]
-
-
 if __name__ == "__main__":
-    settings = Settings()
-    main("orchestrator", settings, settings.orchestrator_port, _bindings)
+    run()

@@ -1,0 +1,100 @@
+"""Assembly of orchestrator-svc: channels, tool registry, templates, run manager, servicer.
+
+`build_app(settings)` returns an `OrchestratorApp` whose `bindings` go to a
+`chorus.core.server.GrpcServer` (or `run_service`); call `on_started(server)` once the
+server runs (starts heartbeats and the recovery sweep) and `close()` after it stopped
+(ends the runs still executing as failed, retryable, and closes the channels):
+
+    app = await build_app(Settings(dev_mode=True, provider_address=..., history_address=...))
+    server = GrpcServer(app.bindings, app.settings, 0)
+    await server.start(); await app.on_started(server)
+    ...
+    await server.stop(0); await app.close()
+"""
+
+from __future__ import annotations
+
+from chorus.core.channels import ChannelPool
+from chorus.core.logging import get_logger
+from chorus.core.server import GrpcServer, ServiceBinding
+from chorus.orchestrator.catalog import CatalogCache
+from chorus.orchestrator.history import HistoryClient
+from chorus.orchestrator.manager import RunManager
+from chorus.orchestrator.service import RunService
+from chorus.orchestrator.settings import Settings
+from chorus.orchestrator.templates import load_templates
+from chorus.orchestrator.tools.registry import ToolRegistry
+from chorus.v1 import provider_service_pb2_grpc, run_service_pb2_grpc
+
+log = get_logger("chorus.orchestrator.app")
+
+SERVICE_NAME = "chorus.v1.RunService"
+
+
+class OrchestratorApp:
+    """A built orchestrator service.
+
+    Attributes:
+        settings: the settings it was built with.
+        manager: the replica's runs.
+        bindings: the `ServiceBinding`s to serve.
+    """
+
+    def __init__(self, settings: Settings, channels: ChannelPool, manager: RunManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        self._channels = channels
+        self.bindings = [
+            ServiceBinding(
+                SERVICE_NAME,
+                RunService(manager),
+                run_service_pb2_grpc.add_RunServiceServicer_to_server,
+            )
+        ]
+
+    async def on_started(self, server: GrpcServer) -> None:
+        """Start heartbeats and the recovery sweep (the first sweep runs at once)."""
+        self.manager.start()
+        log.info(
+            "orchestrator_ready",
+            instance_id=self.settings.instance_id,
+            provider=self.settings.provider_address,
+            history=self.settings.history_address,
+        )
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """End the runs still executing (failed, ORCHESTRATOR_STOPPED, retryable), stop the
+        background loops and close the channels."""
+        await self.manager.shutdown(
+            self.settings.grace_period_s if timeout_s is None else timeout_s
+        )
+        await self._channels.close()
+
+
+async def build_app(settings: Settings) -> OrchestratorApp:
+    """Build the service inside the running event loop (channels belong to it).
+
+    Raises:
+        chorus.core.settings.ConfigurationError: a broken team template file.
+    """
+    channels = ChannelPool(settings)
+    tools = ToolRegistry.load(
+        entry_points=settings.tool_entry_points,
+        code_execution=settings.code_execution_enabled,
+        code_timeout_s=settings.code_execution_timeout_s,
+    )
+    provider = provider_service_pb2_grpc.ProviderServiceStub(
+        channels.get(settings.provider_address)
+    )
+    history = HistoryClient(
+        channels.get(settings.history_address), retry_s=settings.history_retry_s
+    )
+    manager = RunManager(
+        settings,
+        history,
+        provider,
+        CatalogCache(provider, settings.model_catalog_ttl_s),
+        tools,
+        load_templates(),
+    )
+    return OrchestratorApp(settings, channels, manager)

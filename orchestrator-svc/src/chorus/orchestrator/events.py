@@ -1,0 +1,231 @@
+"""A live run's event log: numbering, persistence to history-svc, and fan-out to watchers.
+
+One `RunEventLog` per run executing in this process. It
+
+* gives every event the next seq (1, 2, 3 … gapless) and its time;
+* keeps recent events in memory (`watcher_buffer_events`, never dropping an event that is
+  not yet stored) and wakes watchers, which read from that buffer at their own pace — a
+  slow watcher never slows the run: once it falls behind the buffer it reads the stored
+  log from history-svc and catches up;
+* writes events to history-svc in order: token deltas in batches at most
+  `delta_flush_interval_s` old, and every other ("lifecycle") event such that it is stored
+  before the next lifecycle event is emitted (DESIGN.md §4 "Durability"). A lifecycle event
+  waits for the previous one's write, not for its own — so emitting one never delays the
+  token stream that follows it.
+
+Hot path (`emit_delta`): no task, no await, one list append per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from chorus.core.logging import get_logger
+from chorus.orchestrator import metrics
+from chorus.v1 import run_pb2
+
+log = get_logger("chorus.orchestrator.events")
+
+MAX_APPEND_BATCH = 1000
+"""Events per AppendRunEvents call (history-svc's limit)."""
+TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+"""Payloads that end a run."""
+
+EventWriter = Callable[[Sequence[run_pb2.RunEvent]], Awaitable[None]]
+"""Stores a batch of consecutive events (HistoryService.AppendRunEvents); raises on failure."""
+
+
+def is_terminal(event: run_pb2.RunEvent) -> bool:
+    """Whether `event` ends its run."""
+    return event.WhichOneof("payload") in TERMINAL_PAYLOADS
+
+
+def _now() -> Timestamp:
+    ns = time.time_ns()
+    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+class RunEventLog:
+    """The numbered, persisted, watchable event log of one live run.
+
+    Args:
+        run_id: the run.
+        writer: stores a batch of events; exceptions mark the batch as not stored.
+        flush_interval_s: the oldest unstored delta is written within this time.
+        buffer_events: events kept in memory for watchers (besides unstored ones).
+        next_seq: the seq of the first event this log emits.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        writer: EventWriter,
+        *,
+        flush_interval_s: float,
+        buffer_events: int,
+        next_seq: int = 1,
+    ) -> None:
+        self.run_id = run_id
+        self._writer = writer
+        self._interval = flush_interval_s
+        self._keep = buffer_events
+        self._loop = asyncio.get_running_loop()
+        self._buf: list[run_pb2.RunEvent] = []
+        self._buf_first = next_seq
+        self._next = next_seq
+        self._stored = next_seq - 1
+        self._pending: list[run_pb2.RunEvent] = []
+        self._flush_lock = asyncio.Lock()
+        self._emit_lock = asyncio.Lock()
+        self._barrier: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._waiter: asyncio.Future[None] | None = None
+        self.ended = False
+        """True once the terminal event was emitted."""
+        self.closed = False
+        """True once the run's task is over (ended, or let go without a terminal event)."""
+
+    # ------------------------------------------------------------------ state
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last emitted event (0 = none)."""
+        return self._next - 1
+
+    @property
+    def stored_seq(self) -> int:
+        """Seq of the last event stored in history-svc."""
+        return self._stored
+
+    # ------------------------------------------------------------------ emitting
+    def _publish(self, event: run_pb2.RunEvent) -> None:
+        event.run_id = self.run_id
+        event.seq = self._next
+        event.time.CopyFrom(_now())
+        self._next += 1
+        self._buf.append(event)
+        self._pending.append(event)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set_result(None)
+
+    def emit_delta(self, event: run_pb2.RunEvent) -> None:
+        """Emit a token delta now; it is stored with the next batch (≤ flush interval).
+
+        Raises:
+            RuntimeError: the run already ended.
+        """
+        if self.ended:
+            raise RuntimeError("run already ended")
+        self._publish(event)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._interval, self._on_timer)
+
+    async def emit(self, event: run_pb2.RunEvent, *, durable: bool = False) -> run_pb2.RunEvent:
+        """Emit a lifecycle event once every earlier lifecycle event is stored.
+
+        The event's own write starts at once in the background (the next lifecycle event
+        waits for it); with `durable` (terminal events, answers to RPCs) this call waits too.
+
+        Raises:
+            Exception: the writer's error when an earlier (or, with `durable`, this) write
+                failed; the events stay pending and are retried by the next flush.
+            RuntimeError: the run already ended.
+        """
+        async with self._emit_lock:
+            await self._await_barrier()
+            if self.ended:
+                raise RuntimeError("run already ended")
+            self._publish(event)
+            if is_terminal(event):
+                self.ended = True
+            self._barrier = self._loop.create_task(self._flush())
+            if durable:
+                await self._await_barrier()
+        return event
+
+    async def _await_barrier(self) -> None:
+        barrier, self._barrier = self._barrier, None
+        if barrier is not None:
+            await barrier
+
+    async def sync(self) -> None:
+        """Wait until every emitted event is stored.
+
+        Raises:
+            Exception: the writer's error.
+        """
+        async with self._emit_lock:
+            await self._await_barrier()
+            await self._flush()
+
+    # ------------------------------------------------------------------ persisting
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._pending:
+            task = self._loop.create_task(self._background_flush())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _background_flush(self) -> None:
+        try:
+            await self._flush()
+        except Exception as exc:  # the next lifecycle event retries and fails the run
+            log.warning("event_flush_failed", run_id=self.run_id, error=repr(exc))
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            while self._pending:
+                batch = self._pending[:MAX_APPEND_BATCH]
+                started = time.perf_counter()
+                await self._writer(batch)
+                metrics.EVENT_WRITE_SECONDS.observe(time.perf_counter() - started)
+                metrics.EVENTS_STORED.inc(len(batch))
+                del self._pending[: len(batch)]
+                self._stored = batch[-1].seq
+            self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self._buf) - self._keep
+        if excess > self._keep // 2:  # amortised: trim in chunks, never unstored events
+            drop = min(excess, self._stored - self._buf_first + 1)
+            if drop > 0:
+                del self._buf[:drop]
+                self._buf_first += drop
+
+    # ------------------------------------------------------------------ watching
+    def events_after(self, seq: int) -> list[run_pb2.RunEvent] | None:
+        """Buffered events with seq greater than `seq` (maybe none), or None when some of
+        them are no longer buffered (read those from history-svc; they are stored)."""
+        index = seq + 1 - self._buf_first
+        if index < 0:
+            return None
+        return self._buf[index:]
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once an event with seq greater than `seq` exists, or the run ended, or
+        the log was closed."""
+        while self._next - 1 <= seq and not self.ended and not self.closed:
+            if self._waiter is None:
+                self._waiter = self._loop.create_future()
+            await asyncio.shield(self._waiter)
+
+    def close(self) -> None:
+        """The run's task is over: stop the flush timer and wake every watcher."""
+        self.closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._background):
+            task.cancel()

@@ -1,0 +1,218 @@
+"""The orchestrator's client of HistoryService: typed calls made on behalf of a given user.
+
+Runs outlive the RPCs that started them, and background work (heartbeats, the recovery
+sweep) acts for many users, so every call names its user explicitly (`x-chorus-user`)
+instead of relying on the context. Failures are re-raised as `ChorusError`s keeping
+history-svc's code and reason (`from_rpc_error`). Writes that are safe to repeat are retried
+while history-svc is UNAVAILABLE, for up to `retry_s` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from chorus.core.errors import from_rpc_error
+from chorus.core.identity import USER_KEY
+from chorus.v1 import (
+    conversation_pb2,
+    history_service_pb2_grpc,
+    run_pb2,
+)
+from chorus.v1 import (
+    history_service_pb2 as hs,
+)
+
+T = TypeVar("T")
+
+UNARY_TIMEOUT_S = 10.0
+"""Deadline of one unary call to history-svc."""
+
+
+def _md(user: str) -> tuple[tuple[str, str], ...]:
+    return ((USER_KEY, user),)
+
+
+class HistoryClient:
+    """HistoryService calls used by the orchestrator.
+
+    Args:
+        channel: a channel to history-svc (from `chorus.core.channels.ChannelPool`).
+        retry_s: how long idempotent writes are retried on UNAVAILABLE.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, *, retry_s: float) -> None:
+        self.stub = history_service_pb2_grpc.HistoryServiceStub(channel)
+        self._retry_s = retry_s
+
+    async def _call(self, call: Callable[[], Awaitable[T]], *, retry: bool = False) -> T:
+        deadline = time.monotonic() + (self._retry_s if retry else 0.0)
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if (
+                    retry
+                    and exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and time.monotonic() + delay < deadline
+                ):
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise from_rpc_error(exc) from None
+
+    # ----------------------------------------------------------------- conversations
+    async def create_conversation(
+        self, user: str, conversation: conversation_pb2.Conversation, request_id: str = ""
+    ) -> conversation_pb2.Conversation:
+        """CreateConversation (idempotent with `request_id`)."""
+        request = hs.CreateConversationRequest(conversation=conversation, request_id=request_id)
+        response = await self._call(
+            lambda: self.stub.CreateConversation(
+                request, metadata=_md(user), timeout=UNARY_TIMEOUT_S
+            ),
+            retry=bool(request_id),
+        )
+        return response.conversation
+
+    async def get_conversation(
+        self, user: str, conversation_id: str
+    ) -> conversation_pb2.Conversation:
+        """GetConversation without messages; NOT_FOUND for a missing or foreign one."""
+        request = hs.GetConversationRequest(conversation_id=conversation_id)
+        response = await self._call(
+            lambda: self.stub.GetConversation(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+        )
+        return response.conversation
+
+    async def recent_messages(
+        self, user: str, conversation_id: str, limit: int
+    ) -> list[conversation_pb2.Message]:
+        """The last `limit` messages of a conversation, oldest first."""
+        if limit <= 0:
+            return []
+        messages: list[conversation_pb2.Message] = []
+        token = ""
+        while True:
+            request = hs.ListMessagesRequest(
+                conversation_id=conversation_id, page_size=1000, page_token=token
+            )
+            response = await self._call(
+                lambda r=request: self.stub.ListMessages(  # type: ignore[misc]
+                    r, metadata=_md(user), timeout=UNARY_TIMEOUT_S
+                )
+            )
+            messages.extend(response.messages)
+            if len(messages) > limit:
+                del messages[: len(messages) - limit]
+            token = response.next_page_token
+            if not token:
+                return messages
+
+    async def append_messages(
+        self, user: str, conversation_id: str, messages: Sequence[conversation_pb2.Message]
+    ) -> list[conversation_pb2.Message]:
+        """AppendMessages (idempotent: every message carries a `client_message_id`)."""
+        request = hs.AppendMessagesRequest(conversation_id=conversation_id, messages=messages)
+        response = await self._call(
+            lambda: self.stub.AppendMessages(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            retry=True,
+        )
+        return list(response.messages)
+
+    # ----------------------------------------------------------------- run records
+    async def create_run(self, user: str, run: run_pb2.Run) -> tuple[run_pb2.Run, bool]:
+        """RecordRun creating `run`; returns `(stored run, created)`.
+
+        Raises:
+            chorus.core.errors.Aborted: reason CONVERSATION_BUSY.
+        """
+        request = hs.RecordRunRequest(run=run)
+        response = await self._call(
+            lambda: self.stub.RecordRun(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+        )
+        return response.run, response.created
+
+    async def update_run(self, user: str, run: run_pb2.Run, paths: Sequence[str]) -> run_pb2.Run:
+        """RecordRun updating the fields at `paths` (retried: setting fields is idempotent)."""
+        request = hs.RecordRunRequest(run=run, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        response = await self._call(
+            lambda: self.stub.RecordRun(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            retry=True,
+        )
+        return response.run
+
+    async def get_run(self, user: str, run_id: str) -> run_pb2.Run:
+        """GetRunRecord; NOT_FOUND for a missing or foreign run."""
+        request = hs.GetRunRecordRequest(run_id=run_id)
+        response = await self._call(
+            lambda: self.stub.GetRunRecord(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+        )
+        return response.run
+
+    async def list_runs(
+        self, user: str, request: hs.ListRunRecordsRequest
+    ) -> hs.ListRunRecordsResponse:
+        """ListRunRecords as `user` (the system user may set `all_owners`)."""
+        return await self._call(
+            lambda: self.stub.ListRunRecords(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+        )
+
+    # ----------------------------------------------------------------- run events
+    async def append_events(
+        self, user: str, run_id: str, events: Sequence[run_pb2.RunEvent]
+    ) -> int:
+        """AppendRunEvents; returns the run's last stored seq.
+
+        Raises:
+            chorus.core.errors.FailedPrecondition: a gap or a conflicting duplicate (another
+                writer — e.g. a recovery sweep — stored different events at these seqs).
+        """
+        request = hs.AppendRunEventsRequest(run_id=run_id, events=events)
+        response = await self._call(
+            lambda: self.stub.AppendRunEvents(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            retry=True,
+        )
+        return response.last_seq
+
+    async def list_events(
+        self, user: str, run_id: str, after_seq: int, page_size: int = 1000
+    ) -> list[run_pb2.RunEvent]:
+        """One page of stored events after `after_seq` (empty: none stored after it)."""
+        request = hs.ListRunEventsRequest(run_id=run_id, after_seq=after_seq, page_size=page_size)
+        response = await self._call(
+            lambda: self.stub.ListRunEvents(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+        )
+        return list(response.events)
+
+    async def last_event(self, user: str, run_id: str, after_seq: int) -> run_pb2.RunEvent | None:
+        """The last stored event of a run, reading from `after_seq` on (None: none after it)."""
+        last: run_pb2.RunEvent | None = None
+        while True:
+            page = await self.list_events(user, run_id, after_seq, page_size=5000)
+            if not page:
+                return last
+            last = page[-1]
+            after_seq = last.seq
+
+    async def watch_events(
+        self, user: str, run_id: str, after_seq: int
+    ) -> AsyncIterator[run_pb2.RunEvent]:
+        """WatchRunEvents: stored events after `after_seq`, then live ones, until the terminal one."""
+        call = self.stub.WatchRunEvents(
+            hs.WatchRunEventsRequest(run_id=run_id, after_seq=after_seq), metadata=_md(user)
+        )
+        try:
+            async for response in call:
+                yield response.event
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()

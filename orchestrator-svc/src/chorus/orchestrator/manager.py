@@ -1,0 +1,435 @@
+"""The runs of RunService: creating them, finding them, watching, cancelling and steering.
+
+A run executes on the replica that created it (a `LiveRun`); every other call works on any
+replica, through history-svc: the run record (status, `cancellation`, heartbeat) and the
+event log are the shared state (DESIGN.md §4 "Several replicas"). Calls act for the caller
+(`current_identity()`); another user's run is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+
+from chorus.core import deadlines
+from chorus.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from chorus.core.logging import get_logger
+from chorus.core.timestamps import now
+from chorus.orchestrator import metrics
+from chorus.orchestrator.catalog import CatalogCache
+from chorus.orchestrator.events import is_terminal
+from chorus.orchestrator.history import HistoryClient
+from chorus.orchestrator.recovery import Liveness, end_orphan
+from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, RunDeps
+from chorus.orchestrator.settings import Settings
+from chorus.orchestrator.tools.registry import ToolRegistry
+from chorus.orchestrator.validation import resolve_agent_update, resolve_run_spec
+from chorus.v1 import (
+    conversation_pb2,
+    provider_service_pb2_grpc,
+    run_pb2,
+    team_pb2,
+)
+from chorus.v1 import (
+    history_service_pb2 as hs,
+)
+from chorus.v1 import (
+    run_service_pb2 as rs,
+)
+
+log = get_logger("chorus.orchestrator.manager")
+
+MAX_REASON_CHARS = 1000
+"""`CancelRunRequest.reason` limit."""
+_STATUS_WORD = {
+    run_pb2.RUN_STATUS_COMPLETED: "completed",
+    run_pb2.RUN_STATUS_FAILED: "failed",
+    run_pb2.RUN_STATUS_CANCELLED: "cancelled",
+}
+
+
+def check_run_id(run_id: str, field: str = "run_id") -> None:
+    """INVALID_ARGUMENT unless `run_id` is a UUID."""
+    if not run_id:
+        raise InvalidArgument(f"{field} is required", [(field, "required")])
+    try:
+        uuid.UUID(run_id)
+    except ValueError:
+        raise InvalidArgument(f"{field} must be a UUID", [(field, "must be a UUID")]) from None
+
+
+def _title(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= 80 else first[:79] + "…"
+
+
+def _already(run: run_pb2.Run) -> str:
+    word = _STATUS_WORD.get(run.status)
+    return f"run already {word}" if word else "cancel already requested"
+
+
+def _is_stale(run: run_pb2.Run, stale_after_s: float) -> bool:
+    beat = run.heartbeat_time.seconds + run.heartbeat_time.nanos / 1e9
+    return time.time() - beat > stale_after_s
+
+
+class RunManager:
+    """All runs this replica serves.
+
+    Args:
+        settings: the service's settings.
+        history: history-svc client.
+        provider: ProviderService stub.
+        catalog: provider-svc's models, for validation.
+        tools: the tool registry.
+        templates: the team templates by name.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        history: HistoryClient,
+        provider: provider_service_pb2_grpc.ProviderServiceStub,
+        catalog: CatalogCache,
+        tools: ToolRegistry,
+        templates: Mapping[str, team_pb2.TeamTemplate],
+    ) -> None:
+        self._settings = settings
+        self._history = history
+        self._catalog = catalog
+        self._tools = tools
+        self._templates = dict(templates)
+        self._deps = RunDeps(settings=settings, history=history, provider=provider, tools=tools)
+        self._runs: dict[str, LiveRun] = {}
+        self._accepting = True
+        self.liveness = Liveness(settings, history, lambda: self._runs)
+
+    # ----------------------------------------------------------------- lookups
+    @property
+    def live_runs(self) -> dict[str, LiveRun]:
+        """Runs executing on this replica, by id."""
+        return self._runs
+
+    def local(self, user: str, run_id: str) -> LiveRun | None:
+        """The caller's run if it executes here."""
+        live = self._runs.get(run_id)
+        return live if live is not None and live.owner == user else None
+
+    def templates(self) -> list[team_pb2.TeamTemplate]:
+        """The team templates, by name."""
+        return [self._templates[name] for name in sorted(self._templates)]
+
+    # ----------------------------------------------------------------- create
+    async def create(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
+        """Validate `spec`, record the run and start it in the background.
+
+        Returns:
+            The run (QUEUED, or the earlier run when `spec.request_id` matched one) and its
+            `LiveRun` when it executes on this replica.
+
+        Raises:
+            InvalidArgument: a bad spec (nothing is stored).
+            NotFound: `spec.conversation_id` names no conversation of the caller.
+            Aborted: reason CONVERSATION_BUSY (another active run in the conversation).
+            ResourceExhausted: this replica runs `max_active_runs` runs already.
+            Unavailable: shutting down, or provider-svc / history-svc unreachable.
+        """
+        if not self._accepting:
+            raise Unavailable("the orchestrator is shutting down", reason="SHUTTING_DOWN")
+        if len(self._runs) >= self._settings.max_active_runs:
+            raise ResourceExhausted(
+                f"this orchestrator runs {len(self._runs)} runs already (the limit)",
+                retry_after_s=1.0,
+                reason="TOO_MANY_ACTIVE_RUNS",
+            )
+        resolved = resolve_run_spec(
+            spec,
+            templates=self._templates,
+            tools=self._tools,
+            catalog=await self._catalog.get(),
+            settings=self._settings,
+        )
+        if resolved.conversation_id:
+            conversation = await self._history.get_conversation(user, resolved.conversation_id)
+        else:
+            conversation = await self._history.create_conversation(
+                user,
+                conversation_pb2.Conversation(title=_title(resolved.input), team=resolved.template),
+                request_id=f"run:{resolved.request_id}" if resolved.request_id else "",
+            )
+        created_at = now()
+        record = run_pb2.Run(
+            id=str(uuid.uuid4()),
+            owner=user,
+            spec=resolved,
+            conversation_id=conversation.id,
+            status=run_pb2.RUN_STATUS_QUEUED,
+            owner_instance=self._settings.instance_id,
+            heartbeat_time=created_at,
+            create_time=created_at,
+        )
+        stored, created = await self._history.create_run(user, record)
+        if not created:
+            log.info("run_request_repeated", run_id=stored.id, request_id=resolved.request_id)
+            live = self.local(user, stored.id)
+            return (live.snapshot() if live is not None else stored), live
+        live = LiveRun(stored, self._deps)
+        self._runs[stored.id] = live
+        live.task = asyncio.create_task(self._execute(live), name=f"run-{stored.id}")
+        return live.snapshot(), live
+
+    async def _execute(self, live: LiveRun) -> None:
+        try:
+            await live.execute()
+        finally:
+            self._runs.pop(live.id, None)
+
+    # ----------------------------------------------------------------- read
+    async def get(self, user: str, run_id: str) -> run_pb2.Run:
+        """The run (NOT_FOUND for an unknown or foreign one)."""
+        check_run_id(run_id)
+        live = self.local(user, run_id)
+        if live is not None:
+            return live.snapshot()
+        return await self._history.get_run(user, run_id)
+
+    async def list(self, user: str, request: rs.ListRunsRequest) -> rs.ListRunsResponse:
+        """The caller's runs, newest first, with live values for runs executing here."""
+        response = await self._history.list_runs(
+            user,
+            hs.ListRunRecordsRequest(
+                page_size=request.page_size,
+                page_token=request.page_token,
+                conversation_id=request.conversation_id,
+                status=request.status,
+            ),
+        )
+        runs = []
+        for run in response.runs:
+            live = self.local(user, run.id)
+            runs.append(live.snapshot() if live is not None else run)
+        return rs.ListRunsResponse(runs=runs, next_page_token=response.next_page_token)
+
+    # ----------------------------------------------------------------- watch
+    async def watch(
+        self, user: str, run_id: str, after_seq: int
+    ) -> AsyncIterator[run_pb2.RunEvent]:
+        """The run's events with seq greater than `after_seq`, live until the terminal one.
+
+        Runs executing here are tailed from memory; others through history-svc.
+        """
+        check_run_id(run_id)
+        if after_seq < 0:
+            raise InvalidArgument("after_seq must not be negative", [("after_seq", "must be ≥ 0")])
+        metrics.WATCHERS.inc()
+        try:
+            live = self.local(user, run_id)
+            cursor = after_seq
+            if live is not None:
+                async for event in self._watch_local(live, cursor):
+                    yield event
+                    cursor = event.seq
+                    if is_terminal(event):
+                        return
+            # Not here, or let go without a terminal event: history-svc has the rest.
+            async for event in self._watch_stored(user, run_id, cursor):
+                yield event
+        finally:
+            metrics.WATCHERS.dec()
+
+    async def _watch_local(self, live: LiveRun, after_seq: int) -> AsyncIterator[run_pb2.RunEvent]:
+        log_ = live.log
+        cursor = after_seq
+        while True:
+            batch = log_.events_after(cursor)
+            if batch is None:  # fell behind the buffer: read the stored log
+                metrics.WATCHER_CATCHUPS.inc()
+                batch = await self._history.list_events(live.owner, live.id, cursor)
+                if not batch:
+                    raise Unavailable("run events missing from history-svc", reason="EVENT_LOG_GAP")
+            if batch:
+                for event in batch:
+                    yield event
+                    if is_terminal(event):
+                        return
+                cursor = batch[-1].seq
+                continue
+            if log_.ended:
+                return
+            if log_.closed:  # the run was let go without a terminal event here
+                return
+            await log_.wait_beyond(cursor)
+
+    async def _watch_stored(
+        self, user: str, run_id: str, after_seq: int
+    ) -> AsyncIterator[run_pb2.RunEvent]:
+        record = await self._history.get_run(user, run_id)
+        if record.status in ACTIVE_STATUSES:
+            async for event in self._history.watch_events(user, run_id, after_seq):
+                yield event
+                if is_terminal(event):
+                    return
+            return
+        cursor = after_seq
+        while True:  # an ended run: its stored log is complete
+            page = await self._history.list_events(user, run_id, cursor)
+            if not page:
+                return
+            for event in page:
+                yield event
+            cursor = page[-1].seq
+
+    # ----------------------------------------------------------------- cancel
+    async def cancel(self, user: str, run_id: str, reason: str) -> tuple[run_pb2.Run, bool, str]:
+        """Cancel a run on any replica; returns `(run, cancelled, message)`.
+
+        On this replica the call waits up to `cancel_wait_s` for the run to end. On another
+        replica the cancel is recorded in the run record and the owner picks it up with its
+        next heartbeat; a run whose owner stopped heartbeating is ended here at once.
+        """
+        check_run_id(run_id)
+        if len(reason) > MAX_REASON_CHARS:
+            raise InvalidArgument(
+                "reason is too long", [("reason", f"at most {MAX_REASON_CHARS} characters")]
+            )
+        cancellation = run_pb2.Cancellation(requested_by=user, reason=reason, request_time=now())
+        live = self.local(user, run_id)
+        if live is not None:
+            if not live.request_cancel(cancellation):
+                await self._settle(live)
+                snapshot = live.snapshot()
+                return snapshot, False, _already(snapshot)
+            log.info("run_cancel_requested", run_id=run_id, by=user, reason=reason)
+            await self._settle(live)
+            snapshot = live.snapshot()
+            if snapshot.status == run_pb2.RUN_STATUS_CANCELLED:
+                return snapshot, True, "run cancelled"
+            return snapshot, True, "cancel requested"
+        record = await self._history.get_run(user, run_id)
+        if record.status not in ACTIVE_STATUSES:
+            return record, False, _already(record)
+        if record.HasField("cancellation"):
+            return record, False, "cancel already requested"
+        if _is_stale(record, self._settings.stale_after_s):
+            terminal = run_pb2.RunEvent(
+                run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=cancellation)
+            )
+            record = await end_orphan(self._history, record, terminal)
+            return record, True, "run cancelled (its orchestrator had stopped)"
+        try:
+            record = await self._history.update_run(
+                user, run_pb2.Run(id=run_id, cancellation=cancellation), ["cancellation"]
+            )
+        except FailedPrecondition:  # it ended meanwhile
+            record = await self._history.get_run(user, run_id)
+            return record, False, _already(record)
+        log.info("run_cancel_forwarded", run_id=run_id, owner_instance=record.owner_instance)
+        return record, True, "cancel requested; the replica running the run stops it shortly"
+
+    async def _settle(self, live: LiveRun) -> None:
+        wait_s = self._settings.cancel_wait_s
+        remaining = deadlines.time_remaining()
+        if remaining is not None:  # answer within the caller's deadline
+            wait_s = min(wait_s, max(remaining - 0.2, 0.0))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await live.done.wait()
+
+    def cancel_on_disconnect(self, user: str, run_id: str) -> None:
+        """A StreamRun client with `on_disconnect = CANCEL` went away: cancel its run."""
+        cancellation = run_pb2.Cancellation(
+            requested_by=user, reason="client disconnected", request_time=now()
+        )
+        live = self.local(user, run_id)
+        if live is not None:
+            if live.request_cancel(cancellation):
+                log.info("run_cancelled_on_disconnect", run_id=run_id)
+            return
+        task = asyncio.create_task(self.cancel(user, run_id, "client disconnected"))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    # ----------------------------------------------------------------- steer
+    async def update_agent(
+        self, user: str, request: rs.UpdateRunAgentRequest
+    ) -> team_pb2.AgentSpec:
+        """Stage a change of an agent's prompt / temperature / model; emits `agent_updated`.
+
+        Raises:
+            InvalidArgument: bad ids, mask or values.
+            NotFound: unknown run, or no such agent in it (reason AGENT_NOT_FOUND).
+            FailedPrecondition: the run has ended (RUN_ENDED) or executes on another
+                replica (RUN_ON_OTHER_REPLICA; the change must reach the replica running it).
+        """
+        check_run_id(request.run_id)
+        if not request.agent_name:
+            raise InvalidArgument("agent_name is required", [("agent_name", "required")])
+        live = self.local(user, request.run_id)
+        if live is None:
+            record = await self._history.get_run(user, request.run_id)
+            if record.status not in ACTIVE_STATUSES:
+                raise FailedPrecondition(
+                    f"run {_STATUS_WORD[record.status]}: it can no longer be changed",
+                    reason="RUN_ENDED",
+                )
+            raise FailedPrecondition(
+                f"run executes on orchestrator instance {record.owner_instance!r}; "
+                "UpdateRunAgent must reach that replica",
+                reason="RUN_ON_OTHER_REPLICA",
+                metadata={"owner_instance": record.owner_instance},
+            )
+        if live.stopping:
+            raise FailedPrecondition("the run has ended or is ending", reason="RUN_ENDED")
+        state = live.states.get(request.agent_name)
+        if state is None:
+            raise NotFound(
+                f"no agent named {request.agent_name!r} in this run (agents: "
+                f"{', '.join(live.states)})",
+                reason="AGENT_NOT_FOUND",
+            )
+        paths = list(request.update_mask.paths)
+        catalog = await self._catalog.get() if "model" in paths else None
+        after = resolve_agent_update(
+            state.latest,
+            request.agent,
+            paths,
+            catalog=catalog,  # type: ignore[arg-type]
+        )
+        state.pending = after
+        event = run_pb2.RunEvent(
+            agent=request.agent_name,
+            agent_updated=run_pb2.RunEvent.AgentUpdated(agent=after, fields=paths, updated_by=user),
+        )
+        try:
+            await live.log.emit(event, durable=True)
+        except RuntimeError:  # ended between the check and the event
+            raise FailedPrecondition("the run has ended", reason="RUN_ENDED") from None
+        log.info("run_agent_updated", run_id=live.id, agent=request.agent_name, fields=paths)
+        return after
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start heartbeats and the recovery sweep."""
+        self.liveness.start()
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop accepting runs, end the live ones as failed (ORCHESTRATOR_STOPPED,
+        retryable) and stop the background loops."""
+        self._accepting = False
+        runs = list(self._runs.values())
+        for live in runs:
+            live.request_shutdown()
+        tasks: Iterable[asyncio.Task[None]] = [r.task for r in runs if r.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+        await self.liveness.stop()

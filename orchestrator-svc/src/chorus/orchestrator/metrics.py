@@ -1,0 +1,37 @@
+"""Prometheus metrics of orchestrator-svc (served on `/metrics` with `CHORUS_METRICS_PORT`).
+
+Per-token work is never counted one by one: events are counted when a batch is stored.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS_STARTED = Counter(
+    "chorus_runs_started_total", "Runs started on this replica, by team kind.", ["team_kind"]
+)
+RUNS_ENDED = Counter(
+    "chorus_runs_ended_total", "Runs that ended on this replica, by final status.", ["status"]
+)
+RUNS_ACTIVE = Gauge("chorus_runs_active", "Runs executing on this replica.")
+WATCHERS = Gauge("chorus_run_watchers", "WatchRun/StreamRun streams open on this replica.")
+EVENTS_STORED = Counter(
+    "chorus_run_events_stored_total", "Run events written to history-svc by this replica."
+)
+EVENT_WRITE_SECONDS = Histogram(
+    "chorus_run_event_write_seconds",
+    "Latency of one AppendRunEvents batch, seconds.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+WATCHER_CATCHUPS = Counter(
+    "chorus_run_watcher_catchups_total",
+    "Times a watcher fell behind the in-memory buffer and read history-svc to catch up.",
+)
+MODEL_CALLS = Counter("chorus_model_calls_total", "StreamChat calls made, by outcome.", ["outcome"])
+HEARTBEAT_FAILURES = Counter(
+    "chorus_run_heartbeat_failures_total", "Run heartbeats history-svc did not accept."
+)
+RUNS_RECOVERED = Counter(
+    "chorus_runs_recovered_total",
+    "Runs of stopped orchestrators ended by this replica's recovery sweep.",
+)

@@ -1,0 +1,449 @@
+"""An autogen `ChatCompletionClient` whose model calls go to ProviderService.StreamChat.
+
+Every call streams from provider-svc. Text and reasoning pieces go straight to the run's
+event log through a `DeltaStream` (REFERENCE.md: a chunk through autogen's message passing
+costs ~150 µs; this costs one event); autogen receives only the final `CreateResult` with
+content or tool calls, thought and usage — so agents use `model_client_stream=False`.
+
+* The agent's model, temperature, output limit and simulator options are read at each
+  call from `spec()`, so UpdateRunAgent takes effect on the next call it allows.
+* The autogen cancellation token cancels the gRPC call (provider-svc then closes the
+  upstream HTTP stream); the caller sees `asyncio.CancelledError`.
+* A provider failure — an RPC error before the stream started or an `error` event after —
+  is reported through `on_error` as a `RunError` (provider's code and retryable flag) and
+  raised as `ProviderCallError`. autogen turns agent exceptions into a `RuntimeError`
+  carrying only text, so the run learns the code from `on_error`, not from the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import grpc
+from autogen_core import CancellationToken, FunctionCall
+from autogen_core.models import (
+    AssistantMessage,
+    ChatCompletionClient,
+    CreateResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    ModelCapabilities,  # type: ignore[attr-defined]
+    ModelFamily,
+    ModelInfo,
+    RequestUsage,
+    SystemMessage,
+    UserMessage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from google.protobuf import struct_pb2
+from pydantic import BaseModel
+
+from chorus.core.errors import from_rpc_error, rpc_code
+from chorus.core.identity import USER_KEY
+from chorus.orchestrator import metrics
+from chorus.orchestrator.deltas import DeltaStream
+from chorus.v1 import (
+    chat_pb2,
+    provider_service_pb2_grpc,
+    run_pb2,
+    team_pb2,
+)
+from chorus.v1 import (
+    provider_service_pb2 as ps,
+)
+
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+_FINISH: dict[int, Literal["stop", "length", "function_calls", "content_filter", "unknown"]] = {
+    ps.FINISH_REASON_STOP: "stop",
+    ps.FINISH_REASON_LENGTH: "length",
+    ps.FINISH_REASON_TOOL_CALLS: "function_calls",
+    ps.FINISH_REASON_CONTENT_FILTER: "content_filter",
+}
+_CHARS_PER_TOKEN = 4
+_DEFAULT_CONTEXT_WINDOW = 128_000
+_ROLE = {"SystemMessage": chat_pb2.ROLE_SYSTEM, "UserMessage": chat_pb2.ROLE_USER}
+
+
+class ProviderCallError(Exception):
+    """A model call failed; `error` is what the run reports (code, message, retryable)."""
+
+    def __init__(self, error: run_pb2.RunError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(part for part in content if isinstance(part, str))  # images dropped
+
+
+def to_chat_messages(messages: Sequence[LLMMessage]) -> list[ps.ChatMessage]:
+    """autogen LLM messages → provider-svc chat messages (images are not supported and dropped)."""
+    out: list[ps.ChatMessage] = []
+    for message in messages:
+        if isinstance(message, SystemMessage):
+            out.append(ps.ChatMessage(role=chat_pb2.ROLE_SYSTEM, content=message.content))
+        elif isinstance(message, UserMessage):
+            out.append(
+                ps.ChatMessage(
+                    role=chat_pb2.ROLE_USER, content=_text_of(message.content), name=message.source
+                )
+            )
+        elif isinstance(message, AssistantMessage):
+            if isinstance(message.content, str):
+                out.append(
+                    ps.ChatMessage(
+                        role=chat_pb2.ROLE_ASSISTANT, content=message.content, name=message.source
+                    )
+                )
+            else:
+                out.append(
+                    ps.ChatMessage(
+                        role=chat_pb2.ROLE_ASSISTANT,
+                        content=message.thought or "",
+                        name=message.source,
+                        tool_calls=[
+                            chat_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments or "{}")
+                            for c in message.content
+                        ],
+                    )
+                )
+        elif isinstance(message, FunctionExecutionResultMessage):
+            for result in message.content:
+                out.append(
+                    ps.ChatMessage(
+                        role=chat_pb2.ROLE_TOOL,
+                        content=result.content,
+                        tool_call_id=result.call_id,
+                        is_error=bool(result.is_error),
+                    )
+                )
+        else:  # pragma: no cover - LLMMessage is a closed union
+            raise TypeError(f"unsupported message type {type(message).__name__}")
+    return out
+
+
+def to_tool_definitions(tools: Sequence[Tool | ToolSchema]) -> list[ps.ToolDefinition]:
+    """autogen tools or tool schemas → provider-svc tool definitions."""
+    out = []
+    for tool in tools:
+        schema: ToolSchema = tool if isinstance(tool, dict) else tool.schema
+        parameters = struct_pb2.Struct()
+        parameters.update(
+            dict(schema.get("parameters") or {"type": "object", "properties": {}})  # type: ignore[arg-type]
+        )
+        out.append(
+            ps.ToolDefinition(
+                name=schema["name"],
+                description=schema.get("description", ""),
+                parameters=parameters,
+            )
+        )
+    return out
+
+
+def to_tool_choice(choice: Tool | Literal["auto", "required", "none"]) -> ps.ToolChoice:
+    """autogen's tool choice → provider-svc's."""
+    if choice == "auto":
+        return ps.ToolChoice(mode=ps.ToolChoice.MODE_AUTO)
+    if choice == "required":
+        return ps.ToolChoice(mode=ps.ToolChoice.MODE_REQUIRED)
+    if choice == "none":
+        return ps.ToolChoice(mode=ps.ToolChoice.MODE_NONE)
+    return ps.ToolChoice(mode=ps.ToolChoice.MODE_TOOL, tool_name=choice.name)
+
+
+def add_usage(total: chat_pb2.Usage, usage: chat_pb2.Usage) -> None:
+    """Add `usage` into `total` (costs add when both sides have one)."""
+    total.input_tokens += usage.input_tokens
+    total.cached_input_tokens += usage.cached_input_tokens
+    total.cache_write_tokens += usage.cache_write_tokens
+    total.output_tokens += usage.output_tokens
+    total.reasoning_tokens += usage.reasoning_tokens
+    total.estimated = total.estimated or usage.estimated
+    if usage.HasField("cost_usd"):
+        total.cost_usd = (total.cost_usd if total.HasField("cost_usd") else 0.0) + usage.cost_usd
+
+
+class ProviderChatClient(ChatCompletionClient):
+    """A `ChatCompletionClient` for one agent (or a team's orchestrator) of one run.
+
+    Args:
+        stub: ProviderService stub.
+        user: the run owner, sent as `x-chorus-user`.
+        spec: returns the agent spec whose `model`, `temperature`, `max_output_tokens` and
+            `simulator` the next call uses.
+        labels: `StreamChatRequest.metadata` (run id, agent) for provider logs.
+        deltas: opens the `DeltaStream` of a call; None sends no deltas (orchestrators).
+        on_usage: receives each call's usage.
+        on_error: receives the `RunError` of a failed call before it is raised.
+        timeout_s: deadline of one call.
+    """
+
+    component_type = "model"
+
+    def __init__(
+        self,
+        *,
+        stub: provider_service_pb2_grpc.ProviderServiceStub,
+        user: str,
+        spec: Callable[[], team_pb2.AgentSpec],
+        labels: Mapping[str, str],
+        deltas: Callable[[], DeltaStream] | None,
+        on_usage: Callable[[chat_pb2.Usage], None],
+        on_error: Callable[[run_pb2.RunError], None],
+        timeout_s: float,
+    ) -> None:
+        self._stub = stub
+        self._metadata = ((USER_KEY, user),)
+        self._spec = spec
+        self._labels = dict(labels)
+        self._deltas = deltas
+        self._on_usage = on_usage
+        self._on_error = on_error
+        self._timeout_s = timeout_s
+        self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    def build_request(
+        self,
+        messages: Sequence[LLMMessage],
+        tools: Sequence[Tool | ToolSchema],
+        tool_choice: Tool | Literal["auto", "required", "none"],
+    ) -> ps.StreamChatRequest:
+        """The StreamChatRequest of a call with the agent's current settings."""
+        spec = self._spec()
+        request = ps.StreamChatRequest(
+            model=spec.model, messages=to_chat_messages(messages), metadata=self._labels
+        )
+        if tools:
+            request.tools.extend(to_tool_definitions(tools))
+            if tool_choice != "auto":
+                request.tool_choice.CopyFrom(to_tool_choice(tool_choice))
+        if spec.HasField("temperature"):
+            request.temperature = spec.temperature
+        if spec.HasField("max_output_tokens"):
+            request.max_output_tokens = spec.max_output_tokens
+        if spec.HasField("simulator"):
+            request.simulator.CopyFrom(spec.simulator)
+        return request
+
+    def _fail(self, error: run_pb2.RunError) -> ProviderCallError:
+        metrics.MODEL_CALLS.labels("error").inc()
+        self._on_error(error)
+        return ProviderCallError(error)
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        """One streamed model call; deltas go to the run, the result to autogen.
+
+        Raises:
+            asyncio.CancelledError: the cancellation token fired (the call is cancelled).
+            ProviderCallError: provider-svc failed the call (reported via `on_error` first).
+            ValueError: structured output was asked for (not supported).
+        """
+        return await self._create(messages, tools, tool_choice, json_output, cancellation_token)
+
+    async def _create(
+        self,
+        messages: Sequence[LLMMessage],
+        tools: Sequence[Tool | ToolSchema],
+        tool_choice: Tool | Literal["auto", "required", "none"],
+        json_output: bool | type[BaseModel] | None,
+        cancellation_token: CancellationToken | None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> CreateResult:
+        if isinstance(json_output, type):
+            raise ValueError("structured output is not supported by the Chorus model client")
+        request = self.build_request(messages, tools, tool_choice)
+        call = self._stub.StreamChat(request, metadata=self._metadata, timeout=self._timeout_s)
+        if cancellation_token is not None:
+            cancellation_token.add_callback(call.cancel)
+        deltas = self._deltas() if self._deltas is not None else None
+        text: list[str] = []
+        reasoning: list[str] = []
+        calls: list[FunctionCall] = []
+        usage = chat_pb2.Usage()
+        finish: ps.StreamChatResponse.Finish | None = None
+        try:
+            async for response in call:
+                kind = response.WhichOneof("event")
+                if kind == "text_delta":
+                    piece = response.text_delta.text
+                    text.append(piece)
+                    if deltas is not None:
+                        deltas.text(piece)
+                    if on_text is not None:
+                        on_text(piece)
+                elif kind == "reasoning_delta":
+                    piece = response.reasoning_delta.text
+                    reasoning.append(piece)
+                    if deltas is not None:
+                        deltas.reasoning(piece)
+                elif kind == "tool_call_end":
+                    c = response.tool_call_end.call
+                    calls.append(FunctionCall(id=c.id, name=c.name, arguments=c.arguments or "{}"))
+                elif kind == "usage":
+                    usage = response.usage
+                elif kind == "finish":
+                    finish = response.finish
+                elif kind == "error":
+                    err = response.error
+                    raise self._fail(
+                        run_pb2.RunError(
+                            code=err.code,
+                            message=f"model call failed: {err.message}",
+                            retryable=err.retryable,
+                            reason="PROVIDER_ERROR",
+                        )
+                    )
+        except grpc.aio.AioRpcError as exc:
+            if (
+                exc.code() == grpc.StatusCode.CANCELLED
+                and cancellation_token is not None
+                and cancellation_token.is_cancelled()
+            ):
+                metrics.MODEL_CALLS.labels("cancelled").inc()
+                raise asyncio.CancelledError() from None
+            chorus_error = from_rpc_error(exc)
+            raise self._fail(
+                run_pb2.RunError(
+                    code=rpc_code(exc.code()),
+                    message=f"model call failed: {chorus_error.message}",
+                    retryable=exc.code() in _RETRYABLE,
+                    reason="PROVIDER_ERROR",
+                )
+            ) from None
+        except asyncio.CancelledError:
+            call.cancel()
+            metrics.MODEL_CALLS.labels("cancelled").inc()
+            raise
+        finally:
+            if deltas is not None:
+                deltas.flush()
+        if finish is None:  # the stream ended without its terminal event
+            raise self._fail(
+                run_pb2.RunError(
+                    code=rpc_code(grpc.StatusCode.UNAVAILABLE),
+                    message="model call ended without a finish event",
+                    retryable=True,
+                    reason="PROVIDER_ERROR",
+                )
+            )
+        metrics.MODEL_CALLS.labels("ok").inc()
+        self._on_usage(usage)
+        request_usage = RequestUsage(
+            prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens
+        )
+        self._last = request_usage
+        self._total = RequestUsage(
+            prompt_tokens=self._total.prompt_tokens + request_usage.prompt_tokens,
+            completion_tokens=self._total.completion_tokens + request_usage.completion_tokens,
+        )
+        content_text = "".join(text)
+        thought = "".join(reasoning) or None
+        if calls:
+            return CreateResult(
+                finish_reason="function_calls",
+                content=calls,
+                usage=request_usage,
+                cached=False,
+                thought=content_text or thought,
+            )
+        return CreateResult(
+            finish_reason=_FINISH.get(finish.reason, "unknown"),
+            content=content_text,
+            usage=request_usage,
+            cached=False,
+            thought=thought,
+        )
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        """Text chunks as they arrive, then the `CreateResult` (deltas also go to the run)."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        task = asyncio.ensure_future(
+            self._create(
+                messages, tools, tool_choice, json_output, cancellation_token, queue.put_nowait
+            )
+        )
+        try:
+            while not task.done() or not queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield task.result()
+        finally:
+            task.cancel()
+
+    async def close(self) -> None:
+        """Nothing to close: the channel belongs to the process."""
+
+    def actual_usage(self) -> RequestUsage:
+        """Usage of the last call."""
+        return self._last
+
+    def total_usage(self) -> RequestUsage:
+        """Usage of every call of this client."""
+        return self._total
+
+    def count_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []
+    ) -> int:
+        """A rough estimate (4 characters per token); provider-svc reports real usage."""
+        chars = sum(len(m.content) for m in to_chat_messages(messages))
+        chars += sum(len(json.dumps(t if isinstance(t, dict) else t.schema)) for t in tools)
+        return chars // _CHARS_PER_TOKEN + 1
+
+    def remaining_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []
+    ) -> int:
+        """Estimated tokens left in a 128k context window."""
+        return max(0, _DEFAULT_CONTEXT_WINDOW - self.count_tokens(messages, tools=tools))
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
+        """Deprecated autogen API: the same as `model_info`."""
+        return {"vision": False, "function_calling": True, "json_output": False}  # type: ignore[typeddict-item]
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """Tools yes; no images, JSON mode or structured output through this client."""
+        return ModelInfo(
+            vision=False,
+            function_calling=True,
+            json_output=False,
+            family=ModelFamily.UNKNOWN,
+            structured_output=False,
+            multiple_system_messages=True,
+        )

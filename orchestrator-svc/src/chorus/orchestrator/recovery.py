@@ -1,0 +1,246 @@
+"""Liveness of runs across replicas: heartbeats, cross-replica cancels, crash recovery.
+
+* **Heartbeats.** Every `heartbeat_interval_s` this replica writes `heartbeat_time` (and
+  turns, usage, last stored seq) into the record of every run it executes. The answer is
+  the stored record, which is how a cancel recorded by another replica (`cancellation`)
+  reaches the run's owner, and how the owner learns that someone else ended its run.
+* **Recovery sweep.** At start and every `sweep_interval_s`, active runs whose heartbeat is
+  older than `stale_after_s` (and, at start, active runs recorded under this replica's own
+  `instance_id`, which cannot be alive) are ended: after the last stored event a terminal
+  `run_failed` ("orchestrator stopped", reason ORCHESTRATOR_STOPPED, retryable) is
+  appended, acting as the run's owner, then the record is marked FAILED. A run whose log
+  already ends with a terminal event only gets its record fixed. Two sweepers racing on one
+  run cannot both append: history-svc rejects the second write of a seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from chorus.core import identity
+from chorus.core.errors import ChorusError, FailedPrecondition
+from chorus.core.logging import get_logger
+from chorus.core.timestamps import now
+from chorus.orchestrator import metrics
+from chorus.orchestrator.events import is_terminal
+from chorus.orchestrator.history import HistoryClient
+from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, orchestrator_stopped_error
+from chorus.orchestrator.settings import Settings
+from chorus.v1 import history_service_pb2 as hs
+from chorus.v1 import run_pb2
+
+log = get_logger("chorus.orchestrator.recovery")
+
+_HEARTBEAT_CONCURRENCY = 32
+_STATUS_OF_TERMINAL = {
+    "run_completed": run_pb2.RUN_STATUS_COMPLETED,
+    "run_failed": run_pb2.RUN_STATUS_FAILED,
+    "run_cancelled": run_pb2.RUN_STATUS_CANCELLED,
+}
+
+
+def _terminal_record(run_id: str, event: run_pb2.RunEvent) -> tuple[run_pb2.Run, list[str]]:
+    """The record update that matches a stored terminal event."""
+    kind = event.WhichOneof("payload")
+    assert kind is not None
+    run = run_pb2.Run(
+        id=run_id, status=_STATUS_OF_TERMINAL[kind], last_seq=event.seq, end_time=event.time
+    )
+    paths = ["status", "last_seq", "end_time"]
+    if kind == "run_completed":
+        run.final_answer = event.run_completed.final_answer
+        run.usage.CopyFrom(event.run_completed.usage)
+        paths += ["final_answer", "usage"]
+    elif kind == "run_failed":
+        run.error.CopyFrom(event.run_failed.error)
+        paths.append("error")
+    else:
+        run.cancellation.CopyFrom(event.run_cancelled.cancellation)
+        paths.append("cancellation")
+    return run, paths
+
+
+async def end_orphan(
+    history: HistoryClient, record: run_pb2.Run, terminal: run_pb2.RunEvent
+) -> run_pb2.Run:
+    """End a run nobody executes: append `terminal` after its last stored event (unless the
+    log already ends), then make the record match the log's terminal event.
+
+    Acts as the run's owner. Retries when another writer appends meanwhile.
+
+    Returns:
+        The stored record after the call.
+    """
+    user = record.owner
+    for _ in range(5):
+        start = max(record.last_seq - 1, 0)
+        last = await history.last_event(user, record.id, start)
+        if last is not None and is_terminal(last):
+            final = last
+        else:
+            final = run_pb2.RunEvent()
+            final.CopyFrom(terminal)
+            final.run_id = record.id
+            final.seq = (last.seq if last is not None else start) + 1
+            final.time.CopyFrom(now())
+            try:
+                await history.append_events(user, record.id, [final])
+            except FailedPrecondition:  # someone appended meanwhile: look again
+                record = await history.get_run(user, record.id)
+                continue
+        run, paths = _terminal_record(record.id, final)
+        try:
+            return await history.update_run(user, run, paths)
+        except FailedPrecondition:  # already terminal: someone else finished it
+            return await history.get_run(user, record.id)
+    raise FailedPrecondition(f"run {record.id} kept changing while being ended")
+
+
+class Liveness:
+    """Heartbeats of this replica's runs and the recovery sweep.
+
+    Args:
+        settings: intervals and threshold.
+        history: history-svc client.
+        live_runs: returns the runs executing on this replica.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        history: HistoryClient,
+        live_runs: Callable[[], dict[str, LiveRun]],
+    ) -> None:
+        self._settings = settings
+        self._history = history
+        self._live_runs = live_runs
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start the heartbeat and sweep loops (the first sweep runs at once)."""
+        self._tasks = [
+            asyncio.create_task(
+                self._loop(self.heartbeat_all, self._settings.heartbeat_interval_s)
+            ),
+            asyncio.create_task(self._sweep_loop()),
+        ]
+
+    async def stop(self) -> None:
+        """Stop both loops."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    @staticmethod
+    def _as_system() -> None:
+        identity.set_identity(identity.Identity(identity.SYSTEM_USER, "internal"))
+
+    async def _loop(self, step: Callable[[], object], interval: float) -> None:
+        self._as_system()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await step()  # type: ignore[misc]
+            except Exception as exc:  # a bad round must not end the loop
+                log.warning(
+                    "liveness_step_failed", step=getattr(step, "__name__", "?"), error=repr(exc)
+                )
+
+    async def _sweep_loop(self) -> None:
+        self._as_system()
+        try:
+            await self.sweep(startup=True)
+        except Exception as exc:
+            log.warning("startup_sweep_failed", error=repr(exc))
+        await self._loop(self.sweep, self._settings.sweep_interval_s)
+
+    # ----------------------------------------------------------------- heartbeats
+    async def heartbeat_all(self) -> None:
+        """One heartbeat for every live run (concurrently, bounded)."""
+        runs = [r for r in self._live_runs().values() if not r.log.ended]
+        if not runs:
+            return
+        gate = asyncio.Semaphore(_HEARTBEAT_CONCURRENCY)
+
+        async def beat(run: LiveRun) -> None:
+            async with gate:
+                await self.heartbeat(run)
+
+        await asyncio.gather(*(beat(r) for r in runs))
+
+    async def heartbeat(self, run: LiveRun) -> None:
+        """Write one heartbeat of `run` and act on the answer."""
+        record, paths = run.heartbeat_record()
+        try:
+            stored = await self._history.update_run(run.owner, record, paths)
+        except FailedPrecondition:  # the record turned terminal behind our back
+            run.abandon()
+            return
+        except ChorusError as exc:
+            metrics.HEARTBEAT_FAILURES.inc()
+            log.warning("heartbeat_failed", run_id=run.id, code=exc.code.name, error=exc.message)
+            return
+        run.on_heartbeat(stored)
+
+    # ----------------------------------------------------------------- sweep
+    async def _active_records(self, *, heartbeat_before: bool) -> list[run_pb2.Run]:
+        stale_ns = time.time_ns() - int(self._settings.stale_after_s * 1e9)
+        cutoff = Timestamp(seconds=stale_ns // 1_000_000_000, nanos=stale_ns % 1_000_000_000)
+        found: list[run_pb2.Run] = []
+        for status in ACTIVE_STATUSES:
+            token = ""
+            while True:
+                request = hs.ListRunRecordsRequest(
+                    page_size=500, page_token=token, status=status, all_owners=True
+                )
+                if heartbeat_before:
+                    request.heartbeat_before.CopyFrom(cutoff)
+                response = await self._history.list_runs(identity.SYSTEM_USER, request)
+                found.extend(response.runs)
+                token = response.next_page_token
+                if not token:
+                    break
+        return found
+
+    async def sweep(self, *, startup: bool = False) -> int:
+        """End the active runs of stopped orchestrators; returns how many were ended.
+
+        With `startup`, active runs recorded under this process's own instance id are ended
+        too, whatever their heartbeat: this process just started, so nothing runs them.
+        """
+        live = self._live_runs()
+        mine = self._settings.instance_id
+        candidates = {r.id: r for r in await self._active_records(heartbeat_before=True)}
+        if startup:
+            for r in await self._active_records(heartbeat_before=False):
+                if r.owner_instance == mine:
+                    candidates[r.id] = r
+        ended = 0
+        terminal = run_pb2.RunEvent(
+            run_failed=run_pb2.RunEvent.RunFailed(error=orchestrator_stopped_error())
+        )
+        for record in candidates.values():
+            if record.id in live or record.status not in ACTIVE_STATUSES:
+                continue
+            try:
+                await end_orphan(self._history, record, terminal)
+            except ChorusError as exc:
+                log.warning("orphan_not_ended", run_id=record.id, error=exc.message)
+                continue
+            ended += 1
+            metrics.RUNS_RECOVERED.inc()
+            log.warning(
+                "orphan_run_failed",
+                run_id=record.id,
+                owner_instance=record.owner_instance,
+                reason="orchestrator stopped",
+            )
+        return ended

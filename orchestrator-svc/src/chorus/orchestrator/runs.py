@@ -1,0 +1,581 @@
+"""One run executing on this replica: its task, its team, its events, its end.
+
+`LiveRun.execute` is the run's own task, independent of every client stream (DESIGN.md §4):
+
+1. record RUNNING (owner instance, start time), load the conversation context (SINGLE
+   teams), append the input to the conversation, build a fresh team, emit `run_started`;
+2. run the team in a child task; agents report turns, tool calls and messages through
+   the `RunHooks` methods below, model clients push deltas into the event log;
+3. end with exactly one terminal event — `run_completed`, `run_failed` (provider code and
+   retryable flag, or INTERNAL) or `run_cancelled` — stored before the run record's final
+   status is written.
+
+A stop request (cancel, process shutdown, or "another writer ended this run") sets one
+event; the driver then cancels the team's autogen token, which cancels the in-flight
+provider call, and the team stops within milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from autogen_agentchat.base import TaskResult, Team
+from autogen_agentchat.messages import BaseChatMessage, TextMessage
+from autogen_core import CancellationToken, FunctionCall
+from autogen_core.models import (
+    AssistantMessage,
+    FunctionExecutionResult,
+    LLMMessage,
+    UserMessage,
+)
+from autogen_core.tools import BaseTool
+
+from chorus.core import deadlines, identity
+from chorus.core.errors import ChorusError, FailedPrecondition, rpc_code
+from chorus.core.logging import get_logger
+from chorus.core.timestamps import now
+from chorus.orchestrator import metrics
+from chorus.orchestrator.deltas import DeltaStream
+from chorus.orchestrator.events import RunEventLog
+from chorus.orchestrator.history import HistoryClient
+from chorus.orchestrator.model_client import ProviderChatClient, add_usage
+from chorus.orchestrator.settings import Settings
+from chorus.orchestrator.teams import AgentState, TeamParts, build_team, stop_reason
+from chorus.orchestrator.tools.registry import ToolContext, ToolRegistry
+from chorus.v1 import (
+    chat_pb2,
+    conversation_pb2,
+    provider_service_pb2_grpc,
+    run_pb2,
+    team_pb2,
+)
+
+log = get_logger("chorus.orchestrator.runs")
+
+MAX_RESULT_CHARS = 64 * 1024
+"""`ToolCallFinished.result` limit."""
+MAX_ARTIFACT_BYTES = 1024 * 1024
+"""`Artifact.data` limit."""
+ACTIVE_STATUSES = frozenset({run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING})
+"""Statuses of runs that have not ended."""
+_TEAM_STOP_TIMEOUT_S = 5.0
+_Event = run_pb2.RunEvent
+_FINAL_PATHS_BASE = ("status", "turns", "usage", "last_seq", "end_time")
+
+
+class StopKind(enum.Enum):
+    """Why a run is asked to stop before its team finished."""
+
+    CANCEL = "cancel"
+    """CancelRun (or a StreamRun client gone with `on_disconnect = CANCEL`)."""
+    SHUTDOWN = "shutdown"
+    """This process is stopping: end the run as failed, retryable."""
+    ABANDON = "abandon"
+    """Another writer already ended the run (recovery sweep): stop without a terminal event."""
+
+
+class RunAbandoned(Exception):
+    """The run's log or record was ended by another writer; this replica must let go."""
+
+
+@dataclass(frozen=True)
+class RunDeps:
+    """Process-wide collaborators of every run."""
+
+    settings: Settings
+    history: HistoryClient
+    provider: provider_service_pb2_grpc.ProviderServiceStub
+    tools: ToolRegistry
+
+
+def orchestrator_stopped_error() -> run_pb2.RunError:
+    """The error of a run whose orchestrator went away (shutdown or crash)."""
+    return run_pb2.RunError(
+        code=rpc_code(grpc.StatusCode.UNAVAILABLE),
+        message="orchestrator stopped",
+        retryable=True,
+        reason="ORCHESTRATOR_STOPPED",
+    )
+
+
+def context_messages(messages: Sequence[conversation_pb2.Message], agent: str) -> list[LLMMessage]:
+    """Stored conversation messages → the model context of a SINGLE team's agent.
+
+    The agent's own replies become assistant messages, everyone else's user messages;
+    tool traffic and empty messages are left out (the replies already carry their results).
+    """
+    out: list[LLMMessage] = []
+    for m in messages:
+        if not m.content:
+            continue
+        if m.role == chat_pb2.ROLE_ASSISTANT and (not m.agent or m.agent == agent):
+            out.append(AssistantMessage(content=m.content, source=agent))
+        elif m.role in (chat_pb2.ROLE_USER, chat_pb2.ROLE_ASSISTANT):
+            out.append(UserMessage(content=m.content, source=m.agent or "user"))
+    return out
+
+
+class LiveRun:
+    """A run executing on this replica.
+
+    Args:
+        record: the run as created in history-svc (QUEUED, spec resolved).
+        deps: process-wide collaborators.
+    """
+
+    def __init__(self, record: run_pb2.Run, deps: RunDeps) -> None:
+        self.id = record.id
+        self.owner = record.owner
+        self.spec = record.spec
+        self.record = record
+        self._deps = deps
+        self._settings = deps.settings
+        self._history = deps.history
+        self.log = RunEventLog(
+            record.id,
+            self._write_events,
+            flush_interval_s=deps.settings.delta_flush_interval_s,
+            buffer_events=deps.settings.watcher_buffer_events,
+        )
+        self.status: run_pb2.RunStatus.ValueType = record.status
+        self.turns = 0
+        self.usage = chat_pb2.Usage()
+        self.cancellation: run_pb2.Cancellation | None = None
+        self.states = {a.name: AgentState(spec=a) for a in record.spec.team.agents}
+        self.speakers: list[str] = []
+        self.token = CancellationToken()
+        self.done = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stop_kind: StopKind | None = None
+        self._provider_error: run_pb2.RunError | None = None
+        self._orchestrator_usage = chat_pb2.Usage()
+        self._messages = 0
+        self.task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ control
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested or the terminal event was emitted."""
+        return self._stop.is_set() or self.log.ended
+
+    def request_cancel(self, cancellation: run_pb2.Cancellation) -> bool:
+        """Ask the run to end with `run_cancelled`; False when it is already ending."""
+        if self.stopping:
+            return False
+        self.cancellation = cancellation
+        self._stop_kind = StopKind.CANCEL
+        self._stop.set()
+        return True
+
+    def request_shutdown(self) -> None:
+        """Ask the run to end as failed (ORCHESTRATOR_STOPPED, retryable): the process stops."""
+        if not self.stopping:
+            self._stop_kind = StopKind.SHUTDOWN
+            self._stop.set()
+
+    def abandon(self) -> None:
+        """Stop without writing anything more: another writer ended the run."""
+        if not self.log.ended:
+            self._stop_kind = StopKind.ABANDON
+            self._stop.set()
+
+    def snapshot(self) -> run_pb2.Run:
+        """The run record with this replica's live values (status, turns, usage, last seq)."""
+        run = run_pb2.Run()
+        run.CopyFrom(self.record)
+        if self.record.status in ACTIVE_STATUSES:
+            run.status = self.status
+            run.turns = self.turns
+            run.usage.CopyFrom(self.usage)
+            run.last_seq = max(run.last_seq, self.log.last_seq)
+            if self.cancellation is not None and not run.HasField("cancellation"):
+                run.cancellation.CopyFrom(self.cancellation)
+        return run
+
+    def heartbeat_record(self) -> tuple[run_pb2.Run, list[str]]:
+        """The record fields a heartbeat writes, and their update-mask paths."""
+        run = run_pb2.Run(
+            id=self.id,
+            heartbeat_time=now(),
+            owner_instance=self._settings.instance_id,
+            turns=self.turns,
+            usage=self.usage,
+            last_seq=self.log.stored_seq,
+        )
+        return run, ["heartbeat_time", "owner_instance", "turns", "usage", "last_seq"]
+
+    def on_heartbeat(self, stored: run_pb2.Run) -> None:
+        """React to the record a heartbeat returned: a cross-replica cancel, or an end
+        written by someone else."""
+        if stored.status not in ACTIVE_STATUSES and not self.log.ended:
+            log.warning("run_ended_elsewhere", run_id=self.id, status=stored.status)
+            self.abandon()
+        elif stored.HasField("cancellation") and self.request_cancel(stored.cancellation):
+            log.info("run_cancel_received", run_id=self.id, by=stored.cancellation.requested_by)
+
+    # ------------------------------------------------------------------ persistence
+    async def _write_events(self, events: Sequence[run_pb2.RunEvent]) -> None:
+        try:
+            await self._history.append_events(self.owner, self.id, events)
+        except FailedPrecondition as exc:
+            # Someone else (a recovery sweep that took us for dead) wrote these seqs.
+            self.abandon()
+            raise RunAbandoned(exc.message) from None
+
+    async def _update_record(self, run: run_pb2.Run, paths: Sequence[str]) -> None:
+        run.id = self.id
+        try:
+            self.record = await self._history.update_run(self.owner, run, paths)
+        except FailedPrecondition as exc:  # the record is already terminal
+            self.abandon()
+            raise RunAbandoned(exc.message) from None
+
+    # ------------------------------------------------------------------ RunHooks
+    async def begin_turn(self, agent: str) -> int:
+        """See `chorus.orchestrator.teams.RunHooks`."""
+        self.turns += 1
+        if agent not in self.speakers:
+            self.speakers.append(agent)
+        await self.log.emit(_Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns)))
+        return self.turns
+
+    async def tool_calls_started(self, agent: str, calls: Sequence[FunctionCall]) -> None:
+        """See `chorus.orchestrator.teams.RunHooks`."""
+        for call in calls:
+            await self.log.emit(
+                _Event(
+                    agent=agent,
+                    tool_call_started=_Event.ToolCallStarted(
+                        call=chat_pb2.ToolCall(id=call.id, name=call.name, arguments=call.arguments)
+                    ),
+                )
+            )
+
+    async def tool_calls_finished(
+        self,
+        agent: str,
+        calls: Sequence[FunctionCall],
+        results: Sequence[FunctionExecutionResult],
+    ) -> None:
+        """See `chorus.orchestrator.teams.RunHooks`."""
+        for call, result in zip(calls, results, strict=False):
+            await self.log.emit(
+                _Event(
+                    agent=agent,
+                    tool_call_finished=_Event.ToolCallFinished(
+                        call=chat_pb2.ToolCall(
+                            id=call.id, name=call.name, arguments=call.arguments
+                        ),
+                        result=result.content[:MAX_RESULT_CHARS],
+                        success=not result.is_error,
+                    ),
+                )
+            )
+
+    async def message_completed(self, agent: str, message: BaseChatMessage) -> None:
+        """See `chorus.orchestrator.teams.RunHooks`."""
+        state = self.states.get(agent)
+        usage = state.turn_usage if state is not None else self._orchestrator_usage
+        if state is None:
+            self._orchestrator_usage = chat_pb2.Usage()
+        await self._complete_message(agent, message.to_text(), usage)
+
+    async def end_turn(self, agent: str, turn: int) -> None:
+        """See `chorus.orchestrator.teams.RunHooks`."""
+        await self.log.emit(_Event(agent=agent, agent_finished=_Event.AgentFinished(turn=turn)))
+        await self.log.emit(
+            _Event(progress=_Event.Progress(turn=turn, max_turns=self.spec.max_turns))
+        )
+
+    async def _complete_message(self, agent: str, text: str, usage: chat_pb2.Usage) -> None:
+        self._messages += 1
+        message = conversation_pb2.Message(
+            client_message_id=f"{self.id}/m{self._messages}",
+            role=chat_pb2.ROLE_ASSISTANT,
+            agent=agent,
+            content=text,
+            usage=usage,
+            run_id=self.id,
+        )
+        if text:  # history keeps only messages with content or tool calls
+            stored = await self._history.append_messages(
+                self.owner, self.record.conversation_id, [message]
+            )
+            message = stored[0]
+        await self.log.emit(
+            _Event(agent=agent, message_completed=_Event.MessageCompleted(message=message))
+        )
+
+    async def _emit_artifact(self, agent: str, name: str, mime_type: str, data: bytes) -> None:
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise ValueError(f"artifact {name!r} exceeds {MAX_ARTIFACT_BYTES} bytes")
+        await self.log.emit(
+            _Event(agent=agent, artifact=_Event.Artifact(name=name, mime_type=mime_type, data=data))
+        )
+
+    # ------------------------------------------------------------------ model clients
+    def _on_agent_usage(self, state: AgentState, usage: chat_pb2.Usage) -> None:
+        add_usage(self.usage, usage)
+        add_usage(state.turn_usage, usage)
+
+    def _on_orchestrator_usage(self, usage: chat_pb2.Usage) -> None:
+        add_usage(self.usage, usage)
+        add_usage(self._orchestrator_usage, usage)
+
+    def _on_provider_error(self, error: run_pb2.RunError) -> None:
+        if self._provider_error is None:
+            self._provider_error = error
+
+    def _agent_client(self, state: AgentState) -> ProviderChatClient:
+        name = state.spec.name
+        coalesce = self._settings.delta_coalesce_s
+        return ProviderChatClient(
+            stub=self._deps.provider,
+            user=self.owner,
+            spec=lambda: state.spec,
+            labels={"run_id": self.id, "agent": name},
+            deltas=lambda: DeltaStream(self.log, name, coalesce),
+            on_usage=lambda usage: self._on_agent_usage(state, usage),
+            on_error=self._on_provider_error,
+            timeout_s=self._settings.model_call_timeout_s,
+        )
+
+    def _orchestrator_client(self) -> ProviderChatClient:
+        team = self.spec.team
+        spec = team_pb2.AgentSpec(name="orchestrator")
+        spec.model.CopyFrom(
+            team.orchestrator_model if team.HasField("orchestrator_model") else team.agents[0].model
+        )
+        if team.agents[0].HasField("simulator"):
+            spec.simulator.CopyFrom(team.agents[0].simulator)
+        return ProviderChatClient(
+            stub=self._deps.provider,
+            user=self.owner,
+            spec=lambda: spec,
+            labels={"run_id": self.id, "agent": "orchestrator"},
+            deltas=None,
+            on_usage=self._on_orchestrator_usage,
+            on_error=self._on_provider_error,
+            timeout_s=self._settings.model_call_timeout_s,
+        )
+
+    def _agent_tools(self, spec: team_pb2.AgentSpec) -> list[BaseTool[Any, Any]]:
+        name = spec.name
+
+        async def emit_artifact(file: str, mime_type: str, data: bytes) -> None:
+            await self._emit_artifact(name, file, mime_type, data)
+
+        return self._deps.tools.build(spec.tools, ToolContext(self.id, name, emit_artifact))
+
+    # ------------------------------------------------------------------ the task
+    async def execute(self) -> None:
+        """The run's task: start, drive the team, end with one terminal event."""
+        deadlines.clear_deadline()  # the run outlives the RPC that created it
+        identity.set_identity(identity.Identity(self.owner, "run-owner"))
+        structlog.contextvars.bind_contextvars(run_id=self.id, user=self.owner)
+        metrics.RUNS_ACTIVE.inc()
+        kind = team_pb2.TeamKind.Name(self.spec.team.kind)
+        metrics.RUNS_STARTED.labels(kind).inc()
+        log.info("run_started", team_kind=kind, template=self.spec.template or None)
+        try:
+            team = await self._start()
+            result = None if team is None else await self._drive(team)
+            await self._end(result)
+        except RunAbandoned as exc:
+            log.warning("run_abandoned", reason=str(exc))
+        except Exception as exc:
+            try:
+                await self.fail_from(exc)
+            except RunAbandoned as abandoned:
+                log.warning("run_abandoned", reason=str(abandoned))
+            except Exception as end_exc:  # history-svc unreachable even for the end
+                log.error("run_end_not_recorded", error=repr(end_exc), cause=repr(exc))
+        finally:
+            self.log.close()
+            metrics.RUNS_ACTIVE.dec()
+            metrics.RUNS_ENDED.labels(run_pb2.RunStatus.Name(self.status)).inc()
+            log.info("run_ended", status=run_pb2.RunStatus.Name(self.status), turns=self.turns)
+            self.done.set()
+
+    async def _start(self) -> Team | None:
+        started = now()
+        self.status = run_pb2.RUN_STATUS_RUNNING
+        await self._update_record(
+            run_pb2.Run(
+                status=run_pb2.RUN_STATUS_RUNNING,
+                start_time=started,
+                owner_instance=self._settings.instance_id,
+                heartbeat_time=started,
+            ),
+            ["status", "start_time", "owner_instance", "heartbeat_time"],
+        )
+        team_spec = self.spec.team
+        context: list[LLMMessage] = []
+        conversation_id = self.record.conversation_id
+        if team_spec.kind == team_pb2.TEAM_KIND_SINGLE and self._settings.context_messages:
+            earlier = await self._history.recent_messages(
+                self.owner, conversation_id, self._settings.context_messages
+            )
+            context = context_messages(
+                [m for m in earlier if m.run_id != self.id], team_spec.agents[0].name
+            )
+        await self._history.append_messages(
+            self.owner,
+            conversation_id,
+            [
+                conversation_pb2.Message(
+                    client_message_id=f"{self.id}/input",
+                    role=chat_pb2.ROLE_USER,
+                    content=self.spec.input,
+                    run_id=self.id,
+                )
+            ],
+        )
+        if self._stop.is_set():
+            return None
+        team = build_team(
+            team_spec,
+            self.spec.max_turns,
+            TeamParts(
+                hooks=self,
+                states=self.states,
+                agent_client=self._agent_client,
+                orchestrator_client=self._orchestrator_client,
+                tools=self._agent_tools,
+                tool_timeout_s=self._settings.tool_timeout_s,
+                max_tool_iterations=self._settings.max_tool_iterations,
+                context=context,
+            ),
+        )
+        await self.log.emit(
+            _Event(run_started=_Event.RunStarted(run=self.snapshot())), durable=True
+        )
+        return team
+
+    async def _consume(self, team: Team) -> TaskResult:
+        task = TextMessage(content=self.spec.input, source="user")
+        result: TaskResult | None = None
+        async for item in team.run_stream(
+            task=task, cancellation_token=self.token, output_task_messages=False
+        ):
+            if isinstance(item, TaskResult):
+                result = item
+            elif isinstance(item, BaseChatMessage) and item.source not in self.states:
+                # A selector's or MagenticOne orchestrator's own message (plan, final answer).
+                await self.message_completed(item.source, item)
+        if result is None:
+            raise RuntimeError("the team ended without a result")
+        return result
+
+    async def _drive(self, team: Team) -> TaskResult | None:
+        consume = asyncio.create_task(self._consume(team), name=f"run-{self.id}-team")
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if consume.done():
+            return consume.result()
+        self.token.cancel()  # cancels the in-flight provider call and the agents' handlers
+        consume.cancel()
+        await asyncio.wait({consume}, timeout=_TEAM_STOP_TIMEOUT_S)
+        if not consume.done():
+            log.warning("team_did_not_stop", timeout_s=_TEAM_STOP_TIMEOUT_S)
+        elif not consume.cancelled() and consume.exception() is not None:
+            log.info("team_stopped_with_error", error=repr(consume.exception()))
+        return None
+
+    async def _end(self, result: TaskResult | None) -> None:
+        if result is not None:
+            await self._complete(result)
+        elif self._stop_kind is StopKind.CANCEL:
+            await self._cancelled()
+        elif self._stop_kind is StopKind.SHUTDOWN:
+            await self._fail(orchestrator_stopped_error())
+        elif self._stop_kind is StopKind.ABANDON:
+            raise RunAbandoned("run ended by another writer")
+
+    async def _complete(self, result: TaskResult) -> None:
+        messages = [m for m in result.messages if isinstance(m, BaseChatMessage)]
+        final = next((m for m in reversed(messages) if m.source != "user"), None)
+        final_answer = final.to_text() if final is not None else ""
+        await self.log.emit(
+            _Event(
+                run_completed=_Event.RunCompleted(
+                    final_answer=final_answer,
+                    agents=self.speakers,
+                    usage=self.usage,
+                    stop_reason=stop_reason(self.spec.team.kind, result.stop_reason),
+                )
+            ),
+            durable=True,
+        )
+        self.status = run_pb2.RUN_STATUS_COMPLETED
+        await self._update_record(
+            self._final(final_answer=final_answer), [*_FINAL_PATHS_BASE, "final_answer"]
+        )
+
+    async def _cancelled(self) -> None:
+        assert self.cancellation is not None
+        await self.log.emit(
+            _Event(run_cancelled=_Event.RunCancelled(cancellation=self.cancellation)),
+            durable=True,
+        )
+        self.status = run_pb2.RUN_STATUS_CANCELLED
+        await self._update_record(
+            self._final(cancellation=self.cancellation), [*_FINAL_PATHS_BASE, "cancellation"]
+        )
+
+    async def _fail(self, error: run_pb2.RunError) -> None:
+        if self.log.ended:
+            return
+        await self.log.emit(_Event(run_failed=_Event.RunFailed(error=error)), durable=True)
+        self.status = run_pb2.RUN_STATUS_FAILED
+        await self._update_record(self._final(error=error), [*_FINAL_PATHS_BASE, "error"])
+
+    def _final(self, **fields: Any) -> run_pb2.Run:
+        return run_pb2.Run(
+            status=self.status,
+            turns=self.turns,
+            usage=self.usage,
+            last_seq=self.log.last_seq,
+            end_time=now(),
+            **fields,
+        )
+
+    async def fail_from(self, exc: BaseException) -> None:
+        """End the run because starting or driving it raised `exc`.
+
+        A stop requested meanwhile wins (the error is its consequence); a provider error the
+        model client reported gives its code and retryable flag; a history-svc or other
+        Chorus error keeps its code (retryable when UNAVAILABLE); anything else is a bug
+        reported as INTERNAL without internals.
+        """
+        if self._stop_kind is not None:
+            await self._end(None)
+            return
+        if self._provider_error is not None:
+            await self._fail(self._provider_error)
+            return
+        if isinstance(exc, ChorusError):
+            log.warning("run_dependency_failed", code=exc.code.name, error=exc.message)
+            error = run_pb2.RunError(
+                code=rpc_code(exc.code),
+                message=exc.message,
+                reason=exc.reason,
+                retryable=exc.code == grpc.StatusCode.UNAVAILABLE,
+            )
+        else:
+            log.error("team_failed", error=repr(exc), exc_info=exc)
+            error = run_pb2.RunError(
+                code=rpc_code(grpc.StatusCode.INTERNAL),
+                message=f"the team failed unexpectedly (run {self.id}; see the orchestrator log)",
+                reason="TEAM_ERROR",
+            )
+        await self._fail(error)

@@ -1,0 +1,129 @@
+"""Settings of orchestrator-svc, read from `CHORUS_*` environment variables (and `.env`).
+
+Every field is documented in orchestrator-svc/README.md ("Settings"); the defaults run the
+whole stack on one machine next to provider-svc (50051) and history-svc (50052).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from chorus.core.settings import CoreSettings
+
+
+class Settings(CoreSettings):
+    """Configuration of the orchestrator service (`CHORUS_*` environment variables)."""
+
+    orchestrator_port: int = Field(
+        50053, ge=0, le=65535, description="gRPC port of RunService (0 picks a free one)."
+    )
+    provider_address: str = Field(
+        "127.0.0.1:50051", description="`host:port` of provider-svc (ProviderService)."
+    )
+    history_address: str = Field(
+        "127.0.0.1:50052", description="`host:port` of history-svc (HistoryService)."
+    )
+
+    # --- run limits (server caps) -------------------------------------------------------
+    max_turns_cap: int = Field(
+        100, ge=1, le=10_000, description="Largest `max_turns` a run or team may ask for."
+    )
+    default_max_turns: int = Field(
+        10, ge=1, description="Turn limit of a team whose spec and run request give none."
+    )
+    max_agents: int = Field(16, ge=1, le=64, description="Most agents in one team.")
+    max_input_bytes: int = Field(
+        64 * 1024, ge=1, description="Largest run input (`spec.input`), bytes of UTF-8."
+    )
+    max_active_runs: int = Field(
+        1000,
+        ge=1,
+        description="Most active runs this process executes at once; more is RESOURCE_EXHAUSTED.",
+    )
+    max_tool_iterations: int = Field(
+        3, ge=1, le=20, description="Model calls an agent may spend on tool calls in one turn."
+    )
+    context_messages: int = Field(
+        200,
+        ge=0,
+        le=1000,
+        description="Most conversation messages loaded as the context of a SINGLE team.",
+    )
+
+    # --- model calls --------------------------------------------------------------------
+    model_call_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline of one ProviderService.StreamChat call, seconds."
+    )
+    model_catalog_ttl_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long the ListModels answer used to validate specs is cached, seconds.",
+    )
+    delta_coalesce_s: float = Field(
+        0.002,
+        ge=0,
+        le=0.1,
+        description="Text/reasoning deltas of one model stream arriving within this window "
+        "become one event (the first delta is never delayed); 0 turns coalescing off.",
+    )
+
+    # --- events and watchers ------------------------------------------------------------
+    delta_flush_interval_s: float = Field(
+        0.05,
+        gt=0,
+        le=0.1,
+        description="Token deltas are written to history-svc in batches at most this old, seconds.",
+    )
+    watcher_buffer_events: int = Field(
+        4096,
+        ge=64,
+        description="Events of a live run kept in memory for its watchers; a watcher that "
+        "falls further behind catches up from history-svc.",
+    )
+    history_retry_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long writes to history-svc are retried while it is UNAVAILABLE, seconds.",
+    )
+
+    # --- liveness, cancel and crash recovery -------------------------------------------
+    heartbeat_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Interval of run heartbeats (which also deliver cross-replica cancels), s.",
+    )
+    stale_after_s: float = Field(
+        15.0,
+        gt=0,
+        description="A run whose heartbeat is older than this is failed by the recovery sweep, s.",
+    )
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="Interval of the crash-recovery sweep, seconds."
+    )
+    cancel_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long CancelRun waits for a run on this replica to end before answering, s.",
+    )
+
+    # --- tools --------------------------------------------------------------------------
+    tool_timeout_s: float = Field(30.0, gt=0, description="Deadline of one tool call, seconds.")
+    tool_entry_points: bool = Field(
+        True, description="Load third-party tools from the `chorus.tools` entry-point group."
+    )
+    code_execution_enabled: bool = Field(
+        False,
+        description="Offer the `run_python` tool, which runs model-written code in a "
+        "subprocess. Off by default: enable only in a sandbox.",
+    )
+    code_execution_timeout_s: float = Field(
+        10.0, gt=0, description="Wall-clock limit of one `run_python` call, seconds."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_max_turns > self.max_turns_cap:
+            raise ValueError("default_max_turns must not exceed max_turns_cap")
+        if self.stale_after_s <= self.heartbeat_interval_s:
+            raise ValueError("stale_after_s must be longer than heartbeat_interval_s")
+        return self
