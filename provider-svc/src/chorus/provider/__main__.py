@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from chorus.core.server import ServiceBinding, main
-from chorus.core.settings import CoreSettings
-from chorus.v1 import provider_service_pb2_grpc
+from chorus.provider.app import ProviderApp, build_app
+from chorus.provider.settings import Settings
 
 
-class Settings(CoreSettings):
-    """Settings of the provider service (`CHORUS_*` environment variables)."""
+def run() -> None:
+    """Read settings, serve on `CHORUS_PROVIDER_PORT`, close upstream clients on shutdown."""
+    settings = Settings()
+    app: list[ProviderApp] = []
 
-    provider_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    async def bindings() -> list[ServiceBinding]:
+        app.append(await build_app(settings))
+        return app[0].bindings
 
+    async def shutdown() -> None:
+        if app:
+            await app[0].close()
 
-async def _bindings() -> list[ServiceBinding]:
-    return [
-        ServiceBinding(
-            "chorus.v1.ProviderService",
-            provider_service_pb2_grpc.ProviderServiceServicer(),
-            provider_service_pb2_grpc.add_ProviderServiceServicer_to_server,
-        )
-    ]
+    main("provider", settings, settings.provider_port, bindings, on_shutdown=shutdown)
 
 
 if __name__ == "__main__":
-    settings = Settings()
-    main("provider", settings, settings.provider_port, _bindings)
+    run()

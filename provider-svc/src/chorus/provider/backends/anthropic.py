@@ -1,0 +1,310 @@
+"""Anthropic Messages through the official `anthropic` SDK (2.x), SDK retries off.
+
+The SDK builds, authenticates (`Authorization: Bearer`, `base_url` without `/v1`) and sends
+the request and raises on HTTP errors; the SSE body is decoded by `chorus.provider.sse`.
+
+Messages: every system message goes to the top-level `system` (joined by blank lines;
+Anthropic has no system role in `messages`); tool calls become `tool_use` blocks with parsed
+`input`; tool results become `tool_result` blocks in a user turn (consecutive ones share a
+turn, as the API requires); consecutive messages of one role are merged. A conversation of
+system messages only sends its last one as the user turn. `temperature` and `top_p` are sent
+in the body (the 2.x SDK has no parameters for them).
+
+Stream: `message_start` (id, input usage) → per block `content_block_start` →
+`content_block_delta` (`text_delta`, `thinking_delta`, `input_json_delta`,
+`signature_delta` ignored) → `content_block_stop`, then `message_delta` (stop reason,
+cumulative usage) and `message_stop`; `ping` anywhere (not an event for the idle timeout);
+`error` after HTTP 200 (e.g. `overloaded_error`) is an UpstreamError. Usage: input tokens =
+`input_tokens + cache_read_input_tokens + cache_creation_input_tokens`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import anthropic
+import grpc
+import httpx2
+import orjson
+
+from chorus.provider.backends.base import (
+    Backend,
+    Call,
+    Event,
+    StreamResult,
+    UpstreamError,
+    error_from_http,
+    finish_reason_of,
+    reasoning_event,
+    text_event,
+)
+from chorus.provider.models import ProviderSpec, Usage
+from chorus.provider.schemas import tool_schema
+from chorus.provider.settings import Settings
+from chorus.provider.sse import SSEDecoder
+from chorus.provider.toolcalls import ToolCalls
+from chorus.v1 import chat_pb2, provider_service_pb2
+
+_TOOL_CHOICE = provider_service_pb2.ToolChoice
+
+_ERROR_TYPES: dict[str, tuple[grpc.StatusCode, bool]] = {
+    "overloaded_error": (grpc.StatusCode.UNAVAILABLE, True),
+    "api_error": (grpc.StatusCode.UNAVAILABLE, True),
+    "rate_limit_error": (grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+    "timeout_error": (grpc.StatusCode.DEADLINE_EXCEEDED, True),
+    "invalid_request_error": (grpc.StatusCode.INVALID_ARGUMENT, False),
+    "request_too_large": (grpc.StatusCode.INVALID_ARGUMENT, False),
+    "authentication_error": (grpc.StatusCode.FAILED_PRECONDITION, False),
+    "permission_error": (grpc.StatusCode.FAILED_PRECONDITION, False),
+    "not_found_error": (grpc.StatusCode.NOT_FOUND, False),
+}
+
+
+def convert_messages(
+    request: provider_service_pb2.StreamChatRequest,
+) -> tuple[str, list[dict[str, Any]]]:
+    """`(system, messages)` in Messages API shape."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for m in request.messages:
+        if m.role == chat_pb2.ROLE_SYSTEM:
+            system.append(m.content)
+        elif m.role == chat_pb2.ROLE_TOOL:
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id,
+                "content": m.content,
+            }
+            if m.is_error:
+                block["is_error"] = True
+            add("user", [block])
+        elif m.role == chat_pb2.ROLE_ASSISTANT:
+            blocks: list[dict[str, Any]] = []
+            if m.content:
+                blocks.append({"type": "text", "text": m.content})
+            for c in m.tool_calls:
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": c.id,
+                        "name": c.name,
+                        "input": orjson.loads(c.arguments or "{}"),
+                    }
+                )
+            if blocks:
+                add("assistant", blocks)
+        else:
+            add("user", [{"type": "text", "text": m.content or "(empty)"}])
+    if not turns and system:
+        turns.append({"role": "user", "content": [{"type": "text", "text": system.pop()}]})
+    return "\n\n".join(s for s in system if s), turns
+
+
+def convert_tools(
+    request: provider_service_pb2.StreamChatRequest,
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """`(tools, tool_choice)` in Messages API shape (None when no tools)."""
+    if not request.tools:
+        return None, None
+    tools = [
+        {"name": t.name, "description": t.description, "input_schema": tool_schema(t.parameters)}
+        for t in request.tools
+    ]
+    mode = request.tool_choice.mode
+    choice: dict[str, Any] | None = None
+    if mode == _TOOL_CHOICE.MODE_NONE:
+        choice = {"type": "none"}
+    elif mode == _TOOL_CHOICE.MODE_REQUIRED:
+        choice = {"type": "any"}
+    elif mode == _TOOL_CHOICE.MODE_TOOL:
+        choice = {"type": "tool", "name": request.tool_choice.tool_name}
+    return tools, choice
+
+
+def _error_message(err: anthropic.APIStatusError) -> str:
+    return str(err.api_message or err.message)
+
+
+class AnthropicBackend(Backend):
+    """Messages API of one configured provider of kind `anthropic`."""
+
+    def __init__(self, provider: ProviderSpec, settings: Settings) -> None:
+        self.provider = provider
+        self._client = anthropic.AsyncAnthropic(
+            api_key=provider.api_key,
+            base_url=provider.base_url or None,
+            max_retries=0,
+            timeout=httpx2.Timeout(
+                connect=settings.connect_timeout_s,
+                read=max(settings.first_event_timeout_s, settings.idle_timeout_s) + 5.0,
+                write=30.0,
+                pool=settings.connect_timeout_s,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _params(self, call: Call) -> dict[str, Any]:
+        req = call.request
+        system, messages = convert_messages(req)
+        params: dict[str, Any] = {
+            "model": call.model.name,
+            "max_tokens": call.max_output_tokens,
+            "messages": messages,
+            "stream": True,
+        }
+        if system:
+            params["system"] = system
+        tools, choice = convert_tools(req)
+        if tools is not None:
+            params["tools"] = tools
+            if choice is not None:
+                params["tool_choice"] = choice
+        if req.stop:
+            params["stop_sequences"] = list(req.stop)
+        extra: dict[str, Any] = {}
+        if req.HasField("temperature"):
+            extra["temperature"] = req.temperature
+        if req.HasField("top_p"):
+            extra["top_p"] = req.top_p
+        if extra:
+            params["extra_body"] = extra
+        return params
+
+    async def stream(self, call: Call, result: StreamResult) -> AsyncGenerator[Event, None]:
+        try:
+            sdk_stream = await self._client.messages.create(**self._params(call))
+        except anthropic.APIStatusError as err:
+            raise error_from_http(
+                err.status_code, _error_message(err), err.response.headers
+            ) from None
+        except anthropic.APITimeoutError:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: timed out connecting to the upstream",
+                reason="UPSTREAM_CONNECT_TIMEOUT",
+            ) from None
+        except anthropic.APIConnectionError as err:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: cannot reach the upstream ({err.__cause__ or err})",
+                reason="UPSTREAM_UNREACHABLE",
+            ) from None
+        response = sdk_stream.response
+        try:
+            async for event in self._decode(response, result):
+                yield event
+        except httpx2.HTTPError as err:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: the upstream connection failed mid-stream "
+                f"({type(err).__name__})",
+                reason="UPSTREAM_DISCONNECTED",
+            ) from None
+        finally:
+            await response.aclose()
+
+    async def _decode(
+        self, response: httpx2.Response, result: StreamResult
+    ) -> AsyncGenerator[Event, None]:
+        decoder = SSEDecoder()
+        tools = ToolCalls()
+        loads = orjson.loads
+        kinds: dict[int, str] = {}
+        usage: dict[str, int] = {}
+        stop_reason: str | None = None
+        stopped = False
+        async for chunk in response.aiter_bytes():
+            for name, data in decoder.feed(chunk):
+                # The SDK drops frames without an `event:` line; so do we (and pings).
+                if not name or name == "ping" or not data:
+                    continue
+                try:
+                    obj = loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{self.provider.name}: the upstream sent an event that is not JSON",
+                        reason="UPSTREAM_BAD_STREAM",
+                    ) from None
+                if name == "content_block_delta":
+                    delta = obj["delta"]
+                    kind = delta.get("type")
+                    if kind == "text_delta":
+                        text = delta.get("text")
+                        if text:
+                            result.output_chars += len(text)
+                            yield text_event(text)
+                    elif kind == "thinking_delta":
+                        thinking = delta.get("thinking")
+                        if thinking:
+                            result.output_chars += len(thinking)
+                            yield reasoning_event(thinking)
+                    elif kind == "input_json_delta":
+                        for event in tools.fragment(
+                            obj["index"], "", "", delta.get("partial_json") or ""
+                        ):
+                            yield event
+                elif name == "content_block_start":
+                    block = obj["content_block"]
+                    index = obj["index"]
+                    kinds[index] = block.get("type", "")
+                    if kinds[index] == "tool_use":
+                        for event in tools.fragment(index, block.get("id", ""), block["name"], ""):
+                            yield event
+                elif name == "content_block_stop":
+                    if kinds.get(obj["index"]) == "tool_use":
+                        end = tools.end(obj["index"])
+                        if end is not None:
+                            yield end
+                elif name == "message_start":
+                    message = obj.get("message") or {}
+                    result.response_id = message.get("id") or ""
+                    usage.update(message.get("usage") or {})
+                elif name == "message_delta":
+                    stop_reason = (obj.get("delta") or {}).get("stop_reason") or stop_reason
+                    usage.update(
+                        {k: v for k, v in (obj.get("usage") or {}).items() if v is not None}
+                    )
+                elif name == "message_stop":
+                    stopped = True
+                elif name == "error":
+                    error = obj.get("error") or {}
+                    code, retryable = _ERROR_TYPES.get(
+                        error.get("type", ""), (grpc.StatusCode.UNAVAILABLE, True)
+                    )
+                    raise UpstreamError(
+                        code,
+                        f"{self.provider.name}: {error.get('type', 'error')}: "
+                        f"{error.get('message', '')}",
+                        retryable=retryable,
+                        reason=f"UPSTREAM_{str(error.get('type', 'error')).upper()}",
+                    )
+        if not stopped and stop_reason is None:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: the upstream closed the stream before it finished",
+                reason="UPSTREAM_DISCONNECTED",
+            )
+        for event in tools.end_all():
+            yield event
+        if usage:
+            cache_read = int(usage.get("cache_read_input_tokens") or 0)
+            cache_write = int(usage.get("cache_creation_input_tokens") or 0)
+            result.usage = Usage(
+                input_tokens=int(usage.get("input_tokens") or 0) + cache_read + cache_write,
+                cached_input_tokens=cache_read,
+                cache_write_tokens=cache_write,
+                output_tokens=int(usage.get("output_tokens") or 0),
+            )
+        result.raw_finish_reason = stop_reason or ""
+        result.finish_reason = finish_reason_of(stop_reason)

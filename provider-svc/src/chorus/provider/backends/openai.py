@@ -1,0 +1,305 @@
+"""The OpenAI Chat Completions family: `openai`, `azure-openai` and `openai-compatible`.
+
+One backend class for the three, through the official `openai` SDK (3.x) with its retries
+off (`max_retries=0`; our loop in `chorus.provider.retry` owns retries). The SDK builds,
+authenticates (Azure: `api-key` header, `/openai/deployments/{model}` URLs, `api-version`)
+and sends the request and raises on HTTP errors; the SSE body is decoded by
+`chorus.provider.sse` (see there why).
+
+Wire facts handled (REFERENCE.md): `data:` lines ending with `data: [DONE]`; a first chunk
+with a role and empty content; Azure's first chunk with empty `choices`; tool-call fragments
+keyed by `index` (first fragment carries `id` and `name`); usage only with
+`stream_options.include_usage`, in a final chunk with `choices: []`, where `prompt_tokens`
+includes cached tokens; local servers' reasoning in `delta.reasoning_content` or
+`delta.reasoning`; an `{"error": …}` object in the stream after HTTP 200.
+
+Messages: system prompts stay `system` messages in place; an assistant message's tool calls
+become `tool_calls`; tool results become `tool` messages with `tool_call_id`.
+`openai-compatible` servers get `max_tokens`, the others `max_completion_tokens`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import grpc
+import httpx2
+import openai
+import orjson
+
+from chorus.provider.backends.base import (
+    Backend,
+    Call,
+    Event,
+    StreamResult,
+    UpstreamError,
+    error_from_http,
+    finish_reason_of,
+    reasoning_event,
+    role_name,
+    text_event,
+)
+from chorus.provider.models import ProviderSpec, Usage
+from chorus.provider.schemas import tool_schema
+from chorus.provider.settings import Settings
+from chorus.provider.sse import SSEDecoder
+from chorus.provider.toolcalls import ToolCalls
+from chorus.v1 import chat_pb2, provider_service_pb2
+
+_TOOL_CHOICE = provider_service_pb2.ToolChoice
+_DRAIN_TIMEOUT_S = 0.1
+
+
+def convert_messages(request: provider_service_pb2.StreamChatRequest) -> list[dict[str, Any]]:
+    """The request's messages in Chat Completions shape."""
+    out: list[dict[str, Any]] = []
+    for m in request.messages:
+        if m.role == chat_pb2.ROLE_TOOL:
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+            continue
+        msg: dict[str, Any] = {"role": role_name(m.role), "content": m.content}
+        if m.name:
+            msg["name"] = m.name
+        if m.tool_calls:
+            msg["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments or "{}"},
+                }
+                for c in m.tool_calls
+            ]
+            if not m.content:
+                msg["content"] = None
+        out.append(msg)
+    return out
+
+
+def convert_tools(
+    request: provider_service_pb2.StreamChatRequest,
+) -> tuple[list[dict[str, Any]] | None, Any]:
+    """`(tools, tool_choice)` in Chat Completions shape (None when no tools)."""
+    if not request.tools:
+        return None, None
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": tool_schema(t.parameters),
+            },
+        }
+        for t in request.tools
+    ]
+    mode = request.tool_choice.mode
+    choice: Any = None
+    if mode == _TOOL_CHOICE.MODE_NONE:
+        choice = "none"
+    elif mode == _TOOL_CHOICE.MODE_REQUIRED:
+        choice = "required"
+    elif mode == _TOOL_CHOICE.MODE_TOOL:
+        choice = {"type": "function", "function": {"name": request.tool_choice.tool_name}}
+    return tools, choice
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
+    prompt = raw.get("prompt_tokens_details") or {}
+    completion = raw.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=int(raw.get("prompt_tokens") or 0),
+        cached_input_tokens=int(prompt.get("cached_tokens") or 0),
+        output_tokens=int(raw.get("completion_tokens") or 0),
+        reasoning_tokens=int(completion.get("reasoning_tokens") or 0),
+    )
+
+
+def _error_message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return str(err.message)
+
+
+class OpenAIBackend(Backend):
+    """Chat Completions over one configured provider of kind `openai`, `azure-openai` or
+    `openai-compatible`."""
+
+    def __init__(self, provider: ProviderSpec, settings: Settings) -> None:
+        self.provider = provider
+        timeout = httpx2.Timeout(
+            connect=settings.connect_timeout_s,
+            read=max(settings.first_event_timeout_s, settings.idle_timeout_s) + 5.0,
+            write=30.0,
+            pool=settings.connect_timeout_s,
+        )
+        self._client: openai.AsyncOpenAI
+        if provider.kind == "azure-openai":
+            self._client = openai.AsyncAzureOpenAI(
+                azure_endpoint=provider.base_url or "",
+                api_key=provider.api_key,
+                api_version=provider.api_version,
+                max_retries=0,
+                timeout=timeout,
+            )
+        else:
+            self._client = openai.AsyncOpenAI(
+                # OpenAI-compatible servers often want no key; the SDK insists on one.
+                api_key=provider.api_key or "not-needed",
+                base_url=provider.base_url or None,
+                max_retries=0,
+                timeout=timeout,
+            )
+        self._max_tokens_param = (
+            "max_tokens" if provider.kind == "openai-compatible" else "max_completion_tokens"
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _params(self, call: Call) -> dict[str, Any]:
+        req = call.request
+        params: dict[str, Any] = {
+            "model": call.model.name,
+            "messages": convert_messages(req),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            self._max_tokens_param: call.max_output_tokens,
+        }
+        tools, choice = convert_tools(req)
+        if tools is not None:
+            params["tools"] = tools
+            if choice is not None:
+                params["tool_choice"] = choice
+        if req.HasField("temperature"):
+            params["temperature"] = req.temperature
+        if req.HasField("top_p"):
+            params["top_p"] = req.top_p
+        if req.stop:
+            params["stop"] = list(req.stop)
+        return params
+
+    async def stream(self, call: Call, result: StreamResult) -> AsyncGenerator[Event, None]:
+        try:
+            sdk_stream = await self._client.chat.completions.create(**self._params(call))
+        except openai.APIStatusError as err:
+            raise error_from_http(
+                err.status_code, _error_message(err), err.response.headers
+            ) from None
+        except openai.APITimeoutError:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: timed out connecting to the upstream",
+                reason="UPSTREAM_CONNECT_TIMEOUT",
+            ) from None
+        except openai.APIConnectionError as err:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: cannot reach the upstream ({err.__cause__ or err})",
+                reason="UPSTREAM_UNREACHABLE",
+            ) from None
+        response = sdk_stream.response
+        try:
+            async for event in self._decode(response, result):
+                yield event
+        except httpx2.HTTPError as err:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: the upstream connection failed mid-stream "
+                f"({type(err).__name__})",
+                reason="UPSTREAM_DISCONNECTED",
+            ) from None
+        finally:
+            await response.aclose()
+
+    async def _decode(
+        self, response: httpx2.Response, result: StreamResult
+    ) -> AsyncGenerator[Event, None]:
+        decoder = SSEDecoder()
+        tools = ToolCalls()
+        loads = orjson.loads
+        done = False
+        finish: str | None = None
+        chunks = response.aiter_bytes()
+        async for chunk in chunks:
+            for _, data in decoder.feed(chunk):
+                if data[:6] == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    obj = loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{self.provider.name}: the upstream sent a chunk that is not JSON",
+                        reason="UPSTREAM_BAD_STREAM",
+                    ) from None
+                choices = obj.get("choices")
+                if choices:
+                    choice = choices[0]
+                    delta = choice.get("delta")
+                    if delta:
+                        text = delta.get("content")
+                        if text:
+                            result.output_chars += len(text)
+                            yield text_event(text)
+                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                        if reasoning and isinstance(reasoning, str):
+                            result.output_chars += len(reasoning)
+                            yield reasoning_event(reasoning)
+                        refusal = delta.get("refusal")
+                        if refusal:
+                            yield text_event(refusal)
+                        calls = delta.get("tool_calls")
+                        if calls:
+                            for pos, tc in enumerate(calls):
+                                fn = tc.get("function") or {}
+                                for event in tools.fragment(
+                                    tc.get("index", pos),
+                                    tc.get("id") or "",
+                                    fn.get("name") or "",
+                                    fn.get("arguments") or "",
+                                ):
+                                    yield event
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                        for event in tools.end_all():
+                            yield event
+                elif obj.get("error"):
+                    error = obj["error"]
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    raise UpstreamError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{self.provider.name}: upstream error mid-stream: {message}",
+                        reason="UPSTREAM_STREAM_ERROR",
+                    )
+                if not result.response_id and obj.get("id"):
+                    result.response_id = obj["id"]
+                usage = obj.get("usage")
+                if usage:
+                    result.usage = _usage(usage)
+            if done:
+                break
+        if done:
+            # Read the end of the body (normally just the chunked terminator) so the
+            # connection goes back to the pool; a server that keeps it open loses it.
+            try:
+                async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                    async for _ in chunks:
+                        pass
+            except (TimeoutError, httpx2.HTTPError):
+                pass
+        if finish is None:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider.name}: the upstream closed the stream before it finished",
+                reason="UPSTREAM_DISCONNECTED",
+            )
+        for event in tools.end_all():
+            yield event
+        result.finish_reason = finish_reason_of(finish)
+        result.raw_finish_reason = finish
