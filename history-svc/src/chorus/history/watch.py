@@ -46,6 +46,8 @@ class Watcher:
         The caller has checked that the run exists and is visible to the caller.
         """
         pos = after_seq
+        if await self._ended(run_id, pos):
+            return
         metrics.WATCHERS.inc()
         try:
             async with self._log.subscribe(run_id) as sub:
@@ -94,11 +96,21 @@ class Watcher:
                 pos = seq
 
     async def _ended(self, run_id: str, pos: int) -> bool:
-        """The run is gone, or terminal for the grace period with no event after `pos`."""
+        """Nothing more will come after `pos`: the run is gone, its terminal event is at or
+        before `pos`, or it has had a terminal status for the grace period with no event
+        after `pos`."""
+        state = await self._store.event_log_state(run_id)
+        if state is None:
+            return True
+        last, ended = state
+        if ended and pos >= last:
+            return True
+        if last > pos:
+            return False
         run = await self._store.get_run(run_id, None)
         if run is None:
             return True
-        if run.status not in runs.TERMINAL or run.last_seq > pos:
+        if run.status not in runs.TERMINAL:
             return False
         ended_us = ts_to_us(run.end_time) or ts_to_us(run.update_time) or 0
         return now_us() - ended_us >= self._grace_us

@@ -225,6 +225,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def event_log_state(self, run_id: str) -> tuple[int, bool] | None:
+        """`(highest stored seq, whether a terminal event is stored)`; None for no such run."""
+
+    @abc.abstractmethod
     async def list_events(
         self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
     ) -> list[tuple[int, bytes]]:

@@ -446,6 +446,13 @@ class PostgresStore(Store):
         run.last_seq = max(run.last_seq, batch.last_seq)
         return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
 
+    async def event_log_state(self, run_id: str) -> tuple[int, bool] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT event_seq, events_ended FROM runs WHERE id = $1", run_id
+            )
+        return None if row is None else (row[0], row[1])
+
     async def list_events(
         self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
     ) -> list[tuple[int, bytes]]:
