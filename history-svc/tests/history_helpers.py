@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from chorus.core.errors import ChorusError, from_rpc_error
 from chorus.core.identity import SYSTEM_USER, TOKEN_KEY, USER_KEY
@@ -96,10 +98,17 @@ async def running_history(settings: Settings) -> AsyncIterator[History]:
 
 
 async def rpc_error(call: Awaitable[Any]) -> ChorusError:
-    """The ChorusError (code, reason, field violations) a call failed with."""
+    """The ChorusError (code, reason, ErrorInfo metadata, field violations) a call failed with."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
-    return from_rpc_error(info.value)
+    err = from_rpc_error(info.value)
+    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            error_info = error_details_pb2.ErrorInfo()
+            detail.Unpack(error_info)
+            err.metadata = dict(error_info.metadata)
+    return err
 
 
 def fields_of(err: ChorusError) -> set[str]:
@@ -116,7 +125,7 @@ def message(
 
 
 def run_spec(**kw: Any) -> run_pb2.RunSpec:
-    return run_pb2.RunSpec(template="duet", input="debate tabs vs spaces", **kw)
+    return run_pb2.RunSpec(**{"template": "duet", "input": "debate tabs vs spaces", **kw})
 
 
 def text_event(seq: int, text: str = "x") -> run_pb2.RunEvent:

@@ -6,10 +6,10 @@ import asyncio
 import uuid
 
 import grpc
+from history_helpers import UserStub, fields_of, message, new_conversation, rpc_error
 
 from chorus.v1 import chat_pb2, conversation_pb2
 from chorus.v1 import history_service_pb2 as pb
-from history_helpers import UserStub, fields_of, message, new_conversation, rpc_error
 
 
 async def test_append_numbers_messages_and_updates_the_conversation(alice: UserStub) -> None:
@@ -84,7 +84,9 @@ async def test_list_pages_oldest_first_and_filters_by_run(alice: UserStub) -> No
         if not token:
             break
     assert contents == [str(i) for i in range(7)]
-    of_run = await alice.ListMessages(pb.ListMessagesRequest(conversation_id=conv.id, run_id=run_id))
+    of_run = await alice.ListMessages(
+        pb.ListMessagesRequest(conversation_id=conv.id, run_id=run_id)
+    )
     assert [m.content for m in of_run.messages] == ["1", "3", "5"]
     page = await alice.ListMessages(pb.ListMessagesRequest(conversation_id=conv.id, page_size=2))
     err = await rpc_error(
@@ -141,7 +143,9 @@ async def test_append_rejects_empty_and_oversized_batches_and_missing_conversati
     conv = await new_conversation(alice)
     for messages in ([], [message(str(i)) for i in range(501)]):
         err = await rpc_error(
-            alice.AppendMessages(pb.AppendMessagesRequest(conversation_id=conv.id, messages=messages))
+            alice.AppendMessages(
+                pb.AppendMessagesRequest(conversation_id=conv.id, messages=messages)
+            )
         )
         assert err.code == grpc.StatusCode.INVALID_ARGUMENT and fields_of(err) == {"messages"}
     err = await rpc_error(
@@ -171,7 +175,9 @@ async def test_concurrent_appenders_get_gapless_positions_without_duplicates(
 
     await asyncio.gather(*(appender(c.id, w) for c in convs for w in range(6)))
     for conv in convs:
-        listed = await alice.ListMessages(pb.ListMessagesRequest(conversation_id=conv.id, page_size=1000))
+        listed = await alice.ListMessages(
+            pb.ListMessagesRequest(conversation_id=conv.id, page_size=1000)
+        )
         assert [m.position for m in listed.messages] == list(range(1, 121))
         assert len({m.client_message_id for m in listed.messages}) == 120
         got = await alice.GetConversation(
