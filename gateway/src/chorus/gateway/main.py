@@ -107,5 +107,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             expose_headers=["Retry-After", "X-Request-ID", "Location", "Content-Disposition"],
             max_age=600,
         )
-    app.add_middleware(RequestContextMiddleware, max_request_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_request_bytes=settings.max_request_bytes,
+        api_prefix=API_PREFIX,
+    )
     return app

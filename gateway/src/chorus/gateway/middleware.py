@@ -56,11 +56,14 @@ class RequestContextMiddleware:
     Args:
         app: the wrapped application.
         max_request_bytes: largest accepted body.
+        api_prefix: prefix of the routers included in the API router (`/api/v1`); FastAPI
+            reports an included route's template without it.
     """
 
-    def __init__(self, app: ASGIApp, max_request_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int, api_prefix: str) -> None:
         self.app = app
         self.max_bytes = max_request_bytes
+        self.api_prefix = api_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -111,12 +114,12 @@ class RequestContextMiddleware:
         finally:
             self._observe(scope, status, start)
 
-    @staticmethod
-    def _observe(scope: dict[str, Any] | Scope, status: int, start: float) -> None:
+    def _observe(self, scope: dict[str, Any] | Scope, status: int, start: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        if scope.get("root_path"):
-            template = scope["root_path"] + template
+        path: str = scope.get("path", "")
+        if path.startswith(self.api_prefix + "/") and not template.startswith(self.api_prefix):
+            template = self.api_prefix + template
         method = scope.get("method", "")
         elapsed = time.perf_counter() - start
         REQUESTS.labels(method, template, str(status)).inc()

@@ -167,6 +167,11 @@ class GatewaySettings(CoreSettings):
         description="Proxies whose X-Forwarded-* headers uvicorn trusts (comma-separated, `*`).",
     )
 
+    @field_validator("redis_url", "basic_user", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("rate_limit_runs", "rate_limit_messages")
     @classmethod
     def _valid_limit(cls, value: str) -> str:

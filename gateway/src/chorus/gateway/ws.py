@@ -20,11 +20,13 @@ Client → server frames, JSON text (binary frames holding UTF-8 JSON are accept
         (runId defaults to the last run started or followed here)
         → {"type": "status", "status": "cancel_requested" | "cancel_ignored", "runId", "message"}
 
-Server → client: `{"type": "status", "status": "connected", "user": "…"}` first; every run
-event as `{"type": <payload name>, …the SSE data fields…}` (e.g. `{"type": "text_delta",
-"runId": "…", "seq": "17", "agent": "…", "textDelta": {"text": "…"}}`), ending with the run's
-terminal event; and `{"type": "error", "message", "code", "recoverable", "details"[, "runId",
-"lastSeq"]}`.
+Payload keys may be lowerCamelCase or snake_case (`runId` or `run_id`), like proto3 JSON.
+
+Server → client: `{"type": "status", "status": "connected"}` first; every run event as
+exactly the JSON of SSE `data:` (proto3 JSON of the RunEvent, e.g. `{"runId": "…", "seq":
+"17", "agent": "…", "textDelta": {"text": "…"}}` — event frames are the ones with a `seq`
+and no `type`), ending with the run's terminal event; and `{"type": "error", "message",
+"code", "recoverable", "details"[, "runId", "lastSeq"]}`.
 
 A bad frame (not JSON, not an object, unknown type, missing fields, too large) gets an
 error with `recoverable: true` and the socket stays open. A frame larger than
@@ -210,7 +212,7 @@ class Connection:
                 [("payload.message", f"at most {self.settings.max_input_chars} characters")],
                 reason="INPUT_TOO_LONG",
             )
-        max_turns = payload.get("maxTurns", 0)
+        max_turns = _field(payload, "maxTurns", 0)
         if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 0:
             raise _FrameError('"payload.maxTurns" must be a non-negative integer')
         spec = run_pb2.RunSpec(
@@ -238,7 +240,7 @@ class Connection:
 
     async def on_subscribe(self, payload: dict[str, Any]) -> None:
         run_id = _string(payload, "runId", required=True)
-        after = payload.get("afterSeq", 0)
+        after = _field(payload, "afterSeq", 0)
         if isinstance(after, str) and after.isdigit():
             after = int(after)  # int64 travels as a string in proto3 JSON
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
@@ -307,10 +309,8 @@ class Connection:
         try:
             async for item in call:
                 event = item.event
-                kind = event.WhichOneof("payload") or "event"
                 last_seq = event.seq
-                frame = {"type": kind, **protojson.event_dict(event)}
-                await self.send_raw(orjson.dumps(frame).decode())
+                await self.send_raw(protojson.event_json(event).decode())
                 EVENTS.inc()
                 if not self.open:
                     return
@@ -328,8 +328,19 @@ class Connection:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _snake(key: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+
+
+def _field(payload: dict[str, Any], key: str, default: Any = None) -> Any:
+    """`payload[key]`, also under its snake_case name (proto3 JSON accepts both)."""
+    if key in payload:
+        return payload[key]
+    return payload.get(_snake(key), default)
+
+
 def _string(payload: dict[str, Any], key: str, *, required: bool = False) -> str:
-    value = payload.get(key, "")
+    value = _field(payload, key, "")
     if value is None:
         value = ""
     if not isinstance(value, str):
@@ -372,7 +383,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     CONNECTIONS.inc()
     log.info("ws_connected", user=caller.user)
     try:
-        await conn.send({"type": "status", "status": "connected", "user": caller.user})
+        await conn.send({"type": "status", "status": "connected"})
         while conn.open:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":

@@ -407,7 +407,7 @@ async function startRun(event) {
   $("start").disabled = true;
   try {
     const reply = await api("/runs", { method: "POST", body: spec });
-    watch(reply.run.id);
+    watch(reply.id);
   } catch (err) {
     banner(`Could not start: ${err.message}`);
   } finally {

@@ -92,9 +92,7 @@ async def list_conversations(
     openapi_extra=openapi.body_of(
         conversation_pb2.Conversation, "`title`, `model`, `team`, `metadata`.", required=False
     ),
-    responses=openapi.responses_of(
-        history_service_pb2.CreateConversationResponse, "The conversation.", 201
-    ),
+    responses=openapi.responses_of(conversation_pb2.Conversation, "The conversation.", 201),
 )
 async def create_conversation(
     request: Request,
@@ -115,33 +113,25 @@ async def create_conversation(
         timeout=settings.rpc_timeout_s,
     )
     return protojson.response(
-        reply, 201, headers={"Location": f"{request.url.path}/{reply.conversation.id}"}
+        reply.conversation, 201, headers={"Location": f"{request.url.path}/{reply.conversation.id}"}
     )
 
 
 @router.get(
     "/{conversation_id}",
     summary="Get a conversation",
-    responses=openapi.responses_of(
-        history_service_pb2.GetConversationResponse, "The conversation (and messages)."
-    ),
+    responses=openapi.responses_of(conversation_pb2.Conversation, "The conversation."),
 )
 async def get_conversation(
-    conversation_id: str,
-    caller: CallerDep,
-    history: HistoryDep,
-    settings: SettingsDep,
-    include_messages: bool = False,
+    conversation_id: str, caller: CallerDep, history: HistoryDep, settings: SettingsDep
 ) -> Response:
-    """A conversation; with `include_messages=true` also its messages (oldest first, at
-    most 1000 — page through `GET …/messages` for more)."""
+    """A conversation (its messages: `GET /conversations/{id}/messages`). 404 for an unknown
+    conversation or another user's."""
     reply = await history.GetConversation(
-        history_service_pb2.GetConversationRequest(
-            conversation_id=conversation_id, include_messages=include_messages
-        ),
+        history_service_pb2.GetConversationRequest(conversation_id=conversation_id),
         timeout=settings.rpc_timeout_s,
     )
-    return protojson.response(reply)
+    return protojson.response(reply.conversation)
 
 
 @router.patch(
@@ -151,7 +141,7 @@ async def get_conversation(
         conversation_pb2.Conversation, "New values of `title`, `model`, `team`, `metadata`."
     ),
     responses=openapi.responses_of(
-        history_service_pb2.UpdateConversationResponse, "The conversation after the update."
+        conversation_pb2.Conversation, "The conversation after the update."
     ),
 )
 async def update_conversation(
@@ -182,7 +172,7 @@ async def update_conversation(
         history_service_pb2.UpdateConversationRequest(conversation=conversation, update_mask=mask),
         timeout=settings.rpc_timeout_s,
     )
-    return protojson.response(reply)
+    return protojson.response(reply.conversation)
 
 
 @router.delete(

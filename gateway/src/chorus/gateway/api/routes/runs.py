@@ -1,7 +1,9 @@
 """Runs: start, stream, watch, resume, cancel, steer and export (RunService).
 
-Bodies are proto3 JSON of the contract's messages; a response body is the proto3 JSON of
-the RPC's response message (`POST /runs` → `CreateRunResponse` = `{"run": {…}}`).
+Bodies are proto3 JSON of the contract's messages. Resource methods answer the resource
+(`POST /runs` and `GET /runs/{id}` → `Run`, `PATCH …/agents/{name}` → `AgentSpec`), lists
+answer the list response (`{"runs": […], "nextPageToken": "…"}`), `:cancel` answers
+`CancelRunResponse`.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ async def _run_spec(request: Request, settings: SettingsDep) -> run_pb2.RunSpec:
     status_code=201,
     summary="Start a run in the background",
     openapi_extra=openapi.body_of(run_pb2.RunSpec, "What to run (chorus.v1.RunSpec)."),
-    responses=openapi.responses_of(run_service_pb2.CreateRunResponse, "The run.", 201),
+    responses=openapi.responses_of(run_pb2.Run, "The run.", 201),
 )
 async def create_run(
     request: Request, caller: CallerDep, runs: RunsDep, limiter: LimiterDep, settings: SettingsDep
@@ -110,7 +112,7 @@ async def create_run(
         run_service_pb2.CreateRunRequest(spec=spec), timeout=settings.rpc_timeout_s
     )
     return protojson.response(
-        reply, 201, headers={"Location": f"{request.url.path}/{reply.run.id}"}
+        reply.run, 201, headers={"Location": f"{request.url.path}/{reply.run.id}"}
     )
 
 
@@ -164,7 +166,7 @@ async def list_runs(
 @router.get(
     "/{run_id}",
     summary="Get a run",
-    responses=openapi.responses_of(run_service_pb2.GetRunResponse, "The run."),
+    responses=openapi.responses_of(run_pb2.Run, "The run."),
 )
 async def get_run(run_id: str, caller: CallerDep, runs: RunsDep, settings: SettingsDep) -> Response:
     """A run: its spec, status, turns, final answer, error, usage. 404 for an unknown run or
@@ -172,7 +174,7 @@ async def get_run(run_id: str, caller: CallerDep, runs: RunsDep, settings: Setti
     reply = await runs.GetRun(
         run_service_pb2.GetRunRequest(run_id=run_id), timeout=settings.rpc_timeout_s
     )
-    return protojson.response(reply)
+    return protojson.response(reply.run)
 
 
 @router.get(
@@ -240,7 +242,7 @@ async def cancel_run(
         team_pb2.AgentSpec, "The new `systemPrompt`, `temperature` and/or `model`."
     ),
     responses=openapi.responses_of(
-        run_service_pb2.UpdateRunAgentResponse, "The agent's configuration after the change."
+        team_pb2.AgentSpec, "The agent's configuration after the change."
     ),
 )
 async def update_run_agent(
@@ -277,7 +279,7 @@ async def update_run_agent(
         ),
         timeout=settings.rpc_timeout_s,
     )
-    return protojson.response(reply)
+    return protojson.response(reply.agent)
 
 
 @router.get(

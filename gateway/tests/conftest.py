@@ -1,0 +1,173 @@
+"""Fixtures of the gateway suite: the real services as processes, gateways in front of them.
+
+* `backend` — provider-svc (simulator), history-svc (embedded SQLite) and orchestrator-svc,
+  each `python -m chorus.<service>` on port 0 with a shared internal token (session scope).
+* `gateways` — starts `python -m chorus.gateway` processes on port 0 with extra settings
+  (auth modes, rate limits, …), one per distinct configuration, reused for the session.
+* `gateway` — the default gateway: auth_mode=none on loopback, generous rate limits.
+
+Helpers for SSE (`read_sse`) and run specs live in `gateway_helpers.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # gateway_helpers (pytest uses importlib mode)
+
+from gateway_helpers import API_KEYS, TOKEN, api_key_hashes_json
+
+from chorus.core.testing import ServiceProcess
+
+
+@dataclass
+class Backend:
+    """The three gRPC services, running."""
+
+    provider: str
+    history: str
+    orchestrator: str
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        """Settings pointing a gateway at these services."""
+        return {
+            "CHORUS_PROVIDER_ADDRESS": self.provider,
+            "CHORUS_HISTORY_ADDRESS": self.history,
+            "CHORUS_ORCHESTRATOR_ADDRESS": self.orchestrator,
+        }
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    """Settings every test process shares: token, embedded storage, a fast simulator."""
+    return {
+        "CHORUS_INTERNAL_TOKEN": TOKEN,
+        "CHORUS_DEV_MODE": "false",
+        "CHORUS_DATA_DIR": str(data_dir),
+        "CHORUS_DATABASE_URL": "",
+        "CHORUS_REDIS_URL": "",
+        "CHORUS_GRACE_PERIOD_S": "2",
+        "CHORUS_LOG_LEVEL": "INFO",
+        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0.01",
+        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "2000",
+    }
+
+
+@pytest.fixture(scope="session")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """provider-svc, history-svc and orchestrator-svc as real processes."""
+    env = base_env(tmp_path_factory.mktemp("gateway-backend"))
+    started: list[ServiceProcess] = []
+    try:
+        provider = ServiceProcess("chorus.provider", env={**env, "CHORUS_PROVIDER_PORT": "0"})
+        started.append(provider)
+        history = ServiceProcess("chorus.history", env={**env, "CHORUS_HISTORY_PORT": "0"})
+        started.append(history)
+        provider_address, history_address = provider.wait_ready(), history.wait_ready()
+        orchestrator = ServiceProcess(
+            "chorus.orchestrator",
+            env={
+                **env,
+                "CHORUS_ORCHESTRATOR_PORT": "0",
+                "CHORUS_PROVIDER_ADDRESS": provider_address,
+                "CHORUS_HISTORY_ADDRESS": history_address,
+            },
+        )
+        started.append(orchestrator)
+        yield Backend(provider_address, history_address, orchestrator.wait_ready(), started)
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+class Gateways:
+    """Gateway processes by configuration, started on first use, stopped at session end."""
+
+    def __init__(self, backend: Backend, data_dir: Path) -> None:
+        self.backend = backend
+        self.data_dir = data_dir
+        self._running: dict[frozenset[tuple[str, str]], ServiceProcess] = {}
+
+    def process(self, **settings: str) -> ServiceProcess:
+        """The gateway process with these `CHORUS_*` settings (names without the prefix)."""
+        env = {f"CHORUS_{k.upper()}": v for k, v in settings.items()}
+        key = frozenset(env.items())
+        proc = self._running.get(key)
+        if proc is None:
+            proc = ServiceProcess(
+                "chorus.gateway",
+                env={
+                    **base_env(self.data_dir),
+                    **self.backend.env(),
+                    "CHORUS_GATEWAY_PORT": "0",
+                    "CHORUS_RATE_LIMIT_RUNS": "1000/minute",
+                    "CHORUS_RATE_LIMIT_MESSAGES": "1000/minute",
+                    **env,
+                },
+                log_event="listening",
+            )
+            self._running[key] = proc
+            proc.wait_ready()
+        return proc
+
+    def url(self, **settings: str) -> str:
+        """Base URL (`http://127.0.0.1:port`) of the gateway with these settings."""
+        address = self.process(**settings).address
+        assert address is not None
+        return address
+
+    def stop(self) -> None:
+        for proc in self._running.values():
+            proc.stop()
+        self._running.clear()
+
+
+@pytest.fixture(scope="session")
+def gateways(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    """Starts gateways with given settings in front of `backend`."""
+    pool = Gateways(backend, tmp_path_factory.mktemp("gateway-data"))
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(gateways: Gateways) -> str:
+    """The default gateway's base URL: auth_mode=none on 127.0.0.1."""
+    return gateways.url()
+
+
+@pytest.fixture(scope="session")
+def keyed_gateway(gateways: Gateways) -> str:
+    """A gateway in apikey mode with two users, alice and bob (`API_KEYS`)."""
+    return gateways.url(auth_mode="apikey", api_key_hashes=api_key_hashes_json())
+
+
+@pytest.fixture
+async def client(gateway: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client of the default gateway."""
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+async def alice(keyed_gateway: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client of the apikey gateway, authenticated as alice."""
+    headers = {"Authorization": f"Bearer {API_KEYS['alice']}"}
+    async with httpx.AsyncClient(base_url=keyed_gateway, timeout=30, headers=headers) as c:
+        yield c
+
+
+@pytest.fixture
+async def bob(keyed_gateway: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client of the apikey gateway, authenticated as bob."""
+    headers = {"Authorization": f"Bearer {API_KEYS['bob']}"}
+    async with httpx.AsyncClient(base_url=keyed_gateway, timeout=30, headers=headers) as c:
+        yield c
