@@ -188,19 +188,11 @@ BUILTIN_MODELS: tuple[ModelConfig, ...] = (
     _m("openai", "o4-mini", 200_000, 100_000, (1.10, 0.275, None, 4.40), reasoning=True),
     _m("openai", "gpt-5", 400_000, 128_000, (1.25, 0.125, None, 10.0), reasoning=True),
     _m("openai", "gpt-5-mini", 400_000, 128_000, (0.25, 0.025, None, 2.00), reasoning=True),
-    # Anthropic (input, cache read, cache write (5 min), output).
-    _m(
-        "anthropic",
-        "claude-sonnet-4-5",
-        200_000,
-        64_000,
-        (3.0, 0.30, 3.75, 15.0),
-        reasoning=True,
-        default=True,
-    ),
+    # Anthropic (input, cache read, cache write (5 min), output); no price known here for
+    # Sonnet 4.6, so none is reported until the models file sets one.
+    _m("anthropic", "claude-sonnet-4-6", 200_000, 64_000, None, reasoning=True, default=True),
     _m("anthropic", "claude-haiku-4-5", 200_000, 64_000, (1.0, 0.10, 1.25, 5.0), reasoning=True),
-    _m("anthropic", "claude-opus-4-1", 200_000, 32_000, (15.0, 1.50, 18.75, 75.0), reasoning=True),
-    _m("anthropic", "claude-3-5-haiku-latest", 200_000, 8_192, (0.80, 0.08, 1.00, 4.0)),
+    _m("anthropic", "claude-opus-4-5", 200_000, 64_000, (5.0, 0.50, 6.25, 25.0), reasoning=True),
     # Simulator: nominal prices so cost arithmetic is exercised offline.
     _m("simulator", "sim-1", 128_000, 8_192, (0.10, 0.025, 0.125, 0.40), default=True),
     _m("simulator", "sim-fast", 128_000, 8_192, (0.10, 0.025, 0.125, 0.40)),
