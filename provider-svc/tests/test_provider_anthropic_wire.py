@@ -36,7 +36,9 @@ def _text_reply(text: str) -> Reply:
             anthropic("content_block_start", index=0, content_block={"type": "text", "text": ""}),
             anthropic("content_block_delta", index=0, delta={"type": "text_delta", "text": text}),
             anthropic("content_block_stop", index=0),
-            anthropic("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 3}),
+            anthropic(
+                "message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 3}
+            ),
             anthropic("message_stop"),
         ]
     )
@@ -54,25 +56,64 @@ async def test_anthropic_stream_is_normalized_with_thinking_tool_use_and_cumulat
                     index=0,
                     content_block={"type": "thinking", "thinking": "", "signature": ""},
                 ),
-                anthropic("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "Paris is"}),
+                anthropic(
+                    "content_block_delta",
+                    index=0,
+                    delta={"type": "thinking_delta", "thinking": "Paris is"},
+                ),
                 anthropic("ping"),
-                anthropic("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": " in France."}),
-                anthropic("content_block_delta", index=0, delta={"type": "signature_delta", "signature": "EqQB"}),
+                anthropic(
+                    "content_block_delta",
+                    index=0,
+                    delta={"type": "thinking_delta", "thinking": " in France."},
+                ),
+                anthropic(
+                    "content_block_delta",
+                    index=0,
+                    delta={"type": "signature_delta", "signature": "EqQB"},
+                ),
                 anthropic("content_block_stop", index=0),
-                anthropic("content_block_start", index=1, content_block={"type": "text", "text": ""}),
-                anthropic("content_block_delta", index=1, delta={"type": "text_delta", "text": "Let me check."}),
+                anthropic(
+                    "content_block_start", index=1, content_block={"type": "text", "text": ""}
+                ),
+                anthropic(
+                    "content_block_delta",
+                    index=1,
+                    delta={"type": "text_delta", "text": "Let me check."},
+                ),
                 anthropic("content_block_stop", index=1),
                 anthropic(
                     "content_block_start",
                     index=2,
-                    content_block={"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}},
+                    content_block={
+                        "type": "tool_use",
+                        "id": "toolu_01",
+                        "name": "get_weather",
+                        "input": {},
+                    },
                 ),
-                anthropic("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": ""}),
-                anthropic("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '{"city": '}),
+                anthropic(
+                    "content_block_delta",
+                    index=2,
+                    delta={"type": "input_json_delta", "partial_json": ""},
+                ),
+                anthropic(
+                    "content_block_delta",
+                    index=2,
+                    delta={"type": "input_json_delta", "partial_json": '{"city": '},
+                ),
                 anthropic("ping"),
-                anthropic("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": '"Paris"}'}),
+                anthropic(
+                    "content_block_delta",
+                    index=2,
+                    delta={"type": "input_json_delta", "partial_json": '"Paris"}'},
+                ),
                 anthropic("content_block_stop", index=2),
-                anthropic("message_delta", delta={"stop_reason": "tool_use", "stop_sequence": None}, usage={"output_tokens": 15}),
+                anthropic(
+                    "message_delta",
+                    delta={"stop_reason": "tool_use", "stop_sequence": None},
+                    usage={"output_tokens": 15},
+                ),
                 anthropic("message_delta", delta={}, usage={"output_tokens": 42}),  # cumulative
                 anthropic("message_stop"),
             ]
@@ -87,15 +128,23 @@ async def test_anthropic_stream_is_normalized_with_thinking_tool_use_and_cumulat
         provider_service_pb2.ChatMessage(
             role=chat_pb2.ROLE_ASSISTANT,
             content="Checking.",
-            tool_calls=[chat_pb2.ToolCall(id="toolu_00", name="get_weather", arguments='{"city": "Lyon"}')],
+            tool_calls=[
+                chat_pb2.ToolCall(id="toolu_00", name="get_weather", arguments='{"city": "Lyon"}')
+            ],
         ),
         provider_service_pb2.ChatMessage(
             role=chat_pb2.ROLE_TOOL, tool_call_id="toolu_00", content="no data", is_error=True
         ),
         provider="anthropic",
         model="claude-haiku-4-5",
-        tools=[provider_service_pb2.ToolDefinition(name="get_weather", description="Weather", parameters=params)],
-        tool_choice=provider_service_pb2.ToolChoice(mode=provider_service_pb2.ToolChoice.MODE_REQUIRED),
+        tools=[
+            provider_service_pb2.ToolDefinition(
+                name="get_weather", description="Weather", parameters=params
+            )
+        ],
+        tool_choice=provider_service_pb2.ToolChoice(
+            mode=provider_service_pb2.ToolChoice.MODE_REQUIRED
+        ),
         temperature=0.5,
     )
     events = await p.collect(req)
@@ -116,13 +165,21 @@ async def test_anthropic_stream_is_normalized_with_thinking_tool_use_and_cumulat
     assert [e.reasoning_delta.text for e in events[1:3]] == ["Paris is", " in France."]
     assert events[3].text_delta.text == "Let me check."
     start = events[4].tool_call_start
-    assert (start.index, start.id, start.name) == (0, "toolu_01", "get_weather")  # index 0: first call
+    assert (start.index, start.id, start.name) == (
+        0,
+        "toolu_01",
+        "get_weather",
+    )  # index 0: first call
     end = events[7].tool_call_end
     assert (end.index, end.call.id) == (0, "toolu_01")
     assert json.loads(end.call.arguments) == {"city": "Paris"}
     usage = events[8].usage
     # input = input_tokens + cache reads + cache writes; output is the last cumulative count
-    assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens) == (1210, 1000, 200)
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens) == (
+        1210,
+        1000,
+        200,
+    )
     assert (usage.output_tokens, usage.estimated) == (42, False)
     # claude-haiku-4-5: 1 $/Mtok input, 0.10 cache read, 1.25 cache write, 5 output
     assert usage.cost_usd == pytest.approx((10 * 1 + 1000 * 0.10 + 200 * 1.25 + 42 * 5) / 1e6)
@@ -151,13 +208,23 @@ async def test_anthropic_stream_is_normalized_with_thinking_tool_use_and_cumulat
             "role": "assistant",
             "content": [
                 {"type": "text", "text": "Checking."},
-                {"type": "tool_use", "id": "toolu_00", "name": "get_weather", "input": {"city": "Lyon"}},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_00",
+                    "name": "get_weather",
+                    "input": {"city": "Lyon"},
+                },
             ],
         },
         {
             "role": "user",
             "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_00", "content": "no data", "is_error": True}
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_00",
+                    "content": "no data",
+                    "is_error": True,
+                }
             ],
         },
     ]
@@ -191,8 +258,12 @@ async def test_overloaded_error_after_a_delta_ends_with_one_retryable_error_even
         Reply(
             steps=[
                 _message_start(),
-                anthropic("content_block_start", index=0, content_block={"type": "text", "text": ""}),
-                anthropic("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hel"}),
+                anthropic(
+                    "content_block_start", index=0, content_block={"type": "text", "text": ""}
+                ),
+                anthropic(
+                    "content_block_delta", index=0, delta={"type": "text_delta", "text": "Hel"}
+                ),
                 anthropic("error", error={"type": "overloaded_error", "message": "Overloaded"}),
             ]
         )
@@ -207,12 +278,16 @@ async def test_overloaded_error_after_a_delta_ends_with_one_retryable_error_even
     assert len(upstream.requests) == 1
 
 
-async def test_only_system_messages_are_sent_as_a_user_turn(upstream: FakeUpstream, provider) -> None:
+async def test_only_system_messages_are_sent_as_a_user_turn(
+    upstream: FakeUpstream, provider
+) -> None:
     upstream.queue(_text_reply("Alice"))
     p = await provider()
     events = await p.collect(
         request(
-            provider_service_pb2.ChatMessage(role=chat_pb2.ROLE_SYSTEM, content="Pick the next speaker."),
+            provider_service_pb2.ChatMessage(
+                role=chat_pb2.ROLE_SYSTEM, content="Pick the next speaker."
+            ),
             provider="anthropic",
             model="claude-haiku-4-5",
         )

@@ -144,7 +144,11 @@ async def test_openai_stream_is_normalized_event_by_event_with_usage_and_cost(
     assert json.loads(end_a.call.arguments) == {"city": "Paris"}
     assert (end_b.index, end_b.call.arguments) == (1, "{}")
     usage = events[10].usage
-    assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens) == (1200, 1000, 0)
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens) == (
+        1200,
+        1000,
+        0,
+    )
     assert (usage.output_tokens, usage.reasoning_tokens, usage.estimated) == (40, 12, False)
     # gpt-4o-mini: 0.15 $/Mtok uncached input, 0.075 cached, 0.60 output
     assert usage.cost_usd == pytest.approx((200 * 0.15 + 1000 * 0.075 + 40 * 0.60) / 1e6)
@@ -169,7 +173,11 @@ async def test_openai_stream_is_normalized_event_by_event_with_usage_and_cost(
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_0", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": "{}"},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call_0", "content": "14:00"},
@@ -201,7 +209,10 @@ async def test_azure_skips_the_empty_first_chunk_and_calls_the_deployment_url(
                 chunk({"role": "assistant", "content": ""}),
                 chunk({"content": "Hi"}),
                 chunk({}, "stop"),
-                chunk(usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}, choices=False),
+                chunk(
+                    usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+                    choices=False,
+                ),
                 DONE,
             ]
         )
@@ -238,7 +249,14 @@ async def test_openai_compatible_reasoning_fields_become_reasoning_and_usage_is_
     p = await provider()
     events = await p.collect(request("hi", provider="openai-compatible", model="llama3.2"))
 
-    assert kinds(events) == ["start", "reasoning_delta", "reasoning_delta", "text_delta", "usage", "finish"]
+    assert kinds(events) == [
+        "start",
+        "reasoning_delta",
+        "reasoning_delta",
+        "text_delta",
+        "usage",
+        "finish",
+    ]
     assert [e.reasoning_delta.text for e in events[1:3]] == ["Think", "ing..."]
     assert events[3].text_delta.text == "Done"
     usage = events[4].usage
@@ -260,7 +278,11 @@ async def test_tool_arguments_that_are_not_json_end_the_stream_with_an_error_eve
                 chunk(
                     {
                         "tool_calls": [
-                            {"index": 0, "id": "c1", "function": {"name": "get_time", "arguments": "{oops"}}
+                            {
+                                "index": 0,
+                                "id": "c1",
+                                "function": {"name": "get_time", "arguments": "{oops"},
+                            }
                         ]
                     }
                 ),
@@ -270,7 +292,9 @@ async def test_tool_arguments_that_are_not_json_end_the_stream_with_an_error_eve
         )
     )
     p = await provider()
-    events = await p.collect(request("time?", provider="openai", model="gpt-4o-mini", tools=_tools()))
+    events = await p.collect(
+        request("time?", provider="openai", model="gpt-4o-mini", tools=_tools())
+    )
 
     assert kinds(events) == ["start", "tool_call_start", "tool_call_delta", "error"]
     assert events[-1].error.code == grpc.StatusCode.INTERNAL.value[0]
