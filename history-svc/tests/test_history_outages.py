@@ -149,6 +149,12 @@ async def test_postgres_unreachable_is_unavailable_and_not_serving_until_it_is_b
             )
             return int(resp.status)
 
+        async def serving() -> bool:
+            return await status() == health_pb2.HealthCheckResponse.SERVING
+
+        async def not_serving() -> bool:
+            return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
         await new_conversation(alice)
         assert await serving()
 
