@@ -93,6 +93,18 @@ async def test_background_identity_is_forwarded_without_deadline(provider_server
     assert recorder.calls[-1]["remaining"] is None
 
 
+async def test_identity_is_forwarded_on_server_streaming_calls(provider_server, settings):
+    back, _ = provider_server
+    pool = ChannelPool(settings)
+    identity.set_identity(identity.Identity("alice", "gateway"))
+    try:
+        call = pbg.ProviderServiceStub(pool.get(back.address)).StreamChat(pb.StreamChatRequest())
+        texts = [r.text_delta.text async for r in call]
+    finally:
+        await pool.close()
+    assert texts == ["0", "1", "2"]
+
+
 def test_channel_options_enable_retries_with_a_service_config(settings):
     options = dict(channel_options(settings))
     assert options["grpc.enable_retries"] == 1

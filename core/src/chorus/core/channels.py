@@ -78,9 +78,7 @@ def outgoing_metadata(token: str | None) -> list[tuple[str, str]]:
     return md
 
 
-class _ForwardingInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
+class _Forwarding:
     def __init__(self, token: str | None) -> None:
         self._token = token
 
@@ -99,11 +97,18 @@ class _ForwardingInterceptor(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files each interceptor under the FIRST interceptor kind it is an instance of
+# (an if/elif chain in grpc/aio/_channel.py), so one object implementing both kinds would
+# only ever see unary-unary calls: one instance per kind.
+class _UnaryForwardingInterceptor(_Forwarding, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _StreamForwardingInterceptor(_Forwarding, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
@@ -134,7 +139,10 @@ class ChannelPool:
     def __init__(self, settings: CoreSettings) -> None:
         self._settings = settings
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
-        self._interceptors: Sequence[grpc.aio.ClientInterceptor] = [_ForwardingInterceptor(token)]
+        self._interceptors: Sequence[grpc.aio.ClientInterceptor] = [
+            _UnaryForwardingInterceptor(token),
+            _StreamForwardingInterceptor(token),
+        ]
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, target: str) -> grpc.aio.Channel:
