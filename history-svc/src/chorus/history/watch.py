@@ -62,6 +62,10 @@ class Watcher:
                             if degraded:
                                 await asyncio.sleep(self._degraded_s)
                             continue
+                    if events[-1][0] <= pos:  # only old news: maybe nothing more will come
+                        if await self._ended(run_id, pos):
+                            return
+                        continue
                     for seq, payload in events:
                         if seq <= pos:
                             continue
