@@ -156,6 +156,8 @@ class LiveRun:
         self._provider_error: run_pb2.RunError | None = None
         self._orchestrator_usage = chat_pb2.Usage()
         self._messages = 0
+        self._seen_messages: set[str] = set()
+        self._seen_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ control
@@ -237,6 +239,21 @@ class LiveRun:
             raise RunAbandoned(exc.message) from None
 
     # ------------------------------------------------------------------ RunHooks
+    async def messages_seen(self, messages: Sequence[BaseChatMessage]) -> None:
+        """See `chorus.orchestrator.teams.RunHooks`."""
+        # One at a time: an agent that sees a message the run's stream is still reporting
+        # waits here, so the message precedes the agent's turn in the log.
+        async with self._seen_lock:
+            for message in messages:
+                if (
+                    message.source in self.states
+                    or message.source == "user"  # the input, appended at the start
+                    or message.id in self._seen_messages
+                ):
+                    continue
+                self._seen_messages.add(message.id)
+                await self.message_completed(message.source, message)
+
     async def begin_turn(self, agent: str) -> int:
         """See `chorus.orchestrator.teams.RunHooks`."""
         self.turns += 1
@@ -466,9 +483,9 @@ class LiveRun:
         ):
             if isinstance(item, TaskResult):
                 result = item
-            elif isinstance(item, BaseChatMessage) and item.source not in self.states:
-                # A selector's or MagenticOne orchestrator's own message (plan, final answer).
-                await self.message_completed(item.source, item)
+            elif isinstance(item, BaseChatMessage):
+                # An orchestrator's own message (plan, instruction, final answer).
+                await self.messages_seen([item])
         if result is None:
             raise RuntimeError("the team ended without a result")
         return result

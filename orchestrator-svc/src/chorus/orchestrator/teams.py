@@ -63,6 +63,11 @@ DEFAULT_SELECTOR_PROMPT = (
 class RunHooks(Protocol):
     """What a run does when its agents act (implemented by the live run)."""
 
+    async def messages_seen(self, messages: Sequence[BaseChatMessage]) -> None:
+        """Messages the team produced outside the agents' turns (a MagenticOne
+        orchestrator's plan and instructions), seen by an agent before its turn or by the
+        run's stream; each is reported once, in the order first seen."""
+
     async def begin_turn(self, agent: str) -> int:
         """An agent's turn starts; returns its turn number (emits `agent_started`)."""
 
@@ -136,6 +141,8 @@ class TurnAgent(AssistantAgent):
         if self._state.apply_pending():
             self._system_messages = system_messages(self._state.spec)
         self._state.turn_usage = chat_pb2.Usage()
+        # The instruction that gave this agent the turn comes before its turn's events.
+        await self._hooks.messages_seen(messages)
         turn = await self._hooks.begin_turn(self.name)
         requested: dict[str, FunctionCall] = {}
         async for item in super().on_messages_stream(messages, cancellation_token):
