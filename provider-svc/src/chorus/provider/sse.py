@@ -25,7 +25,7 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         """Events completed by `chunk`, in order."""
         buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in chunk:
+        if b"\r" in buf:
             tail = buf.endswith(b"\r")
             buf = buf[:-1].replace(b"\r\n", b"\n") + b"\r" if tail else buf.replace(b"\r\n", b"\n")
         blocks = buf.split(b"\n\n")

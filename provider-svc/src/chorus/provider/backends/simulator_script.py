@@ -352,6 +352,9 @@ def _candidates(text: str) -> list[str] | None:
 
 _EXPR_RE = re.compile(r"[-+(]*\d[\d.\s]*(?:[-+*/^%][\s(]*\d[\d.\s)]*)+")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_MATH_WORDS = frozenset(
+    _words("calculator calculate calc math arithmetic expression compute evaluate eval")
+)
 _PLACE_RE = re.compile(r"\b(?:in|at|for|of)\s+([A-Z][a-z]+(?:\s[A-Z][a-z]+)?)")
 
 
@@ -416,11 +419,14 @@ def _pick_tool(
         w.lower() for w in re.findall(r"[A-Za-z]{3,}", text)
     }
 
+    math = _EXPR_RE.search(text) is not None
+
     def score(tool: provider_service_pb2.ToolDefinition) -> int:
         own = set(re.split(r"[_\-\s]+", tool.name.lower())) | {
             w.lower() for w in _WORD_RE.findall(tool.description)
         }
-        return len((own - _STOPWORDS) & words)
+        hint = 2 if math and own & _MATH_WORDS else 0  # "what is 6*7" names no tool
+        return len((own - _STOPWORDS) & words) + hint
 
     best = max(request.tools, key=score)  # max keeps the first of equal scores
     return best
