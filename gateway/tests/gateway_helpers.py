@@ -130,7 +130,7 @@ async def read_events(
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of the Prometheus samples `name` in exposition `text` whose labels include
     `labels` (0 when none)."""
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.M)
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", re.M)
     total = 0.0
     for match in pattern.finditer(text):
         label_text = match.group(1) or ""

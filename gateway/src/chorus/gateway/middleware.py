@@ -72,7 +72,10 @@ class RequestContextMiddleware:
         headers = dict(scope.get("headers") or ())
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        # A fresh context for this request: nothing of an earlier one on this task survives.
+        identity.set_identity(None)
         identity.set_request_id(request_id)
+        structlog.contextvars.unbind_contextvars("user", "run_id")
         structlog.contextvars.bind_contextvars(request_id=request_id)
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
@@ -118,7 +121,11 @@ class RequestContextMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         path: str = scope.get("path", "")
-        if path.startswith(self.api_prefix + "/") and not template.startswith(self.api_prefix):
+        if (
+            route is not None
+            and path.startswith(self.api_prefix + "/")
+            and not template.startswith(self.api_prefix)
+        ):
             template = self.api_prefix + template
         method = scope.get("method", "")
         elapsed = time.perf_counter() - start

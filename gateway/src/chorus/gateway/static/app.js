@@ -1,7 +1,7 @@
 // Chorus web page: start a team, watch it think, steer it, export it.
 //
 // Everything comes from the gateway's REST + SSE API (/api/v1). Model output is only ever
-// put in the page with textContent (never innerHTML), so it cannot inject markup.
+// put in the page with textContent (never parsed as HTML), so it cannot inject markup.
 //
 // Resume: the page keeps the run being watched (its id, the last seq seen and the rendered
 // transcript) in sessionStorage and the run id in the URL (#run=<id>). A reload renders the

@@ -372,11 +372,20 @@ async def _chat_json(
             timeout=timeout,
         ),
     )
+    final = run.run
+    if final.status in (run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING):
+        # The record may trail the terminal event by a moment: report the run as it ended.
+        completed = terminal.run_completed
+        final.status = run_pb2.RUN_STATUS_COMPLETED
+        final.final_answer = completed.final_answer
+        final.usage.CopyFrom(completed.usage)
+        final.last_seq = max(final.last_seq, terminal.seq)
+        final.end_time.CopyFrom(terminal.time)
     user = next((m for m in listed.messages if m.role == chat_pb2.ROLE_USER), None)
     reply = next((m for m in reversed(listed.messages) if m.role == chat_pb2.ROLE_ASSISTANT), None)
     body = {
         "conversation": protojson.to_dict(current.conversation),
-        "run": protojson.to_dict(run.run),
+        "run": protojson.to_dict(final),
         "userMessage": protojson.to_dict(user) if user is not None else None,
         "assistantMessage": protojson.to_dict(reply) if reply is not None else None,
     }
