@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 import grpc
 
@@ -129,26 +129,29 @@ class Simulator(Backend):
                 max_output_tokens=call.max_output_tokens,
                 output_tokens=opts.output_tokens,
             )
-            events = _events(script)
             result.response_id = f"sim-{seed & 0xFFFFFFFFFFFF:012x}-{call.attempt}"
-            limit = len(events)
-            if faulty:
-                limit = min(limit, max(0, fault.after_tokens))
+            tail = _tool_events(script)
+            total = len(script.reasoning) + len(script.text) + len(tail)
+            limit = min(total, max(0, fault.after_tokens)) if faulty else total
             ttft, tps = self._timing(call)
-            loop = asyncio.get_running_loop()
             if ttft > 0:
                 await asyncio.sleep(ttft)
+            # Events are built as they are sent (not all up front) so the first token of a
+            # long reply leaves at once; reasoning, then text, then tool-call events.
+            sent = 0
             if tps > 0:
+                loop = asyncio.get_running_loop()
                 interval = 1.0 / tps
                 start = loop.time()
-                for i in range(limit):
-                    delay = start + i * interval - loop.time()
+                for event in _stream(script, tail, limit):
+                    delay = start + sent * interval - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    yield events[i]
+                    sent += 1
+                    yield event
             else:
-                for i in range(limit):  # as fast as the caller reads: no sleep, no task
-                    yield events[i]
+                for event in _stream(script, tail, limit):  # no sleep, no task per token
+                    yield event
             if faulty:
                 await _fire(fault)
             result.usage = Usage(
@@ -184,9 +187,24 @@ async def _fire(fault: chat_pb2.SimulatorFault) -> None:
         await asyncio.Event().wait()  # until a timeout or the caller cancels us
 
 
-def _events(script: Script) -> list[Event]:
-    out = [Event(reasoning_delta=_ReasoningDelta(text=t)) for t in script.reasoning]
-    out += [Event(text_delta=_TextDelta(text=t)) for t in script.text]
+def _stream(script: Script, tail: list[Event], limit: int) -> Iterator[Event]:
+    """The first `limit` events of `script`: reasoning, text, then the tool-call `tail`."""
+    if limit <= 0:
+        return
+    reasoning, text = script.reasoning, script.text
+    n = min(limit, len(reasoning))
+    for i in range(n):
+        yield Event(reasoning_delta=_ReasoningDelta(text=reasoning[i]))
+    limit -= n
+    n = min(limit, len(text))
+    for i in range(n):
+        yield Event(text_delta=_TextDelta(text=text[i]))
+    limit -= n
+    yield from tail[:limit]
+
+
+def _tool_events(script: Script) -> list[Event]:
+    out: list[Event] = []
     for index, (call_id, name, args) in enumerate(script.tool_calls):
         out.append(Event(tool_call_start=_ToolStart(index=index, id=call_id, name=name)))
         for i in range(0, len(args), _ARG_FRAGMENT):

@@ -218,20 +218,33 @@ class _Prose:
         return [self._fill(t) for t in self.rng.sample(_THINKING, min(count, len(_THINKING)))]
 
     def tokens(self, count: int, *, exact: bool) -> list[str]:
-        """`count` tokens (exactly, cutting the last sentence) or whole sentences ≥ count."""
+        """`count` tokens (exactly, cutting the last sentence) or whole sentences ≥ count.
+
+        Long replies draw their sentences from a pool of `_POOL` generated ones, so a
+        100k-token reply costs milliseconds, not a second, before its first token.
+        """
+        rng = self.rng
+        pool = [self.sentence().split(" ") for _ in range(_POOL)] if count > 4 * _POOL else None
         out: list[str] = []
+        extend = out.extend
         in_paragraph = 0
         while len(out) < count:
-            words = self.sentence().split(" ")
-            if out:
-                if in_paragraph >= 3 and self.rng.random() < 0.4:
-                    words[0] = "\n\n" + words[0]
-                    in_paragraph = 0
-                else:
-                    words[0] = " " + words[0]
+            words = rng.choice(pool) if pool is not None else self.sentence().split(" ")
+            if not out:
+                first = words[0]
+            elif in_paragraph >= 3 and rng.random() < 0.4:
+                first = "\n\n" + words[0]
+                in_paragraph = 0
+            else:
+                first = " " + words[0]
             in_paragraph += 1
-            out.extend([words[0], *(" " + w for w in words[1:])])
+            out.append(first)
+            extend([" " + w for w in words[1:]])
         return out[:count] if exact else out
+
+
+_POOL = 256
+"""Sentences generated for long replies (see `_Prose.tokens`)."""
 
 
 # --- orchestration prompts ----------------------------------------------------------------

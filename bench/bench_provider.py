@@ -1,0 +1,348 @@
+"""provider-svc side by side with its upstream called directly and with LiteLLM's proxy.
+
+    python -m bench.bench_provider [--repeats 5] [--no-litellm]
+
+One run on this machine starts:
+
+* `../shared/anchors/fake_openai.py` (an OpenAI-compatible upstream streaming as fast as it
+  can) under uvicorn;
+* provider-svc (`python -m chorus.provider`), its `openai` provider pointed at that upstream;
+* LiteLLM's proxy (1 worker) in front of the same upstream, from `.venv-litellm` (see
+  `../shared/anchors/README.md`; skipped with a note when that venv is missing).
+
+and measures, each in its own client process, `--repeats` times (medians reported):
+
+* TTFT: 1 stream × 1 token, 100 requests in a row; p50 / p99 of the time to the first text
+  token — direct (the anchors' `stream_client.py`), via provider-svc (a gRPC client), via LiteLLM;
+* throughput: 20 concurrent streams × 500 tokens, tokens/s in total, same three paths;
+* the simulator at full speed (`sim-fast`, tokens_per_second 0): events/s to one gRPC client.
+
+Results go to `bench/results/provider-<UTC time>.json` and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ANCHORS = REPO / ".." / "shared" / "anchors"
+RESULTS = REPO / "bench" / "results"
+LITELLM_VENV = REPO / ".venv-litellm"
+LITELLM_KEY = "sk-local-benchmark-key-7f3a9c2e1b5d8f4a6c0e"
+PY = sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def _wait_http_ok(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, check=True, env=env, cwd=REPO
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# --- the gRPC client (runs in its own process) ---------------------------------------------
+
+
+async def _grpc_client(address: str, conc: int, ntok: int, reps: int, model: str) -> None:
+    import grpc
+
+    from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
+
+    provider, _, name = model.partition("/")
+    req = provider_service_pb2.StreamChatRequest(
+        model=chat_pb2.ModelRef(provider=provider, model=name),
+        messages=[provider_service_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content="hi")],
+        max_output_tokens=ntok,
+    )
+    if provider == "simulator":
+        req.simulator.output_tokens = ntok
+        req.simulator.tokens_per_second = 0
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = provider_service_pb2_grpc.ProviderServiceStub(channel)
+        await stub.ListModels(provider_service_pb2.ListModelsRequest())  # connect first
+        ttfts: list[float] = []
+        total = 0
+        events = 0
+
+        async def one() -> None:
+            nonlocal total, events
+            t0 = time.perf_counter()
+            first = None
+            k = 0
+            n = 0
+            async for event in stub.StreamChat(req, timeout=600):
+                n += 1
+                if event.HasField("text_delta"):
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    k += 1
+            ttfts.append(first if first is not None else float("nan"))
+            total += k
+            events += n
+
+        started = time.perf_counter()
+        for _ in range(reps):
+            await asyncio.gather(*(one() for _ in range(conc)))
+        elapsed = time.perf_counter() - started
+    ttfts.sort()
+    p99 = ttfts[max(0, int(len(ttfts) * 0.99) - 1)]
+    print(
+        json.dumps(
+            {
+                "tokens": total,
+                "tokens_per_s": round(total / elapsed),
+                "events_per_s": round(events / elapsed),
+                "ttft_p50_ms": round(1000 * statistics.median(ttfts), 2),
+                "ttft_p99_ms": round(1000 * p99, 2),
+            }
+        )
+    )
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 2)
+
+
+def _http_client(url: str, conc: int, ntok: int, reps: int, key: str | None) -> dict[str, Any]:
+    cmd = [PY, str(ANCHORS / "stream_client.py"), url, str(conc), str(ntok), str(reps)]
+    if key:
+        cmd.append(key)
+    return _run_json(cmd)
+
+
+def _grpc(address: str, conc: int, ntok: int, reps: int, model: str) -> dict[str, Any]:
+    return _run_json(
+        [
+            PY,
+            "-m",
+            "bench.bench_provider",
+            "grpc-client",
+            address,
+            str(conc),
+            str(ntok),
+            str(reps),
+            model,
+        ]
+    )
+
+
+def _measure(name: str, fn: Any, repeats: int) -> dict[str, Any]:
+    runs = [fn() for _ in range(repeats)]
+    summary = {k: _median(runs, k) for k in runs[0] if isinstance(runs[0][k], int | float)}
+    print(f"  {name}: {summary}", flush=True)
+    return {"median": summary, "runs": runs}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--sim-tokens", type=int, default=100_000)
+    args = parser.parse_args(argv)
+
+    from chorus.core.testing import ServiceProcess
+
+    procs: list[subprocess.Popen[bytes]] = []
+    fake_port = _free_port()
+    upstream = f"http://127.0.0.1:{fake_port}/v1"
+    procs.append(
+        subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                "fake_openai:app",
+                "--app-dir",
+                str(ANCHORS),
+                "--port",
+                str(fake_port),
+                "--loop",
+                "uvloop",
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+        )
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="bench-provider-"))
+    models = tmp / "models.yaml"
+    models.write_text("models:\n  - provider: openai\n    name: sim\n    context_window: 8192\n")
+    env = {
+        "CHORUS_DEV_MODE": "true",
+        "CHORUS_PROVIDER_PORT": "0",
+        "CHORUS_OPENAI_API_KEY": "sk-fake",
+        "CHORUS_OPENAI_BASE_URL": upstream,
+        "CHORUS_MODELS_FILE": str(models),
+        "CHORUS_DEFAULT_PROVIDER": "simulator",
+    }
+    litellm: subprocess.Popen[bytes] | None = None
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "repeats": args.repeats,
+    }
+    service = ServiceProcess("chorus.provider", env=env)
+    try:
+        address = service.wait_ready()
+        _wait_port(fake_port, 30)
+        litellm_url = None
+        if not args.no_litellm and (LITELLM_VENV / "bin" / "litellm").exists():
+            lport = _free_port()
+            config = tmp / "litellm.yaml"
+            config.write_text(
+                (ANCHORS / "litellm.yaml").read_text().replace("http://127.0.0.1:9101/v1", upstream)
+            )
+            litellm = subprocess.Popen(
+                [
+                    str(LITELLM_VENV / "bin" / "litellm"),
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(lport),
+                    "--num_workers",
+                    "1",
+                ],
+                cwd=tmp,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(litellm)
+            _wait_http_ok(f"http://127.0.0.1:{lport}/health/liveliness", 300)
+            litellm_url = f"http://127.0.0.1:{lport}/v1/chat/completions"
+        elif not args.no_litellm:
+            results["litellm"] = "skipped: .venv-litellm missing (see ../shared/anchors/README.md)"
+        direct_url = f"{upstream}/chat/completions"
+        r = args.repeats
+        # warm-up: connections, caches, the JIT-less but lazy imports of every path
+        _http_client(direct_url, 2, 10, 1, None)
+        _grpc(address, 2, 10, 1, "openai/sim")
+        if litellm_url:
+            _http_client(litellm_url, 2, 10, 1, LITELLM_KEY)
+
+        print("TTFT, 1 stream x 1 token x 100 requests", flush=True)
+        ttft = {
+            "direct": _measure("direct", lambda: _http_client(direct_url, 1, 1, 100, None), r),
+            "provider_svc": _measure(
+                "provider-svc", lambda: _grpc(address, 1, 1, 100, "openai/sim"), r
+            ),
+        }
+        if litellm_url:
+            ttft["litellm"] = _measure(
+                "litellm", lambda: _http_client(litellm_url, 1, 1, 100, LITELLM_KEY), r
+            )
+        print("Throughput, 20 streams x 500 tokens", flush=True)
+        throughput = {
+            "direct": _measure("direct", lambda: _http_client(direct_url, 20, 500, 1, None), r),
+            "provider_svc": _measure(
+                "provider-svc", lambda: _grpc(address, 20, 500, 1, "openai/sim"), r
+            ),
+        }
+        if litellm_url:
+            throughput["litellm"] = _measure(
+                "litellm", lambda: _http_client(litellm_url, 20, 500, 1, LITELLM_KEY), r
+            )
+        print(f"Simulator, 1 stream x {args.sim_tokens} tokens, full speed", flush=True)
+        simulator = _measure(
+            "simulator", lambda: _grpc(address, 1, args.sim_tokens, 1, "simulator/sim-fast"), r
+        )
+        results.update(
+            {"ttft_1x1": ttft, "throughput_20x500": throughput, "simulator_1_client": simulator}
+        )
+        d, p = ttft["direct"]["median"], ttft["provider_svc"]["median"]
+        results["summary"] = {
+            "provider_svc_added_ttft_p50_ms": round(p["ttft_p50_ms"] - d["ttft_p50_ms"], 2),
+            "provider_svc_tokens_per_s": throughput["provider_svc"]["median"]["tokens_per_s"],
+            "direct_tokens_per_s": throughput["direct"]["median"]["tokens_per_s"],
+            "simulator_events_per_s": simulator["median"]["events_per_s"],
+        }
+        if litellm_url:
+            lt = ttft["litellm"]["median"]
+            results["summary"]["litellm_added_ttft_p50_ms"] = round(
+                lt["ttft_p50_ms"] - d["ttft_p50_ms"], 2
+            )
+            results["summary"]["litellm_tokens_per_s"] = throughput["litellm"]["median"][
+                "tokens_per_s"
+            ]
+            results["summary"]["provider_svc_vs_litellm_tokens_per_s"] = round(
+                results["summary"]["provider_svc_tokens_per_s"]
+                / max(1, results["summary"]["litellm_tokens_per_s"]),
+                1,
+            )
+    finally:
+        service.stop()
+        for proc in reversed(procs):
+            _stop(proc)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"provider-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results["summary"], indent=2))
+    print(f"written {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "grpc-client":
+        import uvloop
+
+        _, _, address, conc, ntok, reps, model = sys.argv
+        uvloop.run(_grpc_client(address, int(conc), int(ntok), int(reps), model))
+    else:
+        main(sys.argv[1:])
