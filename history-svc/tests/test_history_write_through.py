@@ -47,7 +47,9 @@ async def cached_conversation(
     r: redis.Redis, prefix: str, conv_id: str
 ) -> conversation_pb2.Conversation | None:
     raw = await r.get(f"{prefix}conv:{conv_id}")
-    return None if raw is None else conversation_pb2.Conversation.FromString(raw[VERSION:])
+    if raw is None:
+        return None
+    return pb.GetConversationResponse.FromString(raw[VERSION:]).conversation
 
 
 async def test_writes_reach_postgres_first_and_redis_right_after(
@@ -84,8 +86,8 @@ async def test_writes_reach_postgres_first_and_redis_right_after(
         conv.id,
     )
     assert [tuple(r) for r in rows] == [(1, "1"), (2, "2")]
-    listed = await redis_direct.lrange(f"{key_prefix}conv:{conv.id}:msgs", 0, -1)
-    assert [conversation_pb2.Message.FromString(b).content for b in listed] == ["1", "2"]
+    listed = await redis_direct.get(f"{key_prefix}conv:{conv.id}:msgs")
+    assert [m.content for m in pb.GetConversationResponse.FromString(listed).messages] == ["1", "2"]
     cached = await cached_conversation(redis_direct, key_prefix, conv.id)
     assert cached is not None and cached.message_count == 2
 

@@ -14,8 +14,11 @@ fill racing the delete can't bring them back. Message lists hold the first
 1..n with n = min(message_count, limit) — messages never change once stored, so a list that
 passes this check is exactly right.
 
-Redis keys (prefix `redis_key_prefix`): `conv:{id}` (version + Conversation bytes),
-`conv:{id}:msgs` (list of Message bytes), `run:{id}` (version + Run bytes).
+Redis keys (prefix `redis_key_prefix`): `conv:{id}` (version + the Conversation framed as
+field 1 of GetConversationResponse), `conv:{id}:msgs` (the messages framed as field 2 of
+GetConversationResponse, appended to with APPEND), `run:{id}` (version + Run bytes). A hit
+is therefore one round trip and one protobuf parse of `conv + msgs` into the response — no
+per-message work in Python.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from chorus.history import metrics
 from chorus.history.redis_guard import ERRORS, RedisGuard
 from chorus.history.settings import Settings
 from chorus.history.timeutil import ts_to_us
-from chorus.v1 import conversation_pb2, run_pb2
+from chorus.v1 import conversation_pb2, history_service_pb2, run_pb2
+
+GetConversationResponse = history_service_pb2.GetConversationResponse
 
 _VERSION_CHARS = 40
 _TOMBSTONE = b"9" * _VERSION_CHARS
@@ -45,6 +50,14 @@ return 1
 """
 
 
+# KEYS[1]: key; ARGV[1]: bytes. Appends only to an existing value (a missing list stays
+# missing until a full fill). Returns the new length, or 0.
+_APPEND_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('APPEND', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 def conversation_version(conv: conversation_pb2.Conversation) -> bytes:
     """Fixed-width version of a conversation: update time (strictly increasing per write)."""
     return b"%020d%020d" % (ts_to_us(conv.update_time) or 0, conv.message_count)
@@ -53,6 +66,11 @@ def conversation_version(conv: conversation_pb2.Conversation) -> bytes:
 def run_version(run: run_pb2.Run) -> bytes:
     """Fixed-width version of a run record: update time, then last seq."""
     return b"%020d%020d" % (ts_to_us(run.update_time) or 0, run.last_seq)
+
+
+def _framed(conversation: conversation_pb2.Conversation) -> bytes:
+    """The conversation as field 1 of GetConversationResponse (so responses are concatenations)."""
+    return GetConversationResponse(conversation=conversation).SerializeToString()
 
 
 def messages_valid(messages: Sequence[conversation_pb2.Message], expected: int) -> bool:
@@ -73,9 +91,10 @@ class Cache(abc.ABC):
     @abc.abstractmethod
     async def get_conversation(
         self, conversation_id: str, with_messages: bool
-    ) -> tuple[conversation_pb2.Conversation | None, list[conversation_pb2.Message] | None]:
-        """`(conversation, its first messages)` as cached; None for what is not (or not
-        validly) cached. Messages are looked up only `with_messages`."""
+    ) -> tuple[GetConversationResponse | None, bool]:
+        """`(response, messages_included)`: the cached conversation as a GetConversation
+        response (None when not cached); with `with_messages`, also its first messages when
+        they are validly cached (`messages_included`)."""
 
     @abc.abstractmethod
     async def put_conversation(self, conversation: conversation_pb2.Conversation) -> None:
@@ -125,6 +144,7 @@ class RedisCache(Cache):
         self._prefix = settings.redis_key_prefix
         self._ttl_ms = settings.cache_ttl_s * 1000
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
+        self._append_if_exists = client.register_script(_APPEND_IF_EXISTS)
         self._dirty: set[str] = set()
 
     def conversation_key(self, conversation_id: str) -> str:
@@ -159,32 +179,37 @@ class RedisCache(Cache):
 
     async def get_conversation(
         self, conversation_id: str, with_messages: bool
-    ) -> tuple[conversation_pb2.Conversation | None, list[conversation_pb2.Message] | None]:
+    ) -> tuple[GetConversationResponse | None, bool]:
         if not await self._ready():
-            return None, None
+            return None, False
         try:
             if with_messages:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.get(self.conversation_key(conversation_id))
-                    pipe.lrange(self.messages_key(conversation_id), 0, self.max_messages - 1)
-                    raw, items = await pipe.execute()
+                    pipe.get(self.messages_key(conversation_id))
+                    raw, listed = await pipe.execute()
             else:
-                raw, items = await self._redis.get(self.conversation_key(conversation_id)), None
+                raw, listed = await self._redis.get(self.conversation_key(conversation_id)), None
         except ERRORS as exc:
             self._guard.failed("get_conversation", exc)
-            return None, None
+            return None, False
         self._guard.succeeded()
         if raw is None or raw.startswith(_TOMBSTONE):
             _count("conversation", False)
-            return None, None
+            return None, False
         _count("conversation", True)
-        conv = conversation_pb2.Conversation.FromString(raw[_VERSION_CHARS:])
-        if items is None:
-            return conv, None
-        messages = [conversation_pb2.Message.FromString(b) for b in items]
-        valid = messages_valid(messages, min(conv.message_count, self.max_messages))
+        if listed is None:
+            if with_messages:
+                _count("messages", False)
+            return GetConversationResponse.FromString(raw[_VERSION_CHARS:]), False
+        resp = GetConversationResponse.FromString(raw[_VERSION_CHARS:] + listed)
+        valid = messages_valid(
+            resp.messages, min(resp.conversation.message_count, self.max_messages)
+        )
         _count("messages", valid)
-        return conv, messages if valid else None
+        if not valid:
+            del resp.messages[:]
+        return resp, valid
 
     async def put_conversation(self, conversation: conversation_pb2.Conversation) -> None:
         key = self.conversation_key(conversation.id)
@@ -196,7 +221,7 @@ class RedisCache(Cache):
                 keys=[key],
                 args=[
                     conversation_version(conversation),
-                    conversation.SerializeToString(),
+                    _framed(conversation),
                     self._ttl_ms,
                 ],
             )
@@ -211,13 +236,9 @@ class RedisCache(Cache):
         if not await self._ready():
             return
         key = self.messages_key(conversation_id)
+        blob = GetConversationResponse(messages=messages[: self.max_messages]).SerializeToString()
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                if messages:
-                    pipe.rpush(key, *(m.SerializeToString() for m in messages[: self.max_messages]))
-                    pipe.pexpire(key, self._ttl_ms)
-                await pipe.execute()
+            await self._redis.set(key, blob, px=self._ttl_ms)
         except ERRORS as exc:
             self._guard.failed("put_messages", exc)
             return
@@ -233,20 +254,21 @@ class RedisCache(Cache):
         if not await self._ready():
             self._dirty.update((conv_key, msgs_key))
             return
-        cached = [m.SerializeToString() for m in added if m.position <= self.max_messages]
+        cached = [m for m in added if m.position <= self.max_messages]
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 await self._set_if_newer(
                     keys=[conv_key],
                     args=[
                         conversation_version(conversation),
-                        conversation.SerializeToString(),
+                        _framed(conversation),
                         self._ttl_ms,
                     ],
                     client=pipe,
                 )
                 if cached:
-                    pipe.rpushx(msgs_key, *cached)
+                    blob = GetConversationResponse(messages=cached).SerializeToString()
+                    await self._append_if_exists(keys=[msgs_key], args=[blob], client=pipe)
                 await pipe.execute()
         except ERRORS as exc:
             self._write_failed("append_messages", exc, conv_key, msgs_key)
@@ -318,22 +340,22 @@ class LocalCache(Cache):
 
     async def get_conversation(
         self, conversation_id: str, with_messages: bool
-    ) -> tuple[conversation_pb2.Conversation | None, list[conversation_pb2.Message] | None]:
+    ) -> tuple[GetConversationResponse | None, bool]:
         entry = self._entries.get(("conv", conversation_id))
         if entry is None or entry[0] == _TOMBSTONE:
             _count("conversation", False)
-            return None, None
+            return None, False
         _count("conversation", True)
         conv: conversation_pb2.Conversation = entry[1]  # type: ignore[assignment]
         if not with_messages:
-            return conv, None
+            return GetConversationResponse(conversation=conv), False
         listed = self._entries.get(("msgs", conversation_id))
         messages: list[conversation_pb2.Message] | None = None if listed is None else listed[1]  # type: ignore[assignment]
         valid = messages is not None and messages_valid(
             messages, min(conv.message_count, self.max_messages)
         )
         _count("messages", valid)
-        return conv, messages if valid else None
+        return GetConversationResponse(conversation=conv, messages=messages if valid else ()), valid
 
     async def put_conversation(self, conversation: conversation_pb2.Conversation) -> None:
         self._put_if_newer(

@@ -81,26 +81,6 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         await self._cache.put_conversation(stored)
         return pb.CreateConversationResponse(conversation=stored)
 
-    async def _conversation(
-        self, ident: Identity, conversation_id: str, with_messages: bool
-    ) -> tuple[conversation_pb2.Conversation, list[conversation_pb2.Message] | None]:
-        conv, messages = await self._cache.get_conversation(conversation_id, with_messages)
-        if conv is not None and not _visible(ident, conv.owner):
-            raise conversation_not_found(conversation_id)
-        if conv is None:
-            conv = await self._store.get_conversation(conversation_id, _scope(ident))
-            if conv is None:
-                raise conversation_not_found(conversation_id)
-            await self._cache.put_conversation(conv)
-        if with_messages and messages is None:
-            messages = await self._store.list_messages(
-                conversation_id, _scope(ident), 0, limits.MAX_INCLUDED_MESSAGES
-            )
-            if messages is None:
-                raise conversation_not_found(conversation_id)
-            await self._cache.put_messages(conversation_id, messages)
-        return conv, messages
-
     async def GetConversation(
         self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConversationResponse:
@@ -108,8 +88,25 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         v = Violations()
         conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
         v.raise_if_any()
-        conv, messages = await self._conversation(ident, conversation_id, request.include_messages)
-        return pb.GetConversationResponse(conversation=conv, messages=messages or ())
+        with_messages = request.include_messages
+        resp, complete = await self._cache.get_conversation(conversation_id, with_messages)
+        if resp is not None and not _visible(ident, resp.conversation.owner):
+            raise conversation_not_found(conversation_id)
+        if resp is None:
+            conv = await self._store.get_conversation(conversation_id, _scope(ident))
+            if conv is None:
+                raise conversation_not_found(conversation_id)
+            await self._cache.put_conversation(conv)
+            resp = pb.GetConversationResponse(conversation=conv)
+        if with_messages and not complete:
+            messages = await self._store.list_messages(
+                conversation_id, _scope(ident), 0, limits.MAX_INCLUDED_MESSAGES
+            )
+            if messages is None:
+                raise conversation_not_found(conversation_id)
+            await self._cache.put_messages(conversation_id, messages)
+            resp.messages.extend(messages)
+        return resp
 
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext

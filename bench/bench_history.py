@@ -1,0 +1,305 @@
+"""history-svc benchmarks: `python -m bench.bench_history [--repeat N] [--quick]`.
+
+Runs history-svc as real processes on PostgreSQL + Redis (this machine's servers, a
+throw-away database `chorus_bench_<random>` dropped at the end and a unique Redis key
+prefix deleted at the end) and measures over loopback gRPC:
+
+1. AppendRunEvents throughput, batches of 100 events, several runs appended concurrently
+   (target: ≥ 20k events/s into PostgreSQL + Redis);
+2. GetConversation of a 100-message conversation with messages, cache hit vs cache miss,
+   p50 (target: hit ≤ 1 ms and ≥ 2× faster than a miss);
+3. WatchRunEvents latency from the append on one replica to the event reaching a watcher
+   on another replica, p50 / p99.
+
+Each measurement is repeated (`--repeat`, default 3) and the median is reported. Results
+are printed and written as JSON to bench/results/history-<UTC date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import redis
+
+from chorus.core.identity import TOKEN_KEY, USER_KEY
+from chorus.core.testing import ServiceProcess
+from chorus.v1 import (
+    chat_pb2,
+    conversation_pb2,
+    history_service_pb2,
+    history_service_pb2_grpc,
+    run_pb2,
+)
+
+pb = history_service_pb2
+PG = "postgresql://postgres@127.0.0.1:5432"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+TOKEN = "bench-token"
+USER = "bench"
+METADATA = ((USER_KEY, USER), (TOKEN_KEY, TOKEN))
+RESULTS = Path(__file__).parent / "results"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def service_env(database_url: str, prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
+    env.update(
+        CHORUS_DATABASE_URL=database_url,
+        CHORUS_REDIS_URL=REDIS_URL,
+        CHORUS_REDIS_KEY_PREFIX=prefix,
+        CHORUS_INTERNAL_TOKEN=TOKEN,
+        CHORUS_HISTORY_PORT="0",
+        CHORUS_LOG_LEVEL="INFO",
+        CHORUS_DB_POOL_MAX_SIZE="10",
+    )
+    return env
+
+
+async def new_run(stub: Any) -> str:
+    conv = await stub.CreateConversation(
+        pb.CreateConversationRequest(conversation=conversation_pb2.Conversation(title="bench")),
+        metadata=METADATA,
+    )
+    run_id = str(uuid.uuid4())
+    await stub.RecordRun(
+        pb.RecordRunRequest(
+            run=run_pb2.Run(
+                id=run_id,
+                conversation_id=conv.conversation.id,
+                spec=run_pb2.RunSpec(template="duet", input="bench"),
+                status=run_pb2.RUN_STATUS_RUNNING,
+            )
+        ),
+        metadata=METADATA,
+    )
+    return run_id
+
+
+def deltas(first_seq: int, n: int) -> list[run_pb2.RunEvent]:
+    return [
+        run_pb2.RunEvent(
+            seq=first_seq + i,
+            agent="writer",
+            text_delta=run_pb2.RunEvent.TextDelta(text=f"token {first_seq + i} of the reply "),
+        )
+        for i in range(n)
+    ]
+
+
+async def append_throughput(address: str, runs: int, batches: int, batch_size: int = 100) -> float:
+    """Events per second stored by `runs` concurrent appenders, `batches` batches each."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = history_service_pb2_grpc.HistoryServiceStub(channel)
+        run_ids = [await new_run(stub) for _ in range(runs)]
+        requests = {
+            run_id: [
+                pb.AppendRunEventsRequest(
+                    run_id=run_id, events=deltas(b * batch_size + 1, batch_size)
+                )
+                for b in range(batches)
+            ]
+            for run_id in run_ids
+        }
+
+        async def appender(run_id: str) -> None:
+            for request in requests[run_id]:
+                await stub.AppendRunEvents(request, metadata=METADATA)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(appender(r) for r in run_ids))
+        elapsed = time.perf_counter() - start
+    return runs * batches * batch_size / elapsed
+
+
+async def get_conversation(address: str, prefix: str, samples: int) -> dict[str, float]:
+    """p50/p99 (ms) of GetConversation(include_messages) of 100 messages, hit and miss."""
+    direct = redis.Redis.from_url(REDIS_URL)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = history_service_pb2_grpc.HistoryServiceStub(channel)
+        conv = (
+            await stub.CreateConversation(
+                pb.CreateConversationRequest(conversation=conversation_pb2.Conversation(title="c")),
+                metadata=METADATA,
+            )
+        ).conversation
+        messages = [
+            conversation_pb2.Message(
+                role=chat_pb2.ROLE_ASSISTANT if i % 2 else chat_pb2.ROLE_USER,
+                agent="assistant" if i % 2 else "",
+                content=("A sentence of a plausible chat message. " * 6)[: 120 + i],
+                usage=chat_pb2.Usage(input_tokens=100 + i, output_tokens=40) if i % 2 else None,
+            )
+            for i in range(100)
+        ]
+        await stub.AppendMessages(
+            pb.AppendMessagesRequest(conversation_id=conv.id, messages=messages), metadata=METADATA
+        )
+        request = pb.GetConversationRequest(conversation_id=conv.id, include_messages=True)
+        keys = (f"{prefix}conv:{conv.id}", f"{prefix}conv:{conv.id}:msgs")
+        for _ in range(50):  # warm up connections and statement caches
+            await stub.GetConversation(request, metadata=METADATA)
+        hits: list[float] = []
+        misses: list[float] = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            resp = await stub.GetConversation(request, metadata=METADATA)
+            hits.append(time.perf_counter() - start)
+            assert len(resp.messages) == 100
+            direct.delete(*keys)
+            start = time.perf_counter()
+            resp = await stub.GetConversation(request, metadata=METADATA)
+            misses.append(time.perf_counter() - start)
+            assert len(resp.messages) == 100
+    direct.close()
+    return {
+        "hit_p50_ms": statistics.median(hits) * 1000,
+        "hit_p99_ms": percentile(hits, 0.99) * 1000,
+        "miss_p50_ms": statistics.median(misses) * 1000,
+        "miss_p99_ms": percentile(misses, 0.99) * 1000,
+    }
+
+
+async def watch_latency(append_address: str, watch_address: str, samples: int) -> dict[str, float]:
+    """Latency (ms) from AppendRunEvents on one replica to the watcher on the other."""
+    async with (
+        grpc.aio.insecure_channel(append_address) as ch_a,
+        grpc.aio.insecure_channel(watch_address) as ch_b,
+    ):
+        appender = history_service_pb2_grpc.HistoryServiceStub(ch_a)
+        watcher = history_service_pb2_grpc.HistoryServiceStub(ch_b)
+        run_id = await new_run(appender)
+        call = watcher.WatchRunEvents(pb.WatchRunEventsRequest(run_id=run_id), metadata=METADATA)
+        received: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+
+        async def read() -> None:
+            async for item in call:
+                received.put_nowait((item.event.seq, time.perf_counter()))
+
+        reader = asyncio.create_task(read())
+        latencies: list[float] = []
+        for seq in range(1, samples + 21):
+            sent = time.perf_counter()
+            await appender.AppendRunEvents(
+                pb.AppendRunEventsRequest(run_id=run_id, events=deltas(seq, 1)), metadata=METADATA
+            )
+            got_seq, at = await asyncio.wait_for(received.get(), 10)
+            assert got_seq == seq
+            if seq > 20:  # warm-up excluded
+                latencies.append(at - sent)
+        call.cancel()
+        reader.cancel()
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+def median_of(results: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
+
+
+async def bench(args: argparse.Namespace, a: str, b: str, prefix: str) -> dict[str, Any]:
+    throughput: list[float] = []
+    gets: list[dict[str, float]] = []
+    watches: list[dict[str, float]] = []
+    for i in range(args.repeat):
+        throughput.append(await append_throughput(a, runs=args.runs, batches=args.batches))
+        gets.append(await get_conversation(a, prefix, args.samples))
+        watches.append(await watch_latency(a, b, args.samples))
+        print(
+            f"  run {i + 1}/{args.repeat}: append {throughput[-1]:,.0f} events/s, "
+            f"get hit {gets[-1]['hit_p50_ms']:.3f} ms / miss {gets[-1]['miss_p50_ms']:.3f} ms, "
+            f"watch p50 {watches[-1]['p50_ms']:.3f} ms p99 {watches[-1]['p99_ms']:.3f} ms",
+            file=sys.stderr,
+        )
+    get = median_of(gets)
+    return {
+        "append_run_events": {
+            "events_per_s_median": round(statistics.median(throughput)),
+            "runs": [round(t) for t in throughput],
+            "batch_size": 100,
+            "concurrent_runs": args.runs,
+            "target_events_per_s": 20_000,
+            "meets_target": statistics.median(throughput) >= 20_000,
+        },
+        "get_conversation_100_messages": {
+            **get,
+            "hit_speedup": round(get["miss_p50_ms"] / get["hit_p50_ms"], 2),
+            "meets_target": get["hit_p50_ms"] <= 1.0
+            and get["miss_p50_ms"] >= 2 * get["hit_p50_ms"],
+        },
+        "watch_run_events_cross_replica": median_of(watches),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument("--runs", type=int, default=8, help="concurrent appenders")
+    parser.add_argument("--batches", type=int, default=40, help="batches per appender")
+    parser.add_argument("--samples", type=int, default=300, help="samples per latency figure")
+    parser.add_argument("--quick", action="store_true", help="one short repetition (smoke test)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat, args.batches, args.samples = 1, 5, 50
+
+    database = f"chorus_bench_{uuid.uuid4().hex[:10]}"
+    prefix = f"chorus-bench:{uuid.uuid4().hex[:10]}:"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    try:
+        env = service_env(f"{PG}/{database}", prefix)
+        with (
+            ServiceProcess("chorus.history", env=env) as a,
+            ServiceProcess("chorus.history", env=env) as b,
+        ):
+            assert a.address and b.address
+            print(f"history-svc replicas at {a.address} and {b.address}", file=sys.stderr)
+            figures = asyncio.run(bench(args, a.address, b.address, prefix))
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    now = datetime.now(UTC)
+    result = {
+        "benchmark": "history",
+        "date": now.isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "repeat": args.repeat,
+        **figures,
+    }
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / f"history-{now:%Y-%m-%d}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
