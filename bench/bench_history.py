@@ -263,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.repeat, args.batches, args.samples = 1, 5, 50
 
+    load_before = round(os.getloadavg()[0], 2)
     database = f"chorus_bench_{uuid.uuid4().hex[:10]}"
     prefix = f"chorus-bench:{uuid.uuid4().hex[:10]}:"
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
@@ -288,7 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "benchmark": "history",
         "date": now.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # other work on the machine skews the figures: record how busy it was
+            "load_average_1m_before": load_before,
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+        },
         "repeat": args.repeat,
         **figures,
     }

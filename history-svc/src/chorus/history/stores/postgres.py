@@ -427,18 +427,17 @@ class PostgresStore(Store):
             event_rules.check_open(ended, len(new), run_id, stored_last)
             first_new = batch.first_seq + repeated
             if new:
+                # one round trip: the insert runs as a data-modifying CTE of the update
                 await conn.execute(
-                    "INSERT INTO run_events (run_id, seq, kind, event) "
-                    "SELECT $1, s, k, e FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS t(s, k, e)",
+                    "WITH inserted AS (INSERT INTO run_events (run_id, seq, kind, event) "
+                    "SELECT $1, s, k, e FROM unnest($2::bigint[], $3::text[], $4::bytea[]) "
+                    "AS t(s, k, e)) "
+                    "UPDATE runs SET event_seq = $5, events_ended = $6, "
+                    "last_seq = GREATEST(last_seq, $5) WHERE id = $1",
                     run_id,
                     list(range(first_new, batch.last_seq + 1)),
                     batch.kinds[repeated:],
                     new,
-                )
-                await conn.execute(
-                    "UPDATE runs SET event_seq = $2, events_ended = $3, "
-                    "last_seq = GREATEST(last_seq, $2) WHERE id = $1",
-                    run_id,
                     batch.last_seq,
                     batch.ends_run,
                 )
