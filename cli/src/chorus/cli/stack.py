@@ -14,6 +14,7 @@ cache; with no provider key the simulator answers every model call — announced
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -154,7 +155,7 @@ async def _grpc_ready(service: Service, deadline: float) -> None:
 
 async def _http_ready(service: Service, deadline: float) -> None:
     loop = asyncio.get_running_loop()
-    url = f"http://{service.address}/api/v1/health/ready"
+    url = f"http://{service.address}/health/ready"
 
     def probe() -> bool:
         try:
@@ -232,6 +233,8 @@ async def run_stack(
         print(f"chorus      | startup failed: {ready.exception()}", flush=True)
         code = 1
     ready.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await ready
     for task in done & exits.keys():
         s = exits[task]
         print(
