@@ -5,6 +5,8 @@
 * `gateways` — starts `python -m chorus.gateway` processes on port 0 with extra settings
   (auth modes, rate limits, …), one per distinct configuration, reused for the session.
 * `gateway` — the default gateway: auth_mode=none on loopback, generous rate limits.
+* `slow_gateway` — a gateway whose provider-svc streams at 40 tokens/s (its own provider
+  and orchestrator, the same history), so a person — or a browser test — can watch.
 
 Helpers for SSE (`read_sse`) and run specs live in `gateway_helpers.py`.
 """
@@ -142,6 +144,38 @@ def gateways(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def gateway(gateways: Gateways) -> str:
     """The default gateway's base URL: auth_mode=none on 127.0.0.1."""
     return gateways.url()
+
+
+@pytest.fixture(scope="session")
+def slow_gateway(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway in front of a simulator at 40 tokens/s (for the browser tests)."""
+    env = {
+        **base_env(tmp_path_factory.mktemp("slow-backend")),
+        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "40",
+        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0.1",
+    }
+    provider = ServiceProcess("chorus.provider", env={**env, "CHORUS_PROVIDER_PORT": "0"})
+    processes = [provider]
+    try:
+        orchestrator = ServiceProcess(
+            "chorus.orchestrator",
+            env={
+                **env,
+                "CHORUS_ORCHESTRATOR_PORT": "0",
+                "CHORUS_PROVIDER_ADDRESS": provider.wait_ready(),
+                "CHORUS_HISTORY_ADDRESS": backend.history,
+            },
+        )
+        processes.append(orchestrator)
+        slow = Backend(provider.wait_ready(), backend.history, orchestrator.wait_ready())
+        pool = Gateways(slow, tmp_path_factory.mktemp("slow-gateway"))
+        try:
+            yield pool.url()
+        finally:
+            pool.stop()
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -311,7 +311,9 @@ function renderHead() {
   outcome.hidden = !model.outcome;
   if (model.outcome) {
     outcome.className = `outcome ${model.outcome.kind}`;
-    outcome.textContent = model.outcome.text;
+    const title = { completed: "Final answer", failed: "Run failed", cancelled: "Run cancelled" };
+    outcome.replaceChildren(el("span", "outcome-title", title[model.outcome.kind] || ""),
+                            el("span", "outcome-text", model.outcome.text));
   }
   document.querySelectorAll(".agent button").forEach((b) => { b.disabled = !active; });
 }
@@ -401,6 +403,14 @@ async function startRun(event) {
   event.preventDefault();
   banner("");
   const spec = { template: $("template").value, input: $("topic").value };
+  const overrides = {};
+  document.querySelectorAll("#agent-models select").forEach((select) => {
+    if (select.value !== select.dataset.default) {
+      const [provider, ...rest] = select.value.split("/");
+      overrides[select.dataset.agent] = { provider, model: rest.join("/") };
+    }
+  });
+  if (Object.keys(overrides).length) spec.modelOverrides = overrides;
   const maxTurns = parseInt($("max-turns").value, 10);
   if (maxTurns > 0) spec.maxTurns = maxTurns;
   spec.requestId = crypto.randomUUID ? crypto.randomUUID() : String(Date.now());
@@ -467,6 +477,12 @@ async function updateAgent(agent, tempInput, promptInput, form) {
 // Templates, conversations, identity
 
 let templates = [];
+let models = [];
+
+async function loadModels() {
+  const reply = await api("/models");
+  models = (reply.models || []).map((m) => `${m.ref.provider}/${m.ref.model}`);
+}
 
 async function loadTemplates() {
   const reply = await api("/teams");
@@ -478,6 +494,7 @@ async function loadTemplates() {
     opt.value = t.name;
     select.appendChild(opt);
   }
+  if (templates.some((t) => t.name === "duet")) select.value = "duet";
   describeTemplate();
 }
 
@@ -485,6 +502,23 @@ function describeTemplate() {
   const t = templates.find((x) => x.name === $("template").value);
   $("template-description").textContent = t ? (t.description || "") : "";
   $("topic").placeholder = t && t.inputHint ? `The ${t.inputHint}` : "A topic, a task or a message";
+  const box = $("agent-models");
+  box.replaceChildren();
+  for (const agent of (t && t.spec && t.spec.agents) || []) {
+    const current = `${(agent.model || {}).provider || ""}/${(agent.model || {}).model || ""}`;
+    const label = el("label", null, agent.name);
+    const select = el("select");
+    select.dataset.agent = agent.name;
+    select.dataset.default = current;
+    for (const ref of new Set([current, ...models])) {
+      const opt = el("option", null, ref);
+      opt.value = ref;
+      select.appendChild(opt);
+    }
+    select.value = current;
+    label.appendChild(select);
+    box.appendChild(label);
+  }
 }
 
 let conversationsToken = "";
@@ -548,12 +582,17 @@ async function boot() {
     return;
   }
   banner("");
+  await loadModels().catch((e) => banner(`Models: ${e.message}`));
   await Promise.all([loadTemplates().catch((e) => banner(`Teams: ${e.message}`)), loadConversations()]);
   const fromUrl = new URLSearchParams(location.hash.slice(1)).get("run");
   let saved = null;
   try { saved = JSON.parse(sessionStorage.getItem(STORE_KEY) || "null"); } catch (_) { saved = null; }
   if (fromUrl && saved && saved.runId === fromUrl) {
     model = saved;
+    if (templates.some((t) => t.name === saved.title)) {
+      $("template").value = saved.title;
+      describeTemplate();
+    }
     watch(fromUrl, { restored: true });
   } else if (fromUrl) {
     watch(fromUrl);
