@@ -79,8 +79,9 @@ def conversation_not_found(conversation_id: str) -> NotFound:
     )
 
 
-def run_not_found(run_id: str) -> NotFound:
-    return NotFound(f"run {run_id} not found", metadata={"run_id": run_id})
+def run_not_found(run_id: str, *, creating_hint: bool = False) -> NotFound:
+    hint = " (to create it, set run.spec and run.conversation_id)" if creating_hint else ""
+    return NotFound(f"run {run_id} not found{hint}", metadata={"run_id": run_id})
 
 
 def conversation_busy(conversation_id: str, active_run_id: str) -> Aborted:

@@ -330,7 +330,7 @@ class PostgresStore(Store):
                 )  # fmt: skip
                 return merged, False
             if not values.HasField("spec") or not values.conversation_id:
-                raise run_not_found(values.id)
+                raise run_not_found(values.id, creating_hint=True)
             request_id = values.spec.request_id
             if request_id:
                 row = await conn.fetchrow(
