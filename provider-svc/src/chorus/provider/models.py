@@ -299,13 +299,13 @@ class Catalog:
         # Later entries override earlier ones (the models file wins over built-ins); a
         # `default: true` entry moves to the front of its provider.
         by_key: dict[tuple[str, str], ModelConfig] = {}
-        for cfg in model_cfgs:
-            if cfg.provider not in providers:
+        for model_cfg in model_cfgs:
+            if model_cfg.provider not in providers:
                 raise ConfigurationError(
-                    f"model {cfg.name!r} names unknown provider {cfg.provider!r} "
+                    f"model {model_cfg.name!r} names unknown provider {model_cfg.provider!r} "
                     f"(known: {', '.join(sorted(providers))})"
                 )
-            by_key[(cfg.provider, cfg.name)] = cfg
+            by_key[(model_cfg.provider, model_cfg.name)] = model_cfg
         defaults = {k: c for k, c in by_key.items() if c.default}
         ordered = [*defaults.values(), *(c for k, c in by_key.items() if k not in defaults)]
         models = [

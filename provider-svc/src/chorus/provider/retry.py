@@ -152,9 +152,9 @@ class Retrier:
         if err.retry_after_s is not None:
             if err.retry_after_s > self._settings.retry_after_cap_s:
                 return None
-            return err.retry_after_s
+            return float(err.retry_after_s)
         base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * 2**n)
-        return base / 2 + random.uniform(0, base / 2)
+        return float(base / 2 + random.uniform(0, base / 2))
 
     async def open(
         self,

@@ -183,7 +183,10 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             outcome = "finish"
             yield usage_event(usage, model)
             yield Event(
-                finish=_Finish(reason=result.finish_reason, raw_reason=result.raw_finish_reason)
+                finish=_Finish(
+                    reason=result.finish_reason,  # type: ignore[arg-type]  # an enum number
+                    raw_reason=result.raw_finish_reason,
+                )
             )
             self._observe(model, usage, opened, events, request)
         finally:

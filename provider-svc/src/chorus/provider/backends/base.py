@@ -162,7 +162,7 @@ class StreamResult:
 
     response_id: str = ""
     usage: Usage | None = None
-    finish_reason: FinishReason.ValueType = FinishReason.FINISH_REASON_UNSPECIFIED
+    finish_reason: int = FinishReason.FINISH_REASON_UNSPECIFIED
     raw_finish_reason: str = ""
     output_chars: int = 0
     extra: dict[str, str] = field(default_factory=dict)
@@ -185,12 +185,12 @@ class Backend(ABC):
         """Release connection pools."""
 
 
-def finish_reason_of(raw: str | None) -> FinishReason.ValueType:
+def finish_reason_of(raw: str | None) -> int:
     """Normalized reason from OpenAI's and Anthropic's raw finish / stop reasons."""
     return _FINISH.get(raw or "", FinishReason.FINISH_REASON_OTHER if raw else 0)
 
 
-_FINISH: dict[str, FinishReason.ValueType] = {
+_FINISH: dict[str, int] = {
     "stop": FinishReason.FINISH_REASON_STOP,
     "end_turn": FinishReason.FINISH_REASON_STOP,
     "stop_sequence": FinishReason.FINISH_REASON_STOP,
@@ -205,12 +205,12 @@ _FINISH: dict[str, FinishReason.ValueType] = {
 }
 
 
-def role_name(role: chat_pb2.Role.ValueType) -> str:
+def role_name(role: int) -> str:
     """`system`, `user`, `assistant` or `tool`."""
     return _ROLES[role]
 
 
-_ROLES = {
+_ROLES: dict[int, str] = {
     chat_pb2.ROLE_SYSTEM: "system",
     chat_pb2.ROLE_USER: "user",
     chat_pb2.ROLE_ASSISTANT: "assistant",

@@ -65,7 +65,7 @@ class Script:
     reasoning: list[str] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)
-    finish: FinishReason.ValueType = FinishReason.FINISH_REASON_STOP
+    finish: int = FinishReason.FINISH_REASON_STOP
     raw_finish: str = "stop"
 
 
