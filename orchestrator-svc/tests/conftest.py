@@ -64,9 +64,9 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def history_backend() -> str:
-    """`sqlite` (default) or `postgres`; tests override it with indirect parametrization."""
-    return "sqlite"
+def history_backend(request: pytest.FixtureRequest) -> str:
+    """`sqlite` (default) or `postgres` (indirect parametrization chooses)."""
+    return str(getattr(request, "param", "sqlite"))
 
 
 @pytest.fixture
@@ -82,9 +82,9 @@ def history_values(history_backend: str, request: pytest.FixtureRequest) -> dict
 
 
 @pytest.fixture
-def orchestrator_values() -> dict[str, Any]:
-    """Extra orchestrator settings; tests override this fixture to change them."""
-    return {}
+def orchestrator_values(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Extra orchestrator settings (indirect parametrization gives them)."""
+    return dict(getattr(request, "param", {}))
 
 
 @pytest.fixture

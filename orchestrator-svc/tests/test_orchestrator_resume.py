@@ -10,6 +10,7 @@ import pytest
 from orchestrator_helpers import (
     RunClient,
     Stack,
+    agent,
     assert_well_formed,
     duet,
     orchestrator_process,
@@ -18,10 +19,11 @@ from orchestrator_helpers import (
     rpc_error,
     sim,
     spec,
+    team,
 )
 from prometheus_client import REGISTRY
 
-from chorus.v1 import run_pb2
+from chorus.v1 import run_pb2, team_pb2
 
 # ~40 events per turn, 0.3 s per turn: long enough to join while live, short enough to wait.
 LIVE = duet(turns=4, simulator=sim(tokens_per_second=120.0, output_tokens=36))
@@ -54,20 +56,39 @@ async def test_watch_after_every_seq_of_a_live_run_returns_exactly_the_rest(
         assert tail == events[k:], f"after_seq={k}"
 
 
-@pytest.mark.parametrize("orchestrator_values", [{"watcher_buffer_events": 64}], indirect=True)
-async def test_a_watcher_that_falls_behind_the_buffer_catches_up_from_history(
+SMALL_BUFFER = {"watcher_buffer_events": 64, "delta_coalesce_s": 0.0}
+
+
+@pytest.mark.parametrize("orchestrator_values", [SMALL_BUFFER], indirect=True)
+async def test_a_watcher_that_reads_nothing_does_not_slow_the_run_and_gets_every_event(
     stack: Stack, alice: RunClient
 ) -> None:
-    # A tiny in-memory buffer and a watcher that reads nothing until the run is over.
-    catchups = REGISTRY.get_sample_value("chorus_run_watcher_catchups_total") or 0.0
-    many = duet(turns=2, simulator=sim(output_tokens=1500))
-    run = await alice.create(spec(team_spec=many))
-    idle = alice.watch_call(run.id)
+    run = await alice.create(spec(team_spec=duet(turns=2, simulator=sim(output_tokens=1500))))
+    idle = alice.watch_call(run.id)  # opened, never read while the run goes on
     await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED)
     got = [r.event async for r in idle]
     assert_well_formed(got)
     assert got == await stack.history_client(alice.user).events(run.id)
+
+
+@pytest.mark.parametrize("orchestrator_values", [SMALL_BUFFER], indirect=True)
+async def test_a_watcher_behind_the_in_memory_buffer_catches_up_from_history_then_tails(
+    stack: Stack, alice: RunClient
+) -> None:
+    catchups = REGISTRY.get_sample_value("chorus_run_watcher_catchups_total") or 0.0
+    fast_then_slow = team(
+        team_pb2.TEAM_KIND_ROUND_ROBIN,
+        agent("Ada", simulator=sim(output_tokens=600)),  # far more events than the buffer
+        agent("Blaise", simulator=sim(tokens_per_second=60.0, output_tokens=30)),
+        max_turns=2,
+    )
+    run = await alice.create(spec(team_spec=fast_then_slow))
+    live = alice.watch_call(run.id)
+    await read_until(live, lambda e: e.agent == "Blaise" and e.HasField("text_delta"))
+    late = await alice.watch(run.id, after_seq=0)  # starts far behind the buffer
     assert (REGISTRY.get_sample_value("chorus_run_watcher_catchups_total") or 0.0) > catchups
+    assert_well_formed(late)
+    assert late == await stack.history_client(alice.user).events(run.id)
 
 
 async def test_watch_of_an_unknown_or_foreign_run_is_not_found_and_a_negative_seq_is_invalid(
