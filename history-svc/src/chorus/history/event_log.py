@@ -384,8 +384,11 @@ class _Hub:
             self._blocked = True
             try:
                 reply = await self._redis.xread(streams, count=100, block=RedisEventLog.BLOCK_MS)
-            except ERRORS as exc:
-                guard.failed("watch_tail", exc)
+            except Exception as exc:  # Redis errors, and anything unexpected: keep tailing
+                if isinstance(exc, ERRORS):
+                    guard.failed("watch_tail", exc)
+                else:
+                    log.exception("watch_tail_failed", error_type=type(exc).__name__)
                 for tail in self._tails.values():
                     for sub in tail.subscribers:
                         sub.fail()
