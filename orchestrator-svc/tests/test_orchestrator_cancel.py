@@ -19,7 +19,8 @@ from orchestrator_helpers import (
 )
 
 from chorus.core.testing import wait_for
-from chorus.v1 import run_pb2, run_service_pb2 as rs
+from chorus.v1 import run_pb2
+from chorus.v1 import run_service_pb2 as rs
 
 # Each reply streams for ~10 s unless cancelled.
 SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))

@@ -26,7 +26,9 @@ PACED = duet(turns=3, simulator=sim(tokens_per_second=100.0, output_tokens=30))
 
 def requests_of(stack: Stack, run_id: str, agent: str) -> list:
     return [
-        r for r in stack.received if r.metadata.get("run_id") == run_id and r.metadata.get("agent") == agent
+        r
+        for r in stack.received
+        if r.metadata.get("run_id") == run_id and r.metadata.get("agent") == agent
     ]
 
 
@@ -46,7 +48,8 @@ async def test_update_applies_from_each_agents_next_turn_and_is_announced(
         run.id,
         "Blaise",
         team_pb2.AgentSpec(
-            system_prompt="You are terse.", model=chat_pb2.ModelRef(provider="simulator", model="sim-reasoning")
+            system_prompt="You are terse.",
+            model=chat_pb2.ModelRef(provider="simulator", model="sim-reasoning"),
         ),
         ["system_prompt", "model"],
     )
@@ -81,7 +84,9 @@ async def test_bad_updates_are_refused_with_the_field_or_reason_and_change_nothi
     run = await alice.create(spec(team_spec=PACED))
     await read_until(alice.watch_call(run.id), lambda e: e.HasField("agent_started"))
 
-    err = await rpc_error(alice.update_agent(run.id, "Nobody", team_pb2.AgentSpec(), ["temperature"]))
+    err = await rpc_error(
+        alice.update_agent(run.id, "Nobody", team_pb2.AgentSpec(), ["temperature"])
+    )
     assert err.code == grpc.StatusCode.NOT_FOUND and err.reason == "AGENT_NOT_FOUND"
     err = await rpc_error(alice.update_agent(run.id, "Ada", team_pb2.AgentSpec(), []))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT and fields_of(err) == {"update_mask"}

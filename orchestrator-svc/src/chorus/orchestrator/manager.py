@@ -258,6 +258,10 @@ class RunManager:
                     raise Unavailable("run events missing from history-svc", reason="EVENT_LOG_GAP")
             if batch:
                 for event in batch:
+                    if is_terminal(event):
+                        # Deliver the end once the record says so too: a client that reacts
+                        # by starting the conversation's next run must not find it busy.
+                        await live.done.wait()
                     yield event
                     if is_terminal(event):
                         return

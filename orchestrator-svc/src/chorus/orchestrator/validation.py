@@ -186,7 +186,10 @@ def resolve_run_spec(
             if name not in agents:
                 v.add(path, f"no agent named {name!r} in the team")
                 continue
-            check_model(v, path, ref, catalog)
+            problem = catalog.check(ref)
+            if problem is not None:
+                v.add(f"{path}.{problem[0]}", problem[1])
+                continue
             agents[name].model.CopyFrom(ref)
         # A template's own fields are trusted less than nothing: check them all the same,
         # so a bad template or a bad override is reported rather than failing mid-run.

@@ -1,0 +1,225 @@
+"""Failures end runs cleanly: provider errors give `run_failed` with the provider's code and
+retryable flag, failing tools do not fail the run, and runs of an orchestrator that died
+(SIGKILL) or stopped (SIGTERM) end as failed with a terminal event, their events kept."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from orchestrator_helpers import (
+    RunClient,
+    Stack,
+    agent,
+    assert_well_formed,
+    duet,
+    kinds,
+    orchestrator_process,
+    read_until,
+    running_stack,
+    sim,
+    spec,
+    team,
+)
+
+from chorus.core.errors import rpc_code
+from chorus.v1 import chat_pb2, run_pb2, team_pb2
+
+Fault = chat_pb2.SimulatorFault
+SINGLE = team_pb2.TEAM_KIND_SINGLE
+
+
+def faulty_duet(fault: chat_pb2.SimulatorFault) -> team_pb2.TeamSpec:
+    """Ada answers normally; Blaise's model call fails with `fault`."""
+    return team(
+        team_pb2.TEAM_KIND_ROUND_ROBIN,
+        agent("Ada", simulator=sim(output_tokens=10)),
+        agent("Blaise", simulator=sim(output_tokens=10, fault=fault)),
+        max_turns=4,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "retryable"),
+    [
+        (
+            Fault(
+                kind=Fault.KIND_ERROR, after_tokens=3, code=rpc_code(grpc.StatusCode.UNAVAILABLE)
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            True,
+        ),
+        (Fault(kind=Fault.KIND_DROP, after_tokens=3), grpc.StatusCode.UNAVAILABLE, False),
+        (
+            Fault(
+                kind=Fault.KIND_ERROR,
+                after_tokens=0,
+                code=rpc_code(grpc.StatusCode.PERMISSION_DENIED),
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            False,
+        ),
+    ],
+    ids=["error-mid-stream", "drop-mid-stream", "refused-before-stream"],
+)
+async def test_a_provider_failure_mid_run_ends_it_with_the_providers_code_and_retryable_flag(
+    stack: Stack,
+    alice: RunClient,
+    fault: chat_pb2.SimulatorFault,
+    code: grpc.StatusCode,
+    retryable: bool,
+) -> None:
+    events = await alice.stream(spec(team_spec=faulty_duet(fault)))
+    assert_well_formed(events)
+    error = events[-1].run_failed.error
+    assert error.code == rpc_code(code)
+    assert error.retryable is retryable
+    assert error.reason == "PROVIDER_ERROR" and error.message
+    # Ada's turn completed; Blaise's turn started (and streamed what it got) but never completed.
+    completed = [e.agent for e in events if e.HasField("message_completed")]
+    assert completed == ["Ada"]
+    assert [e.agent for e in events if e.HasField("agent_started")] == ["Ada", "Blaise"]
+    if fault.after_tokens:
+        assert any(e.agent == "Blaise" and e.HasField("text_delta") for e in events)
+    record = await stack.history_client(alice.user).record(events[0].run_id)
+    assert record.status == run_pb2.RUN_STATUS_FAILED and record.error == error
+
+
+TOOLS_MODULE = '''
+import asyncio
+
+
+def explode(reason: str) -> str:
+    """Fail on purpose with the given reason."""
+    raise RuntimeError(f"boom: {reason}")
+
+
+async def nap(seconds: float) -> str:
+    """Sleep for the given number of seconds."""
+    await asyncio.sleep(60)
+    return "rested"
+'''
+
+
+@pytest.fixture
+def third_party_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed distribution declaring two tools in the `chorus.tools` entry-point group."""
+    site = tmp_path / "site"
+    dist = site / "chorus_test_tools-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (site / "chorus_test_tools.py").write_text(TOOLS_MODULE)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: chorus-test-tools\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[chorus.tools]\nexplode = chorus_test_tools:explode\nnap = chorus_test_tools:nap\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+
+
+@pytest.mark.usefixtures("third_party_tools")
+async def test_a_tool_that_raises_or_hangs_gives_an_unsuccessful_call_not_a_failed_run(
+    tmp_path: Path,
+) -> None:
+    async with running_stack(
+        tmp_path / "stack", orchestrator_values={"tool_timeout_s": 0.2}
+    ) as stack:
+        alice = stack.client("alice")
+        for tool, expected in (("explode", "boom"), ("nap", "timed out after 0.2 s")):
+            events = await alice.stream(
+                spec(team_spec=team(SINGLE, agent("helper", tools=[tool])), input="please do it")
+            )
+            assert_well_formed(events)
+            assert events[-1].HasField("run_completed"), kinds(events)
+            (finished,) = [e.tool_call_finished for e in events if e.HasField("tool_call_finished")]
+            assert finished.call.name == tool and not finished.success
+            assert expected in finished.result
+
+
+async def test_a_tool_can_attach_an_artifact_to_the_run(alice: RunClient) -> None:
+    events = await alice.stream(
+        spec(
+            team_spec=team(SINGLE, agent("charts", tools=["price_chart"])),
+            input="Chart BTC for 30 days",
+        )
+    )
+    assert_well_formed(events)
+    (artifact,) = [e.artifact for e in events if e.HasField("artifact")]
+    assert artifact.mime_type == "image/svg+xml" and artifact.name.endswith(".svg")
+    assert artifact.data.startswith(b"<svg")
+    k = kinds(events)
+    assert k.index("tool_call_started") < k.index("artifact") < k.index("tool_call_finished")
+
+
+# ~5 s per reply: the run is surely mid-stream when its orchestrator dies.
+SLOW = duet(turns=4, simulator=sim(tokens_per_second=100.0, output_tokens=500))
+
+
+async def _start_on(client: RunClient) -> tuple[str, list[run_pb2.RunEvent]]:
+    run = await client.create(spec(team_spec=SLOW))
+    head = await read_until(
+        client.watch_call(run.id), lambda e: e.HasField("text_delta") and e.seq > 5
+    )
+    await asyncio.sleep(0)  # (nothing to wait for: deltas older than 20 ms are stored)
+    return run.id, head
+
+
+def _assert_failed_as_stopped(events: list[run_pb2.RunEvent], head: list[run_pb2.RunEvent]) -> None:
+    assert_well_formed(events)
+    # What was stored before the end is what watchers saw (deltas younger than the flush
+    # interval may be lost with a killed process, nothing else).
+    stored = events[:-1]
+    n = min(len(head), len(stored))
+    assert stored[:n] == head[:n] and n > 3
+    error = events[-1].run_failed.error
+    assert error.reason == "ORCHESTRATOR_STOPPED" and error.retryable
+    assert error.message == "orchestrator stopped"
+
+
+@pytest.mark.parametrize("orchestrator_values", [{"stale_after_s": 60.0}], indirect=True)
+async def test_a_killed_orchestrators_run_is_failed_when_it_restarts_and_its_events_stay_readable(
+    stack: Stack, alice: RunClient
+) -> None:
+    instance = f"orch-a-{uuid.uuid4().hex[:6]}"
+    async with orchestrator_process(stack, instance_id=instance, stale_after_s=60.0) as (
+        proc,
+        channel,
+    ):
+        run_id, head = await _start_on(RunClient(channel, alice.user))
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    # Nobody runs it now, and (stale threshold 60 s) nobody has noticed yet.
+    assert (await alice.get(run_id)).status == run_pb2.RUN_STATUS_RUNNING
+    async with orchestrator_process(stack, instance_id=instance, stale_after_s=60.0):
+        run = await alice.wait_status(run_id, run_pb2.RUN_STATUS_FAILED)
+    assert run.error.reason == "ORCHESTRATOR_STOPPED"
+    events = await alice.watch(run_id)
+    _assert_failed_as_stopped(events, head)
+    assert run.last_seq == events[-1].seq
+
+
+async def test_a_killed_orchestrators_run_is_failed_by_another_replica_once_its_heartbeat_is_stale(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, head = await _start_on(RunClient(channel, alice.user))
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    # The stack's own orchestrator sweeps every 0.2 s; the heartbeat is stale after 1 s.
+    await alice.wait_status(run_id, run_pb2.RUN_STATUS_FAILED)
+    _assert_failed_as_stopped(await alice.watch(run_id), head)
+
+
+async def test_runs_of_an_orchestrator_stopped_with_sigterm_end_failed_and_retryable(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, head = await _start_on(RunClient(channel, alice.user))
+        proc.terminate(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.proc.wait, 20) == 0
+    run = await alice.get(run_id)
+    assert run.status == run_pb2.RUN_STATUS_FAILED
+    events = await alice.watch(run_id)
+    _assert_failed_as_stopped(events, head)
