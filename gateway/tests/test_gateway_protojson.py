@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +50,16 @@ def events(draw: st.DrawFn) -> run_pb2.RunEvent:
 def test_fast_event_json_equals_json_format(event: run_pb2.RunEvent) -> None:
     assert protojson.event_dict(event) == json_format.MessageToDict(event)
     assert orjson.loads(protojson.event_json(event)) == json_format.MessageToDict(event)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(min_value=-62135596800, max_value=253402300799),
+    st.integers(min_value=0, max_value=999_999_999) | st.sampled_from([0, 5_000_000, 7_000]),
+)
+def test_timestamp_text_equals_protobufs(seconds: int, nanos: int) -> None:
+    ts = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    assert protojson.timestamp_json(seconds, nanos) == ts.ToJsonString()
 
 
 def test_other_payloads_use_json_format() -> None:

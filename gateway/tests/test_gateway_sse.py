@@ -106,6 +106,7 @@ async def _serve(stub: run_service_pb2_grpc.RunServiceStub, socket: Socket, **kw
         first_event_wait_s=2,
         keepalive_s=15,
         max_buffered=kw.get("max_buffered", 100_000),
+        flush_interval_s=kw.get("flush_interval_s", 0.0),
     )
     return asyncio.create_task(response({"type": "http"}, socket.receive, socket.send)), response
 
@@ -121,6 +122,15 @@ async def test_events_are_batched_while_the_client_does_not_drain(firehose):
     assert socket.status == 200 and socket.ended
     assert socket.events() == servicer.count + 1
     assert len(socket.writes) <= 6, f"{len(socket.writes)} writes for {socket.events()} events"
+
+
+async def test_a_fast_stream_is_flushed_at_most_once_per_interval(firehose):
+    servicer, stub = firehose
+    socket = Socket()
+    task, _ = await _serve(stub, socket, flush_interval_s=0.05)
+    await asyncio.wait_for(task, 20)
+    assert socket.events() == servicer.count + 1
+    assert len(socket.writes) < servicer.count / 20, f"{len(socket.writes)} writes"
 
 
 async def test_buffering_is_bounded_and_pushes_back_on_the_grpc_stream(firehose):

@@ -15,6 +15,7 @@ reflection, producing the same JSON (a test checks the two agree).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any, TypeVar
 
@@ -95,6 +96,28 @@ def _parse_error_field(text: str) -> tuple[str, str]:
     return path or "body", rest.strip().rstrip(".") or "invalid value"
 
 
+_EPOCH = dt.datetime(1970, 1, 1)
+_second_cache: tuple[int, str] = (-1 << 62, "")
+
+
+def timestamp_json(seconds: int, nanos: int) -> str:
+    """RFC 3339 text of a Timestamp, exactly as `Timestamp.ToJsonString` writes it (0, 3, 6
+    or 9 fractional digits), with the date part cached per second — run events come many
+    per second."""
+    global _second_cache
+    cached_seconds, prefix = _second_cache
+    if seconds != cached_seconds:
+        prefix = (_EPOCH + dt.timedelta(seconds=seconds)).isoformat()
+        _second_cache = (seconds, prefix)
+    if nanos == 0:
+        return prefix + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{prefix}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{prefix}.{nanos // 1000:06d}Z"
+    return f"{prefix}.{nanos:09d}Z"
+
+
 def _fast_payload(event: run_pb2.RunEvent, kind: str) -> tuple[str, dict[str, Any]] | None:
     """The camelCase key and JSON of the hot payloads, or None for the others."""
     if kind == "text_delta":
@@ -133,7 +156,8 @@ def event_dict(event: run_pb2.RunEvent) -> dict[str, Any]:
     if event.seq:
         d["seq"] = str(event.seq)
     if event.HasField("time"):
-        d["time"] = event.time.ToJsonString()
+        ts = event.time
+        d["time"] = timestamp_json(ts.seconds, ts.nanos)
     if event.agent:
         d["agent"] = event.agent
     d[fast[0]] = fast[1]

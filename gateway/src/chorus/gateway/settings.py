@@ -153,6 +153,13 @@ class GatewaySettings(CoreSettings):
         description="Events buffered per stream while the client drains; the upstream gRPC "
         "stream is paused (flow control) above it.",
     )
+    sse_flush_interval_s: float = Field(
+        0.002,
+        ge=0,
+        description="Shortest time between two body writes of one SSE stream, seconds: events "
+        "arriving faster are sent together (an idle stream's next event goes out at once); "
+        "0 writes every event as soon as it is read.",
+    )
     rpc_timeout_s: float = Field(30.0, gt=0, description="Deadline of unary gRPC calls, seconds.")
     chat_timeout_s: float = Field(
         600.0,

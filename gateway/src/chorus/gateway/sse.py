@@ -91,8 +91,10 @@ def encode_error(exc: BaseException) -> bytes:
 class _Pump:
     """Reads a gRPC event stream into a buffer of encoded frames (one reader task)."""
 
-    def __init__(self, call: EventCall, max_buffered: int) -> None:
+    def __init__(self, call: EventCall, max_buffered: int, flush_interval_s: float = 0.0) -> None:
         self.call = call
+        self._interval = flush_interval_s
+        self._next_flush = 0.0
         self.frames: list[bytes] = []
         self.error: BaseException | None = None
         self.finished = False
@@ -145,6 +147,13 @@ class _Pump:
                     await self._ready.wait()
             except TimeoutError:
                 return KEEPALIVE
+        if self._interval:
+            loop = asyncio.get_running_loop()
+            delay = self._next_flush - loop.time()
+            if delay > 0 and not self.finished:
+                # A fast stream: gather what arrives until the next flush is due.
+                await asyncio.sleep(delay)
+            self._next_flush = loop.time() + self._interval
         if self.closed:
             return None
         frames, self.frames = self.frames, []
@@ -215,6 +224,7 @@ async def open_event_stream(
     first_event_wait_s: float,
     keepalive_s: float,
     max_buffered: int,
+    flush_interval_s: float = 0.0,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """The HTTP response for a run-event gRPC stream.
@@ -230,7 +240,7 @@ async def open_event_stream(
         grpc.aio.AioRpcError: the call failed before any event (e.g. NOT_FOUND); the
             exception handler turns it into the mapped HTTP error.
     """
-    pump = _Pump(call, max_buffered)
+    pump = _Pump(call, max_buffered, flush_interval_s)
     try:
         await pump.wait_first(first_event_wait_s)
     except BaseException:

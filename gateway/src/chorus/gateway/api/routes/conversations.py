@@ -317,6 +317,7 @@ async def send_message(
             first_event_wait_s=settings.sse_first_event_wait_s,
             keepalive_s=settings.sse_keepalive_s,
             max_buffered=settings.sse_max_buffered_events,
+            flush_interval_s=settings.sse_flush_interval_s,
         )
         await _title_if_untitled(history, conversation, message.content, timeout)
         return response

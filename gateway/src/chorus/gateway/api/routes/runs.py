@@ -347,4 +347,5 @@ async def _event_stream(call: sse.EventCall, settings: SettingsDep) -> Response:
         first_event_wait_s=settings.sse_first_event_wait_s,
         keepalive_s=settings.sse_keepalive_s,
         max_buffered=settings.sse_max_buffered_events,
+        flush_interval_s=settings.sse_flush_interval_s,
     )
