@@ -57,6 +57,9 @@ TERMINAL = ("run_completed", "run_failed", "run_cancelled")
 TIMEOUT_S = 20.0
 """Upper bound of any wait in these tests (they normally take milliseconds)."""
 
+BOTH_BACKENDS = pytest.mark.parametrize("history_backend", ["sqlite", "postgres"], indirect=True)
+"""Runs a test with history-svc on SQLite and on PostgreSQL + Redis."""
+
 ORCHESTRATOR_TEST_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_s": 0.1,
     "stale_after_s": 1.0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from orchestrator_helpers import (
+    BOTH_BACKENDS,
     RunClient,
     Stack,
     assert_well_formed,
@@ -30,6 +31,7 @@ def is_delta(event: run_pb2.RunEvent) -> bool:
     return event.HasField("text_delta")
 
 
+@BOTH_BACKENDS
 async def test_cancel_mid_token_stream_stops_the_provider_stream_and_ends_the_run_cancelled(
     stack: Stack, alice: RunClient
 ) -> None:
@@ -59,6 +61,7 @@ async def test_cancel_mid_token_stream_stops_the_provider_stream_and_ends_the_ru
     assert await alice.watch(run.id) == events  # nothing was added
 
 
+@BOTH_BACKENDS
 async def test_cancel_sent_to_another_orchestrator_process_stops_the_run_here(
     stack: Stack, alice: RunClient
 ) -> None:

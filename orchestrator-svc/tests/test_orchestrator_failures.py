@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from orchestrator_helpers import (
+    BOTH_BACKENDS,
     RunClient,
     Stack,
     agent,
@@ -200,6 +201,7 @@ async def test_a_killed_orchestrators_run_is_failed_when_it_restarts_and_its_eve
     assert run.last_seq == events[-1].seq
 
 
+@BOTH_BACKENDS
 async def test_a_killed_orchestrators_run_is_failed_by_another_replica_once_its_heartbeat_is_stale(
     stack: Stack, alice: RunClient
 ) -> None:

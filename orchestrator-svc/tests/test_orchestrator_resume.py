@@ -8,6 +8,7 @@ import asyncio
 import grpc
 import pytest
 from orchestrator_helpers import (
+    BOTH_BACKENDS,
     RunClient,
     Stack,
     agent,
@@ -39,6 +40,7 @@ async def test_watch_after_every_seq_of_a_finished_run_returns_exactly_the_rest(
         assert await alice.watch(run_id, after_seq=k) == events[k:], f"after_seq={k}"
 
 
+@BOTH_BACKENDS
 async def test_watch_after_every_seq_of_a_live_run_returns_exactly_the_rest(
     alice: RunClient,
 ) -> None:
@@ -104,7 +106,7 @@ async def test_watch_of_an_unknown_or_foreign_run_is_not_found_and_a_negative_se
     assert (await rpc_error(alice.watch("not-a-uuid"))).code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize("history_backend", ["sqlite", "postgres"], indirect=True)
+@BOTH_BACKENDS
 async def test_a_second_orchestrator_process_resumes_live_and_finished_runs_exactly(
     stack: Stack, alice: RunClient
 ) -> None:

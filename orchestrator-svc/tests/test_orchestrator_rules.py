@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from orchestrator_helpers import (
+    BOTH_BACKENDS,
     RunClient,
     Stack,
     agent,
@@ -28,6 +29,7 @@ RR = team_pb2.TEAM_KIND_ROUND_ROBIN
 SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))
 
 
+@BOTH_BACKENDS
 async def test_the_same_request_id_returns_the_same_run_and_starts_nothing_new(
     stack: Stack, alice: RunClient
 ) -> None:
@@ -50,6 +52,7 @@ async def test_concurrent_creates_with_one_request_id_give_one_run(alice: RunCli
     assert len({r.id for r in runs}) == 1
 
 
+@BOTH_BACKENDS
 async def test_a_second_active_run_in_a_conversation_is_aborted_as_busy(
     stack: Stack, alice: RunClient
 ) -> None:
@@ -244,6 +247,7 @@ async def test_get_and_list_are_scoped_to_the_owner_and_filter_by_status_and_con
     await alice.cancel(live.id)
 
 
+@BOTH_BACKENDS
 async def test_a_single_team_answers_with_the_conversations_history_as_context(
     stack: Stack, alice: RunClient
 ) -> None:

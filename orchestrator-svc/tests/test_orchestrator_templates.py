@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from orchestrator_helpers import RunClient, Stack, assert_well_formed, kinds, spec
+from orchestrator_helpers import BOTH_BACKENDS, RunClient, Stack, assert_well_formed, kinds, spec
 
 from chorus.v1 import chat_pb2, run_pb2, team_pb2
 
@@ -27,6 +27,7 @@ async def test_list_team_templates_returns_the_four_built_ins_with_example_input
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
+@BOTH_BACKENDS
 async def test_template_runs_to_completion_with_a_gapless_event_log(
     stack: Stack, alice: RunClient, template: str
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 from orchestrator_helpers import (
+    BOTH_BACKENDS,
     RunClient,
     Stack,
     assert_well_formed,
@@ -32,6 +33,7 @@ def requests_of(stack: Stack, run_id: str, agent: str) -> list:
     ]
 
 
+@BOTH_BACKENDS
 async def test_update_applies_from_each_agents_next_turn_and_is_announced(
     stack: Stack, alice: RunClient
 ) -> None:

@@ -1,0 +1,187 @@
+"""The live run's event log: numbering, durability order, batching, buffering, waking, and
+the coalescing of token deltas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from chorus.core.testing import wait_for
+from chorus.orchestrator.deltas import DeltaStream
+from chorus.orchestrator.events import RunEventLog
+from chorus.v1 import run_pb2
+
+Event = run_pb2.RunEvent
+
+
+class Store:
+    """A writer that records batches; `gate` (when set) holds writes until opened."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+
+    async def __call__(self, events: Sequence[run_pb2.RunEvent]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.batches.append([e.seq for e in events])
+
+    @property
+    def stored(self) -> list[int]:
+        return [s for b in self.batches for s in b]
+
+
+def delta(text: str = "x") -> run_pb2.RunEvent:
+    return Event(agent="a", text_delta=Event.TextDelta(text=text))
+
+
+def started(turn: int = 1) -> run_pb2.RunEvent:
+    return Event(agent="a", agent_started=Event.AgentStarted(turn=turn))
+
+
+def completed() -> run_pb2.RunEvent:
+    return Event(run_completed=Event.RunCompleted(final_answer="done"))
+
+
+def new_log(store: Store, *, interval: float = 0.05, keep: int = 64) -> RunEventLog:
+    return RunEventLog("run-1", store, flush_interval_s=interval, buffer_events=keep)
+
+
+async def test_events_are_numbered_from_one_without_gaps_and_stamped() -> None:
+    store = Store()
+    log = new_log(store)
+    await log.emit(Event(run_started=Event.RunStarted()))
+    for _ in range(3):
+        log.emit_delta(delta())
+    await log.emit(completed(), durable=True)
+    events = log.events_after(0)
+    assert events is not None
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert all(e.run_id == "run-1" and e.time.seconds > 0 for e in events)
+    assert store.stored == [1, 2, 3, 4, 5] and log.stored_seq == 5
+    assert log.ended
+    with pytest.raises(RuntimeError):
+        log.emit_delta(delta())
+
+
+async def test_a_lifecycle_event_waits_until_the_previous_one_is_stored() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    log = new_log(store)
+    await log.emit(started(1))  # returns at once; its write is held by the gate
+    assert log.last_seq == 1 and store.stored == []
+    log.emit_delta(delta())  # deltas never wait
+    second = asyncio.create_task(log.emit(Event(agent_finished=Event.AgentFinished(turn=1))))
+    await asyncio.sleep(0.01)
+    assert not second.done() and log.last_seq == 2  # not emitted before 1 is stored
+    store.gate.set()
+    await second
+    assert log.last_seq == 3
+    await log.sync()
+    assert store.stored == [1, 2, 3]
+
+
+async def test_deltas_are_stored_in_batches_within_the_flush_interval() -> None:
+    store = Store()
+    log = new_log(store, interval=0.05)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(200):
+        log.emit_delta(delta())
+    await wait_for(lambda: store.stored == list(range(1, 201)), timeout=2)
+    assert loop.time() - start < 0.5
+    assert len(store.batches) == 1  # one write for the burst, not one per token
+    log.close()
+
+
+async def test_a_failed_write_fails_the_next_lifecycle_event_and_is_retried_later() -> None:
+    store = Store()
+    store.fail = ConnectionError("history down")
+    log = new_log(store)
+    await log.emit(started())
+    with pytest.raises(ConnectionError):
+        await log.emit(Event(agent_finished=Event.AgentFinished(turn=1)))
+    store.fail = None
+    await log.sync()
+    assert store.stored == [1]  # kept and written once history answers
+
+
+async def test_the_buffer_drops_only_stored_events_and_reports_when_a_reader_is_behind() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    log = new_log(store, keep=64)
+    for _ in range(300):
+        log.emit_delta(delta())
+    await log.emit(started())
+    assert log.events_after(0) is not None and len(log.events_after(0) or []) == 301  # unstored
+    store.gate.set()
+    await log.sync()
+    assert log.events_after(0) is None  # trimmed: read these from history
+    tail = log.events_after(300)
+    assert tail is not None and [e.seq for e in tail] == [301]
+    assert log.events_after(301) == []
+
+
+async def test_watchers_wake_on_new_events_and_when_the_log_closes() -> None:
+    log = new_log(Store())
+    waiter = asyncio.create_task(log.wait_beyond(0))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    log.emit_delta(delta())
+    await asyncio.wait_for(waiter, 1)
+    waiter = asyncio.create_task(log.wait_beyond(1))
+    cancelled_watcher = asyncio.create_task(log.wait_beyond(1))
+    await asyncio.sleep(0)
+    cancelled_watcher.cancel()  # one watcher leaving does not affect the others
+    await asyncio.sleep(0)
+    log.close()
+    await asyncio.wait_for(waiter, 1)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[run_pb2.RunEvent] = []
+        self.ended = False
+
+    def emit_delta(self, event: run_pb2.RunEvent) -> None:
+        self.events.append(event)
+
+    @property
+    def texts(self) -> list[tuple[str, str]]:
+        return [
+            (str(e.WhichOneof("payload")), getattr(e, str(e.WhichOneof("payload"))).text)
+            for e in self.events
+        ]
+
+
+async def test_deltas_are_not_coalesced_when_the_window_is_zero() -> None:
+    sink = Sink()
+    stream = DeltaStream(sink, "a", 0.0)  # type: ignore[arg-type]
+    for piece in ("a", "b", "c"):
+        stream.text(piece)
+    assert sink.texts == [("text_delta", "a"), ("text_delta", "b"), ("text_delta", "c")]
+
+
+async def test_a_burst_of_deltas_becomes_one_event_after_the_first_which_is_never_delayed() -> None:
+    sink = Sink()
+    stream = DeltaStream(sink, "a", 0.05)  # type: ignore[arg-type]
+    stream.text("Hel")
+    assert sink.texts == [("text_delta", "Hel")]  # first piece at once
+    stream.text("lo")
+    stream.text(" wor")
+    assert sink.texts == [("text_delta", "Hel")]
+    stream.reasoning("hmm")  # a change of kind flushes first, keeping the order
+    assert sink.texts == [("text_delta", "Hel"), ("text_delta", "lo wor")]
+    stream.text("ld")
+    assert sink.texts[2:] == [("reasoning_delta", "hmm")]
+    await wait_for(lambda: len(sink.events) == 4, timeout=1)  # the timer sends the rest
+    assert sink.texts[3] == ("text_delta", "ld")
+    stream.text("!")
+    stream.flush()
+    assert sink.texts[-1] == ("text_delta", "!")
+    assert all(e.agent == "a" for e in sink.events)
