@@ -286,6 +286,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--ttft-runs", type=int, default=100)
+    parser.add_argument(
+        "--flush-interval", default=None, help="CHORUS_SSE_FLUSH_INTERVAL_S of the gateway"
+    )
+    parser.add_argument("--skip-ttft", action="store_true", help="only the SSE delivery part")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = parser.parse_args()
     if args.quick:
@@ -302,6 +306,11 @@ def main() -> None:
             {
                 "CHORUS_ORCHESTRATOR_ADDRESS": firehose_address,
                 "CHORUS_SSE_MAX_BUFFERED_EVENTS": "4096",
+                **(
+                    {"CHORUS_SSE_FLUSH_INTERVAL_S": args.flush_interval}
+                    if args.flush_interval is not None
+                    else {}
+                ),
             }
         )
         stack.callback(gateway.stop)
@@ -323,10 +332,10 @@ def main() -> None:
         gateway.stop()
         firehose.stop()
 
-        data = stack.enter_context(tempfile.TemporaryDirectory())
-        orchestrator, gateway_url = start_stack(stack, data)
         out["ttft"] = []
-        for concurrency in (1, 20):
+        data = stack.enter_context(tempfile.TemporaryDirectory())
+        orchestrator, gateway_url = ("", "") if args.skip_ttft else start_stack(stack, data)
+        for concurrency in () if args.skip_ttft else (1, 20):
             row = asyncio.run(ttft(orchestrator, gateway_url, args.ttft_runs, concurrency))
             out["ttft"].append(row)
             print(

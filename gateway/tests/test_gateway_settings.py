@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import bcrypt
 import pytest
 from pydantic import ValidationError
 
-from chorus.core.settings import ConfigurationError
+from chorus.core.settings import ConfigurationError, CoreSettings
 from chorus.gateway.auth import hash_api_key, hash_password
 from chorus.gateway.settings import GatewaySettings, is_loopback
 
@@ -130,3 +131,10 @@ def test_hash_password_command_reads_stdin() -> None:
         check=True,
     )
     assert bcrypt.checkpw(b"s3cret-password", done.stdout.strip().encode())
+
+
+def test_readme_documents_every_gateway_setting() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    own = set(GatewaySettings.model_fields) - set(CoreSettings.model_fields)
+    missing = [name for name in sorted(own) if f"CHORUS_{name.upper()}" not in readme]
+    assert not missing

@@ -154,7 +154,7 @@ class GatewaySettings(CoreSettings):
         "stream is paused (flow control) above it.",
     )
     sse_flush_interval_s: float = Field(
-        0.002,
+        0.005,
         ge=0,
         description="Shortest time between two body writes of one SSE stream, seconds: events "
         "arriving faster are sent together (an idle stream's next event goes out at once); "
