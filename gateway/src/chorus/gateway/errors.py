@@ -145,7 +145,7 @@ def status_of(exc: BaseException) -> tuple[status_pb2.Status, int | None]:
     """
     request_id = identity.current_request_id()
     if isinstance(exc, grpc.aio.AioRpcError):
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        status = rpc_status.from_call(exc)
         if status is None:
             code = exc.code()
             message = exc.details() or code.name
@@ -168,8 +168,8 @@ def retry_after_s(status: status_pb2.Status) -> int | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            seconds = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-            return max(1, math.ceil(seconds))
+            seconds = float(info.retry_delay.seconds) + info.retry_delay.nanos / 1e9
+            return int(max(1, math.ceil(seconds)))
     return None
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
@@ -61,16 +61,17 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
-_registry: dict[str, Descriptor] = {}
+# Descriptors are typed loosely: the upb runtime's classes differ from the pure-Python stubs.
+_registry: dict[str, Any] = {}
 
 
-def ref(descriptor: Descriptor) -> dict[str, str]:
+def ref(descriptor: Any) -> dict[str, str]:
     """A `$ref` to the schema of `descriptor` (registering it for `install`)."""
     _registry[descriptor.full_name] = descriptor
     return {"$ref": f"#/components/schemas/{descriptor.full_name}"}
 
 
-def _field_schema(field: FieldDescriptor, pending: list[Descriptor]) -> dict[str, Any]:
+def _field_schema(field: Any, pending: list[Any]) -> dict[str, Any]:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         message = field.message_type
         if message.GetOptions().map_entry:
@@ -90,7 +91,7 @@ def _field_schema(field: FieldDescriptor, pending: list[Descriptor]) -> dict[str
     return single
 
 
-def message_schemas(roots: list[Descriptor]) -> dict[str, dict[str, Any]]:
+def message_schemas(roots: list[Any]) -> dict[str, dict[str, Any]]:
     """JSON schemas of `roots` and every message they reference, keyed by full name."""
     out: dict[str, dict[str, Any]] = {}
     pending = list(roots)

@@ -232,7 +232,7 @@ async def _assistant_agent(request: Request, runs: RunsDep, settings: SettingsDe
     )
     for template in reply.templates:
         if template.name == ASSISTANT_TEMPLATE and template.spec.agents:
-            name = template.spec.agents[0].name
+            name = str(template.spec.agents[0].name)
             state.assistant_agent = (time.monotonic() + _TEMPLATE_CACHE_S, name)
             return name
     raise error_for_code(

@@ -45,7 +45,7 @@ _TERMINAL = (
 _AGENT_FIELDS = {"systemPrompt": "system_prompt", "temperature": "temperature", "model": "model"}
 
 
-def parse_status(value: str | None) -> run_pb2.RunStatus.ValueType:
+def parse_status(value: str | None) -> int:
     """A `RunStatus` from `RUN_STATUS_RUNNING` or `running` (any case); None → unspecified.
 
     Raises:
@@ -57,7 +57,7 @@ def parse_status(value: str | None) -> run_pb2.RunStatus.ValueType:
     if not name.startswith("RUN_STATUS_"):
         name = "RUN_STATUS_" + name
     try:
-        return run_pb2.RunStatus.Value(name)
+        return int(run_pb2.RunStatus.Value(name))
     except ValueError:
         names = ", ".join(
             n.removeprefix("RUN_STATUS_").lower() for n in run_pb2.RunStatus.keys()[1:]
