@@ -14,10 +14,14 @@ server runs (starts heartbeats and the recovery sweep) and `close()` after it st
 
 from __future__ import annotations
 
-from chorus.core.channels import ChannelPool
+import logging
+
+import grpc
+
+from chorus.core.channels import ChannelPool, channel_options
 from chorus.core.logging import get_logger
 from chorus.core.server import GrpcServer, ServiceBinding
-from chorus.orchestrator.catalog import CatalogCache
+from chorus.orchestrator.catalog import CatalogCache, ProviderAuth
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.manager import RunManager
 from chorus.orchestrator.service import RunService
@@ -40,10 +44,17 @@ class OrchestratorApp:
         bindings: the `ServiceBinding`s to serve.
     """
 
-    def __init__(self, settings: Settings, channels: ChannelPool, manager: RunManager) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        channels: ChannelPool,
+        manager: RunManager,
+        provider_channel: grpc.aio.Channel,
+    ) -> None:
         self.settings = settings
         self.manager = manager
         self._channels = channels
+        self._provider_channel = provider_channel
         self.bindings = [
             ServiceBinding(
                 SERVICE_NAME,
@@ -69,6 +80,7 @@ class OrchestratorApp:
             self.settings.grace_period_s if timeout_s is None else timeout_s
         )
         await self._channels.close()
+        await self._provider_channel.close()
 
 
 async def build_app(settings: Settings) -> OrchestratorApp:
@@ -78,6 +90,14 @@ async def build_app(settings: Settings) -> OrchestratorApp:
         chorus.core.settings.ConfigurationError: a broken team template file.
     """
     channels = ChannelPool(settings)
+    for name in ("autogen_core", "autogen_agentchat"):  # per-message event logs: costly noise
+        logging.getLogger(name).setLevel(settings.autogen_log_level.upper())
+    # Model calls stream every token through this channel: no client interceptor on it
+    # (grpc.aio interceptors cost a task hop per streamed message); calls carry identity,
+    # token and deadline explicitly (`ProviderAuth`).
+    provider_channel = grpc.aio.insecure_channel(
+        settings.provider_address, options=channel_options(settings)
+    )
     tools = ToolRegistry.load(
         entry_points=settings.tool_entry_points,
         code_execution=settings.code_execution_enabled,
@@ -89,12 +109,16 @@ async def build_app(settings: Settings) -> OrchestratorApp:
     history = HistoryClient(
         channels.get(settings.history_address), retry_s=settings.history_retry_s
     )
+    auth = ProviderAuth(
+        settings.internal_token.get_secret_value() if settings.internal_token else None
+    )
     manager = RunManager(
         settings,
         history,
         provider,
-        CatalogCache(provider, settings.model_catalog_ttl_s),
+        auth,
+        CatalogCache(provider, settings.model_catalog_ttl_s, auth),
         tools,
         load_templates(),
     )
-    return OrchestratorApp(settings, channels, manager)
+    return OrchestratorApp(settings, channels, manager, provider_channel)

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 import grpc
 
 from chorus.core.errors import Unavailable
-from chorus.core.identity import SYSTEM_USER, USER_KEY
+from chorus.core.identity import (
+    REQUEST_ID_KEY,
+    SYSTEM_USER,
+    TOKEN_KEY,
+    USER_KEY,
+    current_request_id,
+)
 from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
 
 OPEN_MODEL_PROVIDERS = frozenset({"openai-compatible"})
@@ -77,16 +83,43 @@ class ModelCatalog:
         return None
 
 
+class ProviderAuth:
+    """Metadata of calls to provider-svc, which go through a channel without interceptors.
+
+    Args:
+        token: the internal token (None in dev mode).
+    """
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token
+
+    def metadata(self, user: str, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
+        """`x-chorus-user`, the internal token and (when given) `x-request-id`."""
+        md = [(USER_KEY, user)]
+        if self._token:
+            md.append((TOKEN_KEY, self._token))
+        if request_id:
+            md.append((REQUEST_ID_KEY, request_id))
+        return tuple(md)
+
+
 class CatalogCache:
     """The current `ModelCatalog`, fetched from provider-svc at most every `ttl_s` seconds.
 
     Args:
         stub: ProviderService stub.
         ttl_s: cache lifetime; 0 fetches on every call.
+        auth: metadata of the calls.
     """
 
-    def __init__(self, stub: provider_service_pb2_grpc.ProviderServiceStub, ttl_s: float) -> None:
+    def __init__(
+        self,
+        stub: provider_service_pb2_grpc.ProviderServiceStub,
+        ttl_s: float,
+        auth: ProviderAuth,
+    ) -> None:
         self._stub = stub
+        self._auth = auth
         self._ttl_s = ttl_s
         self._catalog: ModelCatalog | None = None
         self._fetched = 0.0
@@ -106,7 +139,7 @@ class CatalogCache:
             try:
                 response = await self._stub.ListModels(
                     provider_service_pb2.ListModelsRequest(),
-                    metadata=((USER_KEY, SYSTEM_USER),),
+                    metadata=self._auth.metadata(SYSTEM_USER, current_request_id()),
                     timeout=5.0,
                 )
             except grpc.aio.AioRpcError as exc:

@@ -126,11 +126,13 @@ class RunEventLog:
         if self._timer is None:
             self._timer = self._loop.call_later(self._interval, self._on_timer)
 
-    async def emit(self, event: run_pb2.RunEvent, *, durable: bool = False) -> run_pb2.RunEvent:
-        """Emit a lifecycle event once every earlier lifecycle event is stored.
+    async def emit(self, *events: run_pb2.RunEvent, durable: bool = False) -> None:
+        """Emit lifecycle events once every earlier lifecycle event is stored.
 
-        The event's own write starts at once in the background (the next lifecycle event
-        waits for it); with `durable` (terminal events, answers to RPCs) this call waits too.
+        Several events given together (e.g. `agent_finished` and `progress`, which happen at
+        the same moment) are numbered consecutively and stored in one write. The write
+        starts at once in the background (the next lifecycle event waits for it); with
+        `durable` (terminal events, answers to RPCs) this call waits for it too.
 
         Raises:
             Exception: the writer's error when an earlier (or, with `durable`, this) write
@@ -141,13 +143,13 @@ class RunEventLog:
             await self._await_barrier()
             if self.ended:
                 raise RuntimeError("run already ended")
-            self._publish(event)
-            if is_terminal(event):
-                self.ended = True
+            for event in events:
+                self._publish(event)
+                if is_terminal(event):
+                    self.ended = True
             self._barrier = self._loop.create_task(self._flush())
             if durable:
                 await self._await_barrier()
-        return event
 
     async def _await_barrier(self) -> None:
         barrier, self._barrier = self._barrier, None

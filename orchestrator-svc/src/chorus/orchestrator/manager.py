@@ -25,7 +25,7 @@ from chorus.core.errors import (
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
-from chorus.orchestrator.catalog import CatalogCache
+from chorus.orchestrator.catalog import CatalogCache, ProviderAuth
 from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.recovery import Liveness, end_orphan
@@ -88,7 +88,8 @@ class RunManager:
     Args:
         settings: the service's settings.
         history: history-svc client.
-        provider: ProviderService stub.
+        provider: ProviderService stub (on a channel without interceptors).
+        auth: metadata of provider calls.
         catalog: provider-svc's models, for validation.
         tools: the tool registry.
         templates: the team templates by name.
@@ -99,6 +100,7 @@ class RunManager:
         settings: Settings,
         history: HistoryClient,
         provider: provider_service_pb2_grpc.ProviderServiceStub,
+        auth: ProviderAuth,
         catalog: CatalogCache,
         tools: ToolRegistry,
         templates: Mapping[str, team_pb2.TeamTemplate],
@@ -108,7 +110,9 @@ class RunManager:
         self._catalog = catalog
         self._tools = tools
         self._templates = dict(templates)
-        self._deps = RunDeps(settings=settings, history=history, provider=provider, tools=tools)
+        self._deps = RunDeps(
+            settings=settings, history=history, provider=provider, auth=auth, tools=tools
+        )
         self._runs: dict[str, LiveRun] = {}
         self._accepting = True
         self.liveness = Liveness(settings, history, lambda: self._runs)
@@ -238,8 +242,8 @@ class RunManager:
                 async for event in self._watch_local(live, cursor):
                     yield event
                     cursor = event.seq
-                    if is_terminal(event):
-                        return
+                if live.log.ended:
+                    return
             # Not here, or let go without a terminal event: history-svc has the rest.
             async for event in self._watch_stored(user, run_id, cursor):
                 yield event
@@ -247,29 +251,37 @@ class RunManager:
             metrics.WATCHERS.dec()
 
     async def _watch_local(self, live: LiveRun, after_seq: int) -> AsyncIterator[run_pb2.RunEvent]:
+        """Events of a run executing here, from memory (history-svc when behind), up to and
+        including the terminal one — or until the run is let go without one."""
         log_ = live.log
         cursor = after_seq
         while True:
             batch = log_.events_after(cursor)
             if batch is None:  # fell behind the buffer: read the stored log
                 metrics.WATCHER_CATCHUPS.inc()
-                batch = await self._history.list_events(live.owner, live.id, cursor)
-                if not batch:
+                stored = await self._history.list_events(live.owner, live.id, cursor)
+                if not stored:
                     raise Unavailable("run events missing from history-svc", reason="EVENT_LOG_GAP")
-            if batch:
-                for event in batch:
-                    if is_terminal(event):
-                        # Deliver the end once the record says so too: a client that reacts
-                        # by starting the conversation's next run must not find it busy.
-                        await live.done.wait()
+                for event in stored:
                     yield event
                     if is_terminal(event):
                         return
-                cursor = batch[-1].seq
+                cursor = stored[-1].seq
                 continue
-            if log_.ended:
-                return
-            if log_.closed:  # the run was let go without a terminal event here
+            if batch:
+                last = batch[-1]
+                for event in batch[:-1]:
+                    yield event
+                if log_.ended and last.seq == log_.last_seq:  # the terminal event
+                    # Deliver the end once the record says so too: a client that reacts by
+                    # starting the conversation's next run must not find it busy.
+                    await live.done.wait()
+                    yield last
+                    return
+                yield last
+                cursor = last.seq
+                continue
+            if log_.ended or log_.closed:
                 return
             await log_.wait_beyond(cursor)
 

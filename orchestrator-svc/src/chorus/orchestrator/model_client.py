@@ -42,7 +42,6 @@ from google.protobuf import struct_pb2
 from pydantic import BaseModel
 
 from chorus.core.errors import from_rpc_error, rpc_code
-from chorus.core.identity import USER_KEY
 from chorus.orchestrator import metrics
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.v1 import (
@@ -181,7 +180,7 @@ class ProviderChatClient(ChatCompletionClient):
 
     Args:
         stub: ProviderService stub.
-        user: the run owner, sent as `x-chorus-user`.
+        metadata: call metadata: the run owner's identity and the internal token.
         spec: returns the agent spec whose `model`, `temperature`, `max_output_tokens` and
             `simulator` the next call uses.
         labels: `StreamChatRequest.metadata` (run id, agent) for provider logs.
@@ -197,7 +196,7 @@ class ProviderChatClient(ChatCompletionClient):
         self,
         *,
         stub: provider_service_pb2_grpc.ProviderServiceStub,
-        user: str,
+        metadata: tuple[tuple[str, str], ...],
         spec: Callable[[], team_pb2.AgentSpec],
         labels: Mapping[str, str],
         deltas: Callable[[], DeltaStream] | None,
@@ -206,7 +205,7 @@ class ProviderChatClient(ChatCompletionClient):
         timeout_s: float,
     ) -> None:
         self._stub = stub
-        self._metadata = ((USER_KEY, user),)
+        self._metadata = metadata
         self._spec = spec
         self._labels = dict(labels)
         self._deltas = deltas

@@ -41,6 +41,7 @@ from chorus.core.errors import ChorusError, FailedPrecondition, rpc_code
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
+from chorus.orchestrator.catalog import ProviderAuth
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.orchestrator.events import RunEventLog
 from chorus.orchestrator.history import HistoryClient
@@ -91,6 +92,7 @@ class RunDeps:
     settings: Settings
     history: HistoryClient
     provider: provider_service_pb2_grpc.ProviderServiceStub
+    auth: ProviderAuth
     tools: ToolRegistry
 
 
@@ -159,6 +161,7 @@ class LiveRun:
         self._seen_messages: set[str] = set()
         self._seen_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
+        self._request_id = identity.current_request_id()  # of the RPC that created the run
 
     # ------------------------------------------------------------------ control
     @property
@@ -296,21 +299,29 @@ class LiveRun:
             )
 
     async def message_completed(self, agent: str, message: BaseChatMessage) -> None:
+        """A message outside the agents' turns (an orchestrator's) is complete."""
+        usage, self._orchestrator_usage = self._orchestrator_usage, chat_pb2.Usage()
+        await self.log.emit(await self._message_event(agent, message.to_text(), usage))
+
+    async def turn_completed(self, agent: str, turn: int, message: BaseChatMessage) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
-        state = self.states.get(agent)
-        usage = state.turn_usage if state is not None else self._orchestrator_usage
-        if state is None:
-            self._orchestrator_usage = chat_pb2.Usage()
-        await self._complete_message(agent, message.to_text(), usage)
+        event = await self._message_event(agent, message.to_text(), self.states[agent].turn_usage)
+        await self.log.emit(event, *self._turn_end(agent, turn))
 
     async def end_turn(self, agent: str, turn: int) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
-        await self.log.emit(_Event(agent=agent, agent_finished=_Event.AgentFinished(turn=turn)))
-        await self.log.emit(
-            _Event(progress=_Event.Progress(turn=turn, max_turns=self.spec.max_turns))
+        await self.log.emit(*self._turn_end(agent, turn))
+
+    def _turn_end(self, agent: str, turn: int) -> tuple[run_pb2.RunEvent, run_pb2.RunEvent]:
+        return (
+            _Event(agent=agent, agent_finished=_Event.AgentFinished(turn=turn)),
+            _Event(progress=_Event.Progress(turn=turn, max_turns=self.spec.max_turns)),
         )
 
-    async def _complete_message(self, agent: str, text: str, usage: chat_pb2.Usage) -> None:
+    async def _message_event(
+        self, agent: str, text: str, usage: chat_pb2.Usage
+    ) -> run_pb2.RunEvent:
+        """The `message_completed` event of a message, stored in the conversation first."""
         self._messages += 1
         message = conversation_pb2.Message(
             client_message_id=f"{self.id}/m{self._messages}",
@@ -325,9 +336,7 @@ class LiveRun:
                 self.owner, self.record.conversation_id, [message]
             )
             message = stored[0]
-        await self.log.emit(
-            _Event(agent=agent, message_completed=_Event.MessageCompleted(message=message))
-        )
+        return _Event(agent=agent, message_completed=_Event.MessageCompleted(message=message))
 
     async def _emit_artifact(self, agent: str, name: str, mime_type: str, data: bytes) -> None:
         if len(data) > MAX_ARTIFACT_BYTES:
@@ -354,7 +363,7 @@ class LiveRun:
         coalesce = self._settings.delta_coalesce_s
         return ProviderChatClient(
             stub=self._deps.provider,
-            user=self.owner,
+            metadata=self._deps.auth.metadata(self.owner, self._request_id),
             spec=lambda: state.spec,
             labels={"run_id": self.id, "agent": name},
             deltas=lambda: DeltaStream(self.log, name, coalesce),
@@ -373,7 +382,7 @@ class LiveRun:
             spec.simulator.CopyFrom(team.agents[0].simulator)
         return ProviderChatClient(
             stub=self._deps.provider,
-            user=self.owner,
+            metadata=self._deps.auth.metadata(self.owner, self._request_id),
             spec=lambda: spec,
             labels={"run_id": self.id, "agent": "orchestrator"},
             deltas=None,

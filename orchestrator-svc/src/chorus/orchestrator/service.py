@@ -10,7 +10,6 @@ import grpc
 
 from chorus.core.errors import InvalidArgument
 from chorus.core.identity import current_identity
-from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.manager import RunManager
 from chorus.v1 import run_pb2, run_service_pb2_grpc
 from chorus.v1 import run_service_pb2 as rs
@@ -47,8 +46,6 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         try:
             async for event in self._manager.watch(user, run.id, 0):
                 yield rs.StreamRunResponse(event=event)
-                if is_terminal(event):
-                    return
         except (GeneratorExit, asyncio.CancelledError):
             # The client went away before the end (grpc#43360: either exception).
             if cancel_on_disconnect:

@@ -50,6 +50,11 @@ class Settings(CoreSettings):
         description="Most conversation messages loaded as the context of a SINGLE team.",
     )
 
+    autogen_log_level: str = Field(
+        "WARNING",
+        description="Level of autogen's own loggers (INFO logs every message of every team).",
+    )
+
     # --- model calls --------------------------------------------------------------------
     model_call_timeout_s: float = Field(
         600.0, gt=0, description="Deadline of one ProviderService.StreamChat call, seconds."
@@ -69,7 +74,7 @@ class Settings(CoreSettings):
 
     # --- events and watchers ------------------------------------------------------------
     delta_flush_interval_s: float = Field(
-        0.05,
+        0.08,
         gt=0,
         le=0.1,
         description="Token deltas are written to history-svc in batches at most this old, seconds.",

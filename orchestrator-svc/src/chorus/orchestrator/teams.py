@@ -82,11 +82,12 @@ class RunHooks(Protocol):
     ) -> None:
         """The tool calls returned (emits `tool_call_finished` per call)."""
 
-    async def message_completed(self, agent: str, message: BaseChatMessage) -> None:
-        """The agent's reply of this turn is complete (emits `message_completed`)."""
+    async def turn_completed(self, agent: str, turn: int, message: BaseChatMessage) -> None:
+        """The agent's reply ends its turn (emits `message_completed`, `agent_finished` and
+        `progress`)."""
 
     async def end_turn(self, agent: str, turn: int) -> None:
-        """The turn ended (emits `agent_finished` and `progress`)."""
+        """The turn ended without a reply (emits `agent_finished` and `progress`)."""
 
 
 @dataclass
@@ -145,6 +146,7 @@ class TurnAgent(AssistantAgent):
         await self._hooks.messages_seen(messages)
         turn = await self._hooks.begin_turn(self.name)
         requested: dict[str, FunctionCall] = {}
+        replied = False
         async for item in super().on_messages_stream(messages, cancellation_token):
             if isinstance(item, ToolCallRequestEvent):
                 requested.update((call.id, call) for call in item.content)
@@ -157,9 +159,11 @@ class TurnAgent(AssistantAgent):
                 ]
                 await self._hooks.tool_calls_finished(self.name, calls, item.content)
             elif isinstance(item, Response):
-                await self._hooks.message_completed(self.name, item.chat_message)
+                await self._hooks.turn_completed(self.name, turn, item.chat_message)
+                replied = True
             yield item
-        await self._hooks.end_turn(self.name, turn)
+        if not replied:
+            await self._hooks.end_turn(self.name, turn)
 
 
 @dataclass
