@@ -62,11 +62,15 @@ def _wait_port(port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
-def _wait_http_ok(url: str, timeout: float) -> None:
+def _wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{proc.args} exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            )
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -251,22 +255,24 @@ def main(argv: list[str]) -> None:
             config.write_text(
                 (ANCHORS / "litellm.yaml").read_text().replace("http://127.0.0.1:9101/v1", upstream)
             )
-            litellm = subprocess.Popen(
-                [
-                    str(LITELLM_VENV / "bin" / "litellm"),
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(lport),
-                    "--num_workers",
-                    "1",
-                ],
-                cwd=tmp,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            log = tmp / "litellm.log"
+            with log.open("wb") as out:
+                litellm = subprocess.Popen(
+                    [
+                        str(LITELLM_VENV / "bin" / "litellm"),
+                        "--config",
+                        str(config),
+                        "--port",
+                        str(lport),
+                        "--num_workers",
+                        "1",
+                    ],
+                    cwd=tmp,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             procs.append(litellm)
-            _wait_http_ok(f"http://127.0.0.1:{lport}/health/liveliness", 300)
+            _wait_http_ok(f"http://127.0.0.1:{lport}/health/liveliness", 300, litellm, log)
             litellm_url = f"http://127.0.0.1:{lport}/v1/chat/completions"
         elif not args.no_litellm:
             results["litellm"] = "skipped: .venv-litellm missing (see ../shared/anchors/README.md)"

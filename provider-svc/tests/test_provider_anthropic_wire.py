@@ -298,3 +298,26 @@ async def test_only_system_messages_are_sent_as_a_user_turn(
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Pick the next speaker."}]}
     ]
+
+
+async def test_an_event_of_unknown_shape_mid_stream_ends_with_an_internal_error_event(
+    upstream: FakeUpstream, provider
+) -> None:
+    upstream.queue(
+        Reply(
+            steps=[
+                _message_start(),
+                anthropic("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+                anthropic("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hi"}),
+                anthropic("content_block_delta", index=0),  # no "delta"
+            ]
+        ),
+        _text_reply("again"),
+    )
+    p = await provider()
+    events = await p.collect(request("hi", provider="anthropic", model="claude-haiku-4-5"))
+
+    assert kinds(events) == ["start", "text_delta", "error"]
+    assert events[-1].error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "request id" in events[-1].error.message
+    assert kinds(await p.collect(request("hi", provider="anthropic", model="claude-haiku-4-5")))[-1] == "finish"

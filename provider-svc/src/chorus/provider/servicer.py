@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from chorus.core.errors import ChorusError, ResourceExhausted, error_for_code, rpc_code
+from chorus.core.identity import current_request_id
 from chorus.core.logging import get_logger
 from chorus.provider import metrics
 from chorus.provider.backends.base import Event, UpstreamError
@@ -145,6 +146,20 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                         yield event
                 except UpstreamError as err:
                     failure = err
+                except Exception as exc:  # a bug or an upstream shape we do not know
+                    log.exception(
+                        "stream_decode_failed",
+                        provider=model.provider.name,
+                        model=model.name,
+                        error_type=type(exc).__name__,
+                    )
+                    failure = UpstreamError(
+                        grpc.StatusCode.INTERNAL,
+                        f"internal error reading the {model.provider.name} stream "
+                        f"(request id {current_request_id()})",
+                        retryable=False,
+                        reason="INTERNAL",
+                    )
                 except asyncio.CancelledError:
                     if not watchdog.consume():
                         raise
