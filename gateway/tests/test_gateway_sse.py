@@ -102,7 +102,7 @@ class Socket:
 
 async def _serve(stub: run_service_pb2_grpc.RunServiceStub, socket: Socket, **kw: Any) -> Any:
     response = await sse.open_event_stream(
-        stub.WatchRun(run_service_pb2.WatchRunRequest(run_id="r1")),
+        stub.WatchRun(run_service_pb2.WatchRunRequest(run_id="r1", after_seq=kw.get("after", 0))),
         first_event_wait_s=2,
         keepalive_s=15,
         max_buffered=kw.get("max_buffered", 100_000),
@@ -131,6 +131,15 @@ async def test_a_fast_stream_is_flushed_at_most_once_per_interval(firehose):
     await asyncio.wait_for(task, 20)
     assert socket.events() == servicer.count + 1
     assert len(socket.writes) < servicer.count / 20, f"{len(socket.writes)} writes"
+
+
+async def test_the_first_events_of_a_stream_are_never_held_back(firehose):
+    servicer, stub = firehose
+    socket = Socket()
+    # 5 deltas and the end, with writes paced at one per 10 s after the burst allowance.
+    task, _ = await _serve(stub, socket, flush_interval_s=10.0, after=servicer.count - 5)
+    await asyncio.wait_for(task, 5)  # not 10 s: nothing waited for the pacing
+    assert socket.events() == 6
 
 
 async def test_buffering_is_bounded_and_pushes_back_on_the_grpc_stream(firehose):

@@ -23,6 +23,9 @@ How the stream is served (the gateway's hot path):
   events arrive faster than the socket drains, the writer's send is still waiting on
   flow control when the next events land, so several go out in the next write. Above
   `sse_max_buffered_events` the reader stops reading and gRPC flow control pushes back.
+* Writes are paced by a token bucket: `FLUSH_BURST` writes at once, then at most one per
+  `sse_flush_interval_s`; events that arrive meanwhile share the next write. The first
+  events of a run (time to first token) are never held back.
 * An idle stream gets a `: keepalive` comment every `sse_keepalive_s`.
 * Client disconnect (or any exit) cancels the upstream gRPC call in `finally`.
 """
@@ -50,6 +53,8 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 """Headers of every event stream (no caching, no proxy buffering; never compressed)."""
 
 KEEPALIVE = b": keepalive\n\n"
+FLUSH_BURST = 8
+"""Writes a stream may make back to back before the flush interval paces it."""
 RETRY_MS = 2000
 """Reconnect delay suggested to `EventSource` (`retry:` field), milliseconds."""
 
@@ -94,7 +99,8 @@ class _Pump:
     def __init__(self, call: EventCall, max_buffered: int, flush_interval_s: float = 0.0) -> None:
         self.call = call
         self._interval = flush_interval_s
-        self._next_flush = 0.0
+        self._credit = float(FLUSH_BURST)
+        self._credit_time = 0.0
         self.frames: list[bytes] = []
         self.error: BaseException | None = None
         self.finished = False
@@ -148,17 +154,27 @@ class _Pump:
             except TimeoutError:
                 return KEEPALIVE
         if self._interval:
-            loop = asyncio.get_running_loop()
-            delay = self._next_flush - loop.time()
-            if delay > 0 and not self.finished:
-                # A fast stream: gather what arrives until the next flush is due.
-                await asyncio.sleep(delay)
-            self._next_flush = loop.time() + self._interval
+            await self._pace()
         if self.closed:
             return None
         frames, self.frames = self.frames, []
         self._space.set()
         return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    async def _pace(self) -> None:
+        """Token bucket of writes: `FLUSH_BURST` at once, then one per interval, so a fast
+        stream's events are gathered into fewer writes while the first events of a run (and
+        of any stream that was quiet for a while) go out at once."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._credit = min(FLUSH_BURST, self._credit + (now - self._credit_time) / self._interval)
+        self._credit_time = now
+        if self._credit < 1 and not self.finished:
+            await asyncio.sleep((1 - self._credit) * self._interval)
+            later = loop.time()
+            self._credit += (later - now) / self._interval
+            self._credit_time = later
+        self._credit = max(0.0, self._credit - 1)
 
     def close(self) -> None:
         """Stop: cancel the upstream call and the reader, wake the writer."""
