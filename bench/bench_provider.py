@@ -14,7 +14,9 @@ and measures, each in its own client process, `--repeats` times (medians reporte
 
 * TTFT: 1 stream × 1 token, 100 requests in a row; p50 / p99 of the time to the first text
   token — direct (the anchors' `stream_client.py`), via provider-svc (a gRPC client), via LiteLLM;
-* throughput: 20 concurrent streams × 500 tokens, tokens/s in total, same three paths;
+* throughput: 20 concurrent streams × 500 tokens, tokens/s in total, same three paths
+  (provider-svc's `events_per_s` counts gRPC messages: with `coalesce_deltas` one text
+  delta may carry several tokens that arrived in one network read);
 * the simulator at full speed (`sim-fast`, tokens_per_second 0): events/s to one gRPC client.
 
 Results go to `bench/results/provider-<UTC time>.json` and a table on stdout.
@@ -106,6 +108,7 @@ async def _grpc_client(address: str, conc: int, ntok: int, reps: int, model: str
     from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
 
     provider, _, name = model.partition("/")
+    simulated = provider == "simulator"
     req = provider_service_pb2.StreamChatRequest(
         model=chat_pb2.ModelRef(provider=provider, model=name),
         messages=[provider_service_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content="hi")],
@@ -133,7 +136,9 @@ async def _grpc_client(address: str, conc: int, ntok: int, reps: int, model: str
                 if event.HasField("text_delta"):
                     if first is None:
                         first = time.perf_counter() - t0
-                    k += 1
+                    # fake_openai's tokens are " tok<i>"; provider-svc may carry several in
+                    # one delta (coalesce_deltas). The simulator sends one token per delta.
+                    k += 1 if simulated else event.text_delta.text.count(" tok")
             ttfts.append(first if first is not None else float("nan"))
             total += k
             events += n

@@ -249,6 +249,8 @@ def make_settings(upstream: FakeUpstream, **overrides: Any) -> Settings:
         "backoff_max_s": 0.05,
         "simulator_time_to_first_token_s": 0.0,
         "simulator_tokens_per_second": 0.0,
+        # event-by-event assertions need one event per upstream chunk, whatever TCP merges
+        "coalesce_deltas": False,
     }
     values.update(overrides)
     return Settings(**values)

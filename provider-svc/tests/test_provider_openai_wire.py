@@ -320,3 +320,20 @@ async def test_error_object_in_the_stream_after_http_200_ends_with_an_error_even
     assert error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert error.retryable
     assert "The server had an error" in error.message
+
+
+async def test_deltas_that_arrive_in_one_read_are_merged_into_one_event(
+    upstream: FakeUpstream, provider
+) -> None:
+    pieces = ["The", " quick", " brown", " fox", " jumps"]
+    burst = b"".join(chunk({"content": p}) for p in pieces)  # one write, one read
+    upstream.queue(
+        Reply(steps=[chunk({"role": "assistant", "content": ""}), burst, chunk({}, "stop"), DONE])
+    )
+    p = await provider(coalesce_deltas=True)
+    events = await p.collect(request("hi", provider="openai", model="gpt-4o-mini"))
+
+    deltas = [e.text_delta.text for e in events if e.HasField("text_delta")]
+    assert "".join(deltas) == "The quick brown fox jumps"
+    assert len(deltas) < len(pieces)
+    assert kinds(events)[-2:] == ["usage", "finish"]

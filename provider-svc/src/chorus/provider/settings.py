@@ -233,6 +233,12 @@ class Settings(CoreSettings):
     )
     cooldown_s: float = Field(30.0, ge=0, description="Cool-down length, seconds (0 disables).")
 
+    coalesce_deltas: bool = Field(
+        True,
+        description="Merge consecutive text (or reasoning) deltas that arrive in one network "
+        "read into one event: a busy caller gets fewer, larger messages; no added latency.",
+    )
+
     # --- simulator
     simulator_time_to_first_token_s: float = Field(
         0.1, ge=0, description="Simulator's default delay before the first token, seconds."

@@ -36,6 +36,7 @@ from chorus.provider.backends.base import (
     UpstreamError,
     error_from_http,
     finish_reason_of,
+    merge_deltas,
     reasoning_event,
     text_event,
 )
@@ -133,11 +134,89 @@ def _error_message(err: anthropic.APIStatusError) -> str:
     return str(err.api_message or err.message)
 
 
+class _EventState:
+    """Decodes one stream's events (one `handle` call per SSE event)."""
+
+    __slots__ = ("kinds", "provider", "result", "stop_reason", "stopped", "tools", "usage")
+
+    def __init__(self, provider: str, result: StreamResult) -> None:
+        self.provider = provider
+        self.result = result
+        self.tools = ToolCalls()
+        self.kinds: dict[int, str] = {}
+        self.usage: dict[str, int] = {}
+        self.stop_reason: str | None = None
+        self.stopped = False
+
+    def handle(self, name: str, data: bytes, out: list[Event]) -> None:
+        """Append the events of one SSE event to `out`.
+
+        Raises:
+            UpstreamError: an event that is not JSON, or an `error` event.
+        """
+        result = self.result
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider}: the upstream sent an event that is not JSON",
+                reason="UPSTREAM_BAD_STREAM",
+            ) from None
+        if name == "content_block_delta":
+            delta = obj["delta"]
+            kind = delta.get("type")
+            if kind == "text_delta":
+                text = delta.get("text")
+                if text:
+                    result.output_chars += len(text)
+                    out.append(text_event(text))
+            elif kind == "thinking_delta":
+                thinking = delta.get("thinking")
+                if thinking:
+                    result.output_chars += len(thinking)
+                    out.append(reasoning_event(thinking))
+            elif kind == "input_json_delta":
+                out += self.tools.fragment(obj["index"], "", "", delta.get("partial_json") or "")
+        elif name == "content_block_start":
+            block = obj["content_block"]
+            index = obj["index"]
+            self.kinds[index] = block.get("type", "")
+            if self.kinds[index] == "tool_use":
+                out += self.tools.fragment(index, block.get("id", ""), block["name"], "")
+        elif name == "content_block_stop":
+            if self.kinds.get(obj["index"]) == "tool_use":
+                end = self.tools.end(obj["index"])
+                if end is not None:
+                    out.append(end)
+        elif name == "message_start":
+            message = obj.get("message") or {}
+            result.response_id = message.get("id") or ""
+            self.usage.update(message.get("usage") or {})
+        elif name == "message_delta":
+            self.stop_reason = (obj.get("delta") or {}).get("stop_reason") or self.stop_reason
+            self.usage.update({k: v for k, v in (obj.get("usage") or {}).items() if v is not None})
+        elif name == "message_stop":
+            self.stopped = True
+        elif name == "error":
+            error = obj.get("error") or {}
+            code, retryable = _ERROR_TYPES.get(
+                error.get("type", ""), (grpc.StatusCode.UNAVAILABLE, True)
+            )
+            raise UpstreamError(
+                code,
+                f"{self.provider}: {error.get('type', 'error')}: {error.get('message', '')}",
+                retryable=retryable,
+                reason=f"UPSTREAM_{str(error.get('type', 'error')).upper()}",
+            )
+
+
 class AnthropicBackend(Backend):
     """Messages API of one configured provider of kind `anthropic`."""
 
     def __init__(self, provider: ProviderSpec, settings: Settings) -> None:
         self.provider = provider
+        self._coalesce = settings.coalesce_deltas
         self._client = anthropic.AsyncAnthropic(
             api_key=provider.api_key,
             base_url=provider.base_url or None,
@@ -217,78 +296,27 @@ class AnthropicBackend(Backend):
         self, response: httpx2.Response, result: StreamResult
     ) -> AsyncGenerator[Event, None]:
         decoder = SSEDecoder()
-        tools = ToolCalls()
-        loads = orjson.loads
-        kinds: dict[int, str] = {}
-        usage: dict[str, int] = {}
-        stop_reason: str | None = None
-        stopped = False
+        state = _EventState(self.provider.name, result)
+        coalesce = self._coalesce
         async for chunk in response.aiter_bytes():
-            for name, data in decoder.feed(chunk):
-                # The SDK drops frames without an `event:` line; so do we (and pings).
-                if not name or name == "ping" or not data:
-                    continue
-                try:
-                    obj = loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"{self.provider.name}: the upstream sent an event that is not JSON",
-                        reason="UPSTREAM_BAD_STREAM",
-                    ) from None
-                if name == "content_block_delta":
-                    delta = obj["delta"]
-                    kind = delta.get("type")
-                    if kind == "text_delta":
-                        text = delta.get("text")
-                        if text:
-                            result.output_chars += len(text)
-                            yield text_event(text)
-                    elif kind == "thinking_delta":
-                        thinking = delta.get("thinking")
-                        if thinking:
-                            result.output_chars += len(thinking)
-                            yield reasoning_event(thinking)
-                    elif kind == "input_json_delta":
-                        for event in tools.fragment(
-                            obj["index"], "", "", delta.get("partial_json") or ""
-                        ):
-                            yield event
-                elif name == "content_block_start":
-                    block = obj["content_block"]
-                    index = obj["index"]
-                    kinds[index] = block.get("type", "")
-                    if kinds[index] == "tool_use":
-                        for event in tools.fragment(index, block.get("id", ""), block["name"], ""):
-                            yield event
-                elif name == "content_block_stop":
-                    if kinds.get(obj["index"]) == "tool_use":
-                        end = tools.end(obj["index"])
-                        if end is not None:
-                            yield end
-                elif name == "message_start":
-                    message = obj.get("message") or {}
-                    result.response_id = message.get("id") or ""
-                    usage.update(message.get("usage") or {})
-                elif name == "message_delta":
-                    stop_reason = (obj.get("delta") or {}).get("stop_reason") or stop_reason
-                    usage.update(
-                        {k: v for k, v in (obj.get("usage") or {}).items() if v is not None}
-                    )
-                elif name == "message_stop":
-                    stopped = True
-                elif name == "error":
-                    error = obj.get("error") or {}
-                    code, retryable = _ERROR_TYPES.get(
-                        error.get("type", ""), (grpc.StatusCode.UNAVAILABLE, True)
-                    )
-                    raise UpstreamError(
-                        code,
-                        f"{self.provider.name}: {error.get('type', 'error')}: "
-                        f"{error.get('message', '')}",
-                        retryable=retryable,
-                        reason=f"UPSTREAM_{str(error.get('type', 'error')).upper()}",
-                    )
+            batch: list[Event] = []
+            try:
+                for name, data in decoder.feed(chunk):
+                    # The SDK drops frames without an `event:` line; so do we (and pings).
+                    if name and name != "ping" and data:
+                        state.handle(name, data, batch)
+            except UpstreamError:
+                for event in batch:  # what arrived before the error still reaches the caller
+                    yield event
+                raise
+            for event in merge_deltas(batch) if coalesce else batch:
+                yield event
+        stopped, stop_reason, usage, tools = (
+            state.stopped,
+            state.stop_reason,
+            state.usage,
+            state.tools,
+        )
         if not stopped and stop_reason is None:
             raise UpstreamError(
                 grpc.StatusCode.UNAVAILABLE,

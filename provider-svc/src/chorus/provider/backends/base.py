@@ -42,6 +42,40 @@ def reasoning_event(text: str) -> Event:
     return Event(reasoning_delta=_ReasoningDelta(text=text))
 
 
+def merge_deltas(events: list[Event]) -> list[Event]:
+    """`events` with each run of consecutive `text_delta` (or `reasoning_delta`) events
+    merged into one (the contract allows "one or more tokens" per delta).
+
+    Backends apply it to the events decoded from one network read: those arrived together
+    while the caller was still busy with earlier ones, so merging adds no latency and saves
+    the busy caller one message per token.
+    """
+    if len(events) < 2:
+        return events
+    out: list[Event] = []
+    run: list[Event] = []
+    run_kind: str | None = None
+    for event in [*events, None]:
+        kind = event.WhichOneof("event") if event is not None else None
+        if run and kind == run_kind:
+            run.append(event)  # type: ignore[arg-type]
+            continue
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            text = "".join(getattr(e, run_kind).text for e in run)  # type: ignore[arg-type]
+            out.append(text_event(text) if run_kind == "text_delta" else reasoning_event(text))
+        run = []
+        run_kind = None
+        if event is None:
+            break
+        if kind in ("text_delta", "reasoning_delta"):
+            run, run_kind = [event], kind
+        else:
+            out.append(event)
+    return out
+
+
 RETRYABLE_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,

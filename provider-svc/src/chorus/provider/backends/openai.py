@@ -37,6 +37,7 @@ from chorus.provider.backends.base import (
     UpstreamError,
     error_from_http,
     finish_reason_of,
+    merge_deltas,
     reasoning_event,
     role_name,
     text_event,
@@ -125,6 +126,81 @@ def _error_message(err: openai.APIStatusError) -> str:
     return str(err.message)
 
 
+class _ChunkState:
+    """Decodes one stream's chunks into events (one `handle` call per SSE event)."""
+
+    __slots__ = ("done", "finish", "provider", "result", "tools")
+
+    def __init__(self, provider: str, result: StreamResult) -> None:
+        self.provider = provider
+        self.result = result
+        self.tools = ToolCalls()
+        self.done = False
+        self.finish: str | None = None
+
+    def handle(self, data: bytes, out: list[Event]) -> bool:
+        """Append the events of one chunk to `out`; True at `[DONE]`.
+
+        Raises:
+            UpstreamError: a chunk that is not JSON, or an error object in the stream.
+        """
+        if data[:6] == b"[DONE]":
+            self.done = True
+            return True
+        result = self.result
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider}: the upstream sent a chunk that is not JSON",
+                reason="UPSTREAM_BAD_STREAM",
+            ) from None
+        choices = obj.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta:
+                text = delta.get("content")
+                if text:
+                    result.output_chars += len(text)
+                    out.append(text_event(text))
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning and isinstance(reasoning, str):
+                    result.output_chars += len(reasoning)
+                    out.append(reasoning_event(reasoning))
+                refusal = delta.get("refusal")
+                if refusal:
+                    out.append(text_event(refusal))
+                calls = delta.get("tool_calls")
+                if calls:
+                    for pos, tc in enumerate(calls):
+                        fn = tc.get("function") or {}
+                        out += self.tools.fragment(
+                            tc.get("index", pos),
+                            tc.get("id") or "",
+                            fn.get("name") or "",
+                            fn.get("arguments") or "",
+                        )
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+                out += self.tools.end_all()
+        elif obj.get("error"):
+            error = obj["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.provider}: upstream error mid-stream: {message}",
+                reason="UPSTREAM_STREAM_ERROR",
+            )
+        if not result.response_id and obj.get("id"):
+            result.response_id = obj["id"]
+        usage = obj.get("usage")
+        if usage:
+            result.usage = _usage(usage)
+        return False
+
+
 class OpenAIBackend(Backend):
     """Chat Completions over one configured provider of kind `openai`, `azure-openai` or
     `openai-compatible`."""
@@ -154,6 +230,7 @@ class OpenAIBackend(Backend):
                 max_retries=0,
                 timeout=timeout,
             )
+        self._coalesce = settings.coalesce_deltas
         self._max_tokens_param = (
             "max_tokens" if provider.kind == "openai-compatible" else "max_completion_tokens"
         )
@@ -220,70 +297,24 @@ class OpenAIBackend(Backend):
         self, response: httpx2.Response, result: StreamResult
     ) -> AsyncGenerator[Event, None]:
         decoder = SSEDecoder()
-        tools = ToolCalls()
-        loads = orjson.loads
-        done = False
-        finish: str | None = None
+        state = _ChunkState(self.provider.name, result)
+        coalesce = self._coalesce
         chunks = response.aiter_bytes()
         async for chunk in chunks:
-            for _, data in decoder.feed(chunk):
-                if data[:6] == b"[DONE]":
-                    done = True
-                    break
-                try:
-                    obj = loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"{self.provider.name}: the upstream sent a chunk that is not JSON",
-                        reason="UPSTREAM_BAD_STREAM",
-                    ) from None
-                choices = obj.get("choices")
-                if choices:
-                    choice = choices[0]
-                    delta = choice.get("delta")
-                    if delta:
-                        text = delta.get("content")
-                        if text:
-                            result.output_chars += len(text)
-                            yield text_event(text)
-                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                        if reasoning and isinstance(reasoning, str):
-                            result.output_chars += len(reasoning)
-                            yield reasoning_event(reasoning)
-                        refusal = delta.get("refusal")
-                        if refusal:
-                            yield text_event(refusal)
-                        calls = delta.get("tool_calls")
-                        if calls:
-                            for pos, tc in enumerate(calls):
-                                fn = tc.get("function") or {}
-                                for event in tools.fragment(
-                                    tc.get("index", pos),
-                                    tc.get("id") or "",
-                                    fn.get("name") or "",
-                                    fn.get("arguments") or "",
-                                ):
-                                    yield event
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                        for event in tools.end_all():
-                            yield event
-                elif obj.get("error"):
-                    error = obj["error"]
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    raise UpstreamError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"{self.provider.name}: upstream error mid-stream: {message}",
-                        reason="UPSTREAM_STREAM_ERROR",
-                    )
-                if not result.response_id and obj.get("id"):
-                    result.response_id = obj["id"]
-                usage = obj.get("usage")
-                if usage:
-                    result.usage = _usage(usage)
-            if done:
+            batch: list[Event] = []
+            try:
+                for _, data in decoder.feed(chunk):
+                    if state.handle(data, batch):
+                        break
+            except UpstreamError:
+                for event in batch:  # what arrived before the error still reaches the caller
+                    yield event
+                raise
+            for event in merge_deltas(batch) if coalesce else batch:
+                yield event
+            if state.done:
                 break
+        done, finish = state.done, state.finish
         if done:
             # Read the end of the body (normally just the chunked terminator) so the
             # connection goes back to the pool; a server that keeps it open loses it.
@@ -299,7 +330,7 @@ class OpenAIBackend(Backend):
                 f"{self.provider.name}: the upstream closed the stream before it finished",
                 reason="UPSTREAM_DISCONNECTED",
             )
-        for event in tools.end_all():
+        for event in state.tools.end_all():
             yield event
         result.finish_reason = finish_reason_of(finish)
         result.raw_finish_reason = finish

@@ -1,10 +1,12 @@
-"""One backend instance per configured provider, created on first use and closed with the app."""
+"""One backend instance per configured provider, created on first use and closed with the app.
+
+The SDK-backed modules are imported on first use too: `openai` and `anthropic` take seconds
+to import, which a process serving only the simulator need not pay at start.
+"""
 
 from __future__ import annotations
 
-from chorus.provider.backends.anthropic import AnthropicBackend
 from chorus.provider.backends.base import Backend
-from chorus.provider.backends.openai import OpenAIBackend
 from chorus.provider.backends.simulator import Simulator
 from chorus.provider.models import ProviderSpec
 from chorus.provider.settings import Settings
@@ -25,8 +27,12 @@ class Backends:
             if provider.kind == "simulator":
                 backend = self.simulator
             elif provider.kind == "anthropic":
+                from chorus.provider.backends.anthropic import AnthropicBackend
+
                 backend = AnthropicBackend(provider, self._settings)
             else:
+                from chorus.provider.backends.openai import OpenAIBackend
+
                 backend = OpenAIBackend(provider, self._settings)
             self._by_name[provider.name] = backend
         return backend
