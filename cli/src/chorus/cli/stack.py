@@ -178,7 +178,10 @@ async def run_stack(
     services = stack_services(base)
     full_env = stack_environment(base, services)
     if full_env.get("CHORUS_DEV_MODE", "").lower() == "true":
-        print("chorus      | dev mode: services on 127.0.0.1 accept calls without the internal token (user 'dev')", flush=True)
+        print(
+            "chorus      | dev mode: services on 127.0.0.1 accept calls without the internal token (user 'dev')",
+            flush=True,
+        )
     for line in describe_configuration(full_env):
         print(f"chorus      | {line}", flush=True)
     stop = asyncio.Event()
