@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # gateway_helpers (pytest uses importlib mode)
 
-from gateway_helpers import API_KEYS, TOKEN, api_key_hashes_json
+from gateway_helpers import API_KEYS, api_key_hashes_json, base_env
 
 from chorus.core.testing import ServiceProcess
 
@@ -44,21 +44,6 @@ class Backend:
             "CHORUS_HISTORY_ADDRESS": self.history,
             "CHORUS_ORCHESTRATOR_ADDRESS": self.orchestrator,
         }
-
-
-def base_env(data_dir: Path) -> dict[str, str]:
-    """Settings every test process shares: token, embedded storage, a fast simulator."""
-    return {
-        "CHORUS_INTERNAL_TOKEN": TOKEN,
-        "CHORUS_DEV_MODE": "false",
-        "CHORUS_DATA_DIR": str(data_dir),
-        "CHORUS_DATABASE_URL": "",
-        "CHORUS_REDIS_URL": "",
-        "CHORUS_GRACE_PERIOD_S": "2",
-        "CHORUS_LOG_LEVEL": "INFO",
-        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0.01",
-        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "2000",
-    }
 
 
 @pytest.fixture(scope="session")

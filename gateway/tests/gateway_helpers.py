@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,21 @@ import httpx
 TOKEN = "gateway-test-internal-token"
 API_KEYS = {"alice": "chorus_alice_test_key_0123456789", "bob": "chorus_bob_test_key_9876543210"}
 TERMINAL = ("run_completed", "run_failed", "run_cancelled")
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    """Settings every test process shares: token, embedded storage, a fast simulator."""
+    return {
+        "CHORUS_INTERNAL_TOKEN": TOKEN,
+        "CHORUS_DEV_MODE": "false",
+        "CHORUS_DATA_DIR": str(data_dir),
+        "CHORUS_DATABASE_URL": "",
+        "CHORUS_REDIS_URL": "",
+        "CHORUS_GRACE_PERIOD_S": "2",
+        "CHORUS_LOG_LEVEL": "INFO",
+        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0.01",
+        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "2000",
+    }
 
 
 def api_key_hashes_json() -> str:

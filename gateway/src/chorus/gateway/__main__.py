@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import socket
 import sys
+from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 import uvloop
 
 from chorus.core.logging import configure_logging, get_logger
 from chorus.core.settings import ConfigurationError
+from chorus.gateway import sse
 from chorus.gateway.auth import hash_password, new_api_key
 from chorus.gateway.main import build_app
 from chorus.gateway.settings import GatewaySettings
@@ -68,13 +72,42 @@ def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
     )
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, with a shutdown that suits long-lived streams.
+
+    On SIGTERM/SIGINT it stops accepting, ends every SSE stream at once (clients resume
+    with `Last-Event-ID`, on another replica) — WebSockets are closed with 1012 by uvicorn
+    — waits up to the grace period for the rest, and exits with status 0 (uvicorn would
+    re-raise the signal after a graceful stop).
+    """
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._end_streams)
+
+    @staticmethod
+    def _end_streams() -> None:
+        ended = sse.close_all()
+        log.info("shutting_down", sse_streams_ended=ended)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()  # a graceful stop is a normal exit
+
+
 async def serve(settings: GatewaySettings) -> None:
-    """Serve until SIGTERM/SIGINT (uvicorn's signal handling: drain, then exit)."""
+    """Serve until SIGTERM/SIGINT (see `GatewayServer`)."""
     config = uvicorn_config(settings)
     sock = bind_socket(settings.gateway_host, settings.gateway_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    server = uvicorn.Server(config)
+    server = GatewayServer(config)
+    server.loop = asyncio.get_running_loop()
 
     async def announce() -> None:
         while not server.started:

@@ -33,6 +33,7 @@ How the stream is served (the gateway's hot path):
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -93,6 +94,19 @@ def encode_error(exc: BaseException) -> bytes:
     return b"event: error\ndata: " + orjson.dumps(errors.error_body(status, http_status)) + b"\n\n"
 
 
+_LIVE: weakref.WeakSet[_Pump] = weakref.WeakSet()
+
+
+def close_all() -> int:
+    """End every stream being served (on shutdown): each ends cleanly after what was already
+    read, and its client reconnects with `Last-Event-ID` — to another replica. Returns how
+    many were open."""
+    pumps = list(_LIVE)
+    for pump in pumps:
+        pump.close()
+    return len(pumps)
+
+
 class _Pump:
     """Reads a gRPC event stream into a buffer of encoded frames (one reader task)."""
 
@@ -110,6 +124,7 @@ class _Pump:
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self.task = asyncio.create_task(self._read())
+        _LIVE.add(self)
 
     async def _read(self) -> None:
         try:
