@@ -11,7 +11,9 @@ chunked bodies and counts SSE frames, so the client costs little CPU):
    their own run of `--events` events (`GET /api/v1/runs/{id}/events`). Reported: events/s
    in total, the gateway's CPU per event (from /proc), events per body write (from its
    /metrics), and the same firehose read directly over gRPC by the same number of streams
-   (the ceiling the gateway translates from).
+   (the ceiling the gateway translates from). Then the SSE response machinery alone
+   (encoding included, no socket, no gRPC): ours against sse-starlette's
+   `EventSourceResponse` fed the same events — why the gateway has its own response.
 2. **TTFT** — the real stack (provider simulator `sim-fast`, history on the embedded
    default, orchestrator, gateway), each its own process. A one-agent run of 20
    tokens is started `--ttft-runs` times, alternately with gRPC `StreamRun` at the
@@ -166,6 +168,84 @@ async def grpc_ceiling(address: str, clients: int, events: int) -> dict[str, Any
         counts = await asyncio.gather(*(one(i) for i in range(clients)))
         elapsed = time.perf_counter() - began
     return {"clients": clients, "events": sum(counts), "events_per_s": round(sum(counts) / elapsed)}
+
+
+# --- 1b. the SSE response machinery alone: ours vs sse-starlette --------------------
+
+
+class _ListCall:
+    """A finished "gRPC call" over prepared responses (no network, no gRPC)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    async def __aiter__(self) -> Any:
+        for item in self.items:
+            yield item
+
+    def cancel(self) -> bool:
+        return True
+
+
+async def _drive(response: Any) -> tuple[int, int]:
+    """Run an ASGI response with a send that only counts; (writes, bytes)."""
+    writes = 0
+    size = 0
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal writes, size
+        if message["type"] == "http.response.body":
+            writes += 1
+            size += len(message.get("body", b""))
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "GET", "path": "/"}
+    await response(scope, receive, send)
+    return writes, size
+
+
+async def response_machinery(events: int) -> dict[str, Any]:
+    """Events/s through each SSE response class, encoding included, without any socket."""
+    from sse_starlette.sse import EventSourceResponse
+
+    from chorus.gateway import protojson, sse
+
+    items = []
+    for seq in range(1, events + 1):
+        event = run_pb2.RunEvent(run_id="r", seq=seq, agent="writer")
+        event.time.GetCurrentTime()
+        event.text_delta.text = f" tok{seq}"
+        items.append(run_service_pb2.WatchRunResponse(event=event))
+    out: dict[str, Any] = {"events": events}
+
+    began = time.perf_counter()
+    ours = await sse.open_event_stream(
+        _ListCall(items), first_event_wait_s=1, keepalive_s=15, max_buffered=4096
+    )
+    writes, _ = await _drive(ours)
+    elapsed = time.perf_counter() - began
+    out["chorus_events_per_s"] = round(events / elapsed)
+    out["chorus_writes"] = writes
+
+    async def frames() -> Any:
+        for item in items:
+            ev = item.event
+            yield {
+                "event": ev.WhichOneof("payload"),
+                "id": str(ev.seq),
+                "data": protojson.event_json(ev).decode(),
+            }
+
+    began = time.perf_counter()
+    writes, _ = await _drive(EventSourceResponse(frames(), ping=15))
+    elapsed = time.perf_counter() - began
+    out["sse_starlette_events_per_s"] = round(events / elapsed)
+    out["sse_starlette_writes"] = writes
+    return out
 
 
 # --- 2. TTFT -------------------------------------------------------------------------
@@ -331,6 +411,16 @@ def main() -> None:
             )
         gateway.stop()
         firehose.stop()
+
+        machinery = asyncio.run(response_machinery(20_000 if args.quick else 200_000))
+        out["response_machinery"] = machinery
+        print(
+            f"SSE response alone ({machinery['events']} events, no socket): ours "
+            f"{machinery['chorus_events_per_s']} events/s in {machinery['chorus_writes']} writes; "
+            f"sse-starlette {machinery['sse_starlette_events_per_s']} events/s in "
+            f"{machinery['sse_starlette_writes']} writes",
+            flush=True,
+        )
 
         out["ttft"] = []
         data = stack.enter_context(tempfile.TemporaryDirectory())
