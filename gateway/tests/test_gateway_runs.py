@@ -368,6 +368,17 @@ async def test_export_is_a_json_download_of_run_messages_and_events(client):
     assert roles[0] == "ROLE_USER" and roles.count("ROLE_ASSISTANT") >= 2
 
 
+async def test_export_after_the_conversation_was_deleted(client):
+    run_id, frames = await _completed_run(client, topic="Orphan")
+    run = (await client.get(f"/api/v1/runs/{run_id}")).json()
+    assert (
+        await client.delete(f"/api/v1/conversations/{run['conversationId']}")
+    ).status_code == 204
+    reply = await client.get(f"/api/v1/runs/{run_id}/export")  # run records outlive it
+    assert reply.status_code == 200
+    assert reply.json()["messages"] == [] and len(reply.json()["events"]) == len(frames)
+
+
 async def test_export_while_running_is_partial(client):
     run_id = (await client.post("/api/v1/runs", json=slow_duet("Partial"))).json()["id"]
     await read_events(client, "GET", f"/api/v1/runs/{run_id}/events", stop_after=3)

@@ -200,6 +200,8 @@ class Connection:
             await self.send_error(exc)
         except (grpc.aio.AioRpcError, ChorusError) as exc:
             await self.send_error(exc)
+        except Exception as exc:  # a bug: INTERNAL (logged by status_of); the socket is fine
+            await self.send_error(exc)
 
     async def on_ping(self, payload: dict[str, Any]) -> None:
         await self.send({"type": "pong", "payload": payload} if payload else {"type": "pong"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
+import grpc
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from google.protobuf import field_mask_pb2
@@ -316,12 +317,20 @@ async def export_run(
     messages: list[dict[str, Any]] = []
     token = ""
     while run.conversation_id:
-        mpage = await history.ListMessages(
-            history_service_pb2.ListMessagesRequest(
-                conversation_id=run.conversation_id, run_id=run_id, page_size=1000, page_token=token
-            ),
-            timeout=timeout,
-        )
+        try:
+            mpage = await history.ListMessages(
+                history_service_pb2.ListMessagesRequest(
+                    conversation_id=run.conversation_id,
+                    run_id=run_id,
+                    page_size=1000,
+                    page_token=token,
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            break  # the conversation was deleted; the run and its events remain
         messages.extend(protojson.to_dict(m) for m in mpage.messages)
         token = mpage.next_page_token
         if not token:
