@@ -119,7 +119,6 @@ class _Pump:
         self.error: BaseException | None = None
         self.finished = False
         self.closed = False
-        self.last_seq = 0
         self._max = max_buffered
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
@@ -129,9 +128,7 @@ class _Pump:
     async def _read(self) -> None:
         try:
             async for item in self.call:
-                event = item.event
-                self.last_seq = event.seq
-                self.frames.append(encode_event(event))
+                self.frames.append(encode_event(item.event))
                 self._ready.set()
                 if len(self.frames) >= self._max:
                     self._space.clear()
