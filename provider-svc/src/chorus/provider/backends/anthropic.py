@@ -34,11 +34,13 @@ from chorus.provider.backends.base import (
     Event,
     StreamResult,
     UpstreamError,
+    bad_shape,
     error_from_http,
     finish_reason_of,
     merge_deltas,
     reasoning_event,
     text_event,
+    unreachable,
 )
 from chorus.provider.models import ProviderSpec, Usage
 from chorus.provider.schemas import tool_schema
@@ -217,16 +219,20 @@ class AnthropicBackend(Backend):
     def __init__(self, provider: ProviderSpec, settings: Settings) -> None:
         self.provider = provider
         self._coalesce = settings.coalesce_deltas
+        timeout = httpx2.Timeout(
+            connect=settings.connect_timeout_s,
+            read=max(settings.first_event_timeout_s, settings.idle_timeout_s) + 5.0,
+            write=30.0,
+            pool=settings.connect_timeout_s,
+        )
         self._client = anthropic.AsyncAnthropic(
             api_key=provider.api_key,
             base_url=provider.base_url or None,
             max_retries=0,
-            timeout=httpx2.Timeout(
-                connect=settings.connect_timeout_s,
-                read=max(settings.first_event_timeout_s, settings.idle_timeout_s) + 5.0,
-                write=30.0,
-                pool=settings.connect_timeout_s,
-            ),
+            timeout=timeout,
+            http_client=anthropic.DefaultAioHttpClient(timeout=timeout)
+            if settings.http_transport == "aiohttp"
+            else anthropic.DefaultAsyncHttpxClient(timeout=timeout),
         )
 
     async def aclose(self) -> None:
@@ -266,18 +272,8 @@ class AnthropicBackend(Backend):
             raise error_from_http(
                 err.status_code, _error_message(err), err.response.headers
             ) from None
-        except anthropic.APITimeoutError:
-            raise UpstreamError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{self.provider.name}: timed out connecting to the upstream",
-                reason="UPSTREAM_CONNECT_TIMEOUT",
-            ) from None
-        except anthropic.APIConnectionError as err:
-            raise UpstreamError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{self.provider.name}: cannot reach the upstream ({err.__cause__ or err})",
-                reason="UPSTREAM_UNREACHABLE",
-            ) from None
+        except anthropic.APIConnectionError as err:  # refused, reset, DNS, connect timeout
+            raise unreachable(self.provider.name, err) from None
         response = sdk_stream.response
         try:
             async for event in self._decode(response, result):
@@ -305,10 +301,12 @@ class AnthropicBackend(Backend):
                     # The SDK drops frames without an `event:` line; so do we (and pings).
                     if name and name != "ping" and data:
                         state.handle(name, data, batch)
-            except UpstreamError:
+            except (UpstreamError, LookupError, TypeError, ValueError, AttributeError) as exc:
                 for event in batch:  # what arrived before the error still reaches the caller
                     yield event
-                raise
+                if isinstance(exc, UpstreamError):
+                    raise
+                raise bad_shape(self.provider.name, exc) from exc
             for event in merge_deltas(batch) if coalesce else batch:
                 yield event
         stopped, stop_reason, usage, tools = (

@@ -120,6 +120,33 @@ class UpstreamError(Exception):
         self.reason = reason or f"UPSTREAM_{code.name}"
 
 
+def unreachable(provider: str, err: BaseException) -> UpstreamError:
+    """The error for a request that never got an HTTP response (retryable UNAVAILABLE).
+
+    The message names the innermost cause (`ConnectionRefusedError`, a DNS failure, a
+    connect timeout), which the SDKs' transports wrap differently.
+    """
+    cause: BaseException = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    return UpstreamError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{provider}: cannot reach the upstream ({detail})",
+        reason="UPSTREAM_UNREACHABLE",
+    )
+
+
+def bad_shape(provider: str, exc: Exception) -> UpstreamError:
+    """The error for an upstream event whose JSON lacks what its type promises (not retried)."""
+    return UpstreamError(
+        grpc.StatusCode.INTERNAL,
+        f"{provider}: the upstream sent an event of unexpected shape ({type(exc).__name__}: {exc})",
+        retryable=False,
+        reason="UPSTREAM_BAD_STREAM",
+    )
+
+
 _STATUS_CODES: dict[int, tuple[grpc.StatusCode, str]] = {
     400: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_BAD_REQUEST"),
     401: (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_UNAUTHENTICATED"),

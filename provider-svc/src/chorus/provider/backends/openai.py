@@ -35,12 +35,14 @@ from chorus.provider.backends.base import (
     Event,
     StreamResult,
     UpstreamError,
+    bad_shape,
     error_from_http,
     finish_reason_of,
     merge_deltas,
     reasoning_event,
     role_name,
     text_event,
+    unreachable,
 )
 from chorus.provider.models import ProviderSpec, Usage
 from chorus.provider.schemas import tool_schema
@@ -213,6 +215,11 @@ class OpenAIBackend(Backend):
             write=30.0,
             pool=settings.connect_timeout_s,
         )
+        http_client = (
+            openai.DefaultAioHttpClient(timeout=timeout)
+            if settings.http_transport == "aiohttp"
+            else openai.DefaultAsyncHttpxClient(timeout=timeout)
+        )
         self._client: openai.AsyncOpenAI
         if provider.kind == "azure-openai":
             self._client = openai.AsyncAzureOpenAI(
@@ -221,6 +228,7 @@ class OpenAIBackend(Backend):
                 api_version=provider.api_version,
                 max_retries=0,
                 timeout=timeout,
+                http_client=http_client,
             )
         else:
             self._client = openai.AsyncOpenAI(
@@ -229,6 +237,7 @@ class OpenAIBackend(Backend):
                 base_url=provider.base_url or None,
                 max_retries=0,
                 timeout=timeout,
+                http_client=http_client,
             )
         self._coalesce = settings.coalesce_deltas
         self._max_tokens_param = (
@@ -267,18 +276,8 @@ class OpenAIBackend(Backend):
             raise error_from_http(
                 err.status_code, _error_message(err), err.response.headers
             ) from None
-        except openai.APITimeoutError:
-            raise UpstreamError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{self.provider.name}: timed out connecting to the upstream",
-                reason="UPSTREAM_CONNECT_TIMEOUT",
-            ) from None
-        except openai.APIConnectionError as err:
-            raise UpstreamError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{self.provider.name}: cannot reach the upstream ({err.__cause__ or err})",
-                reason="UPSTREAM_UNREACHABLE",
-            ) from None
+        except openai.APIConnectionError as err:  # refused, reset, DNS, connect timeout
+            raise unreachable(self.provider.name, err) from None
         response = sdk_stream.response
         try:
             async for event in self._decode(response, result):
@@ -306,10 +305,12 @@ class OpenAIBackend(Backend):
                 for _, data in decoder.feed(chunk):
                     if state.handle(data, batch):
                         break
-            except UpstreamError:
+            except (UpstreamError, LookupError, TypeError, ValueError, AttributeError) as exc:
                 for event in batch:  # what arrived before the error still reaches the caller
                     yield event
-                raise
+                if isinstance(exc, UpstreamError):
+                    raise
+                raise bad_shape(self.provider.name, exc) from exc
             for event in merge_deltas(batch) if coalesce else batch:
                 yield event
             if state.done:
