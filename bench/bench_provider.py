@@ -6,7 +6,9 @@ One run on this machine starts:
 
 * `../shared/anchors/fake_openai.py` (an OpenAI-compatible upstream streaming as fast as it
   can) under uvicorn;
-* provider-svc (`python -m chorus.provider`), its `openai` provider pointed at that upstream;
+* provider-svc (`python -m chorus.provider`), its `openai` provider pointed at that upstream,
+  twice: as configured by default, and with `CHORUS_COALESCE_DELTAS=false` (one gRPC message
+  per upstream chunk, like a plain proxy);
 * LiteLLM's proxy (1 worker) in front of the same upstream, from `.venv-litellm` (see
   `../shared/anchors/README.md`; skipped with a note when that venv is missing).
 
@@ -250,8 +252,11 @@ def main(argv: list[str]) -> None:
         "repeats": args.repeats,
     }
     service = ServiceProcess("chorus.provider", env=env)
+    # the same service sending one gRPC message per upstream chunk, for comparison
+    per_chunk = ServiceProcess("chorus.provider", env={**env, "CHORUS_COALESCE_DELTAS": "false"})
     try:
         address = service.wait_ready()
+        per_chunk_address = per_chunk.wait_ready()
         _wait_port(fake_port, 30)
         litellm_url = None
         if not args.no_litellm and (LITELLM_VENV / "bin" / "litellm").exists():
@@ -286,6 +291,7 @@ def main(argv: list[str]) -> None:
         # warm-up: connections, caches, the JIT-less but lazy imports of every path
         _http_client(direct_url, 2, 10, 1, None)
         _grpc(address, 2, 10, 1, "openai/sim")
+        _grpc(per_chunk_address, 2, 10, 1, "openai/sim")
         if litellm_url:
             _http_client(litellm_url, 2, 10, 1, LITELLM_KEY)
 
@@ -306,6 +312,11 @@ def main(argv: list[str]) -> None:
             "provider_svc": _measure(
                 "provider-svc", lambda: _grpc(address, 20, 500, 1, "openai/sim"), r
             ),
+            "provider_svc_one_event_per_chunk": _measure(
+                "provider-svc, coalesce_deltas=false",
+                lambda: _grpc(per_chunk_address, 20, 500, 1, "openai/sim"),
+                r,
+            ),
         }
         if litellm_url:
             throughput["litellm"] = _measure(
@@ -322,6 +333,10 @@ def main(argv: list[str]) -> None:
         results["summary"] = {
             "provider_svc_added_ttft_p50_ms": round(p["ttft_p50_ms"] - d["ttft_p50_ms"], 2),
             "provider_svc_tokens_per_s": throughput["provider_svc"]["median"]["tokens_per_s"],
+            "provider_svc_events_per_s": throughput["provider_svc"]["median"]["events_per_s"],
+            "provider_svc_one_event_per_chunk_tokens_per_s": throughput[
+                "provider_svc_one_event_per_chunk"
+            ]["median"]["tokens_per_s"],
             "direct_tokens_per_s": throughput["direct"]["median"]["tokens_per_s"],
             "simulator_events_per_s": simulator["median"]["events_per_s"],
         }
@@ -340,6 +355,7 @@ def main(argv: list[str]) -> None:
             )
     finally:
         service.stop()
+        per_chunk.stop()
         for proc in reversed(procs):
             _stop(proc)
     RESULTS.mkdir(parents=True, exist_ok=True)
