@@ -103,9 +103,7 @@ async def build_app(settings: Settings) -> OrchestratorApp:
         code_execution=settings.code_execution_enabled,
         code_timeout_s=settings.code_execution_timeout_s,
     )
-    provider = provider_service_pb2_grpc.ProviderServiceStub(
-        channels.get(settings.provider_address)
-    )
+    provider = provider_service_pb2_grpc.ProviderServiceStub(provider_channel)
     history = HistoryClient(
         channels.get(settings.history_address), retry_s=settings.history_retry_s
     )

@@ -432,7 +432,9 @@ class LiveRun:
     async def _start(self) -> Team | None:
         started = now()
         self.status = run_pb2.RUN_STATUS_RUNNING
-        await self._update_record(
+        team_spec = self.spec.team
+        # The record's RUNNING and the conversation's input are independent writes.
+        record = self._update_record(
             run_pb2.Run(
                 status=run_pb2.RUN_STATUS_RUNNING,
                 start_time=started,
@@ -441,7 +443,30 @@ class LiveRun:
             ),
             ["status", "start_time", "owner_instance", "heartbeat_time"],
         )
-        team_spec = self.spec.team
+        _, context = await asyncio.gather(record, self._conversation_start(team_spec))
+        if self._stop.is_set():
+            return None
+        team = build_team(
+            team_spec,
+            self.spec.max_turns,
+            TeamParts(
+                hooks=self,
+                states=self.states,
+                agent_client=self._agent_client,
+                orchestrator_client=self._orchestrator_client,
+                tools=self._agent_tools,
+                tool_timeout_s=self._settings.tool_timeout_s,
+                max_tool_iterations=self._settings.max_tool_iterations,
+                context=context,
+            ),
+        )
+        # Not awaited: the first agent_started waits for it to be stored (lifecycle order).
+        await self.log.emit(_Event(run_started=_Event.RunStarted(run=self.snapshot())))
+        return team
+
+    async def _conversation_start(self, team_spec: team_pb2.TeamSpec) -> list[LLMMessage]:
+        """Append the input to the conversation; for SINGLE teams first read the earlier
+        messages, which are the agent's context."""
         context: list[LLMMessage] = []
         conversation_id = self.record.conversation_id
         if team_spec.kind == team_pb2.TEAM_KIND_SINGLE and self._settings.context_messages:
@@ -463,26 +488,7 @@ class LiveRun:
                 )
             ],
         )
-        if self._stop.is_set():
-            return None
-        team = build_team(
-            team_spec,
-            self.spec.max_turns,
-            TeamParts(
-                hooks=self,
-                states=self.states,
-                agent_client=self._agent_client,
-                orchestrator_client=self._orchestrator_client,
-                tools=self._agent_tools,
-                tool_timeout_s=self._settings.tool_timeout_s,
-                max_tool_iterations=self._settings.max_tool_iterations,
-                context=context,
-            ),
-        )
-        await self.log.emit(
-            _Event(run_started=_Event.RunStarted(run=self.snapshot())), durable=True
-        )
-        return team
+        return context
 
     async def _consume(self, team: Team) -> TaskResult:
         task = TextMessage(content=self.spec.input, source="user")

@@ -74,7 +74,7 @@ class Settings(CoreSettings):
 
     # --- events and watchers ------------------------------------------------------------
     delta_flush_interval_s: float = Field(
-        0.08,
+        0.1,
         gt=0,
         le=0.1,
         description="Token deltas are written to history-svc in batches at most this old, seconds.",
