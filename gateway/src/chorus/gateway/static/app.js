@@ -362,6 +362,7 @@ async function watch(runId, { restored = false } = {}) {
   save();
   let failures = 0;
   while (!controller.signal.aborted && !TERMINAL.has(`run_${model.status}`)) {
+    const seqBefore = model.lastSeq;
     try {
       const end = await readEvents(`/runs/${encodeURIComponent(runId)}/events`, {
         afterSeq: model.lastSeq,
@@ -378,6 +379,11 @@ async function watch(runId, { restored = false } = {}) {
         },
       });
       if (end === "ended") break;
+      if (model.lastSeq === seqBefore) {
+        // The stream closed without news (a gateway restarting): back off, then resume.
+        failures += 1;
+        await new Promise((r) => setTimeout(r, Math.min(250 * 2 ** failures, 8000)));
+      }
     } catch (err) {
       if (controller.signal.aborted) return;
       if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 429) {
