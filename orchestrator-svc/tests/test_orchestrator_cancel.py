@@ -118,9 +118,13 @@ async def test_cancel_of_an_unknown_or_foreign_run_is_not_found_and_a_long_reaso
 async def test_a_stream_run_client_that_goes_away_leaves_the_run_to_on_disconnect(
     stack: Stack, alice: RunClient, on_disconnect: int, status: int
 ) -> None:
-    short = duet(turns=2, simulator=sim(tokens_per_second=200.0, output_tokens=40))
+    # Runs that continue should end soon; one that must be cancelled must outlive the cancel.
+    cancels = status == run_pb2.RUN_STATUS_CANCELLED
+    team_spec = (
+        SLOW if cancels else duet(turns=2, simulator=sim(tokens_per_second=200.0, output_tokens=40))
+    )
     call = alice.stub.StreamRun(
-        rs.StreamRunRequest(spec=spec(team_spec=short, on_disconnect=on_disconnect)),
+        rs.StreamRunRequest(spec=spec(team_spec=team_spec, on_disconnect=on_disconnect)),
         metadata=alice.md,
     )
     head = await read_until(call, is_delta)
@@ -129,7 +133,7 @@ async def test_a_stream_run_client_that_goes_away_leaves_the_run_to_on_disconnec
     run = await alice.wait_status(run_id, status)
     events = await alice.watch(run_id)
     assert_well_formed(events)
-    if status == run_pb2.RUN_STATUS_CANCELLED:
+    if cancels:
         assert run.cancellation.reason == "client disconnected"
         assert run.cancellation.requested_by == alice.user
     else:

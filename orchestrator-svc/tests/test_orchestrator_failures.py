@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from orchestrator_helpers import (
 )
 
 from chorus.core.errors import rpc_code
+from chorus.core.testing import wait_for
 from chorus.v1 import chat_pb2, run_pb2, team_pb2
 
 Fault = chat_pb2.SimulatorFault
@@ -225,3 +227,29 @@ async def test_runs_of_an_orchestrator_stopped_with_sigterm_end_failed_and_retry
     assert run.status == run_pb2.RUN_STATUS_FAILED
     events = await alice.watch(run_id)
     _assert_failed_as_stopped(events, head)
+
+
+@pytest.mark.parametrize("orchestrator_values", [{"sweep_interval_s": 60.0}], indirect=True)
+async def test_cancel_of_a_run_whose_orchestrator_died_ends_it_at_once_as_cancelled(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, head = await _start_on(RunClient(channel, alice.user))
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+
+    # This replica sweeps only at its start: wait until the heartbeat is stale (1 s).
+    async def stale() -> bool:
+        beat = (await alice.get(run_id)).heartbeat_time
+        return time.time() - (beat.seconds + beat.nanos / 1e9) > 1.2
+
+    await wait_for(stale, timeout=10, interval=0.1)
+    response = await alice.cancel(run_id, reason="owner gone")
+    assert response.cancelled and "stopped" in response.message
+    assert response.run.status == run_pb2.RUN_STATUS_CANCELLED
+    events = await alice.watch(run_id)
+    assert_well_formed(events)
+    assert events[-1].run_cancelled.cancellation.reason == "owner gone"
+    stored = events[:-1]
+    n = min(len(head), len(stored))
+    assert stored[:n] == head[:n]

@@ -21,8 +21,8 @@ from orchestrator_helpers import (
 
 from chorus.v1 import chat_pb2, team_pb2
 
-# ~0.3 s per reply: time to change an agent while another speaks.
-PACED = duet(turns=3, simulator=sim(tokens_per_second=100.0, output_tokens=30))
+# ~0.5 s per reply: time to change an agent while another speaks.
+PACED = duet(turns=3, simulator=sim(tokens_per_second=60.0, output_tokens=30))
 
 
 def requests_of(stack: Stack, run_id: str, agent: str) -> list:
