@@ -203,3 +203,38 @@ async def test_model_output_is_never_interpreted_as_html(page, slow_gateway):
     )
     assert await page.evaluate("window.__pwned === undefined")
     assert await page.locator("#transcript img, #transcript b").count() == 0
+
+
+async def test_side_panel_changes_an_agent_mid_run(page):
+    await _start(page, "duet", "Steer the debate", 6, {})
+    await page.wait_for_selector('#agents form[data-agent="Blaise"] button:not([disabled])')
+    form = page.locator('#agents form[data-agent="Blaise"]')
+    await form.locator(".agent-temperature").fill("0.1")
+    await form.locator(".agent-prompt").fill("Answer in one short sentence.")
+    await form.locator("button").click()
+    await page.wait_for_function(
+        "document.querySelector('#agents form[data-agent=\"Blaise\"] .agent-result')"
+        "?.textContent === 'applied from the next turn'"
+    )
+    note = page.locator("#transcript .note")
+    await note.first.wait_for()
+    text = await note.first.text_content() or ""
+    assert "Blaise updated" in text and "temperature" in text and "system_prompt" in text
+    await page.click("#cancel")
+    await page.wait_for_function("document.getElementById('status').textContent === 'cancelled'")
+
+
+async def test_tool_calls_are_shown_collapsed_with_arguments_and_results(page):
+    await _start(page, "assistant", "What is 17.5% of 2,340?", 0, {})
+    await page.wait_for_function(
+        "document.getElementById('status').textContent === 'completed'", timeout=60_000
+    )
+    tool = page.locator("#transcript details.tool").first
+    await tool.wait_for(state="attached")
+    assert await tool.get_attribute("open") is None, "collapsed until clicked"
+    summary = await tool.locator("summary").text_content() or ""
+    assert summary.startswith("tool: ") and summary.endswith("ok")
+    await tool.locator("summary").click()
+    args = await tool.locator(".tool-args").text_content() or ""
+    result = await tool.locator(".tool-result").text_content() or ""
+    assert args.strip().startswith("{") and result.strip()

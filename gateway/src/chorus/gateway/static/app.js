@@ -210,7 +210,7 @@ function apply(type, ev) {
       }
       const note = { kind: "note", text: `${(upd.agent || {}).name} updated (${(upd.fields || []).join(", ")}) by ${upd.updatedBy || "?"}` };
       model.turns.push(note);
-      renderAgents();
+      if (a) refreshAgentForm(a);
       return note;
     }
     case "progress":
@@ -337,6 +337,18 @@ function renderAgents() {
     form.addEventListener("submit", (e) => { e.preventDefault(); updateAgent(agent, temp, prompt, form); });
     box.appendChild(form);
   }
+}
+
+// Shows an agent's current values in its form, leaving a field the user is editing alone.
+function refreshAgentForm(agent) {
+  const form = document.querySelector(`#agents form[data-agent="${CSS.escape(agent.name)}"]`);
+  if (!form) return;
+  const temp = form.querySelector(".agent-temperature");
+  const prompt = form.querySelector(".agent-prompt");
+  if (document.activeElement !== temp) {
+    temp.value = agent.temperature === undefined || agent.temperature === null ? "" : agent.temperature;
+  }
+  if (document.activeElement !== prompt) prompt.value = agent.systemPrompt;
 }
 
 function renderAll() {
