@@ -30,7 +30,7 @@ from autogen_core.models import (
     CreateResult,
     FunctionExecutionResultMessage,
     LLMMessage,
-    ModelCapabilities,  # type: ignore[attr-defined]
+    ModelCapabilities,
     ModelFamily,
     ModelInfo,
     RequestUsage,
@@ -431,9 +431,9 @@ class ProviderChatClient(ChatCompletionClient):
         return max(0, _DEFAULT_CONTEXT_WINDOW - self.count_tokens(messages, tools=tools))
 
     @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
+    def capabilities(self) -> ModelCapabilities:
         """Deprecated autogen API: the same as `model_info`."""
-        return {"vision": False, "function_calling": True, "json_output": False}  # type: ignore[typeddict-item]
+        return {"vision": False, "function_calling": True, "json_output": False}
 
     @property
     def model_info(self) -> ModelInfo:

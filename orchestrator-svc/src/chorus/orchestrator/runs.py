@@ -145,7 +145,7 @@ class LiveRun:
             flush_interval_s=deps.settings.delta_flush_interval_s,
             buffer_events=deps.settings.watcher_buffer_events,
         )
-        self.status: run_pb2.RunStatus.ValueType = record.status
+        self.status: run_pb2.RunStatus = record.status
         self.turns = 0
         self.usage = chat_pb2.Usage()
         self.cancellation: run_pb2.Cancellation | None = None

@@ -229,7 +229,7 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tea
     """
     kind = team.kind
     context = parts.context if kind == team_pb2.TEAM_KIND_SINGLE else []
-    agents = [_agent(spec, parts, context) for spec in team.agents]
+    agents: list[Any] = [_agent(spec, parts, context) for spec in team.agents]
     names = [a.name for a in agents]
     termination = (
         TextMentionTermination(team.termination_text, sources=names)
@@ -240,13 +240,13 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tea
         return RoundRobinGroupChat(
             agents,
             termination_condition=termination,
-            max_turns=max_turns,  # type: ignore[arg-type]
+            max_turns=max_turns,
         )
     if kind == team_pb2.TEAM_KIND_SINGLE:
-        return RoundRobinGroupChat(agents, max_turns=1)  # type: ignore[arg-type]
+        return RoundRobinGroupChat(agents, max_turns=1)
     if kind == team_pb2.TEAM_KIND_SELECTOR:
         return SelectorGroupChat(
-            agents,  # type: ignore[arg-type]
+            agents,
             model_client=parts.orchestrator_client(),
             termination_condition=termination,
             max_turns=max_turns,
@@ -254,7 +254,7 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tea
         )
     if kind == team_pb2.TEAM_KIND_MAGENTIC_ONE:
         return MagenticOneGroupChat(
-            agents,  # type: ignore[arg-type]
+            agents,
             model_client=parts.orchestrator_client(),
             termination_condition=termination,
             max_turns=max_turns,
@@ -266,7 +266,7 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tea
         for source, target in itertools.pairwise(agents):
             builder.add_edge(source, target)
         return GraphFlow(
-            agents,  # type: ignore[arg-type]
+            agents,
             graph=builder.build(),
             termination_condition=termination,
             max_turns=min(max_turns, len(agents)),

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from google.protobuf import json_format
 
 from chorus.core.settings import ConfigurationError
@@ -28,7 +28,9 @@ def _parse(source: str, data: Any) -> team_pb2.TeamTemplate:
     unknown = set(data) - {*_FIELDS, "team"}
     if unknown:
         raise ConfigurationError(f"team template {source}: unknown keys {sorted(unknown)}")
-    template = team_pb2.TeamTemplate(**{k: str(data.get(k, "")) for k in _FIELDS})
+    template = team_pb2.TeamTemplate()
+    for key in _FIELDS:
+        setattr(template, key, str(data.get(key, "")))
     if not template.name:
         raise ConfigurationError(f"team template {source}: `name` is required")
     try:

@@ -19,7 +19,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from autogen_core import CancellationToken
 from autogen_core.tools import (
@@ -139,7 +139,7 @@ def _entry_from_object(name: str, obj: Any, origin: str) -> ToolEntry:
             raise ValueError(f"tool object is named {tool.name!r}, entry point {name!r}")
         return ToolEntry(name, tool.description, lambda _ctx: tool, origin)
     if inspect.isclass(obj) and issubclass(obj, BaseTool):
-        instance = obj()
+        instance = cast(Any, obj)()  # a subclass with a no-argument constructor
         return _entry_from_object(name, instance, origin)
     if callable(obj):
         tool = _function_tool(obj, name)
