@@ -147,6 +147,11 @@ class RunManager:
             ResourceExhausted: this replica runs `max_active_runs` runs already.
             Unavailable: shutting down, or provider-svc / history-svc unreachable.
         """
+        # A caller that goes away mid-way must not leave a recorded run that never starts:
+        # once begun, creation completes (a retry with the same request_id finds the run).
+        return await asyncio.shield(self._create(user, spec))
+
+    async def _create(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
         if not self._accepting:
             raise Unavailable("the orchestrator is shutting down", reason="SHUTTING_DOWN")
         if len(self._runs) >= self._settings.max_active_runs:
