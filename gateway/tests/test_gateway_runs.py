@@ -62,6 +62,17 @@ async def test_same_request_id_returns_the_same_run(client):
     assert first["id"] == second["id"]
 
 
+async def test_second_active_run_in_a_conversation_is_409(client):
+    first = (await client.post("/api/v1/runs", json=slow_duet("Busy"))).json()
+    second = await client.post(
+        "/api/v1/runs", json=slow_duet("Also busy", conversationId=first["conversationId"])
+    )
+    error = error_of(second)
+    assert second.status_code == 409 and error["status"] == "ABORTED"
+    assert detail(error, "ErrorInfo")["reason"] == "CONVERSATION_BUSY"
+    await client.post(f"/api/v1/runs/{first['id']}/cancel")
+
+
 async def test_unknown_template_is_invalid_argument_from_the_orchestrator(client):
     reply = await client.post("/api/v1/runs", json={"template": "no-such-team", "input": "x"})
     error = error_of(reply)
