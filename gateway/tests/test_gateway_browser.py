@@ -238,3 +238,28 @@ async def test_tool_calls_are_shown_collapsed_with_arguments_and_results(page):
     args = await tool.locator(".tool-args").text_content() or ""
     result = await tool.locator(".tool-result").text_content() or ""
     assert args.strip().startswith("{") and result.strip()
+
+
+async def test_page_asks_for_an_api_key_and_uses_it_for_every_call(browser, keyed_gateway):
+    from gateway_helpers import API_KEYS
+
+    context = await browser.new_context(base_url=keyed_gateway)
+    page = await context.new_page()
+    try:
+        await page.goto("/")
+        await page.wait_for_selector("#apikey-panel:not([hidden])")
+        await page.fill("#apikey", API_KEYS["alice"])
+        await page.click("#apikey-form button")
+        await page.wait_for_function(
+            "document.getElementById('whoami').textContent === 'alice (apikey)'"
+        )
+        await page.wait_for_selector('#template option[value="duet"]', state="attached")
+        await page.fill("#max-turns", "2")
+        await page.fill("#topic", "Keys please")
+        await page.click("#start")
+        await page.wait_for_function(
+            "document.getElementById('status').textContent === 'completed'", timeout=60_000
+        )
+        assert await page.locator("#transcript .turn").count() == 2
+    finally:
+        await context.close()
