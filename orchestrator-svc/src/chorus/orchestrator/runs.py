@@ -2,8 +2,9 @@
 
 `LiveRun.execute` is the run's own task, independent of every client stream (DESIGN.md §4):
 
-1. record RUNNING (owner instance, start time), load the conversation context (SINGLE
-   teams), append the input to the conversation, build a fresh team, emit `run_started`;
+1. emit `run_started` and, while it is stored, record RUNNING (owner instance, start
+   time), load the conversation context (SINGLE teams) and append the input to the
+   conversation; then build a fresh team;
 2. run the team in a child task; agents report turns, tool calls and messages through
    the `RunHooks` methods below, model clients push deltas into the event log;
 3. end with exactly one terminal event — `run_completed`, `run_failed` (provider code and
@@ -432,8 +433,12 @@ class LiveRun:
     async def _start(self) -> Team | None:
         started = now()
         self.status = run_pb2.RUN_STATUS_RUNNING
+        self.record.status = run_pb2.RUN_STATUS_RUNNING
+        self.record.start_time.CopyFrom(started)
         team_spec = self.spec.team
-        # The record's RUNNING and the conversation's input are independent writes.
+        # run_started is stored while the record turns RUNNING and the input joins the
+        # conversation: three independent writes, all done before the first agent starts.
+        await self.log.emit(_Event(run_started=_Event.RunStarted(run=self.snapshot())))
         record = self._update_record(
             run_pb2.Run(
                 status=run_pb2.RUN_STATUS_RUNNING,
@@ -446,7 +451,7 @@ class LiveRun:
         _, context = await asyncio.gather(record, self._conversation_start(team_spec))
         if self._stop.is_set():
             return None
-        team = build_team(
+        return build_team(
             team_spec,
             self.spec.max_turns,
             TeamParts(
@@ -460,9 +465,6 @@ class LiveRun:
                 context=context,
             ),
         )
-        # Not awaited: the first agent_started waits for it to be stored (lifecycle order).
-        await self.log.emit(_Event(run_started=_Event.RunStarted(run=self.snapshot())))
-        return team
 
     async def _conversation_start(self, team_spec: team_pb2.TeamSpec) -> list[LLMMessage]:
         """Append the input to the conversation; for SINGLE teams first read the earlier
