@@ -145,7 +145,6 @@ class Stack:
             **self.env,
             "CHORUS_INTERNAL_TOKEN": TOKEN,
             "CHORUS_DEV_MODE": "true",
-            "CHORUS_LOG_LEVEL": "WARNING",
         }
         for name in ("provider", "history"):
             self.procs[name] = ServiceProcess(

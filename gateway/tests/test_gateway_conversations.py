@@ -20,7 +20,7 @@ async def test_create_get_list_conversations(client):
     assert created.status_code == 201
     conversation = created.json()
     assert created.headers["location"] == f"/api/v1/conversations/{conversation['id']}"
-    assert conversation["title"] == "Plans" and conversation["owner"] == "local"
+    assert conversation["title"] == "Plans" and conversation["owner"] == "dev"
     fetched = (await client.get(created.headers["location"])).json()
     assert fetched["id"] == conversation["id"] and fetched["metadata"] == {"k": "v"}
     listed = (await client.get("/api/v1/conversations", params={"page_size": 1000})).json()

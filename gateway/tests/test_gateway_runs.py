@@ -48,7 +48,7 @@ async def test_create_run_answers_201_with_the_run_and_its_location(client):
     assert created.status_code == 201
     run = created.json()
     assert created.headers["location"] == f"/api/v1/runs/{run['id']}"
-    assert run["owner"] == "local"
+    assert run["owner"] == "dev"
     assert run["spec"]["template"] == "duet" and run["spec"]["input"] == "Cats or dogs?"
     assert run["status"] in ("RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING")
     fetched = await client.get(created.headers["location"])
@@ -313,7 +313,7 @@ async def test_cancel_is_real_and_idempotent(client):
     last = rest[-1].json()
     assert rest[-1].event == "run_cancelled"
     assert last["runCancelled"]["cancellation"]["reason"] == "enough"
-    assert last["runCancelled"]["cancellation"]["requestedBy"] == "local"
+    assert last["runCancelled"]["cancellation"]["requestedBy"] == "dev"
     again = await client.post(f"/api/v1/runs/{run_id}/cancel")
     assert again.status_code == 200
     assert again.json().get("cancelled", False) is False and again.json()["message"]
@@ -344,7 +344,7 @@ async def test_patch_agent_mid_run_emits_agent_updated(client):
     updates = [f.json()["agentUpdated"] for f in rest if f.event == "agent_updated"]
     assert len(updates) == 1
     assert sorted(updates[0]["fields"]) == ["system_prompt", "temperature"]
-    assert updates[0]["updatedBy"] == "local"
+    assert updates[0]["updatedBy"] == "dev"
     await client.post(f"/api/v1/runs/{run_id}/cancel")
 
 

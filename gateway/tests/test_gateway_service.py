@@ -40,7 +40,7 @@ async def test_settings_are_flags_and_limits_never_secrets(client):
 
 
 async def test_user_says_who_and_how(client):
-    assert (await client.get("/api/v1/user")).json() == {"user": "local", "authenticatedBy": "none"}
+    assert (await client.get("/api/v1/user")).json() == {"user": "dev", "authenticatedBy": "none"}
 
 
 async def test_health_and_readiness(client):

@@ -15,7 +15,7 @@ import bcrypt
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 
-from chorus.core.identity import SYSTEM_USER
+from chorus.core.identity import DEV_USER, SYSTEM_USER
 from chorus.core.settings import ConfigurationError, CoreSettings
 
 AuthMode = Literal["none", "basic", "apikey", "easyauth"]
@@ -73,7 +73,9 @@ class GatewaySettings(CoreSettings):
         description="How callers authenticate: none (loopback only), basic, apikey, easyauth.",
     )
     anonymous_user: str = Field(
-        "local", description="The identity of every caller when auth_mode=none."
+        DEV_USER,
+        description="The identity of every caller when auth_mode=none; `dev` matches the "
+        "services' dev mode and the chorus CLI, so runs started there show in the page.",
     )
     basic_user: str | None = Field(None, description="auth_mode=basic: the user name.")
     basic_password_hash: SecretStr | None = Field(
