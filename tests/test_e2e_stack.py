@@ -123,7 +123,7 @@ def grpcurl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 
 
 def events_of(stdout: str) -> list[dict]:
-    """grpcurl prints one JSON object per streamed message."""
+    """grpcurl prints one JSON object per streamed message, with the proto's field names."""
     decoder = json.JSONDecoder()
     out, i = [], 0
     text = stdout.strip()
@@ -137,7 +137,7 @@ def events_of(stdout: str) -> list[dict]:
 
 
 def payload(event: dict) -> str:
-    return next(k for k in event if k not in ("runId", "seq", "time", "agent"))
+    return next(k for k in event if k not in ("run_id", "seq", "time", "agent"))
 
 
 def test_startup_prints_every_address_and_the_simulator_banner(stack):
@@ -152,8 +152,11 @@ def test_startup_prints_every_address_and_the_simulator_banner(stack):
 def test_grpcurl_lists_describes_and_streams_a_duet_to_completion(stack):
     listed = grpcurl(stack.address("orchestrator"), "list")
     assert "chorus.v1.RunService" in listed.stdout.split()
-    described = grpcurl(stack.address("orchestrator"), "describe", "chorus.v1.RunService.StreamRun")
-    assert "StreamRun" in described.stdout
+    described = grpcurl(stack.address("orchestrator"), "describe", "chorus.v1.RunService")
+    assert (
+        "rpc StreamRun ( .chorus.v1.StreamRunRequest ) returns ( stream .chorus.v1.StreamRunResponse );"
+        in described.stdout
+    )
     body = json.dumps(
         {"spec": {"template": "duet", "input": "Is remote work here to stay?", "maxTurns": 4}}
     )
@@ -161,11 +164,11 @@ def test_grpcurl_lists_describes_and_streams_a_duet_to_completion(stack):
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
     assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
-    assert payload(events[0]) == "runStarted" and payload(events[-1]) == "runCompleted"
-    agents = {e.get("agent") for e in events if payload(e) == "textDelta"}
+    assert payload(events[0]) == "run_started" and payload(events[-1]) == "run_completed"
+    agents = {e.get("agent") for e in events if payload(e) == "text_delta"}
     assert len(agents) == 2, f"both duet agents speak: {agents}"
 
-    run_id = events[0]["runId"]
+    run_id = events[0]["run_id"]
     replay = grpcurl(
         "-d",
         json.dumps({"runId": run_id, "afterSeq": 10}),
@@ -177,34 +180,37 @@ def test_grpcurl_lists_describes_and_streams_a_duet_to_completion(stack):
 
 
 def test_grpcurl_cancels_a_live_run(stack):
-    body = json.dumps({"spec": {"template": "duet", "input": "A long debate", "maxTurns": 20}})
+    slow = {"tokens_per_second": 20, "output_tokens": 400}
+    team = {
+        "kind": "TEAM_KIND_ROUND_ROBIN",
+        "agents": [
+            {"name": "pro", "model": {"provider": "simulator"}, "simulator": slow},
+            {"name": "con", "model": {"provider": "simulator"}, "simulator": slow},
+        ],
+    }
+    body = json.dumps({"spec": {"team": team, "input": "A long debate", "max_turns": 10}})
     created = grpcurl("-d", body, stack.address("orchestrator"), "chorus.v1.RunService/CreateRun")
     assert created.returncode == 0, created.stderr
     run_id = json.loads(created.stdout)["run"]["id"]
+    orchestrator = stack.address("orchestrator")
     cancelled = grpcurl(
         "-d",
-        json.dumps({"runId": run_id, "reason": "e2e"}),
-        stack.address("orchestrator"),
+        json.dumps({"run_id": run_id, "reason": "e2e"}),
+        orchestrator,
         "chorus.v1.RunService/CancelRun",
     )
     assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["cancelled"] is True
     watched = grpcurl(
-        "-d",
-        json.dumps({"runId": run_id}),
-        stack.address("orchestrator"),
-        "chorus.v1.RunService/WatchRun",
+        "-d", json.dumps({"run_id": run_id}), orchestrator, "chorus.v1.RunService/WatchRun"
     )
     last = events_of(watched.stdout)[-1]
-    assert payload(last) in ("runCancelled", "runCompleted")
-    again = json.loads(
-        grpcurl(
-            "-d",
-            json.dumps({"runId": run_id}),
-            stack.address("orchestrator"),
-            "chorus.v1.RunService/CancelRun",
-        ).stdout
+    assert payload(last) == "run_cancelled"
+    assert last["run_cancelled"]["cancellation"]["reason"] == "e2e"
+    again = grpcurl(
+        "-d", json.dumps({"run_id": run_id}), orchestrator, "chorus.v1.RunService/CancelRun"
     )
-    assert not again.get("cancelled", False)
+    assert json.loads(again.stdout).get("cancelled", False) is False
 
 
 async def test_python_grpc_client_streams_and_resumes(stack):
