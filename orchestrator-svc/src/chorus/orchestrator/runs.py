@@ -467,18 +467,11 @@ class LiveRun:
         )
 
     async def _conversation_start(self, team_spec: team_pb2.TeamSpec) -> list[LLMMessage]:
-        """Append the input to the conversation; for SINGLE teams first read the earlier
-        messages, which are the agent's context."""
-        context: list[LLMMessage] = []
+        """Append the input to the conversation and, for SINGLE teams, read the earlier
+        messages — the agent's context — at the same time (the input is told apart by
+        its run id)."""
         conversation_id = self.record.conversation_id
-        if team_spec.kind == team_pb2.TEAM_KIND_SINGLE and self._settings.context_messages:
-            earlier = await self._history.recent_messages(
-                self.owner, conversation_id, self._settings.context_messages
-            )
-            context = context_messages(
-                [m for m in earlier if m.run_id != self.id], team_spec.agents[0].name
-            )
-        await self._history.append_messages(
+        append = self._history.append_messages(
             self.owner,
             conversation_id,
             [
@@ -490,7 +483,17 @@ class LiveRun:
                 )
             ],
         )
-        return context
+        if team_spec.kind != team_pb2.TEAM_KIND_SINGLE or not self._settings.context_messages:
+            await append
+            return []
+        earlier, _ = await asyncio.gather(
+            self._history.recent_messages(
+                self.owner, conversation_id, self._settings.context_messages + 1
+            ),
+            append,
+        )
+        earlier = [m for m in earlier if m.run_id != self.id][-self._settings.context_messages :]
+        return context_messages(earlier, team_spec.agents[0].name)
 
     async def _consume(self, team: Team) -> TaskResult:
         task = TextMessage(content=self.spec.input, source="user")
