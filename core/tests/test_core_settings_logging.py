@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-import structlog
 
-from chorus.core.logging import configure_logging, get_logger
 from chorus.core.settings import ConfigurationError, CoreSettings
 
 
@@ -25,12 +25,24 @@ def test_settings_refuse_to_run_without_token_unless_dev_mode():
     CoreSettings(internal_token=None, dev_mode=True).check_security()
 
 
-def test_json_logs_carry_context_and_redact_secrets(capsys):
-    configure_logging("test", level="INFO", json=True)
-    structlog.contextvars.bind_contextvars(request_id="r-7", user="alice", run_id="run-1")
-    get_logger("t").info("called", api_key="sk-live-123", authorization="Bearer x", turns=3)
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    record = json.loads(line)
+_LOG_SCRIPT = """
+import structlog
+from chorus.core.logging import configure_logging, get_logger
+configure_logging("test", level="INFO", json=True)
+structlog.contextvars.bind_contextvars(request_id="r-7", user="alice", run_id="run-1")
+get_logger("t").info("called", api_key="sk-live-123", authorization="Bearer x", turns=3)
+get_logger("t").debug("hidden")
+"""
+
+
+def test_json_logs_carry_context_and_redact_secrets():
+    # A process of its own: logging configuration is process-global.
+    done = subprocess.run(
+        [sys.executable, "-c", _LOG_SCRIPT], capture_output=True, text=True, check=True
+    )
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, "DEBUG must be filtered at level INFO"
+    record = json.loads(lines[0])
     assert record["event"] == "called"
     assert (record["request_id"], record["user"], record["run_id"], record["service"]) == (
         "r-7",
@@ -40,4 +52,4 @@ def test_json_logs_carry_context_and_redact_secrets(capsys):
     )
     assert record["api_key"] == "***" and record["authorization"] == "***"
     assert record["turns"] == 3
-    assert "sk-live-123" not in line
+    assert "sk-live-123" not in done.stderr
