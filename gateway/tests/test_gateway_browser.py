@@ -175,7 +175,7 @@ async def test_cancel_button_ends_the_run(page):
     await page.wait_for_function(
         "document.getElementById('status').textContent === 'cancelled'", timeout=30_000
     )
-    assert "Cancelled by local" in (await page.text_content("#outcome") or "")
+    assert "Cancelled by dev" in (await page.text_content("#outcome") or "")
     assert await page.is_disabled("#cancel")
 
 
