@@ -79,6 +79,7 @@ def main() -> None:
             "CHORUS_REDIS_URL": "redis://127.0.0.1:6379/0",
             "CHORUS_REDIS_KEY_PREFIX": redis_prefix,
             "CHORUS_OPENAI_COMPATIBLE_BASE_URL": fast,
+            "CHORUS_OPENAI_COMPATIBLE_MODELS": '["sim"]',
         }
         chorus = stack.enter_context(Stack(env))
         lite = None if args.skip_litellm else stack.enter_context(litellm(fast))
