@@ -239,7 +239,10 @@ def runs_list(
     if as_json:
         console.print_json(data=_json(reply))
         return
-    table = Table("id", "status", "template", "turns", "created", "input")
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=36)
+    for column in ("status", "template", "turns", "created", "input"):
+        table.add_column(column)
     for r in reply.runs:
         table.add_row(
             r.id,

@@ -16,7 +16,10 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEY = re.compile(r"(token|secret|password|api_?key|authorization|credential)", re.I)
+# `internal_token`, `api_key`, `authorization`… but not counts such as `input_tokens`.
+_SECRET_KEY = re.compile(
+    r"(secret|password|passwd|api_?key|authorization|credential|cookie|(^|_)token$)", re.I
+)
 
 
 def redact_secrets(
