@@ -200,6 +200,7 @@ async def run_stack(
             start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
         )
         service.pump = asyncio.create_task(_pump(service))
+        print(f"chorus      | started {service.name} (pid {service.process.pid})", flush=True)
 
     exits = {asyncio.create_task(s.process.wait()): s for s in services if s.process}
     stopper = asyncio.create_task(stop.wait())
