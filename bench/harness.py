@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -132,6 +133,18 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _rss_mb(pid: int) -> float:
+    """Resident memory of process `pid`, MB (VmRSS from /proc; 0 when it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class Stack:
     """The four Chorus services as separate processes on free ports."""
 
@@ -179,12 +192,29 @@ class Stack:
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory of each service process, MB (from /proc)."""
-        out = {}
-        for name, proc in self.procs.items():
-            for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[name] = int(line.split()[1]) / 1024
-        return out
+        return {name: _rss_mb(proc.proc.pid) for name, proc in self.procs.items()}
+
+    @contextmanager
+    def peak_rss(self, interval_s: float = 0.5) -> Iterator[dict[str, float]]:
+        """Sample each service's resident memory every `interval_s` while the block runs;
+        the yielded dict holds the peak per service (MB) once the block exits."""
+        peak = self.rss_mb()
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(interval_s):
+                for name, mb in self.rss_mb().items():
+                    peak[name] = max(peak[name], mb)
+
+        sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+        sampler.start()
+        try:
+            yield peak
+        finally:
+            stop.set()
+            sampler.join()
+            for name, mb in self.rss_mb().items():
+                peak[name] = max(peak[name], mb)
 
     def __exit__(self, *exc: object) -> None:
         for proc in reversed(self.procs.values()):

@@ -130,26 +130,32 @@ def main() -> None:
             tps = 5.0
             tokens = int(tps * (10 if args.quick else args.slow_seconds))
             before = chorus.rss_mb()
-            row = measure(
-                1,
-                "sse",
-                chorus.addresses["gateway"],
-                slow_runs,
-                tokens,
-                "--model",
-                "simulator/sim-fast",
-                "--tokens-per-second",
-                str(tps),
-                "--lag",
-            )
+            with chorus.peak_rss() as peak:
+                row = measure(
+                    1,
+                    "sse",
+                    chorus.addresses["gateway"],
+                    slow_runs,
+                    tokens,
+                    "--model",
+                    "simulator/sim-fast",
+                    "--tokens-per-second",
+                    str(tps),
+                    "--lag",
+                )
+            growth = {name: round(peak[name] - before[name], 1) for name in before}
             out["slow"] = {
                 **row,
-                "rss_before_mb": before,
-                "rss_after_mb": chorus.rss_mb(),
                 "runs": slow_runs,
+                "rss_before_mb": before,
+                "rss_peak_mb": dict(peak),
+                "rss_growth_mb": growth,
+                "rss_per_1000_runs_mb": round(sum(growth.values()) * 1000 / slow_runs, 1),
             }
             print(
-                f"slow {slow_runs} runs @ {tps} tok/s: lag p99 {row['lag_p99_ms']} ms, delivered {row['delivered']}/{row['requested']}",
+                f"slow {slow_runs} runs @ {tps} tok/s: lag p99 {row['lag_p99_ms']} ms, "
+                f"delivered {row['delivered']}/{row['requested']}, "
+                f"memory +{out['slow']['rss_per_1000_runs_mb']} MB per 1,000 live runs {growth}",
                 flush=True,
             )
 
@@ -190,13 +196,17 @@ def markdown(out: dict[str, Any]) -> str:
         )
     if "slow" in out:
         s = out["slow"]
-        mem = sum(s["rss_after_mb"].values()) - sum(s["rss_before_mb"].values())
+        growth = ", ".join(f"{name} +{mb} MB" for name, mb in s["rss_growth_mb"].items())
         lines += [
             "",
             "## Many slow streams",
             "",
-            f"{s['runs']} runs at 5 tokens/s: lag p99 {s['lag_p99_ms']} ms, delivered {s['delivered']}/{s['requested']} tokens, "
-            f"memory +{mem:.1f} MB across services ({mem / max(1, s['runs']) * 1000:.1f} MB per 1,000 runs, measured at the end)",
+            f"{s['runs']} runs at 5 tokens/s: TTFT p50 {s['ttft_p50_ms']} ms, lag p99 "
+            f"{s['lag_p99_ms']} ms, delivered {s['delivered']}/{s['requested']} tokens, "
+            f"{s['rounds'][0]['elapsed_s']} s in all.",
+            "",
+            f"Memory (peak while the runs were live − before, sampled every 0.5 s): "
+            f"{s['rss_per_1000_runs_mb']} MB per 1,000 live runs across services ({growth}).",
         ]
     return "\n".join(lines) + "\n"
 
