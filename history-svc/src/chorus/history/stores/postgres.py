@@ -79,6 +79,7 @@ class PostgresStore(Store):
                 timeout=settings.db_connect_timeout_s,
                 command_timeout=settings.db_command_timeout_s,
                 server_settings={"application_name": f"chorus-history {settings.instance_id}"},
+                connection_class=_StatelessConnection,
             )
         except CONNECTION_ERRORS as exc:
             raise database_unavailable(cls.kind, exc) from exc
@@ -474,6 +475,19 @@ class PostgresStore(Store):
                     limit,
                 )
         return [(r[0], r[1]) for r in found]
+
+
+class _StatelessConnection(asyncpg.Connection):
+    """A pooled connection released without the reset query.
+
+    The store keeps no session state on a connection (no SET, LISTEN, advisory locks or
+    open cursors), so asyncpg's default reset (`RESET ALL; UNLISTEN *; …`, one more round
+    trip per pooled call, ~6 % of history-svc's CPU under load) has nothing to undo. An open
+    transaction is still rolled back on release: asyncpg does that apart from the query.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
 
 
 def _pg_message(msg: conversation_pb2.Message) -> tuple[Any, ...]:
