@@ -191,7 +191,7 @@ class RunManager:
             log.info("run_request_repeated", run_id=stored.id, request_id=resolved.request_id)
             live = self.local(user, stored.id)
             return (live.snapshot() if live is not None else stored), live
-        live = LiveRun(stored, self._deps)
+        live = LiveRun(stored, self._deps, new_conversation=not resolved.conversation_id)
         self._runs[stored.id] = live
         live.task = asyncio.create_task(self._execute(live), name=f"run-{stored.id}")
         return live.snapshot(), live

@@ -130,10 +130,15 @@ class LiveRun:
     Args:
         record: the run as created in history-svc (QUEUED, spec resolved).
         deps: process-wide collaborators.
+        new_conversation: the conversation was created for this run, so it holds no earlier
+            messages to read as context.
     """
 
-    def __init__(self, record: run_pb2.Run, deps: RunDeps) -> None:
+    def __init__(
+        self, record: run_pb2.Run, deps: RunDeps, *, new_conversation: bool = False
+    ) -> None:
         self.id = record.id
+        self._new_conversation = new_conversation
         self.owner = record.owner
         self.spec = record.spec
         self.record = record
@@ -467,9 +472,9 @@ class LiveRun:
         )
 
     async def _conversation_start(self, team_spec: team_pb2.TeamSpec) -> list[LLMMessage]:
-        """Append the input to the conversation and, for SINGLE teams, read the earlier
-        messages — the agent's context — at the same time (the input is told apart by
-        its run id)."""
+        """Append the input to the conversation and, for SINGLE teams in an existing
+        conversation, read the earlier messages — the agent's context — at the same time
+        (the input is told apart by its run id)."""
         conversation_id = self.record.conversation_id
         append = self._history.append_messages(
             self.owner,
@@ -483,7 +488,11 @@ class LiveRun:
                 )
             ],
         )
-        if team_spec.kind != team_pb2.TEAM_KIND_SINGLE or not self._settings.context_messages:
+        if (
+            team_spec.kind != team_pb2.TEAM_KIND_SINGLE
+            or not self._settings.context_messages
+            or self._new_conversation
+        ):
             await append
             return []
         earlier, _ = await asyncio.gather(
