@@ -4,6 +4,7 @@ from chorus.v1 import conversation_pb2 as _conversation_pb2
 from chorus.v1 import run_pb2 as _run_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -181,6 +182,26 @@ class AppendRunEventsResponse(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     last_seq: int
     def __init__(self, last_seq: _Optional[int] = ...) -> None: ...
+
+class AppendRunEventBatchesRequest(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[AppendRunEventsRequest]
+    def __init__(self, batches: _Optional[_Iterable[_Union[AppendRunEventsRequest, _Mapping]]] = ...) -> None: ...
+
+class AppendRunEventBatchResult(_message.Message):
+    __slots__ = ("last_seq", "error")
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    last_seq: int
+    error: _status_pb2.Status
+    def __init__(self, last_seq: _Optional[int] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class AppendRunEventBatchesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AppendRunEventBatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[AppendRunEventBatchResult, _Mapping]]] = ...) -> None: ...
 
 class ListRunEventsRequest(_message.Message):
     __slots__ = ("run_id", "after_seq", "page_size", "page_token")

@@ -98,6 +98,11 @@ class HistoryServiceStub:
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventsRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventsResponse.FromString,
                 _registered_method=True)
+        self.AppendRunEventBatches = channel.unary_unary(
+                '/chorus.v1.HistoryService/AppendRunEventBatches',
+                request_serializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventBatchesRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventBatchesResponse.FromString,
+                _registered_method=True)
         self.ListRunEvents = channel.unary_unary(
                 '/chorus.v1.HistoryService/ListRunEvents',
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.ListRunEventsRequest.SerializeToString,
@@ -205,6 +210,19 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendRunEventBatches(self, request, context):
+        """Appends batches of events to many runs' logs in one call (a writer flushing the token
+        deltas of all its live runs at once). Each batch follows the rules of AppendRunEvents
+        for its own run, and is accepted or rejected on its own: a malformed batch, a gap, a
+        conflicting duplicate, an ended log or a run that is not the caller's rejects THAT
+        batch only (its result carries the status AppendRunEvents would have returned) and the
+        others are stored. A malformed request as a whole (too many batches or events) is
+        INVALID_ARGUMENT and stores nothing; UNAVAILABLE stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRunEvents(self, request, context):
         """Lists a run's events after a seq, in seq order.
         """
@@ -278,6 +296,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.AppendRunEvents,
                     request_deserializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventsRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventsResponse.SerializeToString,
+            ),
+            'AppendRunEventBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendRunEventBatches,
+                    request_deserializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventBatchesRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventBatchesResponse.SerializeToString,
             ),
             'ListRunEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRunEvents,
@@ -596,6 +619,33 @@ class HistoryService:
             '/chorus.v1.HistoryService/AppendRunEvents',
             chorus_dot_v1_dot_history__service__pb2.AppendRunEventsRequest.SerializeToString,
             chorus_dot_v1_dot_history__service__pb2.AppendRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendRunEventBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.HistoryService/AppendRunEventBatches',
+            chorus_dot_v1_dot_history__service__pb2.AppendRunEventBatchesRequest.SerializeToString,
+            chorus_dot_v1_dot_history__service__pb2.AppendRunEventBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,
