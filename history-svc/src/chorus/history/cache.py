@@ -124,6 +124,11 @@ class Cache(abc.ABC):
     async def put_run(self, run: run_pb2.Run) -> None:
         """Cache the run record unless a newer version is cached."""
 
+    async def put_runs(self, runs: Sequence[run_pb2.Run]) -> None:
+        """`put_run` for each of `runs` (one round trip where the cache is remote)."""
+        for run in runs:
+            await self.put_run(run)
+
 
 def _count(entity: str, hit: bool) -> None:
     metrics.CACHE_REQUESTS.labels(entity, "hit" if hit else "miss").inc()
@@ -316,6 +321,27 @@ class RedisCache(Cache):
             )
         except ERRORS as exc:
             self._write_failed("put_run", exc, key)
+            return
+        self._guard.succeeded()
+
+    async def put_runs(self, runs: Sequence[run_pb2.Run]) -> None:
+        keys = [self.run_key(run.id) for run in runs]
+        if not keys:
+            return
+        if not await self._ready():
+            self._dirty.update(keys)
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, run in zip(keys, runs, strict=True):
+                    await self._set_if_newer(
+                        keys=[key],
+                        args=[run_version(run), run.SerializeToString(), self._ttl_ms],
+                        client=pipe,
+                    )
+                await pipe.execute()
+        except ERRORS as exc:
+            self._write_failed("put_runs", exc, *keys)
             return
         self._guard.succeeded()
 

@@ -75,6 +75,12 @@ class EventLog(abc.ABC):
         """Add a committed batch (seqs `first_seq`…). Never raises: a failure is logged,
         counted, and left to the watchers' gap filling."""
 
+    async def publish_many(self, batches: Sequence[tuple[str, int, Sequence[bytes]]]) -> None:
+        """`publish` for each `(run_id, first_seq, payloads)` (one round trip where the log
+        is remote). Never raises."""
+        for run_id, first_seq, payloads in batches:
+            await self.publish(run_id, first_seq, payloads)
+
     @abc.abstractmethod
     def subscribe(self, run_id: str) -> Subscription:
         """A subscription to `run_id`'s new events (enter it before the first read)."""
@@ -235,6 +241,32 @@ class RedisEventLog(EventLog):
             # watchers read this one from the store.
             metrics.EVENT_LOG_PUBLISH_FAILURES.inc()
             log.debug("event_log_out_of_order", run_id=run_id, last_seq=last, error=str(results[0]))
+
+    async def publish_many(self, batches: Sequence[tuple[str, int, Sequence[bytes]]]) -> None:
+        batches = [b for b in batches if b[2]]
+        if not batches:
+            return
+        if not self._guard.usable():
+            metrics.EVENT_LOG_PUBLISH_FAILURES.inc(len(batches))
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id, first_seq, payloads in batches:
+                    key = self.key(run_id)
+                    last = first_seq + len(payloads) - 1
+                    fields = {str(seq): data for seq, data in enumerate(payloads, first_seq)}
+                    pipe.xadd(key, fields, id=f"{last}-0", maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                    pipe.pexpire(key, self._ttl_ms)
+                results = await pipe.execute(raise_on_error=False)
+        except ERRORS as exc:
+            self._guard.failed("publish", exc)
+            metrics.EVENT_LOG_PUBLISH_FAILURES.inc(len(batches))
+            return
+        self._guard.succeeded()
+        for (run_id, _, _), result in zip(batches, results[::2], strict=True):
+            if isinstance(result, ResponseError):  # out of order: see `publish`
+                metrics.EVENT_LOG_PUBLISH_FAILURES.inc()
+                log.debug("event_log_out_of_order", run_id=run_id, error=str(result))
 
     def subscribe(self, run_id: str) -> Subscription:
         if self._hub is None:

@@ -33,6 +33,8 @@ MAX_CANCEL_REASON_CHARS = 4096
 MAX_OWNER_INSTANCE_CHARS = 256
 
 MAX_EVENTS_PER_APPEND = 1000  # contract: AppendRunEventsRequest.events
+MAX_BATCHES_PER_APPEND = 1000  # contract: AppendRunEventBatchesRequest.batches
+MAX_EVENTS_PER_BATCHES_APPEND = 10_000  # contract: AppendRunEventBatchesRequest, all batches
 
 # (max, default) page sizes — contract: the request comments.
 CONVERSATIONS_PAGE = (1000, 50)

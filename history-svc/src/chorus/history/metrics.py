@@ -20,7 +20,13 @@ CACHE_WRITE_FAILURES = Counter(
     "again and expires after the cache TTL at the latest.",
 )
 EVENTS_APPENDED = Counter(
-    "chorus_history_run_events_appended_total", "Run events newly stored by AppendRunEvents."
+    "chorus_history_run_events_appended_total",
+    "Run events newly stored by AppendRunEvents and AppendRunEventBatches.",
+)
+EVENT_BATCHES_REJECTED = Counter(
+    "chorus_history_run_event_batches_rejected_total",
+    "Batches of AppendRunEventBatches calls rejected on their own, by ErrorInfo reason.",
+    ["reason"],
 )
 EVENT_LOG_PUBLISH_FAILURES = Counter(
     "chorus_history_event_log_publish_failures_total",

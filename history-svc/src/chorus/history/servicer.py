@@ -15,15 +15,21 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from chorus.core.errors import PermissionDenied, Violations
-from chorus.core.identity import Identity, current_identity
+from chorus.core.errors import ChorusError, InvalidArgument, PermissionDenied, Violations
+from chorus.core.identity import Identity, current_identity, current_request_id
 from chorus.history import events as event_rules
 from chorus.history import limits, metrics, pagination, validation
 from chorus.history import runs as run_rules
 from chorus.history.cache import Cache
 from chorus.history.event_log import EventLog
 from chorus.history.settings import Settings
-from chorus.history.stores.base import RunFilter, Store, conversation_not_found, run_not_found
+from chorus.history.stores.base import (
+    AppendedEvents,
+    RunFilter,
+    Store,
+    conversation_not_found,
+    run_not_found,
+)
 from chorus.history.timeutil import now_us, set_ts, ts_to_us
 from chorus.history.watch import Watcher
 from chorus.v1 import (
@@ -310,6 +316,68 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
                 self._cache.put_run(result.run),
             )
         return pb.AppendRunEventsResponse(last_seq=result.last_seq)
+
+    async def AppendRunEventBatches(
+        self, request: pb.AppendRunEventBatchesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AppendRunEventBatchesResponse:
+        ident = current_identity()
+        v = Violations()
+        count = len(request.batches)
+        if not count:
+            v.add("batches", "at least one batch is required")
+        elif count > limits.MAX_BATCHES_PER_APPEND:
+            v.add("batches", f"at most {limits.MAX_BATCHES_PER_APPEND} batches per call")
+        total = sum(len(b.events) for b in request.batches)
+        if total > limits.MAX_EVENTS_PER_BATCHES_APPEND:
+            v.add("batches", f"at most {limits.MAX_EVENTS_PER_BATCHES_APPEND} events in all")
+        v.raise_if_any()
+        # Each batch is checked on its own: a malformed one is rejected alone.
+        outcomes: list[AppendedEvents | ChorusError | None] = [None] * count
+        valid: list[tuple[str, event_rules.Batch]] = []
+        positions: list[int] = []
+        seen: set[str] = set()
+        for i, item in enumerate(request.batches):
+            try:
+                bv = Violations()
+                run_id = validation.uuid_field(bv, "run_id", item.run_id)
+                bv.raise_if_any()
+                if run_id in seen:
+                    raise InvalidArgument(
+                        f"run {run_id} has more than one batch in this call",
+                        [("run_id", "each run may have one batch per call")],
+                    )
+                seen.add(run_id)
+                batch = event_rules.prepare_batch(
+                    run_id, item.events, self._settings.max_event_bytes
+                )
+            except ChorusError as exc:
+                outcomes[i] = exc
+                continue
+            valid.append((run_id, batch))
+            positions.append(i)
+        if valid:
+            stored = await self._store.append_event_batches(valid, _scope(ident))
+            for i, outcome in zip(positions, stored, strict=True):
+                outcomes[i] = outcome
+        resp = pb.AppendRunEventBatchesResponse()
+        published: list[tuple[str, int, list[bytes]]] = []
+        runs: list[run_pb2.Run] = []
+        request_id = current_request_id()
+        for outcome in outcomes:
+            result = resp.results.add()
+            if isinstance(outcome, AppendedEvents):
+                result.last_seq = outcome.last_seq
+                if outcome.new_payloads:
+                    published.append((outcome.run.id, outcome.first_new_seq, outcome.new_payloads))
+                    runs.append(outcome.run)
+            else:
+                assert outcome is not None
+                metrics.EVENT_BATCHES_REJECTED.labels(outcome.reason).inc()
+                result.error.CopyFrom(outcome.to_status(request_id))
+        if published:
+            metrics.EVENTS_APPENDED.inc(sum(len(p[2]) for p in published))
+            await asyncio.gather(self._log.publish_many(published), self._cache.put_runs(runs))
+        return resp
 
     async def ListRunEvents(
         self, request: pb.ListRunEventsRequest, context: grpc.aio.ServicerContext

@@ -18,7 +18,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from chorus.core.errors import Aborted, NotFound, Unavailable
+from chorus.core.errors import Aborted, ChorusError, NotFound, Unavailable
 from chorus.history.events import Batch
 from chorus.v1 import conversation_pb2, run_pb2
 
@@ -71,6 +71,10 @@ class AppendedEvents:
     first_new_seq: int
     new_payloads: list[bytes]
     run: run_pb2.Run
+
+
+BatchOutcome = AppendedEvents | ChorusError
+"""Result of one batch of `Store.append_event_batches`: stored, or the error rejecting it."""
 
 
 def conversation_not_found(conversation_id: str) -> NotFound:
@@ -223,6 +227,21 @@ class Store(abc.ABC):
         Raises:
             NotFound: no such run (or another owner's).
             FailedPrecondition: SEQ_GAP, SEQ_CONFLICT or RUN_ENDED; nothing is stored.
+        """
+
+    @abc.abstractmethod
+    async def append_event_batches(
+        self, batches: Sequence[tuple[str, Batch]], owner: str | None
+    ) -> list[BatchOutcome]:
+        """Store many runs' batches in one transaction, each under the rules of
+        `append_events`; a batch breaking a rule is rejected alone (its outcome is the
+        `NotFound` or `FailedPrecondition` `append_events` would raise) and the others are
+        stored. Run ids must be distinct.
+
+        Returns one outcome per batch, in order.
+
+        Raises:
+            Unavailable: the database is unreachable; nothing is stored.
         """
 
     @abc.abstractmethod

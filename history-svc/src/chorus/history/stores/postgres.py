@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from chorus.core.errors import ChorusError
 from chorus.history import events as event_rules
 from chorus.history import runs as run_rules
 from chorus.history.events import Batch
@@ -24,6 +25,7 @@ from chorus.history.stores import rows
 from chorus.history.stores.base import (
     AppendedEvents,
     AppendedMessages,
+    BatchOutcome,
     RunFilter,
     Store,
     conversation_busy,
@@ -445,6 +447,77 @@ class PostgresStore(Store):
         run = rows.run(row[3:])
         run.last_seq = max(run.last_seq, batch.last_seq)
         return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+
+    async def append_event_batches(
+        self, batches: Sequence[tuple[str, Batch]], owner: str | None
+    ) -> list[BatchOutcome]:
+        outcomes: list[BatchOutcome] = []
+        run_ids: list[str] = []
+        seqs: list[int] = []
+        kinds: list[str] = []
+        payloads: list[bytes] = []
+        ends: dict[str, tuple[int, bool]] = {}
+        async with self._conn() as conn, conn.transaction():
+            # Lock every run of the call in id order, so two calls never deadlock.
+            found = await conn.fetch(
+                "SELECT id::text, owner, event_seq, events_ended, record, last_seq FROM runs "
+                "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+                sorted(run_id for run_id, _ in batches),
+            )
+            by_id = {r[0]: r for r in found}
+            for run_id, batch in batches:
+                row = by_id.get(run_id)
+                try:
+                    if row is None or (owner is not None and row[1] != owner):
+                        raise run_not_found(run_id)
+                    stored_last, ended = row[2], row[3]
+                    repeated = event_rules.overlap(stored_last, batch, run_id)
+                    if repeated:
+                        stored = await conn.fetch(
+                            "SELECT event FROM run_events WHERE run_id = $1 AND seq >= $2 "
+                            "AND seq <= $3 ORDER BY seq",
+                            run_id,
+                            batch.first_seq,
+                            batch.first_seq + repeated - 1,
+                        )
+                        event_rules.check_repeat([r[0] for r in stored], batch, run_id)
+                    event_rules.check_open(
+                        ended, len(batch.payloads) - repeated, run_id, stored_last
+                    )
+                except ChorusError as exc:
+                    outcomes.append(exc)
+                    continue
+                new = batch.payloads[repeated:]
+                first_new = batch.first_seq + repeated
+                if new:
+                    run_ids.extend([run_id] * len(new))
+                    seqs.extend(range(first_new, batch.last_seq + 1))
+                    kinds.extend(batch.kinds[repeated:])
+                    payloads.extend(new)
+                    ends[run_id] = (batch.last_seq, batch.ends_run)
+                run = rows.run(row[4:])
+                run.last_seq = max(run.last_seq, batch.last_seq)
+                outcomes.append(
+                    AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+                )
+            if payloads:
+                # one round trip for every run: the insert is a data-modifying CTE
+                await conn.execute(
+                    "WITH inserted AS (INSERT INTO run_events (run_id, seq, kind, event) "
+                    "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])) "
+                    "UPDATE runs SET event_seq = t.s, events_ended = t.e, "
+                    "last_seq = GREATEST(runs.last_seq, t.s) "
+                    "FROM unnest($5::uuid[], $6::bigint[], $7::boolean[]) AS t(i, s, e) "
+                    "WHERE runs.id = t.i",
+                    run_ids,
+                    seqs,
+                    kinds,
+                    payloads,
+                    list(ends),
+                    [end[0] for end in ends.values()],
+                    [end[1] for end in ends.values()],
+                )
+        return outcomes
 
     async def event_log_state(self, run_id: str) -> tuple[int, bool] | None:
         async with self._conn() as conn:

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiosqlite
 
+from chorus.core.errors import ChorusError
 from chorus.history import events as event_rules
 from chorus.history import runs as run_rules
 from chorus.history.events import Batch
@@ -24,6 +25,7 @@ from chorus.history.stores import rows
 from chorus.history.stores.base import (
     AppendedEvents,
     AppendedMessages,
+    BatchOutcome,
     RunFilter,
     Store,
     conversation_busy,
@@ -448,6 +450,74 @@ class SqliteStore(Store):
         run = rows.run(row[3:])
         run.last_seq = max(run.last_seq, batch.last_seq)
         return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+
+    async def append_event_batches(
+        self, batches: Sequence[tuple[str, Batch]], owner: str | None
+    ) -> list[BatchOutcome]:
+        outcomes: list[BatchOutcome] = []
+        inserts: list[tuple[str, int, str, bytes]] = []
+        updates: list[tuple[str, int, bool]] = []
+        async with self._use(write=True) as db:
+            by_id: dict[str, Any] = {}
+            ids = [run_id for run_id, _ in batches]
+            for start in range(0, len(ids), 500):  # under SQLite's host-parameter limit
+                chunk = ids[start : start + 500]
+                found = await self._all(
+                    db,
+                    "SELECT id, owner, event_seq, events_ended, record, last_seq FROM runs "
+                    f"WHERE id IN ({','.join('?' * len(chunk))})",
+                    *chunk,
+                )
+                by_id.update((r[0], r) for r in found)
+            for run_id, batch in batches:
+                row = by_id.get(run_id)
+                try:
+                    if row is None or (owner is not None and row[1] != owner):
+                        raise run_not_found(run_id)
+                    stored_last, ended = row[2], bool(row[3])
+                    repeated = event_rules.overlap(stored_last, batch, run_id)
+                    if repeated:
+                        stored = await self._all(
+                            db,
+                            "SELECT event FROM run_events WHERE run_id = ?1 AND seq >= ?2 "
+                            "AND seq <= ?3 ORDER BY seq",
+                            run_id,
+                            batch.first_seq,
+                            batch.first_seq + repeated - 1,
+                        )
+                        event_rules.check_repeat([r[0] for r in stored], batch, run_id)
+                    event_rules.check_open(
+                        ended, len(batch.payloads) - repeated, run_id, stored_last
+                    )
+                except ChorusError as exc:
+                    outcomes.append(exc)
+                    continue
+                new = batch.payloads[repeated:]
+                first_new = batch.first_seq + repeated
+                if new:
+                    inserts.extend(
+                        (run_id, first_new + i, kind, data)
+                        for i, (kind, data) in enumerate(
+                            zip(batch.kinds[repeated:], new, strict=True)
+                        )
+                    )
+                    updates.append((run_id, batch.last_seq, batch.ends_run))
+                run = rows.run(row[4:])
+                run.last_seq = max(run.last_seq, batch.last_seq)
+                outcomes.append(
+                    AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+                )
+            if inserts:
+                await db.executemany(
+                    "INSERT INTO run_events (run_id, seq, kind, event) VALUES (?, ?, ?, ?)",
+                    inserts,
+                )
+                await db.executemany(
+                    "UPDATE runs SET event_seq = ?2, events_ended = ?3, "
+                    "last_seq = max(last_seq, ?2) WHERE id = ?1",
+                    updates,
+                )
+        return outcomes
 
     async def event_log_state(self, run_id: str) -> tuple[int, bool] | None:
         async with self._use() as db:
