@@ -4,25 +4,33 @@ the coalescing of token deltas."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from chorus.core.testing import wait_for
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.orchestrator.events import RunEventLog
+from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.v1 import run_pb2
 
 Event = run_pb2.RunEvent
 
 
 class Store:
-    """A writer that records batches; `gate` (when set) holds writes until opened."""
+    """A writer that records batches; `gate` (when set) holds writes until opened.
+
+    Called with one run's events it stands for AppendRunEvents (lifecycle writes); its
+    `many` method stands for AppendRunEventBatches (the flusher), recording each call's
+    runs in `calls` and rejecting the batches of the runs in `reject`.
+    """
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
+        self.calls: list[list[str]] = []
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
+        self.reject: dict[str, Exception] = {}
 
     async def __call__(self, events: Sequence[run_pb2.RunEvent]) -> None:
         if self.gate is not None:
@@ -30,6 +38,23 @@ class Store:
         if self.fail is not None:
             raise self.fail
         self.batches.append([e.seq for e in events])
+
+    async def many(
+        self, batches: Sequence[tuple[str, Sequence[run_pb2.RunEvent]]]
+    ) -> list[int | Exception]:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append([run_id for run_id, _ in batches])
+        results: list[int | Exception] = []
+        for run_id, events in batches:
+            if run_id in self.reject:
+                results.append(self.reject[run_id])
+            else:
+                self.batches.append([e.seq for e in events])
+                results.append(events[-1].seq)
+        return results
 
     @property
     def stored(self) -> list[int]:
@@ -48,8 +73,18 @@ def completed() -> run_pb2.RunEvent:
     return Event(run_completed=Event.RunCompleted(final_answer="done"))
 
 
-def new_log(store: Store, *, interval: float = 0.05, keep: int = 64) -> RunEventLog:
-    return RunEventLog("run-1", store, flush_interval_s=interval, buffer_events=keep)
+def new_log(
+    store: Store,
+    *,
+    interval: float = 0.05,
+    keep: int = 64,
+    flusher: DeltaFlusher | None = None,
+    run_id: str = "run-1",
+    on_rejected: Callable[[Exception], None] | None = None,
+) -> RunEventLog:
+    if flusher is None:
+        flusher = DeltaFlusher(store.many, interval_s=interval)
+    return RunEventLog(run_id, store, flusher=flusher, buffer_events=keep, on_rejected=on_rejected)
 
 
 async def test_events_are_numbered_from_one_without_gaps_and_stamped() -> None:
@@ -141,6 +176,73 @@ async def test_watchers_wake_on_new_events_and_when_the_log_closes() -> None:
     await asyncio.sleep(0)
     log.close()
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_one_call_carries_the_deltas_of_every_run_within_the_flush_interval() -> None:
+    store = Store()
+    flusher = DeltaFlusher(store.many, interval_s=0.05)
+    logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(50)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for log in logs:
+        log.emit_delta(delta())
+        log.emit_delta(delta())
+    await wait_for(lambda: all(log.stored_seq == 2 for log in logs), timeout=2)
+    assert loop.time() - start < 0.5
+    assert len(store.calls) == 1 and sorted(store.calls[0]) == sorted(g.run_id for g in logs)
+    await flusher.close()
+
+
+async def test_calls_are_split_at_the_flushers_batch_and_event_limits() -> None:
+    store = Store()
+    flusher = DeltaFlusher(store.many, interval_s=0.02, max_batches=3, max_events=4)
+    logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(5)]
+    for log in logs:
+        log.emit_delta(delta())
+    logs[0].emit_delta(delta())
+    await wait_for(lambda: all(not log.has_pending for log in logs), timeout=2)
+    assert sorted(len(c) for c in store.calls) == [2, 3]  # 6 events: at most 3 runs / 4 events
+    assert sum(len(b) for b in store.batches) == 6
+
+
+async def test_a_rejected_batch_is_reported_to_its_run_and_the_others_are_stored() -> None:
+    store = Store()
+    flusher = DeltaFlusher(store.many, interval_s=0.02)
+    rejected: list[Exception] = []
+    bad = new_log(store, flusher=flusher, run_id="bad", on_rejected=rejected.append)
+    good = new_log(store, flusher=flusher, run_id="good")
+    store.reject["bad"] = RuntimeError("SEQ_CONFLICT")
+    bad.emit_delta(delta())
+    good.emit_delta(delta())
+    await wait_for(lambda: rejected and good.stored_seq == 1, timeout=2)
+    assert bad.stored_seq == 0 and bad.has_pending  # kept: the next lifecycle write retries
+    assert not bad.writing
+
+
+async def test_a_failed_call_keeps_the_deltas_and_the_flusher_retries_them() -> None:
+    store = Store()
+    store.fail = ConnectionError("history down")
+    log = new_log(store, interval=0.02)
+    log.emit_delta(delta())
+    await wait_for(lambda: not log.writing and log.has_pending, timeout=2)
+    store.fail = None
+    await wait_for(lambda: log.stored_seq == 1, timeout=2)
+    assert store.stored == [1]
+
+
+async def test_a_lifecycle_write_waits_for_the_runs_delta_batch_in_flight() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    log = new_log(store, interval=0.01)
+    log.emit_delta(delta())
+    await wait_for(lambda: log.writing, timeout=2)  # the flusher's batch is held
+    await log.emit(started())
+    finishing = asyncio.create_task(log.sync())
+    await asyncio.sleep(0.02)
+    assert not finishing.done() and store.stored == []
+    store.gate.set()
+    await finishing
+    assert store.stored == [1, 2] and store.batches == [[1], [2]]
 
 
 class Sink:

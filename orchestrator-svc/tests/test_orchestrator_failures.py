@@ -31,6 +31,7 @@ from orchestrator_helpers import (
 from chorus.core.errors import rpc_code
 from chorus.core.testing import wait_for
 from chorus.v1 import chat_pb2, run_pb2, team_pb2
+from chorus.v1 import history_service_pb2 as hs
 
 Fault = chat_pb2.SimulatorFault
 SINGLE = team_pb2.TEAM_KIND_SINGLE
@@ -167,6 +168,36 @@ async def _start_on(client: RunClient) -> tuple[str, list[run_pb2.RunEvent]]:
     )
     await asyncio.sleep(0)  # (nothing to wait for: deltas older than 20 ms are stored)
     return run.id, head
+
+
+async def test_a_run_whose_delta_batch_history_rejects_lets_go_and_writes_nothing_more(
+    stack: Stack, alice: RunClient
+) -> None:
+    run_id, _ = await _start_on(alice)
+    history = stack.history_client(alice.user)
+    intruder = run_pb2.RunEvent(
+        agent="intruder", text_delta=run_pb2.RunEvent.TextDelta(text="another writer")
+    )
+
+    async def intrude() -> bool:  # another writer takes the next seq (a recovery sweep would)
+        stored = await history.events(run_id)
+        intruder.seq = stored[-1].seq + 1
+        try:
+            await history.stub.AppendRunEvents(
+                hs.AppendRunEventsRequest(run_id=run_id, events=[intruder]), metadata=history.md
+            )
+        except grpc.aio.AioRpcError:  # the orchestrator stored that seq first: try the next
+            return False
+        return True
+
+    await wait_for(intrude, timeout=10)
+    # The flusher's next batch for the run conflicts: the run lets go at once (well before
+    # its agent's turn ends, ~5 s in, when a lifecycle write would have found the conflict).
+    await wait_for(lambda: run_id not in stack.orchestrator.manager.live_runs, timeout=2)
+    events = await history.events(run_id)
+    assert events[intruder.seq - 1].agent == "intruder"
+    # nothing of the orchestrator's after it (only, maybe, the recovery sweep's end)
+    assert all(e.HasField("run_failed") for e in events[intruder.seq :])
 
 
 def _assert_failed_as_stopped(events: list[run_pb2.RunEvent], head: list[run_pb2.RunEvent]) -> None:

@@ -282,3 +282,25 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> ChorusError:
                 detail.Unpack(bad)
                 out.violations = [(v.field, v.description) for v in bad.field_violations]
     return out
+
+
+def from_status(status: status_pb2.Status) -> ChorusError:
+    """A `google.rpc.Status` carried in a response (e.g. one result of a batch call) as a
+    `ChorusError` keeping its code, message, `ErrorInfo.reason` and `BadRequest` violations.
+    """
+    reason = None
+    violations: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    code = status_code_from_rpc(status.code)
+    out = error_for_code(code, status.message or code.name, reason=reason)
+    if isinstance(out, InvalidArgument):
+        out.violations = violations
+    return out

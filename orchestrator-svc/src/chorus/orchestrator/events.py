@@ -7,13 +7,17 @@ One `RunEventLog` per run executing in this process. It
   not yet stored) and wakes watchers, which read from that buffer at their own pace — a
   slow watcher never slows the run: once it falls behind the buffer it reads the stored
   log from history-svc and catches up;
-* writes events to history-svc in order: token deltas in batches at most
-  `delta_flush_interval_s` old, and every other ("lifecycle") event such that it is stored
-  before the next lifecycle event is emitted (DESIGN.md §4 "Durability"). A lifecycle event
-  waits for the previous one's write, not for its own — so emitting one never delays the
-  token stream that follows it.
+* writes events to history-svc in order: token deltas through the process-wide
+  `chorus.orchestrator.flusher.DeltaFlusher` (one AppendRunEventBatches call for the
+  deltas of every live run, at most `delta_flush_interval_s` after the oldest unstored
+  one), and every other ("lifecycle") event through its own AppendRunEvents write, such
+  that it is stored before the next lifecycle event is emitted (DESIGN.md §4
+  "Durability"). A lifecycle event waits for the previous one's write, not for its own —
+  so emitting one never delays the token stream that follows it. The two paths never
+  overlap: a lifecycle write waits for the run's batch in flight, and the flusher skips
+  a run whose lifecycle write is under way (that write stores its pending deltas too).
 
-Hot path (`emit_delta`): no task, no await, one list append per event.
+Hot path (`emit_delta`): no task, no timer, no await — one list append and one set add.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.core.logging import get_logger
 from chorus.orchestrator import metrics
 from chorus.v1 import run_pb2
+
+if TYPE_CHECKING:
+    from chorus.orchestrator.flusher import DeltaFlusher
 
 log = get_logger("chorus.orchestrator.events")
 
@@ -37,6 +45,8 @@ TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 EventWriter = Callable[[Sequence[run_pb2.RunEvent]], Awaitable[None]]
 """Stores a batch of consecutive events (HistoryService.AppendRunEvents); raises on failure."""
+RejectionHandler = Callable[[Exception], None]
+"""Told when history-svc rejected a delta batch of the run (e.g. FAILED_PRECONDITION)."""
 
 
 def is_terminal(event: run_pb2.RunEvent) -> bool:
@@ -54,10 +64,13 @@ class RunEventLog:
 
     Args:
         run_id: the run.
-        writer: stores a batch of events; exceptions mark the batch as not stored.
-        flush_interval_s: the oldest unstored delta is written within this time.
+        writer: stores a batch of events (lifecycle writes and `sync`); exceptions mark
+            the batch as not stored.
+        flusher: the process-wide writer of token deltas.
         buffer_events: events kept in memory for watchers (besides unstored ones).
         next_seq: the seq of the first event this log emits.
+        on_rejected: called when history-svc rejected a delta batch written by the
+            flusher (the batch stays pending; the next lifecycle write retries it).
     """
 
     def __init__(
@@ -65,13 +78,15 @@ class RunEventLog:
         run_id: str,
         writer: EventWriter,
         *,
-        flush_interval_s: float,
+        flusher: DeltaFlusher,
         buffer_events: int,
         next_seq: int = 1,
+        on_rejected: RejectionHandler | None = None,
     ) -> None:
         self.run_id = run_id
         self._writer = writer
-        self._interval = flush_interval_s
+        self._flusher = flusher
+        self._on_rejected = on_rejected
         self._keep = buffer_events
         self._loop = asyncio.get_running_loop()
         self._buf: list[run_pb2.RunEvent] = []
@@ -82,8 +97,7 @@ class RunEventLog:
         self._flush_lock = asyncio.Lock()
         self._emit_lock = asyncio.Lock()
         self._barrier: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._in_flight: asyncio.Future[None] | None = None  # the flusher's batch
         self._waiter: asyncio.Future[None] | None = None
         self.ended = False
         """True once the terminal event was emitted."""
@@ -100,6 +114,16 @@ class RunEventLog:
     def stored_seq(self) -> int:
         """Seq of the last event stored in history-svc."""
         return self._stored
+
+    @property
+    def has_pending(self) -> bool:
+        """Some emitted events are not stored yet."""
+        return bool(self._pending)
+
+    @property
+    def writing(self) -> bool:
+        """A write of this log is under way (a lifecycle write or the flusher's batch)."""
+        return self._in_flight is not None or self._flush_lock.locked()
 
     # ------------------------------------------------------------------ emitting
     def _publish(self, event: run_pb2.RunEvent) -> None:
@@ -123,8 +147,7 @@ class RunEventLog:
         if self.ended:
             raise RuntimeError("run already ended")
         self._publish(event)
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._interval, self._on_timer)
+        self._flusher.mark(self)
 
     async def emit(self, *events: run_pb2.RunEvent, durable: bool = False) -> None:
         """Emit lifecycle events once every earlier lifecycle event is stored.
@@ -167,33 +190,54 @@ class RunEventLog:
             await self._flush()
 
     # ------------------------------------------------------------------ persisting
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._pending:
-            task = self._loop.create_task(self._background_flush())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _background_flush(self) -> None:
-        try:
-            await self._flush()
-        except Exception as exc:  # the next lifecycle event retries and fails the run
-            log.warning("event_flush_failed", run_id=self.run_id, error=repr(exc))
-
     async def _flush(self) -> None:
         async with self._flush_lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            while self._in_flight is not None:  # the flusher's batch goes first
+                await asyncio.shield(self._in_flight)
             while self._pending:
                 batch = self._pending[:MAX_APPEND_BATCH]
                 started = time.perf_counter()
                 await self._writer(batch)
                 metrics.EVENT_WRITE_SECONDS.observe(time.perf_counter() - started)
-                metrics.EVENTS_STORED.inc(len(batch))
-                del self._pending[: len(batch)]
-                self._stored = batch[-1].seq
-            self._trim()
+                self._stored_through(len(batch))
+
+    def _stored_through(self, count: int) -> None:
+        """The first `count` pending events are stored."""
+        metrics.EVENTS_STORED.inc(count)
+        self._stored = self._pending[count - 1].seq
+        del self._pending[:count]
+        self._trim()
+
+    # The flusher's side (chorus.orchestrator.flusher): take, then stored or failed.
+
+    def take_batch(self, limit: int) -> list[run_pb2.RunEvent]:
+        """The first pending events (at most `limit`) for the flusher to write; the log
+        counts them as being written until `batch_stored` or `batch_failed`.
+
+        Only when `has_pending` and not `writing`."""
+        assert self._pending and not self.writing
+        self._in_flight = self._loop.create_future()
+        return self._pending[:limit]
+
+    def batch_stored(self, count: int) -> None:
+        """The flusher stored the `count` events it took."""
+        self._stored_through(count)
+        self._end_batch()
+
+    def batch_failed(self, exc: Exception, *, rejected: bool) -> None:
+        """The flusher's batch was not stored: the whole call failed (`rejected` False; the
+        flusher retries) or history-svc rejected this run's batch (`on_rejected` is told).
+        The events stay pending either way."""
+        self._end_batch()
+        if rejected:  # a failed call is logged once by the flusher, not per run
+            log.warning("event_flush_rejected", run_id=self.run_id, error=repr(exc))
+            if self._on_rejected is not None:
+                self._on_rejected(exc)
+
+    def _end_batch(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and not in_flight.done():
+            in_flight.set_result(None)
 
     def _trim(self) -> None:
         excess = len(self._buf) - self._keep
@@ -221,13 +265,8 @@ class RunEventLog:
             await asyncio.shield(self._waiter)
 
     def close(self) -> None:
-        """The run's task is over: stop the flush timer and wake every watcher."""
+        """The run's task is over: the flusher drops the log, every watcher wakes."""
         self.closed = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.set_result(None)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for task in list(self._background):
-            task.cancel()

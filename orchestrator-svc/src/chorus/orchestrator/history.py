@@ -18,7 +18,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 
-from chorus.core.errors import from_rpc_error
+from chorus.core.errors import ChorusError, from_rpc_error, from_status
 from chorus.core.identity import USER_KEY
 from chorus.v1 import (
     conversation_pb2,
@@ -181,6 +181,33 @@ class HistoryClient:
             retry=True,
         )
         return response.last_seq
+
+    async def append_event_batches(
+        self, user: str, batches: Sequence[tuple[str, Sequence[run_pb2.RunEvent]]]
+    ) -> list[int | ChorusError]:
+        """AppendRunEventBatches: many runs' batches in one call (retried on UNAVAILABLE:
+        repeats are idempotent). Returns per batch, in order, the run's last stored seq or
+        the error rejecting that batch (e.g. `FailedPrecondition` SEQ_GAP / SEQ_CONFLICT).
+
+        Raises:
+            chorus.core.errors.ChorusError: the call as a whole failed; nothing was stored.
+        """
+        request = hs.AppendRunEventBatchesRequest(
+            batches=[
+                hs.AppendRunEventsRequest(run_id=run_id, events=events)
+                for run_id, events in batches
+            ]
+        )
+        response = await self._call(
+            lambda: self.stub.AppendRunEventBatches(
+                request, metadata=_md(user), timeout=UNARY_TIMEOUT_S
+            ),
+            retry=True,
+        )
+        return [
+            from_status(r.error) if r.WhichOneof("result") == "error" else r.last_seq
+            for r in response.results
+        ]
 
     async def list_events(
         self, user: str, run_id: str, after_seq: int, page_size: int = 1000

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-from chorus.core import deadlines
+from chorus.core import deadlines, identity
 from chorus.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -27,6 +28,7 @@ from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
 from chorus.orchestrator.catalog import CatalogCache, ProviderAuth
 from chorus.orchestrator.events import is_terminal
+from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.recovery import Liveness, end_orphan
 from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, RunDeps
@@ -110,8 +112,17 @@ class RunManager:
         self._catalog = catalog
         self._tools = tools
         self._templates = dict(templates)
+        self.flusher = DeltaFlusher(
+            functools.partial(history.append_event_batches, identity.SYSTEM_USER),
+            interval_s=settings.delta_flush_interval_s,
+        )
         self._deps = RunDeps(
-            settings=settings, history=history, provider=provider, auth=auth, tools=tools
+            settings=settings,
+            history=history,
+            flusher=self.flusher,
+            provider=provider,
+            auth=auth,
+            tools=tools,
         )
         self._runs: dict[str, LiveRun] = {}
         self._accepting = True
@@ -453,4 +464,5 @@ class RunManager:
             _, pending = await asyncio.wait(tasks, timeout=timeout_s)
             for task in pending:
                 task.cancel()
+        await self.flusher.close()
         await self.liveness.stop()

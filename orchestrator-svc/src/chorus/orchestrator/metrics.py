@@ -23,6 +23,22 @@ EVENT_WRITE_SECONDS = Histogram(
     "Latency of one AppendRunEvents batch, seconds.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
+DELTA_FLUSH_SECONDS = Histogram(
+    "chorus_run_delta_flush_seconds",
+    "Latency of one AppendRunEventBatches call of the process-wide delta flusher, seconds.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+DELTA_FLUSH_RUNS = Histogram(
+    "chorus_run_delta_flush_runs",
+    "Runs whose deltas one AppendRunEventBatches call of the delta flusher carried.",
+    buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000),
+)
+DELTA_FLUSH_FAILURES = Counter(
+    "chorus_run_delta_flush_failures_total",
+    "Delta batches not stored by the flusher, by kind: `call` (the whole call failed; "
+    "retried) or `rejected` (history-svc refused that run's batch).",
+    ["kind"],
+)
 WATCHER_CATCHUPS = Counter(
     "chorus_run_watcher_catchups_total",
     "Times a watcher fell behind the in-memory buffer and read history-svc to catch up.",

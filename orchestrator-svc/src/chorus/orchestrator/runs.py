@@ -45,6 +45,7 @@ from chorus.orchestrator import metrics
 from chorus.orchestrator.catalog import ProviderAuth
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.orchestrator.events import RunEventLog
+from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.model_client import ProviderChatClient, add_usage
 from chorus.orchestrator.settings import Settings
@@ -92,6 +93,7 @@ class RunDeps:
 
     settings: Settings
     history: HistoryClient
+    flusher: DeltaFlusher
     provider: provider_service_pb2_grpc.ProviderServiceStub
     auth: ProviderAuth
     tools: ToolRegistry
@@ -148,8 +150,9 @@ class LiveRun:
         self.log = RunEventLog(
             record.id,
             self._write_events,
-            flush_interval_s=deps.settings.delta_flush_interval_s,
+            flusher=deps.flusher,
             buffer_events=deps.settings.watcher_buffer_events,
+            on_rejected=self._events_rejected,
         )
         self.status: run_pb2.RunStatus = record.status
         self.turns = 0
@@ -238,6 +241,12 @@ class LiveRun:
             # Someone else (a recovery sweep that took us for dead) wrote these seqs.
             self.abandon()
             raise RunAbandoned(exc.message) from None
+
+    def _events_rejected(self, exc: Exception) -> None:
+        """history-svc rejected a delta batch of the flusher (as `_write_events` would)."""
+        if isinstance(exc, FailedPrecondition):
+            # Someone else (a recovery sweep that took us for dead) wrote these seqs.
+            self.abandon()
 
     async def _update_record(self, run: run_pb2.Run, paths: Sequence[str]) -> None:
         run.id = self.id
