@@ -145,6 +145,15 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system) process `pid` used so far, seconds (0 when it has exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Stack:
     """The four Chorus services as separate processes on free ports."""
 
@@ -194,6 +203,10 @@ class Stack:
         """Resident memory of each service process, MB (from /proc)."""
         return {name: _rss_mb(proc.proc.pid) for name, proc in self.procs.items()}
 
+    def cpu_s(self) -> dict[str, float]:
+        """CPU time each service process used so far, seconds (from /proc)."""
+        return {name: _cpu_s(proc.proc.pid) for name, proc in self.procs.items()}
+
     @contextmanager
     def peak_rss(self, interval_s: float = 0.5) -> Iterator[dict[str, float]]:
         """Sample each service's resident memory every `interval_s` while the block runs;
@@ -219,6 +232,11 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         for proc in reversed(self.procs.values()):
             proc.stop()
+        log_dir = os.environ.get("CHORUS_BENCH_LOG_DIR")
+        if log_dir:  # each service's log lines, to look into a surprising figure
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            for name, proc in self.procs.items():
+                (Path(log_dir) / f"{name}.log").write_text("\n".join(proc.lines) + "\n")
 
 
 def load(

@@ -1,6 +1,7 @@
 """`make bench`: the whole chain against the upstream and LiteLLM, side by side in one run.
 
     python -m bench.run [--rounds 3] [--quick] [--skip-litellm] [--skip-slow]
+        [--only ttft|throughput|slow ...]
 
 Starts `../shared/anchors/fake_openai.py` (full speed, and a 5 tokens/s copy), the four
 Chorus services as separate processes on PostgreSQL + Redis (a throw-away database), and
@@ -30,6 +31,7 @@ from bench.harness import LITELLM_KEY, RESULTS, Stack, litellm, load, postgres_d
 
 TTFT_LEVELS = (1, 10, 100)
 THROUGHPUT_LEVELS = (20, 100)
+SCENARIOS = ("ttft", "throughput", "slow")
 
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float | None:
@@ -49,6 +51,7 @@ def measure(
         "tokens_per_s": median_of(runs, "tokens_per_s"),
         "ttft_p50_ms": median_of(runs, "ttft_p50_ms"),
         "ttft_p99_ms": median_of(runs, "ttft_p99_ms"),
+        "lag_p50_ms": median_of(runs, "lag_p50_ms"),
         "lag_p99_ms": median_of(runs, "lag_p99_ms"),
         "errors": sum(int(r["errors"]) for r in runs),
         "delivered": sum(int(r["tokens"]) for r in runs),
@@ -62,9 +65,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (smoke run)")
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--skip-slow", action="store_true")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable); default: all of them",
+    )
     parser.add_argument("--slow-runs", type=int, default=1000)
     parser.add_argument("--slow-seconds", type=int, default=60)
     args = parser.parse_args()
+    scenarios = set(args.only or SCENARIOS)
+    if args.skip_slow:
+        scenarios.discard("slow")
     rounds = 1 if args.quick else args.rounds
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%MZ")
@@ -97,7 +109,7 @@ def main() -> None:
             return ("--key", LITELLM_KEY) if name == "litellm" else ()
 
         out["ttft"] = []
-        for conc in (1, 10) if args.quick else TTFT_LEVELS:
+        for conc in () if "ttft" not in scenarios else (1, 10) if args.quick else TTFT_LEVELS:
             for name, (mode, target) in targets.items():
                 row = measure(
                     rounds,
@@ -116,7 +128,8 @@ def main() -> None:
                 )
 
         out["throughput"] = []
-        for conc in (20,) if args.quick else THROUGHPUT_LEVELS:
+        levels = (20,) if args.quick else THROUGHPUT_LEVELS
+        for conc in levels if "throughput" in scenarios else ():
             for name, (mode, target) in targets.items():
                 row = measure(rounds, mode, target, conc, 100 if args.quick else 500, *extra(name))
                 out["throughput"].append({"path": name, **row, "rss_mb": chorus.rss_mb()})
@@ -125,11 +138,12 @@ def main() -> None:
                     flush=True,
                 )
 
-        if not args.skip_slow:
+        if "slow" in scenarios:
             slow_runs = 50 if args.quick else args.slow_runs
             tps = 5.0
             tokens = int(tps * (10 if args.quick else args.slow_seconds))
             before = chorus.rss_mb()
+            cpu_before = chorus.cpu_s()
             with chorus.peak_rss() as peak:
                 row = measure(
                     1,
@@ -144,6 +158,7 @@ def main() -> None:
                     "--lag",
                 )
             growth = {name: round(peak[name] - before[name], 1) for name in before}
+            cpu = {name: round(s - cpu_before[name], 1) for name, s in chorus.cpu_s().items()}
             out["slow"] = {
                 **row,
                 "runs": slow_runs,
@@ -151,11 +166,14 @@ def main() -> None:
                 "rss_peak_mb": dict(peak),
                 "rss_growth_mb": growth,
                 "rss_per_1000_runs_mb": round(sum(growth.values()) * 1000 / slow_runs, 1),
+                "cpu_s": cpu,
             }
             print(
-                f"slow {slow_runs} runs @ {tps} tok/s: lag p99 {row['lag_p99_ms']} ms, "
+                f"slow {slow_runs} runs @ {tps} tok/s: lag p50 {row['lag_p50_ms']} ms, "
+                f"p99 {row['lag_p99_ms']} ms, "
                 f"delivered {row['delivered']}/{row['requested']}, "
-                f"memory +{out['slow']['rss_per_1000_runs_mb']} MB per 1,000 live runs {growth}",
+                f"memory +{out['slow']['rss_per_1000_runs_mb']} MB per 1,000 live runs {growth}, "
+                f"CPU s {cpu}",
                 flush=True,
             )
 
