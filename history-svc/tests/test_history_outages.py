@@ -184,3 +184,37 @@ async def test_start_fails_clearly_when_the_database_never_answers() -> None:
     )
     with pytest.raises(ConfigurationError, match="cannot open the PostgreSQL database"):
         await build_app(settings)
+
+
+def _redis_errors() -> float:
+    return sum(
+        s.value
+        for metric in REGISTRY.collect()
+        if metric.name == "chorus_history_redis_errors"
+        for s in metric.samples
+        if s.name == "chorus_history_redis_errors_total"
+    )
+
+
+async def test_a_burst_beyond_the_redis_pool_waits_for_a_connection_instead_of_failing(
+    pg_url: str, private_redis: RedisServer
+) -> None:
+    settings = make_settings(
+        database_url=pg_url,
+        redis_url=private_redis.url,
+        redis_key_prefix="chorus-pool:",
+        redis_max_connections=2,
+    )
+    async with running_history(settings) as h:
+        alice = h.as_user("alice-pool")
+        runs = [await new_run(alice) for _ in range(20)]
+        before = _redis_errors()
+        await asyncio.gather(
+            *(
+                alice.AppendRunEvents(
+                    pb.AppendRunEventsRequest(run_id=r.id, events=[text_event(1)])
+                )
+                for r in runs
+            )
+        )
+        assert _redis_errors() == before  # 20 concurrent calls shared 2 connections

@@ -27,19 +27,26 @@ ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 def client(settings: Settings, *, socket_timeout_s: float | None = None) -> redis.Redis:
     """A `redis.asyncio` client on `settings.redis_url` (own pool), bytes in and out.
 
+    The pool holds `redis_max_connections`; a command finding them all busy (a burst of
+    concurrent calls) waits up to `redis_socket_timeout_s` for one instead of failing at
+    once — such a failure would mark Redis unusable for `redis_retry_after_s` and send
+    every watcher to the database meanwhile.
+
     Args:
         socket_timeout_s: read timeout (default `redis_socket_timeout_s`; blocking reads need
             more than their block time).
     """
     assert settings.redis_url is not None
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         socket_timeout=socket_timeout_s or settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
         max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout_s,
         health_check_interval=30,
         retry_on_timeout=False,
     )
+    return redis.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
 
 class RedisGuard:
