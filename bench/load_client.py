@@ -97,6 +97,8 @@ async def stream_sse(
             elif line.startswith("data:") and event == "text_delta":
                 text = orjson.loads(line[5:])["textDelta"]["text"]
                 yield max(1, text.count(" tok"))
+            elif line.startswith("data:") and event == "error":  # the run could not stream
+                raise RuntimeError(f"SSE error event: {line[5:].strip()}")
 
 
 async def main() -> None:
