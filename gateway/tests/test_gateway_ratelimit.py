@@ -92,3 +92,35 @@ async def test_limits_are_shared_between_replicas_through_redis(gateways):
         assert keys, "the counters were in Redis"
         await r.delete(*keys)
         await r.aclose()
+
+
+async def test_a_burst_beyond_the_redis_pool_is_counted_not_failed_open():
+    from chorus.gateway.ratelimit import STORAGE_ERRORS, RateLimiter
+    from chorus.gateway.settings import GatewaySettings
+
+    require_service("Redis", "127.0.0.1", 6379)
+    prefix = f"chorus-test-burst-{uuid.uuid4().hex[:8]}"
+    limiter = RateLimiter(
+        GatewaySettings(
+            redis_url="redis://127.0.0.1:6379/0",
+            rate_limit_key_prefix=prefix,
+            rate_limit_runs="1000/minute",
+            rate_limit_redis_connections=2,
+        )
+    )
+    errors_before = STORAGE_ERRORS._value.get()
+    try:
+        import asyncio
+
+        await asyncio.gather(*(limiter.hit("runs", "burst-user") for _ in range(100)))
+        stats = await limiter._strategy.get_window_stats(
+            limiter.limits["runs"][0], "runs", "burst-user"
+        )
+        assert stats.remaining == 1000 - 100, "every hit of the burst was counted in Redis"
+        assert STORAGE_ERRORS._value.get() == errors_before
+    finally:
+        await limiter.close()
+        client = redis.Redis()
+        async for key in client.scan_iter(f"{prefix}*"):
+            await client.delete(key)
+        await client.aclose()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
+import redis.asyncio as aioredis
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -51,14 +52,23 @@ class RateLimiter:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.storage: Storage
+        self._pool: aioredis.BlockingConnectionPool | None = None
         if settings.redis_url:
+            # A bounded, blocking pool: 1,000 streams starting at once must queue for a
+            # connection, not exhaust the client's default pool ("Too many connections").
+            self._pool = pool = aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.rate_limit_redis_connections,
+                timeout=1.0,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+            )
             self.storage = RedisStorage(
                 storage_uri(settings.redis_url),
                 implementation="redispy",
                 key_prefix=settings.rate_limit_key_prefix,
                 wrap_exceptions=True,
-                socket_timeout=1.0,
-                socket_connect_timeout=1.0,
+                connection_pool=pool,
             )
         else:
             self.storage = MemoryStorage()
@@ -104,3 +114,5 @@ class RateLimiter:
         client = getattr(getattr(self.storage, "bridge", None), "storage", None)
         if client is not None and hasattr(client, "aclose"):
             await client.aclose()
+        if self._pool is not None:
+            await self._pool.disconnect()

@@ -117,6 +117,12 @@ class GatewaySettings(CoreSettings):
     rate_limit_key_prefix: str = Field(
         "chorus:gateway:ratelimit", description="Prefix of the rate-limit keys in Redis."
     )
+    rate_limit_redis_connections: int = Field(
+        64,
+        ge=1,
+        description="Redis connections of the rate limiter; a burst beyond them waits (≤ 1 s) "
+        "for a free one instead of failing.",
+    )
 
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (exact, e.g. https://x.example)."
