@@ -17,10 +17,11 @@ from __future__ import annotations
 import email.utils
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+import httpx2
 
 from chorus.provider.models import ModelSpec, Usage
 from chorus.v1 import chat_pb2, provider_service_pb2
@@ -179,6 +180,28 @@ def error_from_http(
         http_status=status,
         reason=reason,
     )
+
+
+async def relay_upstream(
+    provider: str, response: httpx2.Response, events: AsyncIterator[Event]
+) -> AsyncGenerator[Event, None]:
+    """Yield the decoded `events` of an open upstream `response`, and always close it.
+
+    Raises:
+        UpstreamError: UNAVAILABLE (reason UPSTREAM_DISCONNECTED) when the connection fails
+            mid-stream; nothing is retried after this point.
+    """
+    try:
+        async for event in events:
+            yield event
+    except httpx2.HTTPError as err:
+        raise UpstreamError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{provider}: the upstream connection failed mid-stream ({type(err).__name__})",
+            reason="UPSTREAM_DISCONNECTED",
+        ) from None
+    finally:
+        await response.aclose()
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

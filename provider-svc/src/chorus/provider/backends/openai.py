@@ -40,6 +40,7 @@ from chorus.provider.backends.base import (
     finish_reason_of,
     merge_deltas,
     reasoning_event,
+    relay_upstream,
     role_name,
     text_event,
     unreachable,
@@ -279,18 +280,10 @@ class OpenAIBackend(Backend):
         except openai.APIConnectionError as err:  # refused, reset, DNS, connect timeout
             raise unreachable(self.provider.name, err) from None
         response = sdk_stream.response
-        try:
-            async for event in self._decode(response, result):
-                yield event
-        except httpx2.HTTPError as err:
-            raise UpstreamError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{self.provider.name}: the upstream connection failed mid-stream "
-                f"({type(err).__name__})",
-                reason="UPSTREAM_DISCONNECTED",
-            ) from None
-        finally:
-            await response.aclose()
+        async for event in relay_upstream(
+            self.provider.name, response, self._decode(response, result)
+        ):
+            yield event
 
     async def _decode(
         self, response: httpx2.Response, result: StreamResult
