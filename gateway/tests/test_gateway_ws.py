@@ -119,6 +119,7 @@ async def test_cancel_stops_a_live_run(ws, client):
         ({"type": "chat", "payload": "hello"}, "payload"),
         ({"type": "chat", "payload": {}}, "payload.message"),
         ({"type": "chat", "payload": {"message": "x", "maxTurns": -1}}, "maxTurns"),
+        ({"type": "chat", "payload": {"message": "x", "maxTurns": 0}}, "maxTurns"),
         ({"type": "subscribe", "payload": {"afterSeq": 1}}, "payload.runId"),
         ({"type": "subscribe", "payload": {"runId": "r", "afterSeq": "x"}}, "afterSeq"),
     ],

@@ -87,6 +87,7 @@ BAD_SPECS: list[tuple[str, run_pb2.RunSpec, set[str]]] = [
         spec(team_spec=_with_agents(agent("Ada"), agent("Ada"))),
         {"spec.team.agents[1].name"},
     ),
+    ("max_turns 0", spec(team_spec=duet(), max_turns=0), {"spec.max_turns"}),
     ("max_turns negative", spec(team_spec=duet(), max_turns=-1), {"spec.max_turns"}),
     ("max_turns 10^6", spec(team_spec=duet(), max_turns=10**6), {"spec.max_turns"}),
     ("team max_turns 10^6", spec(team_spec=duet(turns=10**6)), {"spec.team.max_turns"}),

@@ -163,7 +163,9 @@ def run(
     ],
     input: Annotated[str, typer.Option("--input", "-i", help="Topic, task or message.")],
     conversation: Annotated[str, typer.Option(help="Conversation id (default: a new one).")] = "",
-    max_turns: Annotated[int, typer.Option(help="Turn limit (0: the team's default).")] = 0,
+    max_turns: Annotated[
+        int | None, typer.Option(min=1, help="Turn limit (default: the team's).")
+    ] = None,
     model: Annotated[
         list[str],
         typer.Option(help="Override an agent's model: AGENT=PROVIDER/MODEL (repeatable)."),

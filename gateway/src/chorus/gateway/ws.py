@@ -214,16 +214,21 @@ class Connection:
                 [("payload.message", f"at most {self.settings.max_input_chars} characters")],
                 reason="INPUT_TOO_LONG",
             )
-        max_turns = _field(payload, "maxTurns", 0)
-        if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 0:
-            raise _FrameError('"payload.maxTurns" must be a non-negative integer')
+        max_turns = _field(payload, "maxTurns", None)
+        if max_turns is not None and (
+            not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1
+        ):
+            raise _FrameError(
+                '"payload.maxTurns" must be a positive integer (omit it for the default)'
+            )
         spec = run_pb2.RunSpec(
             template=_string(payload, "team") or DEFAULT_TEAM,
             input=message,
             conversation_id=_string(payload, "conversationId"),
             request_id=_string(payload, "requestId"),
-            max_turns=max_turns,
         )
+        if max_turns is not None:
+            spec.max_turns = max_turns
         self._check_capacity(None)
         await self.limiter.hit("messages", self.caller.user)
         reply = await self.clients.runs.CreateRun(

@@ -146,7 +146,7 @@ def resolve_run_spec(
     Raises:
         chorus.core.errors.InvalidArgument: with a field violation for every problem, e.g.
             `spec.template` (unknown), `spec.team.agents` (empty), `spec.team.agents[1].name`
-            (duplicate), `spec.max_turns` (out of 0..cap), `spec.team.agents[0].tools[0]`
+            (duplicate), `spec.max_turns` (out of 1..cap), `spec.team.agents[0].tools[0]`
             (unknown tool), `spec.team.agents[0].model.provider` (unknown provider).
     """
     v = Violations()
@@ -176,8 +176,11 @@ def resolve_run_spec(
         v.add("spec.request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
     if spec.on_disconnect not in run_pb2.OnDisconnect.values():
         v.add("spec.on_disconnect", "must be CONTINUE or CANCEL")
-    if not 0 <= spec.max_turns <= settings.max_turns_cap:
-        v.add("spec.max_turns", f"must be 1..{settings.max_turns_cap} (0 for the team's default)")
+    if spec.HasField("max_turns") and not 1 <= spec.max_turns <= settings.max_turns_cap:
+        v.add(
+            "spec.max_turns",
+            f"must be 1..{settings.max_turns_cap} (leave it unset for the team's default)",
+        )
 
     if resolved.HasField("team"):
         agents = {a.name: a for a in resolved.team.agents}
@@ -199,7 +202,7 @@ def resolve_run_spec(
     team = resolved.team
     if team.kind == team_pb2.TEAM_KIND_SINGLE:
         resolved.max_turns = 1  # one reply per run; the conversation carries the rest
-    elif spec.max_turns == 0:
+    elif not spec.HasField("max_turns"):
         resolved.max_turns = team.max_turns or settings.default_max_turns
     if resolved.on_disconnect == run_pb2.ON_DISCONNECT_UNSPECIFIED:
         resolved.on_disconnect = run_pb2.ON_DISCONNECT_CONTINUE
