@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from chorus.v1 import chat_pb2 as chorus_dot_v1_dot_chat__pb2
 from chorus.v1 import conversation_pb2 as chorus_dot_v1_dot_conversation__pb2
 from chorus.v1 import run_pb2 as chorus_dot_v1_dot_run__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
@@ -29,71 +30,81 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63horus/v1/history_service.proto\x12\tchorus.v1\x1a\x1c\x63horus/v1/conversation.proto\x1a\x13\x63horus/v1/run.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"^\n\x19\x43reateConversationRequest\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x1a\x43reateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\"K\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x18\n\x10include_messages\x18\x02 \x01(\x08\"n\n\x17GetConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.chorus.v1.Message\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x19ListConversationsResponse\x12.\n\rconversations\x18\x01 \x03(\x0b\x32\x17.chorus.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x19UpdateConversationRequest\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"K\n\x1aUpdateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"V\n\x15\x41ppendMessagesRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.chorus.v1.Message\">\n\x16\x41ppendMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.chorus.v1.Message\"e\n\x13ListMessagesRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.chorus.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x10RecordRunRequest\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x11RecordRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"3\n\x14GetRunRecordResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\"\xc7\x01\n\x15ListRunRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.chorus.v1.RunStatus\x12\x34\n\x10heartbeat_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nall_owners\x18\x06 \x01(\x08\"O\n\x16ListRunRecordsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.chorus.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x16\x41ppendRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.chorus.v1.RunEvent\"+\n\x17\x41ppendRunEventsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\"R\n\x1c\x41ppendRunEventBatchesRequest\x12\x32\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32!.chorus.v1.AppendRunEventsRequest\"^\n\x19\x41ppendRunEventBatchResult\x12\x12\n\x08last_seq\x18\x01 \x01(\x03H\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"V\n\x1d\x41ppendRunEventBatchesResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.chorus.v1.AppendRunEventBatchResult\"`\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"U\n\x15ListRunEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.chorus.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x15WatchRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"<\n\x16WatchRunEventsResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunEvent2\xfe\t\n\x0eHistoryService\x12\x61\n\x12\x43reateConversation\x12$.chorus.v1.CreateConversationRequest\x1a%.chorus.v1.CreateConversationResponse\x12X\n\x0fGetConversation\x12!.chorus.v1.GetConversationRequest\x1a\".chorus.v1.GetConversationResponse\x12^\n\x11ListConversations\x12#.chorus.v1.ListConversationsRequest\x1a$.chorus.v1.ListConversationsResponse\x12\x61\n\x12UpdateConversation\x12$.chorus.v1.UpdateConversationRequest\x1a%.chorus.v1.UpdateConversationResponse\x12\x61\n\x12\x44\x65leteConversation\x12$.chorus.v1.DeleteConversationRequest\x1a%.chorus.v1.DeleteConversationResponse\x12U\n\x0e\x41ppendMessages\x12 .chorus.v1.AppendMessagesRequest\x1a!.chorus.v1.AppendMessagesResponse\x12O\n\x0cListMessages\x12\x1e.chorus.v1.ListMessagesRequest\x1a\x1f.chorus.v1.ListMessagesResponse\x12\x46\n\tRecordRun\x12\x1b.chorus.v1.RecordRunRequest\x1a\x1c.chorus.v1.RecordRunResponse\x12O\n\x0cGetRunRecord\x12\x1e.chorus.v1.GetRunRecordRequest\x1a\x1f.chorus.v1.GetRunRecordResponse\x12U\n\x0eListRunRecords\x12 .chorus.v1.ListRunRecordsRequest\x1a!.chorus.v1.ListRunRecordsResponse\x12X\n\x0f\x41ppendRunEvents\x12!.chorus.v1.AppendRunEventsRequest\x1a\".chorus.v1.AppendRunEventsResponse\x12j\n\x15\x41ppendRunEventBatches\x12\'.chorus.v1.AppendRunEventBatchesRequest\x1a(.chorus.v1.AppendRunEventBatchesResponse\x12R\n\rListRunEvents\x12\x1f.chorus.v1.ListRunEventsRequest\x1a .chorus.v1.ListRunEventsResponse\x12W\n\x0eWatchRunEvents\x12 .chorus.v1.WatchRunEventsRequest\x1a!.chorus.v1.WatchRunEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63horus/v1/history_service.proto\x12\tchorus.v1\x1a\x14\x63horus/v1/chat.proto\x1a\x1c\x63horus/v1/conversation.proto\x1a\x13\x63horus/v1/run.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"^\n\x19\x43reateConversationRequest\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x1a\x43reateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\"K\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x18\n\x10include_messages\x18\x02 \x01(\x08\"n\n\x17GetConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.chorus.v1.Message\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x19ListConversationsResponse\x12.\n\rconversations\x18\x01 \x03(\x0b\x32\x17.chorus.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x19UpdateConversationRequest\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"K\n\x1aUpdateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.Conversation\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"V\n\x15\x41ppendMessagesRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.chorus.v1.Message\">\n\x16\x41ppendMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.chorus.v1.Message\"e\n\x13ListMessagesRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.chorus.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x10RecordRunRequest\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x11RecordRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xcc\x01\n\x15RecordRunStartRequest\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12-\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.chorus.v1.Message\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.chorus.v1.RunEvent\x12\x1c\n\x14recent_message_count\x18\x05 \x01(\x05\"\xc8\x01\n\x16RecordRunStartResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12-\n\x0c\x63onversation\x18\x03 \x01(\x0b\x32\x17.chorus.v1.Conversation\x12$\n\x08messages\x18\x04 \x03(\x0b\x32\x12.chorus.v1.Message\x12+\n\x0frecent_messages\x18\x05 \x03(\x0b\x32\x12.chorus.v1.Message\"x\n\x0cRunHeartbeat\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0eowner_instance\x18\x02 \x01(\t\x12\r\n\x05turns\x18\x03 \x01(\x05\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.chorus.v1.Usage\x12\x10\n\x08last_seq\x18\x05 \x01(\x03\"I\n\x1aRecordRunHeartbeatsRequest\x12+\n\nheartbeats\x18\x01 \x03(\x0b\x32\x17.chorus.v1.RunHeartbeat\";\n\x1bRecordRunHeartbeatsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.chorus.v1.Run\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"3\n\x14GetRunRecordResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\"\xc7\x01\n\x15ListRunRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.chorus.v1.RunStatus\x12\x34\n\x10heartbeat_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nall_owners\x18\x06 \x01(\x08\"O\n\x16ListRunRecordsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.chorus.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x16\x41ppendRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.chorus.v1.RunEvent\"+\n\x17\x41ppendRunEventsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\"R\n\x1c\x41ppendRunEventBatchesRequest\x12\x32\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32!.chorus.v1.AppendRunEventsRequest\"^\n\x19\x41ppendRunEventBatchResult\x12\x12\n\x08last_seq\x18\x01 \x01(\x03H\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"V\n\x1d\x41ppendRunEventBatchesResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.chorus.v1.AppendRunEventBatchResult\"`\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"U\n\x15ListRunEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.chorus.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x15WatchRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"<\n\x16WatchRunEventsResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunEvent2\xbb\x0b\n\x0eHistoryService\x12\x61\n\x12\x43reateConversation\x12$.chorus.v1.CreateConversationRequest\x1a%.chorus.v1.CreateConversationResponse\x12X\n\x0fGetConversation\x12!.chorus.v1.GetConversationRequest\x1a\".chorus.v1.GetConversationResponse\x12^\n\x11ListConversations\x12#.chorus.v1.ListConversationsRequest\x1a$.chorus.v1.ListConversationsResponse\x12\x61\n\x12UpdateConversation\x12$.chorus.v1.UpdateConversationRequest\x1a%.chorus.v1.UpdateConversationResponse\x12\x61\n\x12\x44\x65leteConversation\x12$.chorus.v1.DeleteConversationRequest\x1a%.chorus.v1.DeleteConversationResponse\x12U\n\x0e\x41ppendMessages\x12 .chorus.v1.AppendMessagesRequest\x1a!.chorus.v1.AppendMessagesResponse\x12O\n\x0cListMessages\x12\x1e.chorus.v1.ListMessagesRequest\x1a\x1f.chorus.v1.ListMessagesResponse\x12\x46\n\tRecordRun\x12\x1b.chorus.v1.RecordRunRequest\x1a\x1c.chorus.v1.RecordRunResponse\x12U\n\x0eRecordRunStart\x12 .chorus.v1.RecordRunStartRequest\x1a!.chorus.v1.RecordRunStartResponse\x12\x64\n\x13RecordRunHeartbeats\x12%.chorus.v1.RecordRunHeartbeatsRequest\x1a&.chorus.v1.RecordRunHeartbeatsResponse\x12O\n\x0cGetRunRecord\x12\x1e.chorus.v1.GetRunRecordRequest\x1a\x1f.chorus.v1.GetRunRecordResponse\x12U\n\x0eListRunRecords\x12 .chorus.v1.ListRunRecordsRequest\x1a!.chorus.v1.ListRunRecordsResponse\x12X\n\x0f\x41ppendRunEvents\x12!.chorus.v1.AppendRunEventsRequest\x1a\".chorus.v1.AppendRunEventsResponse\x12j\n\x15\x41ppendRunEventBatches\x12\'.chorus.v1.AppendRunEventBatchesRequest\x1a(.chorus.v1.AppendRunEventBatchesResponse\x12R\n\rListRunEvents\x12\x1f.chorus.v1.ListRunEventsRequest\x1a .chorus.v1.ListRunEventsResponse\x12W\n\x0eWatchRunEvents\x12 .chorus.v1.WatchRunEventsRequest\x1a!.chorus.v1.WatchRunEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chorus.v1.history_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=189
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=283
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=285
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=360
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=362
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=437
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=439
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=549
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=551
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=616
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=618
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=718
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=720
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=843
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=845
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=920
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=922
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=974
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=976
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1004
-  _globals['_APPENDMESSAGESREQUEST']._serialized_start=1006
-  _globals['_APPENDMESSAGESREQUEST']._serialized_end=1092
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=1094
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=1156
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1158
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1259
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1261
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1346
-  _globals['_RECORDRUNREQUEST']._serialized_start=1348
-  _globals['_RECORDRUNREQUEST']._serialized_end=1444
-  _globals['_RECORDRUNRESPONSE']._serialized_start=1446
-  _globals['_RECORDRUNRESPONSE']._serialized_end=1511
-  _globals['_GETRUNRECORDREQUEST']._serialized_start=1513
-  _globals['_GETRUNRECORDREQUEST']._serialized_end=1550
-  _globals['_GETRUNRECORDRESPONSE']._serialized_start=1552
-  _globals['_GETRUNRECORDRESPONSE']._serialized_end=1603
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_start=1606
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_end=1805
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_start=1807
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_end=1886
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_start=1888
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_end=1965
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_start=1967
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_end=2010
-  _globals['_APPENDRUNEVENTBATCHESREQUEST']._serialized_start=2012
-  _globals['_APPENDRUNEVENTBATCHESREQUEST']._serialized_end=2094
-  _globals['_APPENDRUNEVENTBATCHRESULT']._serialized_start=2096
-  _globals['_APPENDRUNEVENTBATCHRESULT']._serialized_end=2190
-  _globals['_APPENDRUNEVENTBATCHESRESPONSE']._serialized_start=2192
-  _globals['_APPENDRUNEVENTBATCHESRESPONSE']._serialized_end=2278
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=2280
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=2376
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=2378
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=2463
-  _globals['_WATCHRUNEVENTSREQUEST']._serialized_start=2465
-  _globals['_WATCHRUNEVENTSREQUEST']._serialized_end=2523
-  _globals['_WATCHRUNEVENTSRESPONSE']._serialized_start=2525
-  _globals['_WATCHRUNEVENTSRESPONSE']._serialized_end=2585
-  _globals['_HISTORYSERVICE']._serialized_start=2588
-  _globals['_HISTORYSERVICE']._serialized_end=3866
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=211
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=305
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=307
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=382
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=384
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=459
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=461
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=571
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=573
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=638
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=640
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=740
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=742
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=865
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=867
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=942
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=944
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=996
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=998
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1026
+  _globals['_APPENDMESSAGESREQUEST']._serialized_start=1028
+  _globals['_APPENDMESSAGESREQUEST']._serialized_end=1114
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=1116
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=1178
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1180
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1281
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1283
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1368
+  _globals['_RECORDRUNREQUEST']._serialized_start=1370
+  _globals['_RECORDRUNREQUEST']._serialized_end=1466
+  _globals['_RECORDRUNRESPONSE']._serialized_start=1468
+  _globals['_RECORDRUNRESPONSE']._serialized_end=1533
+  _globals['_RECORDRUNSTARTREQUEST']._serialized_start=1536
+  _globals['_RECORDRUNSTARTREQUEST']._serialized_end=1740
+  _globals['_RECORDRUNSTARTRESPONSE']._serialized_start=1743
+  _globals['_RECORDRUNSTARTRESPONSE']._serialized_end=1943
+  _globals['_RUNHEARTBEAT']._serialized_start=1945
+  _globals['_RUNHEARTBEAT']._serialized_end=2065
+  _globals['_RECORDRUNHEARTBEATSREQUEST']._serialized_start=2067
+  _globals['_RECORDRUNHEARTBEATSREQUEST']._serialized_end=2140
+  _globals['_RECORDRUNHEARTBEATSRESPONSE']._serialized_start=2142
+  _globals['_RECORDRUNHEARTBEATSRESPONSE']._serialized_end=2201
+  _globals['_GETRUNRECORDREQUEST']._serialized_start=2203
+  _globals['_GETRUNRECORDREQUEST']._serialized_end=2240
+  _globals['_GETRUNRECORDRESPONSE']._serialized_start=2242
+  _globals['_GETRUNRECORDRESPONSE']._serialized_end=2293
+  _globals['_LISTRUNRECORDSREQUEST']._serialized_start=2296
+  _globals['_LISTRUNRECORDSREQUEST']._serialized_end=2495
+  _globals['_LISTRUNRECORDSRESPONSE']._serialized_start=2497
+  _globals['_LISTRUNRECORDSRESPONSE']._serialized_end=2576
+  _globals['_APPENDRUNEVENTSREQUEST']._serialized_start=2578
+  _globals['_APPENDRUNEVENTSREQUEST']._serialized_end=2655
+  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_start=2657
+  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_end=2700
+  _globals['_APPENDRUNEVENTBATCHESREQUEST']._serialized_start=2702
+  _globals['_APPENDRUNEVENTBATCHESREQUEST']._serialized_end=2784
+  _globals['_APPENDRUNEVENTBATCHRESULT']._serialized_start=2786
+  _globals['_APPENDRUNEVENTBATCHRESULT']._serialized_end=2880
+  _globals['_APPENDRUNEVENTBATCHESRESPONSE']._serialized_start=2882
+  _globals['_APPENDRUNEVENTBATCHESRESPONSE']._serialized_end=2968
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=2970
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=3066
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=3068
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=3153
+  _globals['_WATCHRUNEVENTSREQUEST']._serialized_start=3155
+  _globals['_WATCHRUNEVENTSREQUEST']._serialized_end=3213
+  _globals['_WATCHRUNEVENTSRESPONSE']._serialized_start=3215
+  _globals['_WATCHRUNEVENTSRESPONSE']._serialized_end=3275
+  _globals['_HISTORYSERVICE']._serialized_start=3278
+  _globals['_HISTORYSERVICE']._serialized_end=4745
 # @@protoc_insertion_point(module_scope)

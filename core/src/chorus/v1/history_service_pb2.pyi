@@ -1,5 +1,6 @@
 import datetime
 
+from chorus.v1 import chat_pb2 as _chat_pb2
 from chorus.v1 import conversation_pb2 as _conversation_pb2
 from chorus.v1 import run_pb2 as _run_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
@@ -132,6 +133,60 @@ class RecordRunResponse(_message.Message):
     run: _run_pb2.Run
     created: bool
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class RecordRunStartRequest(_message.Message):
+    __slots__ = ("run", "conversation", "messages", "events", "recent_message_count")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    run: _run_pb2.Run
+    conversation: _conversation_pb2.Conversation
+    messages: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Message]
+    events: _containers.RepeatedCompositeFieldContainer[_run_pb2.RunEvent]
+    recent_message_count: int
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., conversation: _Optional[_Union[_conversation_pb2.Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[_run_pb2.RunEvent, _Mapping]]] = ..., recent_message_count: _Optional[int] = ...) -> None: ...
+
+class RecordRunStartResponse(_message.Message):
+    __slots__ = ("run", "created", "conversation", "messages", "recent_messages")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    run: _run_pb2.Run
+    created: bool
+    conversation: _conversation_pb2.Conversation
+    messages: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Message]
+    recent_messages: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Message]
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., created: _Optional[bool] = ..., conversation: _Optional[_Union[_conversation_pb2.Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ..., recent_messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ...) -> None: ...
+
+class RunHeartbeat(_message.Message):
+    __slots__ = ("run_id", "owner_instance", "turns", "usage", "last_seq")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    owner_instance: str
+    turns: int
+    usage: _chat_pb2.Usage
+    last_seq: int
+    def __init__(self, run_id: _Optional[str] = ..., owner_instance: _Optional[str] = ..., turns: _Optional[int] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class RecordRunHeartbeatsRequest(_message.Message):
+    __slots__ = ("heartbeats",)
+    HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
+    heartbeats: _containers.RepeatedCompositeFieldContainer[RunHeartbeat]
+    def __init__(self, heartbeats: _Optional[_Iterable[_Union[RunHeartbeat, _Mapping]]] = ...) -> None: ...
+
+class RecordRunHeartbeatsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]
+    def __init__(self, runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ...) -> None: ...
 
 class GetRunRecordRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -83,6 +83,16 @@ class HistoryServiceStub:
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunResponse.FromString,
                 _registered_method=True)
+        self.RecordRunStart = channel.unary_unary(
+                '/chorus.v1.HistoryService/RecordRunStart',
+                request_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunStartRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunStartResponse.FromString,
+                _registered_method=True)
+        self.RecordRunHeartbeats = channel.unary_unary(
+                '/chorus.v1.HistoryService/RecordRunHeartbeats',
+                request_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsResponse.FromString,
+                _registered_method=True)
         self.GetRunRecord = channel.unary_unary(
                 '/chorus.v1.HistoryService/GetRunRecord',
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.GetRunRecordRequest.SerializeToString,
@@ -187,6 +197,33 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordRunStart(self, request, context):
+        """Records the start of a run in one transaction — what CreateConversation, RecordRun,
+        AppendMessages and AppendRunEvents would do one after another: creates `conversation`
+        when given, creates the run record, appends `messages` (the run's input) to the run's
+        conversation, stores `events` (seq 1 onwards, `run_started` first) in the run's log,
+        and reads the conversation's latest messages before the input when asked. All or
+        nothing: a failed call writes nothing. A `run.spec.request_id` the caller already used
+        returns the existing run (`created = false`) and writes nothing. A run id or
+        conversation id that exists is ALREADY_EXISTS; an existing conversation that is not
+        the caller's is NOT_FOUND; one with an active run is ABORTED (reason CONVERSATION_BUSY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordRunHeartbeats(self, request, context):
+        """Writes the heartbeats of many runs in one call (a replica's heartbeat of all its live
+        runs) and returns their records as stored, which is how a run's owner learns of a cancel
+        recorded on another replica or of its run ended elsewhere. A heartbeat sets the run's
+        `heartbeat_time` to the server's clock and its `owner_instance`, `turns`, `usage` and
+        `last_seq`; an ended run is returned unchanged; a missing run, or another user's unless
+        the caller is the internal service identity, is left out of the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRunRecord(self, request, context):
         """Gets a run record.
         """
@@ -281,6 +318,16 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.RecordRun,
                     request_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunResponse.SerializeToString,
+            ),
+            'RecordRunStart': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRunStart,
+                    request_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunStartRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunStartResponse.SerializeToString,
+            ),
+            'RecordRunHeartbeats': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRunHeartbeats,
+                    request_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsResponse.SerializeToString,
             ),
             'GetRunRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRunRecord,
@@ -538,6 +585,60 @@ class HistoryService:
             '/chorus.v1.HistoryService/RecordRun',
             chorus_dot_v1_dot_history__service__pb2.RecordRunRequest.SerializeToString,
             chorus_dot_v1_dot_history__service__pb2.RecordRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRunStart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.HistoryService/RecordRunStart',
+            chorus_dot_v1_dot_history__service__pb2.RecordRunStartRequest.SerializeToString,
+            chorus_dot_v1_dot_history__service__pb2.RecordRunStartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRunHeartbeats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.HistoryService/RecordRunHeartbeats',
+            chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsRequest.SerializeToString,
+            chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
