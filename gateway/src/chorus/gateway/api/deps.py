@@ -30,19 +30,27 @@ AUTHENTICATED_BY = "gateway"
 """`Identity.authenticated_by` of identities the gateway vouches for."""
 
 
-def get_settings(conn: HTTPConnection) -> GatewaySettings:
+# Every dependency is `async def`: FastAPI runs plain `def` dependencies in its thread
+# pool, a thread hop (and GIL hand-over) per dependency per request.
+
+
+async def get_settings(conn: HTTPConnection) -> GatewaySettings:
     """The gateway settings (app state)."""
     settings: GatewaySettings = conn.app.state.settings
     return settings
 
 
-def get_clients(conn: HTTPConnection) -> ServiceClients:
-    """The gRPC stubs (created in the app's lifespan)."""
+def _clients(conn: HTTPConnection) -> ServiceClients:
     clients: ServiceClients = conn.app.state.clients
     return clients
 
 
-def get_limiter(conn: HTTPConnection) -> RateLimiter:
+async def get_clients(conn: HTTPConnection) -> ServiceClients:
+    """The gRPC stubs (created in the app's lifespan)."""
+    return _clients(conn)
+
+
+async def get_limiter(conn: HTTPConnection) -> RateLimiter:
     """The rate limiter (created in the app's lifespan)."""
     limiter: RateLimiter = conn.app.state.limiter
     return limiter
@@ -68,19 +76,19 @@ async def current_caller(request: Request) -> Caller:
     return caller
 
 
-def runs_stub(conn: HTTPConnection) -> run_service_pb2_grpc.RunServiceStub:
+async def runs_stub(conn: HTTPConnection) -> run_service_pb2_grpc.RunServiceStub:
     """RunService (orchestrator-svc)."""
-    return get_clients(conn).runs
+    return _clients(conn).runs
 
 
-def history_stub(conn: HTTPConnection) -> history_service_pb2_grpc.HistoryServiceStub:
+async def history_stub(conn: HTTPConnection) -> history_service_pb2_grpc.HistoryServiceStub:
     """HistoryService (history-svc)."""
-    return get_clients(conn).history
+    return _clients(conn).history
 
 
-def provider_stub(conn: HTTPConnection) -> provider_service_pb2_grpc.ProviderServiceStub:
+async def provider_stub(conn: HTTPConnection) -> provider_service_pb2_grpc.ProviderServiceStub:
     """ProviderService (provider-svc)."""
-    return get_clients(conn).provider
+    return _clients(conn).provider
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
