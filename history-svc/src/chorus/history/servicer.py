@@ -241,6 +241,18 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         await self._cache.put_run(stored)
         return pb.RecordRunResponse(run=stored, created=created)
 
+    async def _run(self, ident: Identity, run_id: str) -> run_pb2.Run:
+        run = await self._cache.get_run(run_id)
+        if run is not None:
+            if not _visible(ident, run.owner):
+                raise run_not_found(run_id)
+            return run
+        run = await self._store.get_run(run_id, _scope(ident))
+        if run is None:
+            raise run_not_found(run_id)
+        await self._cache.put_run(run)
+        return run
+
     async def RecordRunStart(
         self, request: pb.RecordRunStartRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordRunStartResponse:
@@ -319,18 +331,6 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         v.raise_if_any("invalid run start")
         _canonical_run_ids(request.messages)
         return batch
-
-    async def _run(self, ident: Identity, run_id: str) -> run_pb2.Run:
-        run = await self._cache.get_run(run_id)
-        if run is not None:
-            if not _visible(ident, run.owner):
-                raise run_not_found(run_id)
-            return run
-        run = await self._store.get_run(run_id, _scope(ident))
-        if run is None:
-            raise run_not_found(run_id)
-        await self._cache.put_run(run)
-        return run
 
     async def GetRunRecord(
         self, request: pb.GetRunRecordRequest, context: grpc.aio.ServicerContext

@@ -351,6 +351,38 @@ class PostgresStore(Store):
             )
         return conversation_busy(conversation_id, str(active or ""))
 
+    @staticmethod
+    async def _run_by_request_id(
+        conn: asyncpg.Connection, owner: str, request_id: str
+    ) -> run_pb2.Run | None:
+        """The owner's run created with `request_id`; None when there is none (or no key)."""
+        if not request_id:
+            return None
+        row = await conn.fetchrow(
+            "SELECT record, last_seq FROM runs WHERE owner = $1 AND request_id = $2",
+            owner,
+            request_id,
+        )
+        return None if row is None else rows.run(row)
+
+    @staticmethod
+    async def _insert_run(conn: asyncpg.Connection, new: run_pb2.Run) -> None:
+        """Insert a run record (`runs.prepare_new`). An existing id, request id or active run
+        of the conversation raises `UniqueViolationError` (`runs_pkey`,
+        `runs_owner_request_id`, `runs_one_active_per_conversation`)."""
+        cols = rows.run_columns(new)
+        await conn.execute(
+            "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
+            "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
+            "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
+            new.id, new.owner, new.conversation_id, cols["status"], new.spec.request_id or None,
+            cols["input"], cols["turns"], cols["final_answer"], cols["error"],
+            cols["cancellation"], cols["usage"], cols["owner_instance"],
+            *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
+            cols["record"],
+        )  # fmt: skip
+
     async def _record_run(
         self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
     ) -> tuple[run_pb2.Run, bool]:
@@ -388,38 +420,6 @@ class PostgresStore(Store):
             new = run_rules.prepare_new(values, owner, now_us)
             await self._insert_run(conn, new)
             return new, True
-
-    @staticmethod
-    async def _run_by_request_id(
-        conn: asyncpg.Connection, owner: str, request_id: str
-    ) -> run_pb2.Run | None:
-        """The owner's run created with `request_id`; None when there is none (or no key)."""
-        if not request_id:
-            return None
-        row = await conn.fetchrow(
-            "SELECT record, last_seq FROM runs WHERE owner = $1 AND request_id = $2",
-            owner,
-            request_id,
-        )
-        return None if row is None else rows.run(row)
-
-    @staticmethod
-    async def _insert_run(conn: asyncpg.Connection, new: run_pb2.Run) -> None:
-        """Insert a run record (`runs.prepare_new`). An existing id, request id or active run
-        of the conversation raises `UniqueViolationError` (`runs_pkey`,
-        `runs_owner_request_id`, `runs_one_active_per_conversation`)."""
-        cols = rows.run_columns(new)
-        await conn.execute(
-            "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
-            "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
-            "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
-            new.id, new.owner, new.conversation_id, cols["status"], new.spec.request_id or None,
-            cols["input"], cols["turns"], cols["final_answer"], cols["error"],
-            cols["cancellation"], cols["usage"], cols["owner_instance"],
-            *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
-            cols["record"],
-        )  # fmt: skip
 
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._conn() as conn:

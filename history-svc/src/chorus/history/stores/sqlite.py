@@ -333,45 +333,6 @@ class SqliteStore(Store):
 
     # Run records
 
-    async def record_run(
-        self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
-    ) -> tuple[run_pb2.Run, bool]:
-        async with self._use(write=True) as db:
-            row = await self._one(
-                db, "SELECT owner, record, last_seq FROM runs WHERE id = ?1", values.id
-            )
-            if row is not None:
-                if not is_system and row[0] != owner:
-                    raise run_not_found(values.id)
-                merged = run_rules.apply_update(rows.run(row[1:]), values, paths, now_us)
-                cols = rows.run_columns(merged)
-                await db.execute(
-                    "UPDATE runs SET status = ?2, turns = ?3, final_answer = ?4, error = ?5, "
-                    "cancellation = ?6, usage = ?7, owner_instance = ?8, heartbeat_time = ?9, "
-                    "start_time = ?10, end_time = ?11, update_time = ?12, last_seq = ?13, "
-                    "record = ?14 WHERE id = ?1",
-                    (
-                        values.id, cols["status"], cols["turns"], cols["final_answer"],
-                        cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
-                        cols["heartbeat_time"], cols["start_time"], cols["end_time"],
-                        cols["update_time"], cols["last_seq"], cols["record"],
-                    ),
-                )  # fmt: skip
-                return merged, False
-            if not values.HasField("spec") or not values.conversation_id:
-                raise run_not_found(values.id, creating_hint=True)
-            earlier = await self._run_by_request_id(db, owner, values.spec.request_id)
-            if earlier is not None:
-                return earlier, False
-            conv = await self._one(
-                db, "SELECT owner FROM conversations WHERE id = ?1", values.conversation_id
-            )
-            if conv is None or (conv[0] != owner and not is_system):
-                raise conversation_not_found(values.conversation_id)
-            new = run_rules.prepare_new(values, owner, now_us)
-            await self._insert_run(db, new)
-            return new, True
-
     async def _run_by_request_id(
         self, db: aiosqlite.Connection, owner: str, request_id: str
     ) -> run_pb2.Run | None:
@@ -415,6 +376,45 @@ class SqliteStore(Store):
                 cols["end_time"], cols["update_time"], cols["record"],
             ),
         )  # fmt: skip
+
+    async def record_run(
+        self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
+    ) -> tuple[run_pb2.Run, bool]:
+        async with self._use(write=True) as db:
+            row = await self._one(
+                db, "SELECT owner, record, last_seq FROM runs WHERE id = ?1", values.id
+            )
+            if row is not None:
+                if not is_system and row[0] != owner:
+                    raise run_not_found(values.id)
+                merged = run_rules.apply_update(rows.run(row[1:]), values, paths, now_us)
+                cols = rows.run_columns(merged)
+                await db.execute(
+                    "UPDATE runs SET status = ?2, turns = ?3, final_answer = ?4, error = ?5, "
+                    "cancellation = ?6, usage = ?7, owner_instance = ?8, heartbeat_time = ?9, "
+                    "start_time = ?10, end_time = ?11, update_time = ?12, last_seq = ?13, "
+                    "record = ?14 WHERE id = ?1",
+                    (
+                        values.id, cols["status"], cols["turns"], cols["final_answer"],
+                        cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
+                        cols["heartbeat_time"], cols["start_time"], cols["end_time"],
+                        cols["update_time"], cols["last_seq"], cols["record"],
+                    ),
+                )  # fmt: skip
+                return merged, False
+            if not values.HasField("spec") or not values.conversation_id:
+                raise run_not_found(values.id, creating_hint=True)
+            earlier = await self._run_by_request_id(db, owner, values.spec.request_id)
+            if earlier is not None:
+                return earlier, False
+            conv = await self._one(
+                db, "SELECT owner FROM conversations WHERE id = ?1", values.conversation_id
+            )
+            if conv is None or (conv[0] != owner and not is_system):
+                raise conversation_not_found(values.conversation_id)
+            new = run_rules.prepare_new(values, owner, now_us)
+            await self._insert_run(db, new)
+            return new, True
 
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._use() as db:
