@@ -32,6 +32,8 @@ from history_helpers import (
     REDIS_HOST,
     REDIS_PORT,
     History,
+    RedisServer,
+    TcpProxy,
     UserStub,
     make_settings,
     running_history,
@@ -117,3 +119,21 @@ def alice(history: History) -> UserStub:
 @pytest.fixture
 def bob(history: History) -> UserStub:
     return history.as_user(f"bob-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[RedisServer]:
+    """A private `redis-server` on a free port that the test may kill and start again."""
+    server = RedisServer()
+    await server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    """A TCP proxy to the machine's PostgreSQL that the test may cut and restore."""
+    p = TcpProxy(PG_HOST, PG_PORT)
+    await p.start()
+    yield p
+    await p.cut()

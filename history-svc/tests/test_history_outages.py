@@ -39,14 +39,6 @@ def _write_failures() -> float:
 
 
 @pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
 async def on_private_redis(pg_url: str, private_redis: RedisServer) -> AsyncIterator[History]:
     settings = make_settings(
         database_url=pg_url,
@@ -127,14 +119,6 @@ async def test_a_watcher_keeps_receiving_through_a_redis_outage(
     )
     await asyncio.wait_for(task, 10)
     assert seen == [1, 2, 3, 4, 5]
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    p = TcpProxy("127.0.0.1", 5432)
-    await p.start()
-    yield p
-    await p.cut()
 
 
 async def test_postgres_unreachable_is_unavailable_and_not_serving_until_it_is_back(

@@ -129,6 +129,19 @@ class Cache(abc.ABC):
         for run in runs:
             await self.put_run(run)
 
+    async def put_run_start(
+        self,
+        run: run_pb2.Run,
+        conversation: conversation_pb2.Conversation | None,
+        added: Sequence[conversation_pb2.Message],
+    ) -> None:
+        """Write-through of RecordRunStart: `put_run`, and `append_messages` when the
+        conversation changed (created, or `added` messages; else None). One round trip
+        where the cache is remote."""
+        if conversation is not None:
+            await self.append_messages(conversation, added)
+        await self.put_run(run)
+
 
 def _count(entity: str, hit: bool) -> None:
     metrics.CACHE_REQUESTS.labels(entity, "hit" if hit else "miss").inc()
@@ -259,26 +272,34 @@ class RedisCache(Cache):
         if not await self._ready():
             self._dirty.update((conv_key, msgs_key))
             return
-        cached = [m for m in added if m.position <= self.max_messages]
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                await self._set_if_newer(
-                    keys=[conv_key],
-                    args=[
-                        conversation_version(conversation),
-                        _framed(conversation),
-                        self._ttl_ms,
-                    ],
-                    client=pipe,
-                )
-                if cached:
-                    blob = GetConversationResponse(messages=cached).SerializeToString()
-                    await self._append_if_exists(keys=[msgs_key], args=[blob], client=pipe)
+                await self._queue_append_messages(pipe, conversation, added)
                 await pipe.execute()
         except ERRORS as exc:
             self._write_failed("append_messages", exc, conv_key, msgs_key)
             return
         self._guard.succeeded()
+
+    async def _queue_append_messages(
+        self,
+        pipe: redis.client.Pipeline,
+        conversation: conversation_pb2.Conversation,
+        added: Sequence[conversation_pb2.Message],
+    ) -> None:
+        """Queue `append_messages`' commands on `pipe`: the conversation if newer, and the
+        new messages appended to a cached list."""
+        await self._set_if_newer(
+            keys=[self.conversation_key(conversation.id)],
+            args=[conversation_version(conversation), _framed(conversation), self._ttl_ms],
+            client=pipe,
+        )
+        cached = [m for m in added if m.position <= self.max_messages]
+        if cached:
+            blob = GetConversationResponse(messages=cached).SerializeToString()
+            await self._append_if_exists(
+                keys=[self.messages_key(conversation.id)], args=[blob], client=pipe
+            )
 
     async def drop_conversation(self, conversation_id: str) -> None:
         conv_key, msgs_key = (
@@ -342,6 +363,33 @@ class RedisCache(Cache):
                 await pipe.execute()
         except ERRORS as exc:
             self._write_failed("put_runs", exc, *keys)
+            return
+        self._guard.succeeded()
+
+    async def put_run_start(
+        self,
+        run: run_pb2.Run,
+        conversation: conversation_pb2.Conversation | None,
+        added: Sequence[conversation_pb2.Message],
+    ) -> None:
+        keys = [self.run_key(run.id)]
+        if conversation is not None:
+            keys += [self.conversation_key(conversation.id), self.messages_key(conversation.id)]
+        if not await self._ready():
+            self._dirty.update(keys)
+            return
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await self._set_if_newer(
+                    keys=[keys[0]],
+                    args=[run_version(run), run.SerializeToString(), self._ttl_ms],
+                    client=pipe,
+                )
+                if conversation is not None:
+                    await self._queue_append_messages(pipe, conversation, added)
+                await pipe.execute()
+        except ERRORS as exc:
+            self._write_failed("put_run_start", exc, *keys)
             return
         self._guard.succeeded()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chorus.core.errors import FailedPrecondition, Violations
+from chorus.core.errors import FailedPrecondition, InvalidArgument, Violations
 from chorus.history import limits
 from chorus.v1 import run_pb2
 
@@ -81,6 +81,35 @@ def prepare_batch(run_id: str, events: Sequence[run_pb2.RunEvent], max_event_byt
         kinds.append(kind or "")
     v.raise_if_any("invalid run events")
     return Batch(first, payloads, kinds, kinds[-1] in TERMINAL_PAYLOADS)
+
+
+def prepare_start(
+    run_id: str, events: Sequence[run_pb2.RunEvent], max_event_bytes: int
+) -> Batch | None:
+    """Validate a run's first events (RecordRunStart) and serialize them; None when empty.
+
+    The rules of `prepare_batch`, and the log must start at seq 1 with `run_started`
+    (RecordRunStartRequest.events in proto/chorus/v1/history_service.proto).
+
+    Raises:
+        InvalidArgument: as `prepare_batch`, or `events[0].seq` is not 1, or `events[0]` is
+            not `run_started`; every violation at once.
+    """
+    if not events:
+        return None
+    v = Violations()
+    if events[0].seq > 1:  # below 1 is prepare_batch's violation
+        v.add("events[0].seq", "must be 1 (a run's log starts at seq 1)")
+    if events[0].WhichOneof("payload") not in (None, "run_started"):
+        v.add("events[0]", "must be run_started (a run's log starts with it)")
+    try:
+        batch = prepare_batch(run_id, events, max_event_bytes)
+    except InvalidArgument as exc:
+        v.items.extend(exc.violations)
+        v.raise_if_any("invalid run events")
+        raise
+    v.raise_if_any("invalid run events")
+    return batch
 
 
 def overlap(stored_last: int, batch: Batch, run_id: str) -> int:

@@ -25,6 +25,8 @@ MAX_TOOL_CALL_ID_CHARS = 256
 MAX_TOOL_NAME_CHARS = 256
 MAX_TOOL_ARGUMENTS_BYTES = 1024 * 1024
 MAX_INCLUDED_MESSAGES = 1000  # contract: GetConversationRequest.include_messages
+MAX_MESSAGES_PER_RUN_START = 100  # contract: RecordRunStartRequest.messages
+MAX_RECENT_MESSAGES = 1000  # contract: RecordRunStartRequest.recent_message_count
 
 MAX_RUN_INPUT_BYTES = 64 * 1024  # contract: RunSpec.input
 MAX_FINAL_ANSWER_BYTES = 1024 * 1024

@@ -21,7 +21,7 @@ CACHE_WRITE_FAILURES = Counter(
 )
 EVENTS_APPENDED = Counter(
     "chorus_history_run_events_appended_total",
-    "Run events newly stored by AppendRunEvents and AppendRunEventBatches.",
+    "Run events newly stored by AppendRunEvents, AppendRunEventBatches and RecordRunStart.",
 )
 EVENT_BATCHES_REJECTED = Counter(
     "chorus_history_run_event_batches_rejected_total",

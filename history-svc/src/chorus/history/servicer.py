@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -53,6 +53,28 @@ def _visible(ident: Identity, owner: str) -> bool:
     return ident.is_system or owner == ident.user
 
 
+def _new_conversation(
+    given: conversation_pb2.Conversation, conversation_id: str, owner: str, now: int
+) -> conversation_pb2.Conversation:
+    """The conversation to insert: the client-settable fields of `given`, id, owner, times."""
+    conv = conversation_pb2.Conversation(
+        id=conversation_id, owner=owner, title=given.title, team=given.team
+    )
+    if given.HasField("model"):
+        conv.model.CopyFrom(given.model)
+    conv.metadata.update(given.metadata)
+    set_ts(conv.create_time, now)
+    set_ts(conv.update_time, now)
+    return conv
+
+
+def _canonical_run_ids(messages: Iterable[conversation_pb2.Message]) -> None:
+    """Messages' `run_id`s in canonical UUID form (validated before)."""
+    for msg in messages:
+        if msg.run_id:
+            msg.run_id = str(uuid.UUID(msg.run_id))
+
+
 class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
     """The HistoryService over a `Store`, a `Cache` and an `EventLog`."""
 
@@ -73,16 +95,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         validation.conversation_fields(v, request.conversation, _CONVERSATION_PATHS)
         validation.request_id(v, "request_id", request.request_id)
         v.raise_if_any()
-        now = now_us()
-        given = request.conversation
-        conv = conversation_pb2.Conversation(
-            id=str(uuid.uuid4()), owner=ident.user, title=given.title, team=given.team
-        )
-        if given.HasField("model"):
-            conv.model.CopyFrom(given.model)
-        conv.metadata.update(given.metadata)
-        set_ts(conv.create_time, now)
-        set_ts(conv.update_time, now)
+        conv = _new_conversation(request.conversation, str(uuid.uuid4()), ident.user, now_us())
         stored, _ = await self._store.create_conversation(conv, request.request_id)
         await self._cache.put_conversation(stored)
         return pb.CreateConversationResponse(conversation=stored)
@@ -169,24 +182,9 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         ident = current_identity()
         v = Violations()
         conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
-        if not request.messages:
-            v.add("messages", "at least one message is required")
-        elif len(request.messages) > limits.MAX_MESSAGES_PER_APPEND:
-            v.add("messages", f"at most {limits.MAX_MESSAGES_PER_APPEND} messages per call")
-        else:
-            seen: set[str] = set()
-            for i, msg in enumerate(request.messages):
-                validation.message(v, msg, f"messages[{i}]")
-                if msg.client_message_id:
-                    if msg.client_message_id in seen:
-                        v.add(f"messages[{i}].client_message_id", "repeated within the request")
-                    seen.add(msg.client_message_id)
-                if len(v.items) >= 50:
-                    break
+        validation.messages(v, request.messages, limits.MAX_MESSAGES_PER_APPEND)
         v.raise_if_any("invalid messages")
-        for msg in request.messages:
-            if msg.run_id:
-                msg.run_id = str(uuid.UUID(msg.run_id))
+        _canonical_run_ids(request.messages)
         result = await self._store.append_messages(
             conversation_id, _scope(ident), request.messages, now_us()
         )
@@ -254,6 +252,85 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             raise run_not_found(run_id)
         await self._cache.put_run(run)
         return run
+
+    async def RecordRunStart(
+        self, request: pb.RecordRunStartRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordRunStartResponse:
+        ident = current_identity()
+        batch = self._check_start(request)
+        run, given = request.run, request.conversation
+        now = now_us()
+        conversation = None
+        if request.HasField("conversation"):
+            conversation = _new_conversation(given, run.conversation_id, ident.user, now)
+        started = await self._store.record_run_start(
+            run,
+            conversation,
+            request.messages,
+            batch,
+            request.recent_message_count,
+            ident.user,
+            ident.is_system,
+            now,
+        )
+        if not started.created:
+            await self._cache.put_run(started.run)
+            return pb.RecordRunStartResponse(run=started.run, created=False)
+        changed = started.conversation if conversation is not None or started.added else None
+        writes = [self._cache.put_run_start(started.run, changed, started.added)]
+        if started.payloads:
+            metrics.EVENTS_APPENDED.inc(len(started.payloads))
+            writes.append(self._log.publish(started.run.id, 1, started.payloads))
+        await asyncio.gather(*writes)
+        return pb.RecordRunStartResponse(
+            run=started.run,
+            created=True,
+            conversation=started.conversation,
+            messages=started.messages,
+            recent_messages=started.recent,
+        )
+
+    def _check_start(self, request: pb.RecordRunStartRequest) -> event_rules.Batch | None:
+        """Validate a RecordRunStart request as CreateConversation, RecordRun (create),
+        AppendMessages and AppendRunEvents validate theirs (field paths as in this request),
+        plus `conversation.id` equal to `run.conversation_id`, events from seq 1 with
+        `run_started` first, 0..100 messages and `recent_message_count` 0..1000. Puts ids
+        in canonical form; returns the serialized events (None when there are none).
+
+        Raises:
+            InvalidArgument: naming every bad field.
+        """
+        run = request.run
+        v = Violations()
+        given_run_id = run.id
+        run.id = validation.uuid_field(v, "run.id", run.id)
+        run.conversation_id = validation.uuid_field(v, "run.conversation_id", run.conversation_id)
+        if run.HasField("spec"):
+            validation.run_spec(v, run.spec)
+        else:
+            v.add("run.spec", "required")
+        paths = set(run_rules.UPDATABLE_PATHS)
+        if run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
+            paths.discard("status")  # QUEUED, as RecordRun creates it
+        validation.run_values(v, run, paths)
+        if request.HasField("conversation"):
+            conversation_id = validation.uuid_field(v, "conversation.id", request.conversation.id)
+            if conversation_id and run.conversation_id and conversation_id != run.conversation_id:
+                v.add("conversation.id", "must equal run.conversation_id")
+            validation.conversation_fields(v, request.conversation, _CONVERSATION_PATHS)
+        validation.messages(v, request.messages, limits.MAX_MESSAGES_PER_RUN_START, required=False)
+        if not 0 <= request.recent_message_count <= limits.MAX_RECENT_MESSAGES:
+            v.add("recent_message_count", f"must be 0..{limits.MAX_RECENT_MESSAGES}")
+        batch = None
+        try:
+            batch = event_rules.prepare_start(
+                run.id or given_run_id, request.events, self._settings.max_event_bytes
+            )
+        except InvalidArgument as exc:
+            v.items.extend(exc.violations)
+        v.raise_if_any("invalid run start")
+        _canonical_run_ids(request.messages)
+        return batch
 
     async def GetRunRecord(
         self, request: pb.GetRunRecordRequest, context: grpc.aio.ServicerContext

@@ -8,7 +8,7 @@ so that one INVALID_ARGUMENT names all bad fields at once; the handler calls
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
@@ -140,6 +140,33 @@ def message(v: Violations, msg: conversation_pb2.Message, prefix: str) -> None:
             limits.MAX_TOOL_ARGUMENTS_BYTES,
         )
     usage(v, f"{prefix}.usage", msg.usage)
+
+
+def messages(
+    v: Violations,
+    msgs: Sequence[conversation_pb2.Message],
+    max_count: int,
+    *,
+    required: bool = True,
+) -> None:
+    """Messages to append under `messages` (AppendMessages: 1..500, RecordRunStart: 0..100):
+    each valid (`message`), `client_message_id`s unique within the request. Stops after 50
+    violations (enough to diagnose; keeps the error small)."""
+    if not msgs:
+        if required:
+            v.add("messages", "at least one message is required")
+    elif len(msgs) > max_count:
+        v.add("messages", f"at most {max_count} messages per call")
+    else:
+        seen: set[str] = set()
+        for i, msg in enumerate(msgs):
+            message(v, msg, f"messages[{i}]")
+            if msg.client_message_id:
+                if msg.client_message_id in seen:
+                    v.add(f"messages[{i}].client_message_id", "repeated within the request")
+                seen.add(msg.client_message_id)
+            if len(v.items) >= 50:
+                break
 
 
 def usage(v: Violations, field: str, u: chat_pb2.Usage) -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from chorus.core.errors import Aborted, ChorusError, NotFound, Unavailable
+from chorus.core.errors import Aborted, AlreadyExists, ChorusError, NotFound, Unavailable
 from chorus.history.events import Batch
 from chorus.v1 import conversation_pb2, run_pb2
 
@@ -77,6 +77,30 @@ BatchOutcome = AppendedEvents | ChorusError
 """Result of one batch of `Store.append_event_batches`: stored, or the error rejecting it."""
 
 
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    """Result of `Store.record_run_start`.
+
+    Attributes:
+        run: the run as stored (`last_seq` = the last event stored).
+        created: False when the caller's `spec.request_id` found an earlier run: nothing was
+            written and the attributes below are empty.
+        conversation: the run's conversation after the call.
+        messages: every message of the request, in request order, as stored.
+        added: the messages this call stored (a subset of `messages`, in position order).
+        recent: the conversation's latest messages before the call's, oldest first.
+        payloads: the events stored (seq 1 onwards).
+    """
+
+    run: run_pb2.Run
+    created: bool
+    conversation: conversation_pb2.Conversation | None = None
+    messages: list[conversation_pb2.Message] = field(default_factory=list)
+    added: list[conversation_pb2.Message] = field(default_factory=list)
+    recent: list[conversation_pb2.Message] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+
+
 def conversation_not_found(conversation_id: str) -> NotFound:
     return NotFound(
         f"conversation {conversation_id} not found", metadata={"conversation_id": conversation_id}
@@ -93,6 +117,17 @@ def conversation_busy(conversation_id: str, active_run_id: str) -> Aborted:
         f"conversation {conversation_id} already has an active run ({active_run_id})",
         reason="CONVERSATION_BUSY",
         metadata={"conversation_id": conversation_id, "active_run_id": active_run_id},
+    )
+
+
+def run_exists(run_id: str) -> AlreadyExists:
+    return AlreadyExists(f"run {run_id} already exists", metadata={"run_id": run_id})
+
+
+def conversation_exists(conversation_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"conversation {conversation_id} already exists",
+        metadata={"conversation_id": conversation_id},
     )
 
 
@@ -254,3 +289,36 @@ class Store(abc.ABC):
     ) -> list[tuple[int, bytes]]:
         """Up to `limit` `(seq, serialized RunEvent)` with `after_seq < seq <= until_seq`, in
         seq order. No ownership check: callers check the run first."""
+
+    # Run start
+
+    @abc.abstractmethod
+    async def record_run_start(
+        self,
+        run: run_pb2.Run,
+        conversation: conversation_pb2.Conversation | None,
+        messages: Sequence[conversation_pb2.Message],
+        events: Batch | None,
+        recent_count: int,
+        owner: str,
+        is_system: bool,
+        now_us: int,
+    ) -> StartedRun:
+        """RecordRunStart in one transaction: create `conversation` (id, owner and times
+        set) when given, create the run `run` (as `record_run` creates), append `messages`
+        to the run's conversation (as `append_messages`), store `events` (seq 1 onwards, as
+        `append_events`) and read the conversation's `recent_count` latest messages before
+        the appended ones. All or nothing.
+
+        The caller's `run.spec.request_id` already used returns that run (`created`
+        False) and writes nothing. Without `conversation`, the run joins the existing
+        conversation `run.conversation_id`, which must be the caller's (any owner's when
+        `is_system`).
+
+        Raises:
+            AlreadyExists: the run id or the conversation id exists.
+            NotFound: the conversation to join is missing or another owner's.
+            Aborted: CONVERSATION_BUSY, the conversation has an active run (and the new one
+                is active).
+            Unavailable: the database is unreachable.
+        """

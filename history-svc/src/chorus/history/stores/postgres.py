@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from chorus.core.errors import ChorusError
+from chorus.core.errors import Aborted, ChorusError
 from chorus.history import events as event_rules
 from chorus.history import runs as run_rules
 from chorus.history.events import Batch
@@ -27,10 +27,13 @@ from chorus.history.stores.base import (
     AppendedMessages,
     BatchOutcome,
     RunFilter,
+    StartedRun,
     Store,
     conversation_busy,
+    conversation_exists,
     conversation_not_found,
     database_unavailable,
+    run_exists,
     run_not_found,
 )
 from chorus.history.timeutil import datetime_to_us, ts_to_us, us_to_datetime
@@ -112,26 +115,33 @@ class PostgresStore(Store):
     async def create_conversation(
         self, conversation: conversation_pb2.Conversation, request_id: str
     ) -> tuple[conversation_pb2.Conversation, bool]:
-        c = conversation
-        provider, model, team, metadata = rows.conversation_params(c)
         async with self._conn() as conn:
-            row = await conn.fetchrow(
-                f"INSERT INTO conversations (id, owner, title, model_provider, model_name, team, "
-                f"metadata, message_count, request_id, create_time, update_time) "
-                f"VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $9) "
-                f"ON CONFLICT (owner, request_id) WHERE request_id IS NOT NULL DO NOTHING "
-                f"RETURNING {_C}",
-                c.id, c.owner, c.title, provider, model, team, metadata,
-                request_id or None, us_to_datetime(ts_to_us(c.create_time)),
-            )  # fmt: skip
+            row = await self._insert_conversation(conn, conversation, request_id)
             if row is not None:
                 return rows.conversation(row, _times), True
             row = await conn.fetchrow(
                 f"SELECT {_C} FROM conversations WHERE owner = $1 AND request_id = $2",
-                c.owner,
+                conversation.owner,
                 request_id,
             )
         return rows.conversation(row, _times), False
+
+    @staticmethod
+    async def _insert_conversation(
+        conn: asyncpg.Connection, c: conversation_pb2.Conversation, request_id: str
+    ) -> asyncpg.Record | None:
+        """Insert a conversation; its row, or None when the owner's `request_id` is used.
+        An existing id raises `UniqueViolationError` (`conversations_pkey`)."""
+        provider, model, team, metadata = rows.conversation_params(c)
+        return await conn.fetchrow(
+            f"INSERT INTO conversations (id, owner, title, model_provider, model_name, team, "
+            f"metadata, message_count, request_id, create_time, update_time) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $9) "
+            f"ON CONFLICT (owner, request_id) WHERE request_id IS NOT NULL DO NOTHING "
+            f"RETURNING {_C}",
+            c.id, c.owner, c.title, provider, model, team, metadata,
+            request_id or None, us_to_datetime(ts_to_us(c.create_time)),
+        )  # fmt: skip
 
     async def get_conversation(
         self, conversation_id: str, owner: str | None
@@ -211,45 +221,62 @@ class PostgresStore(Store):
         messages: Sequence[conversation_pb2.Message],
         now_us: int,
     ) -> AppendedMessages | None:
-        client_ids = [m.client_message_id for m in messages if m.client_message_id]
         async with self._conn() as conn, conn.transaction():
-            count = await conn.fetchval(
-                "SELECT message_count FROM conversations "
-                "WHERE id = $1 AND ($2::text IS NULL OR owner = $2) FOR UPDATE",
-                conversation_id,
-                owner,
-            )
-            if count is None:
+            row = await self._lock_conversation(conn, conversation_id, owner)
+            if row is None:
                 return None
-            stored: dict[str, conversation_pb2.Message] = {}
-            if client_ids:
-                for row in await conn.fetch(
-                    f"SELECT {_M} FROM messages WHERE conversation_id = $1 "
-                    f"AND client_message_id = ANY($2::text[])",
-                    conversation_id,
-                    client_ids,
-                ):
-                    msg = rows.message(row, _times)
-                    stored[msg.client_message_id] = msg
-            added = rows.number_new_messages(messages, stored, conversation_id, count, now_us)
-            if added:
-                await conn.executemany(
-                    f"INSERT INTO messages ({_M}) VALUES "
-                    f"($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    [_pg_message(m) for m in added],
-                )
-                row = await conn.fetchrow(
-                    f"UPDATE conversations SET message_count = $2, "
-                    f"update_time = GREATEST(update_time + interval '1 microsecond', $3) "
-                    f"WHERE id = $1 RETURNING {_C}",
-                    conversation_id,
-                    count + len(added),
-                    us_to_datetime(now_us),
-                )
-            else:
-                row = await conn.fetchrow(
-                    f"SELECT {_C} FROM conversations WHERE id = $1", conversation_id
-                )
+            return await self._append_messages(conn, row, messages, now_us)
+
+    @staticmethod
+    async def _lock_conversation(
+        conn: asyncpg.Connection, conversation_id: str, owner: str | None
+    ) -> asyncpg.Record | None:
+        """The conversation's row, locked until the transaction ends; None when missing or
+        another owner's."""
+        return await conn.fetchrow(
+            f"SELECT {_C} FROM conversations "
+            f"WHERE id = $1 AND ($2::text IS NULL OR owner = $2) FOR UPDATE",
+            conversation_id,
+            owner,
+        )
+
+    @staticmethod
+    async def _append_messages(
+        conn: asyncpg.Connection,
+        conversation: asyncpg.Record,
+        messages: Sequence[conversation_pb2.Message],
+        now_us: int,
+    ) -> AppendedMessages:
+        """`append_messages` inside the caller's transaction, `conversation` being the
+        locked row (`_lock_conversation`, or just inserted)."""
+        conversation_id, count = str(conversation[0]), conversation[7]
+        client_ids = [m.client_message_id for m in messages if m.client_message_id]
+        stored: dict[str, conversation_pb2.Message] = {}
+        if client_ids and count:  # an empty conversation has none stored
+            for row in await conn.fetch(
+                f"SELECT {_M} FROM messages WHERE conversation_id = $1 "
+                f"AND client_message_id = ANY($2::text[])",
+                conversation_id,
+                client_ids,
+            ):
+                msg = rows.message(row, _times)
+                stored[msg.client_message_id] = msg
+        added = rows.number_new_messages(messages, stored, conversation_id, count, now_us)
+        row = conversation
+        if added:
+            await conn.executemany(
+                f"INSERT INTO messages ({_M}) VALUES "
+                f"($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                [_pg_message(m) for m in added],
+            )
+            row = await conn.fetchrow(
+                f"UPDATE conversations SET message_count = $2, "
+                f"update_time = GREATEST(update_time + interval '1 microsecond', $3) "
+                f"WHERE id = $1 RETURNING {_C}",
+                conversation_id,
+                count + len(added),
+                us_to_datetime(now_us),
+            )
         conv = rows.conversation(row, _times)
         return AppendedMessages(conv, rows.in_request_order(messages, stored, added), added)
 
@@ -269,23 +296,34 @@ class PostgresStore(Store):
             )
             if exists is None:
                 return None
-            if run_id:
-                found = await conn.fetch(
-                    f"SELECT {_M} FROM messages WHERE conversation_id = $1 AND run_id = $2 "
-                    f"AND position > $3 ORDER BY position LIMIT $4",
-                    conversation_id,
-                    run_id,
-                    after_position,
-                    limit,
-                )
-            else:
-                found = await conn.fetch(
-                    f"SELECT {_M} FROM messages WHERE conversation_id = $1 "
-                    f"AND position > $2 ORDER BY position LIMIT $3",
-                    conversation_id,
-                    after_position,
-                    limit,
-                )
+            return await self._messages_after(conn, conversation_id, after_position, limit, run_id)
+
+    @staticmethod
+    async def _messages_after(
+        conn: asyncpg.Connection,
+        conversation_id: str,
+        after_position: int,
+        limit: int,
+        run_id: str = "",
+    ) -> list[conversation_pb2.Message]:
+        """Up to `limit` messages after `after_position`, oldest first (only `run_id`'s)."""
+        if run_id:
+            found = await conn.fetch(
+                f"SELECT {_M} FROM messages WHERE conversation_id = $1 AND run_id = $2 "
+                f"AND position > $3 ORDER BY position LIMIT $4",
+                conversation_id,
+                run_id,
+                after_position,
+                limit,
+            )
+        else:
+            found = await conn.fetch(
+                f"SELECT {_M} FROM messages WHERE conversation_id = $1 "
+                f"AND position > $2 ORDER BY position LIMIT $3",
+                conversation_id,
+                after_position,
+                limit,
+            )
         return [rows.message(r, _times) for r in found]
 
     # Run records
@@ -298,15 +336,52 @@ class PostgresStore(Store):
                 return await self._record_run(values, paths, owner, is_system, now_us)
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name == "runs_one_active_per_conversation":
-                    async with self._conn() as conn:
-                        active = await conn.fetchval(
-                            "SELECT id FROM runs WHERE conversation_id = $1 AND status IN (1, 2)",
-                            values.conversation_id,
-                        )
-                    raise conversation_busy(values.conversation_id, str(active or "")) from None
+                    raise await self._conversation_busy(values.conversation_id) from None
                 if exc.constraint_name not in ("runs_pkey", "runs_owner_request_id"):
                     raise
         raise RuntimeError("run record kept changing under concurrent creates")
+
+    async def _conversation_busy(self, conversation_id: str) -> Aborted:
+        """CONVERSATION_BUSY naming the conversation's active run (after a create hit the
+        one-active-run index and its transaction rolled back)."""
+        async with self._conn() as conn:
+            active = await conn.fetchval(
+                "SELECT id FROM runs WHERE conversation_id = $1 AND status IN (1, 2)",
+                conversation_id,
+            )
+        return conversation_busy(conversation_id, str(active or ""))
+
+    @staticmethod
+    async def _run_by_request_id(
+        conn: asyncpg.Connection, owner: str, request_id: str
+    ) -> run_pb2.Run | None:
+        """The owner's run created with `request_id`; None when there is none (or no key)."""
+        if not request_id:
+            return None
+        row = await conn.fetchrow(
+            "SELECT record, last_seq FROM runs WHERE owner = $1 AND request_id = $2",
+            owner,
+            request_id,
+        )
+        return None if row is None else rows.run(row)
+
+    @staticmethod
+    async def _insert_run(conn: asyncpg.Connection, new: run_pb2.Run) -> None:
+        """Insert a run record (`runs.prepare_new`). An existing id, request id or active run
+        of the conversation raises `UniqueViolationError` (`runs_pkey`,
+        `runs_owner_request_id`, `runs_one_active_per_conversation`)."""
+        cols = rows.run_columns(new)
+        await conn.execute(
+            "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
+            "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
+            "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
+            new.id, new.owner, new.conversation_id, cols["status"], new.spec.request_id or None,
+            cols["input"], cols["turns"], cols["final_answer"], cols["error"],
+            cols["cancellation"], cols["usage"], cols["owner_instance"],
+            *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
+            cols["record"],
+        )  # fmt: skip
 
     async def _record_run(
         self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
@@ -334,33 +409,16 @@ class PostgresStore(Store):
                 return merged, False
             if not values.HasField("spec") or not values.conversation_id:
                 raise run_not_found(values.id, creating_hint=True)
-            request_id = values.spec.request_id
-            if request_id:
-                row = await conn.fetchrow(
-                    "SELECT record, last_seq FROM runs WHERE owner = $1 AND request_id = $2",
-                    owner,
-                    request_id,
-                )
-                if row is not None:
-                    return rows.run(row), False
+            earlier = await self._run_by_request_id(conn, owner, values.spec.request_id)
+            if earlier is not None:
+                return earlier, False
             conv_owner = await conn.fetchval(
                 "SELECT owner FROM conversations WHERE id = $1", values.conversation_id
             )
             if conv_owner is None or (conv_owner != owner and not is_system):
                 raise conversation_not_found(values.conversation_id)
             new = run_rules.prepare_new(values, owner, now_us)
-            cols = rows.run_columns(new)
-            await conn.execute(
-                "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
-                "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
-                "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
-                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
-                new.id, owner, new.conversation_id, cols["status"], request_id or None,
-                cols["input"], cols["turns"], cols["final_answer"], cols["error"],
-                cols["cancellation"], cols["usage"], cols["owner_instance"],
-                *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
-                cols["record"],
-            )  # fmt: skip
+            await self._insert_run(conn, new)
             return new, True
 
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
@@ -415,38 +473,48 @@ class PostgresStore(Store):
             )
             if row is None or (owner is not None and row[0] != owner):
                 raise run_not_found(run_id)
-            stored_last, ended = row[1], row[2]
-            repeated = event_rules.overlap(stored_last, batch, run_id)
-            if repeated:
-                stored = await conn.fetch(
-                    "SELECT event FROM run_events WHERE run_id = $1 AND seq >= $2 AND seq <= $3 "
-                    "ORDER BY seq",
-                    run_id,
-                    batch.first_seq,
-                    batch.first_seq + repeated - 1,
-                )
-                event_rules.check_repeat([r[0] for r in stored], batch, run_id)
-            new = batch.payloads[repeated:]
-            event_rules.check_open(ended, len(new), run_id, stored_last)
-            first_new = batch.first_seq + repeated
-            if new:
-                # one round trip: the insert runs as a data-modifying CTE of the update
-                await conn.execute(
-                    "WITH inserted AS (INSERT INTO run_events (run_id, seq, kind, event) "
-                    "SELECT $1, s, k, e FROM unnest($2::bigint[], $3::text[], $4::bytea[]) "
-                    "AS t(s, k, e)) "
-                    "UPDATE runs SET event_seq = $5, events_ended = $6, "
-                    "last_seq = GREATEST(last_seq, $5) WHERE id = $1",
-                    run_id,
-                    list(range(first_new, batch.last_seq + 1)),
-                    batch.kinds[repeated:],
-                    new,
-                    batch.last_seq,
-                    batch.ends_run,
-                )
+            stored_last = row[1]
+            first_new, new = await self._append_events(conn, run_id, stored_last, row[2], batch)
         run = rows.run(row[3:])
         run.last_seq = max(run.last_seq, batch.last_seq)
         return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+
+    @staticmethod
+    async def _append_events(
+        conn: asyncpg.Connection, run_id: str, stored_last: int, ended: bool, batch: Batch
+    ) -> tuple[int, list[bytes]]:
+        """`append_events` inside the caller's transaction, the run's row being locked (or
+        just inserted) with `stored_last` (its `event_seq`) and `ended`. Returns
+        `(first new seq, new payloads)`."""
+        repeated = event_rules.overlap(stored_last, batch, run_id)
+        if repeated:
+            stored = await conn.fetch(
+                "SELECT event FROM run_events WHERE run_id = $1 AND seq >= $2 AND seq <= $3 "
+                "ORDER BY seq",
+                run_id,
+                batch.first_seq,
+                batch.first_seq + repeated - 1,
+            )
+            event_rules.check_repeat([r[0] for r in stored], batch, run_id)
+        new = batch.payloads[repeated:]
+        event_rules.check_open(ended, len(new), run_id, stored_last)
+        first_new = batch.first_seq + repeated
+        if new:
+            # one round trip: the insert runs as a data-modifying CTE of the update
+            await conn.execute(
+                "WITH inserted AS (INSERT INTO run_events (run_id, seq, kind, event) "
+                "SELECT $1, s, k, e FROM unnest($2::bigint[], $3::text[], $4::bytea[]) "
+                "AS t(s, k, e)) "
+                "UPDATE runs SET event_seq = $5, events_ended = $6, "
+                "last_seq = GREATEST(last_seq, $5) WHERE id = $1",
+                run_id,
+                list(range(first_new, batch.last_seq + 1)),
+                batch.kinds[repeated:],
+                new,
+                batch.last_seq,
+                batch.ends_run,
+            )
+        return first_new, new
 
     async def append_event_batches(
         self, batches: Sequence[tuple[str, Batch]], owner: str | None
@@ -548,6 +616,82 @@ class PostgresStore(Store):
                     limit,
                 )
         return [(r[0], r[1]) for r in found]
+
+    # Run start
+
+    async def record_run_start(
+        self,
+        run: run_pb2.Run,
+        conversation: conversation_pb2.Conversation | None,
+        messages: Sequence[conversation_pb2.Message],
+        events: Batch | None,
+        recent_count: int,
+        owner: str,
+        is_system: bool,
+        now_us: int,
+    ) -> StartedRun:
+        # With a request id, a unique violation may be a concurrent start of the same request
+        # (the same run or conversation id, or the same key): one more try returns its run.
+        attempts = 2 if run.spec.request_id else 1
+        for attempt in range(attempts):
+            try:
+                return await self._record_run_start(
+                    run, conversation, messages, events, recent_count, owner, is_system, now_us
+                )
+            except asyncpg.UniqueViolationError as exc:
+                if attempt + 1 < attempts:
+                    continue
+                if exc.constraint_name == "runs_one_active_per_conversation":
+                    raise await self._conversation_busy(run.conversation_id) from None
+                if exc.constraint_name == "runs_pkey":
+                    raise run_exists(run.id) from None
+                if exc.constraint_name == "conversations_pkey":
+                    raise conversation_exists(run.conversation_id) from None
+                raise
+        raise AssertionError("unreachable")
+
+    async def _record_run_start(
+        self,
+        run: run_pb2.Run,
+        conversation: conversation_pb2.Conversation | None,
+        messages: Sequence[conversation_pb2.Message],
+        events: Batch | None,
+        recent_count: int,
+        owner: str,
+        is_system: bool,
+        now_us: int,
+    ) -> StartedRun:
+        async with self._conn() as conn, conn.transaction():
+            earlier = await self._run_by_request_id(conn, owner, run.spec.request_id)
+            if earlier is not None:
+                return StartedRun(earlier, False)
+            if conversation is not None:  # without a request id: inserted, or raises
+                conv = await self._insert_conversation(conn, conversation, "")
+            else:
+                conv = await self._lock_conversation(
+                    conn, run.conversation_id, None if is_system else owner
+                )
+            if conv is None:
+                raise conversation_not_found(run.conversation_id)
+            new = run_rules.prepare_new(run, owner, now_us)
+            await self._insert_run(conn, new)
+            count = conv[7]
+            recent: list[conversation_pb2.Message] = []
+            if recent_count and count:
+                recent = await self._messages_after(
+                    conn, run.conversation_id, max(0, count - recent_count), recent_count
+                )
+            if messages:
+                appended = await self._append_messages(conn, conv, messages, now_us)
+            else:
+                appended = AppendedMessages(rows.conversation(conv, _times), [], [])
+            payloads: list[bytes] = []
+            if events is not None:
+                _, payloads = await self._append_events(conn, new.id, 0, False, events)
+                new.last_seq = events.last_seq
+        return StartedRun(
+            new, True, appended.conversation, appended.messages, appended.added, recent, payloads
+        )
 
 
 class _StatelessConnection(asyncpg.Connection):

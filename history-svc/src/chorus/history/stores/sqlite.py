@@ -27,10 +27,13 @@ from chorus.history.stores.base import (
     AppendedMessages,
     BatchOutcome,
     RunFilter,
+    StartedRun,
     Store,
     conversation_busy,
+    conversation_exists,
     conversation_not_found,
     database_unavailable,
+    run_exists,
     run_not_found,
 )
 from chorus.history.timeutil import ts_to_us
@@ -112,27 +115,32 @@ class SqliteStore(Store):
     async def create_conversation(
         self, conversation: conversation_pb2.Conversation, request_id: str
     ) -> tuple[conversation_pb2.Conversation, bool]:
-        c = conversation
-        provider, model, team, metadata = rows.conversation_params(c)
         async with self._use(write=True) as db:
             if request_id:
                 row = await self._one(
                     db,
                     f"SELECT {_C} FROM conversations WHERE owner = ?1 AND request_id = ?2",
-                    c.owner,
+                    conversation.owner,
                     request_id,
                 )
                 if row is not None:
                     return rows.conversation(row, _times), False
-            row = await self._one(
-                db,
-                f"INSERT INTO conversations (id, owner, title, model_provider, model_name, team, "
-                f"metadata, message_count, request_id, create_time, update_time) "
-                f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9) RETURNING {_C}",
-                c.id, c.owner, c.title, provider, model, team, metadata,
-                request_id or None, ts_to_us(c.create_time),
-            )  # fmt: skip
+            row = await self._insert_conversation(db, conversation, request_id)
         return rows.conversation(row, _times), True
+
+    async def _insert_conversation(
+        self, db: aiosqlite.Connection, c: conversation_pb2.Conversation, request_id: str
+    ) -> Any:
+        """Insert a conversation (in the caller's transaction); its row."""
+        provider, model, team, metadata = rows.conversation_params(c)
+        return await self._one(
+            db,
+            f"INSERT INTO conversations (id, owner, title, model_provider, model_name, team, "
+            f"metadata, message_count, request_id, create_time, update_time) "
+            f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9) RETURNING {_C}",
+            c.id, c.owner, c.title, provider, model, team, metadata,
+            request_id or None, ts_to_us(c.create_time),
+        )  # fmt: skip
 
     async def get_conversation(
         self, conversation_id: str, owner: str | None
@@ -216,47 +224,61 @@ class SqliteStore(Store):
         messages: Sequence[conversation_pb2.Message],
         now_us: int,
     ) -> AppendedMessages | None:
-        client_ids = [m.client_message_id for m in messages if m.client_message_id]
         async with self._use(write=True) as db:
-            found = await self._one(
-                db,
-                "SELECT message_count FROM conversations WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
-                conversation_id,
-                owner,
-            )
-            if found is None:
+            row = await self._conversation_row(db, conversation_id, owner)
+            if row is None:
                 return None
-            count = found[0]
-            stored: dict[str, conversation_pb2.Message] = {}
-            if client_ids:
-                marks = ", ".join("?" for _ in client_ids)
-                for row in await self._all(
-                    db,
-                    f"SELECT {_M} FROM messages WHERE conversation_id = ? "
-                    f"AND client_message_id IN ({marks})",
-                    conversation_id,
-                    *client_ids,
-                ):
-                    msg = rows.message(row, _times)
-                    stored[msg.client_message_id] = msg
-            added = rows.number_new_messages(messages, stored, conversation_id, count, now_us)
-            if added:
-                await db.executemany(
-                    f"INSERT INTO messages ({_M}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [rows.message_params(m) for m in added],
-                )
-                row = await self._one(
-                    db,
-                    f"UPDATE conversations SET message_count = ?2, update_time = max(update_time + 1, ?3) "
-                    f"WHERE id = ?1 RETURNING {_C}",
-                    conversation_id,
-                    count + len(added),
-                    now_us,
-                )
-            else:
-                row = await self._one(
-                    db, f"SELECT {_C} FROM conversations WHERE id = ?1", conversation_id
-                )
+            return await self._append_messages(db, row, messages, now_us)
+
+    async def _conversation_row(
+        self, db: aiosqlite.Connection, conversation_id: str, owner: str | None
+    ) -> Any:
+        """The conversation's row; None when missing or another owner's."""
+        return await self._one(
+            db,
+            f"SELECT {_C} FROM conversations WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
+            conversation_id,
+            owner,
+        )
+
+    async def _append_messages(
+        self,
+        db: aiosqlite.Connection,
+        conversation: Any,
+        messages: Sequence[conversation_pb2.Message],
+        now_us: int,
+    ) -> AppendedMessages:
+        """`append_messages` inside the caller's transaction, `conversation` being the row
+        (`_conversation_row`, or just inserted)."""
+        conversation_id, count = conversation[0], conversation[7]
+        client_ids = [m.client_message_id for m in messages if m.client_message_id]
+        stored: dict[str, conversation_pb2.Message] = {}
+        if client_ids and count:  # an empty conversation has none stored
+            marks = ", ".join("?" for _ in client_ids)
+            for row in await self._all(
+                db,
+                f"SELECT {_M} FROM messages WHERE conversation_id = ? "
+                f"AND client_message_id IN ({marks})",
+                conversation_id,
+                *client_ids,
+            ):
+                msg = rows.message(row, _times)
+                stored[msg.client_message_id] = msg
+        added = rows.number_new_messages(messages, stored, conversation_id, count, now_us)
+        row = conversation
+        if added:
+            await db.executemany(
+                f"INSERT INTO messages ({_M}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [rows.message_params(m) for m in added],
+            )
+            row = await self._one(
+                db,
+                f"UPDATE conversations SET message_count = ?2, update_time = max(update_time + 1, ?3) "
+                f"WHERE id = ?1 RETURNING {_C}",
+                conversation_id,
+                count + len(added),
+                now_us,
+            )
         conv = rows.conversation(row, _times)
         return AppendedMessages(conv, rows.in_request_order(messages, stored, added), added)
 
@@ -277,28 +299,83 @@ class SqliteStore(Store):
             )
             if exists is None:
                 return None
-            if run_id:
-                found = await self._all(
-                    db,
-                    f"SELECT {_M} FROM messages WHERE conversation_id = ?1 AND run_id = ?2 "
-                    f"AND position > ?3 ORDER BY position LIMIT ?4",
-                    conversation_id,
-                    run_id,
-                    after_position,
-                    limit,
-                )
-            else:
-                found = await self._all(
-                    db,
-                    f"SELECT {_M} FROM messages WHERE conversation_id = ?1 AND position > ?2 "
-                    f"ORDER BY position LIMIT ?3",
-                    conversation_id,
-                    after_position,
-                    limit,
-                )
+            return await self._messages_after(db, conversation_id, after_position, limit, run_id)
+
+    async def _messages_after(
+        self,
+        db: aiosqlite.Connection,
+        conversation_id: str,
+        after_position: int,
+        limit: int,
+        run_id: str = "",
+    ) -> list[conversation_pb2.Message]:
+        """Up to `limit` messages after `after_position`, oldest first (only `run_id`'s)."""
+        if run_id:
+            found = await self._all(
+                db,
+                f"SELECT {_M} FROM messages WHERE conversation_id = ?1 AND run_id = ?2 "
+                f"AND position > ?3 ORDER BY position LIMIT ?4",
+                conversation_id,
+                run_id,
+                after_position,
+                limit,
+            )
+        else:
+            found = await self._all(
+                db,
+                f"SELECT {_M} FROM messages WHERE conversation_id = ?1 AND position > ?2 "
+                f"ORDER BY position LIMIT ?3",
+                conversation_id,
+                after_position,
+                limit,
+            )
         return [rows.message(r, _times) for r in found]
 
     # Run records
+
+    async def _run_by_request_id(
+        self, db: aiosqlite.Connection, owner: str, request_id: str
+    ) -> run_pb2.Run | None:
+        """The owner's run created with `request_id`; None when there is none (or no key)."""
+        if not request_id:
+            return None
+        row = await self._one(
+            db,
+            "SELECT record, last_seq FROM runs WHERE owner = ?1 AND request_id = ?2",
+            owner,
+            request_id,
+        )
+        return None if row is None else rows.run(row)
+
+    async def _insert_run(self, db: aiosqlite.Connection, new: run_pb2.Run) -> None:
+        """Insert a run record (`runs.prepare_new`), in the caller's transaction.
+
+        Raises:
+            Aborted: CONVERSATION_BUSY, the run is active and its conversation has an
+                active run.
+        """
+        if new.status in run_rules.ACTIVE:
+            active = await self._one(
+                db,
+                "SELECT id FROM runs WHERE conversation_id = ?1 AND status IN (1, 2)",
+                new.conversation_id,
+            )
+            if active is not None:
+                raise conversation_busy(new.conversation_id, active[0])
+        cols = rows.run_columns(new)
+        await db.execute(
+            "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
+            "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
+            "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
+            "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18)",
+            (
+                new.id, new.owner, new.conversation_id, cols["status"],
+                new.spec.request_id or None, cols["input"], cols["turns"], cols["final_answer"],
+                cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
+                cols["heartbeat_time"], cols["create_time"], cols["start_time"],
+                cols["end_time"], cols["update_time"], cols["record"],
+            ),
+        )  # fmt: skip
 
     async def record_run(
         self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
@@ -327,44 +404,16 @@ class SqliteStore(Store):
                 return merged, False
             if not values.HasField("spec") or not values.conversation_id:
                 raise run_not_found(values.id, creating_hint=True)
-            request_id = values.spec.request_id
-            if request_id:
-                row = await self._one(
-                    db,
-                    "SELECT record, last_seq FROM runs WHERE owner = ?1 AND request_id = ?2",
-                    owner,
-                    request_id,
-                )
-                if row is not None:
-                    return rows.run(row), False
+            earlier = await self._run_by_request_id(db, owner, values.spec.request_id)
+            if earlier is not None:
+                return earlier, False
             conv = await self._one(
                 db, "SELECT owner FROM conversations WHERE id = ?1", values.conversation_id
             )
             if conv is None or (conv[0] != owner and not is_system):
                 raise conversation_not_found(values.conversation_id)
             new = run_rules.prepare_new(values, owner, now_us)
-            if new.status in run_rules.ACTIVE:
-                active = await self._one(
-                    db,
-                    "SELECT id FROM runs WHERE conversation_id = ?1 AND status IN (1, 2)",
-                    values.conversation_id,
-                )
-                if active is not None:
-                    raise conversation_busy(values.conversation_id, active[0])
-            cols = rows.run_columns(new)
-            await db.execute(
-                "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
-                "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
-                "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
-                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18)",
-                (
-                    new.id, owner, new.conversation_id, cols["status"], request_id or None,
-                    cols["input"], cols["turns"], cols["final_answer"], cols["error"],
-                    cols["cancellation"], cols["usage"], cols["owner_instance"],
-                    cols["heartbeat_time"], cols["create_time"], cols["start_time"],
-                    cols["end_time"], cols["update_time"], cols["record"],
-                ),
-            )  # fmt: skip
+            await self._insert_run(db, new)
             return new, True
 
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
@@ -417,39 +466,45 @@ class SqliteStore(Store):
             )
             if row is None or (owner is not None and row[0] != owner):
                 raise run_not_found(run_id)
-            stored_last, ended = row[1], bool(row[2])
-            repeated = event_rules.overlap(stored_last, batch, run_id)
-            if repeated:
-                stored = await self._all(
-                    db,
-                    "SELECT event FROM run_events WHERE run_id = ?1 AND seq >= ?2 AND seq <= ?3 "
-                    "ORDER BY seq",
-                    run_id,
-                    batch.first_seq,
-                    batch.first_seq + repeated - 1,
-                )
-                event_rules.check_repeat([r[0] for r in stored], batch, run_id)
-            new = batch.payloads[repeated:]
-            event_rules.check_open(ended, len(new), run_id, stored_last)
-            first_new = batch.first_seq + repeated
-            if new:
-                await db.executemany(
-                    "INSERT INTO run_events (run_id, seq, kind, event) VALUES (?, ?, ?, ?)",
-                    [
-                        (run_id, first_new + i, kind, data)
-                        for i, (kind, data) in enumerate(
-                            zip(batch.kinds[repeated:], new, strict=True)
-                        )
-                    ],
-                )
-                await db.execute(
-                    "UPDATE runs SET event_seq = ?2, events_ended = ?3, "
-                    "last_seq = max(last_seq, ?2) WHERE id = ?1",
-                    (run_id, batch.last_seq, batch.ends_run),
-                )
+            stored_last = row[1]
+            first_new, new = await self._append_events(db, run_id, stored_last, bool(row[2]), batch)
         run = rows.run(row[3:])
         run.last_seq = max(run.last_seq, batch.last_seq)
         return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
+
+    async def _append_events(
+        self, db: aiosqlite.Connection, run_id: str, stored_last: int, ended: bool, batch: Batch
+    ) -> tuple[int, list[bytes]]:
+        """`append_events` inside the caller's transaction, the run's `event_seq` being
+        `stored_last` and `ended` its `events_ended`. Returns `(first new seq, new payloads)`."""
+        repeated = event_rules.overlap(stored_last, batch, run_id)
+        if repeated:
+            stored = await self._all(
+                db,
+                "SELECT event FROM run_events WHERE run_id = ?1 AND seq >= ?2 AND seq <= ?3 "
+                "ORDER BY seq",
+                run_id,
+                batch.first_seq,
+                batch.first_seq + repeated - 1,
+            )
+            event_rules.check_repeat([r[0] for r in stored], batch, run_id)
+        new = batch.payloads[repeated:]
+        event_rules.check_open(ended, len(new), run_id, stored_last)
+        first_new = batch.first_seq + repeated
+        if new:
+            await db.executemany(
+                "INSERT INTO run_events (run_id, seq, kind, event) VALUES (?, ?, ?, ?)",
+                [
+                    (run_id, first_new + i, kind, data)
+                    for i, (kind, data) in enumerate(zip(batch.kinds[repeated:], new, strict=True))
+                ],
+            )
+            await db.execute(
+                "UPDATE runs SET event_seq = ?2, events_ended = ?3, "
+                "last_seq = max(last_seq, ?2) WHERE id = ?1",
+                (run_id, batch.last_seq, batch.ends_run),
+            )
+        return first_new, new
 
     async def append_event_batches(
         self, batches: Sequence[tuple[str, Batch]], owner: str | None
@@ -540,3 +595,54 @@ class SqliteStore(Store):
                 limit,
             )
         return [(r[0], r[1]) for r in found]
+
+    # Run start
+
+    async def record_run_start(
+        self,
+        run: run_pb2.Run,
+        conversation: conversation_pb2.Conversation | None,
+        messages: Sequence[conversation_pb2.Message],
+        events: Batch | None,
+        recent_count: int,
+        owner: str,
+        is_system: bool,
+        now_us: int,
+    ) -> StartedRun:
+        async with self._use(write=True) as db:
+            earlier = await self._run_by_request_id(db, owner, run.spec.request_id)
+            if earlier is not None:
+                return StartedRun(earlier, False)
+            if conversation is not None:
+                if await self._one(
+                    db, "SELECT 1 FROM conversations WHERE id = ?1", run.conversation_id
+                ):
+                    raise conversation_exists(run.conversation_id)
+                conv = await self._insert_conversation(db, conversation, "")
+            else:
+                conv = await self._conversation_row(
+                    db, run.conversation_id, None if is_system else owner
+                )
+                if conv is None:
+                    raise conversation_not_found(run.conversation_id)
+            if await self._one(db, "SELECT 1 FROM runs WHERE id = ?1", run.id):
+                raise run_exists(run.id)
+            new = run_rules.prepare_new(run, owner, now_us)
+            await self._insert_run(db, new)
+            count = conv[7]
+            recent: list[conversation_pb2.Message] = []
+            if recent_count and count:
+                recent = await self._messages_after(
+                    db, run.conversation_id, max(0, count - recent_count), recent_count
+                )
+            if messages:
+                appended = await self._append_messages(db, conv, messages, now_us)
+            else:
+                appended = AppendedMessages(rows.conversation(conv, _times), [], [])
+            payloads: list[bytes] = []
+            if events is not None:
+                _, payloads = await self._append_events(db, new.id, 0, False, events)
+                new.last_seq = events.last_seq
+        return StartedRun(
+            new, True, appended.conversation, appended.messages, appended.added, recent, payloads
+        )
