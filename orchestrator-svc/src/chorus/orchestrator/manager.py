@@ -148,7 +148,7 @@ class RunManager:
         """Validate `spec`, record the run and start it in the background.
 
         Returns:
-            The run (QUEUED, or the earlier run when `spec.request_id` matched one) and its
+            The run (RUNNING, or the earlier run when `spec.request_id` matched one) and its
             `LiveRun` when it executes on this replica.
 
         Raises:
@@ -178,33 +178,33 @@ class RunManager:
             catalog=await self._catalog.get(),
             settings=self._settings,
         )
-        if resolved.conversation_id:
-            conversation = await self._history.get_conversation(user, resolved.conversation_id)
-        else:
-            conversation = await self._history.create_conversation(
-                user,
-                conversation_pb2.Conversation(title=_title(resolved.input), team=resolved.template),
-                request_id=f"run:{resolved.request_id}" if resolved.request_id else "",
-            )
         created_at = now()
+        conversation: conversation_pb2.Conversation | None = None
+        if not resolved.conversation_id:  # a new conversation; the id is ours (AIP-133)
+            conversation = conversation_pb2.Conversation(
+                id=str(uuid.uuid4()), title=_title(resolved.input), team=resolved.template
+            )
         record = run_pb2.Run(
             id=str(uuid.uuid4()),
             owner=user,
             spec=resolved,
-            conversation_id=conversation.id,
-            status=run_pb2.RUN_STATUS_QUEUED,
+            conversation_id=conversation.id if conversation else resolved.conversation_id,
+            status=run_pb2.RUN_STATUS_RUNNING,
             owner_instance=self._settings.instance_id,
             heartbeat_time=created_at,
             create_time=created_at,
+            start_time=created_at,
         )
-        stored, created = await self._history.create_run(user, record)
-        if not created:
-            log.info("run_request_repeated", run_id=stored.id, request_id=resolved.request_id)
-            live = self.local(user, stored.id)
-            return (live.snapshot() if live is not None else stored), live
-        live = LiveRun(stored, self._deps, new_conversation=not resolved.conversation_id)
-        self._runs[stored.id] = live
-        live.task = asyncio.create_task(self._execute(live), name=f"run-{stored.id}")
+        live = LiveRun(record, self._deps, new_conversation=conversation is not None)
+        # One write before the run's task starts: conversation, record, input, run_started.
+        started = await self._history.record_run_start(user, live.start_request(conversation))
+        if not started.created:
+            log.info("run_request_repeated", run_id=started.run.id, request_id=resolved.request_id)
+            earlier = self.local(user, started.run.id)
+            return (earlier.snapshot() if earlier is not None else started.run), earlier
+        live.started(started.run, started.recent_messages)
+        self._runs[live.id] = live
+        live.task = asyncio.create_task(self._execute(live), name=f"run-{live.id}")
         return live.snapshot(), live
 
     async def _execute(self, live: LiveRun) -> None:
