@@ -125,6 +125,7 @@ class RunManager:
             tools=tools,
         )
         self._runs: dict[str, LiveRun] = {}
+        self._start_slots = asyncio.Semaphore(settings.max_starting_runs)
         self._accepting = True
         self.liveness = Liveness(settings, history, lambda: self._runs)
 
@@ -145,7 +146,8 @@ class RunManager:
 
     # ----------------------------------------------------------------- create
     async def create(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
-        """Validate `spec`, record the run and start it in the background.
+        """Validate `spec`, record the run and start it in the background. At most
+        `max_starting_runs` starts are under way at once; the others wait their turn.
 
         Returns:
             The run (RUNNING, or the earlier run when `spec.request_id` matched one) and its
@@ -163,6 +165,19 @@ class RunManager:
         return await asyncio.shield(self._create(user, spec))
 
     async def _create(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
+        self._check_capacity()
+        metrics.RUN_STARTS_WAITING.inc()
+        try:
+            await self._start_slots.acquire()
+        finally:
+            metrics.RUN_STARTS_WAITING.dec()
+        try:
+            self._check_capacity()  # again: other starts may have filled it meanwhile
+            return await self._start(user, spec)
+        finally:
+            self._start_slots.release()
+
+    def _check_capacity(self) -> None:
         if not self._accepting:
             raise Unavailable("the orchestrator is shutting down", reason="SHUTTING_DOWN")
         if len(self._runs) >= self._settings.max_active_runs:
@@ -171,6 +186,8 @@ class RunManager:
                 retry_after_s=1.0,
                 reason="TOO_MANY_ACTIVE_RUNS",
             )
+
+    async def _start(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
         resolved = resolve_run_spec(
             spec,
             templates=self._templates,
