@@ -21,7 +21,9 @@ from orchestrator_helpers import (
     spec,
     team,
 )
+from prometheus_client import REGISTRY
 
+from chorus.core.testing import wait_for
 from chorus.v1 import chat_pb2, run_pb2, team_pb2
 from chorus.v1 import run_service_pb2 as rs
 
@@ -271,3 +273,22 @@ async def test_a_single_team_answers_with_the_conversations_history_as_context(
         "What is my name?",
         second[-1].run_completed.final_answer,
     ]
+
+
+@pytest.mark.parametrize("orchestrator_values", [{"max_starting_runs": 1}], indirect=True)
+async def test_starts_beyond_max_starting_runs_wait_their_turn_and_all_run(
+    alice: RunClient,
+) -> None:
+    def waiting() -> float:
+        return REGISTRY.get_sample_value("chorus_run_starts_waiting") or 0.0
+
+    assert waiting() == 0
+    creates = [asyncio.ensure_future(alice.create(spec(team_spec=duet(turns=1)))) for _ in range(8)]
+    # One start holds the only slot while its opening write is in flight; the rest queue.
+    await wait_for(lambda: waiting() >= 3, timeout=10)
+    runs = await asyncio.gather(*creates)
+    assert waiting() == 0
+    assert len({r.id for r in runs}) == 8
+    for run in runs:
+        done = await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED)
+        assert done.status == run_pb2.RUN_STATUS_COMPLETED

@@ -138,6 +138,14 @@ class RunEventLog:
             self._waiter = None
             waiter.set_result(None)
 
+    def emit_stored(self, event: run_pb2.RunEvent) -> run_pb2.RunEvent:
+        """Number `event` (the log's next seq and time) and count it as stored: the caller
+        stores it in a write of its own before anyone can watch the log (the run's opening
+        write, HistoryService.RecordRunStart). Returns the event."""
+        self._publish(event)
+        self._stored_through(1)
+        return event
+
     def emit_delta(self, event: run_pb2.RunEvent) -> None:
         """Emit a token delta now; it is stored with the next batch (≤ flush interval).
 

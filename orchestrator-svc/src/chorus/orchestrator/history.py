@@ -69,53 +69,6 @@ class HistoryClient:
                 raise from_rpc_error(exc) from None
 
     # ----------------------------------------------------------------- conversations
-    async def create_conversation(
-        self, user: str, conversation: conversation_pb2.Conversation, request_id: str = ""
-    ) -> conversation_pb2.Conversation:
-        """CreateConversation (idempotent with `request_id`)."""
-        request = hs.CreateConversationRequest(conversation=conversation, request_id=request_id)
-        response = await self._call(
-            lambda: self.stub.CreateConversation(
-                request, metadata=_md(user), timeout=UNARY_TIMEOUT_S
-            ),
-            retry=bool(request_id),
-        )
-        return response.conversation
-
-    async def get_conversation(
-        self, user: str, conversation_id: str
-    ) -> conversation_pb2.Conversation:
-        """GetConversation without messages; NOT_FOUND for a missing or foreign one."""
-        request = hs.GetConversationRequest(conversation_id=conversation_id)
-        response = await self._call(
-            lambda: self.stub.GetConversation(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
-        )
-        return response.conversation
-
-    async def recent_messages(
-        self, user: str, conversation_id: str, limit: int
-    ) -> list[conversation_pb2.Message]:
-        """The last `limit` messages of a conversation, oldest first."""
-        if limit <= 0:
-            return []
-        messages: list[conversation_pb2.Message] = []
-        token = ""
-        while True:
-            request = hs.ListMessagesRequest(
-                conversation_id=conversation_id, page_size=1000, page_token=token
-            )
-            response = await self._call(
-                lambda r=request: self.stub.ListMessages(  # type: ignore[misc]
-                    r, metadata=_md(user), timeout=UNARY_TIMEOUT_S
-                )
-            )
-            messages.extend(response.messages)
-            if len(messages) > limit:
-                del messages[: len(messages) - limit]
-            token = response.next_page_token
-            if not token:
-                return messages
-
     async def append_messages(
         self, user: str, conversation_id: str, messages: Sequence[conversation_pb2.Message]
     ) -> list[conversation_pb2.Message]:
@@ -128,17 +81,22 @@ class HistoryClient:
         return list(response.messages)
 
     # ----------------------------------------------------------------- run records
-    async def create_run(self, user: str, run: run_pb2.Run) -> tuple[run_pb2.Run, bool]:
-        """RecordRun creating `run`; returns `(stored run, created)`.
+    async def record_run_start(
+        self,
+        user: str,
+        request: hs.RecordRunStartRequest,
+    ) -> hs.RecordRunStartResponse:
+        """RecordRunStart: the run's conversation (when new), record, input messages and
+        first events in one transaction (not retried: a lost answer would look like
+        ALREADY_EXISTS on the retry).
 
         Raises:
+            chorus.core.errors.NotFound: the conversation is not the caller's.
             chorus.core.errors.Aborted: reason CONVERSATION_BUSY.
         """
-        request = hs.RecordRunRequest(run=run)
-        response = await self._call(
-            lambda: self.stub.RecordRun(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+        return await self._call(
+            lambda: self.stub.RecordRunStart(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
         )
-        return response.run, response.created
 
     async def update_run(self, user: str, run: run_pb2.Run, paths: Sequence[str]) -> run_pb2.Run:
         """RecordRun updating the fields at `paths` (retried: setting fields is idempotent)."""

@@ -125,6 +125,7 @@ class RunManager:
             tools=tools,
         )
         self._runs: dict[str, LiveRun] = {}
+        self._start_slots = asyncio.Semaphore(settings.max_starting_runs)
         self._accepting = True
         self.liveness = Liveness(settings, history, lambda: self._runs)
 
@@ -145,10 +146,11 @@ class RunManager:
 
     # ----------------------------------------------------------------- create
     async def create(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
-        """Validate `spec`, record the run and start it in the background.
+        """Validate `spec`, record the run and start it in the background. At most
+        `max_starting_runs` starts are under way at once; the others wait their turn.
 
         Returns:
-            The run (QUEUED, or the earlier run when `spec.request_id` matched one) and its
+            The run (RUNNING, or the earlier run when `spec.request_id` matched one) and its
             `LiveRun` when it executes on this replica.
 
         Raises:
@@ -163,6 +165,19 @@ class RunManager:
         return await asyncio.shield(self._create(user, spec))
 
     async def _create(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
+        self._check_capacity()
+        metrics.RUN_STARTS_WAITING.inc()
+        try:
+            await self._start_slots.acquire()
+        finally:
+            metrics.RUN_STARTS_WAITING.dec()
+        try:
+            self._check_capacity()  # again: other starts may have filled it meanwhile
+            return await self._start(user, spec)
+        finally:
+            self._start_slots.release()
+
+    def _check_capacity(self) -> None:
         if not self._accepting:
             raise Unavailable("the orchestrator is shutting down", reason="SHUTTING_DOWN")
         if len(self._runs) >= self._settings.max_active_runs:
@@ -171,6 +186,8 @@ class RunManager:
                 retry_after_s=1.0,
                 reason="TOO_MANY_ACTIVE_RUNS",
             )
+
+    async def _start(self, user: str, spec: run_pb2.RunSpec) -> tuple[run_pb2.Run, LiveRun | None]:
         resolved = resolve_run_spec(
             spec,
             templates=self._templates,
@@ -178,33 +195,33 @@ class RunManager:
             catalog=await self._catalog.get(),
             settings=self._settings,
         )
-        if resolved.conversation_id:
-            conversation = await self._history.get_conversation(user, resolved.conversation_id)
-        else:
-            conversation = await self._history.create_conversation(
-                user,
-                conversation_pb2.Conversation(title=_title(resolved.input), team=resolved.template),
-                request_id=f"run:{resolved.request_id}" if resolved.request_id else "",
-            )
         created_at = now()
+        conversation: conversation_pb2.Conversation | None = None
+        if not resolved.conversation_id:  # a new conversation; the id is ours (AIP-133)
+            conversation = conversation_pb2.Conversation(
+                id=str(uuid.uuid4()), title=_title(resolved.input), team=resolved.template
+            )
         record = run_pb2.Run(
             id=str(uuid.uuid4()),
             owner=user,
             spec=resolved,
-            conversation_id=conversation.id,
-            status=run_pb2.RUN_STATUS_QUEUED,
+            conversation_id=conversation.id if conversation else resolved.conversation_id,
+            status=run_pb2.RUN_STATUS_RUNNING,
             owner_instance=self._settings.instance_id,
             heartbeat_time=created_at,
             create_time=created_at,
+            start_time=created_at,
         )
-        stored, created = await self._history.create_run(user, record)
-        if not created:
-            log.info("run_request_repeated", run_id=stored.id, request_id=resolved.request_id)
-            live = self.local(user, stored.id)
-            return (live.snapshot() if live is not None else stored), live
-        live = LiveRun(stored, self._deps, new_conversation=not resolved.conversation_id)
-        self._runs[stored.id] = live
-        live.task = asyncio.create_task(self._execute(live), name=f"run-{stored.id}")
+        live = LiveRun(record, self._deps, new_conversation=conversation is not None)
+        # One write before the run's task starts: conversation, record, input, run_started.
+        started = await self._history.record_run_start(user, live.start_request(conversation))
+        if not started.created:
+            log.info("run_request_repeated", run_id=started.run.id, request_id=resolved.request_id)
+            earlier = self.local(user, started.run.id)
+            return (earlier.snapshot() if earlier is not None else started.run), earlier
+        live.started(started.run, started.recent_messages)
+        self._runs[live.id] = live
+        live.task = asyncio.create_task(self._execute(live), name=f"run-{live.id}")
         return live.snapshot(), live
 
     async def _execute(self, live: LiveRun) -> None:

@@ -14,6 +14,10 @@ RUNS_ENDED = Counter(
     "chorus_runs_ended_total", "Runs that ended on this replica, by final status.", ["status"]
 )
 RUNS_ACTIVE = Gauge("chorus_runs_active", "Runs executing on this replica.")
+RUN_STARTS_WAITING = Gauge(
+    "chorus_run_starts_waiting",
+    "Run starts waiting for one of the `max_starting_runs` start slots of this replica.",
+)
 WATCHERS = Gauge("chorus_run_watchers", "WatchRun/StreamRun streams open on this replica.")
 EVENTS_STORED = Counter(
     "chorus_run_events_stored_total", "Run events written to history-svc by this replica."

@@ -2,9 +2,9 @@
 
 `LiveRun.execute` is the run's own task, independent of every client stream (DESIGN.md §4):
 
-1. emit `run_started` and, while it is stored, record RUNNING (owner instance, start
-   time), load the conversation context (SINGLE teams) and append the input to the
-   conversation; then build a fresh team;
+1. before the task starts, one write (`start_request`, HistoryService.RecordRunStart)
+   stores the new conversation, the RUNNING record, the input message and `run_started`,
+   and reads the conversation context of a SINGLE team; the task builds a fresh team;
 2. run the team in a child task; agents report turns, tool calls and messages through
    the `RunHooks` methods below, model clients push deltas into the event log;
 3. end with exactly one terminal event — `run_completed`, `run_failed` (provider code and
@@ -58,6 +58,7 @@ from chorus.v1 import (
     run_pb2,
     team_pb2,
 )
+from chorus.v1 import history_service_pb2 as hs
 
 log = get_logger("chorus.orchestrator.runs")
 
@@ -130,7 +131,8 @@ class LiveRun:
     """A run executing on this replica.
 
     Args:
-        record: the run as created in history-svc (QUEUED, spec resolved).
+        record: the run to start (RUNNING, spec resolved), not stored yet: see
+            `start_request`.
         deps: process-wide collaborators.
         new_conversation: the conversation was created for this run, so it holds no earlier
             messages to read as context.
@@ -169,6 +171,7 @@ class LiveRun:
         self._messages = 0
         self._seen_messages: set[str] = set()
         self._seen_lock = asyncio.Lock()
+        self._context: list[LLMMessage] = []
         self.task: asyncio.Task[None] | None = None
         self._request_id = identity.current_request_id()  # of the RPC that created the run
 
@@ -444,29 +447,45 @@ class LiveRun:
             log.info("run_ended", status=run_pb2.RunStatus.Name(self.status), turns=self.turns)
             self.done.set()
 
-    async def _start(self) -> Team | None:
-        started = now()
-        self.status = run_pb2.RUN_STATUS_RUNNING
-        self.record.status = run_pb2.RUN_STATUS_RUNNING
-        self.record.start_time.CopyFrom(started)
-        team_spec = self.spec.team
-        # run_started is stored while the record turns RUNNING and the input joins the
-        # conversation: three independent writes, all done before the first agent starts.
-        await self.log.emit(_Event(run_started=_Event.RunStarted(run=self.snapshot())))
-        record = self._update_record(
-            run_pb2.Run(
-                status=run_pb2.RUN_STATUS_RUNNING,
-                start_time=started,
-                owner_instance=self._settings.instance_id,
-                heartbeat_time=started,
+    # ------------------------------------------------------------------ the start
+    def start_request(
+        self, conversation: conversation_pb2.Conversation | None
+    ) -> hs.RecordRunStartRequest:
+        """The run's opening write (HistoryService.RecordRunStart): the new `conversation`
+        (None to join the run's existing one), the record, the input message and
+        `run_started` (seq 1, counted as stored from now on) — plus, for a SINGLE team in an
+        existing conversation, a read of the earlier messages that are the agent's context."""
+        started = self.log.emit_stored(_Event(run_started=_Event.RunStarted(run=self.snapshot())))
+        single = self.spec.team.kind == team_pb2.TEAM_KIND_SINGLE
+        return hs.RecordRunStartRequest(
+            run=self.record,
+            conversation=conversation,
+            messages=[
+                conversation_pb2.Message(
+                    client_message_id=f"{self.id}/input",
+                    role=chat_pb2.ROLE_USER,
+                    content=self.spec.input,
+                    run_id=self.id,
+                )
+            ],
+            events=[started],
+            recent_message_count=(
+                self._settings.context_messages if single and not self._new_conversation else 0
             ),
-            ["status", "start_time", "owner_instance", "heartbeat_time"],
         )
-        _, context = await asyncio.gather(record, self._conversation_start(team_spec))
+
+    def started(self, record: run_pb2.Run, earlier: Sequence[conversation_pb2.Message]) -> None:
+        """The opening write is stored: `record` as stored, `earlier` the conversation's
+        messages before the input (the context of a SINGLE team's agent)."""
+        self.record = record
+        if earlier:
+            self._context = context_messages(earlier, self.spec.team.agents[0].name)
+
+    async def _start(self) -> Team | None:
         if self._stop.is_set():
             return None
         return build_team(
-            team_spec,
+            self.spec.team,
             self.spec.max_turns,
             TeamParts(
                 hooks=self,
@@ -476,42 +495,9 @@ class LiveRun:
                 tools=self._agent_tools,
                 tool_timeout_s=self._settings.tool_timeout_s,
                 max_tool_iterations=self._settings.max_tool_iterations,
-                context=context,
+                context=self._context,
             ),
         )
-
-    async def _conversation_start(self, team_spec: team_pb2.TeamSpec) -> list[LLMMessage]:
-        """Append the input to the conversation and, for SINGLE teams in an existing
-        conversation, read the earlier messages — the agent's context — at the same time
-        (the input is told apart by its run id)."""
-        conversation_id = self.record.conversation_id
-        append = self._history.append_messages(
-            self.owner,
-            conversation_id,
-            [
-                conversation_pb2.Message(
-                    client_message_id=f"{self.id}/input",
-                    role=chat_pb2.ROLE_USER,
-                    content=self.spec.input,
-                    run_id=self.id,
-                )
-            ],
-        )
-        if (
-            team_spec.kind != team_pb2.TEAM_KIND_SINGLE
-            or not self._settings.context_messages
-            or self._new_conversation
-        ):
-            await append
-            return []
-        earlier, _ = await asyncio.gather(
-            self._history.recent_messages(
-                self.owner, conversation_id, self._settings.context_messages + 1
-            ),
-            append,
-        )
-        earlier = [m for m in earlier if m.run_id != self.id][-self._settings.context_messages :]
-        return context_messages(earlier, team_spec.agents[0].name)
 
     async def _consume(self, team: Team) -> TaskResult:
         task = TextMessage(content=self.spec.input, source="user")

@@ -40,6 +40,13 @@ class Settings(CoreSettings):
         ge=1,
         description="Most active runs this process executes at once; more is RESOURCE_EXHAUSTED.",
     )
+    max_starting_runs: int = Field(
+        16,
+        ge=1,
+        description="Runs this process starts at once (validation and the opening write to "
+        "history-svc); further starts wait their turn, so a burst of new runs cannot starve "
+        "the event streams of the runs already going.",
+    )
     max_tool_iterations: int = Field(
         3, ge=1, le=20, description="Model calls an agent may spend on tool calls in one turn."
     )
