@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 import structlog
-from autogen_agentchat.base import TaskResult, Team
+from autogen_agentchat.base import TaskResult, TaskRunner
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import (
@@ -481,7 +481,7 @@ class LiveRun:
         if earlier:
             self._context = context_messages(earlier, self.spec.team.agents[0].name)
 
-    async def _start(self) -> Team | None:
+    async def _start(self) -> TaskRunner | None:
         if self._stop.is_set():
             return None
         return build_team(
@@ -499,7 +499,7 @@ class LiveRun:
             ),
         )
 
-    async def _consume(self, team: Team) -> TaskResult:
+    async def _consume(self, team: TaskRunner) -> TaskResult:
         task = TextMessage(content=self.spec.input, source="user")
         result: TaskResult | None = None
         async for item in team.run_stream(
@@ -514,7 +514,7 @@ class LiveRun:
             raise RuntimeError("the team ended without a result")
         return result
 
-    async def _drive(self, team: Team) -> TaskResult | None:
+    async def _drive(self, team: TaskRunner) -> TaskResult | None:
         consume = asyncio.create_task(self._consume(team), name=f"run-{self.id}-team")
         stop = asyncio.create_task(self._stop.wait())
         try:

@@ -6,7 +6,7 @@
 | SELECTOR     | SelectorGroupChat (orchestrator model picks speakers)  |
 | MAGENTIC_ONE | MagenticOneGroupChat (orchestrator model plans)        |
 | SEQUENTIAL   | GraphFlow over a DiGraphBuilder chain a → b → c        |
-| SINGLE       | RoundRobinGroupChat of one agent, one turn             |
+| SINGLE       | the AssistantAgent itself (no group chat, no runtime)  |
 
 A team object is unusable after a cancel or an error (REFERENCE.md), so every run builds its
 own. Agents are `TurnAgent`s: autogen `AssistantAgent`s that report their turns, tool calls
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from autogen_agentchat.agents import AssistantAgent
-from autogen_agentchat.base import Response, Team
+from autogen_agentchat.base import Response, TaskRunner
 from autogen_agentchat.conditions import TextMentionTermination
 from autogen_agentchat.messages import (
     BaseAgentEvent,
@@ -216,8 +216,10 @@ def _selector_prompt(extra: str) -> str:
     return f"{DEFAULT_SELECTOR_PROMPT}\n{escaped}\n"
 
 
-def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Team:
-    """A new autogen team for one run.
+def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> TaskRunner:
+    """A new autogen team for one run: a group chat or graph, or for a SINGLE team its one
+    agent, run directly (one turn; no agent runtime, group chat manager or message routing
+    to build and drive).
 
     Args:
         team: the resolved, validated team.
@@ -243,7 +245,8 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tea
             max_turns=max_turns,
         )
     if kind == team_pb2.TEAM_KIND_SINGLE:
-        return RoundRobinGroupChat(agents, max_turns=1)
+        single: TaskRunner = agents[0]
+        return single
     if kind == team_pb2.TEAM_KIND_SELECTOR:
         return SelectorGroupChat(
             agents,
