@@ -32,6 +32,9 @@ configure_logging("test", level="INFO", json=True)
 structlog.contextvars.bind_contextvars(request_id="r-7", user="alice", run_id="run-1")
 get_logger("t").info("called", api_key="sk-live-123", authorization="Bearer x", internal_token="t0k", turns=3, input_tokens=12)
 get_logger("t").debug("hidden")
+import logging
+logging.getLogger("httpx").info("HTTP Request: POST http://upstream 200 OK")
+logging.getLogger("httpx").warning("upstream connection reset")
 """
 
 
@@ -41,8 +44,9 @@ def test_json_logs_carry_context_and_redact_secrets():
         [sys.executable, "-c", _LOG_SCRIPT], capture_output=True, text=True, check=True
     )
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, "DEBUG must be filtered at level INFO"
+    assert len(lines) == 2, "DEBUG and the HTTP client's per-request INFO must be filtered"
     record = json.loads(lines[0])
+    assert json.loads(lines[1])["event"] == "upstream connection reset"
     assert record["event"] == "called"
     assert (record["request_id"], record["user"], record["run_id"], record["service"]) == (
         "r-7",

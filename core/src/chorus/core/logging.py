@@ -32,6 +32,10 @@ def redact_secrets(
     return event_dict
 
 
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore")
+"""Standard-library loggers kept at WARNING or above whatever the level (per-request lines)."""
+
+
 def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -> None:
     """Route structlog and stdlib logging to stderr as JSON (or console) lines.
 
@@ -76,6 +80,10 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # HTTP clients log every request at INFO ("HTTP Request: POST … 200 OK"): one line per
+    # model call that our own logs already cover, and its formatting on the hot path.
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
