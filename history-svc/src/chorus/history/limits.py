@@ -33,6 +33,7 @@ MAX_FINAL_ANSWER_BYTES = 1024 * 1024
 MAX_ERROR_MESSAGE_CHARS = 8192
 MAX_CANCEL_REASON_CHARS = 4096
 MAX_OWNER_INSTANCE_CHARS = 256
+MAX_HEARTBEATS_PER_CALL = 1000  # contract: RecordRunHeartbeatsRequest.heartbeats
 
 MAX_EVENTS_PER_APPEND = 1000  # contract: AppendRunEventsRequest.events
 MAX_BATCHES_PER_APPEND = 1000  # contract: AppendRunEventBatchesRequest.batches

@@ -1,4 +1,5 @@
-"""Rules of run records (RecordRun): what a create stores and how an update merges.
+"""Rules of run records (RecordRun, RecordRunHeartbeats): what a create stores and how an
+update or a heartbeat merges.
 
 Pure functions over `chorus.v1.Run` messages; both stores call them inside their
 transaction, after reading the stored row under a lock, so the rules hold under concurrency.
@@ -8,11 +9,11 @@ run semantics of DESIGN.md §4.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from chorus.core.errors import FailedPrecondition
 from chorus.history.timeutil import set_ts, ts_to_us
-from chorus.v1 import run_pb2
+from chorus.v1 import history_service_pb2, run_pb2
 
 UPDATABLE_PATHS = (
     "status",
@@ -29,6 +30,9 @@ UPDATABLE_PATHS = (
 )
 """RecordRun update-mask paths; `spec`, `conversation_id`, `owner` and times of creation are
 immutable."""
+
+HEARTBEAT_PATHS = ("heartbeat_time", "owner_instance", "turns", "usage", "last_seq")
+"""The fields a heartbeat writes (RecordRunHeartbeats' comment)."""
 
 ACTIVE = frozenset({run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING})
 TERMINAL = frozenset(
@@ -98,6 +102,47 @@ def apply_update(
     _default_times(out, now_us)
     # Strictly increasing per write (the row is locked), so it versions cached copies.
     set_ts(out.update_time, max(now_us, (ts_to_us(stored.update_time) or 0) + 1))
+    return out
+
+
+def heartbeat_values(beat: history_service_pb2.RunHeartbeat, now_us: int) -> run_pb2.Run:
+    """The run fields a heartbeat writes (`HEARTBEAT_PATHS`), `heartbeat_time` = `now_us`.
+
+    `id` is the heartbeat's `run_id` as given (callers canonicalize it); an unset `usage`
+    writes an empty one, as RecordRun does for a masked `usage` it is not given.
+    """
+    out = run_pb2.Run(
+        id=beat.run_id,
+        owner_instance=beat.owner_instance,
+        turns=beat.turns,
+        last_seq=beat.last_seq,
+    )
+    if beat.HasField("usage"):
+        out.usage.CopyFrom(beat.usage)
+    set_ts(out.heartbeat_time, now_us)
+    return out
+
+
+def apply_heartbeats(
+    beats: Sequence[run_pb2.Run], stored: Mapping[str, run_pb2.Run], now_us: int
+) -> list[tuple[run_pb2.Run, bool] | None]:
+    """The outcome of each heartbeat (values from `heartbeat_values`) on the `stored` runs
+    (by id, read under a lock), in order: `(run after the heartbeat, True)`; for an ended
+    run `(the stored run, False)` — a heartbeat does not change it; None for a run not in
+    `stored` (missing, or hidden from the caller).
+
+    The update is `apply_update` with `HEARTBEAT_PATHS`, so `last_seq` never decreases and
+    `update_time` strictly increases, as for RecordRun.
+    """
+    out: list[tuple[run_pb2.Run, bool] | None] = []
+    for values in beats:
+        run = stored.get(values.id)
+        if run is None:
+            out.append(None)
+        elif run.status in TERMINAL:
+            out.append((run, False))
+        else:
+            out.append((apply_update(run, values, HEARTBEAT_PATHS, now_us), True))
     return out
 
 

@@ -241,6 +241,38 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         await self._cache.put_run(stored)
         return pb.RecordRunResponse(run=stored, created=created)
 
+    async def RecordRunHeartbeats(
+        self, request: pb.RecordRunHeartbeatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordRunHeartbeatsResponse:
+        ident = current_identity()
+        now = now_us()
+        v = Violations()
+        count = len(request.heartbeats)
+        beats: list[run_pb2.Run] = []
+        if not count:
+            v.add("heartbeats", "at least one heartbeat is required")
+        elif count > limits.MAX_HEARTBEATS_PER_CALL:
+            v.add("heartbeats", f"at most {limits.MAX_HEARTBEATS_PER_CALL} heartbeats per call")
+        else:
+            seen: set[str] = set()
+            for i, beat in enumerate(request.heartbeats):
+                field = f"heartbeats[{i}]"
+                values = run_rules.heartbeat_values(beat, now)
+                values.id = validation.uuid_field(v, f"{field}.run_id", beat.run_id)
+                if values.id in seen:
+                    v.add(f"{field}.run_id", "repeated within the request")
+                elif values.id:
+                    seen.add(values.id)
+                validation.run_values(v, values, run_rules.HEARTBEAT_PATHS, prefix=field)
+                beats.append(values)
+                if len(v.items) >= 50:
+                    break
+        v.raise_if_any("invalid heartbeats")
+        outcomes = await self._store.record_heartbeats(beats, _scope(ident), now)
+        found = [o for o in outcomes if o is not None]
+        await self._cache.put_runs([run for run, updated in found if updated])
+        return pb.RecordRunHeartbeatsResponse(runs=[run for run, _ in found])
+
     async def _run(self, ident: Identity, run_id: str) -> run_pb2.Run:
         run = await self._cache.get_run(run_id)
         if run is not None:

@@ -183,35 +183,41 @@ def usage(v: Violations, field: str, u: chat_pb2.Usage) -> None:
         v.add(f"{field}.cost_usd", "must be a non-negative number")
 
 
-def run_values(v: Violations, run: run_pb2.Run, paths: Iterable[str]) -> None:
-    """The Run fields named in `paths` (RecordRun), prefix `run.`."""
+def run_values(v: Violations, run: run_pb2.Run, paths: Iterable[str], prefix: str = "run") -> None:
+    """The Run fields named in `paths` (RecordRun; a heartbeat's, prefix `heartbeats[i]`),
+    reported as `{prefix}.{field}`."""
     paths = set(paths)
     if "status" in paths:
         if run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
-            v.add("run.status", "required when status is updated")
+            v.add(f"{prefix}.status", "required when status is updated")
         elif run.status not in run_pb2.RunStatus.values():
-            v.add("run.status", f"unknown status {run.status}")
+            v.add(f"{prefix}.status", f"unknown status {run.status}")
     if "turns" in paths and run.turns < 0:
-        v.add("run.turns", "must not be negative")
+        v.add(f"{prefix}.turns", "must not be negative")
     if "final_answer" in paths:
-        utf8_size(v, "run.final_answer", run.final_answer, limits.MAX_FINAL_ANSWER_BYTES)
+        utf8_size(v, f"{prefix}.final_answer", run.final_answer, limits.MAX_FINAL_ANSWER_BYTES)
     if "error" in paths:
-        text(v, "run.error.message", run.error.message, limits.MAX_ERROR_MESSAGE_CHARS)
-        text(v, "run.error.reason", run.error.reason, limits.MAX_AGENT_CHARS)
+        text(v, f"{prefix}.error.message", run.error.message, limits.MAX_ERROR_MESSAGE_CHARS)
+        text(v, f"{prefix}.error.reason", run.error.reason, limits.MAX_AGENT_CHARS)
     if "cancellation" in paths:
-        text(v, "run.cancellation.reason", run.cancellation.reason, limits.MAX_CANCEL_REASON_CHARS)
         text(
             v,
-            "run.cancellation.requested_by",
+            f"{prefix}.cancellation.reason",
+            run.cancellation.reason,
+            limits.MAX_CANCEL_REASON_CHARS,
+        )
+        text(
+            v,
+            f"{prefix}.cancellation.requested_by",
             run.cancellation.requested_by,
             limits.MAX_AGENT_CHARS,
         )
     if "usage" in paths:
-        usage(v, "run.usage", run.usage)
+        usage(v, f"{prefix}.usage", run.usage)
     if "last_seq" in paths and run.last_seq < 0:
-        v.add("run.last_seq", "must not be negative")
+        v.add(f"{prefix}.last_seq", "must not be negative")
     if "owner_instance" in paths:
-        text(v, "run.owner_instance", run.owner_instance, limits.MAX_OWNER_INSTANCE_CHARS)
+        text(v, f"{prefix}.owner_instance", run.owner_instance, limits.MAX_OWNER_INSTANCE_CHARS)
 
 
 def run_spec(v: Violations, spec: run_pb2.RunSpec) -> None:

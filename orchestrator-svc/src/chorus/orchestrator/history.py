@@ -107,6 +107,21 @@ class HistoryClient:
         )
         return response.run
 
+    async def record_heartbeats(
+        self, user: str, heartbeats: Sequence[hs.RunHeartbeat]
+    ) -> list[run_pb2.Run]:
+        """RecordRunHeartbeats: 1..1000 runs' heartbeats in one call, not retried (the next
+        round is the retry). Returns the records found, as stored after the call, in request
+        order; a run missing, or not visible to `user`, is left out.
+        """
+        request = hs.RecordRunHeartbeatsRequest(heartbeats=heartbeats)
+        response = await self._call(
+            lambda: self.stub.RecordRunHeartbeats(
+                request, metadata=_md(user), timeout=UNARY_TIMEOUT_S
+            )
+        )
+        return list(response.runs)
+
     async def get_run(self, user: str, run_id: str) -> run_pb2.Run:
         """GetRunRecord; NOT_FOUND for a missing or foreign run."""
         request = hs.GetRunRecordRequest(run_id=run_id)

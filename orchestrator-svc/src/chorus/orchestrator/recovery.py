@@ -1,9 +1,10 @@
 """Liveness of runs across replicas: heartbeats, cross-replica cancels, crash recovery.
 
 * **Heartbeats.** Every `heartbeat_interval_s` this replica writes `heartbeat_time` (and
-  turns, usage, last stored seq) into the record of every run it executes. The answer is
-  the stored record, which is how a cancel recorded by another replica (`cancellation`)
-  reaches the run's owner, and how the owner learns that someone else ended its run.
+  turns, usage, last stored seq) into the record of every run it executes, all runs in one
+  RecordRunHeartbeats call (per 1000). The answer is the stored records, which is how a
+  cancel recorded by another replica (`cancellation`) reaches the run's owner, and how the
+  owner learns that someone else ended its run.
 * **Recovery sweep.** At start and every `sweep_interval_s`, active runs whose heartbeat is
   older than `stale_after_s` (and, at start, active runs recorded under this replica's own
   `instance_id`, which cannot be alive) are ended: after the last stored event a terminal
@@ -36,7 +37,8 @@ from chorus.v1 import run_pb2
 
 log = get_logger("chorus.orchestrator.recovery")
 
-_HEARTBEAT_CONCURRENCY = 32
+HEARTBEATS_PER_CALL = 1000
+"""Heartbeats per RecordRunHeartbeats call (the contract's limit)."""
 _STATUS_OF_TERMINAL = {
     "run_completed": run_pb2.RUN_STATUS_COMPLETED,
     "run_failed": run_pb2.RUN_STATUS_FAILED,
@@ -164,31 +166,37 @@ class Liveness:
 
     # ----------------------------------------------------------------- heartbeats
     async def heartbeat_all(self) -> None:
-        """One heartbeat for every live run (concurrently, bounded)."""
+        """One heartbeat for every live run: one RecordRunHeartbeats call per
+        `HEARTBEATS_PER_CALL` runs, as the internal service identity (the runs belong to
+        many users); each run then acts on its stored record (`LiveRun.on_heartbeat`).
+
+        A failed call is counted (`chorus_run_heartbeat_failures_total`, per run) and
+        logged; its runs beat again next round. A run left out of the answer (its record
+        is gone) is counted and logged the same way.
+        """
         runs = [r for r in self._live_runs().values() if not r.log.ended]
-        if not runs:
-            return
-        gate = asyncio.Semaphore(_HEARTBEAT_CONCURRENCY)
+        chunks = [
+            runs[i : i + HEARTBEATS_PER_CALL] for i in range(0, len(runs), HEARTBEATS_PER_CALL)
+        ]
+        await asyncio.gather(*(self._heartbeat_chunk(chunk) for chunk in chunks))
 
-        async def beat(run: LiveRun) -> None:
-            async with gate:
-                await self.heartbeat(run)
-
-        await asyncio.gather(*(beat(r) for r in runs))
-
-    async def heartbeat(self, run: LiveRun) -> None:
-        """Write one heartbeat of `run` and act on the answer."""
-        record, paths = run.heartbeat_record()
+    async def _heartbeat_chunk(self, runs: list[LiveRun]) -> None:
         try:
-            stored = await self._history.update_run(run.owner, record, paths)
-        except FailedPrecondition:  # the record turned terminal behind our back
-            run.abandon()
-            return
+            stored = await self._history.record_heartbeats(
+                identity.SYSTEM_USER, [run.heartbeat() for run in runs]
+            )
         except ChorusError as exc:
-            metrics.HEARTBEAT_FAILURES.inc()
-            log.warning("heartbeat_failed", run_id=run.id, code=exc.code.name, error=exc.message)
+            metrics.HEARTBEAT_FAILURES.inc(len(runs))
+            log.warning("heartbeat_failed", runs=len(runs), code=exc.code.name, error=exc.message)
             return
-        run.on_heartbeat(stored)
+        by_id = {record.id: record for record in stored}
+        for run in runs:
+            record = by_id.get(run.id)
+            if record is None:
+                metrics.HEARTBEAT_FAILURES.inc()
+                log.warning("heartbeat_run_not_found", run_id=run.id)
+                continue
+            run.on_heartbeat(record)
 
     # ----------------------------------------------------------------- sweep
     async def _active_records(self, *, heartbeat_before: bool) -> list[run_pb2.Run]:

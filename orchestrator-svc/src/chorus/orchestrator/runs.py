@@ -54,6 +54,7 @@ from chorus.orchestrator.tools.registry import ToolContext, ToolRegistry
 from chorus.v1 import (
     chat_pb2,
     conversation_pb2,
+    history_service_pb2,
     provider_service_pb2_grpc,
     run_pb2,
     team_pb2,
@@ -215,17 +216,16 @@ class LiveRun:
                 run.cancellation.CopyFrom(self.cancellation)
         return run
 
-    def heartbeat_record(self) -> tuple[run_pb2.Run, list[str]]:
-        """The record fields a heartbeat writes, and their update-mask paths."""
-        run = run_pb2.Run(
-            id=self.id,
-            heartbeat_time=now(),
+    def heartbeat(self) -> history_service_pb2.RunHeartbeat:
+        """This run's heartbeat: this replica's instance id and the run's turns, usage and
+        last stored seq (history-svc stamps `heartbeat_time` with its own clock)."""
+        return history_service_pb2.RunHeartbeat(
+            run_id=self.id,
             owner_instance=self._settings.instance_id,
             turns=self.turns,
             usage=self.usage,
             last_seq=self.log.stored_seq,
         )
-        return run, ["heartbeat_time", "owner_instance", "turns", "usage", "last_seq"]
 
     def on_heartbeat(self, stored: run_pb2.Run) -> None:
         """React to the record a heartbeat returned: a cross-replica cancel, or an end

@@ -243,6 +243,21 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def record_heartbeats(
+        self, beats: Sequence[run_pb2.Run], owner: str | None, now_us: int
+    ) -> list[tuple[run_pb2.Run, bool] | None]:
+        """Write many runs' heartbeats in one transaction (`chorus.history.runs.
+        apply_heartbeats`): `beats` are `heartbeat_values` with distinct canonical ids.
+
+        Returns per heartbeat, in order, `(stored run after the call, updated)` — an ended
+        run comes back unchanged with `updated = False` — or None for a missing run or
+        (unless `owner` is None) another owner's.
+
+        Raises:
+            Unavailable: the database is unreachable; nothing is written.
+        """
+
+    @abc.abstractmethod
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         """The run, or None when missing or another owner's."""
 

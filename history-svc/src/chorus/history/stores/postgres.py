@@ -395,17 +395,7 @@ class PostgresStore(Store):
                     raise run_not_found(values.id)
                 stored = rows.run(row[1:])
                 merged = run_rules.apply_update(stored, values, paths, now_us)
-                cols = rows.run_columns(merged)
-                await conn.execute(
-                    "UPDATE runs SET status = $2, turns = $3, final_answer = $4, error = $5, "
-                    "cancellation = $6, usage = $7, owner_instance = $8, heartbeat_time = $9, "
-                    "start_time = $10, end_time = $11, update_time = $12, last_seq = $13, "
-                    "record = $14 WHERE id = $1",
-                    values.id, cols["status"], cols["turns"], cols["final_answer"],
-                    cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
-                    *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "start_time", "end_time", "update_time")),
-                    cols["last_seq"], cols["record"],
-                )  # fmt: skip
+                await conn.execute(_UPDATE_RUN, *_update_args(merged))
                 return merged, False
             if not values.HasField("spec") or not values.conversation_id:
                 raise run_not_found(values.id, creating_hint=True)
@@ -420,6 +410,24 @@ class PostgresStore(Store):
             new = run_rules.prepare_new(values, owner, now_us)
             await self._insert_run(conn, new)
             return new, True
+
+    async def record_heartbeats(
+        self, beats: Sequence[run_pb2.Run], owner: str | None, now_us: int
+    ) -> list[tuple[run_pb2.Run, bool] | None]:
+        async with self._conn() as conn, conn.transaction():
+            # Lock the call's runs in id order, so two calls never deadlock.
+            found = await conn.fetch(
+                "SELECT id::text, record, last_seq FROM runs WHERE id = ANY($1::uuid[]) "
+                "AND ($2::text IS NULL OR owner = $2) ORDER BY id FOR UPDATE",
+                sorted(b.id for b in beats),
+                owner,
+            )
+            stored = {r[0]: rows.run(r[1:]) for r in found}
+            outcomes = run_rules.apply_heartbeats(beats, stored, now_us)
+            updated = [o[0] for o in outcomes if o is not None and o[1]]
+            if updated:
+                await conn.executemany(_UPDATE_RUN, [_update_args(r) for r in updated])
+        return outcomes
 
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._conn() as conn:
@@ -705,6 +713,25 @@ class _StatelessConnection(asyncpg.Connection):
 
     def get_reset_query(self) -> str:
         return ""
+
+
+_UPDATE_RUN = (
+    "UPDATE runs SET status = $2, turns = $3, final_answer = $4, error = $5, "
+    "cancellation = $6, usage = $7, owner_instance = $8, heartbeat_time = $9, "
+    "start_time = $10, end_time = $11, update_time = $12, last_seq = $13, "
+    "record = $14 WHERE id = $1"
+)
+"""Writes every updatable column of a run record; arguments from `_update_args`."""
+
+
+def _update_args(run: run_pb2.Run) -> tuple[Any, ...]:
+    cols = rows.run_columns(run)
+    return (
+        run.id, cols["status"], cols["turns"], cols["final_answer"], cols["error"],
+        cols["cancellation"], cols["usage"], cols["owner_instance"],
+        *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "start_time", "end_time", "update_time")),
+        cols["last_seq"], cols["record"],
+    )  # fmt: skip
 
 
 def _pg_message(msg: conversation_pb2.Message) -> tuple[Any, ...]:

@@ -47,6 +47,25 @@ def _times(value: Any) -> int | None:
     return value  # type: ignore[no-any-return]
 
 
+_UPDATE_RUN = (
+    "UPDATE runs SET status = ?2, turns = ?3, final_answer = ?4, error = ?5, "
+    "cancellation = ?6, usage = ?7, owner_instance = ?8, heartbeat_time = ?9, "
+    "start_time = ?10, end_time = ?11, update_time = ?12, last_seq = ?13, "
+    "record = ?14 WHERE id = ?1"
+)
+"""Writes every updatable column of a run record; arguments from `_update_args`."""
+
+
+def _update_args(run: run_pb2.Run) -> tuple[Any, ...]:
+    cols = rows.run_columns(run)
+    return (
+        run.id, cols["status"], cols["turns"], cols["final_answer"], cols["error"],
+        cols["cancellation"], cols["usage"], cols["owner_instance"], cols["heartbeat_time"],
+        cols["start_time"], cols["end_time"], cols["update_time"], cols["last_seq"],
+        cols["record"],
+    )  # fmt: skip
+
+
 class SqliteStore(Store):
     """`Store` on one SQLite file.
 
@@ -388,19 +407,7 @@ class SqliteStore(Store):
                 if not is_system and row[0] != owner:
                     raise run_not_found(values.id)
                 merged = run_rules.apply_update(rows.run(row[1:]), values, paths, now_us)
-                cols = rows.run_columns(merged)
-                await db.execute(
-                    "UPDATE runs SET status = ?2, turns = ?3, final_answer = ?4, error = ?5, "
-                    "cancellation = ?6, usage = ?7, owner_instance = ?8, heartbeat_time = ?9, "
-                    "start_time = ?10, end_time = ?11, update_time = ?12, last_seq = ?13, "
-                    "record = ?14 WHERE id = ?1",
-                    (
-                        values.id, cols["status"], cols["turns"], cols["final_answer"],
-                        cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
-                        cols["heartbeat_time"], cols["start_time"], cols["end_time"],
-                        cols["update_time"], cols["last_seq"], cols["record"],
-                    ),
-                )  # fmt: skip
+                await db.execute(_UPDATE_RUN, _update_args(merged))
                 return merged, False
             if not values.HasField("spec") or not values.conversation_id:
                 raise run_not_found(values.id, creating_hint=True)
@@ -415,6 +422,29 @@ class SqliteStore(Store):
             new = run_rules.prepare_new(values, owner, now_us)
             await self._insert_run(db, new)
             return new, True
+
+    async def record_heartbeats(
+        self, beats: Sequence[run_pb2.Run], owner: str | None, now_us: int
+    ) -> list[tuple[run_pb2.Run, bool] | None]:
+        async with self._use(write=True) as db:
+            stored: dict[str, run_pb2.Run] = {}
+            ids = [b.id for b in beats]
+            for start in range(0, len(ids), 500):  # under SQLite's host-parameter limit
+                chunk = ids[start : start + 500]
+                found = await self._all(
+                    db,
+                    "SELECT id, record, last_seq FROM runs "
+                    f"WHERE id IN ({','.join('?' * len(chunk))}) AND (? IS NULL OR owner = ?)",
+                    *chunk,
+                    owner,
+                    owner,
+                )
+                stored.update((r[0], rows.run(r[1:])) for r in found)
+            outcomes = run_rules.apply_heartbeats(beats, stored, now_us)
+            updated = [o[0] for o in outcomes if o is not None and o[1]]
+            if updated:
+                await db.executemany(_UPDATE_RUN, [_update_args(r) for r in updated])
+        return outcomes
 
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._use() as db:
