@@ -284,3 +284,40 @@ async def test_cancel_of_a_run_whose_orchestrator_died_ends_it_at_once_as_cancel
     stored = events[:-1]
     n = min(len(head), len(stored))
     assert stored[:n] == head[:n]
+
+
+@pytest.mark.parametrize(
+    "orchestrator_values", [{"sweep_interval_s": 60.0, "stale_after_s": 60.0}], indirect=True
+)
+async def test_the_startup_sweep_ends_earlier_runs_of_its_instance_but_not_its_own_new_ones(
+    stack: Stack, alice: RunClient
+) -> None:
+    history = stack.history_client(alice.user)
+    instance = stack.orchestrator.settings.instance_id
+    hour_ago = int(time.time()) - 3600
+
+    async def recorded(create_s: int | None) -> str:
+        """A RUNNING run recorded under this instance id, created at `create_s` (None: now)."""
+        conversation = await history.stub.CreateConversation(
+            hs.CreateConversationRequest(), metadata=history.md
+        )
+        run = run_pb2.Run(
+            id=str(uuid.uuid4()),
+            conversation_id=conversation.conversation.id,
+            spec=spec(team_spec=duet()),
+            status=run_pb2.RUN_STATUS_RUNNING,
+            owner_instance=instance,
+        )
+        if create_s is not None:
+            run.create_time.seconds = create_s
+        await history.stub.RecordRun(hs.RecordRunRequest(run=run), metadata=history.md)
+        return run.id
+
+    # An earlier process with this instance id recorded one (nothing runs it now); this
+    # process recorded the other just now (as a start does, before the run is live).
+    earlier, new = await recorded(hour_ago), await recorded(None)
+    assert await stack.orchestrator.manager.liveness.sweep(startup=True) == 1
+    failed = await alice.get(earlier)
+    assert failed.status == run_pb2.RUN_STATUS_FAILED
+    assert failed.error.reason == "ORCHESTRATOR_STOPPED"
+    assert (await alice.get(new)).status == run_pb2.RUN_STATUS_RUNNING

@@ -122,6 +122,7 @@ class Liveness:
         self._history = history
         self._live_runs = live_runs
         self._tasks: list[asyncio.Task[None]] = []
+        self._created_ns = time.time_ns()  # before this process recorded any run
 
     def start(self) -> None:
         """Start the heartbeat and sweep loops (the first sweep runs at once)."""
@@ -221,15 +222,17 @@ class Liveness:
     async def sweep(self, *, startup: bool = False) -> int:
         """End the active runs of stopped orchestrators; returns how many were ended.
 
-        With `startup`, active runs recorded under this process's own instance id are ended
-        too, whatever their heartbeat: this process just started, so nothing runs them.
+        With `startup`, active runs recorded under this process's own instance id before
+        this process began are ended too, whatever their heartbeat: nothing runs them. A run
+        this process recorded since is left alone: its start may still be under way (its
+        record is written before it joins the live runs).
         """
         live = self._live_runs()
         mine = self._settings.instance_id
         candidates = {r.id: r for r in await self._active_records(heartbeat_before=True)}
         if startup:
             for r in await self._active_records(heartbeat_before=False):
-                if r.owner_instance == mine:
+                if r.owner_instance == mine and r.create_time.ToNanoseconds() < self._created_ns:
                     candidates[r.id] = r
         ended = 0
         terminal = run_pb2.RunEvent(
