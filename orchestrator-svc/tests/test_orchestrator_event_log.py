@@ -162,6 +162,46 @@ async def test_the_buffer_drops_only_stored_events_and_reports_when_a_reader_is_
     assert log.events_after(301) == []
 
 
+@pytest.mark.parametrize("run_id", ["6f1c7e0a-3b2d-4c5e-9f80-1a2b3c4d5e6f", "r", "x" * 200])
+async def test_stored_events_read_back_from_the_buffer_equal_the_emitted_ones(run_id: str) -> None:
+    # Stored events are kept serialized without their run id; reading puts it back.
+    store = Store()
+    log = new_log(store, keep=64, run_id=run_id)
+    run = run_pb2.Run(id=run_id, owner="alice", spec=run_pb2.RunSpec(input="Go."))
+    emitted = [Event(run_started=Event.RunStarted(run=run))]
+    await log.emit(emitted[0])
+    emitted += [delta(f" tok{i}") for i in range(10)]
+    for event in emitted[1:]:
+        log.emit_delta(event)
+    await log.sync()
+    store.gate = asyncio.Event()  # what follows stays unstored: read as emitted
+    emitted += [delta(" late"), Event(agent="a", reasoning_delta=Event.ReasoningDelta(text="r"))]
+    for event in emitted[-2:]:
+        log.emit_delta(event)
+    assert log.stored_seq == 11 and log.last_seq == 13
+    for k in range(len(emitted) + 2):
+        assert log.events_after(k) == emitted[k:], f"after {k}"
+    assert all(e.run_id == run_id for e in log.events_after(0) or [])
+    store.gate.set()
+    await log.sync()
+    assert log.events_after(0) == emitted
+    log.close()
+
+
+async def test_the_buffer_keeps_the_last_stored_events_up_to_half_as_many_again() -> None:
+    store = Store()
+    log = new_log(store, keep=64)
+    for n in range(1, 201):
+        await log.emit(started(n))
+        await log.sync()
+        kept = log.events_after(max(0, n - 64))  # the last 64 are always there
+        assert kept is not None and [e.agent_started.turn for e in kept] == list(
+            range(max(1, n - 63), n + 1)
+        )
+    assert log.events_after(200 - 97) is None  # trimmed in chunks: at most 96 kept
+    log.close()
+
+
 async def test_watchers_wake_on_new_events_and_when_the_log_closes() -> None:
     log = new_log(Store())
     waiter = asyncio.create_task(log.wait_beyond(0))

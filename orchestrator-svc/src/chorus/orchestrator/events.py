@@ -3,10 +3,12 @@
 One `RunEventLog` per run executing in this process. It
 
 * gives every event the next seq (1, 2, 3 … gapless) and its time;
-* keeps recent events in memory (`watcher_buffer_events`, never dropping an event that is
-  not yet stored) and wakes watchers, which read from that buffer at their own pace — a
-  slow watcher never slows the run: once it falls behind the buffer it reads the stored
-  log from history-svc and catches up;
+* keeps recent events in memory and wakes watchers, which read from memory at their own
+  pace — a slow watcher never slows the run: once it falls behind the buffer it reads the
+  stored log from history-svc and catches up. Unstored events are kept as messages (the
+  writes need them); once stored, the last `watcher_buffer_events` are kept serialized,
+  without their run id (~70 bytes for a token delta instead of ~900 for a message: a
+  message owns a protobuf arena), and parsed again for a watcher that reads them;
 * writes events to history-svc in order: token deltas through the process-wide
   `chorus.orchestrator.flusher.DeltaFlusher` (one AppendRunEventBatches call for the
   deltas of every live run, at most `delta_flush_interval_s` after the oldest unstored
@@ -18,6 +20,7 @@ One `RunEventLog` per run executing in this process. It
   a run whose lifecycle write is under way (that write stores its pending deltas too).
 
 Hot path (`emit_delta`): no task, no timer, no await — one list append and one set add.
+Watchers that keep up read the unstored messages themselves, parsing nothing.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ class RunEventLog:
         writer: stores a batch of events (lifecycle writes and `sync`); exceptions mark
             the batch as not stored.
         flusher: the process-wide writer of token deltas.
-        buffer_events: events kept in memory for watchers (besides unstored ones).
+        buffer_events: stored events kept in memory for watchers (besides unstored ones);
+            up to half as many again before they are trimmed.
         next_seq: the seq of the first event this log emits.
         on_rejected: called when history-svc rejected a delta batch written by the
             flusher (the batch stays pending; the next lifecycle write retries it).
@@ -89,8 +93,11 @@ class RunEventLog:
         self._on_rejected = on_rejected
         self._keep = buffer_events
         self._loop = asyncio.get_running_loop()
-        self._buf: list[run_pb2.RunEvent] = []
+        # Stored events `_buf_first` … `_stored`, serialized without the run id field (the
+        # log's own; `_run_id_field` puts it back), then the unstored ones as messages.
+        self._buf: list[bytes] = []
         self._buf_first = next_seq
+        self._run_id_field = run_pb2.RunEvent(run_id=run_id).SerializeToString()
         self._next = next_seq
         self._stored = next_seq - 1
         self._pending: list[run_pb2.RunEvent] = []
@@ -131,7 +138,6 @@ class RunEventLog:
         event.seq = self._next
         event.time.CopyFrom(_now())
         self._next += 1
-        self._buf.append(event)
         self._pending.append(event)
         waiter = self._waiter
         if waiter is not None:
@@ -210,8 +216,15 @@ class RunEventLog:
                 self._stored_through(len(batch))
 
     def _stored_through(self, count: int) -> None:
-        """The first `count` pending events are stored."""
+        """The first `count` pending events are stored: they move to the serialized buffer."""
         metrics.EVENTS_STORED.inc(count)
+        prefix = self._run_id_field
+        cut = len(prefix)
+        for event in self._pending[:count]:
+            data = event.SerializeToString()
+            # Fields are written in field-number order, so the run id comes first. Were it
+            # not, prepending it again on reading is harmless (the last value wins).
+            self._buf.append(data[cut:] if data.startswith(prefix) else data)
         self._stored = self._pending[count - 1].seq
         del self._pending[:count]
         self._trim()
@@ -249,20 +262,26 @@ class RunEventLog:
 
     def _trim(self) -> None:
         excess = len(self._buf) - self._keep
-        if excess > self._keep // 2:  # amortised: trim in chunks, never unstored events
-            drop = min(excess, self._stored - self._buf_first + 1)
-            if drop > 0:
-                del self._buf[:drop]
-                self._buf_first += drop
+        if excess > self._keep // 2:  # amortised: trim in chunks
+            del self._buf[:excess]
+            self._buf_first += excess
 
     # ------------------------------------------------------------------ watching
     def events_after(self, seq: int) -> list[run_pb2.RunEvent] | None:
         """Buffered events with seq greater than `seq` (maybe none), or None when some of
-        them are no longer buffered (read those from history-svc; they are stored)."""
+        them are no longer buffered (read those from history-svc; they are stored).
+
+        Stored ones come back as new messages (parsed, ~1 µs each); unstored ones are the
+        emitted messages themselves: do not modify them."""
         index = seq + 1 - self._buf_first
         if index < 0:
             return None
-        return self._buf[index:]
+        stored = len(self._buf)
+        if index >= stored:
+            return self._pending[index - stored :]
+        prefix = self._run_id_field
+        parse = run_pb2.RunEvent.FromString
+        return [parse(prefix + data) for data in self._buf[index:]] + self._pending
 
     async def wait_beyond(self, seq: int) -> None:
         """Return once an event with seq greater than `seq` exists, or the run ended, or

@@ -69,6 +69,9 @@ _FINISH: dict[int, Literal["stop", "length", "function_calls", "content_filter",
     ps.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
 _CHARS_PER_TOKEN = 4
+_JOIN_PIECES = 32
+"""The text of a call so far is joined into one string every this many pieces: a piece is
+~60 bytes of object for a few characters, a live slow stream holds hundreds."""
 _DEFAULT_CONTEXT_WINDOW = 128_000
 _ROLE = {"SystemMessage": chat_pb2.ROLE_SYSTEM, "UserMessage": chat_pb2.ROLE_USER}
 
@@ -289,6 +292,8 @@ class ProviderChatClient(ChatCompletionClient):
                 if kind == "text_delta":
                     piece = response.text_delta.text
                     text.append(piece)
+                    if len(text) == _JOIN_PIECES:  # a slow stream's pieces are small objects
+                        text[:] = ["".join(text)]
                     if deltas is not None:
                         deltas.text(piece)
                     if on_text is not None:
@@ -296,6 +301,8 @@ class ProviderChatClient(ChatCompletionClient):
                 elif kind == "reasoning_delta":
                     piece = response.reasoning_delta.text
                     reasoning.append(piece)
+                    if len(reasoning) == _JOIN_PIECES:
+                        reasoning[:] = ["".join(reasoning)]
                     if deltas is not None:
                         deltas.reasoning(piece)
                 elif kind == "tool_call_end":
