@@ -108,6 +108,7 @@ class Streams:
         self.delivered = 0
         self.errors: list[str] = []
         self.without_tokens = 0
+        self.done_streaming = 0
         self.all_live = asyncio.Event()
         self.started = time.perf_counter()
         self.all_live_s: float | None = None
@@ -124,6 +125,8 @@ class Streams:
             self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
         finally:
             self.done += 1
+            if not first:
+                self.done_streaming += 1
             if first:  # ended without a token: settled, not live
                 self.without_tokens += 1
                 self._count_live()
@@ -170,6 +173,7 @@ def measure(
             os.kill(pids[name], signal.SIGUSR1)
         before = rss_samples(chorus)
         live_rss: dict[str, float] = {}
+        streaming: list[int] = []  # runs streaming (first token seen, not ended) then
         streams = Streams(chorus.addresses["gateway"], runs, tokens, tps)
 
         async def drive() -> None:
@@ -177,7 +181,9 @@ def measure(
             waiter = asyncio.create_task(streams.all_live.wait())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if streams.all_live.is_set():
+                streaming.append(streams.live - streams.without_tokens - streams.done_streaming)
                 live_rss.update(await asyncio.to_thread(rss_samples, chorus))
+                streaming.append(streams.live - streams.without_tokens - streams.done_streaming)
                 for name in traced:
                     os.kill(pids[name], signal.SIGUSR2)
             waiter.cancel()
@@ -198,12 +204,20 @@ def measure(
             "elapsed_s": round(time.perf_counter() - streams.started, 1),
             "rss_before_mb": before,
             "rss_live_mb": live_rss,
+            "streaming_at_live_sample": streaming,
             "rss_peak_mb": dict(peak),
         }
-        live = max(1, runs - streams.without_tokens)  # runs that streamed: the divisor
+        # Divisors: the runs streaming while "live" was sampled; for the peak, every run
+        # that streamed (with a slow start some had ended before the last began).
+        divisor = {
+            "live": max(1, min(streaming or [1])),
+            "peak": max(1, runs - streams.without_tokens),
+        }
         for label, after in (("live", live_rss), ("peak", peak)):
             if after:
-                per = {n: round((after[n] - before[n]) * 1000 / live, 1) for n in SERVICES}
+                per = {
+                    n: round((after[n] - before[n]) * 1000 / divisor[label], 1) for n in SERVICES
+                }
                 result[f"{label}_mb_per_1000_runs"] = {**per, "total": round(sum(per.values()), 1)}
         if traced:
             result["tracemalloc"] = {}
@@ -214,7 +228,7 @@ def measure(
                     time.sleep(0.5)
                 if snap.exists():
                     result["tracemalloc"][name] = breakdown(
-                        tracemalloc.Snapshot.load(str(snap)), live, top
+                        tracemalloc.Snapshot.load(str(snap)), divisor["live"], top
                     )
         return result
 
@@ -320,6 +334,7 @@ def main() -> None:
         print(
             f"{runs} runs: delivered {row['delivered']}/{row['requested']}, errors {row['errors']}, "
             f"without tokens {row['runs_without_tokens']}, "
+            f"streaming at the live sample {row['streaming_at_live_sample']}, "
             f"all live after {row['all_live_after_s']} s, {row['elapsed_s']} s in all",
             flush=True,
         )

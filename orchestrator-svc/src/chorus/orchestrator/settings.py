@@ -89,8 +89,9 @@ class Settings(CoreSettings):
     watcher_buffer_events: int = Field(
         4096,
         ge=64,
-        description="Events of a live run kept in memory for its watchers; a watcher that "
-        "falls further behind catches up from history-svc.",
+        description="Stored events of a live run kept in memory (serialized) for its watchers, "
+        "besides the unstored ones; a watcher that falls further behind catches up from "
+        "history-svc.",
     )
     history_retry_s: float = Field(
         10.0,

@@ -1,0 +1,93 @@
+"""SINGLE teams (the agent run directly, no group chat): the reply streams and completes,
+cancel stops the provider stream, a provider failure keeps its code, UpdateRunAgent is
+announced."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from orchestrator_helpers import (
+    RunClient,
+    Stack,
+    agent,
+    assert_well_formed,
+    kinds,
+    read_rest,
+    read_until,
+    sim,
+    spec,
+    team,
+)
+
+from chorus.core.errors import rpc_code
+from chorus.core.testing import wait_for
+from chorus.v1 import chat_pb2, run_pb2, team_pb2
+
+SINGLE = team_pb2.TEAM_KIND_SINGLE
+Fault = chat_pb2.SimulatorFault
+
+
+async def test_a_single_run_streams_its_reply_and_completes(stack: Stack, alice: RunClient) -> None:
+    events = await alice.stream(
+        spec(team_spec=team(SINGLE, agent("writer", simulator=sim(output_tokens=12))))
+    )
+    assert_well_formed(events)
+    k = kinds(events)
+    assert k[:2] == ["run_started", "agent_started"]
+    assert k[-4:] == ["message_completed", "agent_finished", "progress", "run_completed"]
+    assert set(k[2:-4]) == {"text_delta"}
+    text = "".join(e.text_delta.text for e in events if e.HasField("text_delta"))
+    done = events[-1].run_completed
+    assert done.final_answer == text == events[-4].message_completed.message.content
+    assert list(done.agents) == ["writer"] and done.stop_reason == "completed"
+    assert done.usage.output_tokens == 12
+
+
+async def test_a_single_run_is_cancelled_mid_stream(stack: Stack, alice: RunClient) -> None:
+    slow = sim(tokens_per_second=50.0, output_tokens=500)
+    run = await alice.create(spec(team_spec=team(SINGLE, agent("writer", simulator=slow))))
+    call = alice.watch_call(run.id)
+    head = await read_until(call, lambda e: e.HasField("text_delta"))
+    assert stack.provider.simulator.active_streams == 1
+    response = await alice.cancel(run.id, reason="enough")
+    assert response.cancelled and response.run.status == run_pb2.RUN_STATUS_CANCELLED
+    await wait_for(lambda: stack.provider.simulator.active_streams == 0, timeout=2)
+    events = head + await read_rest(call)
+    assert_well_formed(events)
+    assert events[-1].run_cancelled.cancellation.reason == "enough"
+
+
+async def test_a_provider_failure_of_a_single_run_keeps_the_providers_code(
+    stack: Stack, alice: RunClient
+) -> None:
+    fault = Fault(
+        kind=Fault.KIND_ERROR, after_tokens=2, code=rpc_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    )
+    events = await alice.stream(
+        spec(team_spec=team(SINGLE, agent("writer", simulator=sim(output_tokens=9, fault=fault))))
+    )
+    assert_well_formed(events)
+    error = events[-1].run_failed.error
+    assert error.code == rpc_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert error.retryable and error.reason == "PROVIDER_ERROR"
+
+
+async def test_an_update_of_a_live_single_run_is_announced_and_the_run_completes(
+    stack: Stack, alice: RunClient
+) -> None:
+    paced = sim(tokens_per_second=60.0, output_tokens=30)
+    run = await alice.create(spec(team_spec=team(SINGLE, agent("writer", simulator=paced))))
+    call = alice.watch_call(run.id)
+    head = await read_until(call, lambda e: e.HasField("text_delta"))
+    updated = await alice.update_agent(
+        run.id, "writer", team_pb2.AgentSpec(temperature=0.3), ["temperature"]
+    )
+    assert updated.temperature == pytest.approx(0.3)
+    events = head + await read_rest(call)
+    assert_well_formed(events)
+    assert events[-1].HasField("run_completed")
+    (update,) = [e for e in events if e.HasField("agent_updated")]
+    assert update.agent == "writer" and list(update.agent_updated.fields) == ["temperature"]
+    # One turn only: the change was staged for a next turn that a SINGLE run never has.
+    (request,) = [r for r in stack.received if r.metadata.get("run_id") == run.id]
+    assert not request.HasField("temperature")
