@@ -150,7 +150,13 @@ class Streams:
 
 
 def measure(
-    runs: int, tokens: int, tps: float, start_rate: float, traced: set[str], top: int
+    runs: int,
+    tokens: int,
+    tps: float,
+    start_rate: float,
+    traced: set[str],
+    top: int,
+    extra_env: dict[str, str],
 ) -> dict[str, Any]:
     """One fresh stack, warm-up, baseline, N slow runs; returns the figures."""
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
@@ -162,6 +168,7 @@ def measure(
             "CHORUS_DATABASE_URL": db,
             "CHORUS_REDIS_URL": "redis://127.0.0.1:6379/0",
             "CHORUS_REDIS_KEY_PREFIX": f"chorus-bench-mem-{stamp}-{os.getpid()}:",
+            **extra_env,
         }
         # Every service loads the sitecustomize (inert until signalled); the traced ones are
         # signalled.
@@ -176,7 +183,22 @@ def measure(
         streaming: list[int] = []  # runs streaming (first token seen, not ended) then
         streams = Streams(chorus.addresses["gateway"], runs, tokens, tps)
 
+        timeline: list[dict[str, Any]] = []
+
+        async def sample() -> None:  # every second: runs streaming, each service's RSS
+            while True:
+                rss = await asyncio.to_thread(chorus.rss_mb)
+                timeline.append(
+                    {
+                        "t_s": round(time.perf_counter() - streams.started, 1),
+                        "streaming": streams.live - streams.without_tokens - streams.done_streaming,
+                        **{n: round(rss[n], 1) for n in SERVICES},
+                    }
+                )
+                await asyncio.sleep(1)
+
         async def drive() -> None:
+            sampler = asyncio.create_task(sample())
             task = asyncio.create_task(streams.run(start_rate))
             waiter = asyncio.create_task(streams.all_live.wait())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -188,6 +210,7 @@ def measure(
                     os.kill(pids[name], signal.SIGUSR2)
             waiter.cancel()
             await task
+            sampler.cancel()
 
         with chorus.peak_rss() as peak:
             asyncio.run(drive())
@@ -206,6 +229,7 @@ def measure(
             "rss_live_mb": live_rss,
             "streaming_at_live_sample": streaming,
             "rss_peak_mb": dict(peak),
+            "timeline": timeline,
         }
         # Divisors: the runs streaming while "live" was sampled; for the peak, every run
         # that streamed (with a slow start some had ended before the last began).
@@ -319,6 +343,10 @@ def main() -> None:
     parser.add_argument("--tps", type=float, default=5.0)
     parser.add_argument("--tracemalloc", default="", help="comma-separated services to trace")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--timeline", action="store_true", help="print RSS every 5 s")
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for every service (repeatable)"
+    )
     parser.add_argument(
         "--start-rate", type=float, default=0, help="new runs per second (0: all at once)"
     )
@@ -329,7 +357,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "rounds": []}
     for runs in args.runs:
-        row = measure(runs, args.tokens, args.tps, args.start_rate, traced, args.top)
+        extra_env = dict(item.split("=", 1) for item in args.env)
+        row = measure(runs, args.tokens, args.tps, args.start_rate, traced, args.top, extra_env)
         out["rounds"].append(row)
         print(
             f"{runs} runs: delivered {row['delivered']}/{row['requested']}, errors {row['errors']}, "
@@ -341,6 +370,8 @@ def main() -> None:
         for label in ("live", "peak"):
             if f"{label}_mb_per_1000_runs" in row:
                 print(f"  MB per 1,000 runs ({label}): {row[f'{label}_mb_per_1000_runs']}")
+        for point in row["timeline"][::5] if args.timeline else ():
+            print(f"    {point}")
         for name, found in row.get("tracemalloc", {}).items():
             print(f"  tracemalloc {name}: {found['traced_kb_per_run']} KB per run held")
             for entry in found["by_package"] + found["by_owner"]:
