@@ -42,6 +42,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from chorus.provider.schemas import tool_schema
@@ -239,7 +240,9 @@ class _Prose:
                 first = " " + words[0]
             in_paragraph += 1
             out.append(first)
-            extend([" " + w for w in words[1:]])
+            # Interned: a token repeats across replies and live streams share one object
+            # (8 bytes per token held instead of ~55 for a slow stream's whole reply).
+            extend([intern(" " + w) for w in words[1:]])
         return out[:count] if exact else out
 
 
