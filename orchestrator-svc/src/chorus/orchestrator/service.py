@@ -42,14 +42,16 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> AsyncIterator[rs.StreamRunResponse]:
         user = current_identity().user
         run, _ = await self._manager.create(user, _spec(request))
+        run_id = run.id
         cancel_on_disconnect = run.spec.on_disconnect == run_pb2.ON_DISCONNECT_CANCEL
+        del run  # ~1 KB of message, not kept for the stream's life
         try:
-            async for event in self._manager.watch(user, run.id, 0):
+            async for event in self._manager.watch(user, run_id, 0):
                 yield rs.StreamRunResponse(event=event)
         except (GeneratorExit, asyncio.CancelledError):
             # The client went away before the end (grpc#43360: either exception).
             if cancel_on_disconnect:
-                self._manager.cancel_on_disconnect(user, run.id)
+                self._manager.cancel_on_disconnect(user, run_id)
             raise
 
     async def WatchRun(
