@@ -161,19 +161,26 @@ async def test_a_tool_can_attach_an_artifact_to_the_run(alice: RunClient) -> Non
 SLOW = duet(turns=4, simulator=sim(tokens_per_second=100.0, output_tokens=500))
 
 
-async def _start_on(client: RunClient) -> tuple[str, list[run_pb2.RunEvent]]:
+async def _start_on(client: RunClient, stack: Stack) -> tuple[str, list[run_pb2.RunEvent]]:
+    """Start a slow run through `client`; return its id and the events watched so far, once
+    more than 5 of them are stored in history-svc (deltas are flushed in batches)."""
     run = await client.create(spec(team_spec=SLOW))
     head = await read_until(
         client.watch_call(run.id), lambda e: e.HasField("text_delta") and e.seq > 5
     )
-    await asyncio.sleep(0)  # (nothing to wait for: deltas older than 20 ms are stored)
+    history = stack.history_client(client.user)
+
+    async def stored() -> bool:
+        return len(await history.events(run.id)) > 5
+
+    await wait_for(stored, timeout=10, interval=0.02)
     return run.id, head
 
 
 async def test_a_run_whose_delta_batch_history_rejects_lets_go_and_writes_nothing_more(
     stack: Stack, alice: RunClient
 ) -> None:
-    run_id, _ = await _start_on(alice)
+    run_id, _ = await _start_on(alice, stack)
     history = stack.history_client(alice.user)
     intruder = run_pb2.RunEvent(
         agent="intruder", text_delta=run_pb2.RunEvent.TextDelta(text="another writer")
@@ -221,7 +228,7 @@ async def test_a_killed_orchestrators_run_is_failed_when_it_restarts_and_its_eve
         proc,
         channel,
     ):
-        run_id, head = await _start_on(RunClient(channel, alice.user))
+        run_id, head = await _start_on(RunClient(channel, alice.user), stack)
         proc.terminate(signal.SIGKILL)
         await asyncio.to_thread(proc.proc.wait)
     # Nobody runs it now, and (stale threshold 60 s) nobody has noticed yet.
@@ -239,7 +246,7 @@ async def test_a_killed_orchestrators_run_is_failed_by_another_replica_once_its_
     stack: Stack, alice: RunClient
 ) -> None:
     async with orchestrator_process(stack) as (proc, channel):
-        run_id, head = await _start_on(RunClient(channel, alice.user))
+        run_id, head = await _start_on(RunClient(channel, alice.user), stack)
         proc.terminate(signal.SIGKILL)
         await asyncio.to_thread(proc.proc.wait)
     # The stack's own orchestrator sweeps every 0.2 s; the heartbeat is stale after 1 s.
@@ -251,7 +258,7 @@ async def test_runs_of_an_orchestrator_stopped_with_sigterm_end_failed_and_retry
     stack: Stack, alice: RunClient
 ) -> None:
     async with orchestrator_process(stack) as (proc, channel):
-        run_id, head = await _start_on(RunClient(channel, alice.user))
+        run_id, head = await _start_on(RunClient(channel, alice.user), stack)
         proc.terminate(signal.SIGTERM)
         assert await asyncio.to_thread(proc.proc.wait, 20) == 0
     run = await alice.get(run_id)
@@ -265,7 +272,7 @@ async def test_cancel_of_a_run_whose_orchestrator_died_ends_it_at_once_as_cancel
     stack: Stack, alice: RunClient
 ) -> None:
     async with orchestrator_process(stack) as (proc, channel):
-        run_id, head = await _start_on(RunClient(channel, alice.user))
+        run_id, head = await _start_on(RunClient(channel, alice.user), stack)
         proc.terminate(signal.SIGKILL)
         await asyncio.to_thread(proc.proc.wait)
 
