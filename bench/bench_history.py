@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 import redis
 
+from bench.harness import REDIS_URL, postgres_database, redis_prefix
 from chorus.core.identity import TOKEN_KEY, USER_KEY
 from chorus.core.testing import ServiceProcess
 from chorus.v1 import (
@@ -46,8 +46,6 @@ from chorus.v1 import (
 )
 
 pb = history_service_pb2
-PG = "postgresql://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TOKEN = "bench-token"
 USER = "bench"
 METADATA = ((USER_KEY, USER), (TOKEN_KEY, TOKEN))
@@ -264,12 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.repeat, args.batches, args.samples = 1, 5, 50
 
     load_before = round(os.getloadavg()[0], 2)
-    database = f"chorus_bench_{uuid.uuid4().hex[:10]}"
-    prefix = f"chorus-bench:{uuid.uuid4().hex[:10]}:"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    try:
-        env = service_env(f"{PG}/{database}", prefix)
+    with (
+        postgres_database() as database_url,
+        redis_prefix("history") as prefix,
+    ):
+        env = service_env(database_url, prefix)
         with (
             ServiceProcess("chorus.history", env=env) as a,
             ServiceProcess("chorus.history", env=env) as b,
@@ -277,14 +274,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert a.address and b.address
             print(f"history-svc replicas at {a.address} and {b.address}", file=sys.stderr)
             figures = asyncio.run(bench(args, a.address, b.address, prefix))
-    finally:
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
     now = datetime.now(UTC)
     result = {
         "benchmark": "history",

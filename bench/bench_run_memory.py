@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import RESULTS, Stack, postgres_database
+from bench.harness import REDIS_URL, RESULTS, Stack, postgres_database, redis_prefix
 from bench.load_client import run_spec, stream_sse
 from chorus.v1 import chat_pb2
 
@@ -159,15 +159,14 @@ def measure(
     extra_env: dict[str, str],
 ) -> dict[str, Any]:
     """One fresh stack, warm-up, baseline, N slow runs; returns the figures."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     with ExitStack() as stack:
         db = stack.enter_context(postgres_database())
         trace_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         trace_env = stack.enter_context(traced_env(trace_dir)) if traced else {}
         env = {
             "CHORUS_DATABASE_URL": db,
-            "CHORUS_REDIS_URL": "redis://127.0.0.1:6379/0",
-            "CHORUS_REDIS_KEY_PREFIX": f"chorus-bench-mem-{stamp}-{os.getpid()}:",
+            "CHORUS_REDIS_URL": REDIS_URL,
+            "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("memory")),
             **extra_env,
         }
         # Every service loads the sitecustomize (inert until signalled); the traced ones are

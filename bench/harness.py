@@ -116,6 +116,33 @@ def litellm(upstream_base: str) -> Iterator[str | None]:
             proc.kill()
 
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@contextmanager
+def redis_prefix(label: str) -> Iterator[str]:
+    """A unique Redis key prefix (`chorus-bench-<label>-<hex>:`) on 127.0.0.1:6379; every key
+    under it is deleted at exit, so benchmark runs leave nothing in the machine's Redis."""
+    import redis
+
+    prefix = f"chorus-bench-{label}-{uuid.uuid4().hex[:10]}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                client.unlink(*batch)
+        finally:
+            client.close()
+
+
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A throw-away PostgreSQL database on 127.0.0.1:5432; yields its URL."""

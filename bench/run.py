@@ -27,7 +27,17 @@ import statistics
 from contextlib import ExitStack
 from typing import Any
 
-from bench.harness import LITELLM_KEY, RESULTS, Stack, litellm, load, postgres_database, upstream
+from bench.harness import (
+    LITELLM_KEY,
+    REDIS_URL,
+    RESULTS,
+    Stack,
+    litellm,
+    load,
+    postgres_database,
+    redis_prefix,
+    upstream,
+)
 
 TTFT_LEVELS = (1, 10, 100)
 THROUGHPUT_LEVELS = (20, 100)
@@ -81,15 +91,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%MZ")
     out: dict[str, Any] = {"date": stamp, "machine": f"{os.cpu_count()} cores", "rounds": rounds}
-    redis_prefix = f"chorus-bench-{stamp}:"
-
     with ExitStack() as stack:
         fast = stack.enter_context(upstream())
         db = stack.enter_context(postgres_database())
         env = {
             "CHORUS_DATABASE_URL": db,
-            "CHORUS_REDIS_URL": "redis://127.0.0.1:6379/0",
-            "CHORUS_REDIS_KEY_PREFIX": redis_prefix,
+            "CHORUS_REDIS_URL": REDIS_URL,
+            "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("run")),
             "CHORUS_OPENAI_COMPATIBLE_BASE_URL": fast,
             "CHORUS_OPENAI_COMPATIBLE_MODELS": '["sim"]',
         }
