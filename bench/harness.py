@@ -92,21 +92,32 @@ def litellm(upstream_base: str) -> Iterator[str | None]:
         f"      api_base: {upstream_base}\n      api_key: sk-fake\n"
         f"general_settings:\n  master_key: {LITELLM_KEY}\nlitellm_settings:\n  drop_params: true\n"
     )
-    proc = subprocess.Popen(
-        [
-            str(LITELLM_VENV / "bin" / "litellm"),
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--num_workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # Its output goes to a file: a proxy that fails to start says why there.
+    log_path = RESULTS / "litellm.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                str(LITELLM_VENV / "bin" / "litellm"),
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # no internet here: use the bundled model cost map instead of fetching it
+            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, proc)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(
+                f"LiteLLM's proxy did not start ({exc}); its log ends:\n{tail}"
+            ) from None
         yield f"http://127.0.0.1:{port}/v1/chat/completions"
     finally:
         proc.terminate()

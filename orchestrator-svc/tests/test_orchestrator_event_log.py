@@ -285,6 +285,24 @@ async def test_a_lifecycle_write_waits_for_the_runs_delta_batch_in_flight() -> N
     assert store.stored == [1, 2] and store.batches == [[1], [2]]
 
 
+async def test_deltas_emitted_during_a_lifecycle_write_are_left_to_the_flusher() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    log = new_log(store, interval=0.01)
+    log.emit_delta(delta())
+    await log.emit(started())  # its write (seq 1-2) is held by the gate
+    await wait_for(lambda: log.writing, timeout=2)
+    for _ in range(3):
+        log.emit_delta(delta())  # a live stream goes on meanwhile
+    store.gate.set()
+    await wait_for(lambda: log.stored_seq == 5, timeout=2)
+    # one run write for the lifecycle event, then the flusher's call: not a write per
+    # round trip of this run's own loop
+    assert store.batches == [[1, 2], [3, 4, 5]]
+    assert len(store.calls) == 1
+    log.close()
+
+
 class Sink:
     def __init__(self) -> None:
         self.events: list[run_pb2.RunEvent] = []

@@ -188,9 +188,16 @@ class RunEventLog:
                 self._publish(event)
                 if is_terminal(event):
                     self.ended = True
-            self._barrier = self._loop.create_task(self._flush())
+            self._barrier = self._loop.create_task(self._flush(self.last_seq))
+            self._barrier.add_done_callback(self._write_done)
             if durable:
                 await self._await_barrier()
+
+    def _write_done(self, write: asyncio.Task[None]) -> None:
+        """A lifecycle write that stored its events is not kept until the next emit (a live
+        run holds a finished task otherwise); a failed one is, to fail the next emit."""
+        if self._barrier is write and not write.cancelled() and write.exception() is None:
+            self._barrier = None
 
     async def _await_barrier(self) -> None:
         barrier, self._barrier = self._barrier, None
@@ -205,14 +212,18 @@ class RunEventLog:
         """
         async with self._emit_lock:
             await self._await_barrier()
-            await self._flush()
+            await self._flush(self.last_seq)
 
     # ------------------------------------------------------------------ persisting
-    async def _flush(self) -> None:
+    async def _flush(self, through_seq: int) -> None:
+        """Store the pending events up to `through_seq` (and the deltas pending with them),
+        then stop: deltas emitted while this write was under way are the flusher's — a
+        write that went on while a stream is live would store them one run, one call at a
+        time."""
         async with self._flush_lock:
             while self._in_flight is not None:  # the flusher's batch goes first
                 await asyncio.shield(self._in_flight)
-            while self._pending:
+            while self._pending and self._stored < through_seq:
                 batch = self._pending[:MAX_APPEND_BATCH]
                 started = time.perf_counter()
                 await self._writer(batch)
