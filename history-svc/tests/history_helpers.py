@@ -170,6 +170,22 @@ async def new_run(
     return resp.run
 
 
+CACHE_VERSION_CHARS = 40
+"""Characters of the version prefix of a cached value."""
+
+
+async def cached_run(history: History, settings: Settings, run_id: str) -> run_pb2.Run | None:
+    """The run as cached: read from Redis directly, or the in-process cache of SQLite."""
+    if not settings.redis_url:
+        return await history.app.cache.get_run(run_id)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw = await client.get(f"{settings.redis_key_prefix}run:{run_id}")
+    finally:
+        await client.aclose()
+    return None if raw is None else run_pb2.Run.FromString(raw[CACHE_VERSION_CHARS:])
+
+
 # Processes the tests start and stop themselves
 
 

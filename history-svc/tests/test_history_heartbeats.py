@@ -17,12 +17,12 @@ import asyncpg
 import grpc
 import orjson
 import pytest
-import redis.asyncio as redis
 from google.protobuf.field_mask_pb2 import FieldMask
 from history_helpers import (
     History,
     TcpProxy,
     UserStub,
+    cached_run,
     fields_of,
     make_settings,
     new_run,
@@ -38,7 +38,6 @@ from chorus.v1 import chat_pb2, run_pb2
 from chorus.v1 import history_service_pb2 as pb
 
 S = run_pb2
-VERSION = 40  # chars of the version prefix of cached values
 
 
 def beat(
@@ -102,18 +101,6 @@ async def stored_row(settings: Settings, run_id: str) -> Row:
     record = run_pb2.Run.FromString(row[5])
     record.last_seq = row[2]  # kept in its own column
     return Row(row[0], row[1], row[2], heartbeat_us, orjson.loads(row[4] or "{}"), record)
-
-
-async def cached_run(history: History, settings: Settings, run_id: str) -> run_pb2.Run | None:
-    """The run as cached: read from Redis directly, or the in-process cache of SQLite."""
-    if not settings.redis_url:
-        return await history.app.cache.get_run(run_id)
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        raw = await client.get(f"{settings.redis_key_prefix}run:{run_id}")
-    finally:
-        await client.aclose()
-    return None if raw is None else run_pb2.Run.FromString(raw[VERSION:])
 
 
 async def test_one_call_updates_every_run_and_the_values_read_back_everywhere(

@@ -21,6 +21,7 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from chorus.core.errors import ChorusError, from_rpc_error
 from chorus.core.identity import TOKEN_KEY, USER_KEY
@@ -214,6 +215,16 @@ class HistoryClient:
             hs.ListConversationsRequest(page_size=1000), metadata=self.md
         )
         return list(response.conversations)
+
+
+def history_calls(method: str) -> float:
+    """HistoryService unary calls of `method` started so far in this process (history-svc's
+    own `grpc_server_started_total`; the stack's history-svc runs here)."""
+    labels = {"grpc_type": "unary", "grpc_service": "chorus.v1.HistoryService"}
+    return (
+        REGISTRY.get_sample_value("grpc_server_started_total", {**labels, "grpc_method": method})
+        or 0.0
+    )
 
 
 # --------------------------------------------------------------------------- services

@@ -303,6 +303,25 @@ async def test_deltas_emitted_during_a_lifecycle_write_are_left_to_the_flusher()
     log.close()
 
 
+async def test_the_terminal_event_is_stored_by_the_final_writer_with_the_pending_events() -> None:
+    store = Store()
+    final = Store()
+    log = new_log(store, interval=10)  # the flusher does not fire during the test
+    await log.emit(started())
+    await wait_for(lambda: log.stored_seq == 1, timeout=2)
+    log.emit_delta(delta())
+    log.emit_delta(delta())
+    await log.end(completed(), final)
+    assert store.batches == [[1]]  # agent_started, through the run's own writer
+    assert final.batches == [[2, 3, 4]]  # the deltas and the terminal event, in one write
+    assert log.ended and log.stored_seq == 4
+    with pytest.raises(RuntimeError):
+        await log.end(completed(), final)
+    with pytest.raises(ValueError):
+        await new_log(Store()).end(started(), final)
+    log.close()
+
+
 class Sink:
     def __init__(self) -> None:
         self.events: list[run_pb2.RunEvent] = []

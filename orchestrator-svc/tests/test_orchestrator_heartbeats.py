@@ -17,6 +17,7 @@ from orchestrator_helpers import (
     RunClient,
     Stack,
     duet,
+    history_calls,
     sim,
     spec,
 )
@@ -31,15 +32,6 @@ from chorus.v1 import run_pb2
 # Each reply streams for ~10 s: the runs stay mid-turn (no writes of their own) meanwhile.
 SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))
 QUIET = {"heartbeat_interval_s": 60.0, "stale_after_s": 120.0}
-
-
-def started(method: str) -> float:
-    """HistoryService calls of `method` started so far (in this process)."""
-    labels = {"grpc_type": "unary", "grpc_service": "chorus.v1.HistoryService"}
-    return (
-        REGISTRY.get_sample_value("grpc_server_started_total", {**labels, "grpc_method": method})
-        or 0.0
-    )
 
 
 def heartbeat_failures() -> float:
@@ -57,11 +49,11 @@ async def test_one_round_is_one_call_for_every_live_run_and_delivers_a_recorded_
     await wait_for(lambda: stack.provider.simulator.active_streams == len(runs), timeout=20)
     await wait_for(lambda: all(live[r.id].log.stored_seq >= 3 for r in runs), timeout=20)
 
-    calls, records = started("RecordRunHeartbeats"), started("RecordRun")
+    calls, records = history_calls("RecordRunHeartbeats"), history_calls("RecordRun")
     before = time.time()
     await stack.orchestrator.manager.liveness.heartbeat_all()
-    assert started("RecordRunHeartbeats") - calls == 1
-    assert started("RecordRun") - records == 0  # no heartbeat of its own for any run
+    assert history_calls("RecordRunHeartbeats") - calls == 1
+    assert history_calls("RecordRun") - records == 0  # no heartbeat of its own for any run
 
     instance = stack.orchestrator.settings.instance_id
     for client, run in zip(clients, runs, strict=True):
@@ -79,9 +71,9 @@ async def test_one_round_is_one_call_for_every_live_run_and_delivers_a_recorded_
         ),
         metadata=stack.history_client(bob.user).md,
     )
-    calls = started("RecordRunHeartbeats")
+    calls = history_calls("RecordRunHeartbeats")
     await stack.orchestrator.manager.liveness.heartbeat_all()
-    assert started("RecordRunHeartbeats") - calls == 1
+    assert history_calls("RecordRunHeartbeats") - calls == 1
     ended = await bob.wait_status(runs[2].id, run_pb2.RUN_STATUS_CANCELLED)
     assert ended.cancellation.reason == "from replica B"
     events = await bob.watch(runs[2].id)

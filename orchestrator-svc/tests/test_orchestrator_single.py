@@ -11,6 +11,7 @@ from orchestrator_helpers import (
     Stack,
     agent,
     assert_well_formed,
+    history_calls,
     kinds,
     read_rest,
     read_until,
@@ -41,6 +42,24 @@ async def test_a_single_run_streams_its_reply_and_completes(stack: Stack, alice:
     assert done.final_answer == text == events[-4].message_completed.message.content
     assert list(done.agents) == ["writer"] and done.stop_reason == "completed"
     assert done.usage.output_tokens == 12
+
+
+async def test_the_runs_end_is_one_write_of_the_terminal_event_and_the_final_record(
+    stack: Stack, alice: RunClient
+) -> None:
+    before = history_calls("RecordRun")
+    events = await alice.stream(
+        spec(team_spec=team(SINGLE, agent("writer", simulator=sim(output_tokens=5))))
+    )
+    assert history_calls("RecordRun") == before  # no record update after the end
+    end = events[-1]
+    record = await stack.history_client(alice.user).record(end.run_id)
+    assert record.status == run_pb2.RUN_STATUS_COMPLETED
+    assert record.final_answer == end.run_completed.final_answer
+    assert record.last_seq == end.seq and record.turns == 1
+    assert record.usage.output_tokens == 5 and record.end_time.seconds > 0
+    stored = await stack.history_client(alice.user).events(end.run_id)
+    assert stored[-1] == end
 
 
 async def test_a_single_run_is_cancelled_mid_stream(stack: Stack, alice: RunClient) -> None:

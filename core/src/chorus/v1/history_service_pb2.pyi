@@ -225,18 +225,24 @@ class ListRunRecordsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AppendRunEventsRequest(_message.Message):
-    __slots__ = ("run_id", "events")
+    __slots__ = ("run_id", "events", "run", "update_mask")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     events: _containers.RepeatedCompositeFieldContainer[_run_pb2.RunEvent]
-    def __init__(self, run_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_run_pb2.RunEvent, _Mapping]]] = ...) -> None: ...
+    run: _run_pb2.Run
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, run_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_run_pb2.RunEvent, _Mapping]]] = ..., run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class AppendRunEventsResponse(_message.Message):
-    __slots__ = ("last_seq",)
+    __slots__ = ("last_seq", "run")
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     last_seq: int
-    def __init__(self, last_seq: _Optional[int] = ...) -> None: ...
+    run: _run_pb2.Run
+    def __init__(self, last_seq: _Optional[int] = ..., run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ...) -> None: ...
 
 class AppendRunEventBatchesRequest(_message.Message):
     __slots__ = ("batches",)

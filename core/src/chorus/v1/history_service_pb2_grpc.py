@@ -241,7 +241,9 @@ class HistoryServiceServicer:
     def AppendRunEvents(self, request, context):
         """Appends a batch of events to a run's log. Seqs are gapless per run and start at 1.
         A batch that repeats already-stored events exactly is accepted; a gap or a conflicting
-        duplicate is FAILED_PRECONDITION and nothing of the batch is stored.
+        duplicate is FAILED_PRECONDITION and nothing of the batch is stored. With `run` the
+        record's masked fields are written in the same transaction (RecordRun's update rules:
+        changing a terminal status is FAILED_PRECONDITION, and then nothing is stored).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,6 +26,7 @@ from chorus.history.settings import Settings
 from chorus.history.stores.base import (
     AppendedEvents,
     RunFilter,
+    RunUpdate,
     Store,
     conversation_not_found,
     run_not_found,
@@ -415,16 +416,38 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         ident = current_identity()
         v = Violations()
         run_id = validation.uuid_field(v, "run_id", request.run_id)
+        update = self._run_update(v, request, run_id)
         v.raise_if_any()
         batch = event_rules.prepare_batch(run_id, request.events, self._settings.max_event_bytes)
-        result = await self._store.append_events(run_id, _scope(ident), batch)
+        result = await self._store.append_events(run_id, _scope(ident), batch, update)
+        writes = []
         if result.new_payloads:
             metrics.EVENTS_APPENDED.inc(len(result.new_payloads))
-            await asyncio.gather(
-                self._log.publish(run_id, result.first_new_seq, result.new_payloads),
-                self._cache.put_run(result.run),
-            )
-        return pb.AppendRunEventsResponse(last_seq=result.last_seq)
+            writes.append(self._log.publish(run_id, result.first_new_seq, result.new_payloads))
+        if result.new_payloads or update is not None:
+            writes.append(self._cache.put_run(result.run))
+        await asyncio.gather(*writes)
+        return pb.AppendRunEventsResponse(
+            last_seq=result.last_seq, run=result.run if update is not None else None
+        )
+
+    @staticmethod
+    def _run_update(
+        v: Violations, request: pb.AppendRunEventsRequest, run_id: str
+    ) -> RunUpdate | None:
+        """The record fields an AppendRunEvents request writes with its events (`run` and
+        `update_mask`, checked as RecordRun checks an update), or None."""
+        if not request.HasField("run") and not request.update_mask.paths:
+            return None
+        values = request.run
+        if values.id and validation.uuid_field(v, "run.id", values.id) not in ("", run_id):
+            v.add("run.id", "must be empty or equal run_id")
+        if not request.update_mask.paths:
+            v.add("update_mask", "required with run: the paths of run to write")
+        paths = validation.mask_paths(v, request.update_mask, run_rules.UPDATABLE_PATHS)
+        validation.run_values(v, values, paths)
+        values.id = run_id
+        return RunUpdate(values, paths, now_us())
 
     async def AppendRunEventBatches(
         self, request: pb.AppendRunEventBatchesRequest, context: grpc.aio.ServicerContext

@@ -193,6 +193,27 @@ class RunEventLog:
             if durable:
                 await self._await_barrier()
 
+    async def end(self, event: run_pb2.RunEvent, final_writer: EventWriter) -> None:
+        """Emit the terminal `event` once every earlier lifecycle event is stored, and wait
+        until it is stored: the write that carries it (with the events still pending before
+        it) goes through `final_writer`, which stores the run's final record in the same
+        call (HistoryService.AppendRunEvents with `run`).
+
+        Raises:
+            Exception: the writer's error (the events stay pending).
+            RuntimeError: the run already ended.
+        """
+        if not is_terminal(event):
+            raise ValueError("end() takes a terminal event")
+        async with self._emit_lock:
+            await self._await_barrier()
+            if self.ended:
+                raise RuntimeError("run already ended")
+            self._publish(event)
+            self.ended = True
+            self._barrier = self._loop.create_task(self._flush(self.last_seq, final_writer))
+            await self._await_barrier()
+
     def _write_done(self, write: asyncio.Task[None]) -> None:
         """A lifecycle write that stored its events is not kept until the next emit (a live
         run holds a finished task otherwise); a failed one is, to fail the next emit."""
@@ -215,18 +236,21 @@ class RunEventLog:
             await self._flush(self.last_seq)
 
     # ------------------------------------------------------------------ persisting
-    async def _flush(self, through_seq: int) -> None:
+    async def _flush(self, through_seq: int, final_writer: EventWriter | None = None) -> None:
         """Store the pending events up to `through_seq` (and the deltas pending with them),
         then stop: deltas emitted while this write was under way are the flusher's — a
         write that went on while a stream is live would store them one run, one call at a
-        time."""
+        time. The batch that reaches `through_seq` goes through `final_writer` if given."""
         async with self._flush_lock:
             while self._in_flight is not None:  # the flusher's batch goes first
                 await asyncio.shield(self._in_flight)
             while self._pending and self._stored < through_seq:
                 batch = self._pending[:MAX_APPEND_BATCH]
+                writer = self._writer
+                if final_writer is not None and batch[-1].seq >= through_seq:
+                    writer = final_writer
                 started = time.perf_counter()
-                await self._writer(batch)
+                await writer(batch)
                 metrics.EVENT_WRITE_SECONDS.observe(time.perf_counter() - started)
                 self._stored_through(len(batch))
 

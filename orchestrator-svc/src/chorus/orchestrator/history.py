@@ -155,6 +155,34 @@ class HistoryClient:
         )
         return response.last_seq
 
+    async def append_final_events(
+        self,
+        user: str,
+        run_id: str,
+        events: Sequence[run_pb2.RunEvent],
+        run: run_pb2.Run,
+        paths: Sequence[str],
+    ) -> run_pb2.Run:
+        """AppendRunEvents with the record's `paths` from `run`, in one transaction: a run's
+        last events (through the terminal one) and its final record are stored together.
+        Retried on UNAVAILABLE (a repeat of both is accepted). Returns the stored record.
+
+        Raises:
+            chorus.core.errors.FailedPrecondition: another writer stored these seqs, or the
+                record is already terminal with another status; nothing is stored.
+        """
+        request = hs.AppendRunEventsRequest(
+            run_id=run_id,
+            events=events,
+            run=run,
+            update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
+        )
+        response = await self._call(
+            lambda: self.stub.AppendRunEvents(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            retry=True,
+        )
+        return response.run
+
     async def append_event_batches(
         self, user: str, batches: Sequence[tuple[str, Sequence[run_pb2.RunEvent]]]
     ) -> list[int | ChorusError]:

@@ -251,13 +251,35 @@ class LiveRun:
             # Someone else (a recovery sweep that took us for dead) wrote these seqs.
             self.abandon()
 
-    async def _update_record(self, run: run_pb2.Run, paths: Sequence[str]) -> None:
-        run.id = self.id
-        try:
-            self.record = await self._history.update_run(self.owner, run, paths)
-        except FailedPrecondition as exc:  # the record is already terminal
-            self.abandon()
-            raise RunAbandoned(exc.message) from None
+    async def _end_with(
+        self, event: run_pb2.RunEvent, status: run_pb2.RunStatus, **fields: Any
+    ) -> None:
+        """Emit the terminal `event` and store it with the final record (`status`, turns,
+        usage, last seq, end time and `fields`) in one write; then the run is `status`."""
+        paths = [*_FINAL_PATHS_BASE, *fields]
+
+        async def write_end(events: Sequence[run_pb2.RunEvent]) -> None:
+            final = run_pb2.Run(
+                id=self.id,
+                status=status,
+                turns=self.turns,
+                usage=self.usage,
+                last_seq=self.log.last_seq,
+                end_time=now(),
+                **fields,
+            )
+            try:
+                self.record = await self._history.append_final_events(
+                    self.owner, self.id, events, final, paths
+                )
+            except FailedPrecondition as exc:
+                # Someone else (a recovery sweep that took us for dead) wrote these seqs or
+                # ended the record.
+                self.abandon()
+                raise RunAbandoned(exc.message) from None
+
+        await self.log.end(event, write_end)
+        self.status = status
 
     # ------------------------------------------------------------------ RunHooks
     async def messages_seen(self, messages: Sequence[BaseChatMessage]) -> None:
@@ -546,7 +568,7 @@ class LiveRun:
         messages = [m for m in result.messages if isinstance(m, BaseChatMessage)]
         final = next((m for m in reversed(messages) if m.source != "user"), None)
         final_answer = final.to_text() if final is not None else ""
-        await self.log.emit(
+        await self._end_with(
             _Event(
                 run_completed=_Event.RunCompleted(
                     final_answer=final_answer,
@@ -555,39 +577,23 @@ class LiveRun:
                     stop_reason=stop_reason(self.spec.team.kind, result.stop_reason),
                 )
             ),
-            durable=True,
-        )
-        self.status = run_pb2.RUN_STATUS_COMPLETED
-        await self._update_record(
-            self._final(final_answer=final_answer), [*_FINAL_PATHS_BASE, "final_answer"]
+            run_pb2.RUN_STATUS_COMPLETED,
+            final_answer=final_answer,
         )
 
     async def _cancelled(self) -> None:
         assert self.cancellation is not None
-        await self.log.emit(
+        await self._end_with(
             _Event(run_cancelled=_Event.RunCancelled(cancellation=self.cancellation)),
-            durable=True,
-        )
-        self.status = run_pb2.RUN_STATUS_CANCELLED
-        await self._update_record(
-            self._final(cancellation=self.cancellation), [*_FINAL_PATHS_BASE, "cancellation"]
+            run_pb2.RUN_STATUS_CANCELLED,
+            cancellation=self.cancellation,
         )
 
     async def _fail(self, error: run_pb2.RunError) -> None:
         if self.log.ended:
             return
-        await self.log.emit(_Event(run_failed=_Event.RunFailed(error=error)), durable=True)
-        self.status = run_pb2.RUN_STATUS_FAILED
-        await self._update_record(self._final(error=error), [*_FINAL_PATHS_BASE, "error"])
-
-    def _final(self, **fields: Any) -> run_pb2.Run:
-        return run_pb2.Run(
-            status=self.status,
-            turns=self.turns,
-            usage=self.usage,
-            last_seq=self.log.last_seq,
-            end_time=now(),
-            **fields,
+        await self._end_with(
+            _Event(run_failed=_Event.RunFailed(error=error)), run_pb2.RUN_STATUS_FAILED, error=error
         )
 
     async def fail_from(self, exc: BaseException) -> None:

@@ -78,6 +78,21 @@ BatchOutcome = AppendedEvents | ChorusError
 
 
 @dataclass(frozen=True, slots=True)
+class RunUpdate:
+    """Run record fields written with an event batch (`Store.append_events`).
+
+    Attributes:
+        values: the new values (RecordRun's update rules, `chorus.history.runs.apply_update`).
+        paths: the fields of `values` to write.
+        now_us: the server's clock, µs since the epoch (default start / end times).
+    """
+
+    values: run_pb2.Run
+    paths: set[str]
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class StartedRun:
     """Result of `Store.record_run_start`.
 
@@ -270,13 +285,17 @@ class Store(abc.ABC):
     # Run events
 
     @abc.abstractmethod
-    async def append_events(self, run_id: str, owner: str | None, batch: Batch) -> AppendedEvents:
+    async def append_events(
+        self, run_id: str, owner: str | None, batch: Batch, update: RunUpdate | None = None
+    ) -> AppendedEvents:
         """Store a batch atomically (gapless, idempotent repeat, conflict and end rules of
-        `chorus.history.events`) and raise the run's `last_seq`.
+        `chorus.history.events`) and raise the run's `last_seq`; with `update`, write those
+        record fields in the same transaction.
 
         Raises:
             NotFound: no such run (or another owner's).
-            FailedPrecondition: SEQ_GAP, SEQ_CONFLICT or RUN_ENDED; nothing is stored.
+            FailedPrecondition: SEQ_GAP, SEQ_CONFLICT, RUN_ENDED, or RUN_TERMINAL (the
+                update would change a terminal status); nothing is stored.
         """
 
     @abc.abstractmethod

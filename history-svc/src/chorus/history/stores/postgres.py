@@ -27,6 +27,7 @@ from chorus.history.stores.base import (
     AppendedMessages,
     BatchOutcome,
     RunFilter,
+    RunUpdate,
     StartedRun,
     Store,
     conversation_busy,
@@ -472,7 +473,9 @@ class PostgresStore(Store):
 
     # Run events
 
-    async def append_events(self, run_id: str, owner: str | None, batch: Batch) -> AppendedEvents:
+    async def append_events(
+        self, run_id: str, owner: str | None, batch: Batch, update: RunUpdate | None = None
+    ) -> AppendedEvents:
         async with self._conn() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT owner, event_seq, events_ended, record, last_seq FROM runs "
@@ -483,8 +486,11 @@ class PostgresStore(Store):
                 raise run_not_found(run_id)
             stored_last = row[1]
             first_new, new = await self._append_events(conn, run_id, stored_last, row[2], batch)
-        run = rows.run(row[3:])
-        run.last_seq = max(run.last_seq, batch.last_seq)
+            run = rows.run(row[3:])
+            run.last_seq = max(run.last_seq, batch.last_seq)
+            if update is not None:
+                run = run_rules.apply_update(run, update.values, update.paths, update.now_us)
+                await conn.execute(_UPDATE_RUN, *_update_args(run))
         return AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
 
     @staticmethod
