@@ -18,10 +18,11 @@ import logging
 
 import grpc
 
-from chorus.core.channels import ChannelPool, channel_options
+from chorus.core.channels import channel_options
 from chorus.core.logging import get_logger
 from chorus.core.server import GrpcServer, ServiceBinding
-from chorus.orchestrator.catalog import CatalogCache, ProviderAuth
+from chorus.orchestrator.auth import CallAuth
+from chorus.orchestrator.catalog import CatalogCache
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.manager import RunManager
 from chorus.orchestrator.service import RunService
@@ -47,14 +48,12 @@ class OrchestratorApp:
     def __init__(
         self,
         settings: Settings,
-        channels: ChannelPool,
         manager: RunManager,
-        provider_channel: grpc.aio.Channel,
+        channels: list[grpc.aio.Channel],
     ) -> None:
         self.settings = settings
         self.manager = manager
         self._channels = channels
-        self._provider_channel = provider_channel
         self.bindings = [
             ServiceBinding(
                 SERVICE_NAME,
@@ -79,8 +78,8 @@ class OrchestratorApp:
         await self.manager.shutdown(
             self.settings.grace_period_s if timeout_s is None else timeout_s
         )
-        await self._channels.close()
-        await self._provider_channel.close()
+        for channel in self._channels:
+            await channel.close()
 
 
 async def build_app(settings: Settings) -> OrchestratorApp:
@@ -89,14 +88,16 @@ async def build_app(settings: Settings) -> OrchestratorApp:
     Raises:
         chorus.core.settings.ConfigurationError: a broken team template file.
     """
-    channels = ChannelPool(settings)
     for name in ("autogen_core", "autogen_agentchat"):  # per-message event logs: costly noise
         logging.getLogger(name).setLevel(settings.autogen_log_level.upper())
-    # Model calls stream every token through this channel: no client interceptor on it
-    # (grpc.aio interceptors cost a task hop per streamed message); calls carry identity,
-    # token and deadline explicitly (`ProviderAuth`).
+    # No client interceptors on the channels (grpc.aio runs each intercepted call, and each
+    # streamed message of one, through an extra task): calls to provider-svc and history-svc
+    # carry identity, token and request id explicitly (`CallAuth`), and their deadlines.
     provider_channel = grpc.aio.insecure_channel(
         settings.provider_address, options=channel_options(settings)
+    )
+    history_channel = grpc.aio.insecure_channel(
+        settings.history_address, options=channel_options(settings)
     )
     tools = ToolRegistry.load(
         entry_points=settings.tool_entry_points,
@@ -104,12 +105,8 @@ async def build_app(settings: Settings) -> OrchestratorApp:
         code_timeout_s=settings.code_execution_timeout_s,
     )
     provider = provider_service_pb2_grpc.ProviderServiceStub(provider_channel)
-    history = HistoryClient(
-        channels.get(settings.history_address), retry_s=settings.history_retry_s
-    )
-    auth = ProviderAuth(
-        settings.internal_token.get_secret_value() if settings.internal_token else None
-    )
+    auth = CallAuth(settings.internal_token.get_secret_value() if settings.internal_token else None)
+    history = HistoryClient(history_channel, retry_s=settings.history_retry_s, auth=auth)
     manager = RunManager(
         settings,
         history,
@@ -119,4 +116,4 @@ async def build_app(settings: Settings) -> OrchestratorApp:
         tools,
         load_templates(),
     )
-    return OrchestratorApp(settings, channels, manager, provider_channel)
+    return OrchestratorApp(settings, manager, [provider_channel, history_channel])

@@ -13,13 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from chorus.core.errors import Unavailable
-from chorus.core.identity import (
-    REQUEST_ID_KEY,
-    SYSTEM_USER,
-    TOKEN_KEY,
-    USER_KEY,
-    current_request_id,
-)
+from chorus.core.identity import SYSTEM_USER, current_request_id
+from chorus.orchestrator.auth import CallAuth
 from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
 
 OPEN_MODEL_PROVIDERS = frozenset({"openai-compatible"})
@@ -83,26 +78,6 @@ class ModelCatalog:
         return None
 
 
-class ProviderAuth:
-    """Metadata of calls to provider-svc, which go through a channel without interceptors.
-
-    Args:
-        token: the internal token (None in dev mode).
-    """
-
-    def __init__(self, token: str | None) -> None:
-        self._token = token
-
-    def metadata(self, user: str, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
-        """`x-chorus-user`, the internal token and (when given) `x-request-id`."""
-        md = [(USER_KEY, user)]
-        if self._token:
-            md.append((TOKEN_KEY, self._token))
-        if request_id:
-            md.append((REQUEST_ID_KEY, request_id))
-        return tuple(md)
-
-
 class CatalogCache:
     """The current `ModelCatalog`, fetched from provider-svc at most every `ttl_s` seconds.
 
@@ -116,7 +91,7 @@ class CatalogCache:
         self,
         stub: provider_service_pb2_grpc.ProviderServiceStub,
         ttl_s: float,
-        auth: ProviderAuth,
+        auth: CallAuth,
     ) -> None:
         self._stub = stub
         self._auth = auth

@@ -18,8 +18,10 @@ from typing import TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 
+from chorus.core.deadlines import time_remaining
 from chorus.core.errors import ChorusError, from_rpc_error, from_status
-from chorus.core.identity import USER_KEY
+from chorus.core.identity import current_request_id
+from chorus.orchestrator.auth import CallAuth
 from chorus.v1 import (
     conversation_pb2,
     history_service_pb2_grpc,
@@ -35,21 +37,26 @@ UNARY_TIMEOUT_S = 10.0
 """Deadline of one unary call to history-svc."""
 
 
-def _md(user: str) -> tuple[tuple[str, str], ...]:
-    return ((USER_KEY, user),)
-
-
 class HistoryClient:
     """HistoryService calls used by the orchestrator.
 
     Args:
-        channel: a channel to history-svc (from `chorus.core.channels.ChannelPool`).
+        channel: a channel to history-svc, without client interceptors: calls carry their
+            metadata from `auth` (the acting user, the internal token, the request id of
+            the current RPC) and their own deadlines.
         retry_s: how long idempotent writes are retried on UNAVAILABLE.
+        auth: builds the calls' metadata.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, retry_s: float) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, *, retry_s: float, auth: CallAuth | None = None
+    ) -> None:
         self.stub = history_service_pb2_grpc.HistoryServiceStub(channel)
         self._retry_s = retry_s
+        self._auth = auth if auth is not None else CallAuth(None)
+
+    def _md(self, user: str) -> tuple[tuple[str, str], ...]:
+        return self._auth.metadata(user, current_request_id())
 
     async def _call(self, call: Callable[[], Awaitable[T]], *, retry: bool = False) -> T:
         deadline = time.monotonic() + (self._retry_s if retry else 0.0)
@@ -75,7 +82,9 @@ class HistoryClient:
         """AppendMessages (idempotent: every message carries a `client_message_id`)."""
         request = hs.AppendMessagesRequest(conversation_id=conversation_id, messages=messages)
         response = await self._call(
-            lambda: self.stub.AppendMessages(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            lambda: self.stub.AppendMessages(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            ),
             retry=True,
         )
         return list(response.messages)
@@ -95,14 +104,16 @@ class HistoryClient:
             chorus.core.errors.Aborted: reason CONVERSATION_BUSY.
         """
         return await self._call(
-            lambda: self.stub.RecordRunStart(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+            lambda: self.stub.RecordRunStart(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            )
         )
 
     async def update_run(self, user: str, run: run_pb2.Run, paths: Sequence[str]) -> run_pb2.Run:
         """RecordRun updating the fields at `paths` (retried: setting fields is idempotent)."""
         request = hs.RecordRunRequest(run=run, update_mask=field_mask_pb2.FieldMask(paths=paths))
         response = await self._call(
-            lambda: self.stub.RecordRun(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            lambda: self.stub.RecordRun(request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S),
             retry=True,
         )
         return response.run
@@ -117,7 +128,7 @@ class HistoryClient:
         request = hs.RecordRunHeartbeatsRequest(heartbeats=heartbeats)
         response = await self._call(
             lambda: self.stub.RecordRunHeartbeats(
-                request, metadata=_md(user), timeout=UNARY_TIMEOUT_S
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
             )
         )
         return list(response.runs)
@@ -126,7 +137,9 @@ class HistoryClient:
         """GetRunRecord; NOT_FOUND for a missing or foreign run."""
         request = hs.GetRunRecordRequest(run_id=run_id)
         response = await self._call(
-            lambda: self.stub.GetRunRecord(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+            lambda: self.stub.GetRunRecord(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            )
         )
         return response.run
 
@@ -135,7 +148,9 @@ class HistoryClient:
     ) -> hs.ListRunRecordsResponse:
         """ListRunRecords as `user` (the system user may set `all_owners`)."""
         return await self._call(
-            lambda: self.stub.ListRunRecords(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+            lambda: self.stub.ListRunRecords(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            )
         )
 
     # ----------------------------------------------------------------- run events
@@ -150,7 +165,9 @@ class HistoryClient:
         """
         request = hs.AppendRunEventsRequest(run_id=run_id, events=events)
         response = await self._call(
-            lambda: self.stub.AppendRunEvents(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            lambda: self.stub.AppendRunEvents(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            ),
             retry=True,
         )
         return response.last_seq
@@ -178,7 +195,9 @@ class HistoryClient:
             update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
         )
         response = await self._call(
-            lambda: self.stub.AppendRunEvents(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S),
+            lambda: self.stub.AppendRunEvents(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            ),
             retry=True,
         )
         return response.run
@@ -201,7 +220,7 @@ class HistoryClient:
         )
         response = await self._call(
             lambda: self.stub.AppendRunEventBatches(
-                request, metadata=_md(user), timeout=UNARY_TIMEOUT_S
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
             ),
             retry=True,
         )
@@ -216,7 +235,9 @@ class HistoryClient:
         """One page of stored events after `after_seq` (empty: none stored after it)."""
         request = hs.ListRunEventsRequest(run_id=run_id, after_seq=after_seq, page_size=page_size)
         response = await self._call(
-            lambda: self.stub.ListRunEvents(request, metadata=_md(user), timeout=UNARY_TIMEOUT_S)
+            lambda: self.stub.ListRunEvents(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            )
         )
         return list(response.events)
 
@@ -233,9 +254,13 @@ class HistoryClient:
     async def watch_events(
         self, user: str, run_id: str, after_seq: int
     ) -> AsyncIterator[run_pb2.RunEvent]:
-        """WatchRunEvents: stored events after `after_seq`, then live ones, until the terminal one."""
+        """WatchRunEvents: stored events after `after_seq`, then live ones, until the terminal
+        one; within the deadline of the RPC being served, if it has one."""
+        remaining = time_remaining()
         call = self.stub.WatchRunEvents(
-            hs.WatchRunEventsRequest(run_id=run_id, after_seq=after_seq), metadata=_md(user)
+            hs.WatchRunEventsRequest(run_id=run_id, after_seq=after_seq),
+            metadata=self._md(user),
+            timeout=None if remaining is None else max(remaining, 0.001),
         )
         try:
             async for response in call:

@@ -26,7 +26,8 @@ from chorus.core.errors import (
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
-from chorus.orchestrator.catalog import CatalogCache, ProviderAuth
+from chorus.orchestrator.auth import CallAuth
+from chorus.orchestrator.catalog import CatalogCache
 from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.orchestrator.history import HistoryClient
@@ -102,7 +103,7 @@ class RunManager:
         settings: Settings,
         history: HistoryClient,
         provider: provider_service_pb2_grpc.ProviderServiceStub,
-        auth: ProviderAuth,
+        auth: CallAuth,
         catalog: CatalogCache,
         tools: ToolRegistry,
         templates: Mapping[str, team_pb2.TeamTemplate],

@@ -42,7 +42,7 @@ from chorus.core.errors import ChorusError, FailedPrecondition, rpc_code
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
-from chorus.orchestrator.catalog import ProviderAuth
+from chorus.orchestrator.auth import CallAuth
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.orchestrator.events import RunEventLog
 from chorus.orchestrator.flusher import DeltaFlusher
@@ -97,7 +97,7 @@ class RunDeps:
     history: HistoryClient
     flusher: DeltaFlusher
     provider: provider_service_pb2_grpc.ProviderServiceStub
-    auth: ProviderAuth
+    auth: CallAuth
     tools: ToolRegistry
 
 
