@@ -93,16 +93,26 @@ async def test_background_identity_is_forwarded_without_deadline(provider_server
     assert recorder.calls[-1]["remaining"] is None
 
 
-async def test_identity_is_forwarded_on_server_streaming_calls(provider_server, settings):
+async def test_server_streaming_calls_carry_the_pools_metadata_explicitly(
+    provider_server, settings
+):
     back, _ = provider_server
     pool = ChannelPool(settings)
     identity.set_identity(identity.Identity("alice", "gateway"))
+    stub = pbg.ProviderServiceStub(pool.get(back.address))
     try:
-        call = pbg.ProviderServiceStub(pool.get(back.address)).StreamChat(pb.StreamChatRequest())
-        texts = [r.text_delta.text async for r in call]
+        texts = [
+            r.text_delta.text
+            async for r in stub.StreamChat(pb.StreamChatRequest(), metadata=pool.metadata())
+        ]
+        # streams are not intercepted: without the metadata the call is anonymous
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.StreamChat(pb.StreamChatRequest()):
+                pass
     finally:
         await pool.close()
     assert texts == ["0", "1", "2"]
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_channel_options_enable_retries_with_a_service_config(settings):

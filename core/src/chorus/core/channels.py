@@ -1,12 +1,16 @@
 """Channels for service-to-service calls.
 
 `ChannelPool` keeps one `grpc.aio` channel per target per process (create it inside the
-running event loop, e.g. in a FastAPI lifespan; grpc#32480). Every call made through a pooled
-channel carries:
+running event loop, e.g. in a FastAPI lifespan; grpc#32480). Every unary call made through a
+pooled channel carries:
 
 * the caller's identity (`x-chorus-user`, from `chorus.core.identity`) and the internal token;
 * the request id of the RPC being served (`x-request-id`);
 * the caller's remaining deadline as `timeout`, unless the call sets its own.
+
+Server-streaming calls are not intercepted — grpc.aio runs every message of an intercepted
+stream through an extra task, a cost per streamed event — so they pass
+`metadata=pool.metadata()` (and a timeout, if any) themselves.
 
 Idempotent unary RPCs are retried on UNAVAILABLE by gRPC's own retry policy (service config);
 streams are never retried — resume them with `after_seq`.
@@ -108,13 +112,6 @@ class _UnaryForwardingInterceptor(_Forwarding, grpc.aio.UnaryUnaryClientIntercep
         return await continuation(self._details(client_call_details), request)
 
 
-class _StreamForwardingInterceptor(_Forwarding, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
 def channel_options(settings: CoreSettings) -> list[tuple[str, Any]]:
     """Channel arguments: message sizes, keepalive and the retry service config."""
     return [
@@ -139,9 +136,9 @@ class ChannelPool:
     def __init__(self, settings: CoreSettings) -> None:
         self._settings = settings
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
+        self._token = token
         self._interceptors: Sequence[grpc.aio.ClientInterceptor] = [
-            _UnaryForwardingInterceptor(token),
-            _StreamForwardingInterceptor(token),
+            _UnaryForwardingInterceptor(token)
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -154,6 +151,11 @@ class ChannelPool:
             )
             self._channels[target] = channel
         return channel
+
+    def metadata(self) -> list[tuple[str, str]]:
+        """Metadata of a server-streaming call from the current context (identity, internal
+        token, request id): what the unary interceptor adds, for the calls it does not see."""
+        return outgoing_metadata(self._token)
 
     async def close(self) -> None:
         """Close every channel (pending calls are cancelled)."""

@@ -1,8 +1,10 @@
 """The gRPC stubs the gateway calls, built once per process inside the running loop.
 
 Channels come from `chorus.core.channels.ChannelPool`, which forwards the caller's
-identity (`x-chorus-user`), the internal token and the request id on every call; the
-gateway sets the identity per request (`chorus.gateway.api.deps`).
+identity (`x-chorus-user`), the internal token and the request id on every unary call;
+server-streaming calls (StreamRun, WatchRun) pass `pool.metadata()` themselves
+(`chorus.gateway.api.deps.stream_metadata`). The gateway sets the identity per request
+(`chorus.gateway.api.deps`).
 """
 
 from __future__ import annotations

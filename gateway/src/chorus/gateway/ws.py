@@ -310,7 +310,8 @@ class Connection:
 
     async def _pump(self, run_id: str, after_seq: int) -> None:
         call = self.clients.runs.WatchRun(
-            run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq)
+            run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq),
+            metadata=self.clients.pool.metadata(),
         )
         last_seq = after_seq
         try:

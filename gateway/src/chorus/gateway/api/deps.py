@@ -76,6 +76,12 @@ async def current_caller(request: Request) -> Caller:
     return caller
 
 
+def stream_metadata(conn: HTTPConnection) -> list[tuple[str, str]]:
+    """Metadata of a server-streaming call made for this request (identity, internal token,
+    request id): pooled channels intercept only unary calls (`ChannelPool.metadata`)."""
+    return _clients(conn).pool.metadata()
+
+
 async def runs_stub(conn: HTTPConnection) -> run_service_pb2_grpc.RunServiceStub:
     """RunService (orchestrator-svc)."""
     return _clients(conn).runs

@@ -36,6 +36,7 @@ from chorus.gateway.api.deps import (
     SettingsDep,
     check_text,
     proto_body,
+    stream_metadata,
 )
 from chorus.v1 import (
     chat_pb2,
@@ -310,7 +311,9 @@ async def send_message(
     if conversation.model.provider or conversation.model.model:
         agent = await _assistant_agent(request, runs, settings)
         spec.model_overrides[agent].CopyFrom(conversation.model)
-    call = runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec))
+    call = runs.StreamRun(
+        run_service_pb2.StreamRunRequest(spec=spec), metadata=stream_metadata(request)
+    )
     if "text/event-stream" in request.headers.get("accept", ""):
         response = await sse.open_event_stream(
             call,

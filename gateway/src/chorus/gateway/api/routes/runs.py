@@ -28,6 +28,7 @@ from chorus.gateway.api.deps import (
     check_text,
     json_body,
     proto_body,
+    stream_metadata,
 )
 from chorus.v1 import (
     history_service_pb2,
@@ -131,7 +132,9 @@ async def stream_run(
     `GET /runs/{id}/events`)."""
     spec = await _run_spec(request, settings)
     await limiter.hit("runs", caller.user)
-    call = runs.StreamRun(run_service_pb2.StreamRunRequest(spec=spec))
+    call = runs.StreamRun(
+        run_service_pb2.StreamRunRequest(spec=spec), metadata=stream_metadata(request)
+    )
     return await _event_stream(call, settings)
 
 
@@ -185,6 +188,7 @@ async def get_run(run_id: str, caller: CallerDep, runs: RunsDep, settings: Setti
 )
 async def watch_run(
     run_id: str,
+    request: Request,
     caller: CallerDep,
     runs: RunsDep,
     settings: SettingsDep,
@@ -197,7 +201,10 @@ async def watch_run(
     terminal event. No gap, no duplicate; works for finished runs (204 when nothing is
     left)."""
     after = resume_after(last_event_id, after_seq)
-    call = runs.WatchRun(run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after))
+    call = runs.WatchRun(
+        run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after),
+        metadata=stream_metadata(request),
+    )
     return await _event_stream(call, settings)
 
 
