@@ -311,14 +311,17 @@ async def test_the_terminal_event_is_stored_by_the_final_writer_with_the_pending
     await wait_for(lambda: log.stored_seq == 1, timeout=2)
     log.emit_delta(delta())
     log.emit_delta(delta())
-    await log.end(completed(), final)
+    finished = Event(agent="a", agent_finished=Event.AgentFinished(turn=1))
+    await log.end(finished, completed(), final_writer=final)
     assert store.batches == [[1]]  # agent_started, through the run's own writer
-    assert final.batches == [[2, 3, 4]]  # the deltas and the terminal event, in one write
-    assert log.ended and log.stored_seq == 4
+    # the deltas, the last lifecycle event and the terminal one, in one write
+    assert final.batches == [[2, 3, 4, 5]]
+    assert log.ended and log.stored_seq == 5
     with pytest.raises(RuntimeError):
-        await log.end(completed(), final)
-    with pytest.raises(ValueError):
-        await new_log(Store()).end(started(), final)
+        await log.end(completed(), final_writer=final)
+    for not_an_end in ([started()], [completed(), started()], [completed(), completed()]):
+        with pytest.raises(ValueError):
+            await new_log(Store()).end(*not_an_end, final_writer=final)
     log.close()
 
 

@@ -148,13 +148,14 @@ class RunEventLog:
             self._waiter = None
             waiter.set_result(None)
 
-    def emit_stored(self, event: run_pb2.RunEvent) -> run_pb2.RunEvent:
-        """Number `event` (the log's next seq and time) and count it as stored: the caller
-        stores it in a write of its own before anyone can watch the log (the run's opening
-        write, HistoryService.RecordRunStart). Returns the event."""
-        self._publish(event)
-        self._stored_through(1)
-        return event
+    def emit_stored(self, *events: run_pb2.RunEvent) -> list[run_pb2.RunEvent]:
+        """Number `events` (the log's next seqs and time) and count them as stored: the
+        caller stores them in a write of its own before anyone can watch the log (the run's
+        opening write, HistoryService.RecordRunStart). Returns the events."""
+        for event in events:
+            self._publish(event)
+        self._stored_through(len(events))
+        return list(events)
 
     def emit_delta(self, event: run_pb2.RunEvent) -> None:
         """Emit a token delta now; it is stored with the next batch (≤ flush interval).
@@ -193,23 +194,26 @@ class RunEventLog:
             if durable:
                 await self._await_barrier()
 
-    async def end(self, event: run_pb2.RunEvent, final_writer: EventWriter) -> None:
-        """Emit the terminal `event` once every earlier lifecycle event is stored, and wait
-        until it is stored: the write that carries it (with the events still pending before
-        it) goes through `final_writer`, which stores the run's final record in the same
-        call (HistoryService.AppendRunEvents with `run`).
+    async def end(self, *events: run_pb2.RunEvent, final_writer: EventWriter) -> None:
+        """Emit the last lifecycle `events`, the terminal one last, once every earlier
+        lifecycle event is stored, and wait until they are stored: the write that carries
+        them (with the deltas still pending before them) goes through `final_writer`, which
+        stores the run's final record in the same call (HistoryService.AppendRunEvents with
+        `run`).
 
         Raises:
+            ValueError: the last event is not terminal, or another one is.
             Exception: the writer's error (the events stay pending).
             RuntimeError: the run already ended.
         """
-        if not is_terminal(event):
-            raise ValueError("end() takes a terminal event")
+        if not events or sum(map(is_terminal, events)) != 1 or not is_terminal(events[-1]):
+            raise ValueError("end() takes lifecycle events ending with one terminal event")
         async with self._emit_lock:
             await self._await_barrier()
             if self.ended:
                 raise RuntimeError("run already ended")
-            self._publish(event)
+            for event in events:
+                self._publish(event)
             self.ended = True
             self._barrier = self._loop.create_task(self._flush(self.last_seq, final_writer))
             await self._await_barrier()

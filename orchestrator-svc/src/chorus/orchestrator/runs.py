@@ -173,6 +173,8 @@ class LiveRun:
         self._seen_messages: set[str] = set()
         self._seen_lock = asyncio.Lock()
         self._context: list[LLMMessage] = []
+        self._single = record.spec.team.kind == team_pb2.TEAM_KIND_SINGLE
+        self._closing: tuple[run_pb2.RunEvent, ...] = ()  # a SINGLE turn's closing events
         self.task: asyncio.Task[None] | None = None
         self._request_id = identity.current_request_id()  # of the RPC that created the run
 
@@ -278,7 +280,8 @@ class LiveRun:
                 self.abandon()
                 raise RunAbandoned(exc.message) from None
 
-        await self.log.end(event, write_end)
+        closing, self._closing = self._closing, ()
+        await self.log.end(*closing, event, final_writer=write_end)
         self.status = status
 
     # ------------------------------------------------------------------ RunHooks
@@ -302,6 +305,8 @@ class LiveRun:
         self.turns += 1
         if agent not in self.speakers:
             self.speakers.append(agent)
+        if self._single and self.turns == 1:
+            return 1  # its agent_started went with the run's opening write
         await self.log.emit(_Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns)))
         return self.turns
 
@@ -346,11 +351,19 @@ class LiveRun:
     async def turn_completed(self, agent: str, turn: int, message: BaseChatMessage) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
         event = await self._message_event(agent, message.to_text(), self.states[agent].turn_usage)
-        await self.log.emit(event, *self._turn_end(agent, turn))
+        await self._close_turn(event, *self._turn_end(agent, turn))
 
     async def end_turn(self, agent: str, turn: int) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
-        await self.log.emit(*self._turn_end(agent, turn))
+        await self._close_turn(*self._turn_end(agent, turn))
+
+    async def _close_turn(self, *events: run_pb2.RunEvent) -> None:
+        """Emit the events that close a turn — a SINGLE team's one turn is the run, so they
+        go with the run's end, in its one write."""
+        if self._single:
+            self._closing = events
+        else:
+            await self.log.emit(*events)
 
     def _turn_end(self, agent: str, turn: int) -> tuple[run_pb2.RunEvent, run_pb2.RunEvent]:
         return (
@@ -475,10 +488,13 @@ class LiveRun:
     ) -> hs.RecordRunStartRequest:
         """The run's opening write (HistoryService.RecordRunStart): the new `conversation`
         (None to join the run's existing one), the record, the input message and
-        `run_started` (seq 1, counted as stored from now on) — plus, for a SINGLE team in an
+        `run_started` (seq 1, counted as stored from now on) — plus, for a SINGLE team, its
+        agent's `agent_started` (seq 2: its one turn starts with the run) and, in an
         existing conversation, a read of the earlier messages that are the agent's context."""
-        started = self.log.emit_stored(_Event(run_started=_Event.RunStarted(run=self.snapshot())))
-        single = self.spec.team.kind == team_pb2.TEAM_KIND_SINGLE
+        opening = [_Event(run_started=_Event.RunStarted(run=self.snapshot()))]
+        if self._single:  # its agent's one turn starts with the run
+            name = self.spec.team.agents[0].name
+            opening.append(_Event(agent=name, agent_started=_Event.AgentStarted(turn=1)))
         return hs.RecordRunStartRequest(
             run=self.record,
             conversation=conversation,
@@ -490,9 +506,11 @@ class LiveRun:
                     run_id=self.id,
                 )
             ],
-            events=[started],
+            events=self.log.emit_stored(*opening),
             recent_message_count=(
-                self._settings.context_messages if single and not self._new_conversation else 0
+                self._settings.context_messages
+                if self._single and not self._new_conversation
+                else 0
             ),
         )
 
