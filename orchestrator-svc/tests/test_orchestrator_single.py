@@ -44,14 +44,19 @@ async def test_a_single_run_streams_its_reply_and_completes(stack: Stack, alice:
     assert done.usage.output_tokens == 12
 
 
-async def test_the_runs_end_is_one_write_of_the_terminal_event_and_the_final_record(
+async def test_a_single_run_is_three_history_writes_opening_reply_and_end(
     stack: Stack, alice: RunClient
 ) -> None:
-    before = history_calls("RecordRun")
+    methods = ("RecordRunStart", "AppendRunEvents", "AppendMessages", "RecordRun")
+    before = {m: history_calls(m) for m in methods}
     events = await alice.stream(
         spec(team_spec=team(SINGLE, agent("writer", simulator=sim(output_tokens=5))))
     )
-    assert history_calls("RecordRun") == before  # no record update after the end
+    calls = {m: history_calls(m) - before[m] for m in methods}
+    # the opening (with agent_started), the reply message, and one write of the turn's
+    # closing events, the terminal event and the final record; no record update after it
+    assert calls == {"RecordRunStart": 1, "AppendRunEvents": 1, "AppendMessages": 1, "RecordRun": 0}
+    assert kinds(events)[:2] == ["run_started", "agent_started"]
     end = events[-1]
     record = await stack.history_client(alice.user).record(end.run_id)
     assert record.status == run_pb2.RUN_STATUS_COMPLETED
@@ -59,7 +64,7 @@ async def test_the_runs_end_is_one_write_of_the_terminal_event_and_the_final_rec
     assert record.last_seq == end.seq and record.turns == 1
     assert record.usage.output_tokens == 5 and record.end_time.seconds > 0
     stored = await stack.history_client(alice.user).events(end.run_id)
-    assert stored[-1] == end
+    assert stored == events  # the log as streamed, seq 1 to the end
 
 
 async def test_a_single_run_is_cancelled_mid_stream(stack: Stack, alice: RunClient) -> None:
