@@ -30,7 +30,7 @@ import structlog
 from chorus.core.logging import configure_logging, get_logger
 configure_logging("test", level="INFO", json=True)
 structlog.contextvars.bind_contextvars(request_id="r-7", user="alice", run_id="run-1")
-get_logger("t").info("called", api_key="sk-live-123", authorization="Bearer x", internal_token="t0k", turns=3, input_tokens=12)
+get_logger("t").info("called", api_key="sk-live-123", authorization="Bearer x", internal_token="t0k", turns=3, input_tokens=12, cause=ValueError("boom"))
 get_logger("t").debug("hidden")
 import logging
 logging.getLogger("httpx").info("HTTP Request: POST http://upstream 200 OK")
@@ -57,4 +57,5 @@ def test_json_logs_carry_context_and_redact_secrets():
     assert record["api_key"] == "***" and record["authorization"] == "***"
     assert record["internal_token"] == "***"
     assert record["turns"] == 3 and record["input_tokens"] == 12, "counts are not secrets"
+    assert record["cause"] == "ValueError('boom')", "values JSON cannot hold are their repr"
     assert "sk-live-123" not in done.stderr

@@ -14,6 +14,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 # `internal_token`, `api_key`, `authorization`… but not counts such as `input_tokens`.
@@ -30,6 +31,12 @@ def redact_secrets(
         if key != "event" and _SECRET_KEY.search(key):
             event_dict[key] = "***"
     return event_dict
+
+
+def _orjson_text(value: Any, **_: Any) -> str:
+    """JSON of a log line with orjson (structlog's performance advice; ~10× the stdlib's
+    `json.dumps`); values it cannot encode are written as their `repr`."""
+    return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore")
@@ -51,7 +58,9 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
         redact_secrets,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_orjson_text)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
