@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import grpc
 import httpx
 import pytest
@@ -11,10 +15,12 @@ from prometheus_client import REGISTRY
 
 from chorus.core.errors import DOMAIN
 from chorus.core.metrics import start_metrics_server
+from chorus.core.server import GrpcServer, ServiceBinding
+from chorus.core.settings import CoreSettings
 from chorus.v1 import provider_service_pb2 as pb
 from chorus.v1 import provider_service_pb2_grpc as pbg
 
-from .conftest import AUTH, TOKEN
+from .conftest import AUTH, TOKEN, RecordingProvider
 
 
 def _error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
@@ -188,3 +194,51 @@ async def test_metrics_endpoint_counts_calls_by_code(provider_server):
         == stream_before + 3
     )
     assert "grpc_server_handling_seconds_bucket" in text
+
+
+def _list_models_from_a_thread(address: str, result: list[object]) -> threading.Thread:
+    """ListModels from a plain (threaded) gRPC client: it runs while this loop is blocked."""
+
+    def call() -> None:
+        with grpc.insecure_channel(address) as channel:
+            try:
+                pbg.ProviderServiceStub(channel).ListModels(
+                    pb.ListModelsRequest(provider="ok"), metadata=AUTH, timeout=30
+                )
+                result.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                result.append(exc.code())
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(("limit_s", "expected"), [(1, "CANCELLED"), (30, "OK")])
+async def test_a_call_taken_up_late_by_a_busy_loop_is_cancelled_only_past_the_limit(
+    limit_s: int, expected: str
+) -> None:
+    settings = CoreSettings(
+        internal_token=TOKEN, dev_mode=False, instance_id="t", max_unrequested_time_s=limit_s
+    )
+    server = GrpcServer(
+        [
+            ServiceBinding(
+                "chorus.v1.ProviderService",
+                RecordingProvider(),
+                pbg.add_ProviderServiceServicer_to_server,
+            )
+        ],
+        settings,
+        0,
+    )
+    await server.start()
+    try:
+        result: list[object] = []
+        thread = _list_models_from_a_thread(server.address, result)
+        # The event loop is busy (here: blocked) for 3 s, so the call waits in gRPC's queue.
+        time.sleep(3)  # noqa: ASYNC251 - blocking the loop on purpose
+        await asyncio.to_thread(thread.join, 30)
+        assert result == [getattr(grpc.StatusCode, expected)]
+    finally:
+        await server.stop(0)

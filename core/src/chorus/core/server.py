@@ -58,6 +58,10 @@ def server_options(settings: CoreSettings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.so_reuseport", 0),
+        # A call waits in gRPC's queue until the event loop takes it up; under a burst
+        # (1,000 runs started at once) that can exceed gRPC's 30 s default, which cancels
+        # the call — the client sees CANCELLED and nothing in our logs says why.
+        ("grpc.server_max_unrequested_time_in_server", settings.max_unrequested_time_s),
     ]
 
 

@@ -60,6 +60,13 @@ class CoreSettings(BaseSettings):
     keepalive_timeout_s: float = Field(
         10.0, gt=0, description="Seconds to wait for a keepalive ping's ack before closing."
     )
+    max_unrequested_time_s: int = Field(
+        300,
+        gt=0,
+        description="Seconds a call the server received may wait for the service to take it "
+        "up before gRPC cancels it (grpc.server_max_unrequested_time_in_server; gRPC's own "
+        "default of 30 s fails calls with CANCELLED when a busy event loop takes them late).",
+    )
     instance_id: str = Field(
         default_factory=_default_instance_id, description="This process's id in run records."
     )
