@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,13 @@ def test_migrate_applies_pending_migrations_once(tmp_path: Path) -> None:
     assert applied.returncode == 0 and "0001.initial-schema" in applied.stderr
     assert (tmp_path / "data" / "history.sqlite3").exists()
     again = run_cli("migrate", "--list", env=env)
-    assert again.returncode == 0 and '"migrations": []' in again.stderr
+    assert again.returncode == 0
+    pending = [
+        json.loads(line)
+        for line in again.stderr.splitlines()
+        if line.startswith("{") and '"migrations_pending"' in line
+    ]
+    assert [p["migrations"] for p in pending] == [[]]
 
 
 def test_migrate_reports_an_unreachable_database_and_fails() -> None:

@@ -31,8 +31,10 @@ class Store:
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
         self.reject: dict[str, Exception] = {}
+        self.entered = 0  # run writes begun (held by the gate or not)
 
     async def __call__(self, events: Sequence[run_pb2.RunEvent]) -> None:
+        self.entered += 1
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
@@ -291,7 +293,7 @@ async def test_deltas_emitted_during_a_lifecycle_write_are_left_to_the_flusher()
     log = new_log(store, interval=0.01)
     log.emit_delta(delta())
     await log.emit(started())  # its write (seq 1-2) is held by the gate
-    await wait_for(lambda: log.writing, timeout=2)
+    await wait_for(lambda: store.entered == 1, timeout=2)
     for _ in range(3):
         log.emit_delta(delta())  # a live stream goes on meanwhile
     store.gate.set()
@@ -322,6 +324,22 @@ async def test_the_terminal_event_is_stored_by_the_final_writer_with_the_pending
     for not_an_end in ([started()], [completed(), started()], [completed(), completed()]):
         with pytest.raises(ValueError):
             await new_log(Store()).end(*not_an_end, final_writer=final)
+    log.close()
+
+
+async def test_the_flusher_never_takes_the_end_from_its_own_write() -> None:
+    store = Store()
+    final = Store()
+    flusher = DeltaFlusher(store.many, interval_s=10)  # flushed by hand below
+    log = new_log(store, flusher=flusher)
+    log.emit_delta(delta())
+    ending = asyncio.create_task(log.end(completed(), final_writer=final))
+    await asyncio.sleep(0)  # one loop step: the end is published, its write only scheduled
+    assert log.ended and log.has_pending
+    await flusher.flush()  # the flusher's timer fires right then
+    await ending
+    assert store.calls == []  # it left the log to the end's write
+    assert final.batches == [[1, 2]]  # which stored the delta, the end and the record
     log.close()
 
 

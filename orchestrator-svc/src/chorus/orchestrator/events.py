@@ -133,8 +133,16 @@ class RunEventLog:
 
     @property
     def writing(self) -> bool:
-        """A write of this log is under way (a lifecycle write or the flusher's batch)."""
-        return self._in_flight is not None or self._flush_lock.locked()
+        """A write of this log is under way or scheduled (a lifecycle write, the run's end,
+        or the flusher's batch). While it is, the flusher leaves the log alone: the pending
+        events then include lifecycle ones, which only their own write may store (the end's
+        write stores the final record with them)."""
+        barrier = self._barrier
+        return (
+            self._in_flight is not None
+            or self._flush_lock.locked()
+            or (barrier is not None and not barrier.done())
+        )
 
     # ------------------------------------------------------------------ emitting
     def _publish(self, event: run_pb2.RunEvent) -> None:
@@ -225,9 +233,15 @@ class RunEventLog:
             self._barrier = None
 
     async def _await_barrier(self) -> None:
-        barrier, self._barrier = self._barrier, None
+        """Wait for the scheduled lifecycle write (raising its error, once). It stays the
+        barrier while awaited, so the flusher keeps counting the log as `writing`."""
+        barrier = self._barrier
         if barrier is not None:
-            await barrier
+            try:
+                await barrier
+            finally:
+                if self._barrier is barrier:
+                    self._barrier = None
 
     async def sync(self) -> None:
         """Wait until every emitted event is stored.

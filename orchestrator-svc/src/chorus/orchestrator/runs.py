@@ -280,8 +280,9 @@ class LiveRun:
                 self.abandon()
                 raise RunAbandoned(exc.message) from None
 
-        closing, self._closing = self._closing, ()
-        await self.log.end(*closing, event, final_writer=write_end)
+        # The closing events stay until the end is published: an end that fails before it
+        # (an earlier write failed) is retried as run_failed, with them.
+        await self.log.end(*self._closing, event, final_writer=write_end)
         self.status = status
 
     # ------------------------------------------------------------------ RunHooks
