@@ -8,6 +8,7 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 from history_helpers import (
     History,
@@ -75,7 +76,7 @@ async def test_every_runs_batch_is_stored_and_each_result_is_its_runs_last_seq(
 async def test_a_bad_batch_is_rejected_with_its_status_and_the_others_are_stored(
     alice: UserStub,
 ) -> None:
-    good, gap, conflict, ended, malformed = [await new_run(alice) for _ in range(5)]
+    good, gap, conflict, ended, malformed, with_record = [await new_run(alice) for _ in range(6)]
     await append_batches(
         alice,
         Batch(run_id=conflict.id, events=[text_event(1, "stored")]),
@@ -90,19 +91,31 @@ async def test_a_bad_batch_is_rejected_with_its_status_and_the_others_are_stored
         Batch(run_id=malformed.id, events=[text_event(1), text_event(3)]),
         Batch(run_id="not-a-uuid", events=[text_event(1)]),
         Batch(run_id=good.id, events=[text_event(3)]),  # a second batch of one run
+        Batch(  # record fields belong to AppendRunEvents
+            run_id=with_record.id,
+            events=[completed_event(1)],
+            run=run_pb2.Run(status=run_pb2.RUN_STATUS_COMPLETED),
+            update_mask=FieldMask(paths=["status"]),
+        ),
     )
     assert results[0].last_seq == 2
     codes = [grpc.StatusCode.FAILED_PRECONDITION.value[0]] * 3
     assert [r.error.code for r in results[1:4]] == codes
     assert [reason_of(r.error) for r in results[1:4]] == ["SEQ_GAP", "SEQ_CONFLICT", "RUN_ENDED"]
     invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert [r.error.code for r in results[4:]] == [invalid] * 3
-    assert [fields_in(r.error) for r in results[4:]] == [{"events[1].seq"}, {"run_id"}, {"run_id"}]
+    assert [r.error.code for r in results[4:]] == [invalid] * 4
+    assert [fields_in(r.error) for r in results[4:]] == [
+        {"events[1].seq"},
+        {"run_id"},
+        {"run_id"},
+        {"run"},
+    ]
     assert await stored_seqs(alice, good.id) == [1, 2]
     assert await stored_seqs(alice, gap.id) == []
     assert await stored_seqs(alice, conflict.id) == [1]
     assert await stored_seqs(alice, ended.id) == [1]
     assert await stored_seqs(alice, malformed.id) == []
+    assert await stored_seqs(alice, with_record.id) == []
 
 
 async def test_an_exact_repeat_is_accepted_and_an_overlap_stores_only_new_events(

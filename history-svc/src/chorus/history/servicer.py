@@ -472,6 +472,8 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             try:
                 bv = Violations()
                 run_id = validation.uuid_field(bv, "run_id", item.run_id)
+                if item.HasField("run") or item.update_mask.paths:
+                    bv.add("run", "record fields go with AppendRunEvents, not in batches")
                 bv.raise_if_any()
                 if run_id in seen:
                     raise InvalidArgument(
