@@ -189,18 +189,7 @@ class RunEventLog:
                 failed; the events stay pending and are retried by the next flush.
             RuntimeError: the run already ended.
         """
-        async with self._emit_lock:
-            await self._await_barrier()
-            if self.ended:
-                raise RuntimeError("run already ended")
-            for event in events:
-                self._publish(event)
-                if is_terminal(event):
-                    self.ended = True
-            self._barrier = self._loop.create_task(self._flush(self.last_seq))
-            self._barrier.add_done_callback(self._write_done)
-            if durable:
-                await self._await_barrier()
+        await self._emit(events, durable, None)
 
     async def end(self, *events: run_pb2.RunEvent, final_writer: EventWriter) -> None:
         """Emit the last lifecycle `events`, the terminal one last, once every earlier
@@ -216,15 +205,28 @@ class RunEventLog:
         """
         if not events or sum(map(is_terminal, events)) != 1 or not is_terminal(events[-1]):
             raise ValueError("end() takes lifecycle events ending with one terminal event")
+        await self._emit(events, True, final_writer)
+
+    async def _emit(
+        self,
+        events: Sequence[run_pb2.RunEvent],
+        durable: bool,
+        final_writer: EventWriter | None,
+    ) -> None:
+        """`emit` and `end`: after the previous lifecycle write, number `events` and start
+        their write (through `final_writer` for the end); wait for it when `durable`."""
         async with self._emit_lock:
             await self._await_barrier()
             if self.ended:
                 raise RuntimeError("run already ended")
             for event in events:
                 self._publish(event)
-            self.ended = True
+                if is_terminal(event):
+                    self.ended = True
             self._barrier = self._loop.create_task(self._flush(self.last_seq, final_writer))
-            await self._await_barrier()
+            self._barrier.add_done_callback(self._write_done)
+            if durable:
+                await self._await_barrier()
 
     def _write_done(self, write: asyncio.Task[None]) -> None:
         """A lifecycle write that stored its events is not kept until the next emit (a live
