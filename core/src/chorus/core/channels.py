@@ -82,7 +82,9 @@ def outgoing_metadata(token: str | None) -> list[tuple[str, str]]:
     return md
 
 
-class _Forwarding:
+class _UnaryForwardingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds the current identity, token, request id and remaining deadline to unary calls."""
+
     def __init__(self, token: str | None) -> None:
         self._token = token
 
@@ -101,11 +103,6 @@ class _Forwarding:
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
-
-# grpc.aio files each interceptor under the FIRST interceptor kind it is an instance of
-# (an if/elif chain in grpc/aio/_channel.py), so one object implementing both kinds would
-# only ever see unary-unary calls: one instance per kind.
-class _UnaryForwardingInterceptor(_Forwarding, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
