@@ -1,10 +1,14 @@
 """SINGLE teams (the agent run directly, no group chat): the reply streams and completes,
 cancel stops the provider stream, a provider failure keeps its code, UpdateRunAgent is
-announced."""
+announced, the first model call is opened with the run's start (and cancelled when the run
+does not start)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+import psycopg
 import pytest
 from orchestrator_helpers import (
     RunClient,
@@ -19,6 +23,7 @@ from orchestrator_helpers import (
     spec,
     team,
 )
+from prometheus_client import REGISTRY
 
 from chorus.core.errors import rpc_code
 from chorus.core.testing import wait_for
@@ -115,3 +120,76 @@ async def test_an_update_of_a_live_single_run_is_announced_and_the_run_completes
     # One turn only: the change was staged for a next turn that a SINGLE run never has.
     (request,) = [r for r in stack.received if r.metadata.get("run_id") == run.id]
     assert not request.HasField("temperature")
+
+
+def prefetches(outcome: str) -> float:
+    """`chorus_model_call_prefetches_total{outcome}` of the orchestrator in this process."""
+    return (
+        REGISTRY.get_sample_value("chorus_model_call_prefetches_total", {"outcome": outcome}) or 0
+    )
+
+
+async def test_the_first_model_call_of_a_new_conversations_run_is_opened_with_its_start(
+    stack: Stack, alice: RunClient
+) -> None:
+    writer = agent("writer", tools=["current_time"], simulator=sim(output_tokens=4))
+    used = prefetches("used")
+    events = await alice.stream(spec(team_spec=team(SINGLE, writer)))
+    assert events[-1].HasField("run_completed")
+    assert prefetches("used") == used + 1  # the agent's own request was the prefetched one
+    # its tool call, then the reply after the tool's result: two calls, the first prefetched
+    first, _ = [r for r in stack.received if r.metadata.get("run_id") == events[0].run_id]
+    assert [m.role for m in first.messages] == [chat_pb2.ROLE_SYSTEM, chat_pb2.ROLE_USER]
+    assert [t.name for t in first.tools] == ["current_time"]
+
+
+@pytest.mark.parametrize("repeat", ["request_id", "conversation"])
+async def test_a_run_that_could_find_an_earlier_run_or_context_calls_its_model_once_started(
+    stack: Stack, alice: RunClient, repeat: str
+) -> None:
+    writer = agent("writer", simulator=sim(output_tokens=4))
+    first = await alice.stream(spec(team_spec=team(SINGLE, writer)))
+    fields = (
+        {"request_id": "0f9b3a52-3d5e-4d0a-9a53-6a1f1c2b8e11"}
+        if repeat == "request_id"
+        else {"conversation_id": first[0].run_started.run.conversation_id}
+    )
+    before = {o: prefetches(o) for o in ("used", "mismatch", "dropped")}
+    events = await alice.stream(spec(team_spec=team(SINGLE, writer), **fields))
+    assert events[-1].HasField("run_completed")
+    assert {o: prefetches(o) for o in before} == before
+    assert len([r for r in stack.received if r.metadata.get("run_id") == events[0].run_id]) == 1
+
+
+@pytest.mark.parametrize("history_backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("orchestrator_values", [{"history_retry_s": 0.0}], indirect=True)
+async def test_the_first_model_call_runs_during_the_opening_write_and_ends_when_it_fails(
+    stack: Stack, alice: RunClient, pg_url: str
+) -> None:
+    dropped = prefetches("dropped")
+    async with (
+        await psycopg.AsyncConnection.connect(pg_url) as lock,
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin,
+    ):
+        # New conversations wait for this lock: the run's opening write stays under way.
+        await lock.execute("LOCK TABLE conversations IN EXCLUSIVE MODE")
+        waiting = agent("writer", simulator=sim(ttft_s=60, output_tokens=4))
+        start = asyncio.create_task(alice.stream(spec(team_spec=team(SINGLE, waiting))))
+
+        async def blocked_write() -> tuple[int] | None:
+            # (not on `lock`: a transaction sees one snapshot of pg_stat_activity)
+            waiting = await admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            return await waiting.fetchone()
+
+        pid = await wait_for(blocked_write)
+        await wait_for(lambda: stack.provider.simulator.active_streams == 1)
+        await admin.execute("SELECT pg_cancel_backend(%s)", pid)  # the write fails
+        with pytest.raises(grpc.aio.AioRpcError):  # INTERNAL: history-svc's statement failed
+            await start
+        await lock.rollback()
+    await wait_for(lambda: stack.provider.simulator.active_streams == 0)
+    assert prefetches("dropped") == dropped + 1
+    assert await stack.history_client(alice.user).conversations() == []  # nothing stored

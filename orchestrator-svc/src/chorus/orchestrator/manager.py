@@ -214,9 +214,15 @@ class RunManager:
             start_time=created_at,
         )
         live = LiveRun(record, self._deps, new_conversation=conversation is not None)
+        live.prefetch_first_call()  # its model call, meanwhile: TTFT is the slower of the two
         # One write before the run's task starts: conversation, record, input, run_started.
-        started = await self._history.record_run_start(user, live.start_request(conversation))
+        try:
+            started = await self._history.record_run_start(user, live.start_request(conversation))
+        except BaseException:
+            live.drop_prefetch()
+            raise
         if not started.created:
+            live.drop_prefetch()
             log.info("run_request_repeated", run_id=started.run.id, request_id=resolved.request_id)
             earlier = self.local(user, started.run.id)
             return (earlier.snapshot() if earlier is not None else started.run), earlier

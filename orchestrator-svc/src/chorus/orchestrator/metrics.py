@@ -48,6 +48,13 @@ WATCHER_CATCHUPS = Counter(
     "Times a watcher fell behind the in-memory buffer and read history-svc to catch up.",
 )
 MODEL_CALLS = Counter("chorus_model_calls_total", "StreamChat calls made, by outcome.", ["outcome"])
+MODEL_CALL_PREFETCHES = Counter(
+    "chorus_model_call_prefetches_total",
+    "First model calls opened during a run's opening write, by outcome: used (the agent's "
+    "first call was that request), mismatch (it was not; cancelled) or dropped (the run "
+    "did not start; cancelled).",
+    ["outcome"],
+)
 HEARTBEAT_FAILURES = Counter(
     "chorus_run_heartbeat_failures_total", "Run heartbeats history-svc did not accept."
 )

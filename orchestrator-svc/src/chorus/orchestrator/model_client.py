@@ -42,6 +42,7 @@ from google.protobuf import struct_pb2
 from pydantic import BaseModel
 
 from chorus.core.errors import from_rpc_error, rpc_code
+from chorus.core.logging import get_logger
 from chorus.orchestrator import metrics
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.v1 import (
@@ -53,6 +54,8 @@ from chorus.v1 import (
 from chorus.v1 import (
     provider_service_pb2 as ps,
 )
+
+log = get_logger("chorus.orchestrator.model_client")
 
 _RETRYABLE = frozenset(
     {
@@ -217,6 +220,40 @@ class ProviderChatClient(ChatCompletionClient):
         self._timeout_s = timeout_s
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        self._prefetched: tuple[ps.StreamChatRequest, grpc.aio.UnaryStreamCall] | None
+        self._prefetched = None
+
+    def prefetch(self, messages: Sequence[LLMMessage], tools: Sequence[ToolSchema]) -> None:
+        """Open the call the agent is expected to make first (`messages`, `tools`, tool
+        choice "auto"), before the run has started: provider-svc and the upstream work
+        on it while the run's opening write is under way. The first `create` whose request
+        is exactly this one takes the call up (its responses wait in the call meanwhile);
+        any other request cancels it. `drop_prefetch` cancels an unused one."""
+        self.drop_prefetch()
+        request = self.build_request(messages, tools, "auto")
+        self._prefetched = (request, self._open(request))
+
+    def drop_prefetch(self) -> None:
+        """Cancel the prefetched call if no `create` took it up (the run did not start)."""
+        if self._prefetched is not None:
+            self._prefetched[1].cancel()
+            self._prefetched = None
+            metrics.MODEL_CALL_PREFETCHES.labels("dropped").inc()
+
+    def _open(self, request: ps.StreamChatRequest) -> grpc.aio.UnaryStreamCall:
+        return self._stub.StreamChat(request, metadata=self._metadata, timeout=self._timeout_s)
+
+    def _call_for(self, request: ps.StreamChatRequest) -> grpc.aio.UnaryStreamCall:
+        """The prefetched call when it was opened with `request`, else a new call."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            if prefetched[0] == request:
+                metrics.MODEL_CALL_PREFETCHES.labels("used").inc()
+                return prefetched[1]
+            prefetched[1].cancel()
+            metrics.MODEL_CALL_PREFETCHES.labels("mismatch").inc()
+            log.warning("model_call_prefetch_mismatch", labels=self._labels)
+        return self._open(request)
 
     def build_request(
         self,
@@ -276,8 +313,7 @@ class ProviderChatClient(ChatCompletionClient):
     ) -> CreateResult:
         if isinstance(json_output, type):
             raise ValueError("structured output is not supported by the Chorus model client")
-        request = self.build_request(messages, tools, tool_choice)
-        call = self._stub.StreamChat(request, metadata=self._metadata, timeout=self._timeout_s)
+        call = self._call_for(self.build_request(messages, tools, tool_choice))
         if cancellation_token is not None:
             cancellation_token.add_callback(call.cancel)
         deltas = self._deltas() if self._deltas is not None else None

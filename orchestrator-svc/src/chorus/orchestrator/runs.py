@@ -49,7 +49,13 @@ from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.model_client import ProviderChatClient, add_usage
 from chorus.orchestrator.settings import Settings
-from chorus.orchestrator.teams import AgentState, TeamParts, build_team, stop_reason
+from chorus.orchestrator.teams import (
+    AgentState,
+    TeamParts,
+    build_team,
+    stop_reason,
+    system_messages,
+)
 from chorus.orchestrator.tools.registry import ToolContext, ToolRegistry
 from chorus.v1 import (
     chat_pb2,
@@ -177,6 +183,7 @@ class LiveRun:
         self._closing: tuple[run_pb2.RunEvent, ...] = ()  # a SINGLE turn's closing events
         self.task: asyncio.Task[None] | None = None
         self._request_id = identity.current_request_id()  # of the RPC that created the run
+        self._first_client: ProviderChatClient | None = None  # holds a prefetched call
 
     # ------------------------------------------------------------------ control
     @property
@@ -413,6 +420,8 @@ class LiveRun:
             self._provider_error = error
 
     def _agent_client(self, state: AgentState) -> ProviderChatClient:
+        if self._first_client is not None:  # the SINGLE agent's, with its prefetched call
+            return self._first_client
         name = state.spec.name
         coalesce = self._settings.delta_coalesce_s
         return ProviderChatClient(
@@ -477,6 +486,7 @@ class LiveRun:
             except Exception as end_exc:  # history-svc unreachable even for the end
                 log.error("run_end_not_recorded", error=repr(end_exc), cause=repr(exc))
         finally:
+            self.drop_prefetch()  # the team never made its first call (stopped before)
             self.log.close()
             metrics.RUNS_ACTIVE.dec()
             metrics.RUNS_ENDED.labels(run_pb2.RunStatus.Name(self.status)).inc()
@@ -521,6 +531,35 @@ class LiveRun:
         self.record = record
         if earlier:
             self._context = context_messages(earlier, self.spec.team.agents[0].name)
+
+    def prefetch_first_call(self) -> None:
+        """Open the first model call of a SINGLE team's agent now, before the opening write
+        is stored, when its request is known up front: a new conversation (no context to
+        read), no `request_id` (a repeat would find an earlier run and waste the call) and
+        the `prefetch_first_model_call` setting. The request is what the agent sends first —
+        its system prompt, the input as the user's message, its tools — and the agent's
+        client takes the call up only if it is exactly that (`ProviderChatClient.prefetch`).
+        The caller must `drop_prefetch` when the run does not start."""
+        if not (
+            self._single
+            and self._new_conversation
+            and not self.spec.request_id
+            and self._settings.prefetch_first_model_call
+        ):
+            return
+        spec = self.spec.team.agents[0]
+        client = self._agent_client(self.states[spec.name])
+        tools = [tool.schema for tool in self._agent_tools(spec)]
+        client.prefetch(
+            [*system_messages(spec), UserMessage(content=self.spec.input, source="user")], tools
+        )
+        self._first_client = client
+
+    def drop_prefetch(self) -> None:
+        """Cancel the prefetched first model call unless the agent took it up."""
+        if self._first_client is not None:
+            self._first_client.drop_prefetch()
+            self._first_client = None
 
     async def _start(self) -> TaskRunner | None:
         if self._stop.is_set():

@@ -71,6 +71,13 @@ class Settings(CoreSettings):
         ge=0,
         description="How long the ListModels answer used to validate specs is cached, seconds.",
     )
+    prefetch_first_model_call: bool = Field(
+        True,
+        description="Open the first model call of a SINGLE run in a new conversation while "
+        "the run's opening write is under way (time to first token: the slower of the two "
+        "instead of both). A run that fails to start cancels the call at once; off: the "
+        "call starts once the run is stored.",
+    )
     delta_coalesce_s: float = Field(
         0.002,
         ge=0,
