@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -280,7 +281,9 @@ class Stack:
 def load(
     mode: str, target: str, concurrency: int, tokens: int, *extra: str, timeout: float = 900
 ) -> dict[str, object]:
-    """Run `bench.load_client` in its own process; return its JSON result."""
+    """Run `bench.load_client` in its own process; return its JSON result, with the CPU
+    seconds the client process used (`client_cpu_s`, user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [
             sys.executable,
@@ -299,4 +302,9 @@ def load(
     )
     if done.returncode != 0:
         raise RuntimeError(f"load client failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["client_cpu_s"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
+    )
+    return result

@@ -167,6 +167,7 @@ def main() -> None:
                 )
             growth = {name: round(peak[name] - before[name], 1) for name in before}
             cpu = {name: round(s - cpu_before[name], 1) for name, s in chorus.cpu_s().items()}
+            cpu["load client"] = row["rounds"][0]["client_cpu_s"]
             out["slow"] = {
                 **row,
                 "runs": slow_runs,
