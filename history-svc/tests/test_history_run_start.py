@@ -35,7 +35,7 @@ from history_helpers import (
 from prometheus_client import REGISTRY
 
 from chorus.core.testing import wait_for
-from chorus.v1 import conversation_pb2, run_pb2
+from chorus.v1 import chat_pb2, conversation_pb2, run_pb2
 from chorus.v1 import history_service_pb2 as pb
 
 Run = run_pb2.Run
@@ -164,6 +164,40 @@ async def test_one_call_creates_the_conversation_run_input_and_run_started(
     assert (event.seq, event.run_id, event.WhichOneof("payload")) == (1, run_id, "run_started")
     runs = await alice.ListRunRecords(pb.ListRunRecordsRequest(conversation_id=conv_id))
     assert list(runs.runs) == [run]
+
+
+@pytest.mark.parametrize("count", [0, 3])
+async def test_a_new_conversation_takes_every_message_and_event_of_the_start(
+    alice: UserStub, count: int
+) -> None:
+    messages = [
+        message(
+            f"m{i}",
+            role=chat_pb2.ROLE_ASSISTANT,
+            agent="Ada",
+            tool_calls=[chat_pb2.ToolCall(id=f"c{i}", name="search", arguments='{"q":1}')],
+            usage=chat_pb2.Usage(input_tokens=i, output_tokens=2),
+        )
+        for i in range(count)
+    ]
+    events = [started_event(), *(text_event(seq=2 + i) for i in range(count))]
+    req = start_request(messages=messages, events=events[: count + 1] if count else ())
+    resp = await alice.RecordRunStart(req)
+    conv_id = req.run.conversation_id
+    assert resp.conversation.message_count == count and resp.run.last_seq == (
+        count + 1 if count else 0
+    )
+    assert [(m.position, m.content) for m in resp.messages] == [
+        (i + 1, f"m{i}") for i in range(count)
+    ]
+    assert [m.tool_calls[0].id for m in resp.messages] == [f"c{i}" for i in range(count)]
+    got = await alice.GetConversation(
+        pb.GetConversationRequest(conversation_id=conv_id, include_messages=True)
+    )
+    assert got.conversation == resp.conversation and list(got.messages) == list(resp.messages)
+    assert [m.usage.input_tokens for m in got.messages] == list(range(count))
+    stored = await events_of(alice, req.run.id)
+    assert [e.seq for e in stored] == ([1, *range(2, count + 2)] if count else [])
 
 
 async def test_joining_a_conversation_returns_its_latest_messages_oldest_first(
