@@ -1,7 +1,7 @@
 """Load client for the benchmarks, run in its own process.
 
     python -m bench.load_client MODE TARGET CONCURRENCY TOKENS [--repeats R] [--model PROVIDER/MODEL]
-        [--tokens-per-second TPS] [--lag]
+        [--tokens-per-second TPS] [--lag] [--ramp-s S]
 
 MODE is where the client attaches:
   openai        POST TARGET (an OpenAI-compatible /v1/chat/completions: the upstream or LiteLLM)
@@ -13,6 +13,7 @@ Every mode asks for TOKENS output tokens per stream and counts tokens as they ar
 upstream's tokens are ` tokN`, so coalesced deltas count right). Prints one JSON line:
 tokens, tokens_per_s, ttft_p50_ms / ttft_p99_ms (time to first token per stream), errors,
 and with --lag the p50/p99 lag of every token behind its schedule (first token + i / TPS).
+With --ramp-s the streams start evenly over S seconds instead of all at once.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`make bench`: the whole chain against the upstream and LiteLLM, side by side in one run.
 
     python -m bench.run [--rounds 3] [--quick] [--skip-litellm] [--skip-slow]
-        [--only ttft|throughput|slow ...]
+        [--only ttft|throughput|slow ...] [--slow-runs 1000] [--slow-seconds 60]
+        [--slow-ramp-s 0]
 
 Starts `../shared/anchors/fake_openai.py` (full speed, and a 5 tokens/s copy), the four
 Chorus services as separate processes on PostgreSQL + Redis (a throw-away database), and
@@ -11,7 +12,9 @@ LiteLLM's proxy; the load client runs in its own process. Scenarios:
   the gateway's SSE, p50 / p99 at 1, 10 and 100 concurrent streams;
 * throughput — tokens/s to SSE clients at 20 × 500 and 100 × 500, vs upstream direct and
   LiteLLM, with each service's resident memory;
-* slow — 1,000 concurrent SSE runs at 5 tokens/s for a minute: p99 lag, memory per run.
+* slow — 1,000 concurrent SSE runs at 5 tokens/s for a minute (all started at once, or
+  evenly over `--slow-ramp-s` seconds): p99 lag, memory per run, CPU seconds of every
+  service and of the load client.
 
 Each figure is the median of `--rounds` rounds. Writes `bench/results/bench-<date>.json`,
 `bench/results/bench-<date>.md` and `bench/results/bench-<date>.png`.
