@@ -9,8 +9,8 @@ One run on this machine starts:
 * provider-svc (`python -m chorus.provider`), its `openai` provider pointed at that upstream,
   twice: as configured by default, and with `CHORUS_COALESCE_DELTAS=false` (one gRPC message
   per upstream chunk, like a plain proxy);
-* LiteLLM's proxy (1 worker) in front of the same upstream, from `.venv-litellm` (see
-  `../shared/anchors/README.md`; skipped with a note when that venv is missing).
+* LiteLLM's proxy (1 worker) in front of the same upstream (`bench.harness.litellm`,
+  installed into `.venv-litellm` on first use; skipped with a note when that fails).
 
 and measures, each in its own client process, `--repeats` times (medians reported):
 
@@ -30,73 +30,24 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-ANCHORS = REPO / ".." / "shared" / "anchors"
-RESULTS = REPO / "bench" / "results"
-LITELLM_VENV = REPO / ".venv-litellm"
-LITELLM_KEY = "sk-local-benchmark-key-7f3a9c2e1b5d8f4a6c0e"
+from bench import harness
+
 PY = sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
-
-
-def _wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{proc.args} exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     done = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, check=True, env=env, cwd=REPO
+        cmd, capture_output=True, text=True, timeout=600, check=True, env=env, cwd=harness.REPO
     )
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -172,7 +123,7 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def _http_client(url: str, conc: int, ntok: int, reps: int, key: str | None) -> dict[str, Any]:
-    cmd = [PY, str(ANCHORS / "stream_client.py"), url, str(conc), str(ntok), str(reps)]
+    cmd = [PY, str(harness.ANCHORS / "stream_client.py"), url, str(conc), str(ntok), str(reps)]
     if key:
         cmd.append(key)
     return _run_json(cmd)
@@ -212,80 +163,40 @@ def main(argv: list[str]) -> None:
 
     from chorus.core.testing import ServiceProcess
 
-    procs: list[subprocess.Popen[bytes]] = []
-    fake_port = _free_port()
-    upstream = f"http://127.0.0.1:{fake_port}/v1"
-    procs.append(
-        subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "uvicorn",
-                "fake_openai:app",
-                "--app-dir",
-                str(ANCHORS),
-                "--port",
-                str(fake_port),
-                "--loop",
-                "uvloop",
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
+    with ExitStack() as stack:
+        upstream = stack.enter_context(harness.upstream())
+        tmp = Path(tempfile.mkdtemp(prefix="bench-provider-"))
+        models = tmp / "models.yaml"
+        models.write_text(
+            "models:\n  - provider: openai\n    name: sim\n    context_window: 8192\n"
         )
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="bench-provider-"))
-    models = tmp / "models.yaml"
-    models.write_text("models:\n  - provider: openai\n    name: sim\n    context_window: 8192\n")
-    env = {
-        "CHORUS_DEV_MODE": "true",
-        "CHORUS_PROVIDER_PORT": "0",
-        "CHORUS_OPENAI_API_KEY": "sk-fake",
-        "CHORUS_OPENAI_BASE_URL": upstream,
-        "CHORUS_MODELS_FILE": str(models),
-        "CHORUS_DEFAULT_PROVIDER": "simulator",
-    }
-    litellm: subprocess.Popen[bytes] | None = None
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "repeats": args.repeats,
-    }
-    service = ServiceProcess("chorus.provider", env=env)
-    # the same service sending one gRPC message per upstream chunk, for comparison
-    per_chunk = ServiceProcess("chorus.provider", env={**env, "CHORUS_COALESCE_DELTAS": "false"})
-    try:
+        env = {
+            "CHORUS_DEV_MODE": "true",
+            "CHORUS_PROVIDER_PORT": "0",
+            "CHORUS_OPENAI_API_KEY": "sk-fake",
+            "CHORUS_OPENAI_BASE_URL": upstream,
+            "CHORUS_MODELS_FILE": str(models),
+            "CHORUS_DEFAULT_PROVIDER": "simulator",
+        }
+        results: dict[str, Any] = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "repeats": args.repeats,
+        }
+        service = ServiceProcess("chorus.provider", env=env)
+        stack.callback(service.stop)
+        # the same service sending one gRPC message per upstream chunk, for comparison
+        per_chunk = ServiceProcess(
+            "chorus.provider", env={**env, "CHORUS_COALESCE_DELTAS": "false"}
+        )
+        stack.callback(per_chunk.stop)
         address = service.wait_ready()
         per_chunk_address = per_chunk.wait_ready()
-        _wait_port(fake_port, 30)
         litellm_url = None
-        if not args.no_litellm and (LITELLM_VENV / "bin" / "litellm").exists():
-            lport = _free_port()
-            config = tmp / "litellm.yaml"
-            config.write_text(
-                (ANCHORS / "litellm.yaml").read_text().replace("http://127.0.0.1:9101/v1", upstream)
-            )
-            log = tmp / "litellm.log"
-            with log.open("wb") as out:
-                litellm = subprocess.Popen(
-                    [
-                        str(LITELLM_VENV / "bin" / "litellm"),
-                        "--config",
-                        str(config),
-                        "--port",
-                        str(lport),
-                        "--num_workers",
-                        "1",
-                    ],
-                    cwd=tmp,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            procs.append(litellm)
-            _wait_http_ok(f"http://127.0.0.1:{lport}/health/liveliness", 300, litellm, log)
-            litellm_url = f"http://127.0.0.1:{lport}/v1/chat/completions"
-        elif not args.no_litellm:
-            results["litellm"] = "skipped: .venv-litellm missing (see ../shared/anchors/README.md)"
+        if not args.no_litellm:
+            litellm_url = stack.enter_context(harness.litellm(upstream))
+            if litellm_url is None:
+                results["litellm"] = "skipped: LiteLLM could not be installed into .venv-litellm"
         direct_url = f"{upstream}/chat/completions"
         r = args.repeats
         # warm-up: connections, caches, the JIT-less but lazy imports of every path
@@ -293,8 +204,7 @@ def main(argv: list[str]) -> None:
         _grpc(address, 2, 10, 1, "openai/sim")
         _grpc(per_chunk_address, 2, 10, 1, "openai/sim")
         if litellm_url:
-            _http_client(litellm_url, 2, 10, 1, LITELLM_KEY)
-
+            _http_client(litellm_url, 2, 10, 1, harness.LITELLM_KEY)
         print("TTFT, 1 stream x 1 token x 100 requests", flush=True)
         ttft = {
             "direct": _measure("direct", lambda: _http_client(direct_url, 1, 1, 100, None), r),
@@ -304,7 +214,7 @@ def main(argv: list[str]) -> None:
         }
         if litellm_url:
             ttft["litellm"] = _measure(
-                "litellm", lambda: _http_client(litellm_url, 1, 1, 100, LITELLM_KEY), r
+                "litellm", lambda: _http_client(litellm_url, 1, 1, 100, harness.LITELLM_KEY), r
             )
         print("Throughput, 20 streams x 500 tokens", flush=True)
         throughput = {
@@ -320,7 +230,7 @@ def main(argv: list[str]) -> None:
         }
         if litellm_url:
             throughput["litellm"] = _measure(
-                "litellm", lambda: _http_client(litellm_url, 20, 500, 1, LITELLM_KEY), r
+                "litellm", lambda: _http_client(litellm_url, 20, 500, 1, harness.LITELLM_KEY), r
             )
         print(f"Simulator, 1 stream x {args.sim_tokens} tokens, full speed", flush=True)
         simulator = _measure(
@@ -353,16 +263,11 @@ def main(argv: list[str]) -> None:
                 / max(1, results["summary"]["litellm_tokens_per_s"]),
                 1,
             )
-    finally:
-        service.stop()
-        per_chunk.stop()
-        for proc in reversed(procs):
-            _stop(proc)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"provider-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    out = harness.RESULTS / f"provider-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results["summary"], indent=2))
-    print(f"written {out.relative_to(REPO)}")
+    print(f"written {out.relative_to(harness.REPO)}")
 
 
 if __name__ == "__main__":
