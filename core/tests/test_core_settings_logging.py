@@ -59,3 +59,36 @@ def test_json_logs_carry_context_and_redact_secrets():
     assert record["turns"] == 3 and record["input_tokens"] == 12, "counts are not secrets"
     assert record["cause"] == "ValueError('boom')", "values JSON cannot hold are their repr"
     assert "sk-live-123" not in done.stderr
+
+
+_GC_SCRIPT = """
+import gc, json
+from chorus.core.garbage_collection import configure_gc
+from chorus.core.settings import CoreSettings
+configure_gc(CoreSettings(dev_mode=True))
+print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "threshold0", "frozen"),
+    [({}, 50_000, True), ({"CHORUS_GC_THRESHOLD": "0", "CHORUS_GC_FREEZE": "false"}, 700, False)],
+)
+def test_the_garbage_collector_is_tuned_as_configured(env, threshold0, frozen):
+    # In a child process: gc settings are process-wide and must not leak into the test run.
+    out = subprocess.run(
+        [sys.executable, "-c", _GC_SCRIPT],
+        env={"PATH": "", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["threshold"] == [threshold0, 10, 10]
+    assert (result["frozen"] > 1000) is frozen
+
+
+def test_a_negative_gc_threshold_is_refused(monkeypatch):
+    monkeypatch.setenv("CHORUS_GC_THRESHOLD", "-1")
+    with pytest.raises(ValueError, match="gc_threshold"):
+        CoreSettings()

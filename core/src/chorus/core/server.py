@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from chorus.core.garbage_collection import configure_gc
 from chorus.core.interceptors import ContextInterceptor, MetricsInterceptor
 from chorus.core.logging import configure_logging, get_logger
 from chorus.core.metrics import start_metrics_server
@@ -153,6 +154,7 @@ async def run_service(
         metrics_port = start_metrics_server(settings.metrics_port, settings.host)
         log.info("metrics_listening", address=f"http://{settings.host}:{metrics_port}/metrics")
     await server.start()
+    configure_gc(settings)
     log.info("listening", address=server.address, services=[b.name for b in bindings])
     if on_started is not None:
         await on_started(server)

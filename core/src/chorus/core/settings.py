@@ -67,6 +67,18 @@ class CoreSettings(BaseSettings):
         "up before gRPC cancels it (grpc.server_max_unrequested_time_in_server; gRPC's own "
         "default of 30 s fails calls with CANCELLED when a busy event loop takes them late).",
     )
+    gc_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Net allocations that start a young-generation collection of CPython's "
+        "garbage collector (gc threshold0; 0 keeps CPython's default of 700). Higher means "
+        "fewer collections under load, each a little longer.",
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="Freeze the objects alive once the service is built (gc.freeze) so "
+        "collections never walk modules and framework objects again.",
+    )
     instance_id: str = Field(
         default_factory=_default_instance_id, description="This process's id in run records."
     )

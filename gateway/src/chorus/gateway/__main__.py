@@ -27,6 +27,7 @@ from types import FrameType
 import uvicorn
 import uvloop
 
+from chorus.core.garbage_collection import configure_gc
 from chorus.core.logging import configure_logging, get_logger
 from chorus.core.settings import ConfigurationError
 from chorus.gateway import sse
@@ -114,6 +115,7 @@ async def serve(settings: GatewaySettings) -> None:
             if server.should_exit:
                 return
             await asyncio.sleep(0.01)
+        configure_gc(settings)  # the app is built and its lifespan has run
         log.info("listening", address=f"http://{shown}:{port}", auth_mode=settings.auth_mode)
 
     task = asyncio.create_task(announce())
