@@ -25,8 +25,8 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import grpc
-import httpx
 import orjson
 
 from chorus.v1 import (
@@ -65,7 +65,7 @@ def run_spec(model: chat_pb2.ModelRef, tokens: int, tps: float | None) -> run_pb
 
 
 async def stream_openai(
-    client: httpx.AsyncClient, url: str, tokens: int, key: str
+    client: aiohttp.ClientSession, url: str, tokens: int, key: str
 ) -> AsyncIterator[int]:
     body = {
         "model": "sim",
@@ -73,33 +73,32 @@ async def stream_openai(
         "stream": True,
         "max_tokens": tokens,
     }
-    async with client.stream(
-        "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
-    ) as r:
-        async for line in r.aiter_lines():
-            if line.startswith("data:") and " tok" in line:
-                yield line.count(" tok")
+    async with client.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+        r.raise_for_status()
+        async for line in r.content:
+            if line.startswith(b"data:") and b" tok" in line:
+                yield line.count(b" tok")
 
 
 async def stream_sse(
-    client: httpx.AsyncClient, url: str, spec: run_pb2.RunSpec
+    client: aiohttp.ClientSession, url: str, spec: run_pb2.RunSpec
 ) -> AsyncIterator[int]:
     from google.protobuf import json_format
 
     body = json_format.MessageToDict(spec)
-    async with client.stream(
-        "POST", f"{url}/api/v1/runs/stream", json=body, headers={"Accept": "text/event-stream"}
+    async with client.post(
+        f"{url}/api/v1/runs/stream", json=body, headers={"Accept": "text/event-stream"}
     ) as r:
         r.raise_for_status()
-        event = ""
-        async for line in r.aiter_lines():
-            if line.startswith("event:"):
+        event = b""
+        async for line in r.content:
+            if line.startswith(b"event:"):
                 event = line[6:].strip()
-            elif line.startswith("data:") and event == "text_delta":
+            elif line.startswith(b"data:") and event == b"text_delta":
                 text = orjson.loads(line[5:])["textDelta"]["text"]
                 yield max(1, text.count(" tok"))
-            elif line.startswith("data:") and event == "error":  # the run could not stream
-                raise RuntimeError(f"SSE error event: {line[5:].strip()}")
+            elif line.startswith(b"data:") and event == b"error":  # the run could not stream
+                raise RuntimeError(f"SSE error event: {line[5:].strip().decode()}")
 
 
 async def main() -> None:
@@ -113,6 +112,7 @@ async def main() -> None:
     parser.add_argument("--key", default="sk-none")
     parser.add_argument("--tokens-per-second", type=float, default=None)
     parser.add_argument("--lag", action="store_true")
+    parser.add_argument("--ramp-s", type=float, default=0.0)
     args = parser.parse_args()
     provider, _, model_name = args.model.partition("/")
     model = chat_pb2.ModelRef(provider=provider, model=model_name)
@@ -125,8 +125,10 @@ async def main() -> None:
         if args.mode in ("provider", "orchestrator")
         else None
     )
-    client = httpx.AsyncClient(
-        timeout=600, limits=httpx.Limits(max_connections=args.concurrency + 10)
+    client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=args.concurrency + 10),
+        timeout=aiohttp.ClientTimeout(total=900),
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
     )
 
     def open_stream() -> AsyncIterator[int]:
@@ -170,8 +172,10 @@ async def main() -> None:
 
         return run_tokens()
 
-    async def one() -> None:
+    async def one(index: int) -> None:
         nonlocal total
+        if args.ramp_s:
+            await asyncio.sleep(index * args.ramp_s / args.concurrency)
         start = time.perf_counter()
         first: float | None = None
         count = 0
@@ -190,9 +194,9 @@ async def main() -> None:
 
     began = time.perf_counter()
     for _ in range(args.repeats):
-        await asyncio.gather(*(one() for _ in range(args.concurrency)))
+        await asyncio.gather(*(one(i) for i in range(args.concurrency)))
     elapsed = time.perf_counter() - began
-    await client.aclose()
+    await client.close()
     if channel is not None:
         await channel.close()
     result = {

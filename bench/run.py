@@ -86,6 +86,7 @@ def main() -> None:
     )
     parser.add_argument("--slow-runs", type=int, default=1000)
     parser.add_argument("--slow-seconds", type=int, default=60)
+    parser.add_argument("--slow-ramp-s", type=float, default=0.0)
     args = parser.parse_args()
     scenarios = set(args.only or SCENARIOS)
     if args.skip_slow:
@@ -167,6 +168,8 @@ def main() -> None:
                     "--tokens-per-second",
                     str(tps),
                     "--lag",
+                    "--ramp-s",
+                    str(args.slow_ramp_s),
                 )
             growth = {name: round(peak[name] - before[name], 1) for name in before}
             cpu = {name: round(s - cpu_before[name], 1) for name, s in chorus.cpu_s().items()}
