@@ -44,10 +44,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from bench.harness import REDIS_URL, RESULTS, Stack, postgres_database, redis_prefix
-from bench.load_client import run_spec, stream_sse
+from bench.load_client import http_session, run_spec, stream_sse
 from chorus.v1 import chat_pb2
 
 SERVICES = ("provider", "history", "orchestrator", "gateway")
@@ -89,7 +89,7 @@ def rss_samples(stack: Stack, count: int = 3, interval_s: float = 0.5) -> dict[s
 
 async def warm_up(gateway: str, runs: int = 5) -> None:
     """A few short, full-speed runs: imports, caches and pools are loaded before the baseline."""
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with http_session(10) as client:
         for _ in range(runs):
             async for _tokens in stream_sse(client, gateway, run_spec(MODEL, 20, None)):
                 pass
@@ -113,7 +113,7 @@ class Streams:
         self.started = time.perf_counter()
         self.all_live_s: float | None = None
 
-    async def one(self, client: httpx.AsyncClient) -> None:
+    async def one(self, client: aiohttp.ClientSession) -> None:
         first = True
         try:
             async for n in stream_sse(client, self.gateway, run_spec(MODEL, self.tokens, self.tps)):
@@ -139,8 +139,7 @@ class Streams:
 
     async def run(self, start_rate: float) -> None:
         """All runs at once, or `start_rate` new runs per second (0: all at once)."""
-        limits = httpx.Limits(max_connections=self.runs + 10)
-        async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+        async with http_session(self.runs + 10) as client:
             tasks = []
             for i in range(self.runs):
                 if start_rate and i:

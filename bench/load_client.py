@@ -64,6 +64,15 @@ def run_spec(model: chat_pb2.ModelRef, tokens: int, tps: float | None) -> run_pb
     )
 
 
+def http_session(connections: int) -> aiohttp.ClientSession:
+    """The HTTP client of every load: up to `connections` connections, 900 s per request."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections),
+        timeout=aiohttp.ClientTimeout(total=900),
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+    )
+
+
 async def stream_openai(
     client: aiohttp.ClientSession, url: str, tokens: int, key: str
 ) -> AsyncIterator[int]:
@@ -125,11 +134,7 @@ async def main() -> None:
         if args.mode in ("provider", "orchestrator")
         else None
     )
-    client = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=args.concurrency + 10),
-        timeout=aiohttp.ClientTimeout(total=900),
-        json_serialize=lambda obj: orjson.dumps(obj).decode(),
-    )
+    client = http_session(args.concurrency + 10)
 
     def open_stream() -> AsyncIterator[int]:
         if args.mode == "openai":

@@ -72,7 +72,7 @@ print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count
 
 @pytest.mark.parametrize(
     ("env", "threshold0", "frozen"),
-    [({}, 50_000, True), ({"CHORUS_GC_THRESHOLD": "0", "CHORUS_GC_FREEZE": "false"}, 700, False)],
+    [({}, 10_000, True), ({"CHORUS_GC_THRESHOLD": "0", "CHORUS_GC_FREEZE": "false"}, 700, False)],
 )
 def test_the_garbage_collector_is_tuned_as_configured(env, threshold0, frozen):
     # In a child process: gc settings are process-wide and must not leak into the test run.

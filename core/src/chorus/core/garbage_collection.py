@@ -4,7 +4,8 @@ A service holds many long-lived objects (per live run: agents, calls, buffered e
 allocates many short-lived ones per streamed event. With CPython's default thresholds
 (700, 10, 10) the collector runs a young collection every 700 net allocations and keeps
 re-walking the objects that survived; under load that was ~10 % of orchestrator-svc's CPU in
-the 1,000-slow-streams benchmark (py-spy, bench/README.md). `configure_gc` raises the young
+the slow-streams benchmark at 600 runs (py-spy --native, bench/README.md); with a young
+threshold of 10,000 and the freeze it fell below what the profile sees. `configure_gc` raises the young
 threshold and, once the service is built, freezes what exists then (modules, the framework,
 settings: `gc.freeze`, as CPython's docs advise for long-running servers), so no collection
 walks those objects again. Reference counting still frees almost everything at once; only
