@@ -13,7 +13,9 @@ chunked bodies and counts SSE frames, so the client costs little CPU):
    /metrics), and the same firehose read directly over gRPC by the same number of streams
    (the ceiling the gateway translates from). Then the SSE response machinery alone
    (encoding included, no socket, no gRPC): ours against sse-starlette's
-   `EventSourceResponse` fed the same events — why the gateway has its own response.
+   `EventSourceResponse` fed the same events — why the gateway has its own response; and
+   its CPU per event when 500 streams each get an event every 20 ms (the writer waits for
+   every event, as in the slow-streams scenario).
 2. **TTFT** — the real stack (provider simulator `sim-fast`, history on the embedded
    default, orchestrator, gateway), each its own process. A one-agent run of 20
    tokens is started `--ttft-runs` times, alternately with gRPC `StreamRun` at the
@@ -248,6 +250,53 @@ async def response_machinery(events: int) -> dict[str, Any]:
     return out
 
 
+class _PacedCall(_ListCall):
+    """Like `_ListCall`, one item every `interval_s` (a slow model's pace)."""
+
+    def __init__(self, items: list[Any], interval_s: float) -> None:
+        super().__init__(items)
+        self.interval_s = interval_s
+
+    async def __aiter__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, item in enumerate(self.items, 1):
+            yield item
+            await asyncio.sleep(max(0.0, start + i * self.interval_s - loop.time()))
+
+
+async def paced_machinery(streams: int, events: int, interval_s: float) -> dict[str, Any]:
+    """CPU µs per event of our SSE response when `streams` streams each get `events` events
+    `interval_s` apart: every event finds the writer waiting (the slow-streams case). The
+    pacing's own sleeps are included, the same for any version of the response."""
+    from chorus.gateway import sse
+
+    def items() -> list[Any]:
+        out = []
+        for seq in range(1, events + 1):
+            event = run_pb2.RunEvent(run_id="r", seq=seq, agent="writer")
+            event.time.GetCurrentTime()
+            event.text_delta.text = f" tok{seq}"
+            out.append(run_service_pb2.WatchRunResponse(event=event))
+        return out
+
+    async def one() -> None:
+        response = await sse.open_event_stream(
+            _PacedCall(items(), interval_s), first_event_wait_s=1, keepalive_s=15, max_buffered=4096
+        )
+        await _drive(response)
+
+    cpu = time.process_time()
+    await asyncio.gather(*(one() for _ in range(streams)))
+    cpu = time.process_time() - cpu
+    return {
+        "streams": streams,
+        "events_per_stream": events,
+        "interval_ms": interval_s * 1000,
+        "cpu_us_per_event": round(cpu / (streams * events) * 1e6, 1),
+    }
+
+
 # --- 2. TTFT -------------------------------------------------------------------------
 
 
@@ -419,6 +468,14 @@ def main() -> None:
             f"{machinery['chorus_events_per_s']} events/s in {machinery['chorus_writes']} writes; "
             f"sse-starlette {machinery['sse_starlette_events_per_s']} events/s in "
             f"{machinery['sse_starlette_writes']} writes",
+            flush=True,
+        )
+
+        paced = asyncio.run(paced_machinery(500, 20 if args.quick else 50, 0.02))
+        out["paced_machinery"] = paced
+        print(
+            f"SSE response alone, {paced['streams']} streams × {paced['events_per_stream']} "
+            f"events {paced['interval_ms']:.0f} ms apart: {paced['cpu_us_per_event']} µs CPU/event",
             flush=True,
         )
 

@@ -179,3 +179,55 @@ async def test_missing_run_raises_before_any_response(firehose):
             max_buffered=10,
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class PacedRuns(run_service_pb2_grpc.RunServiceServicer):
+    """WatchRun sends `count` text deltas `interval_s` apart, then stays open and silent."""
+
+    def __init__(self, count: int, interval_s: float) -> None:
+        self.count = count
+        self.interval_s = interval_s
+        self.sent = 0
+
+    async def WatchRun(
+        self, request: run_service_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[run_service_pb2.WatchRunResponse]:
+        for seq in range(1, self.count + 1):
+            event = run_pb2.RunEvent(run_id=request.run_id, seq=seq)
+            event.text_delta.text = f"token {seq} "
+            self.sent = seq
+            yield run_service_pb2.WatchRunResponse(event=event)
+            await asyncio.sleep(self.interval_s)  # the pace of a slow model
+        await asyncio.Event().wait()
+
+
+async def test_keepalives_go_out_only_when_the_stream_is_idle():
+    servicer = PacedRuns(count=40, interval_s=0.02)
+    binding = ServiceBinding(
+        "chorus.v1.RunService", servicer, run_service_pb2_grpc.add_RunServiceServicer_to_server
+    )
+    server = GrpcServer([binding], CoreSettings(dev_mode=True, instance_id="test"), 0)
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    socket = Socket()
+    try:
+        stub = run_service_pb2_grpc.RunServiceStub(channel)
+        response = await sse.open_event_stream(
+            stub.WatchRun(run_service_pb2.WatchRunRequest(run_id="r1")),
+            first_event_wait_s=2,
+            keepalive_s=0.4,
+            max_buffered=1000,
+        )
+        task = asyncio.create_task(response({"type": "http"}, socket.receive, socket.send))
+        # 40 events 20 ms apart (0.8 s in all, twice the keepalive interval): none between
+        await wait_for(lambda: socket.events() == 40, timeout=20)
+        assert sse.KEEPALIVE not in socket.writes
+        # then silence: keepalives, one per interval
+        await wait_for(lambda: socket.writes.count(sse.KEEPALIVE) >= 2, timeout=20)
+        assert socket.writes[-1] == sse.KEEPALIVE
+        socket.gone.set()
+        await asyncio.wait_for(task, 10)
+        assert response.pump.closed and response.pump._keepalive_timer is None
+    finally:
+        await channel.close()
+        await server.stop(0)

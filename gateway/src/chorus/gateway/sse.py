@@ -122,6 +122,13 @@ class _Pump:
         self._max = max_buffered
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        # keepalive: one timer per stream re-armed at most once per `keepalive_s`, instead of
+        # a timeout around every wait (a timer handle per event)
+        self._keepalive_s = 0.0
+        self._keepalive_due = 0.0
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._keepalive_now = False
         self.task = asyncio.create_task(self._read())
         _LIVE.add(self)
 
@@ -154,17 +161,21 @@ class _Pump:
             pass
 
     async def take(self, keepalive_s: float) -> bytes | None:
-        """Everything buffered as one chunk; `KEEPALIVE` after `keepalive_s` idle seconds;
-        None at the end (stream finished and drained, or closed)."""
+        """Everything buffered as one chunk; `KEEPALIVE` once nothing was taken for
+        `keepalive_s` seconds; None at the end (stream finished and drained, or closed)."""
+        self._keepalive_due = self._loop.time() + keepalive_s
+        self._keepalive_now = False  # a keepalive due during the last write is moot
+        if self._keepalive_timer is None:
+            self._keepalive_s = keepalive_s
+            self._keepalive_timer = self._loop.call_at(self._keepalive_due, self._keepalive)
         while not self.frames:
             if self.finished or self.closed:
                 return None
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(keepalive_s):
-                    await self._ready.wait()
-            except TimeoutError:
+            if self._keepalive_now:
+                self._keepalive_now = False
                 return KEEPALIVE
+            self._ready.clear()
+            await self._ready.wait()
         if self._interval:
             await self._pace()
         if self.closed:
@@ -172,6 +183,18 @@ class _Pump:
         frames, self.frames = self.frames, []
         self._space.set()
         return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def _keepalive(self) -> None:
+        """Timer callback: wake `take` for a keepalive when it has waited `keepalive_s`,
+        else re-arm for when it will have."""
+        if self.closed or self.finished:
+            self._keepalive_timer = None
+            return
+        if self._loop.time() >= self._keepalive_due:
+            self._keepalive_now = True
+            self._ready.set()
+            self._keepalive_due += self._keepalive_s
+        self._keepalive_timer = self._loop.call_at(self._keepalive_due, self._keepalive)
 
     async def _pace(self) -> None:
         """Token bucket of writes: `FLUSH_BURST` at once, then one per interval, so a fast
@@ -193,6 +216,9 @@ class _Pump:
         self.closed = True
         self.call.cancel()
         self.task.cancel()
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
         self._ready.set()
 
 
