@@ -28,6 +28,7 @@ import grpc
 import httpx2
 import openai
 import orjson
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chorus.provider.backends.base import (
     Backend,
@@ -272,7 +273,17 @@ class OpenAIBackend(Backend):
 
     async def stream(self, call: Call, result: StreamResult) -> AsyncGenerator[Event, None]:
         try:
-            sdk_stream = await self._client.chat.completions.create(**self._params(call))
+            # `post` is the SDK's documented way to send a body as is: `chat.completions.create`
+            # would first run its type-driven transform over the params (~0.76 ms of CPU per
+            # call here, for plain JSON that it leaves unchanged). Same URL (Azure: the
+            # deployment's), headers, auth, timeouts and errors.
+            sdk_stream = await self._client.post(
+                "/chat/completions",
+                body=self._params(call),
+                cast_to=ChatCompletion,
+                stream=True,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            )
         except openai.APIStatusError as err:
             raise error_from_http(
                 err.status_code, _error_message(err), err.response.headers
