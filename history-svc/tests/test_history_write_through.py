@@ -173,3 +173,37 @@ async def test_events_trimmed_from_redis_are_replayed_from_postgres(
     finally:
         task.cancel()
     assert seen == list(range(4, 31))
+
+
+async def test_a_flush_of_many_runs_caches_every_record_and_never_an_older_one(
+    pg_history: History,
+    redis_direct: redis.Redis,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chorus.history import cache
+
+    monkeypatch.setattr(cache, "_MANY_KEYS", 2)  # 5 runs: script calls of 2, 2 and 1 keys
+    alice = pg_history.as_user("wt-flush")
+    runs = [await new_run(alice) for _ in range(5)]
+    # run 1's cached value is newer than anything this flush writes (a tombstone)
+    await redis_direct.set(f"{key_prefix}run:{runs[1].id}", TOMBSTONE)
+    resp = await alice.AppendRunEventBatches(
+        pb.AppendRunEventBatchesRequest(
+            batches=[
+                pb.AppendRunEventsRequest(run_id=run.id, events=[text_event(1), text_event(2)])
+                for run in runs
+            ]
+        )
+    )
+    assert [r.last_seq for r in resp.results] == [2] * 5
+    for i, run in enumerate(runs):
+        key = f"{key_prefix}run:{run.id}"
+        raw = await redis_direct.get(key)
+        if i == 1:
+            assert raw == TOMBSTONE
+            continue
+        cached = run_pb2.Run.FromString(raw[VERSION:])
+        assert (cached.id, cached.last_seq) == (run.id, 2)
+        assert cached.update_time.ToMicroseconds() >= run.update_time.ToMicroseconds()
+        assert 0 < await redis_direct.pttl(key) <= pg_history.app.settings.cache_ttl_s * 1000
