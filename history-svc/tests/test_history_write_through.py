@@ -207,3 +207,49 @@ async def test_a_flush_of_many_runs_caches_every_record_and_never_an_older_one(
         assert (cached.id, cached.last_seq) == (run.id, 2)
         assert cached.update_time.ToMicroseconds() >= run.update_time.ToMicroseconds()
         assert 0 < await redis_direct.pttl(key) <= pg_history.app.settings.cache_ttl_s * 1000
+
+
+async def test_a_flush_of_many_runs_adds_every_runs_entry_and_counts_a_refused_one(
+    pg_history: History,
+    pg: asyncpg.Connection,
+    redis_direct: redis.Redis,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chorus.history import event_log, metrics
+
+    # 5 small batches: script calls of 2, 2 and 1 runs; the 3-event batch goes on its own
+    monkeypatch.setattr(event_log, "_MANY_RUNS", 2)
+    monkeypatch.setattr(event_log, "_MANY_EVENTS", 2)
+    alice = pg_history.as_user("wt-publish")
+    runs = [await new_run(alice) for _ in range(7)]
+    # run 1's stream is already past what this flush adds (as if a later batch got there
+    # first): its entry is refused, counted, and the others are added all the same
+    await redis_direct.xadd(f"{key_prefix}run:{runs[1].id}:events", {"9": b"x"}, id="9-0")
+    sizes = [2, 2, 2, 2, 2, 3, 1]
+    failures = metrics.EVENT_LOG_PUBLISH_FAILURES._value.get()
+    resp = await alice.AppendRunEventBatches(
+        pb.AppendRunEventBatchesRequest(
+            batches=[
+                pb.AppendRunEventsRequest(
+                    run_id=run.id, events=[text_event(seq, f"t{seq}") for seq in range(1, n + 1)]
+                )
+                for run, n in zip(runs, sizes, strict=True)
+            ]
+        )
+    )
+    assert [r.last_seq for r in resp.results] == sizes
+    assert metrics.EVENT_LOG_PUBLISH_FAILURES._value.get() == failures + 1
+    for i, (run, n) in enumerate(zip(runs, sizes, strict=True)):
+        key = f"{key_prefix}run:{run.id}:events"
+        entries = await redis_direct.xrange(key)
+        if i == 1:
+            assert [e[0] for e in entries] == [b"9-0"]
+        else:
+            assert [e[0] for e in entries] == [f"{n}-0".encode()]
+            fields = entries[0][1]
+            assert sorted(fields) == [str(seq).encode() for seq in range(1, n + 1)]
+            assert run_pb2.RunEvent.FromString(fields[b"1"]).text_delta.text == "t1"
+            assert 0 < await redis_direct.pttl(key) <= 86_400_000
+        # the store has every batch, the refused one included (watchers read it from there)
+        assert await pg.fetchval("SELECT last_seq FROM runs WHERE id = $1", run.id) == n
