@@ -210,18 +210,24 @@ async def _drive(response: Any) -> tuple[int, int]:
     return writes, size
 
 
-async def response_machinery(events: int) -> dict[str, Any]:
-    """Events/s through each SSE response class, encoding included, without any socket."""
-    from sse_starlette.sse import EventSourceResponse
-
-    from chorus.gateway import protojson, sse
-
+def _text_deltas(events: int) -> list[Any]:
+    """`events` WatchRunResponses of one-word text deltas, seq 1…events, timestamped now."""
     items = []
     for seq in range(1, events + 1):
         event = run_pb2.RunEvent(run_id="r", seq=seq, agent="writer")
         event.time.GetCurrentTime()
         event.text_delta.text = f" tok{seq}"
         items.append(run_service_pb2.WatchRunResponse(event=event))
+    return items
+
+
+async def response_machinery(events: int) -> dict[str, Any]:
+    """Events/s through each SSE response class, encoding included, without any socket."""
+    from sse_starlette.sse import EventSourceResponse
+
+    from chorus.gateway import protojson, sse
+
+    items = _text_deltas(events)
     out: dict[str, Any] = {"events": events}
 
     began = time.perf_counter()
@@ -271,18 +277,12 @@ async def paced_machinery(streams: int, events: int, interval_s: float) -> dict[
     pacing's own sleeps are included, the same for any version of the response."""
     from chorus.gateway import sse
 
-    def items() -> list[Any]:
-        out = []
-        for seq in range(1, events + 1):
-            event = run_pb2.RunEvent(run_id="r", seq=seq, agent="writer")
-            event.time.GetCurrentTime()
-            event.text_delta.text = f" tok{seq}"
-            out.append(run_service_pb2.WatchRunResponse(event=event))
-        return out
-
     async def one() -> None:
         response = await sse.open_event_stream(
-            _PacedCall(items(), interval_s), first_event_wait_s=1, keepalive_s=15, max_buffered=4096
+            _PacedCall(_text_deltas(events), interval_s),
+            first_event_wait_s=1,
+            keepalive_s=15,
+            max_buffered=4096,
         )
         await _drive(response)
 
