@@ -5,22 +5,22 @@ allocates many short-lived ones per streamed event. With CPython's default thres
 (700, 10, 10) the collector runs a young collection every 700 net allocations and keeps
 re-walking the objects that survived; under load that was ~10 % of orchestrator-svc's CPU in
 the slow-streams benchmark at 600 runs (py-spy --native, bench/README.md); with a young
-threshold of 10,000 and the freeze it fell below what the profile sees. `configure_gc` raises the young
-threshold and, once the service is built, freezes what exists then (modules, the framework,
-settings: `gc.freeze`, as CPython's docs advise for long-running servers), so no collection
-walks those objects again. Reference counting still frees almost everything at once; only
-cycles wait for a collection.
+threshold of 10,000 and the freeze it fell below what the profile sees.
+
+`configure_gc` raises the young threshold and, once the service is built, freezes what
+exists then (modules, the framework, settings: `gc.freeze`, as CPython's docs advise for
+long-running servers), so no collection walks those objects again. Reference counting still
+frees almost everything at once; only cycles wait for a collection.
 """
 
 from __future__ import annotations
 
 import gc
 
-import structlog
-
+from chorus.core.logging import get_logger
 from chorus.core.settings import CoreSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def configure_gc(settings: CoreSettings) -> None:
