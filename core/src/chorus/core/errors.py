@@ -217,6 +217,25 @@ class ResourceExhausted(ChorusError):
         return [packed]
 
 
+class StatusError(ChorusError):
+    """A `google.rpc.Status` received in a response (e.g. the end of one watch of
+    RunService.WatchRuns) raised as it is: `to_status` returns it unchanged, details
+    (ErrorInfo with the request id, BadRequest, RetryInfo) included.
+
+    Args:
+        status: the status; its code must not be OK.
+    """
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        code = status_code_from_rpc(status.code)
+        super().__init__(status.message or code.name, reason=code.name)
+        self.code = code
+        self.status = status
+
+    def to_status(self, request_id: str | None = None) -> status_pb2.Status:
+        return self.status
+
+
 _BY_CODE: dict[grpc.StatusCode, type[ChorusError]] = {
     cls.code: cls
     for cls in (

@@ -38,12 +38,14 @@ Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 def rewrap(
     handler: grpc.RpcMethodHandler,
     wrap_unary: Callable[[Unary], Unary],
-    wrap_stream: Callable[[Stream], Stream],
+    wrap_stream: Callable[[Stream, str], Stream],
 ) -> grpc.RpcMethodHandler:
-    """A handler whose unary-unary or async-generator unary-stream behaviour is wrapped.
+    """A handler whose unary-unary, async-generator unary-stream or async-generator
+    bidirectional behaviour is wrapped (`wrap_stream` gets the kind, `server_stream` or
+    `bidi_stream`; a bidirectional handler's first argument is the request iterator).
 
-    Other kinds (client or bidirectional streams, coroutine-style server streams such as
-    the health service's Watch) are returned unchanged.
+    Other kinds (client streams, coroutine-style streams such as the health service's
+    Watch) are returned unchanged.
     """
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
@@ -53,7 +55,13 @@ def rewrap(
         )
     if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
         return grpc.unary_stream_rpc_method_handler(
-            wrap_stream(handler.unary_stream),
+            wrap_stream(handler.unary_stream, "server_stream"),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
+        return grpc.stream_stream_rpc_method_handler(
+            wrap_stream(handler.stream_stream, "bidi_stream"),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -146,7 +154,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
 
             return unary
 
-        def wrap_stream(inner: Stream) -> Stream:
+        def wrap_stream(inner: Stream, kind: str) -> Stream:
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
                     enter(context)
@@ -180,7 +188,8 @@ def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary and server-streaming RPC; install it outermost."""
+    """Counts and times every unary, server-streaming and bidirectional RPC (async
+    generator handlers); install it outermost."""
 
     async def intercept_service(
         self,
@@ -212,8 +221,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return unary
 
-        def wrap_stream(inner: Stream) -> Stream:
-            labels = ("server_stream", service, name)
+        def wrap_stream(inner: Stream, kind: str) -> Stream:
+            labels = (kind, service, name)
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 metrics.STARTED.labels(*labels).inc()

@@ -1,6 +1,7 @@
 from chorus.v1 import run_pb2 as _run_pb2
 from chorus.v1 import team_pb2 as _team_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -46,6 +47,50 @@ class WatchRunResponse(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     event: _run_pb2.RunEvent
     def __init__(self, event: _Optional[_Union[_run_pb2.RunEvent, _Mapping]] = ...) -> None: ...
+
+class WatchRunsRequest(_message.Message):
+    __slots__ = ("watch_id", "user", "request_id", "start", "watch", "pause", "resume", "stop")
+    class Pause(_message.Message):
+        __slots__ = ()
+        def __init__(self) -> None: ...
+    class Resume(_message.Message):
+        __slots__ = ()
+        def __init__(self) -> None: ...
+    class Stop(_message.Message):
+        __slots__ = ()
+        def __init__(self) -> None: ...
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    watch_id: int
+    user: str
+    request_id: str
+    start: _run_pb2.RunSpec
+    watch: WatchRunRequest
+    pause: WatchRunsRequest.Pause
+    resume: WatchRunsRequest.Resume
+    stop: WatchRunsRequest.Stop
+    def __init__(self, watch_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., start: _Optional[_Union[_run_pb2.RunSpec, _Mapping]] = ..., watch: _Optional[_Union[WatchRunRequest, _Mapping]] = ..., pause: _Optional[_Union[WatchRunsRequest.Pause, _Mapping]] = ..., resume: _Optional[_Union[WatchRunsRequest.Resume, _Mapping]] = ..., stop: _Optional[_Union[WatchRunsRequest.Stop, _Mapping]] = ...) -> None: ...
+
+class WatchRunsResponse(_message.Message):
+    __slots__ = ("updates",)
+    class Update(_message.Message):
+        __slots__ = ("watch_id", "events", "status")
+        WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+        EVENTS_FIELD_NUMBER: _ClassVar[int]
+        STATUS_FIELD_NUMBER: _ClassVar[int]
+        watch_id: int
+        events: _containers.RepeatedCompositeFieldContainer[_run_pb2.RunEvent]
+        status: _status_pb2.Status
+        def __init__(self, watch_id: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_run_pb2.RunEvent, _Mapping]]] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[WatchRunsResponse.Update]
+    def __init__(self, updates: _Optional[_Iterable[_Union[WatchRunsResponse.Update, _Mapping]]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -54,6 +54,11 @@ class RunServiceStub:
                 request_serializer=chorus_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_run__service__pb2.WatchRunResponse.FromString,
                 _registered_method=True)
+        self.WatchRuns = channel.stream_stream(
+                '/chorus.v1.RunService/WatchRuns',
+                request_serializer=chorus_dot_v1_dot_run__service__pb2.WatchRunsRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_run__service__pb2.WatchRunsResponse.FromString,
+                _registered_method=True)
         self.GetRun = channel.unary_unary(
                 '/chorus.v1.RunService/GetRun',
                 request_serializer=chorus_dot_v1_dot_run__service__pb2.GetRunRequest.SerializeToString,
@@ -114,6 +119,24 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRuns(self, request_iterator, context):
+        """Starts and watches many runs over one call, for a client that relays many runs (the
+        gateway): each request opens a watch (a run started as by StreamRun, or an existing run
+        followed as by WatchRun), pauses, resumes or stops one; each response carries the events
+        of every watch that had news since the last response, so a busy caller gets a few large
+        messages instead of one message per event per run. Per watch, the events are those
+        StreamRun / WatchRun would send, in the same order, and the watch ends with a status:
+        OK after the terminal event, else the error those calls would have returned (NOT_FOUND,
+        INVALID_ARGUMENT, ABORTED, …), which ends that watch only. A started run whose watch is
+        stopped, or whose call ends early, follows `spec.on_disconnect`. A call made as the
+        system identity acts for the `user` of each request; any other call only for its own
+        caller. The call itself fails with INVALID_ARGUMENT for a request without `watch_id` or
+        action, or one that opens a watch under an id already open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRun(self, request, context):
         """Gets a run.
         """
@@ -169,6 +192,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=chorus_dot_v1_dot_run__service__pb2.WatchRunRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_run__service__pb2.WatchRunResponse.SerializeToString,
+            ),
+            'WatchRuns': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchRuns,
+                    request_deserializer=chorus_dot_v1_dot_run__service__pb2.WatchRunsRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_run__service__pb2.WatchRunsResponse.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
@@ -282,6 +310,33 @@ class RunService:
             '/chorus.v1.RunService/WatchRun',
             chorus_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
             chorus_dot_v1_dot_run__service__pb2.WatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRuns(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chorus.v1.RunService/WatchRuns',
+            chorus_dot_v1_dot_run__service__pb2.WatchRunsRequest.SerializeToString,
+            chorus_dot_v1_dot_run__service__pb2.WatchRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,7 +18,10 @@ RUN_STARTS_WAITING = Gauge(
     "chorus_run_starts_waiting",
     "Run starts waiting for one of the `max_starting_runs` start slots of this replica.",
 )
-WATCHERS = Gauge("chorus_run_watchers", "WatchRun/StreamRun streams open on this replica.")
+WATCHERS = Gauge(
+    "chorus_run_watchers",
+    "Run event streams served by this replica: StreamRun / WatchRun calls and WatchRuns watches.",
+)
 EVENTS_STORED = Counter(
     "chorus_run_events_stored_total", "Run events written to history-svc by this replica."
 )

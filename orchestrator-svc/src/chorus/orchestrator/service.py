@@ -11,6 +11,7 @@ import grpc
 from chorus.core.errors import InvalidArgument
 from chorus.core.identity import current_identity
 from chorus.orchestrator.manager import RunManager
+from chorus.orchestrator.watches import WatchRunsCall
 from chorus.v1 import run_pb2, run_service_pb2_grpc
 from chorus.v1 import run_service_pb2 as rs
 
@@ -60,6 +61,15 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         user = current_identity().user
         async for event in self._manager.watch(user, request.run_id, request.after_seq):
             yield rs.WatchRunResponse(event=event)
+
+    async def WatchRuns(
+        self,
+        request_iterator: AsyncIterator[rs.WatchRunsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rs.WatchRunsResponse]:
+        call = WatchRunsCall(self._manager, current_identity())
+        async for response in call.serve(request_iterator):
+            yield response
 
     async def GetRun(
         self, request: rs.GetRunRequest, context: grpc.aio.ServicerContext
