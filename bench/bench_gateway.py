@@ -175,18 +175,51 @@ async def grpc_ceiling(address: str, clients: int, events: int) -> dict[str, Any
 # --- 1b. the SSE response machinery alone: ours vs sse-starlette --------------------
 
 
-class _ListCall:
-    """A finished "gRPC call" over prepared responses (no network, no gRPC)."""
+class _ListWatches:
+    """A `RunWatches` whose every watch delivers prepared events, one per delivery (as
+    they arrive from the orchestrator when streams are slow), `interval_s` apart; no
+    network, no gRPC. Pauses are honoured."""
 
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
+    def __init__(self, events: list[Any], interval_s: float = 0.0) -> None:
+        self.events = events
+        self.interval_s = interval_s
 
-    async def __aiter__(self) -> Any:
-        for item in self.items:
-            yield item
+    def open(self, sink: Any, **_: Any) -> Any:
+        watch = _ListWatch()
+        watch.task = asyncio.create_task(self._feed(sink, watch))
+        return watch
 
-    def cancel(self) -> bool:
-        return True
+    async def _feed(self, sink: Any, watch: _ListWatch) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, event in enumerate(self.events, 1):
+            if watch.paused:
+                await watch.resumed.wait()
+            sink.deliver((event,))
+            if self.interval_s:
+                await asyncio.sleep(max(0.0, start + i * self.interval_s - loop.time()))
+            elif i % 64 == 0:
+                await asyncio.sleep(0)  # let the writer run, as network reads would
+        sink.end(None)
+
+
+class _ListWatch:
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def pause(self) -> None:
+        self.paused = True
+        self.resumed.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+        self.resumed.set()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 async def _drive(response: Any) -> tuple[int, int]:
@@ -211,13 +244,13 @@ async def _drive(response: Any) -> tuple[int, int]:
 
 
 def _text_deltas(events: int) -> list[Any]:
-    """`events` WatchRunResponses of one-word text deltas, seq 1…events, timestamped now."""
+    """`events` RunEvents of one-word text deltas, seq 1…events, timestamped now."""
     items = []
     for seq in range(1, events + 1):
         event = run_pb2.RunEvent(run_id="r", seq=seq, agent="writer")
         event.time.GetCurrentTime()
         event.text_delta.text = f" tok{seq}"
-        items.append(run_service_pb2.WatchRunResponse(event=event))
+        items.append(event)
     return items
 
 
@@ -232,7 +265,12 @@ async def response_machinery(events: int) -> dict[str, Any]:
 
     began = time.perf_counter()
     ours = await sse.open_event_stream(
-        _ListCall(items), first_event_wait_s=1, keepalive_s=15, max_buffered=4096
+        _ListWatches(items),  # type: ignore[arg-type]
+        user="bench",
+        run_id="r",
+        first_event_wait_s=1,
+        keepalive_s=15,
+        max_buffered=4096,
     )
     writes, _ = await _drive(ours)
     elapsed = time.perf_counter() - began
@@ -240,8 +278,7 @@ async def response_machinery(events: int) -> dict[str, Any]:
     out["chorus_writes"] = writes
 
     async def frames() -> Any:
-        for item in items:
-            ev = item.event
+        for ev in items:
             yield {
                 "event": ev.WhichOneof("payload"),
                 "id": str(ev.seq),
@@ -256,21 +293,6 @@ async def response_machinery(events: int) -> dict[str, Any]:
     return out
 
 
-class _PacedCall(_ListCall):
-    """Like `_ListCall`, one item every `interval_s` (a slow model's pace)."""
-
-    def __init__(self, items: list[Any], interval_s: float) -> None:
-        super().__init__(items)
-        self.interval_s = interval_s
-
-    async def __aiter__(self) -> Any:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for i, item in enumerate(self.items, 1):
-            yield item
-            await asyncio.sleep(max(0.0, start + i * self.interval_s - loop.time()))
-
-
 async def paced_machinery(streams: int, events: int, interval_s: float) -> dict[str, Any]:
     """CPU µs per event of our SSE response when `streams` streams each get `events` events
     `interval_s` apart: every event finds the writer waiting (the slow-streams case). The
@@ -279,7 +301,9 @@ async def paced_machinery(streams: int, events: int, interval_s: float) -> dict[
 
     async def one() -> None:
         response = await sse.open_event_stream(
-            _PacedCall(_text_deltas(events), interval_s),
+            _ListWatches(_text_deltas(events), interval_s),  # type: ignore[arg-type]
+            user="bench",
+            run_id="r",
             first_event_wait_s=1,
             keepalive_s=15,
             max_buffered=4096,

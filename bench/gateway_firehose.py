@@ -5,8 +5,10 @@
 Used by `bench.bench_gateway` to measure the gateway alone: the orchestrator (autogen, a few
 thousand chunks per second per process) would otherwise be the bottleneck. `WatchRun` and
 `StreamRun` serve the run named `fh-<count>-<anything>`: `count` text deltas of one word
-each, then `run_completed`. Responses are serialized once at start-up and sent as bytes
-(no per-message protobuf work on this side); `after_seq` is honoured.
+each, then `run_completed`. Their responses are serialized once at start-up and sent as
+bytes (no per-message protobuf work on this side); `after_seq` is honoured. `WatchRuns`
+(what the gateway's SSE streams use) serves the same runs — `start` takes the run name
+from `spec.input` — in updates of up to `_CHUNK` events, honouring pause, resume, stop.
 """
 
 from __future__ import annotations
@@ -62,6 +64,65 @@ async def _stream(
         yield frame
 
 
+_CHUNK = 100
+"""Events per update of a WatchRuns watch."""
+
+
+@cache
+def _events(count: int) -> list[run_pb2.RunEvent]:
+    return [run_service_pb2.WatchRunResponse.FromString(f).event for f in _frames(count)]
+
+
+async def _watch_runs(
+    requests: AsyncIterator[run_service_pb2.WatchRunsRequest], context: grpc.aio.ServicerContext
+) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
+    out: asyncio.Queue[run_service_pb2.WatchRunsResponse.Update] = asyncio.Queue(maxsize=64)
+    gates: dict[int, asyncio.Event] = {}
+    feeds: dict[int, asyncio.Task[None]] = {}
+
+    async def feed(request: run_service_pb2.WatchRunsRequest) -> None:
+        watch_id = request.watch_id
+        if request.HasField("start"):
+            run_id, after = request.start.input or "fh-100", 0
+        else:
+            run_id, after = request.watch.run_id, request.watch.after_seq
+        events = _events(_count(run_id))[after:]
+        for i in range(0, max(len(events), 1), _CHUNK):
+            await gates[watch_id].wait()
+            update = run_service_pb2.WatchRunsResponse.Update(
+                watch_id=watch_id, events=events[i : i + _CHUNK]
+            )
+            if i + _CHUNK >= len(events):
+                update.status.SetInParent()  # OK: the end
+            await out.put(update)
+
+    async def read() -> None:
+        async for request in requests:
+            action, watch_id = request.WhichOneof("action"), request.watch_id
+            if action in ("start", "watch"):
+                gates[watch_id] = asyncio.Event()
+                gates[watch_id].set()
+                feeds[watch_id] = asyncio.create_task(feed(request))
+            elif action == "pause":
+                gates[watch_id].clear()
+            elif action == "resume":
+                gates[watch_id].set()
+            elif action == "stop" and watch_id in feeds:
+                feeds.pop(watch_id).cancel()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            updates = [await out.get()]
+            while not out.empty() and len(updates) < 32:
+                updates.append(out.get_nowait())
+            yield run_service_pb2.WatchRunsResponse(updates=updates)
+    finally:
+        reader.cancel()
+        for task in feeds.values():
+            task.cancel()
+
+
 async def serve() -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     handlers = {
@@ -70,6 +131,11 @@ async def serve() -> None:
         ),
         "StreamRun": grpc.unary_stream_rpc_method_handler(
             _stream, request_deserializer=run_service_pb2.StreamRunRequest.FromString
+        ),
+        "WatchRuns": grpc.stream_stream_rpc_method_handler(
+            _watch_runs,
+            request_deserializer=run_service_pb2.WatchRunsRequest.FromString,
+            response_serializer=run_service_pb2.WatchRunsResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))

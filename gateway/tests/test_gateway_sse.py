@@ -1,58 +1,111 @@
-"""The SSE writer against a real gRPC stream, with a socket the test controls: several
-events per write while the client does not drain, bounded buffering, and the upstream call
-cancelled when the client leaves.
+"""The SSE writer against a real gRPC WatchRuns call, with a socket the test controls:
+several events per write while the client does not drain, a watch paused at the buffer
+bound and resumed once drained, the watch stopped when the client leaves, errors before
+and after the first event, and a broken call that ends its streams and is replaced.
 
 The HTTP side is the ASGI interface itself (`send` / `receive`), so the test decides when
-the "socket" drains; the gRPC side is a real grpc.aio server on port 0.
+the "socket" drains; the gRPC side is a real grpc.aio server on port 0 whose WatchRuns
+sends one event per message (the orchestrator's own WatchRuns is tested in
+orchestrator-svc).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 
+from chorus.core.errors import NotFound, StatusError
+from chorus.core.identity import SYSTEM_USER, USER_KEY
 from chorus.core.server import GrpcServer, ServiceBinding
 from chorus.core.settings import CoreSettings
 from chorus.core.testing import wait_for
 from chorus.gateway import sse
+from chorus.gateway.watches import RunWatches
 from chorus.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 
+Update = run_service_pb2.WatchRunsResponse.Update
 
-class FirehoseRuns(run_service_pb2_grpc.RunServiceServicer):
-    """WatchRun streams `count` text deltas then `run_completed`, as fast as it can; a run
-    named `missing` is NOT_FOUND; it records when a stream is cancelled."""
 
-    def __init__(self, count: int) -> None:
+class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
+    """WatchRuns: each watched run streams `count` text deltas (`interval_s` apart) then
+    `run_completed`, one event per message, honouring pause / resume / stop; a run named
+    `missing` ends its watch with NOT_FOUND; `silent` runs stay open after their events.
+    Records every request."""
+
+    def __init__(self, count: int, interval_s: float = 0.0, *, silent: bool = False) -> None:
         self.count = count
-        self.sent = 0
-        self.cancelled = asyncio.Event()
+        self.interval_s = interval_s
+        self.silent = silent
+        self.requests: list[run_service_pb2.WatchRunsRequest] = []
+        self.sent: dict[int, int] = {}
+        self.calls = 0
+        self.contexts: list[grpc.aio.ServicerContext] = []
 
-    async def WatchRun(
-        self, request: run_service_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[run_service_pb2.WatchRunResponse]:
-        if request.run_id == "missing":
-            await context.abort(grpc.StatusCode.NOT_FOUND, "run missing not found")
-        try:
-            for seq in range(request.after_seq + 1, self.count + 1):
-                event = run_pb2.RunEvent(run_id=request.run_id, seq=seq, agent="Ada")
+    def actions(self, watch_id: int) -> list[str]:
+        return [str(r.WhichOneof("action")) for r in self.requests if r.watch_id == watch_id]
+
+    async def WatchRuns(
+        self,
+        request_iterator: AsyncIterator[run_service_pb2.WatchRunsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
+        self.calls += 1
+        self.contexts.append(context)
+        out: asyncio.Queue[Update] = asyncio.Queue(maxsize=1)  # fed as fast as sent
+        gates: dict[int, asyncio.Event] = {}
+        tasks: dict[int, asyncio.Task[None]] = {}
+
+        async def feed(watch_id: int, run_id: str, after_seq: int) -> None:
+            if run_id == "missing":
+                await out.put(Update(watch_id=watch_id, status=NotFound("no run").to_status()))
+                return
+            for seq in range(after_seq + 1, self.count + 1):
+                await gates[watch_id].wait()
+                event = run_pb2.RunEvent(run_id=run_id, seq=seq, agent="Ada")
                 event.text_delta.text = f"token {seq} "
-                self.sent = seq
-                yield run_service_pb2.WatchRunResponse(event=event)
-            end = run_pb2.RunEvent(run_id=request.run_id, seq=self.count + 1)
+                self.sent[watch_id] = seq
+                await out.put(Update(watch_id=watch_id, events=[event]))
+                if self.interval_s:
+                    await asyncio.sleep(self.interval_s)  # the pace of a slow model
+            if self.silent:
+                return
+            end = run_pb2.RunEvent(run_id=run_id, seq=self.count + 1)
             end.run_completed.final_answer = "done"
-            yield run_service_pb2.WatchRunResponse(event=end)
-        except BaseException:
-            self.cancelled.set()
-            raise
+            await out.put(Update(watch_id=watch_id, events=[end], status={"code": 0}))
+
+        async def read() -> None:
+            async for request in request_iterator:
+                self.requests.append(request)
+                action, watch_id = request.WhichOneof("action"), request.watch_id
+                if action == "watch":
+                    gates[watch_id] = asyncio.Event()
+                    gates[watch_id].set()
+                    tasks[watch_id] = asyncio.create_task(
+                        feed(watch_id, request.watch.run_id, request.watch.after_seq)
+                    )
+                elif action == "pause":
+                    gates[watch_id].clear()
+                elif action == "resume":
+                    gates[watch_id].set()
+                elif action == "stop":
+                    tasks[watch_id].cancel()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                yield run_service_pb2.WatchRunsResponse(updates=[await out.get()])
+        finally:
+            reader.cancel()
+            for task in tasks.values():
+                task.cancel()
 
 
-@pytest.fixture
-async def firehose() -> AsyncIterator[tuple[FirehoseRuns, run_service_pb2_grpc.RunServiceStub]]:
-    servicer = FirehoseRuns(count=2000)
+async def serving(servicer: FakeRuns) -> tuple[GrpcServer, grpc.aio.Channel, RunWatches]:
     server = GrpcServer(
         [
             ServiceBinding(
@@ -66,9 +119,18 @@ async def firehose() -> AsyncIterator[tuple[FirehoseRuns, run_service_pb2_grpc.R
     )
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    return server, channel, RunWatches(stub, [(USER_KEY, SYSTEM_USER)])
+
+
+@pytest.fixture
+async def firehose() -> AsyncIterator[tuple[FakeRuns, RunWatches]]:
+    servicer = FakeRuns(count=2000)
+    server, channel, watches = await serving(servicer)
     try:
-        yield servicer, run_service_pb2_grpc.RunServiceStub(channel)
+        yield servicer, watches
     finally:
+        watches.close()
         await channel.close()
         await server.stop(0)
 
@@ -100,11 +162,14 @@ class Socket:
         return sum(w.count(b"\nid: ") for w in self.writes)
 
 
-async def _serve(stub: run_service_pb2_grpc.RunServiceStub, socket: Socket, **kw: Any) -> Any:
+async def _serve(watches: RunWatches, socket: Socket, **kw: Any) -> Any:
     response = await sse.open_event_stream(
-        stub.WatchRun(run_service_pb2.WatchRunRequest(run_id="r1", after_seq=kw.get("after", 0))),
+        watches,
+        user="alice",
+        run_id=kw.get("run_id", "r1"),
+        after_seq=kw.get("after", 0),
         first_event_wait_s=2,
-        keepalive_s=15,
+        keepalive_s=kw.get("keepalive_s", 15),
         max_buffered=kw.get("max_buffered", 100_000),
         flush_interval_s=kw.get("flush_interval_s", 0.0),
     )
@@ -112,113 +177,123 @@ async def _serve(stub: run_service_pb2_grpc.RunServiceStub, socket: Socket, **kw
 
 
 async def test_events_are_batched_while_the_client_does_not_drain(firehose):
-    servicer, stub = firehose
+    servicer, watches = firehose
     socket = Socket()
     socket.drain.clear()  # the first write blocks: the socket is "full"
-    task, response = await _serve(stub, socket)
+    task, response = await _serve(watches, socket)
     await wait_for(lambda: response.pump.finished, timeout=20)  # all read, nothing written
     socket.drain.set()
     await asyncio.wait_for(task, 20)
     assert socket.status == 200 and socket.ended
     assert socket.events() == servicer.count + 1
     assert len(socket.writes) <= 6, f"{len(socket.writes)} writes for {socket.events()} events"
+    assert servicer.requests[0].user == "alice"
 
 
 async def test_a_fast_stream_is_flushed_at_most_once_per_interval(firehose):
-    servicer, stub = firehose
+    servicer, watches = firehose
     socket = Socket()
-    task, _ = await _serve(stub, socket, flush_interval_s=0.2)
+    task, _ = await _serve(watches, socket, flush_interval_s=0.2)
     await asyncio.wait_for(task, 20)
     assert socket.events() == servicer.count + 1
     assert len(socket.writes) < servicer.count / 20, f"{len(socket.writes)} writes"
 
 
 async def test_the_first_events_of_a_stream_are_never_held_back(firehose):
-    servicer, stub = firehose
+    servicer, watches = firehose
     socket = Socket()
     # 5 deltas and the end, with writes paced at one per 10 s after the burst allowance.
-    task, _ = await _serve(stub, socket, flush_interval_s=10.0, after=servicer.count - 5)
+    task, _ = await _serve(watches, socket, flush_interval_s=10.0, after=servicer.count - 5)
     await asyncio.wait_for(task, 5)  # not 10 s: nothing waited for the pacing
     assert socket.events() == 6
 
 
-async def test_buffering_is_bounded_and_pushes_back_on_the_grpc_stream(firehose):
-    servicer, stub = firehose
-    socket = Socket()
-    socket.drain.clear()
-    task, response = await _serve(stub, socket, max_buffered=50)
-    await wait_for(lambda: len(response.pump.frames) >= 50, timeout=20)
-    buffered = len(response.pump.frames)
-    assert buffered == 50, "the reader stops at the bound"
-    socket.drain.set()
-    await asyncio.wait_for(task, 20)
-    assert socket.events() == servicer.count + 1
+async def test_a_full_buffer_pauses_the_watch_until_the_writer_drains_it():
+    servicer = FakeRuns(count=20_000)
+    server, channel, watches = await serving(servicer)
+    try:
+        socket = Socket()
+        socket.drain.clear()
+        task, response = await _serve(watches, socket, max_buffered=50)
+        watch_id = response.pump.watch.id
+        await wait_for(lambda: "pause" in servicer.actions(watch_id), timeout=20)
+        # what was in flight when the pause arrived lands; then nothing more is sent
+        await wait_for(lambda: len(response.pump.frames) == servicer.sent[watch_id], timeout=20)
+        assert len(response.pump.frames) < servicer.count / 4
+        socket.drain.set()
+        await asyncio.wait_for(task, 30)
+        assert "resume" in servicer.actions(watch_id)
+        assert socket.events() == servicer.count + 1
+        seqs = [
+            int(line[4:])
+            for write in socket.writes
+            for line in write.decode().split("\n")
+            if line.startswith("id: ")
+        ]
+        assert seqs == list(range(1, servicer.count + 2))  # no gap, no duplicate
+    finally:
+        watches.close()
+        await channel.close()
+        await server.stop(0)
 
 
-async def test_client_disconnect_cancels_the_upstream_call(firehose):
-    servicer, stub = firehose
+async def test_client_disconnect_stops_the_watch_and_the_call_serves_the_next_stream(firehose):
+    servicer, watches = firehose
     socket = Socket()
     socket.drain.clear()
-    task, response = await _serve(stub, socket, max_buffered=10)
+    task, response = await _serve(watches, socket, max_buffered=10)
+    watch_id = response.pump.watch.id
     await wait_for(lambda: len(response.pump.frames) >= 10, timeout=20)
     socket.gone.set()  # the browser went away
     socket.drain.set()
-    await asyncio.wait_for(servicer.cancelled.wait(), 10)
     await asyncio.wait_for(task, 10)
-    assert servicer.sent < servicer.count
-    assert response.pump.task.done()
+    await wait_for(lambda: "stop" in servicer.actions(watch_id), timeout=10)
+    assert servicer.sent[watch_id] < servicer.count
+    # the next stream goes over the same call
+    other = Socket()
+    task, _ = await _serve(watches, other, after=servicer.count - 3)
+    await asyncio.wait_for(task, 10)
+    assert other.events() == 4 and servicer.calls == 1
 
 
 async def test_missing_run_raises_before_any_response(firehose):
-    _, stub = firehose
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await sse.open_event_stream(
-            stub.WatchRun(run_service_pb2.WatchRunRequest(run_id="missing")),
-            first_event_wait_s=2,
-            keepalive_s=15,
-            max_buffered=10,
-        )
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    _, watches = firehose
+    with pytest.raises(StatusError) as caught:
+        await _serve(watches, Socket(), run_id="missing")
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.to_status().message == "no run"
 
 
-class PacedRuns(run_service_pb2_grpc.RunServiceServicer):
-    """WatchRun sends `count` text deltas `interval_s` apart, then stays open and silent."""
-
-    def __init__(self, count: int, interval_s: float) -> None:
-        self.count = count
-        self.interval_s = interval_s
-        self.sent = 0
-
-    async def WatchRun(
-        self, request: run_service_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[run_service_pb2.WatchRunResponse]:
-        for seq in range(1, self.count + 1):
-            event = run_pb2.RunEvent(run_id=request.run_id, seq=seq)
-            event.text_delta.text = f"token {seq} "
-            self.sent = seq
-            yield run_service_pb2.WatchRunResponse(event=event)
-            await asyncio.sleep(self.interval_s)  # the pace of a slow model
-        await asyncio.Event().wait()
+async def test_a_broken_call_ends_its_streams_with_an_error_and_a_new_call_serves_the_next():
+    servicer = FakeRuns(count=50, interval_s=0.01, silent=True)
+    server, channel, watches = await serving(servicer)
+    try:
+        sockets = [Socket(), Socket()]
+        served = [await _serve(watches, s, run_id=f"r{i}") for i, s in enumerate(sockets)]
+        await wait_for(lambda: all(s.events() >= 3 for s in sockets), timeout=20)
+        with contextlib.suppress(grpc.aio.AbortError):  # raised here, ends the call there
+            await servicer.contexts[0].abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+        for (task, _), socket in zip(served, sockets, strict=True):
+            await asyncio.wait_for(task, 10)
+            assert socket.ended and socket.writes[-1].startswith(b"event: error\ndata: ")
+            assert b'"status":"UNAVAILABLE"' in socket.writes[-1]
+        fresh = Socket()
+        await _serve(watches, fresh, after=45)
+        await wait_for(lambda: fresh.events() == 5, timeout=20)
+        assert servicer.calls == 2
+        fresh.gone.set()
+    finally:
+        watches.close()
+        await channel.close()
+        await server.stop(0)
 
 
 async def test_keepalives_go_out_only_when_the_stream_is_idle():
-    servicer = PacedRuns(count=40, interval_s=0.02)
-    binding = ServiceBinding(
-        "chorus.v1.RunService", servicer, run_service_pb2_grpc.add_RunServiceServicer_to_server
-    )
-    server = GrpcServer([binding], CoreSettings(dev_mode=True, instance_id="test"), 0)
-    await server.start()
-    channel = grpc.aio.insecure_channel(server.address)
+    servicer = FakeRuns(count=40, interval_s=0.02, silent=True)
+    server, channel, watches = await serving(servicer)
     socket = Socket()
     try:
-        stub = run_service_pb2_grpc.RunServiceStub(channel)
-        response = await sse.open_event_stream(
-            stub.WatchRun(run_service_pb2.WatchRunRequest(run_id="r1")),
-            first_event_wait_s=2,
-            keepalive_s=0.4,
-            max_buffered=1000,
-        )
-        task = asyncio.create_task(response({"type": "http"}, socket.receive, socket.send))
+        task, response = await _serve(watches, socket, keepalive_s=0.4, max_buffered=1000)
         # 40 events 20 ms apart (0.8 s in all, twice the keepalive interval): none between
         await wait_for(lambda: socket.events() == 40, timeout=20)
         assert sse.KEEPALIVE not in socket.writes
@@ -229,5 +304,6 @@ async def test_keepalives_go_out_only_when_the_stream_is_idle():
         await asyncio.wait_for(task, 10)
         assert response.pump.closed and response.pump._keepalive_timer is None
     finally:
+        watches.close()
         await channel.close()
         await server.stop(0)

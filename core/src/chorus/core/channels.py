@@ -154,6 +154,14 @@ class ChannelPool:
         token, request id): what the unary interceptor adds, for the calls it does not see."""
         return outgoing_metadata(self._token)
 
+    def system_metadata(self) -> list[tuple[str, str]]:
+        """Metadata of a call the service makes as itself (`identity.SYSTEM_USER`, the
+        internal token), e.g. one that carries many users' requests, each naming its user."""
+        md = [(identity.USER_KEY, identity.SYSTEM_USER)]
+        if self._token:
+            md.append((identity.TOKEN_KEY, self._token))
+        return md
+
     async def close(self) -> None:
         """Close every channel (pending calls are cancelled)."""
         channels, self._channels = list(self._channels.values()), {}

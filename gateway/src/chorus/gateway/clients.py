@@ -2,9 +2,10 @@
 
 Channels come from `chorus.core.channels.ChannelPool`, which forwards the caller's
 identity (`x-chorus-user`), the internal token and the request id on every unary call;
-server-streaming calls (StreamRun, WatchRun) pass `pool.metadata()` themselves
+server-streaming calls pass `pool.metadata()` themselves
 (`chorus.gateway.api.deps.stream_metadata`). The gateway sets the identity per request
-(`chorus.gateway.api.deps`).
+(`chorus.gateway.api.deps`). SSE streams share one WatchRuns call made as the system
+identity (`watches`, `chorus.gateway.watches`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chorus.core.channels import ChannelPool
 from chorus.gateway.settings import GatewaySettings
+from chorus.gateway.watches import RunWatches
 from chorus.v1 import history_service_pb2_grpc, provider_service_pb2_grpc, run_service_pb2_grpc
 
 
@@ -48,6 +50,7 @@ class ServiceClients:
         history = self.pool.get(settings.history_address)
         provider = self.pool.get(settings.provider_address)
         self.runs = run_service_pb2_grpc.RunServiceStub(runs)
+        self.watches = RunWatches(self.runs, self.pool.system_metadata())
         self.history = history_service_pb2_grpc.HistoryServiceStub(history)
         self.provider = provider_service_pb2_grpc.ProviderServiceStub(provider)
         self.backends = [
@@ -73,6 +76,7 @@ class ServiceClients:
 
     async def close(self) -> None:
         """Close every channel (in-flight calls are cancelled)."""
+        self.watches.close()
         await self.pool.close()
 
 

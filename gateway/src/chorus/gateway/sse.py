@@ -1,4 +1,4 @@
-"""Run events as Server-Sent Events, straight from a gRPC stream.
+"""Run events as Server-Sent Events, from the process's WatchRuns call.
 
 Wire format (WHATWG HTML §9.2), one frame per `RunEvent`::
 
@@ -14,36 +14,40 @@ the terminal event. An upstream failure after the response started is sent as
 
 How the stream is served (the gateway's hot path):
 
-* `open_event_stream` starts reading the gRPC call at once and waits for its first event
-  (up to `sse_first_event_wait_s`) before answering, so a missing run is a real 404 and not
-  a 200 stream that fails; a stream with nothing after `after_seq` on a finished run is
+* `open_event_stream` opens a watch on the shared WatchRuns call
+  (`chorus.gateway.watches`) and waits for its first event (up to
+  `sse_first_event_wait_s`) before answering, so a missing run is a real 404 and not a
+  200 stream that fails; a stream with nothing after `after_seq` on a finished run is
   204 No Content, which tells `EventSource` to stop reconnecting.
-* A reader task decodes each gRPC message and appends its pre-encoded SSE frame to a
-  buffer; the writer sends everything buffered in one `http.response.body` write. When
+* The call's reader hands each update's events to the stream's buffer, encoded as SSE
+  frames; the writer sends everything buffered in one `http.response.body` write. When
   events arrive faster than the socket drains, the writer's send is still waiting on
-  flow control when the next events land, so several go out in the next write. Above
-  `sse_max_buffered_events` the reader stops reading and gRPC flow control pushes back.
+  flow control when the next events land, so several go out in the next write. At
+  `sse_max_buffered_events` the stream pauses its watch and resumes it once the writer
+  took the buffer: the orchestrator holds the run's events meanwhile, none lost.
 * Writes are paced by a token bucket: `FLUSH_BURST` writes at once, then at most one per
   `sse_flush_interval_s`; events that arrive meanwhile share the next write. The first
   events of a run (time to first token) are never held back.
 * An idle stream gets a `: keepalive` comment every `sse_keepalive_s`.
-* Client disconnect (or any exit) cancels the upstream gRPC call in `finally`.
+* Client disconnect (or any exit) stops the watch in `finally`; a run started by the
+  stream then follows its `onDisconnect`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import Sequence
 
-import grpc
 import orjson
 from prometheus_client import Counter, Gauge
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from chorus.core import identity
 from chorus.gateway import errors, protojson
+from chorus.gateway.settings import GatewaySettings
+from chorus.gateway.watches import RunWatches, Watch
 from chorus.v1 import run_pb2
 
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
@@ -62,14 +66,6 @@ RETRY_MS = 2000
 STREAMS = Gauge("chorus_gateway_sse_streams", "SSE streams being served.")
 EVENTS = Counter("chorus_gateway_sse_events_total", "Run events sent over SSE.")
 WRITES = Counter("chorus_gateway_sse_writes_total", "Body writes of SSE streams (≤ events).")
-
-
-class EventCall(Protocol):
-    """What the stream needs of a server-streaming gRPC call (StreamRun, WatchRun)."""
-
-    def __aiter__(self) -> AsyncIterator[Any]: ...
-
-    def cancel(self) -> bool: ...
 
 
 def encode_event(event: run_pb2.RunEvent) -> bytes:
@@ -108,10 +104,11 @@ def close_all() -> int:
 
 
 class _Pump:
-    """Reads a gRPC event stream into a buffer of encoded frames (one reader task)."""
+    """The buffer of one stream: encoded frames of the events its watch delivered
+    (`chorus.gateway.watches.WatchSink`), taken by the response's writer."""
 
-    def __init__(self, call: EventCall, max_buffered: int, flush_interval_s: float = 0.0) -> None:
-        self.call = call
+    def __init__(self, max_buffered: int, flush_interval_s: float = 0.0) -> None:
+        self.watch: Watch | None = None
         self._interval = flush_interval_s
         self._credit = float(FLUSH_BURST)
         self._credit_time = 0.0
@@ -119,9 +116,9 @@ class _Pump:
         self.error: BaseException | None = None
         self.finished = False
         self.closed = False
+        self.paused = False
         self._max = max_buffered
         self._ready = asyncio.Event()
-        self._space = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         # keepalive: one timer per stream re-armed at most once per `keepalive_s`, instead of
         # a timeout around every wait (a timer handle per event)
@@ -129,26 +126,23 @@ class _Pump:
         self._keepalive_due = 0.0
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._keepalive_now = False
-        self.task = asyncio.create_task(self._read())
         _LIVE.add(self)
 
-    async def _read(self) -> None:
-        try:
-            async for item in self.call:
-                self.frames.append(encode_event(item.event))
-                self._ready.set()
-                if len(self.frames) >= self._max:
-                    self._space.clear()
-                    await self._space.wait()
-        except grpc.aio.AioRpcError as exc:
-            self.error = exc
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug: report it on the stream, not silently
-            self.error = exc
-        finally:
-            self.finished = True
-            self._ready.set()
+    def deliver(self, events: Sequence[run_pb2.RunEvent]) -> None:
+        """Buffer the watch's next events; pause the watch at `max_buffered` frames."""
+        frames = self.frames
+        for event in events:
+            frames.append(encode_event(event))
+        self._ready.set()
+        if len(frames) >= self._max and not self.paused and self.watch is not None:
+            self.paused = True
+            self.watch.pause()
+
+    def end(self, error: BaseException | None) -> None:
+        """The watch ended (after its terminal event, or with `error`)."""
+        self.error = error
+        self.finished = True
+        self._ready.set()
 
     async def wait_first(self, timeout: float) -> None:
         """Wait until a frame is buffered, the stream ended, or `timeout` s passed."""
@@ -181,7 +175,9 @@ class _Pump:
         if self.closed:
             return None
         frames, self.frames = self.frames, []
-        self._space.set()
+        if self.paused and self.watch is not None:
+            self.paused = False
+            self.watch.resume()
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def _keepalive(self) -> None:
@@ -212,10 +208,10 @@ class _Pump:
         self._credit = max(0.0, self._credit - 1)
 
     def close(self) -> None:
-        """Stop: cancel the upstream call and the reader, wake the writer."""
+        """Stop: let the watch go (unless it ended), wake the writer."""
         self.closed = True
-        self.call.cancel()
-        self.task.cancel()
+        if self.watch is not None and not self.finished:
+            self.watch.stop()
         if self._keepalive_timer is not None:
             self._keepalive_timer.cancel()
             self._keepalive_timer = None
@@ -272,16 +268,31 @@ class EventStreamResponse(Response):
             pump.close()
 
 
+def stream_options(settings: GatewaySettings) -> dict[str, float]:
+    """`open_event_stream`'s timing and buffering arguments from the gateway settings."""
+    return {
+        "first_event_wait_s": settings.sse_first_event_wait_s,
+        "keepalive_s": settings.sse_keepalive_s,
+        "max_buffered": settings.sse_max_buffered_events,
+        "flush_interval_s": settings.sse_flush_interval_s,
+    }
+
+
 async def open_event_stream(
-    call: EventCall,
+    watches: RunWatches,
     *,
+    user: str,
+    start: run_pb2.RunSpec | None = None,
+    run_id: str = "",
+    after_seq: int = 0,
     first_event_wait_s: float,
     keepalive_s: float,
     max_buffered: int,
     flush_interval_s: float = 0.0,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """The HTTP response for a run-event gRPC stream.
+    """The HTTP response for a run's events: a run started from `start` (StreamRun), or
+    `run_id`'s events after `after_seq` (WatchRun), for `user`, over `watches`.
 
     Waits up to `first_event_wait_s` for the first event, so early failures get their own
     HTTP status.
@@ -291,10 +302,19 @@ async def open_event_stream(
         `after_seq` on a finished run).
 
     Raises:
-        grpc.aio.AioRpcError: the call failed before any event (e.g. NOT_FOUND); the
-            exception handler turns it into the mapped HTTP error.
+        chorus.core.errors.StatusError | grpc.aio.AioRpcError: the watch failed before any
+            event (e.g. NOT_FOUND, INVALID_ARGUMENT); the exception handlers turn it into
+            the mapped HTTP error.
     """
-    pump = _Pump(call, max_buffered, flush_interval_s)
+    pump = _Pump(max_buffered, flush_interval_s)
+    pump.watch = watches.open(
+        pump,
+        user=user,
+        request_id=identity.current_request_id(),
+        start=start,
+        run_id=run_id,
+        after_seq=after_seq,
+    )
     try:
         await pump.wait_first(first_event_wait_s)
     except BaseException:

@@ -22,6 +22,7 @@ from chorus.gateway.auth import Authenticator, Caller
 from chorus.gateway.clients import ServiceClients
 from chorus.gateway.ratelimit import RateLimiter
 from chorus.gateway.settings import GatewaySettings
+from chorus.gateway.watches import RunWatches
 from chorus.v1 import history_service_pb2_grpc, provider_service_pb2_grpc, run_service_pb2_grpc
 
 M = TypeVar("M", bound=Message)
@@ -87,6 +88,11 @@ async def runs_stub(conn: HTTPConnection) -> run_service_pb2_grpc.RunServiceStub
     return _clients(conn).runs
 
 
+async def run_watches(conn: HTTPConnection) -> RunWatches:
+    """The process's WatchRuns call (orchestrator-svc), shared by every SSE stream."""
+    return _clients(conn).watches
+
+
 async def history_stub(conn: HTTPConnection) -> history_service_pb2_grpc.HistoryServiceStub:
     """HistoryService (history-svc)."""
     return _clients(conn).history
@@ -102,6 +108,7 @@ ClientsDep = Annotated[ServiceClients, Depends(get_clients)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 CallerDep = Annotated[Caller, Depends(current_caller)]
 RunsDep = Annotated[run_service_pb2_grpc.RunServiceStub, Depends(runs_stub)]
+WatchesDep = Annotated[RunWatches, Depends(run_watches)]
 HistoryDep = Annotated[history_service_pb2_grpc.HistoryServiceStub, Depends(history_stub)]
 ProviderDep = Annotated[provider_service_pb2_grpc.ProviderServiceStub, Depends(provider_stub)]
 

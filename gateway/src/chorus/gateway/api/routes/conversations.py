@@ -34,6 +34,7 @@ from chorus.gateway.api.deps import (
     LimiterDep,
     RunsDep,
     SettingsDep,
+    WatchesDep,
     check_text,
     proto_body,
     stream_metadata,
@@ -284,6 +285,7 @@ async def send_message(
     request: Request,
     caller: CallerDep,
     runs: RunsDep,
+    watches: WatchesDep,
     history: HistoryDep,
     limiter: LimiterDep,
     settings: SettingsDep,
@@ -311,19 +313,15 @@ async def send_message(
     if conversation.model.provider or conversation.model.model:
         agent = await _assistant_agent(request, runs, settings)
         spec.model_overrides[agent].CopyFrom(conversation.model)
-    call = runs.StreamRun(
-        run_service_pb2.StreamRunRequest(spec=spec), metadata=stream_metadata(request)
-    )
     if "text/event-stream" in request.headers.get("accept", ""):
         response = await sse.open_event_stream(
-            call,
-            first_event_wait_s=settings.sse_first_event_wait_s,
-            keepalive_s=settings.sse_keepalive_s,
-            max_buffered=settings.sse_max_buffered_events,
-            flush_interval_s=settings.sse_flush_interval_s,
+            watches, user=caller.user, start=spec, **sse.stream_options(settings)
         )
         await _title_if_untitled(history, conversation, message.content, timeout)
         return response
+    call = runs.StreamRun(
+        run_service_pb2.StreamRunRequest(spec=spec), metadata=stream_metadata(request)
+    )
     return await _chat_json(call, history, runs, conversation, message.content, settings)
 
 

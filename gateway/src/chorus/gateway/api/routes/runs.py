@@ -25,10 +25,10 @@ from chorus.gateway.api.deps import (
     LimiterDep,
     RunsDep,
     SettingsDep,
+    WatchesDep,
     check_text,
     json_body,
     proto_body,
-    stream_metadata,
 )
 from chorus.v1 import (
     history_service_pb2,
@@ -125,17 +125,20 @@ async def create_run(
     responses=openapi.SSE_RESPONSE,
 )
 async def stream_run(
-    request: Request, caller: CallerDep, runs: RunsDep, limiter: LimiterDep, settings: SettingsDep
+    request: Request,
+    caller: CallerDep,
+    watches: WatchesDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
 ) -> Response:
     """Starts a run and streams its events as SSE until the terminal event. When the
     client disconnects the run follows `onDisconnect` (default: it goes on; watch it with
     `GET /runs/{id}/events`)."""
     spec = await _run_spec(request, settings)
     await limiter.hit("runs", caller.user)
-    call = runs.StreamRun(
-        run_service_pb2.StreamRunRequest(spec=spec), metadata=stream_metadata(request)
+    return await sse.open_event_stream(
+        watches, user=caller.user, start=spec, **sse.stream_options(settings)
     )
-    return await _event_stream(call, settings)
 
 
 @router.get(
@@ -188,9 +191,8 @@ async def get_run(run_id: str, caller: CallerDep, runs: RunsDep, settings: Setti
 )
 async def watch_run(
     run_id: str,
-    request: Request,
     caller: CallerDep,
-    runs: RunsDep,
+    watches: WatchesDep,
     settings: SettingsDep,
     after_seq: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
     last_event_id: Annotated[
@@ -201,11 +203,9 @@ async def watch_run(
     terminal event. No gap, no duplicate; works for finished runs (204 when nothing is
     left)."""
     after = resume_after(last_event_id, after_seq)
-    call = runs.WatchRun(
-        run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after),
-        metadata=stream_metadata(request),
+    return await sse.open_event_stream(
+        watches, user=caller.user, run_id=run_id, after_seq=after, **sse.stream_options(settings)
     )
-    return await _event_stream(call, settings)
 
 
 @router.post(
@@ -354,14 +354,4 @@ async def export_run(
         orjson.dumps(body),
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="chorus-run-{run.id}.json"'},
-    )
-
-
-async def _event_stream(call: sse.EventCall, settings: SettingsDep) -> Response:
-    return await sse.open_event_stream(
-        call,
-        first_event_wait_s=settings.sse_first_event_wait_s,
-        keepalive_s=settings.sse_keepalive_s,
-        max_buffered=settings.sse_max_buffered_events,
-        flush_interval_s=settings.sse_flush_interval_s,
     )
