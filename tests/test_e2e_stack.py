@@ -115,25 +115,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def grpcurl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def grpcurl(
+    *args: str, timeout: float = 120, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     assert GRPCURL
     return subprocess.run(
-        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=timeout
+        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=timeout, input=stdin
     )
 
 
-def events_of(stdout: str) -> list[dict]:
+def messages_of(stdout: str) -> list[dict]:
     """grpcurl prints one JSON object per streamed message, with the proto's field names."""
     decoder = json.JSONDecoder()
     out, i = [], 0
     text = stdout.strip()
     while i < len(text):
         obj, end = decoder.raw_decode(text, i)
-        out.append(obj["event"])
+        out.append(obj)
         i = end
         while i < len(text) and text[i].isspace():
             i += 1
     return out
+
+
+def events_of(stdout: str) -> list[dict]:
+    return [message["event"] for message in messages_of(stdout)]
 
 
 def payload(event: dict) -> str:
@@ -177,6 +183,43 @@ def test_grpcurl_lists_describes_and_streams_a_duet_to_completion(stack):
     )
     assert replay.returncode == 0, replay.stderr
     assert events_of(replay.stdout) == events[10:]
+
+
+def test_grpcurl_watches_several_runs_over_one_call(stack):
+    requests = [
+        {"watch_id": 1, "start": {"template": "duet", "input": "Tabs or spaces?", "max_turns": 2}},
+        {"watch_id": 2, "watch": {"run_id": "00000000-0000-4000-8000-000000000000"}},
+        {"watch_id": 3, "watch": {"run_id": "x", "after_seq": -1}},
+    ]
+    done = grpcurl(
+        "-d",
+        "@",
+        stack.address("orchestrator"),
+        "chorus.v1.RunService/WatchRuns",
+        stdin="\n".join(json.dumps(r) for r in requests),
+    )
+    assert done.returncode == 0, done.stderr
+    events: dict[str, list[dict]] = {}
+    status: dict[str, dict] = {}
+    for message in messages_of(done.stdout):
+        for update in message["updates"]:
+            assert update["watch_id"] not in status, "nothing after a watch's end"
+            events.setdefault(update["watch_id"], []).extend(update.get("events", []))
+            if "status" in update:
+                status[update["watch_id"]] = update["status"]
+    assert status["1"] == {}  # OK
+    assert status["2"]["code"] == 5 and events["2"] == []  # NOT_FOUND, that watch only
+    assert status["3"]["code"] == 3  # INVALID_ARGUMENT
+    duet = events["1"]
+    assert [int(e["seq"]) for e in duet] == list(range(1, len(duet) + 1))
+    assert payload(duet[0]) == "run_started" and payload(duet[-1]) == "run_completed"
+    replay = grpcurl(
+        "-d",
+        json.dumps({"run_id": duet[0]["run_id"]}),
+        stack.address("orchestrator"),
+        "chorus.v1.RunService/WatchRun",
+    )
+    assert events_of(replay.stdout) == duet
 
 
 def test_grpcurl_cancels_a_live_run(stack):
