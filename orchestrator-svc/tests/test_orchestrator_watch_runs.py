@@ -101,9 +101,7 @@ async def test_an_error_ends_its_own_watch_only_with_the_status_watch_run_would_
     watches = WatchRunsClient(stack)
     await watches.send(1, user=alice.user, watch=rs.WatchRunRequest(run_id=unknown))
     await watches.send(2, user=bob.user, watch=rs.WatchRunRequest(run_id=alices.id))
-    await watches.send(
-        3, user=alice.user, watch=rs.WatchRunRequest(run_id=alices.id, after_seq=-1)
-    )
+    await watches.send(3, user=alice.user, watch=rs.WatchRunRequest(run_id=alices.id, after_seq=-1))
     await watches.send(4, user=alice.user, start=spec(team_spec=duet(turns=1), input=""))
     await watches.send(5, watch=rs.WatchRunRequest(run_id=alices.id))  # no user
     await watches.send(6, user=alice.user, watch=rs.WatchRunRequest(run_id=alices.id))
