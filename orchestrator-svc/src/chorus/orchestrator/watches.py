@@ -129,6 +129,8 @@ class WatchRunsCall:
                 self._handle(request)
         except ChorusError as exc:
             self._fatal = exc
+        except Exception as exc:  # the client went away mid-request; the call is ending
+            log.debug("watch_runs_requests_ended", error_type=type(exc).__name__)
         finally:
             self._requests_done = True
             self._wake.set()
