@@ -3,6 +3,7 @@ ping, cancel, subscribe, bad frames that keep the socket open, size limits, Orig
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -196,3 +197,27 @@ async def test_closing_the_socket_leaves_the_run_running(gateway):
             assert "runStarted" in await _recv(socket)
         _, rest = await read_events(client, "GET", f"/api/v1/runs/{run_id}/events")
         assert rest[-1].event in TERMINAL and rest[-1].event == "run_completed"
+
+
+async def test_a_follow_past_its_buffer_bound_pauses_and_still_gets_every_event(
+    gateways, gateway, client
+):
+    # Joining a live run 50 events in: the catch-up arrives in one go, above a bound of 4,
+    # so the follow pauses its watch; the run's later events wait in the orchestrator until
+    # the socket was sent the catch-up and the watch resumed — then all come, once, in order.
+    spec = slow_duet(tokens_per_second=200, output_tokens=150)
+    run_id = (await client.post("/api/v1/runs", json=spec)).json()["id"]
+    async with websockets.connect(_ws_url(gateway), origin=gateway) as first:
+        await first.recv()
+        await _send(first, {"type": "subscribe", "payload": {"runId": run_id}})
+        while (await _recv(first)).get("seq", "0") != "50":
+            pass
+    url = gateways.url(sse_max_buffered_events="4")
+    async with websockets.connect(_ws_url(url), origin=url) as socket:
+        await socket.recv()
+        await _send(socket, {"type": "subscribe", "payload": {"runId": run_id}})
+        assert (await _recv(socket))["status"] == "subscribed"
+        async with asyncio.timeout(30):  # a watch never resumed would hang here
+            events = await _until_terminal(socket)
+    _, sse = await read_events(client, "GET", f"/api/v1/runs/{run_id}/events")
+    assert events == [f.json() for f in sse] and len(events) > 100

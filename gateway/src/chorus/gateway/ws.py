@@ -38,7 +38,9 @@ with close code 1009. A follow that fails mid-run reports `lastSeq` so the clien
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,6 +59,7 @@ from chorus.gateway.auth import Authenticator, Caller
 from chorus.gateway.clients import ServiceClients
 from chorus.gateway.ratelimit import RateLimiter
 from chorus.gateway.settings import GatewaySettings
+from chorus.gateway.watches import Watch
 from chorus.v1 import run_pb2, run_service_pb2
 
 log = get_logger("chorus.gateway.ws")
@@ -87,6 +90,45 @@ class _FrameError(Exception):
     """A client frame the server cannot act on (answered with a recoverable error)."""
 
 
+class _Follow:
+    """One followed run: the events its watch on the shared WatchRuns call
+    (`chorus.gateway.watches`) delivered and the socket has not been sent yet. At
+    `max_buffered` unsent events the watch is paused until the socket caught up."""
+
+    def __init__(self, max_buffered: int) -> None:
+        self.events: collections.deque[run_pb2.RunEvent] = collections.deque()
+        self.watch: Watch | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self._paused = False
+        self._max = max_buffered
+        self._ready = asyncio.Event()
+
+    def deliver(self, events: Sequence[run_pb2.RunEvent]) -> None:
+        self.events.extend(events)
+        self._ready.set()
+        if len(self.events) >= self._max and not self._paused and self.watch is not None:
+            self._paused = True
+            self.watch.pause()
+
+    def end(self, error: BaseException | None) -> None:
+        self.error = error
+        self.finished = True
+        self._ready.set()
+
+    def take_all(self) -> None:
+        """The socket was sent every delivered event: resume a paused watch."""
+        if self._paused and self.watch is not None:
+            self._paused = False
+            self.watch.resume()
+
+    async def wait(self) -> None:
+        """Until more events were delivered or the watch ended."""
+        self._ready.clear()
+        if not self.events and not self.finished:
+            await self._ready.wait()
+
+
 class Connection:
     """One accepted socket: its sends, follows and frame handlers."""
 
@@ -110,7 +152,8 @@ class Connection:
 
     async def send(self, frame: dict[str, Any]) -> None:
         """Send one JSON text frame (sends are serialized; they wait while the socket is
-        full, which pauses the upstream gRPC stream)."""
+        full, and a follow whose unsent events reach `sse_max_buffered_events` pauses its
+        watch meanwhile)."""
         await self.send_raw(orjson.dumps(frame).decode())
 
     async def send_raw(self, text: str) -> None:
@@ -309,26 +352,36 @@ class Connection:
         self.follows[run_id] = asyncio.create_task(self._pump(run_id, after_seq))
 
     async def _pump(self, run_id: str, after_seq: int) -> None:
-        call = self.clients.runs.WatchRun(
-            run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq),
-            metadata=self.clients.pool.metadata(),
+        follow = _Follow(self.settings.sse_max_buffered_events)
+        follow.watch = self.clients.watches.open(
+            follow,
+            user=self.caller.user,
+            request_id=identity.current_request_id(),
+            run_id=run_id,
+            after_seq=after_seq,
         )
         last_seq = after_seq
         try:
-            async for item in call:
-                event = item.event
-                last_seq = event.seq
-                await self.send_raw(protojson.event_json(event).decode())
-                EVENTS.inc()
-                if not self.open:
-                    return
-        except grpc.aio.AioRpcError as exc:
-            await self.send_error(exc, runId=run_id, lastSeq=str(last_seq))
+            while True:
+                while follow.events:
+                    event = follow.events.popleft()
+                    last_seq = event.seq
+                    await self.send_raw(protojson.event_json(event).decode())
+                    EVENTS.inc()
+                    if not self.open:
+                        return
+                follow.take_all()
+                if follow.finished:
+                    break
+                await follow.wait()
+            if follow.error is not None:
+                await self.send_error(follow.error, runId=run_id, lastSeq=str(last_seq))
         finally:
-            call.cancel()
+            if not follow.finished:
+                follow.watch.stop()
 
     async def close(self) -> None:
-        """Stop every follow (their gRPC calls are cancelled)."""
+        """Stop every follow (their watches are stopped)."""
         self.open = False
         tasks = list(self.follows.values())
         for task in tasks:
