@@ -105,7 +105,7 @@ def close_all() -> int:
 
 class _Pump:
     """The buffer of one stream: encoded frames of the events its watch delivered
-    (`chorus.gateway.watches.WatchSink`), taken by the response's writer."""
+    (`chorus.core.multiplex.StreamSink`), taken by the response's writer."""
 
     def __init__(self, max_buffered: int, flush_interval_s: float = 0.0) -> None:
         self.watch: Watch | None = None
