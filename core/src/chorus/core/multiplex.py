@@ -32,8 +32,15 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 from google.rpc import status_pb2
 
-from chorus.core.errors import ChorusError, Internal, StatusError, Unavailable
-from chorus.core.identity import current_request_id
+from chorus.core.errors import (
+    ChorusError,
+    Internal,
+    InvalidArgument,
+    PermissionDenied,
+    StatusError,
+    Unavailable,
+)
+from chorus.core.identity import Identity, current_request_id
 from chorus.core.logging import get_logger
 
 log = get_logger("chorus.core.multiplex")
@@ -47,6 +54,27 @@ OK = status_pb2.Status(code=0)
 
 Update = tuple[int, Sequence[Any], status_pb2.Status | None]
 """One stream's news in a response: key, items (in order), final status or None."""
+
+
+def acting_user(caller: Identity, user: str) -> str:
+    """Whom one request of a multiplexed call acts for: its `user` on a call made as the
+    system identity (a relay of many users' requests: the gateway, the orchestrator), else
+    the caller.
+
+    Raises:
+        InvalidArgument: the call is the system identity's and `user` is empty (field
+            `user`).
+        PermissionDenied: another caller named a user other than itself.
+    """
+    if caller.is_system:
+        if not user:
+            raise InvalidArgument(
+                "user is required on a call made as the system identity", [("user", "required")]
+            )
+        return user
+    if user not in ("", caller.user):
+        raise PermissionDenied("only the system identity may act for another user")
+    return caller.user
 
 
 # --------------------------------------------------------------------------- server

@@ -30,8 +30,8 @@ from collections.abc import AsyncIterator
 import structlog
 
 from chorus.core import identity
-from chorus.core.errors import ChorusError, InvalidArgument, PermissionDenied, ResourceExhausted
-from chorus.core.multiplex import MultiplexServer, Outbox, Update
+from chorus.core.errors import ChorusError, InvalidArgument, ResourceExhausted
+from chorus.core.multiplex import MultiplexServer, Outbox, Update, acting_user
 from chorus.orchestrator.manager import RunManager
 from chorus.v1 import run_pb2
 from chorus.v1 import run_service_pb2 as rs
@@ -105,20 +105,14 @@ class WatchRunsCall:
 
     def _open(self, watch_id: int, request: rs.WatchRunsRequest) -> None:
         caller = self._caller
-        user = request.user or caller.user
-        error: ChorusError | None = None
-        if caller.is_system and not request.user:
-            error = InvalidArgument(
-                "user is required on a call made as the system identity", [("user", "required")]
-            )
-        elif not caller.is_system and request.user not in ("", caller.user):
-            error = PermissionDenied("only the system identity may watch for another user")
-        elif self._mux.open_count >= MAX_WATCHES_PER_CALL:
-            error = ResourceExhausted(
-                f"at most {MAX_WATCHES_PER_CALL} watches may be open on one call"
-            )
         request_id = request.request_id or self._request_id
-        if error is not None:
+        try:
+            user = acting_user(caller, request.user)
+            if self._mux.open_count >= MAX_WATCHES_PER_CALL:
+                raise ResourceExhausted(
+                    f"at most {MAX_WATCHES_PER_CALL} watches may be open on one call"
+                )
+        except ChorusError as error:
             self._mux.end(watch_id, error.to_status(request_id))
             return
         # The follower's task inherits this context: the watch's identity and request id.
