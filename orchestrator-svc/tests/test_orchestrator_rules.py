@@ -16,6 +16,9 @@ from orchestrator_helpers import (
     assert_well_formed,
     duet,
     fields_of,
+    kinds,
+    read_rest,
+    read_until,
     rpc_error,
     sim,
     spec,
@@ -292,3 +295,39 @@ async def test_starts_beyond_max_starting_runs_wait_their_turn_and_all_run(
     for run in runs:
         done = await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED)
         assert done.status == run_pb2.RUN_STATUS_COMPLETED
+
+
+@pytest.mark.parametrize("orchestrator_values", [{"max_ending_runs": 2}], indirect=True)
+@pytest.mark.parametrize(
+    "team_spec",
+    [
+        team(team_pb2.TEAM_KIND_SINGLE, agent("writer", simulator=sim(output_tokens=30))),
+        duet(turns=2, simulator=sim(output_tokens=30)),
+    ],
+    ids=["single", "duet"],
+)
+async def test_run_ends_beyond_max_ending_runs_wait_their_turn(
+    stack: Stack, alice: RunClient, team_spec: team_pb2.TeamSpec
+) -> None:
+    def waiting() -> float:
+        return REGISTRY.get_sample_value("chorus_run_ends_waiting") or 0.0
+
+    slots = stack.orchestrator.manager._deps.end_slots
+    await slots.acquire()
+    await slots.acquire()  # every end slot is held
+    try:
+        run = await alice.create(spec(team_spec=team_spec))
+        call = alice.watch_call(run.id)
+        await wait_for(lambda: waiting() == 1, timeout=10)
+        # the run streamed everything and waits to make its closing writes: no end yet
+        assert (await alice.get(run.id)).status == run_pb2.RUN_STATUS_RUNNING
+        head = await read_until(call, lambda e: e.HasField("text_delta"))
+        assert not any(k in kinds(head) for k in ("run_completed", "run_failed"))
+    finally:
+        slots.release()
+        slots.release()
+    await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED)
+    events = head + await read_rest(call)
+    assert_well_formed(events)
+    assert events[-1].HasField("run_completed")
+    assert waiting() == 0

@@ -124,6 +124,7 @@ class RunManager:
             provider=provider,
             auth=auth,
             tools=tools,
+            end_slots=asyncio.Semaphore(settings.max_ending_runs),
         )
         self._runs: dict[str, LiveRun] = {}
         self._start_slots = asyncio.Semaphore(settings.max_starting_runs)

@@ -18,6 +18,10 @@ RUN_STARTS_WAITING = Gauge(
     "chorus_run_starts_waiting",
     "Run starts waiting for one of the `max_starting_runs` start slots of this replica.",
 )
+RUN_ENDS_WAITING = Gauge(
+    "chorus_run_ends_waiting",
+    "Run ends waiting for one of the `max_ending_runs` end slots of this replica.",
+)
 WATCHERS = Gauge(
     "chorus_run_watchers",
     "Run event streams served by this replica: StreamRun / WatchRun calls and WatchRuns watches.",

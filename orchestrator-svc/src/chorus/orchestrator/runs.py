@@ -19,8 +19,9 @@ provider call, and the team stops within milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,8 @@ class RunDeps:
     provider: provider_service_pb2_grpc.ProviderServiceStub
     auth: CallAuth
     tools: ToolRegistry
+    end_slots: asyncio.Semaphore
+    """`max_ending_runs` slots: a run's closing writes hold one."""
 
 
 def orchestrator_stopped_error() -> run_pb2.RunError:
@@ -289,7 +292,8 @@ class LiveRun:
 
         # The closing events stay until the end is published: an end that fails before it
         # (an earlier write failed) is retried as run_failed, with them.
-        await self.log.end(*self._closing, event, final_writer=write_end)
+        async with self._end_slot():
+            await self.log.end(*self._closing, event, final_writer=write_end)
         self.status = status
 
     # ------------------------------------------------------------------ RunHooks
@@ -358,8 +362,30 @@ class LiveRun:
 
     async def turn_completed(self, agent: str, turn: int, message: BaseChatMessage) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
-        event = await self._message_event(agent, message.to_text(), self.states[agent].turn_usage)
+        usage = self.states[agent].turn_usage
+        if self._single:  # the run's last message: a closing write
+            async with self._end_slot():
+                event = await self._message_event(agent, message.to_text(), usage)
+        else:
+            event = await self._message_event(agent, message.to_text(), usage)
         await self._close_turn(event, *self._turn_end(agent, turn))
+
+    @contextlib.asynccontextmanager
+    async def _end_slot(self) -> AsyncIterator[None]:
+        """Hold one of the `max_ending_runs` end slots (waiting for one when all are held)."""
+        slots = self._deps.end_slots
+        if slots.locked():
+            metrics.RUN_ENDS_WAITING.inc()
+            try:
+                await slots.acquire()
+            finally:
+                metrics.RUN_ENDS_WAITING.dec()
+        else:
+            await slots.acquire()
+        try:
+            yield
+        finally:
+            slots.release()
 
     async def end_turn(self, agent: str, turn: int) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""

@@ -47,6 +47,13 @@ class Settings(CoreSettings):
         "history-svc); further starts wait their turn, so a burst of new runs cannot starve "
         "the event streams of the runs already going.",
     )
+    max_ending_runs: int = Field(
+        8,
+        ge=1,
+        description="Runs this process ends at once (the final message and the final record "
+        "written to history-svc); further ends wait their turn, so runs ending together "
+        "cannot starve the event streams of the runs still going.",
+    )
     max_tool_iterations: int = Field(
         3, ge=1, le=20, description="Model calls an agent may spend on tool calls in one turn."
     )
