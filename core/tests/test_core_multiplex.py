@@ -1,0 +1,197 @@
+"""`chorus.core.multiplex`: the server side's gathering of keyed streams into responses
+(order, response size cap, per-stream buffer, pause / resume, stop, errors) and the rule of
+whom a request acts for. The gRPC side is covered where it is used (orchestrator-svc's
+WatchRuns, the gateway's SSE and WebSocket streams)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from chorus.core.errors import InvalidArgument, NotFound, PermissionDenied
+from chorus.core.identity import SYSTEM_USER, Identity
+from chorus.core.multiplex import MultiplexServer, Outbox, Update, acting_user
+
+Response = list[Update]
+
+
+class Harness:
+    """A MultiplexServer fed from a queue of requests (callables run by `handle`)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.server: MultiplexServer[int, Response] = MultiplexServer(list, **options)
+        self.requests: asyncio.Queue[Callable[[], None] | None] = asyncio.Queue()
+        self.responses = self.server.serve(self._requests(), lambda request: request())
+
+    async def _requests(self) -> AsyncIterator[Callable[[], None]]:
+        while (request := await self.requests.get()) is not None:
+            yield request
+
+    def send(self, request: Callable[[], None]) -> None:
+        self.requests.put_nowait(request)
+
+    async def next(self) -> Response:
+        async with asyncio.timeout(5):
+            return await anext(self.responses)
+
+
+def producing(*items: int, then: BaseException | None = None) -> Any:
+    async def produce(outbox: Outbox[int]) -> None:
+        for item in items:
+            await outbox.put(item)
+        if then is not None:
+            raise then
+
+    return produce
+
+
+async def test_a_streams_items_go_out_in_order_in_responses_of_at_most_max_items() -> None:
+    h = Harness(max_items=4)
+    h.send(lambda: h.server.open(1, producing(*range(10))))
+    first, second, third = await h.next(), await h.next(), await h.next()
+    assert first == [(1, [0, 1, 2, 3], None)]
+    assert second == [(1, [4, 5, 6, 7], None)]
+    assert third[0][:2] == (1, [8, 9]) and third[0][2] is not None and third[0][2].code == 0
+    h.send(None)  # half-close: every stream ended, so the call ends
+    with pytest.raises(StopAsyncIteration):
+        await h.next()
+
+
+async def test_streams_with_news_share_a_response() -> None:
+    h = Harness()
+
+    def open_both() -> None:
+        h.server.open(1, producing(10, 11))
+        h.server.open(2, producing(20))
+
+    h.send(open_both)
+    response = await h.next()
+    assert [(key, items) for key, items, _ in response] == [(1, [10, 11]), (2, [20])]
+    assert all(status is not None and status.code == 0 for _, _, status in response)
+
+
+async def test_a_producer_waits_at_buffer_items_until_the_sender_took_them() -> None:
+    h = Harness(buffer_items=3)
+    h.send(lambda: h.server.open(1, producing(*range(7))))
+    response = await h.next()
+    assert response == [(1, [0, 1, 2], None)]  # it stopped at 3 unsent items
+    rest = [await h.next(), await h.next()]
+    assert [items for r in rest for _, items, _ in r] == [[3, 4, 5], [6]]
+
+
+async def test_a_paused_stream_sends_nothing_until_resumed_and_loses_nothing() -> None:
+    h = Harness()
+    gate = asyncio.Event()
+    put_two = asyncio.Event()
+    handled = asyncio.Event()
+
+    async def produce(outbox: Outbox[int]) -> None:
+        await outbox.put(1)
+        await gate.wait()
+        await outbox.put(2)  # not sent yet when the pause comes
+        put_two.set()
+        await outbox.put(3)  # put while paused: held, and the producer waits here
+
+    async def other(outbox: Outbox[int]) -> None:
+        await outbox.put(99)
+
+    h.send(lambda: h.server.open(1, produce))
+    assert await h.next() == [(1, [1], None)]
+    h.send(gate.set)
+    async with asyncio.timeout(5):
+        await put_two.wait()
+
+    def pause_and_open_other() -> None:
+        h.server.pause(1)
+        h.server.open(2, other)
+        handled.set()
+
+    h.send(pause_and_open_other)
+    async with asyncio.timeout(5):
+        await handled.wait()
+    response = await h.next()
+    assert [key for key, _, _ in response] == [2]  # only the other stream
+    h.send(lambda: h.server.resume(1))
+    items: list[int] = []
+    while True:
+        (key, got, status), *_ = await h.next()
+        assert key == 1
+        items += got
+        if status is not None:
+            break
+    assert items == [2, 3] and status.code == 0
+
+
+async def test_stop_cancels_the_producer_and_runs_on_stop_only_before_the_end() -> None:
+    h = Harness()
+    stopped: list[int] = []
+    cancelled = asyncio.Event()
+
+    async def forever(outbox: Outbox[int]) -> None:
+        await outbox.put(1)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    h.send(lambda: h.server.open(1, forever, on_stop=lambda: stopped.append(1)))
+    h.send(lambda: h.server.open(2, producing(5), on_stop=lambda: stopped.append(2)))
+    seen: dict[int, Any] = {}
+    while 2 not in seen or 1 not in seen:
+        for key, _, status in await h.next():
+            seen[key] = status
+    h.send(lambda: (h.server.stop(1), h.server.stop(2)))
+    async with asyncio.timeout(5):
+        await cancelled.wait()
+    assert stopped == [1]  # stream 2 had ended: no on_stop
+    h.send(None)
+    with pytest.raises(StopAsyncIteration):
+        await h.next()
+
+
+async def test_a_producers_error_ends_its_stream_with_its_status() -> None:
+    h = Harness()
+
+    def open_failing() -> None:
+        h.server.open(1, producing(1, then=NotFound("no such run")))
+        h.server.open(2, producing(then=RuntimeError("a bug")))
+
+    h.send(open_failing)
+    statuses = {}
+    while len(statuses) < 2:
+        for key, _, status in await h.next():
+            if status is not None:
+                statuses[key] = status
+    assert statuses[1].code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert statuses[1].message == "no such run"
+    assert statuses[2].code == grpc.StatusCode.INTERNAL.value[0]
+    assert "a bug" not in statuses[2].message  # never the exception text
+
+
+async def test_a_request_raising_a_chorus_error_ends_the_call() -> None:
+    h = Harness()
+
+    def bad() -> None:
+        raise InvalidArgument("watch_id must be greater than 0", [("watch_id", "must be > 0")])
+
+    h.send(bad)
+    with pytest.raises(InvalidArgument):
+        await h.next()
+
+
+def test_acting_user_is_the_named_user_only_for_the_system_identity() -> None:
+    system = Identity(SYSTEM_USER, "internal-token")
+    alice = Identity("alice", "internal-token")
+    assert acting_user(system, "bob") == "bob"
+    assert acting_user(alice, "") == "alice"
+    assert acting_user(alice, "alice") == "alice"
+    with pytest.raises(InvalidArgument) as missing:
+        acting_user(system, "")
+    assert missing.value.violations == [("user", "required")]
+    with pytest.raises(PermissionDenied):
+        acting_user(alice, "bob")
