@@ -47,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 from chorus.core import identity
 from chorus.gateway import errors, protojson
 from chorus.gateway.settings import GatewaySettings
-from chorus.gateway.watches import RunWatches, Watch
+from chorus.gateway.watches import RunWatches, WatchBuffer
 from chorus.v1 import run_pb2
 
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
@@ -103,22 +103,17 @@ def close_all() -> int:
     return len(pumps)
 
 
-class _Pump:
-    """The buffer of one stream: encoded frames of the events its watch delivered
-    (`chorus.core.multiplex.StreamSink`), taken by the response's writer."""
+class _Pump(WatchBuffer):
+    """The buffer of one stream: encoded frames of the events its watch delivered, taken
+    by the response's writer."""
 
     def __init__(self, max_buffered: int, flush_interval_s: float = 0.0) -> None:
-        self.watch: Watch | None = None
+        super().__init__(max_buffered)
         self._interval = flush_interval_s
         self._credit = float(FLUSH_BURST)
         self._credit_time = 0.0
         self.frames: list[bytes] = []
-        self.error: BaseException | None = None
-        self.finished = False
         self.closed = False
-        self.paused = False
-        self._max = max_buffered
-        self._ready = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         # keepalive: one timer per stream re-armed at most once per `keepalive_s`, instead of
         # a timeout around every wait (a timer handle per event)
@@ -129,20 +124,11 @@ class _Pump:
         _LIVE.add(self)
 
     def deliver(self, events: Sequence[run_pb2.RunEvent]) -> None:
-        """Buffer the watch's next events; pause the watch at `max_buffered` frames."""
+        """Buffer the watch's next events as SSE frames."""
         frames = self.frames
         for event in events:
             frames.append(encode_event(event))
-        self._ready.set()
-        if len(frames) >= self._max and not self.paused and self.watch is not None:
-            self.paused = True
-            self.watch.pause()
-
-    def end(self, error: BaseException | None) -> None:
-        """The watch ended (after its terminal event, or with `error`)."""
-        self.error = error
-        self.finished = True
-        self._ready.set()
+        self._delivered(len(frames))
 
     async def wait_first(self, timeout: float) -> None:
         """Wait until a frame is buffered, the stream ended, or `timeout` s passed."""
@@ -175,9 +161,7 @@ class _Pump:
         if self.closed:
             return None
         frames, self.frames = self.frames, []
-        if self.paused and self.watch is not None:
-            self.paused = False
-            self.watch.resume()
+        self._taken()
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def _keepalive(self) -> None:

@@ -20,6 +20,7 @@ gateway authenticated, and the orchestrator checks that user's access to the run
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import Counter, Gauge
@@ -66,6 +67,40 @@ class Watch:
     def stop(self) -> None:
         """The client left: no more news; a started run follows `spec.on_disconnect`."""
         self._stream.stop(rs.WatchRunsRequest(watch_id=self._stream.key, stop=_STOP))
+
+
+class WatchBuffer:
+    """The gateway's side of one watch (a `StreamSink`): the end, and flow control — at
+    `max_buffered` delivered but not yet sent items the watch is paused, and once they were
+    taken it is resumed (the orchestrator holds the run's events meanwhile). Subclasses
+    keep the items and call `_delivered` / `_taken`."""
+
+    def __init__(self, max_buffered: int) -> None:
+        self.watch: Watch | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self.paused = False
+        self._max = max_buffered
+        self._ready = asyncio.Event()
+
+    def end(self, error: BaseException | None) -> None:
+        """The watch ended (after its terminal event, or with `error`)."""
+        self.error = error
+        self.finished = True
+        self._ready.set()
+
+    def _delivered(self, buffered: int) -> None:
+        """Items were delivered; `buffered` are now waiting to be sent on."""
+        self._ready.set()
+        if buffered >= self._max and not self.paused and self.watch is not None:
+            self.paused = True
+            self.watch.pause()
+
+    def _taken(self) -> None:
+        """Everything delivered was taken to be sent on: resume a paused watch."""
+        if self.paused and self.watch is not None:
+            self.paused = False
+            self.watch.resume()
 
 
 class RunWatches:

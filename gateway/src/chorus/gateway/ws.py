@@ -59,7 +59,7 @@ from chorus.gateway.auth import Authenticator, Caller
 from chorus.gateway.clients import ServiceClients
 from chorus.gateway.ratelimit import RateLimiter
 from chorus.gateway.settings import GatewaySettings
-from chorus.gateway.watches import Watch
+from chorus.gateway.watches import WatchBuffer
 from chorus.v1 import run_pb2, run_service_pb2
 
 log = get_logger("chorus.gateway.ws")
@@ -90,37 +90,21 @@ class _FrameError(Exception):
     """A client frame the server cannot act on (answered with a recoverable error)."""
 
 
-class _Follow:
-    """One followed run: the events its watch on the shared WatchRuns call
-    (`chorus.gateway.watches`) delivered and the socket has not been sent yet. At
-    `max_buffered` unsent events the watch is paused until the socket caught up."""
+class _Follow(WatchBuffer):
+    """One followed run: the events its watch on the shared WatchRuns call delivered and
+    the socket has not been sent yet."""
 
     def __init__(self, max_buffered: int) -> None:
+        super().__init__(max_buffered)
         self.events: collections.deque[run_pb2.RunEvent] = collections.deque()
-        self.watch: Watch | None = None
-        self.error: BaseException | None = None
-        self.finished = False
-        self._paused = False
-        self._max = max_buffered
-        self._ready = asyncio.Event()
 
     def deliver(self, events: Sequence[run_pb2.RunEvent]) -> None:
         self.events.extend(events)
-        self._ready.set()
-        if len(self.events) >= self._max and not self._paused and self.watch is not None:
-            self._paused = True
-            self.watch.pause()
-
-    def end(self, error: BaseException | None) -> None:
-        self.error = error
-        self.finished = True
-        self._ready.set()
+        self._delivered(len(self.events))
 
     def take_all(self) -> None:
-        """The socket was sent every delivered event: resume a paused watch."""
-        if self._paused and self.watch is not None:
-            self._paused = False
-            self.watch.resume()
+        """The socket was sent every delivered event."""
+        self._taken()
 
     async def wait(self) -> None:
         """Until more events were delivered or the watch ended."""
