@@ -1,6 +1,6 @@
-"""Many keyed streams over one bidirectional gRPC call (RunService.WatchRuns,
-ProviderService.StreamChats): the server side gathers every stream's news into few large
-responses, the client side hands each update to its stream's sink.
+"""Many keyed streams over one bidirectional gRPC call (RunService.WatchRuns): the server
+side gathers every stream's news into few large responses, the client side hands each
+update to its stream's sink.
 
 Why: a grpc.aio message costs ~170 µs of CPU (both sides) and a live call ~48 KB
 (`bench/bench_grpc_costs.py`); one call whose responses carry many streams' items replaces
@@ -387,11 +387,6 @@ class Stream(Generic[Req]):
     def __init__(self, call: _Call[Req], key: int) -> None:
         self._call = call
         self.key = key
-
-    @property
-    def open(self) -> bool:
-        """True until the stream's last update arrived, it was stopped or the call failed."""
-        return self.key in self._call.sinks
 
     def send(self, request: Req) -> None:
         """Send a request about this stream (pause, resume…) while it is open."""
