@@ -9,8 +9,9 @@ MODE is where the client attaches:
   orchestrator  RunService.StreamRun at TARGET (a SINGLE team of one agent, one turn)
   sse           POST TARGET/api/v1/runs/stream on the gateway (SSE)
 
-Every mode asks for TOKENS output tokens per stream and counts tokens as they arrive (the
-upstream's tokens are ` tokN`, so coalesced deltas count right). Prints one JSON line:
+Every mode asks for TOKENS output tokens per stream and counts tokens as they arrive: a token
+is one run of non-space characters with its leading whitespace (the fake upstream's ` tokN`,
+the simulator's words), so deltas coalesced into one event count right. Prints one JSON line:
 tokens, tokens_per_s, ttft_p50_ms / ttft_p99_ms (time to first token per stream), errors,
 and with --lag the p50/p99 lag of every token behind its schedule (first token + i / TPS).
 With --ramp-s the streams start evenly over S seconds instead of all at once.
@@ -105,7 +106,7 @@ async def stream_sse(
                 event = line[6:].strip()
             elif line.startswith(b"data:") and event == b"text_delta":
                 text = orjson.loads(line[5:])["textDelta"]["text"]
-                yield max(1, text.count(" tok"))
+                yield len(text.split()) or 1
             elif line.startswith(b"data:") and event == b"error":  # the run could not stream
                 raise RuntimeError(f"SSE error event: {line[5:].strip().decode()}")
 
@@ -160,7 +161,7 @@ async def main() -> None:
             async def provider_tokens() -> AsyncIterator[int]:
                 async for item in call:
                     if item.HasField("text_delta"):
-                        yield max(1, item.text_delta.text.count(" tok"))
+                        yield len(item.text_delta.text.split()) or 1
 
             return provider_tokens()
         run_call = run_service_pb2_grpc.RunServiceStub(channel).StreamRun(

@@ -1,6 +1,7 @@
 """`chorus.core.multiplex`: the server side's gathering of keyed streams into responses
-(order, response size cap, per-stream buffer, pause / resume, stop, errors) and the rule of
-whom a request acts for. The gRPC side is covered where it is used (orchestrator-svc's
+(order, response size cap, per-stream buffer, pause / resume, stop, errors, the response
+window), the client side's acknowledgements and the rule of whom a request acts for. The
+gRPC side is covered where it is used (provider-svc's StreamChats, orchestrator-svc's
 WatchRuns, the gateway's SSE and WebSocket streams)."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pytest
 
 from chorus.core.errors import InvalidArgument, NotFound, PermissionDenied
 from chorus.core.identity import SYSTEM_USER, Identity
-from chorus.core.multiplex import MultiplexServer, Outbox, Update, acting_user
+from chorus.core.multiplex import MultiplexClient, MultiplexServer, Outbox, Update, acting_user
+from chorus.core.testing import wait_for
 
 Response = list[Update]
 
@@ -182,6 +184,117 @@ async def test_a_request_raising_a_chorus_error_ends_the_call() -> None:
     h.send(bad)
     with pytest.raises(InvalidArgument):
         await h.next()
+
+
+async def test_with_a_window_the_sender_waits_for_acknowledgements_and_gathers_meanwhile() -> None:
+    h = Harness()
+    gate = asyncio.Event()
+    all_put = asyncio.Event()
+
+    async def produce(outbox: Outbox[int]) -> None:
+        await outbox.put(0)
+        await gate.wait()
+        for item in range(1, 6):
+            await outbox.put(item)
+        all_put.set()
+
+    h.send(lambda: h.server.set_window(1))
+    h.send(lambda: h.server.open(1, produce))
+    assert await h.next() == [(1, [0], None)]
+    waiting = asyncio.ensure_future(h.next())
+    gate.set()
+    async with asyncio.timeout(5):
+        await all_put.wait()
+    for _ in range(10):  # turns of the loop in which an unlimited sender would have sent
+        await asyncio.sleep(0)
+    assert not waiting.done()  # one response out, none acknowledged: the window is full
+    h.send(lambda: h.server.acknowledge(1))
+    ((key, items, status),) = await waiting
+    assert (key, items) == (1, [1, 2, 3, 4, 5])  # everything gathered meanwhile, at once
+    assert status is not None and status.code == 0
+
+
+async def test_a_window_is_not_waited_on_once_the_client_half_closed() -> None:
+    h = Harness()
+    gate = asyncio.Event()
+
+    async def produce(outbox: Outbox[int]) -> None:
+        await outbox.put(0)
+        await gate.wait()
+        await outbox.put(1)
+
+    h.send(lambda: h.server.set_window(1))
+    h.send(lambda: h.server.open(1, produce))
+    assert await h.next() == [(1, [0], None)]
+    h.send(None)  # no acknowledgement can come any more
+    gate.set()
+    ((_, items, status),) = await h.next()
+    assert items == [1] and status is not None and status.code == 0
+
+
+class FakeCall:
+    """What `open_call` returns in a MultiplexClient test: responses fed by the test,
+    requests collected as the client's request iterator yields them."""
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self.responses: asyncio.Queue[Any] = asyncio.Queue()
+        self.sent: list[Any] = []
+        self._pump = asyncio.ensure_future(self._take(requests))
+
+    async def _take(self, requests: AsyncIterator[Any]) -> None:
+        async for request in requests:
+            self.sent.append(request)
+
+    def __aiter__(self) -> FakeCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        response = await self.responses.get()
+        if response is None:
+            raise StopAsyncIteration
+        return response
+
+    def cancel(self) -> None:
+        self._pump.cancel()
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def deliver(self, items: Any) -> None:
+        self.items.extend(items)
+
+    def end(self, error: BaseException | None) -> None:
+        pass
+
+
+async def test_a_client_with_a_window_announces_it_and_acknowledges_what_it_read() -> None:
+    calls: list[FakeCall] = []
+
+    def open_call(requests: AsyncIterator[Any]) -> FakeCall:
+        calls.append(FakeCall(requests))
+        return calls[-1]
+
+    client: MultiplexClient[Any] = MultiplexClient(
+        open_call,
+        lambda response: response,
+        "Test",
+        flow=lambda window, acknowledged: ("flow", window, acknowledged),
+        window=2,
+    )
+    sink = Sink()
+    client.open(sink, lambda key: ("open", key))
+    (call,) = calls
+    for n in range(3):  # three responses before the request iterator runs again
+        call.responses.put_nowait([(1, [n], None)])
+    await wait_for(lambda: len(sink.items) == 3 and ("flow", 0, 3) in call.sent, timeout=5)
+    # the window first, then one acknowledgement for the three responses read
+    assert call.sent == [("flow", 2, 0), ("open", 1), ("flow", 0, 3)]
+    call.responses.put_nowait([(1, [3], None)])
+    await wait_for(lambda: ("flow", 0, 1) in call.sent, timeout=5)
+    assert sink.items == [0, 1, 2, 3]
+    client.close()
 
 
 def test_acting_user_is_the_named_user_only_for_the_system_identity() -> None:

@@ -1,6 +1,6 @@
-"""Many keyed streams over one bidirectional gRPC call (RunService.WatchRuns): the server
-side gathers every stream's news into few large responses, the client side hands each
-update to its stream's sink.
+"""Many keyed streams over one bidirectional gRPC call (RunService.WatchRuns,
+ProviderService.StreamChats): the server side gathers every stream's news into few large
+responses, the client side hands each update to its stream's sink.
 
 Why: a grpc.aio message costs ~170 µs of CPU (both sides) and a live call ~48 KB
 (`bench/bench_grpc_costs.py`); one call whose responses carry many streams' items replaces
@@ -16,10 +16,15 @@ sender builds a response from every outbox with news each time it runs — under
 event loop runs many producers between two sends, so messages carry many streams' items;
 when idle an item goes out at once (no added wait). An outbox holds at most `buffer_items`
 unsent items, then its producer waits; a paused stream sends nothing until resumed.
+With a response window (`set_window`, announced by the client) at most that many responses
+are out unacknowledged (`acknowledge`); news gathers meanwhile, so a reader that falls
+behind gets fewer, larger responses instead of a backlog of small ones (a grpc.aio reader
+takes one message per event-loop turn).
 
 Client (`MultiplexClient`): requests go out in order from a queue; a reader task hands each
-update to its sink (`StreamSink.deliver` / `end`). When the call fails every sink on it ends
-with that error and the next `open` starts a new call.
+update to its sink (`StreamSink.deliver` / `end`) and, with a window, acknowledges the
+responses read (those read while an acknowledgement waits to go out share it). When the
+call fails every sink on it ends with that error and the next `open` starts a new call.
 """
 
 from __future__ import annotations
@@ -130,11 +135,25 @@ class MultiplexServer(Generic[T, Resp]):
         self._wake = asyncio.Event()
         self._requests_done = False
         self._fatal: ChorusError | None = None
+        self._window = 0  # most unacknowledged responses; 0: no limit
+        self._in_flight = 0  # responses sent since the window was set, not acknowledged
 
     @property
     def open_count(self) -> int:
         """Streams whose producer is still running."""
         return len(self._tasks)
+
+    def set_window(self, responses: int) -> None:
+        """Send at most `responses` responses the client has not acknowledged (0: no
+        limit); the count restarts here."""
+        self._window = max(0, responses)
+        self._in_flight = 0
+        self._wake.set()
+
+    def acknowledge(self, responses: int) -> None:
+        """The client has read `responses` more responses: as many may go out."""
+        self._in_flight = max(0, self._in_flight - responses)
+        self._wake.set()
 
     def is_open(self, key: int) -> bool:
         """True while the stream has not sent its last update (nor been stopped)."""
@@ -154,7 +173,8 @@ class MultiplexServer(Generic[T, Resp]):
             while True:
                 if self._fatal is not None:
                     raise self._fatal
-                if self._news:
+                if self._news and (not self._window or self._in_flight < self._window):
+                    self._in_flight += 1
                     yield self._response()
                     continue
                 if self._requests_done and not self._outboxes:
@@ -176,6 +196,7 @@ class MultiplexServer(Generic[T, Resp]):
             log.debug("multiplexed_requests_ended", error_type=type(exc).__name__)
         finally:
             self._requests_done = True
+            self._window = 0  # nobody left to acknowledge
             self._wake.set()
 
     # ------------------------------------------------------------------ streams
@@ -315,6 +336,10 @@ class StreamSink(Protocol):
         ended the call first)."""
 
 
+_ACK = object()
+"""Queued in place of a request: acknowledge the responses read so far."""
+
+
 class _Call(Generic[Req]):
     """One multiplexed call and the sinks of the streams open on it."""
 
@@ -323,12 +348,19 @@ class _Call(Generic[Req]):
         open_call: Callable[[AsyncIterator[Req]], Any],
         unpack: Callable[[Any], Iterable[Update]],
         name: str,
+        flow: Callable[[int, int], Req] | None,
+        window: int,
     ) -> None:
         self.sinks: dict[int, StreamSink] = {}
         self.broken = False
         self._name = name
         self._unpack = unpack
-        self._requests: asyncio.Queue[Req | None] = asyncio.Queue()
+        self._flow = flow if window > 0 else None
+        self._read_count = 0  # responses read, not acknowledged yet
+        self._ack_queued = False
+        self._requests: asyncio.Queue[Req | object | None] = asyncio.Queue()
+        if self._flow is not None:
+            self._requests.put_nowait(self._flow(window, 0))
         self._call = open_call(self._outgoing())
         self._reader = asyncio.create_task(self._read())
 
@@ -338,7 +370,20 @@ class _Call(Generic[Req]):
 
     async def _outgoing(self) -> AsyncIterator[Req]:
         while (request := await self._requests.get()) is not None:
-            yield request
+            if request is _ACK:
+                # Every response read since the last acknowledgement, in one request.
+                self._ack_queued = False
+                count, self._read_count = self._read_count, 0
+                assert self._flow is not None
+                yield self._flow(0, count)
+            else:
+                yield request  # type: ignore[misc]
+
+    def _acknowledge(self) -> None:
+        self._read_count += 1
+        if not self._ack_queued:
+            self._ack_queued = True
+            self._requests.put_nowait(_ACK)
 
     async def _read(self) -> None:
         error: BaseException = Unavailable(
@@ -357,6 +402,8 @@ class _Call(Generic[Req]):
                     if status is not None:
                         del sinks[key]
                         sink.end(StatusError(status) if status.code else None)
+                if self._flow is not None:
+                    self._acknowledge()
         except grpc.aio.AioRpcError as exc:
             error = exc
         finally:
@@ -409,6 +456,11 @@ class MultiplexClient(Generic[Req]):
         unpack: a response's updates as `(key, items, status or None)`.
         name: the RPC, for logs.
         on_call: called each time a call is started (a metric).
+        flow: a request carrying flow control only: `flow(response_window, acknowledged)`;
+            with `window` > 0 each call starts with `flow(window, 0)` and every response
+            read is acknowledged (several at once when the requests queue up), so the server
+            sends at most `window` responses ahead of this reader.
+        window: see `flow`; 0: no flow control (the server sends as fast as it gathers).
     """
 
     def __init__(
@@ -418,11 +470,15 @@ class MultiplexClient(Generic[Req]):
         name: str,
         *,
         on_call: Callable[[], None] | None = None,
+        flow: Callable[[int, int], Req] | None = None,
+        window: int = 0,
     ) -> None:
         self._open_call = open_call
         self._unpack = unpack
         self._name = name
         self._on_call = on_call
+        self._flow = flow
+        self._window = window
         self._call: _Call[Req] | None = None
         self._last_key = 0
 
@@ -436,7 +492,9 @@ class MultiplexClient(Generic[Req]):
         its news goes to `sink`."""
         call = self._call
         if call is None or call.broken:
-            call = self._call = _Call(self._open_call, self._unpack, self._name)
+            call = self._call = _Call(
+                self._open_call, self._unpack, self._name, self._flow, self._window
+            )
             if self._on_call is not None:
                 self._on_call()
         self._last_key += 1

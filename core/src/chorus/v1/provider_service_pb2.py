@@ -23,11 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from chorus.v1 import chat_pb2 as chorus_dot_v1_dot_chat__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import code_pb2 as google_dot_rpc_dot_code__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n chorus/v1/provider_service.proto\x12\tchorus.v1\x1a\x14\x63horus/v1/chat.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15google/rpc/code.proto\"\x9c\x01\n\x0b\x43hatMessage\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\ntool_calls\x18\x04 \x03(\x0b\x32\x13.chorus.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\x12\x10\n\x08is_error\x18\x06 \x01(\x08\"`\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa7\x01\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.chorus.v1.ToolChoice.Mode\x12\x11\n\ttool_name\x18\x02 \x01(\t\"\\\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_AUTO\x10\x01\x12\r\n\tMODE_NONE\x10\x02\x12\x11\n\rMODE_REQUIRED\x10\x03\x12\r\n\tMODE_TOOL\x10\x04\"\x8a\x04\n\x11StreamChatRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.chorus.v1.ChatMessage\x12(\n\x05tools\x18\x03 \x03(\x0b\x32\x19.chorus.v1.ToolDefinition\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12*\n\x0btool_choice\x18\x08 \x01(\x0b\x32\x15.chorus.v1.ToolChoice\x12&\n\tfallbacks\x18\t \x03(\x0b\x32\x13.chorus.v1.ModelRef\x12<\n\x08metadata\x18\n \x03(\x0b\x32*.chorus.v1.StreamChatRequest.MetadataEntry\x12.\n\tsimulator\x18\x0b \x01(\x0b\x32\x1b.chorus.v1.SimulatorOptions\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x14\n\x12_max_output_tokens\"\xa8\x08\n\x12StreamChatResponse\x12\x34\n\x05start\x18\x01 \x01(\x0b\x32#.chorus.v1.StreamChatResponse.StartH\x00\x12=\n\ntext_delta\x18\x02 \x01(\x0b\x32\'.chorus.v1.StreamChatResponse.TextDeltaH\x00\x12G\n\x0freasoning_delta\x18\x03 \x01(\x0b\x32,.chorus.v1.StreamChatResponse.ReasoningDeltaH\x00\x12\x46\n\x0ftool_call_start\x18\x04 \x01(\x0b\x32+.chorus.v1.StreamChatResponse.ToolCallStartH\x00\x12\x46\n\x0ftool_call_delta\x18\x05 \x01(\x0b\x32+.chorus.v1.StreamChatResponse.ToolCallDeltaH\x00\x12\x42\n\rtool_call_end\x18\x06 \x01(\x0b\x32).chorus.v1.StreamChatResponse.ToolCallEndH\x00\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x10.chorus.v1.UsageH\x00\x12\x36\n\x06\x66inish\x18\x08 \x01(\x0b\x32$.chorus.v1.StreamChatResponse.FinishH\x00\x12\x34\n\x05\x65rror\x18\t \x01(\x0b\x32#.chorus.v1.StreamChatResponse.ErrorH\x00\x1a\x63\n\x05Start\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x0f\n\x07retries\x18\x02 \x01(\x05\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x13\n\x0bresponse_id\x18\x04 \x01(\t\x1a\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x1e\n\x0eReasoningDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x38\n\rToolCallStart\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x1a\x37\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x17\n\x0f\x61rguments_delta\x18\x02 \x01(\t\x1a?\n\x0bToolCallEnd\x12\r\n\x05index\x18\x01 \x01(\x05\x12!\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x1a\x45\n\x06\x46inish\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.chorus.v1.FinishReason\x12\x12\n\nraw_reason\x18\x02 \x01(\t\x1aK\n\x05\x45rror\x12\x1e\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x10.google.rpc.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x42\x07\n\x05\x65vent\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"Z\n\x11ModelCapabilities\x12\r\n\x05tools\x18\x01 \x01(\x08\x12\x0e\n\x06vision\x18\x02 \x01(\x08\x12\x11\n\treasoning\x18\x03 \x01(\x08\x12\x13\n\x0bjson_output\x18\x04 \x01(\x08\"z\n\nModelPrice\x12\x16\n\x0einput_per_mtok\x18\x01 \x01(\x01\x12\x1d\n\x15\x63\x61\x63hed_input_per_mtok\x18\x02 \x01(\x01\x12\x1c\n\x14\x63\x61\x63he_write_per_mtok\x18\x03 \x01(\x01\x12\x17\n\x0foutput_per_mtok\x18\x04 \x01(\x01\"\xc9\x01\n\x05Model\x12 \n\x03ref\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x32\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1c.chorus.v1.ModelCapabilities\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x05\x12$\n\x05price\x18\x04 \x01(\x0b\x32\x15.chorus.v1.ModelPrice\x12\x1b\n\x13\x63redentials_present\x18\x05 \x01(\x08\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x06 \x01(\x08\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.chorus.v1.Model*\xb8\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x05\x32\xa9\x01\n\x0fProviderService\x12K\n\nStreamChat\x12\x1c.chorus.v1.StreamChatRequest\x1a\x1d.chorus.v1.StreamChatResponse0\x01\x12I\n\nListModels\x12\x1c.chorus.v1.ListModelsRequest\x1a\x1d.chorus.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n chorus/v1/provider_service.proto\x12\tchorus.v1\x1a\x14\x63horus/v1/chat.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15google/rpc/code.proto\x1a\x17google/rpc/status.proto\"\x9c\x01\n\x0b\x43hatMessage\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\ntool_calls\x18\x04 \x03(\x0b\x32\x13.chorus.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\x12\x10\n\x08is_error\x18\x06 \x01(\x08\"`\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa7\x01\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.chorus.v1.ToolChoice.Mode\x12\x11\n\ttool_name\x18\x02 \x01(\t\"\\\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_AUTO\x10\x01\x12\r\n\tMODE_NONE\x10\x02\x12\x11\n\rMODE_REQUIRED\x10\x03\x12\r\n\tMODE_TOOL\x10\x04\"\x8a\x04\n\x11StreamChatRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.chorus.v1.ChatMessage\x12(\n\x05tools\x18\x03 \x03(\x0b\x32\x19.chorus.v1.ToolDefinition\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12*\n\x0btool_choice\x18\x08 \x01(\x0b\x32\x15.chorus.v1.ToolChoice\x12&\n\tfallbacks\x18\t \x03(\x0b\x32\x13.chorus.v1.ModelRef\x12<\n\x08metadata\x18\n \x03(\x0b\x32*.chorus.v1.StreamChatRequest.MetadataEntry\x12.\n\tsimulator\x18\x0b \x01(\x0b\x32\x1b.chorus.v1.SimulatorOptions\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x14\n\x12_max_output_tokens\"\xa8\x08\n\x12StreamChatResponse\x12\x34\n\x05start\x18\x01 \x01(\x0b\x32#.chorus.v1.StreamChatResponse.StartH\x00\x12=\n\ntext_delta\x18\x02 \x01(\x0b\x32\'.chorus.v1.StreamChatResponse.TextDeltaH\x00\x12G\n\x0freasoning_delta\x18\x03 \x01(\x0b\x32,.chorus.v1.StreamChatResponse.ReasoningDeltaH\x00\x12\x46\n\x0ftool_call_start\x18\x04 \x01(\x0b\x32+.chorus.v1.StreamChatResponse.ToolCallStartH\x00\x12\x46\n\x0ftool_call_delta\x18\x05 \x01(\x0b\x32+.chorus.v1.StreamChatResponse.ToolCallDeltaH\x00\x12\x42\n\rtool_call_end\x18\x06 \x01(\x0b\x32).chorus.v1.StreamChatResponse.ToolCallEndH\x00\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x10.chorus.v1.UsageH\x00\x12\x36\n\x06\x66inish\x18\x08 \x01(\x0b\x32$.chorus.v1.StreamChatResponse.FinishH\x00\x12\x34\n\x05\x65rror\x18\t \x01(\x0b\x32#.chorus.v1.StreamChatResponse.ErrorH\x00\x1a\x63\n\x05Start\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x0f\n\x07retries\x18\x02 \x01(\x05\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x13\n\x0bresponse_id\x18\x04 \x01(\t\x1a\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x1e\n\x0eReasoningDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x38\n\rToolCallStart\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x1a\x37\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x17\n\x0f\x61rguments_delta\x18\x02 \x01(\t\x1a?\n\x0bToolCallEnd\x12\r\n\x05index\x18\x01 \x01(\x05\x12!\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x1a\x45\n\x06\x46inish\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.chorus.v1.FinishReason\x12\x12\n\nraw_reason\x18\x02 \x01(\t\x1aK\n\x05\x45rror\x12\x1e\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x10.google.rpc.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x42\x07\n\x05\x65vent\"\x9e\x02\n\x12StreamChatsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\x03\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12,\n\x04open\x18\x04 \x01(\x0b\x32\x1c.chorus.v1.StreamChatRequestH\x00\x12\x36\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32$.chorus.v1.StreamChatsRequest.CancelH\x00\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fresponse_window\x18\x07 \x01(\r\x12\x14\n\x0c\x61\x63knowledged\x18\x08 \x01(\r\x1a\x08\n\x06\x43\x61ncelB\x08\n\x06\x61\x63tion\"\xbd\x01\n\x13StreamChatsResponse\x12\x36\n\x07updates\x18\x01 \x03(\x0b\x32%.chorus.v1.StreamChatsResponse.Update\x1an\n\x06Update\x12\x11\n\tstream_id\x18\x01 \x01(\x03\x12-\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1d.chorus.v1.StreamChatResponse\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"Z\n\x11ModelCapabilities\x12\r\n\x05tools\x18\x01 \x01(\x08\x12\x0e\n\x06vision\x18\x02 \x01(\x08\x12\x11\n\treasoning\x18\x03 \x01(\x08\x12\x13\n\x0bjson_output\x18\x04 \x01(\x08\"z\n\nModelPrice\x12\x16\n\x0einput_per_mtok\x18\x01 \x01(\x01\x12\x1d\n\x15\x63\x61\x63hed_input_per_mtok\x18\x02 \x01(\x01\x12\x1c\n\x14\x63\x61\x63he_write_per_mtok\x18\x03 \x01(\x01\x12\x17\n\x0foutput_per_mtok\x18\x04 \x01(\x01\"\xc9\x01\n\x05Model\x12 \n\x03ref\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x32\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1c.chorus.v1.ModelCapabilities\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x05\x12$\n\x05price\x18\x04 \x01(\x0b\x32\x15.chorus.v1.ModelPrice\x12\x1b\n\x13\x63redentials_present\x18\x05 \x01(\x08\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x06 \x01(\x08\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.chorus.v1.Model*\xb8\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x05\x32\xfb\x01\n\x0fProviderService\x12K\n\nStreamChat\x12\x1c.chorus.v1.StreamChatRequest\x1a\x1d.chorus.v1.StreamChatResponse0\x01\x12P\n\x0bStreamChats\x12\x1d.chorus.v1.StreamChatsRequest\x1a\x1e.chorus.v1.StreamChatsResponse(\x01\x30\x01\x12I\n\nListModels\x12\x1c.chorus.v1.ListModelsRequest\x1a\x1d.chorus.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,48 +38,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STREAMCHATREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_STREAMCHATREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2657
-  _globals['_FINISHREASON']._serialized_end=2841
-  _globals['_CHATMESSAGE']._serialized_start=123
-  _globals['_CHATMESSAGE']._serialized_end=279
-  _globals['_TOOLDEFINITION']._serialized_start=281
-  _globals['_TOOLDEFINITION']._serialized_end=377
-  _globals['_TOOLCHOICE']._serialized_start=380
-  _globals['_TOOLCHOICE']._serialized_end=547
-  _globals['_TOOLCHOICE_MODE']._serialized_start=455
-  _globals['_TOOLCHOICE_MODE']._serialized_end=547
-  _globals['_STREAMCHATREQUEST']._serialized_start=550
-  _globals['_STREAMCHATREQUEST']._serialized_end=1072
-  _globals['_STREAMCHATREQUEST_METADATAENTRY']._serialized_start=977
-  _globals['_STREAMCHATREQUEST_METADATAENTRY']._serialized_end=1024
-  _globals['_STREAMCHATRESPONSE']._serialized_start=1075
-  _globals['_STREAMCHATRESPONSE']._serialized_end=2139
-  _globals['_STREAMCHATRESPONSE_START']._serialized_start=1644
-  _globals['_STREAMCHATRESPONSE_START']._serialized_end=1743
-  _globals['_STREAMCHATRESPONSE_TEXTDELTA']._serialized_start=1745
-  _globals['_STREAMCHATRESPONSE_TEXTDELTA']._serialized_end=1770
-  _globals['_STREAMCHATRESPONSE_REASONINGDELTA']._serialized_start=1772
-  _globals['_STREAMCHATRESPONSE_REASONINGDELTA']._serialized_end=1802
-  _globals['_STREAMCHATRESPONSE_TOOLCALLSTART']._serialized_start=1804
-  _globals['_STREAMCHATRESPONSE_TOOLCALLSTART']._serialized_end=1860
-  _globals['_STREAMCHATRESPONSE_TOOLCALLDELTA']._serialized_start=1862
-  _globals['_STREAMCHATRESPONSE_TOOLCALLDELTA']._serialized_end=1917
-  _globals['_STREAMCHATRESPONSE_TOOLCALLEND']._serialized_start=1919
-  _globals['_STREAMCHATRESPONSE_TOOLCALLEND']._serialized_end=1982
-  _globals['_STREAMCHATRESPONSE_FINISH']._serialized_start=1984
-  _globals['_STREAMCHATRESPONSE_FINISH']._serialized_end=2053
-  _globals['_STREAMCHATRESPONSE_ERROR']._serialized_start=2055
-  _globals['_STREAMCHATRESPONSE_ERROR']._serialized_end=2130
-  _globals['_LISTMODELSREQUEST']._serialized_start=2141
-  _globals['_LISTMODELSREQUEST']._serialized_end=2178
-  _globals['_MODELCAPABILITIES']._serialized_start=2180
-  _globals['_MODELCAPABILITIES']._serialized_end=2270
-  _globals['_MODELPRICE']._serialized_start=2272
-  _globals['_MODELPRICE']._serialized_end=2394
-  _globals['_MODEL']._serialized_start=2397
-  _globals['_MODEL']._serialized_end=2598
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2600
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2654
-  _globals['_PROVIDERSERVICE']._serialized_start=2844
-  _globals['_PROVIDERSERVICE']._serialized_end=3013
+  _globals['_FINISHREASON']._serialized_start=3195
+  _globals['_FINISHREASON']._serialized_end=3379
+  _globals['_CHATMESSAGE']._serialized_start=180
+  _globals['_CHATMESSAGE']._serialized_end=336
+  _globals['_TOOLDEFINITION']._serialized_start=338
+  _globals['_TOOLDEFINITION']._serialized_end=434
+  _globals['_TOOLCHOICE']._serialized_start=437
+  _globals['_TOOLCHOICE']._serialized_end=604
+  _globals['_TOOLCHOICE_MODE']._serialized_start=512
+  _globals['_TOOLCHOICE_MODE']._serialized_end=604
+  _globals['_STREAMCHATREQUEST']._serialized_start=607
+  _globals['_STREAMCHATREQUEST']._serialized_end=1129
+  _globals['_STREAMCHATREQUEST_METADATAENTRY']._serialized_start=1034
+  _globals['_STREAMCHATREQUEST_METADATAENTRY']._serialized_end=1081
+  _globals['_STREAMCHATRESPONSE']._serialized_start=1132
+  _globals['_STREAMCHATRESPONSE']._serialized_end=2196
+  _globals['_STREAMCHATRESPONSE_START']._serialized_start=1701
+  _globals['_STREAMCHATRESPONSE_START']._serialized_end=1800
+  _globals['_STREAMCHATRESPONSE_TEXTDELTA']._serialized_start=1802
+  _globals['_STREAMCHATRESPONSE_TEXTDELTA']._serialized_end=1827
+  _globals['_STREAMCHATRESPONSE_REASONINGDELTA']._serialized_start=1829
+  _globals['_STREAMCHATRESPONSE_REASONINGDELTA']._serialized_end=1859
+  _globals['_STREAMCHATRESPONSE_TOOLCALLSTART']._serialized_start=1861
+  _globals['_STREAMCHATRESPONSE_TOOLCALLSTART']._serialized_end=1917
+  _globals['_STREAMCHATRESPONSE_TOOLCALLDELTA']._serialized_start=1919
+  _globals['_STREAMCHATRESPONSE_TOOLCALLDELTA']._serialized_end=1974
+  _globals['_STREAMCHATRESPONSE_TOOLCALLEND']._serialized_start=1976
+  _globals['_STREAMCHATRESPONSE_TOOLCALLEND']._serialized_end=2039
+  _globals['_STREAMCHATRESPONSE_FINISH']._serialized_start=2041
+  _globals['_STREAMCHATRESPONSE_FINISH']._serialized_end=2110
+  _globals['_STREAMCHATRESPONSE_ERROR']._serialized_start=2112
+  _globals['_STREAMCHATRESPONSE_ERROR']._serialized_end=2187
+  _globals['_STREAMCHATSREQUEST']._serialized_start=2199
+  _globals['_STREAMCHATSREQUEST']._serialized_end=2485
+  _globals['_STREAMCHATSREQUEST_CANCEL']._serialized_start=2467
+  _globals['_STREAMCHATSREQUEST_CANCEL']._serialized_end=2475
+  _globals['_STREAMCHATSRESPONSE']._serialized_start=2488
+  _globals['_STREAMCHATSRESPONSE']._serialized_end=2677
+  _globals['_STREAMCHATSRESPONSE_UPDATE']._serialized_start=2567
+  _globals['_STREAMCHATSRESPONSE_UPDATE']._serialized_end=2677
+  _globals['_LISTMODELSREQUEST']._serialized_start=2679
+  _globals['_LISTMODELSREQUEST']._serialized_end=2716
+  _globals['_MODELCAPABILITIES']._serialized_start=2718
+  _globals['_MODELCAPABILITIES']._serialized_end=2808
+  _globals['_MODELPRICE']._serialized_start=2810
+  _globals['_MODELPRICE']._serialized_end=2932
+  _globals['_MODEL']._serialized_start=2935
+  _globals['_MODEL']._serialized_end=3136
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3138
+  _globals['_LISTMODELSRESPONSE']._serialized_end=3192
+  _globals['_PROVIDERSERVICE']._serialized_start=3382
+  _globals['_PROVIDERSERVICE']._serialized_end=3633
 # @@protoc_insertion_point(module_scope)

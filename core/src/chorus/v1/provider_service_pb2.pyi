@@ -1,6 +1,10 @@
+import datetime
+
 from chorus.v1 import chat_pb2 as _chat_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.rpc import code_pb2 as _code_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -185,6 +189,44 @@ class StreamChatResponse(_message.Message):
     finish: StreamChatResponse.Finish
     error: StreamChatResponse.Error
     def __init__(self, start: _Optional[_Union[StreamChatResponse.Start, _Mapping]] = ..., text_delta: _Optional[_Union[StreamChatResponse.TextDelta, _Mapping]] = ..., reasoning_delta: _Optional[_Union[StreamChatResponse.ReasoningDelta, _Mapping]] = ..., tool_call_start: _Optional[_Union[StreamChatResponse.ToolCallStart, _Mapping]] = ..., tool_call_delta: _Optional[_Union[StreamChatResponse.ToolCallDelta, _Mapping]] = ..., tool_call_end: _Optional[_Union[StreamChatResponse.ToolCallEnd, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., finish: _Optional[_Union[StreamChatResponse.Finish, _Mapping]] = ..., error: _Optional[_Union[StreamChatResponse.Error, _Mapping]] = ...) -> None: ...
+
+class StreamChatsRequest(_message.Message):
+    __slots__ = ("stream_id", "user", "request_id", "open", "cancel", "timeout", "response_window", "acknowledged")
+    class Cancel(_message.Message):
+        __slots__ = ()
+        def __init__(self) -> None: ...
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    user: str
+    request_id: str
+    open: StreamChatRequest
+    cancel: StreamChatsRequest.Cancel
+    timeout: _duration_pb2.Duration
+    response_window: int
+    acknowledged: int
+    def __init__(self, stream_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., open: _Optional[_Union[StreamChatRequest, _Mapping]] = ..., cancel: _Optional[_Union[StreamChatsRequest.Cancel, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., response_window: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
+
+class StreamChatsResponse(_message.Message):
+    __slots__ = ("updates",)
+    class Update(_message.Message):
+        __slots__ = ("stream_id", "events", "status")
+        STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+        EVENTS_FIELD_NUMBER: _ClassVar[int]
+        STATUS_FIELD_NUMBER: _ClassVar[int]
+        stream_id: int
+        events: _containers.RepeatedCompositeFieldContainer[StreamChatResponse]
+        status: _status_pb2.Status
+        def __init__(self, stream_id: _Optional[int] = ..., events: _Optional[_Iterable[_Union[StreamChatResponse, _Mapping]]] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[StreamChatsResponse.Update]
+    def __init__(self, updates: _Optional[_Iterable[_Union[StreamChatsResponse.Update, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("provider",)

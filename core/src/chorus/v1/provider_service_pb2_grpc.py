@@ -43,6 +43,11 @@ class ProviderServiceStub:
                 request_serializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatResponse.FromString,
                 _registered_method=True)
+        self.StreamChats = channel.stream_stream(
+                '/chorus.v1.ProviderService/StreamChats',
+                request_serializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatsRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatsResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/chorus.v1.ProviderService/ListModels',
                 request_serializer=chorus_dot_v1_dot_provider__service__pb2.ListModelsRequest.SerializeToString,
@@ -72,6 +77,25 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamChats(self, request_iterator, context):
+        """Streams many chat completions over one bidirectional call, for a client that runs many
+        model calls at once (the orchestrator): each request opens a stream (a StreamChat
+        request, with its own deadline) or cancels one, by the client's `stream_id`; each
+        response carries the events of every stream that had news since the last response.
+        Per stream, the events are those StreamChat would send, in the same order, and the
+        stream ends with a status: OK after its terminal event, else the error StreamChat would
+        have returned (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED with RetryInfo,
+        DEADLINE_EXCEEDED, …), which ends that stream only. A call made as the system identity
+        acts for the `user` of each request; any other call only for its own caller. The call
+        itself fails with INVALID_ARGUMENT for a request without `stream_id` or action (unless
+        it only carries flow control), or one that opens a stream under an id already open.
+        With `response_window` set the server sends at most that many responses ahead of the
+        client's acknowledgements.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Lists the configured models with capabilities, context window, prices and whether
         credentials are present. Never returns keys.
@@ -87,6 +111,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.StreamChat,
                     request_deserializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatResponse.SerializeToString,
+            ),
+            'StreamChats': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamChats,
+                    request_deserializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatsRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_provider__service__pb2.StreamChatsResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -125,6 +154,33 @@ class ProviderService:
             '/chorus.v1.ProviderService/StreamChat',
             chorus_dot_v1_dot_provider__service__pb2.StreamChatRequest.SerializeToString,
             chorus_dot_v1_dot_provider__service__pb2.StreamChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamChats(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chorus.v1.ProviderService/StreamChats',
+            chorus_dot_v1_dot_provider__service__pb2.StreamChatsRequest.SerializeToString,
+            chorus_dot_v1_dot_provider__service__pb2.StreamChatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

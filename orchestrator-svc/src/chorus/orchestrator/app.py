@@ -18,11 +18,13 @@ import logging
 
 import grpc
 
+from chorus.core import identity
 from chorus.core.channels import channel_options
 from chorus.core.logging import get_logger
 from chorus.core.server import GrpcServer, ServiceBinding
 from chorus.orchestrator.auth import CallAuth
 from chorus.orchestrator.catalog import CatalogCache
+from chorus.orchestrator.chat_streams import ChatStreams
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.manager import RunManager
 from chorus.orchestrator.service import RunService
@@ -107,10 +109,11 @@ async def build_app(settings: Settings) -> OrchestratorApp:
     provider = provider_service_pb2_grpc.ProviderServiceStub(provider_channel)
     auth = CallAuth(settings.internal_token.get_secret_value() if settings.internal_token else None)
     history = HistoryClient(history_channel, retry_s=settings.history_retry_s, auth=auth)
+    chats = ChatStreams(provider, auth.metadata(identity.SYSTEM_USER))
     manager = RunManager(
         settings,
         history,
-        provider,
+        chats,
         auth,
         CatalogCache(provider, settings.model_catalog_ttl_s, auth),
         tools,

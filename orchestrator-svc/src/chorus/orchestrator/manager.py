@@ -28,6 +28,7 @@ from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
 from chorus.orchestrator.auth import CallAuth
 from chorus.orchestrator.catalog import CatalogCache
+from chorus.orchestrator.chat_streams import ChatStreams
 from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.orchestrator.history import HistoryClient
@@ -38,7 +39,6 @@ from chorus.orchestrator.tools.registry import ToolRegistry
 from chorus.orchestrator.validation import resolve_agent_update, resolve_run_spec
 from chorus.v1 import (
     conversation_pb2,
-    provider_service_pb2_grpc,
     run_pb2,
     team_pb2,
 )
@@ -91,8 +91,8 @@ class RunManager:
     Args:
         settings: the service's settings.
         history: history-svc client.
-        provider: ProviderService stub (on a channel without interceptors).
-        auth: metadata of provider calls.
+        chats: the StreamChats call to provider-svc every model call goes over.
+        auth: metadata of the orchestrator's own calls.
         catalog: provider-svc's models, for validation.
         tools: the tool registry.
         templates: the team templates by name.
@@ -102,7 +102,7 @@ class RunManager:
         self,
         settings: Settings,
         history: HistoryClient,
-        provider: provider_service_pb2_grpc.ProviderServiceStub,
+        chats: ChatStreams,
         auth: CallAuth,
         catalog: CatalogCache,
         tools: ToolRegistry,
@@ -121,7 +121,7 @@ class RunManager:
             settings=settings,
             history=history,
             flusher=self.flusher,
-            provider=provider,
+            chats=chats,
             auth=auth,
             tools=tools,
             end_slots=asyncio.Semaphore(settings.max_ending_runs),

@@ -1,4 +1,5 @@
-"""An autogen `ChatCompletionClient` whose model calls go to ProviderService.StreamChat.
+"""An autogen `ChatCompletionClient` whose model calls go to provider-svc, each a stream of
+the process's ProviderService.StreamChats call (`chorus.orchestrator.chat_streams`).
 
 Every call streams from provider-svc. Text and reasoning pieces go straight to the run's
 event log through a `DeltaStream` (REFERENCE.md: a chunk through autogen's message passing
@@ -7,9 +8,10 @@ content or tool calls, thought and usage — so agents use `model_client_stream=
 
 * The agent's model, temperature, output limit and simulator options are read at each
   call from `spec()`, so UpdateRunAgent takes effect on the next call it allows.
-* The autogen cancellation token cancels the gRPC call (provider-svc then closes the
+* The autogen cancellation token cancels the stream (provider-svc then closes the
   upstream HTTP stream); the caller sees `asyncio.CancelledError`.
-* A provider failure — an RPC error before the stream started or an `error` event after —
+* A provider failure — the stream's error status before it started or an `error` event
+  after —
   is reported through `on_error` as a `RunError` (provider's code and retryable flag) and
   raised as `ProviderCallError`. autogen turns agent exceptions into a `RuntimeError`
   carrying only text, so the run learns the code from `on_error`, not from the exception.
@@ -41,13 +43,13 @@ from autogen_core.tools import Tool, ToolSchema
 from google.protobuf import struct_pb2
 from pydantic import BaseModel
 
-from chorus.core.errors import from_rpc_error, rpc_code
+from chorus.core.errors import ChorusError, rpc_code
 from chorus.core.logging import get_logger
 from chorus.orchestrator import metrics
+from chorus.orchestrator.chat_streams import ChatStream, ChatStreams
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.v1 import (
     chat_pb2,
-    provider_service_pb2_grpc,
     run_pb2,
     team_pb2,
 )
@@ -185,15 +187,16 @@ class ProviderChatClient(ChatCompletionClient):
     """A `ChatCompletionClient` for one agent (or a team's orchestrator) of one run.
 
     Args:
-        stub: ProviderService stub.
-        metadata: call metadata: the run owner's identity and the internal token.
+        chats: the process's StreamChats call.
+        user: the run's owner, whom the model calls are made for.
+        request_id: the run's request id, for provider-svc's logs.
         spec: returns the agent spec whose `model`, `temperature`, `max_output_tokens` and
             `simulator` the next call uses.
         labels: `StreamChatRequest.metadata` (run id, agent) for provider logs.
         deltas: opens the `DeltaStream` of a call; None sends no deltas (orchestrators).
         on_usage: receives each call's usage.
         on_error: receives the `RunError` of a failed call before it is raised.
-        timeout_s: deadline of one call.
+        timeout_s: deadline of one model call, seconds.
     """
 
     component_type = "model"
@@ -201,8 +204,9 @@ class ProviderChatClient(ChatCompletionClient):
     def __init__(
         self,
         *,
-        stub: provider_service_pb2_grpc.ProviderServiceStub,
-        metadata: tuple[tuple[str, str], ...],
+        chats: ChatStreams,
+        user: str,
+        request_id: str | None,
         spec: Callable[[], team_pb2.AgentSpec],
         labels: Mapping[str, str],
         deltas: Callable[[], DeltaStream] | None,
@@ -210,8 +214,9 @@ class ProviderChatClient(ChatCompletionClient):
         on_error: Callable[[run_pb2.RunError], None],
         timeout_s: float,
     ) -> None:
-        self._stub = stub
-        self._metadata = metadata
+        self._chats = chats
+        self._user = user
+        self._request_id = request_id
         self._spec = spec
         self._labels = dict(labels)
         self._deltas = deltas
@@ -220,7 +225,7 @@ class ProviderChatClient(ChatCompletionClient):
         self._timeout_s = timeout_s
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
-        self._prefetched: tuple[ps.StreamChatRequest, grpc.aio.UnaryStreamCall] | None
+        self._prefetched: tuple[ps.StreamChatRequest, ChatStream] | None
         self._prefetched = None
 
     def prefetch(self, messages: Sequence[LLMMessage], tools: Sequence[ToolSchema]) -> None:
@@ -240,10 +245,12 @@ class ProviderChatClient(ChatCompletionClient):
             self._prefetched = None
             metrics.MODEL_CALL_PREFETCHES.labels("dropped").inc()
 
-    def _open(self, request: ps.StreamChatRequest) -> grpc.aio.UnaryStreamCall:
-        return self._stub.StreamChat(request, metadata=self._metadata, timeout=self._timeout_s)
+    def _open(self, request: ps.StreamChatRequest) -> ChatStream:
+        return self._chats.open(
+            request, user=self._user, request_id=self._request_id, timeout_s=self._timeout_s
+        )
 
-    def _call_for(self, request: ps.StreamChatRequest) -> grpc.aio.UnaryStreamCall:
+    def _call_for(self, request: ps.StreamChatRequest) -> ChatStream:
         """The prefetched call when it was opened with `request`, else a new call."""
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None:
@@ -358,20 +365,19 @@ class ProviderChatClient(ChatCompletionClient):
                             reason="PROVIDER_ERROR",
                         )
                     )
-        except grpc.aio.AioRpcError as exc:
+        except ChorusError as exc:  # the stream's error status, or the call's failure
             if (
-                exc.code() == grpc.StatusCode.CANCELLED
+                exc.code == grpc.StatusCode.CANCELLED
                 and cancellation_token is not None
                 and cancellation_token.is_cancelled()
             ):
                 metrics.MODEL_CALLS.labels("cancelled").inc()
                 raise asyncio.CancelledError() from None
-            chorus_error = from_rpc_error(exc)
             raise self._fail(
                 run_pb2.RunError(
-                    code=rpc_code(exc.code()),
-                    message=f"model call failed: {chorus_error.message}",
-                    retryable=exc.code() in _RETRYABLE,
+                    code=rpc_code(exc.code),
+                    message=f"model call failed: {exc.message}",
+                    retryable=exc.code in _RETRYABLE,
                     reason="PROVIDER_ERROR",
                 )
             ) from None

@@ -44,6 +44,7 @@ from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
 from chorus.orchestrator.auth import CallAuth
+from chorus.orchestrator.chat_streams import ChatStreams
 from chorus.orchestrator.deltas import DeltaStream
 from chorus.orchestrator.events import RunEventLog
 from chorus.orchestrator.flusher import DeltaFlusher
@@ -62,7 +63,6 @@ from chorus.v1 import (
     chat_pb2,
     conversation_pb2,
     history_service_pb2,
-    provider_service_pb2_grpc,
     run_pb2,
     team_pb2,
 )
@@ -103,7 +103,7 @@ class RunDeps:
     settings: Settings
     history: HistoryClient
     flusher: DeltaFlusher
-    provider: provider_service_pb2_grpc.ProviderServiceStub
+    chats: ChatStreams
     auth: CallAuth
     tools: ToolRegistry
     end_slots: asyncio.Semaphore
@@ -451,8 +451,9 @@ class LiveRun:
         name = state.spec.name
         coalesce = self._settings.delta_coalesce_s
         return ProviderChatClient(
-            stub=self._deps.provider,
-            metadata=self._deps.auth.metadata(self.owner, self._request_id),
+            chats=self._deps.chats,
+            user=self.owner,
+            request_id=self._request_id,
             spec=lambda: state.spec,
             labels={"run_id": self.id, "agent": name},
             deltas=lambda: DeltaStream(self.log, name, coalesce),
@@ -470,8 +471,9 @@ class LiveRun:
         if team.agents[0].HasField("simulator"):
             spec.simulator.CopyFrom(team.agents[0].simulator)
         return ProviderChatClient(
-            stub=self._deps.provider,
-            metadata=self._deps.auth.metadata(self.owner, self._request_id),
+            chats=self._deps.chats,
+            user=self.owner,
+            request_id=self._request_id,
             spec=lambda: spec,
             labels={"run_id": self.id, "agent": "orchestrator"},
             deltas=None,

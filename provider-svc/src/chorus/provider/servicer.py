@@ -14,19 +14,21 @@ HTTP response at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator
 
 import grpc
 
 from chorus.core.errors import ChorusError, ResourceExhausted, error_for_code, rpc_code
-from chorus.core.identity import current_request_id
+from chorus.core.identity import current_identity, current_request_id
 from chorus.core.logging import get_logger
 from chorus.provider import metrics
 from chorus.provider.backends.base import Event, UpstreamError
 from chorus.provider.models import Catalog, ModelSpec, Usage, estimate_input_tokens
 from chorus.provider.retry import Opened, Retrier, RetryFailed
 from chorus.provider.settings import Settings
+from chorus.provider.streams import StreamChatsCall
 from chorus.provider.validation import max_output_tokens, resolve_models
 from chorus.provider.watchdog import Watchdog
 from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
@@ -95,6 +97,27 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         self, request: provider_service_pb2.StreamChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Event]:
         """See the module docstring and `chorus.v1.ProviderService.StreamChat`."""
+        async with contextlib.aclosing(self.stream(request)) as events:
+            async for event in events:
+                yield event
+
+    async def StreamChats(
+        self,
+        request_iterator: AsyncIterator[provider_service_pb2.StreamChatsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[provider_service_pb2.StreamChatsResponse]:
+        """See `chorus.provider.streams` and `chorus.v1.ProviderService.StreamChats`."""
+        call = StreamChatsCall(self.stream, current_identity())
+        async for response in call.serve(request_iterator):
+            yield response
+
+    async def stream(self, request: provider_service_pb2.StreamChatRequest) -> AsyncIterator[Event]:
+        """The normalized events of one chat request (the body of StreamChat and of each
+        StreamChats stream).
+
+        Raises:
+            ChorusError: failures before `start` (validation, the retry loop's last error).
+        """
         settings = self._settings
         models = resolve_models(request, self._catalog, settings)
         watchdog = Watchdog()
