@@ -198,7 +198,7 @@ async def test_with_a_window_the_sender_waits_for_acknowledgements_and_gathers_m
             await outbox.put(item)
         all_put.set()
 
-    h.send(lambda: h.server.set_window(1))
+    h.send(lambda: h.server.flow(1, 0))
     h.send(lambda: h.server.open(1, produce))
     assert await h.next() == [(1, [0], None)]
     waiting = asyncio.ensure_future(h.next())
@@ -208,7 +208,7 @@ async def test_with_a_window_the_sender_waits_for_acknowledgements_and_gathers_m
     for _ in range(10):  # turns of the loop in which an unlimited sender would have sent
         await asyncio.sleep(0)
     assert not waiting.done()  # one response out, none acknowledged: the window is full
-    h.send(lambda: h.server.acknowledge(1))
+    h.send(lambda: h.server.flow(0, 1))
     ((key, items, status),) = await waiting
     assert (key, items) == (1, [1, 2, 3, 4, 5])  # everything gathered meanwhile, at once
     assert status is not None and status.code == 0
@@ -223,7 +223,7 @@ async def test_a_window_is_not_waited_on_once_the_client_half_closed() -> None:
         await gate.wait()
         await outbox.put(1)
 
-    h.send(lambda: h.server.set_window(1))
+    h.send(lambda: h.server.flow(1, 0))
     h.send(lambda: h.server.open(1, produce))
     assert await h.next() == [(1, [0], None)]
     h.send(None)  # no acknowledgement can come any more

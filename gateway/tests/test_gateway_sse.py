@@ -187,7 +187,12 @@ async def test_events_are_batched_while_the_client_does_not_drain(firehose):
     assert socket.status == 200 and socket.ended
     assert socket.events() == servicer.count + 1
     assert len(socket.writes) <= 6, f"{len(socket.writes)} writes for {socket.events()} events"
-    assert servicer.requests[0].user == "alice"
+    # the call announced its response window first, then opened the watch for alice
+    window, opening = servicer.requests[:2]
+    assert window.response_window == 2 and not window.WhichOneof("action")
+    assert opening.user == "alice" and opening.WhichOneof("action") == "watch"
+    # every response read was acknowledged
+    await wait_for(lambda: sum(r.acknowledged for r in servicer.requests) == servicer.count + 1)
 
 
 async def test_a_fast_stream_is_flushed_at_most_once_per_interval(firehose):

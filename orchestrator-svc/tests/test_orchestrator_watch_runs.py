@@ -1,6 +1,7 @@
 """RunService.WatchRuns: many runs over one call — per watch exactly the events StreamRun /
 WatchRun give, errors that end one watch only, pause / resume without gap or duplicate,
-`on_disconnect` for stopped watches and ended calls, protocol errors that end the call."""
+`on_disconnect` for stopped watches and ended calls, the response window (flow control),
+protocol errors that end the call."""
 
 from __future__ import annotations
 
@@ -44,18 +45,22 @@ class WatchRunsClient:
     async def send(self, watch_id: int, **fields: Any) -> None:
         await self.call.write(rs.WatchRunsRequest(watch_id=watch_id, **fields))
 
+    async def read_one(self) -> None:
+        """Read one response."""
+        response = await self.call.read()
+        assert response is not grpc.aio.EOF, "the call ended early"
+        self.responses.append(response)
+        for update in response.updates:
+            assert update.watch_id not in self.status, "an update after the end"
+            self.events.setdefault(update.watch_id, []).extend(update.events)
+            if update.HasField("status"):
+                self.status[update.watch_id] = update.status
+
     async def read_until(self, done: Any) -> None:
         """Read responses until `done()` holds."""
         async with asyncio.timeout(TIMEOUT_S):
             while not done():
-                response = await self.call.read()
-                assert response is not grpc.aio.EOF, "the call ended early"
-                self.responses.append(response)
-                for update in response.updates:
-                    assert update.watch_id not in self.status, "an update after the end"
-                    self.events.setdefault(update.watch_id, []).extend(update.events)
-                    if update.HasField("status"):
-                        self.status[update.watch_id] = update.status
+                await self.read_one()
 
     async def until_ended(self, *watch_ids: int) -> None:
         await self.read_until(lambda: all(w in self.status for w in watch_ids))
@@ -141,13 +146,38 @@ async def test_a_user_call_acts_only_for_its_caller(stack: Stack, alice: RunClie
     assert_well_formed(watches.events[2])
 
 
+async def test_with_a_response_window_nothing_more_goes_out_until_acknowledged(
+    stack: Stack, alice: RunClient
+) -> None:
+    watches = WatchRunsClient(stack)
+    await watches.call.write(rs.WatchRunsRequest(response_window=1))  # flow control alone
+    await watches.send(1, user=alice.user, start=spec(team_spec=LIVE))
+    await watches.read_until(lambda: watches.responses)  # the first response
+    run_id = watches.events[1][0].run_id
+    await alice.wait_status(run_id, run_pb2.RUN_STATUS_COMPLETED)  # ~160 events meanwhile
+    second = asyncio.ensure_future(watches.read_one())
+    done, _ = await asyncio.wait([second], timeout=0.5)
+    assert not done, "a response went out beyond the window"
+    await watches.call.write(rs.WatchRunsRequest(acknowledged=1))
+    await asyncio.wait_for(second, TIMEOUT_S)
+    async with asyncio.timeout(TIMEOUT_S):
+        while 1 not in watches.status:  # the rest, should more be left
+            await watches.call.write(rs.WatchRunsRequest(acknowledged=1))
+            await watches.read_one()
+    assert watches.status[1].code == 0
+    assert watches.events[1] == await alice.watch(run_id)
+    assert len(watches.responses) < len(watches.events[1]) / 4  # gathered, not one by one
+
+
 @pytest.mark.parametrize(
     "request_fields",
     [
         {"watch_id": 0, "watch": rs.WatchRunRequest(run_id="x")},
         {"watch_id": 1},
+        {"watch_id": 1, "acknowledged": 1},
+        {},
     ],
-    ids=["no-watch-id", "no-action"],
+    ids=["no-watch-id", "no-action", "acknowledged-with-a-watch-id-and-no-action", "empty"],
 )
 async def test_a_request_that_breaks_the_protocol_ends_the_call(
     stack: Stack, request_fields: dict[str, Any]

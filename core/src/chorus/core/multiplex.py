@@ -16,8 +16,8 @@ sender builds a response from every outbox with news each time it runs — under
 event loop runs many producers between two sends, so messages carry many streams' items;
 when idle an item goes out at once (no added wait). An outbox holds at most `buffer_items`
 unsent items, then its producer waits; a paused stream sends nothing until resumed.
-With a response window (`set_window`, announced by the client) at most that many responses
-are out unacknowledged (`acknowledge`); news gathers meanwhile, so a reader that falls
+With a response window (`flow`, announced by the client) at most that many responses
+are out unacknowledged; news gathers meanwhile, so a reader that falls
 behind gets fewer, larger responses instead of a backlog of small ones (a grpc.aio reader
 takes one message per event-loop turn).
 
@@ -143,17 +143,19 @@ class MultiplexServer(Generic[T, Resp]):
         """Streams whose producer is still running."""
         return len(self._tasks)
 
-    def set_window(self, responses: int) -> None:
-        """Send at most `responses` responses the client has not acknowledged (0: no
-        limit); the count restarts here."""
-        self._window = max(0, responses)
-        self._in_flight = 0
-        self._wake.set()
-
-    def acknowledge(self, responses: int) -> None:
-        """The client has read `responses` more responses: as many may go out."""
-        self._in_flight = max(0, self._in_flight - responses)
-        self._wake.set()
+    def flow(self, response_window: int, acknowledged: int) -> bool:
+        """A request's flow control. `response_window` > 0: send at most that many
+        responses the client has not acknowledged (the count restarts); `acknowledged`:
+        the client has read that many more. Returns whether the request carried any."""
+        if response_window:
+            self._window = response_window
+            self._in_flight = 0
+        if acknowledged:
+            self._in_flight = max(0, self._in_flight - acknowledged)
+        if response_window or acknowledged:
+            self._wake.set()
+            return True
+        return False
 
     def is_open(self, key: int) -> bool:
         """True while the stream has not sent its last update (nor been stopped)."""

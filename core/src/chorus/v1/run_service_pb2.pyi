@@ -49,7 +49,7 @@ class WatchRunResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_run_pb2.RunEvent, _Mapping]] = ...) -> None: ...
 
 class WatchRunsRequest(_message.Message):
-    __slots__ = ("watch_id", "user", "request_id", "start", "watch", "pause", "resume", "stop")
+    __slots__ = ("watch_id", "user", "request_id", "start", "watch", "pause", "resume", "stop", "response_window", "acknowledged")
     class Pause(_message.Message):
         __slots__ = ()
         def __init__(self) -> None: ...
@@ -67,6 +67,8 @@ class WatchRunsRequest(_message.Message):
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     watch_id: int
     user: str
     request_id: str
@@ -75,7 +77,9 @@ class WatchRunsRequest(_message.Message):
     pause: WatchRunsRequest.Pause
     resume: WatchRunsRequest.Resume
     stop: WatchRunsRequest.Stop
-    def __init__(self, watch_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., start: _Optional[_Union[_run_pb2.RunSpec, _Mapping]] = ..., watch: _Optional[_Union[WatchRunRequest, _Mapping]] = ..., pause: _Optional[_Union[WatchRunsRequest.Pause, _Mapping]] = ..., resume: _Optional[_Union[WatchRunsRequest.Resume, _Mapping]] = ..., stop: _Optional[_Union[WatchRunsRequest.Stop, _Mapping]] = ...) -> None: ...
+    response_window: int
+    acknowledged: int
+    def __init__(self, watch_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., start: _Optional[_Union[_run_pb2.RunSpec, _Mapping]] = ..., watch: _Optional[_Union[WatchRunRequest, _Mapping]] = ..., pause: _Optional[_Union[WatchRunsRequest.Pause, _Mapping]] = ..., resume: _Optional[_Union[WatchRunsRequest.Resume, _Mapping]] = ..., stop: _Optional[_Union[WatchRunsRequest.Stop, _Mapping]] = ..., response_window: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
 
 class WatchRunsResponse(_message.Message):
     __slots__ = ("updates",)

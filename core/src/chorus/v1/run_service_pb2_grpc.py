@@ -131,7 +131,9 @@ class RunServiceServicer:
         stopped, or whose call ends early, follows `spec.on_disconnect`. A call made as the
         system identity acts for the `user` of each request; any other call only for its own
         caller. The call itself fails with INVALID_ARGUMENT for a request without `watch_id` or
-        action, or one that opens a watch under an id already open.
+        action (unless it carries only flow control), or one that opens a watch under an id
+        already open. With `response_window` set the server sends at most that many responses
+        ahead of the client's acknowledgements.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -103,6 +103,17 @@ class WatchBuffer:
             self.watch.resume()
 
 
+RESPONSE_WINDOW = 2
+"""Most WatchRuns responses the orchestrator sends ahead of this process's reading them:
+the call's reader gets one message per event-loop turn, so while the loop is busy (a burst
+of new streams) events wait in the orchestrator's outboxes and come as one response, not as
+a backlog of small messages queued in front of the reader."""
+
+
+def _flow(response_window: int, acknowledged: int) -> rs.WatchRunsRequest:
+    return rs.WatchRunsRequest(response_window=response_window, acknowledged=acknowledged)
+
+
 class RunWatches:
     """The process's WatchRuns call to the orchestrator, opened on first use.
 
@@ -121,6 +132,8 @@ class RunWatches:
             _updates,
             "WatchRuns",
             on_call=WATCH_CALLS.inc,
+            flow=_flow,
+            window=RESPONSE_WINDOW,
         )
         WATCHES.set_function(lambda: self._client.open_streams)
 

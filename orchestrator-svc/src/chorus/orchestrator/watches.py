@@ -14,7 +14,10 @@ client (`chorus.core.multiplex.MultiplexServer`):
 Flow control: a watch holds at most `WATCH_BUFFER_EVENTS` unsent events, then its
 follower waits (the run's log keeps the rest, history-svc beyond it); the client pauses a
 watch whose consumer is slow and resumes it later, and gRPC's own flow control slows the
-whole call when the client reads slowly.
+whole call when the client reads slowly. A client that announces a `response_window`
+acknowledges what it read and gets at most that many responses ahead of it, news
+gathered meanwhile (the gateway: 2), so a reader whose event loop is busy gets few large
+responses instead of a backlog of small ones.
 
 A watch ends with an update whose `status` is OK after its terminal event, or the error
 StreamRun / WatchRun would have returned (`ChorusError.to_status`); that error ends the
@@ -84,6 +87,8 @@ class WatchRunsCall:
         watch_id = request.watch_id
         action = request.WhichOneof("action")
         mux = self._mux
+        if mux.flow(request.response_window, request.acknowledged) and not (watch_id or action):
+            return  # flow control only
         if watch_id <= 0:
             raise InvalidArgument("watch_id must be greater than 0", [("watch_id", "must be > 0")])
         if action is None:

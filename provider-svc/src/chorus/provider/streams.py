@@ -88,11 +88,9 @@ class StreamChatsCall:
     def _handle(self, request: ps.StreamChatsRequest) -> None:
         stream_id = request.stream_id
         action = request.WhichOneof("action")
-        if request.response_window:
-            self._mux.set_window(request.response_window)
-        if request.acknowledged:
-            self._mux.acknowledge(request.acknowledged)
-        if action is None and not stream_id and (request.response_window or request.acknowledged):
+        if self._mux.flow(request.response_window, request.acknowledged) and not (
+            stream_id or action
+        ):
             return  # flow control only
         if stream_id <= 0:
             raise InvalidArgument(
