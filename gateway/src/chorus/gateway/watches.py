@@ -20,11 +20,11 @@ gateway authenticated, and the orchestrator checks that user's access to the run
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import Counter, Gauge
 
+from chorus.core.flag import Flag
 from chorus.core.multiplex import MultiplexClient, Stream, StreamSink, Update
 from chorus.v1 import run_pb2, run_service_pb2_grpc
 from chorus.v1 import run_service_pb2 as rs
@@ -81,7 +81,7 @@ class WatchBuffer:
         self.finished = False
         self.paused = False
         self._max = max_buffered
-        self._ready = asyncio.Event()
+        self._ready = Flag()
 
     def end(self, error: BaseException | None) -> None:
         """The watch ended (after its terminal event, or with `error`)."""

@@ -40,6 +40,7 @@ from autogen_core.tools import BaseTool
 
 from chorus.core import deadlines, identity
 from chorus.core.errors import ChorusError, FailedPrecondition, rpc_code
+from chorus.core.flag import Flag
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
@@ -173,8 +174,9 @@ class LiveRun:
         self.states = {a.name: AgentState(spec=a) for a in record.spec.team.agents}
         self.speakers: list[str] = []
         self.token = CancellationToken()
-        self.done = asyncio.Event()
-        self._stop = asyncio.Event()
+        self.done = Flag()
+        """Set once the run's task is over."""
+        self._stop = Flag()
         self._stop_kind: StopKind | None = None
         self._provider_error: run_pb2.RunError | None = None
         self._orchestrator_usage = chat_pb2.Usage()
@@ -624,11 +626,7 @@ class LiveRun:
 
     async def _drive(self, team: TaskRunner) -> TaskResult | None:
         consume = asyncio.create_task(self._consume(team), name=f"run-{self.id}-team")
-        stop = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
+        await asyncio.wait({consume, self._stop.future()}, return_when=asyncio.FIRST_COMPLETED)
         if consume.done():
             return consume.result()
         self.token.cancel()  # cancels the in-flight provider call and the agents' handlers
