@@ -14,7 +14,7 @@ LiteLLM's proxy; the load client runs in its own process. Scenarios:
   LiteLLM, with each service's resident memory;
 * slow — 1,000 concurrent SSE runs at 5 tokens/s for a minute (all started at once, or
   evenly over `--slow-ramp-s` seconds): p99 lag, memory per run, CPU seconds of every
-  service and of the load client.
+  service and of the load client; each round on a fresh stack after a warm-up.
 
 Each figure is the median of `--rounds` rounds. Writes `bench/results/bench-<date>.json`,
 `bench/results/bench-<date>.md` and `bench/results/bench-<date>.png`.
@@ -69,6 +69,79 @@ def measure(
         "errors": sum(int(r["errors"]) for r in runs),
         "delivered": sum(int(r["tokens"]) for r in runs),
         "requested": sum(int(r["tokens_requested"]) for r in runs),
+    }
+
+
+SLOW_TPS = 5.0
+"""Tokens per second of each slow stream."""
+
+
+def slow_round(env: dict[str, str], runs: int, seconds: int, ramp_s: float) -> dict[str, Any]:
+    """One round of the slow scenario on a fresh stack (so each round's memory growth
+    starts from services that have not yet held that many runs): a warm-up of 20 short
+    runs, then `runs` SSE runs at `SLOW_TPS` for `seconds` — lag, peak memory growth
+    (sampled every 0.5 s) and CPU seconds of every service and of the load client."""
+    with ExitStack() as stack:
+        fresh = {**env, "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("slow"))}
+        chorus = stack.enter_context(Stack(fresh))
+        gateway = chorus.addresses["gateway"]
+        load("sse", gateway, 20, 20, "--model", "simulator/sim-fast")  # imports, caches
+        before = chorus.rss_mb()
+        cpu_before = chorus.cpu_s()
+        with chorus.peak_rss() as peak:
+            row = load(
+                "sse",
+                gateway,
+                runs,
+                int(SLOW_TPS * seconds),
+                "--model",
+                "simulator/sim-fast",
+                "--tokens-per-second",
+                str(SLOW_TPS),
+                "--lag",
+                "--ramp-s",
+                str(ramp_s),
+            )
+        growth = {name: round(peak[name] - before[name], 1) for name in before}
+        cpu = {name: round(s - cpu_before[name], 1) for name, s in chorus.cpu_s().items()}
+    cpu["load client"] = row["client_cpu_s"]
+    return {
+        **row,
+        "rss_before_mb": before,
+        "rss_peak_mb": dict(peak),
+        "rss_growth_mb": growth,
+        "rss_per_1000_runs_mb": round(sum(growth.values()) * 1000 / runs, 1),
+        "cpu_s": cpu,
+    }
+
+
+def summarize_slow(rounds: list[dict[str, Any]], runs: int) -> dict[str, Any]:
+    """The slow scenario's figures: medians over rounds (per service too), sums of tokens
+    and errors."""
+    services = rounds[0]["rss_growth_mb"]
+    return {
+        "mode": "sse",
+        "concurrency": runs,
+        "runs": runs,
+        "tokens": rounds[0]["tokens_requested"] // runs,
+        "rounds": rounds,
+        "ttft_p50_ms": median_of(rounds, "ttft_p50_ms"),
+        "ttft_p99_ms": median_of(rounds, "ttft_p99_ms"),
+        "lag_p50_ms": median_of(rounds, "lag_p50_ms"),
+        "lag_p99_ms": median_of(rounds, "lag_p99_ms"),
+        "tokens_per_s": median_of(rounds, "tokens_per_s"),
+        "errors": sum(int(r["errors"]) for r in rounds),
+        "delivered": sum(int(r["tokens"]) for r in rounds),
+        "requested": sum(int(r["tokens_requested"]) for r in rounds),
+        "rss_per_1000_runs_mb": median_of(rounds, "rss_per_1000_runs_mb"),
+        "rss_growth_mb": {
+            name: round(statistics.median(r["rss_growth_mb"][name] for r in rounds), 1)
+            for name in services
+        },
+        "cpu_s": {
+            name: round(statistics.median(r["cpu_s"][name] for r in rounds), 1)
+            for name in rounds[0]["cpu_s"]
+        },
     }
 
 
@@ -152,43 +225,18 @@ def main() -> None:
 
         if "slow" in scenarios:
             slow_runs = 50 if args.quick else args.slow_runs
-            tps = 5.0
-            tokens = int(tps * (10 if args.quick else args.slow_seconds))
-            before = chorus.rss_mb()
-            cpu_before = chorus.cpu_s()
-            with chorus.peak_rss() as peak:
-                row = measure(
-                    1,
-                    "sse",
-                    chorus.addresses["gateway"],
-                    slow_runs,
-                    tokens,
-                    "--model",
-                    "simulator/sim-fast",
-                    "--tokens-per-second",
-                    str(tps),
-                    "--lag",
-                    "--ramp-s",
-                    str(args.slow_ramp_s),
-                )
-            growth = {name: round(peak[name] - before[name], 1) for name in before}
-            cpu = {name: round(s - cpu_before[name], 1) for name, s in chorus.cpu_s().items()}
-            cpu["load client"] = row["rounds"][0]["client_cpu_s"]
-            out["slow"] = {
-                **row,
-                "runs": slow_runs,
-                "rss_before_mb": before,
-                "rss_peak_mb": dict(peak),
-                "rss_growth_mb": growth,
-                "rss_per_1000_runs_mb": round(sum(growth.values()) * 1000 / slow_runs, 1),
-                "cpu_s": cpu,
-            }
+            seconds = 10 if args.quick else args.slow_seconds
+            per_round = [
+                slow_round(env, slow_runs, seconds, args.slow_ramp_s) for _ in range(rounds)
+            ]
+            out["slow"] = summarize_slow(per_round, slow_runs)
             print(
-                f"slow {slow_runs} runs @ {tps} tok/s: lag p50 {row['lag_p50_ms']} ms, "
-                f"p99 {row['lag_p99_ms']} ms, "
-                f"delivered {row['delivered']}/{row['requested']}, "
-                f"memory +{out['slow']['rss_per_1000_runs_mb']} MB per 1,000 live runs {growth}, "
-                f"CPU s {cpu}",
+                f"slow {slow_runs} runs @ {SLOW_TPS} tok/s, median of {rounds}: "
+                f"lag p50 {out['slow']['lag_p50_ms']} ms, p99 {out['slow']['lag_p99_ms']} ms "
+                f"(rounds {[r['lag_p99_ms'] for r in per_round]}), "
+                f"delivered {out['slow']['delivered']}/{out['slow']['requested']}, "
+                f"memory +{out['slow']['rss_per_1000_runs_mb']} MB per 1,000 live runs "
+                f"(rounds {[r['rss_per_1000_runs_mb'] for r in per_round]})",
                 flush=True,
             )
 
@@ -234,13 +282,23 @@ def markdown(out: dict[str, Any]) -> str:
             "",
             "## Many slow streams",
             "",
-            f"{s['runs']} runs at 5 tokens/s: TTFT p50 {s['ttft_p50_ms']} ms, lag p99 "
-            f"{s['lag_p99_ms']} ms, delivered {s['delivered']}/{s['requested']} tokens, "
-            f"{s['rounds'][0]['elapsed_s']} s in all.",
+            f"{s['runs']} runs at 5 tokens/s, median of {len(s['rounds'])} rounds (each on "
+            f"a fresh stack): TTFT p50 {s['ttft_p50_ms']} ms, lag p99 {s['lag_p99_ms']} ms, "
+            f"delivered {s['delivered']}/{s['requested']} tokens, errors {s['errors']}.",
             "",
             f"Memory (peak while the runs were live − before, sampled every 0.5 s): "
             f"{s['rss_per_1000_runs_mb']} MB per 1,000 live runs across services ({growth}).",
+            "",
+            "| round | lag p50 ms | lag p99 ms | TTFT p50 ms | MB / 1,000 runs | CPU s "
+            "(provider, history, orchestrator, gateway, client) |",
+            "|---|---|---|---|---|---|",
         ]
+        for i, r in enumerate(s["rounds"], 1):
+            cpu = ", ".join(str(v) for v in r["cpu_s"].values())
+            lines.append(
+                f"| {i} | {r['lag_p50_ms']} | {r['lag_p99_ms']} | {r['ttft_p50_ms']} | "
+                f"{r['rss_per_1000_runs_mb']} | {cpu} |"
+            )
     return "\n".join(lines) + "\n"
 
 
