@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2
 
 from chorus.core.errors import ChorusError, error_for_code, from_rpc_error
 from chorus.core.multiplex import MultiplexClient, Stream, Update
+from chorus.orchestrator import metrics
 from chorus.v1 import provider_service_pb2 as ps
 from chorus.v1 import provider_service_pb2_grpc
 
@@ -128,9 +129,11 @@ class ChatStreams:
             lambda requests: stub.StreamChats(requests, metadata=md),
             _updates,
             "StreamChats",
+            on_call=metrics.STREAM_CHATS_CALLS.inc,
             flow=_flow,
             window=RESPONSE_WINDOW,
         )
+        metrics.MODEL_CALL_STREAMS.set_function(lambda: self._client.open_streams)
 
     def open(
         self, request: ps.StreamChatRequest, *, user: str, request_id: str | None, timeout_s: float

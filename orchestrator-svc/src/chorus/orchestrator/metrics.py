@@ -54,7 +54,17 @@ WATCHER_CATCHUPS = Counter(
     "chorus_run_watcher_catchups_total",
     "Times a watcher fell behind the in-memory buffer and read history-svc to catch up.",
 )
-MODEL_CALLS = Counter("chorus_model_calls_total", "StreamChat calls made, by outcome.", ["outcome"])
+MODEL_CALLS = Counter(
+    "chorus_model_calls_total", "Model calls made (StreamChats streams), by outcome.", ["outcome"]
+)
+MODEL_CALL_STREAMS = Gauge(
+    "chorus_model_call_streams", "Model calls open on this replica's StreamChats call."
+)
+STREAM_CHATS_CALLS = Counter(
+    "chorus_stream_chats_calls_total",
+    "ProviderService.StreamChats calls opened (one per process; more means a call failed and "
+    "its model calls ended with its error).",
+)
 MODEL_CALL_PREFETCHES = Counter(
     "chorus_model_call_prefetches_total",
     "First model calls opened during a run's opening write, by outcome: used (the agent's "
