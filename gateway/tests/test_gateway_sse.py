@@ -189,7 +189,7 @@ async def test_events_are_batched_while_the_client_does_not_drain(firehose):
     assert len(socket.writes) <= 6, f"{len(socket.writes)} writes for {socket.events()} events"
     # the call announced its response window first, then opened the watch for alice
     window, opening = servicer.requests[:2]
-    assert window.response_window == 2 and not window.WhichOneof("action")
+    assert window.response_window == 1 and not window.WhichOneof("action")
     assert opening.user == "alice" and opening.WhichOneof("action") == "watch"
     # every response read was acknowledged
     await wait_for(lambda: sum(r.acknowledged for r in servicer.requests) == servicer.count + 1)

@@ -103,11 +103,12 @@ class WatchBuffer:
             self.watch.resume()
 
 
-RESPONSE_WINDOW = 2
+RESPONSE_WINDOW = 1
 """Most WatchRuns responses the orchestrator sends ahead of this process's reading them:
 the call's reader gets one message per event-loop turn, so while the loop is busy (a burst
 of new streams) events wait in the orchestrator's outboxes and come as one response, not as
-a backlog of small messages queued in front of the reader."""
+a backlog of small messages queued in front of the reader. 1, as the orchestrator's
+StreamChats call (`chorus.orchestrator.chat_streams.RESPONSE_WINDOW`: measured there)."""
 
 
 def _flow(response_window: int, acknowledged: int) -> rs.WatchRunsRequest:
