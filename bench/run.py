@@ -56,6 +56,12 @@ def measure(
     rounds: int, mode: str, target: str, conc: int, tokens: int, *extra: str
 ) -> dict[str, Any]:
     runs = [load(mode, target, conc, tokens, *extra) for _ in range(rounds)]
+    return summary(mode, conc, tokens, runs)
+
+
+def summary(mode: str, conc: int, tokens: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of repeated load-client runs: medians of rates and latencies, sums of
+    tokens and errors."""
     return {
         "mode": mode,
         "concurrency": conc,
@@ -120,19 +126,8 @@ def summarize_slow(rounds: list[dict[str, Any]], runs: int) -> dict[str, Any]:
     and errors."""
     services = rounds[0]["rss_growth_mb"]
     return {
-        "mode": "sse",
-        "concurrency": runs,
+        **summary("sse", runs, rounds[0]["tokens_requested"] // runs, rounds),
         "runs": runs,
-        "tokens": rounds[0]["tokens_requested"] // runs,
-        "rounds": rounds,
-        "ttft_p50_ms": median_of(rounds, "ttft_p50_ms"),
-        "ttft_p99_ms": median_of(rounds, "ttft_p99_ms"),
-        "lag_p50_ms": median_of(rounds, "lag_p50_ms"),
-        "lag_p99_ms": median_of(rounds, "lag_p99_ms"),
-        "tokens_per_s": median_of(rounds, "tokens_per_s"),
-        "errors": sum(int(r["errors"]) for r in rounds),
-        "delivered": sum(int(r["tokens"]) for r in rounds),
-        "requested": sum(int(r["tokens_requested"]) for r in rounds),
         "rss_per_1000_runs_mb": median_of(rounds, "rss_per_1000_runs_mb"),
         "rss_growth_mb": {
             name: round(statistics.median(r["rss_growth_mb"][name] for r in rounds), 1)
