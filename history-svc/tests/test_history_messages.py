@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import grpc
+import pytest
 from history_helpers import UserStub, fields_of, message, new_conversation, rpc_error
 
+from chorus.history.settings import Settings
 from chorus.v1 import chat_pb2, conversation_pb2
 from chorus.v1 import history_service_pb2 as pb
 
@@ -188,3 +191,77 @@ async def test_concurrent_appenders_get_gapless_positions_without_duplicates(
         for w in range(6):
             mine = [m.content for m in listed.messages if m.content.startswith(f"{w}/")]
             assert mine == [f"{w}/{b}/{i}" for b in range(4) for i in range(5)]
+
+
+async def test_concurrent_repeats_of_one_append_store_it_once(alice: UserStub) -> None:
+    """Eight copies of one request at once (a client retrying while the first is under way):
+    one stores the messages, every copy answers with the same stored messages — also the
+    copies whose one-statement insert lost the race on a client message id."""
+    conv = await new_conversation(alice)
+    await alice.AppendMessages(
+        pb.AppendMessagesRequest(conversation_id=conv.id, messages=[message("before")])
+    )
+    request = pb.AppendMessagesRequest(
+        conversation_id=conv.id,
+        messages=[message(f"m{i}", client_message_id=f"retry-{i}") for i in range(3)],
+    )
+    answers = await asyncio.gather(*(alice.AppendMessages(request) for _ in range(8)))
+    assert all(list(a.messages) == list(answers[0].messages) for a in answers)
+    assert [m.position for m in answers[0].messages] == [2, 3, 4]
+    listed = await alice.ListMessages(pb.ListMessagesRequest(conversation_id=conv.id))
+    assert [m.content for m in listed.messages] == ["before", "m0", "m1", "m2"]
+    got = await alice.GetConversation(pb.GetConversationRequest(conversation_id=conv.id))
+    assert got.conversation.message_count == 4
+
+
+async def test_append_to_another_owners_conversation_is_not_found_and_writes_nothing(
+    alice: UserStub, bob: UserStub
+) -> None:
+    conv = await new_conversation(alice)
+    err = await rpc_error(
+        bob.AppendMessages(pb.AppendMessagesRequest(conversation_id=conv.id, messages=[message()]))
+    )
+    assert err.code == grpc.StatusCode.NOT_FOUND
+    got = await alice.GetConversation(pb.GetConversationRequest(conversation_id=conv.id))
+    assert got.conversation.message_count == 0
+    assert got.conversation.update_time == conv.update_time
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # the one-statement append is PostgreSQL's
+async def test_repeats_queued_behind_the_first_store_it_once(
+    alice: UserStub, settings: Settings
+) -> None:
+    """PostgreSQL: copies of one request queued on the conversation's row lock all pass the
+    one-statement append's "none stored yet" check before the first commits; the first
+    stores the messages, the others' inserts hit the client-message-id index and they
+    answer from the transaction path with the stored messages."""
+    conv = await new_conversation(alice)
+    request = pb.AppendMessagesRequest(
+        conversation_id=conv.id,
+        messages=[message(f"m{i}", client_message_id=f"queued-{i}") for i in range(2)],
+    )
+    pg = await asyncpg.connect(settings.database_url)
+    try:
+        lock = pg.transaction()
+        await lock.start()
+        await pg.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conv.id)
+        copies = [asyncio.ensure_future(alice.AppendMessages(request)) for _ in range(4)]
+        async with asyncio.timeout(10):  # all four wait for the row lock
+            # (pg_stat_activity is read once per transaction: clear that snapshot each time)
+            while True:
+                await pg.execute("SELECT pg_stat_clear_snapshot()")
+                waiting = await pg.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'WITH conversation AS (UPDATE%'"
+                )
+                if waiting == len(copies):
+                    break
+                await asyncio.sleep(0.01)
+        await lock.commit()
+        answers = await asyncio.gather(*copies)
+    finally:
+        await pg.close()
+    assert all(list(a.messages) == list(answers[0].messages) for a in answers)
+    assert [(m.content, m.position) for m in answers[0].messages] == [("m0", 1), ("m1", 2)]
+    listed = await alice.ListMessages(pb.ListMessagesRequest(conversation_id=conv.id))
+    assert [m.content for m in listed.messages] == ["m0", "m1"]

@@ -2,7 +2,8 @@
 
 Writes that read-then-write lock the parent row (`SELECT … FOR UPDATE` on the conversation
 or run) inside one transaction, so concurrent appenders are serialized per conversation or
-run and never interleave; uniqueness that must hold across rows (one active run per
+run and never interleave (the common cases of a run start and of a message append are one
+statement each, whose `UPDATE`/`INSERT` of the parent row takes the same lock); uniqueness that must hold across rows (one active run per
 conversation, idempotency keys) is enforced by unique indexes (see migrations/postgres/).
 Connection failures become UNAVAILABLE (reason DATABASE_UNAVAILABLE).
 """
@@ -222,11 +223,53 @@ class PostgresStore(Store):
         messages: Sequence[conversation_pb2.Message],
         now_us: int,
     ) -> AppendedMessages | None:
+        appended = await self._append_new_messages(conversation_id, owner, messages, now_us)
+        if appended is not None:
+            return appended
         async with self._conn() as conn, conn.transaction():
             row = await self._lock_conversation(conn, conversation_id, owner)
             if row is None:
                 return None
             return await self._append_messages(conn, row, messages, now_us)
+
+    async def _append_new_messages(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        messages: Sequence[conversation_pb2.Message],
+        now_us: int,
+    ) -> AppendedMessages | None:
+        """`append_messages` when none of `messages` is stored yet (the usual case: a
+        repeat is a retry) as one statement (`_APPEND_NEW_MESSAGES`) — one round trip
+        instead of a transaction of six. None when it did not apply (the conversation is
+        missing or another owner's, a client message id is stored already, or a
+        concurrent append stored one first): the caller then takes the transaction, which
+        tells those cases apart."""
+        # Positions 1…n here; the statement adds the count before the append.
+        added = rows.number_new_messages(messages, {}, conversation_id, 0, now_us)
+        if not added:
+            return None
+        columns = list(zip(*map(_pg_message, added), strict=True))
+        client_ids = [m.client_message_id for m in messages if m.client_message_id]
+        try:
+            async with self._conn() as conn:
+                row = await conn.fetchrow(
+                    _APPEND_NEW_MESSAGES,
+                    conversation_id,
+                    owner,
+                    len(added),
+                    us_to_datetime(now_us),
+                    client_ids,
+                    *(list(columns[i]) for i in (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)),
+                )
+        except asyncpg.UniqueViolationError:
+            return None  # a concurrent append stored one of the client message ids
+        if row is None:
+            return None
+        before = row[7] - len(added)
+        for msg in added:
+            msg.position += before
+        return AppendedMessages(rows.conversation(row, _times), list(added), added)
 
     @staticmethod
     async def _lock_conversation(
@@ -774,6 +817,28 @@ _START_IN_NEW_CONVERSATION = (
 """The run start of `_start_in_new_conversation` as one statement: the conversation, the
 run, its messages and its events (the foreign keys between them are checked at the end of
 the statement, when every row is in)."""
+
+
+_APPEND_NEW_MESSAGES = (
+    f"WITH conversation AS ("
+    f"UPDATE conversations SET message_count = message_count + $3, "
+    f"update_time = GREATEST(update_time + interval '1 microsecond', $4) "
+    f"WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND NOT EXISTS ("
+    f"SELECT 1 FROM messages WHERE conversation_id = $1 AND client_message_id = ANY($5::text[])) "
+    f"RETURNING {_C}), "
+    f"message AS (INSERT INTO messages ({_M}) "
+    f"SELECT t.id, $1, c.message_count - $3 + t.position, t.client_message_id, t.role, t.agent, "
+    f"t.content, t.tool_calls, t.tool_call_id, t.usage, t.run_id, t.create_time "
+    f"FROM conversation c, unnest($6::uuid[], $7::bigint[], $8::text[], $9::smallint[], "
+    f"$10::text[], $11::text[], $12::jsonb[], $13::text[], $14::jsonb[], $15::uuid[], "
+    f"$16::timestamptz[]) AS t(id, position, client_message_id, role, agent, content, "
+    f"tool_calls, tool_call_id, usage, run_id, create_time)) "
+    f"SELECT {_C} FROM conversation"
+)
+"""`_append_new_messages` as one statement: count the messages into the conversation (the
+row lock serializes concurrent appends, as `_lock_conversation` does) unless one of their
+client message ids is stored, and insert them after the count it had (their positions
+come relative, 1…n). No row: nothing was written."""
 
 
 class _StatelessConnection(asyncpg.Connection):
