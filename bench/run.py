@@ -78,6 +78,18 @@ def summary(mode: str, conc: int, tokens: int, runs: list[dict[str, Any]]) -> di
     }
 
 
+CHAIN_PATHS = ("provider", "orchestrator", "sse")
+"""Paths through Chorus services (their CPU per stream is reported)."""
+
+
+def cpu_ms_per_stream(
+    before: dict[str, float], after: dict[str, float], streams: int
+) -> dict[str, float]:
+    """CPU milliseconds each service spent per stream between two `Stack.cpu_s` readings
+    (idle work of the interval included: heartbeats, timers)."""
+    return {name: round(1000 * (after[name] - before[name]) / streams, 2) for name in before}
+
+
 SLOW_TPS = 5.0
 """Tokens per second of each slow stream."""
 
@@ -191,19 +203,18 @@ def main() -> None:
         out["ttft"] = []
         for conc in () if "ttft" not in scenarios else (1, 10) if args.quick else TTFT_LEVELS:
             for name, (mode, target) in targets.items():
+                repeats = 5 if conc == 1 else 1
+                before = chorus.cpu_s()
                 row = measure(
-                    rounds,
-                    mode,
-                    target,
-                    conc,
-                    20,
-                    "--repeats",
-                    "5" if conc == 1 else "1",
-                    *extra(name),
+                    rounds, mode, target, conc, 20, "--repeats", str(repeats), *extra(name)
                 )
+                streams = rounds * repeats * conc
+                if name in CHAIN_PATHS and streams >= 100:  # CPU times come in 10 ms ticks
+                    row["cpu_ms_per_stream"] = cpu_ms_per_stream(before, chorus.cpu_s(), streams)
                 out["ttft"].append({"path": name, **row})
                 print(
-                    f"ttft {name:<12} conc {conc:>3}: p50 {row['ttft_p50_ms']} ms  p99 {row['ttft_p99_ms']} ms",
+                    f"ttft {name:<12} conc {conc:>3}: p50 {row['ttft_p50_ms']} ms  p99 "
+                    f"{row['ttft_p99_ms']} ms  CPU ms per stream {row.get('cpu_ms_per_stream', '-')}",
                     flush=True,
                 )
 
@@ -252,12 +263,15 @@ def markdown(out: dict[str, Any]) -> str:
     lines += [
         "## Time to first token (ms)",
         "",
-        "| path | concurrency | p50 | p99 |",
-        "|---|---|---|---|",
+        "| path | concurrency | p50 | p99 | CPU ms per stream (provider, history, "
+        "orchestrator, gateway) |",
+        "|---|---|---|---|---|",
     ]
     for r in out.get("ttft", []):
+        cpu = ", ".join(str(v) for v in r.get("cpu_ms_per_stream", {}).values())
         lines.append(
-            f"| {r['path']} | {r['concurrency']} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} |"
+            f"| {r['path']} | {r['concurrency']} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} "
+            f"| {cpu} |"
         )
     lines += [
         "",
