@@ -2,9 +2,11 @@
 
 Writes that read-then-write lock the parent row (`SELECT … FOR UPDATE` on the conversation
 or run) inside one transaction, so concurrent appenders are serialized per conversation or
-run and never interleave (the common cases of a run start and of a message append are one
-statement each, whose `UPDATE`/`INSERT` of the parent row takes the same lock); uniqueness that must hold across rows (one active run per
-conversation, idempotency keys) is enforced by unique indexes (see migrations/postgres/).
+run and never interleave. Two common cases are one statement each instead: a run start in
+a new conversation (nothing to lock: the conversation is inserted) and an append of new
+messages (the conversation's `UPDATE` takes the row lock). Uniqueness that must hold across
+rows (one active run per conversation, idempotency keys) is enforced by unique indexes
+(see migrations/postgres/).
 Connection failures become UNAVAILABLE (reason DATABASE_UNAVAILABLE).
 """
 
