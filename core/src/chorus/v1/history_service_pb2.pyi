@@ -3,6 +3,7 @@ import datetime
 from chorus.v1 import chat_pb2 as _chat_pb2
 from chorus.v1 import conversation_pb2 as _conversation_pb2
 from chorus.v1 import run_pb2 as _run_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
@@ -163,18 +164,20 @@ class RecordRunStartResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., created: _Optional[bool] = ..., conversation: _Optional[_Union[_conversation_pb2.Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ..., recent_messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ...) -> None: ...
 
 class RunHeartbeat(_message.Message):
-    __slots__ = ("run_id", "owner_instance", "turns", "usage", "last_seq")
+    __slots__ = ("run_id", "owner_instance", "turns", "usage", "last_seq", "lease_epoch")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     TURNS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     owner_instance: str
     turns: int
     usage: _chat_pb2.Usage
     last_seq: int
-    def __init__(self, run_id: _Optional[str] = ..., owner_instance: _Optional[str] = ..., turns: _Optional[int] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    lease_epoch: int
+    def __init__(self, run_id: _Optional[str] = ..., owner_instance: _Optional[str] = ..., turns: _Optional[int] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., lease_epoch: _Optional[int] = ...) -> None: ...
 
 class RecordRunHeartbeatsRequest(_message.Message):
     __slots__ = ("heartbeats",)
@@ -187,6 +190,40 @@ class RecordRunHeartbeatsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]
     def __init__(self, runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ...) -> None: ...
+
+class ClaimRunRequest(_message.Message):
+    __slots__ = ("run_id", "owner_instance", "lease_epoch", "stale_after")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STALE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    owner_instance: str
+    lease_epoch: int
+    stale_after: _duration_pb2.Duration
+    def __init__(self, run_id: _Optional[str] = ..., owner_instance: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., stale_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ClaimRunResponse(_message.Message):
+    __slots__ = ("run", "checkpoint")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    run: _run_pb2.Run
+    checkpoint: _run_pb2.RunCheckpoint
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., checkpoint: _Optional[_Union[_run_pb2.RunCheckpoint, _Mapping]] = ...) -> None: ...
+
+class ReleaseRunRequest(_message.Message):
+    __slots__ = ("run_id", "lease_epoch")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    lease_epoch: int
+    def __init__(self, run_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ...) -> None: ...
+
+class ReleaseRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: _run_pb2.Run
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ...) -> None: ...
 
 class GetRunRecordRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -225,16 +262,20 @@ class ListRunRecordsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AppendRunEventsRequest(_message.Message):
-    __slots__ = ("run_id", "events", "run", "update_mask")
+    __slots__ = ("run_id", "events", "run", "update_mask", "lease_epoch", "checkpoint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     events: _containers.RepeatedCompositeFieldContainer[_run_pb2.RunEvent]
     run: _run_pb2.Run
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(self, run_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_run_pb2.RunEvent, _Mapping]]] = ..., run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+    lease_epoch: int
+    checkpoint: _run_pb2.RunCheckpoint
+    def __init__(self, run_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_run_pb2.RunEvent, _Mapping]]] = ..., run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., checkpoint: _Optional[_Union[_run_pb2.RunCheckpoint, _Mapping]] = ...) -> None: ...
 
 class AppendRunEventsResponse(_message.Message):
     __slots__ = ("last_seq", "run")

@@ -93,6 +93,16 @@ class HistoryServiceStub:
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsResponse.FromString,
                 _registered_method=True)
+        self.ClaimRun = channel.unary_unary(
+                '/chorus.v1.HistoryService/ClaimRun',
+                request_serializer=chorus_dot_v1_dot_history__service__pb2.ClaimRunRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_history__service__pb2.ClaimRunResponse.FromString,
+                _registered_method=True)
+        self.ReleaseRun = channel.unary_unary(
+                '/chorus.v1.HistoryService/ReleaseRun',
+                request_serializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunResponse.FromString,
+                _registered_method=True)
         self.GetRunRecord = channel.unary_unary(
                 '/chorus.v1.HistoryService/GetRunRecord',
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.GetRunRecordRequest.SerializeToString,
@@ -224,6 +234,30 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimRun(self, request, context):
+        """Claims the lease of an active run whose owner is gone, in one compare-and-set: it
+        succeeds only when the stored `lease_epoch` equals the request's and the lease is free
+        — released (ReleaseRun), its heartbeat older than `stale_after` by history-svc's clock,
+        or held by the claiming instance itself (a restart under the same instance id). The
+        run then has `owner_instance` = the claimer, a fresh heartbeat, `lease_epoch` + 1 and
+        `attempt` + 1, and the response carries its latest checkpoint. Only for the internal
+        service identity. FAILED_PRECONDITION with reason RUN_ENDED (the run ended),
+        LEASE_HELD (its owner is alive) or LEASE_LOST (the epoch moved: another replica
+        claimed it first); NOT_FOUND for a missing run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseRun(self, request, context):
+        """Releases a run's lease so another replica can claim it at once (an orchestrator
+        handing its runs over on shutdown). FAILED_PRECONDITION (reason LEASE_LOST) when the
+        request's `lease_epoch` is not the stored one; an ended run is returned unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRunRecord(self, request, context):
         """Gets a run record.
         """
@@ -243,7 +277,10 @@ class HistoryServiceServicer:
         A batch that repeats already-stored events exactly is accepted; a gap or a conflicting
         duplicate is FAILED_PRECONDITION and nothing of the batch is stored. With `run` the
         record's masked fields are written in the same transaction (RecordRun's update rules:
-        changing a terminal status is FAILED_PRECONDITION, and then nothing is stored).
+        changing a terminal status is FAILED_PRECONDITION, and then nothing is stored); with
+        `checkpoint` the run's checkpoint is replaced in the same transaction. A non-zero
+        `lease_epoch` other than the run's is FAILED_PRECONDITION (reason LEASE_LOST) and
+        stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -330,6 +367,16 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.RecordRunHeartbeats,
                     request_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsResponse.SerializeToString,
+            ),
+            'ClaimRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimRun,
+                    request_deserializer=chorus_dot_v1_dot_history__service__pb2.ClaimRunRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_history__service__pb2.ClaimRunResponse.SerializeToString,
+            ),
+            'ReleaseRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseRun,
+                    request_deserializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunResponse.SerializeToString,
             ),
             'GetRunRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRunRecord,
@@ -641,6 +688,60 @@ class HistoryService:
             '/chorus.v1.HistoryService/RecordRunHeartbeats',
             chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsRequest.SerializeToString,
             chorus_dot_v1_dot_history__service__pb2.RecordRunHeartbeatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.HistoryService/ClaimRun',
+            chorus_dot_v1_dot_history__service__pb2.ClaimRunRequest.SerializeToString,
+            chorus_dot_v1_dot_history__service__pb2.ClaimRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.HistoryService/ReleaseRun',
+            chorus_dot_v1_dot_history__service__pb2.ReleaseRunRequest.SerializeToString,
+            chorus_dot_v1_dot_history__service__pb2.ReleaseRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,7 +88,7 @@ class RunError(_message.Message):
     def __init__(self, code: _Optional[_Union[_code_pb2.Code, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "owner", "spec", "conversation_id", "status", "turns", "final_answer", "error", "cancellation", "usage", "last_seq", "owner_instance", "heartbeat_time", "create_time", "start_time", "end_time", "update_time")
+    __slots__ = ("id", "owner", "spec", "conversation_id", "status", "turns", "final_answer", "error", "cancellation", "usage", "last_seq", "owner_instance", "heartbeat_time", "create_time", "start_time", "end_time", "update_time", "lease_epoch", "attempt")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,8 @@ class Run(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     spec: RunSpec
@@ -123,10 +125,34 @@ class Run(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    lease_epoch: int
+    attempt: int
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class RunCheckpoint(_message.Message):
+    __slots__ = ("seq", "team_state", "agents", "pending_agents", "turns", "usage", "message_count", "speakers", "last_message")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TEAM_STATE_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_AGENTS_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SPEAKERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    team_state: bytes
+    agents: _containers.RepeatedCompositeFieldContainer[_team_pb2.AgentSpec]
+    pending_agents: _containers.RepeatedCompositeFieldContainer[_team_pb2.AgentSpec]
+    turns: int
+    usage: _chat_pb2.Usage
+    message_count: int
+    speakers: _containers.RepeatedScalarFieldContainer[str]
+    last_message: str
+    def __init__(self, seq: _Optional[int] = ..., team_state: _Optional[bytes] = ..., agents: _Optional[_Iterable[_Union[_team_pb2.AgentSpec, _Mapping]]] = ..., pending_agents: _Optional[_Iterable[_Union[_team_pb2.AgentSpec, _Mapping]]] = ..., turns: _Optional[int] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., message_count: _Optional[int] = ..., speakers: _Optional[_Iterable[str]] = ..., last_message: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "seq", "time", "agent", "run_started", "agent_started", "agent_finished", "text_delta", "reasoning_delta", "message_completed", "tool_call_started", "tool_call_finished", "agent_updated", "progress", "artifact", "run_completed", "run_failed", "run_cancelled")
+    __slots__ = ("run_id", "seq", "time", "agent", "run_started", "agent_started", "agent_finished", "text_delta", "reasoning_delta", "message_completed", "tool_call_started", "tool_call_finished", "agent_updated", "progress", "artifact", "run_completed", "run_failed", "run_cancelled", "run_resumed")
     class RunStarted(_message.Message):
         __slots__ = ("run",)
         RUN_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +238,15 @@ class RunEvent(_message.Message):
         ERROR_FIELD_NUMBER: _ClassVar[int]
         error: RunError
         def __init__(self, error: _Optional[_Union[RunError, _Mapping]] = ...) -> None: ...
+    class RunResumed(_message.Message):
+        __slots__ = ("attempt", "from_seq", "reason")
+        ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+        FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+        REASON_FIELD_NUMBER: _ClassVar[int]
+        attempt: int
+        from_seq: int
+        reason: str
+        def __init__(self, attempt: _Optional[int] = ..., from_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
     class RunCancelled(_message.Message):
         __slots__ = ("cancellation",)
         CANCELLATION_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +270,7 @@ class RunEvent(_message.Message):
     RUN_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     RUN_FAILED_FIELD_NUMBER: _ClassVar[int]
     RUN_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    RUN_RESUMED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -253,4 +289,5 @@ class RunEvent(_message.Message):
     run_completed: RunEvent.RunCompleted
     run_failed: RunEvent.RunFailed
     run_cancelled: RunEvent.RunCancelled
-    def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[str] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., agent_started: _Optional[_Union[RunEvent.AgentStarted, _Mapping]] = ..., agent_finished: _Optional[_Union[RunEvent.AgentFinished, _Mapping]] = ..., text_delta: _Optional[_Union[RunEvent.TextDelta, _Mapping]] = ..., reasoning_delta: _Optional[_Union[RunEvent.ReasoningDelta, _Mapping]] = ..., message_completed: _Optional[_Union[RunEvent.MessageCompleted, _Mapping]] = ..., tool_call_started: _Optional[_Union[RunEvent.ToolCallStarted, _Mapping]] = ..., tool_call_finished: _Optional[_Union[RunEvent.ToolCallFinished, _Mapping]] = ..., agent_updated: _Optional[_Union[RunEvent.AgentUpdated, _Mapping]] = ..., progress: _Optional[_Union[RunEvent.Progress, _Mapping]] = ..., artifact: _Optional[_Union[RunEvent.Artifact, _Mapping]] = ..., run_completed: _Optional[_Union[RunEvent.RunCompleted, _Mapping]] = ..., run_failed: _Optional[_Union[RunEvent.RunFailed, _Mapping]] = ..., run_cancelled: _Optional[_Union[RunEvent.RunCancelled, _Mapping]] = ...) -> None: ...
+    run_resumed: RunEvent.RunResumed
+    def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[str] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., agent_started: _Optional[_Union[RunEvent.AgentStarted, _Mapping]] = ..., agent_finished: _Optional[_Union[RunEvent.AgentFinished, _Mapping]] = ..., text_delta: _Optional[_Union[RunEvent.TextDelta, _Mapping]] = ..., reasoning_delta: _Optional[_Union[RunEvent.ReasoningDelta, _Mapping]] = ..., message_completed: _Optional[_Union[RunEvent.MessageCompleted, _Mapping]] = ..., tool_call_started: _Optional[_Union[RunEvent.ToolCallStarted, _Mapping]] = ..., tool_call_finished: _Optional[_Union[RunEvent.ToolCallFinished, _Mapping]] = ..., agent_updated: _Optional[_Union[RunEvent.AgentUpdated, _Mapping]] = ..., progress: _Optional[_Union[RunEvent.Progress, _Mapping]] = ..., artifact: _Optional[_Union[RunEvent.Artifact, _Mapping]] = ..., run_completed: _Optional[_Union[RunEvent.RunCompleted, _Mapping]] = ..., run_failed: _Optional[_Union[RunEvent.RunFailed, _Mapping]] = ..., run_cancelled: _Optional[_Union[RunEvent.RunCancelled, _Mapping]] = ..., run_resumed: _Optional[_Union[RunEvent.RunResumed, _Mapping]] = ...) -> None: ...
