@@ -156,3 +156,22 @@ def check_open(ended: bool, new_count: int, run_id: str, stored_last: int) -> No
             reason="RUN_ENDED",
             metadata={"last_seq": str(stored_last)},
         )
+
+
+def check_checkpoint(seq: int, last_seq: int, run_id: str) -> None:
+    """A checkpoint may only cover stored events: its `seq` at most the run's last seq
+    after the batch (AppendRunEventsRequest.checkpoint).
+
+    Raises:
+        InvalidArgument: field `checkpoint.seq`.
+    """
+    if seq > last_seq:
+        raise InvalidArgument(
+            f"run {run_id}: checkpoint.seq {seq} is beyond the run's last seq {last_seq}",
+            [
+                (
+                    "checkpoint.seq",
+                    f"must not exceed the run's last seq after the batch ({last_seq})",
+                )
+            ],
+        )

@@ -34,6 +34,9 @@ MAX_ERROR_MESSAGE_CHARS = 8192
 MAX_CANCEL_REASON_CHARS = 4096
 MAX_OWNER_INSTANCE_CHARS = 256
 MAX_HEARTBEATS_PER_CALL = 1000  # contract: RecordRunHeartbeatsRequest.heartbeats
+MAX_CLAIM_OWNER_INSTANCE_CHARS = 128  # contract: ClaimRunRequest.owner_instance
+MAX_STALE_AFTER_S = 86_400  # ClaimRunRequest.stale_after: at most a day
+MAX_CHECKPOINT_STATE_BYTES = 16 * 1024 * 1024  # contract: RunCheckpoint.team_state
 
 MAX_EVENTS_PER_APPEND = 1000  # contract: AppendRunEventsRequest.events
 MAX_BATCHES_PER_APPEND = 1000  # contract: AppendRunEventBatchesRequest.batches

@@ -4,7 +4,9 @@ update or a heartbeat merges.
 Pure functions over `chorus.v1.Run` messages; both stores call them inside their
 transaction, after reading the stored row under a lock, so the rules hold under concurrency.
 Source of the rules: RecordRun's comment in proto/chorus/v1/history_service.proto and the
-run semantics of DESIGN.md §4.
+run semantics of DESIGN.md §4. Leases (`lease_epoch`, `attempt`, ClaimRun, ReleaseRun and
+the fencing of appends and heartbeats) follow the comments of `Run.lease_epoch`, ClaimRun
+and ReleaseRun there (issue 18, "Durable runs").
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def prepare_new(run: run_pb2.Run, owner: str, now_us: int) -> run_pb2.Run:
     """The record to insert for a create: owner set, status QUEUED unless given, times filled.
 
     `last_seq` starts at 0 (events are appended with AppendRunEvents); `start_time` and
-    `end_time` default to now for RUNNING and terminal statuses.
+    `end_time` default to now for RUNNING and terminal statuses; a RUNNING run's
+    `lease_epoch` and `attempt` default to 1 (its first lease and execution).
     """
     out = run_pb2.Run()
     out.CopyFrom(run)
@@ -55,6 +58,7 @@ def prepare_new(run: run_pb2.Run, owner: str, now_us: int) -> run_pb2.Run:
     out.last_seq = 0
     if out.status == run_pb2.RUN_STATUS_UNSPECIFIED:
         out.status = run_pb2.RUN_STATUS_QUEUED
+    _start_lease(out)
     if not out.HasField("create_time"):
         set_ts(out.create_time, now_us)
     _default_times(out, now_us)
@@ -72,7 +76,9 @@ def apply_update(
     * The first cancellation is kept: a later one does not replace who cancelled and why.
     * `last_seq` never decreases (AppendRunEvents moves it too).
     * Reaching RUNNING sets `start_time`, reaching a terminal status sets `end_time`, when
-      the caller did not give them.
+      the caller did not give them; reaching RUNNING also starts the lease (`lease_epoch`
+      and `attempt` 1 when still 0). `lease_epoch` and `attempt` are not updatable: only
+      ClaimRun moves them.
 
     Raises:
         FailedPrecondition: a terminal status would change.
@@ -99,6 +105,8 @@ def apply_update(
                 out.ClearField(path)
         else:
             setattr(out, path, getattr(values, path))
+    if out.status == run_pb2.RUN_STATUS_RUNNING and stored.status != run_pb2.RUN_STATUS_RUNNING:
+        _start_lease(out)
     _default_times(out, now_us)
     # Strictly increasing per write (the row is locked), so it versions cached copies.
     set_ts(out.update_time, max(now_us, (ts_to_us(stored.update_time) or 0) + 1))
@@ -110,12 +118,15 @@ def heartbeat_values(beat: history_service_pb2.RunHeartbeat, now_us: int) -> run
 
     `id` is the heartbeat's `run_id` as given (callers canonicalize it); an unset `usage`
     writes an empty one, as RecordRun does for a masked `usage` it is not given.
+    `lease_epoch` carries the sender's epoch for the fence of `apply_heartbeats` (it is
+    not written).
     """
     out = run_pb2.Run(
         id=beat.run_id,
         owner_instance=beat.owner_instance,
         turns=beat.turns,
         last_seq=beat.last_seq,
+        lease_epoch=beat.lease_epoch,
     )
     if beat.HasField("usage"):
         out.usage.CopyFrom(beat.usage)
@@ -128,8 +139,9 @@ def apply_heartbeats(
 ) -> list[tuple[run_pb2.Run, bool] | None]:
     """The outcome of each heartbeat (values from `heartbeat_values`) on the `stored` runs
     (by id, read under a lock), in order: `(run after the heartbeat, True)`; for an ended
-    run `(the stored run, False)` — a heartbeat does not change it; None for a run not in
-    `stored` (missing, or hidden from the caller).
+    run, or a heartbeat whose non-zero `lease_epoch` is not the run's (its sender lost the
+    lease: RunHeartbeat.lease_epoch), `(the stored run, False)` — the heartbeat does not
+    change it; None for a run not in `stored` (missing, or hidden from the caller).
 
     The update is `apply_update` with `HEARTBEAT_PATHS`, so `last_seq` never decreases and
     `update_time` strictly increases, as for RecordRun.
@@ -139,11 +151,144 @@ def apply_heartbeats(
         run = stored.get(values.id)
         if run is None:
             out.append(None)
-        elif run.status in TERMINAL:
+        elif run.status in TERMINAL or not lease_matches(run, values.lease_epoch):
             out.append((run, False))
         else:
             out.append((apply_update(run, values, HEARTBEAT_PATHS, now_us), True))
     return out
+
+
+def lease_matches(stored: run_pb2.Run, lease_epoch: int) -> bool:
+    """Whether a writer's `lease_epoch` lets it write into `stored`: 0 (a writer holding no
+    lease, the check skipped) or the run's own epoch."""
+    return lease_epoch == 0 or lease_epoch == stored.lease_epoch
+
+
+def lease_lost(stored: run_pb2.Run, given: int) -> FailedPrecondition:
+    """FAILED_PRECONDITION, reason LEASE_LOST: `given` is not the run's epoch (another
+    replica claimed the run). ErrorInfo metadata: `run_id`, `lease_epoch` (the stored one)."""
+    return FailedPrecondition(
+        f"run {stored.id}: lease epoch {given} is not the run's ({stored.lease_epoch}); "
+        f"the lease was lost (another owner claimed the run)",
+        reason="LEASE_LOST",
+        metadata={"run_id": stored.id, "lease_epoch": str(stored.lease_epoch)},
+    )
+
+
+def check_lease(stored: run_pb2.Run, lease_epoch: int) -> None:
+    """The fence of AppendRunEvents (AppendRunEventsRequest.lease_epoch), checked on the
+    row read under lock, before anything is written.
+
+    Raises:
+        FailedPrecondition: reason LEASE_LOST (`lease_lost`).
+    """
+    if not lease_matches(stored, lease_epoch):
+        raise lease_lost(stored, lease_epoch)
+
+
+def heartbeat_us(run: run_pb2.Run) -> int:
+    """The run's last sign of life, µs since the epoch: `heartbeat_time` when set — 0 for a
+    released lease (set to the Unix epoch) — else `create_time` (as ListRunRecords'
+    `heartbeat_before`, `coalesce(heartbeat_time, create_time)`)."""
+    ts = run.heartbeat_time if run.HasField("heartbeat_time") else run.create_time
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def released(run: run_pb2.Run) -> bool:
+    """The lease was given up by ReleaseRun: no owner, heartbeat at the Unix epoch."""
+    return not run.owner_instance and run.HasField("heartbeat_time") and heartbeat_us(run) == 0
+
+
+def claim(
+    stored: run_pb2.Run,
+    ended: bool,
+    owner_instance: str,
+    lease_epoch: int,
+    stale_after_us: int,
+    now_us: int,
+) -> run_pb2.Run:
+    """ClaimRun's compare-and-set on `stored` (read under lock): the run after the claim.
+
+    The lease is free when it was released (`released`), its heartbeat (`heartbeat_us`) is
+    more than `stale_after_us` older than `now_us` (history-svc's clock), or its owner is
+    `owner_instance` itself (a restart under the same instance id). Then `owner_instance`
+    is the claimer, `heartbeat_time` = `update_time` = now (strictly later than before),
+    `lease_epoch` + 1 and `attempt` + 1 (a stored 0 — a run recorded before leases — counts
+    as its first execution).
+
+    Raises:
+        FailedPrecondition: reason RUN_ENDED (terminal status, or `ended`: its terminal
+            event is stored), LEASE_LOST (`lease_epoch` is not the stored one) or
+            LEASE_HELD (the owner is alive); checked in that order.
+    """
+    if stored.status in TERMINAL or ended:
+        raise _run_ended(stored)
+    if lease_epoch != stored.lease_epoch:
+        raise lease_lost(stored, lease_epoch)
+    age_us = now_us - heartbeat_us(stored)
+    if not (released(stored) or age_us > stale_after_us or stored.owner_instance == owner_instance):
+        raise FailedPrecondition(
+            f"run {stored.id} is owned by {stored.owner_instance!r}, whose heartbeat is "
+            f"{max(age_us, 0) / 1e6:.3f} s old (not older than stale_after)",
+            reason="LEASE_HELD",
+            metadata={
+                "run_id": stored.id,
+                "owner_instance": stored.owner_instance,
+                "lease_epoch": str(stored.lease_epoch),
+                "heartbeat_age_ms": str(max(age_us, 0) // 1000),
+            },
+        )
+    out = run_pb2.Run()
+    out.CopyFrom(stored)
+    out.owner_instance = owner_instance
+    out.lease_epoch = stored.lease_epoch + 1
+    out.attempt = max(stored.attempt, 1) + 1
+    set_ts(out.heartbeat_time, now_us)
+    set_ts(out.update_time, max(now_us, (ts_to_us(stored.update_time) or 0) + 1))
+    return out
+
+
+def release(stored: run_pb2.Run, ended: bool, lease_epoch: int, now_us: int) -> run_pb2.Run | None:
+    """ReleaseRun on `stored` (read under lock): the run after the release, or None when it
+    stays unchanged — the run ended (`ended`: its terminal event is stored), or its lease
+    is released already. Released: `owner_instance` empty, `heartbeat_time` at the Unix
+    epoch (so ListRunRecords' `heartbeat_before` and ClaimRun find it free at once),
+    `update_time` moved forward; the epoch stays (the next claimer compares it).
+
+    Raises:
+        FailedPrecondition: reason LEASE_LOST, `lease_epoch` is not the stored one.
+    """
+    if stored.status in TERMINAL or ended:
+        return None
+    if lease_epoch != stored.lease_epoch:
+        raise lease_lost(stored, lease_epoch)
+    if released(stored):
+        return None
+    out = run_pb2.Run()
+    out.CopyFrom(stored)
+    out.owner_instance = ""
+    out.heartbeat_time.Clear()
+    out.heartbeat_time.SetInParent()  # present and zero: 1970-01-01T00:00:00Z
+    set_ts(out.update_time, max(now_us, (ts_to_us(stored.update_time) or 0) + 1))
+    return out
+
+
+def _run_ended(stored: run_pb2.Run) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"run {stored.id} has ended ({run_pb2.RunStatus.Name(stored.status)}): "
+        f"there is nothing to claim",
+        reason="RUN_ENDED",
+        metadata={"run_id": stored.id, "status": run_pb2.RunStatus.Name(stored.status)},
+    )
+
+
+def _start_lease(run: run_pb2.Run) -> None:
+    """A RUNNING run's first lease: `lease_epoch` and `attempt` 1 unless already set."""
+    if run.status == run_pb2.RUN_STATUS_RUNNING:
+        if run.lease_epoch == 0:
+            run.lease_epoch = 1
+        if run.attempt == 0:
+            run.attempt = 1
 
 
 def _default_times(run: run_pb2.Run, now_us: int) -> None:

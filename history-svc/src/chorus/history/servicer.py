@@ -25,6 +25,8 @@ from chorus.history.event_log import EventLog
 from chorus.history.settings import Settings
 from chorus.history.stores.base import (
     AppendedEvents,
+    Checkpoint,
+    EventWrite,
     RunFilter,
     RunUpdate,
     Store,
@@ -274,6 +276,76 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         await self._cache.put_runs([run for run, updated in found if updated])
         return pb.RecordRunHeartbeatsResponse(runs=[run for run, _ in found])
 
+    async def ClaimRun(
+        self, request: pb.ClaimRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClaimRunResponse:
+        """ClaimRun (issue 18, "Durable runs"; the RPC's comment is the contract): one
+        compare-and-set on the run's locked row — `lease_epoch` must be the stored one and
+        the lease free (released, heartbeat older than `stale_after` by this service's
+        clock, or held by `owner_instance` itself) — then owner, heartbeat, `lease_epoch`
+        + 1 and `attempt` + 1 are written and the latest checkpoint returned.
+
+        Raises:
+            PermissionDenied: the caller is not the internal service identity.
+            InvalidArgument: `run_id` not a UUID, `owner_instance` not 1..128 characters,
+                `lease_epoch` negative, `stale_after` missing, ≤ 0 or over a day.
+            NotFound: no such run.
+            FailedPrecondition: RUN_ENDED, LEASE_LOST or LEASE_HELD.
+        """
+        self._require_system("ClaimRun")
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        validation.owner_instance(v, "owner_instance", request.owner_instance)
+        validation.lease_epoch(v, "lease_epoch", request.lease_epoch)
+        stale_after_us = validation.stale_after_us(
+            v, "stale_after", request.stale_after, request.HasField("stale_after")
+        )
+        v.raise_if_any("invalid claim")
+        claimed = await self._store.claim_run(
+            run_id, request.owner_instance, request.lease_epoch, stale_after_us, now_us()
+        )
+        await self._cache.put_run(claimed.run)
+        resp = pb.ClaimRunResponse(run=claimed.run)
+        if claimed.checkpoint is not None:
+            resp.checkpoint.ParseFromString(claimed.checkpoint)
+        return resp
+
+    async def ReleaseRun(
+        self, request: pb.ReleaseRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseRunResponse:
+        """ReleaseRun (issue 18): the lease given up on the locked row — `owner_instance`
+        empty, `heartbeat_time` at the Unix epoch — so any replica may claim it at once; an
+        ended (or already released) run comes back unchanged.
+
+        Raises:
+            PermissionDenied: the caller is not the internal service identity.
+            InvalidArgument: `run_id` not a UUID, `lease_epoch` not ≥ 1.
+            NotFound: no such run.
+            FailedPrecondition: LEASE_LOST, `lease_epoch` is not the stored one.
+        """
+        self._require_system("ReleaseRun")
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        validation.lease_epoch(v, "lease_epoch", request.lease_epoch, required=True)
+        v.raise_if_any("invalid release")
+        run, written = await self._store.release_run(run_id, request.lease_epoch, now_us())
+        if written:
+            await self._cache.put_run(run)
+        return pb.ReleaseRunResponse(run=run)
+
+    @staticmethod
+    def _require_system(method: str) -> None:
+        """Leases are the orchestrators' business: only the internal service identity.
+
+        Raises:
+            PermissionDenied: reason LEASE_DENIED.
+        """
+        if not current_identity().is_system:
+            raise PermissionDenied(
+                f"{method} is only allowed for the internal service identity",
+                reason="LEASE_DENIED",
+            )
+
     async def _run(self, ident: Identity, run_id: str) -> run_pb2.Run:
         run = await self._cache.get_run(run_id)
         if run is not None:
@@ -417,9 +489,25 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         v = Violations()
         run_id = validation.uuid_field(v, "run_id", request.run_id)
         update = self._run_update(v, request, run_id)
+        validation.lease_epoch(v, "lease_epoch", request.lease_epoch)
+        checkpoint = None
+        if request.HasField("checkpoint"):
+            validation.checkpoint(v, request.checkpoint)
+            checkpoint = Checkpoint(
+                request.checkpoint.seq,
+                request.checkpoint.SerializeToString(deterministic=True),
+                now_us(),
+            )
         v.raise_if_any()
         batch = event_rules.prepare_batch(run_id, request.events, self._settings.max_event_bytes)
-        result = await self._store.append_events(run_id, _scope(ident), batch, update)
+        result = await self._store.append_events(
+            run_id,
+            _scope(ident),
+            batch,
+            update,
+            lease_epoch=request.lease_epoch,
+            checkpoint=checkpoint,
+        )
         writes = []
         if result.new_payloads:
             metrics.EVENTS_APPENDED.inc(len(result.new_payloads))
@@ -465,7 +553,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         v.raise_if_any()
         # Each batch is checked on its own: a malformed one is rejected alone.
         outcomes: list[AppendedEvents | ChorusError | None] = [None] * count
-        valid: list[tuple[str, event_rules.Batch]] = []
+        valid: list[EventWrite] = []
         positions: list[int] = []
         seen: set[str] = set()
         for i, item in enumerate(request.batches):
@@ -474,6 +562,9 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
                 run_id = validation.uuid_field(bv, "run_id", item.run_id)
                 if item.HasField("run") or item.update_mask.paths:
                     bv.add("run", "record fields go with AppendRunEvents, not in batches")
+                if item.HasField("checkpoint"):
+                    bv.add("checkpoint", "checkpoints go with AppendRunEvents, not in batches")
+                validation.lease_epoch(bv, "lease_epoch", item.lease_epoch)
                 bv.raise_if_any()
                 if run_id in seen:
                     raise InvalidArgument(
@@ -487,7 +578,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             except ChorusError as exc:
                 outcomes[i] = exc
                 continue
-            valid.append((run_id, batch))
+            valid.append(EventWrite(run_id, batch, item.lease_epoch))
             positions.append(i)
         if valid:
             stored = await self._store.append_event_batches(valid, _scope(ident))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from chorus.core.errors import Violations
@@ -218,6 +219,11 @@ def run_values(v: Violations, run: run_pb2.Run, paths: Iterable[str], prefix: st
         v.add(f"{prefix}.last_seq", "must not be negative")
     if "owner_instance" in paths:
         text(v, f"{prefix}.owner_instance", run.owner_instance, limits.MAX_OWNER_INSTANCE_CHARS)
+    # Not updatable (only ClaimRun moves them) but given at a create: not negative.
+    if run.lease_epoch < 0:
+        v.add(f"{prefix}.lease_epoch", "must not be negative")
+    if run.attempt < 0:
+        v.add(f"{prefix}.attempt", "must not be negative")
 
 
 def run_spec(v: Violations, spec: run_pb2.RunSpec) -> None:
@@ -226,3 +232,57 @@ def run_spec(v: Violations, spec: run_pb2.RunSpec) -> None:
     request_id(v, "run.spec.request_id", spec.request_id)
     if spec.max_turns < 0:
         v.add("run.spec.max_turns", "must not be negative")
+
+
+def lease_epoch(v: Violations, field: str, value: int, *, required: bool = False) -> None:
+    """A lease epoch (Run.lease_epoch): not negative; with `required` (ReleaseRun), ≥ 1."""
+    if value < 0:
+        v.add(field, "must not be negative")
+    elif required and value == 0:
+        v.add(field, "required: the lease epoch the caller holds (1 or more)")
+
+
+def owner_instance(v: Violations, field: str, value: str) -> None:
+    """A claiming orchestrator instance (ClaimRunRequest.owner_instance): 1..128 characters."""
+    if not value:
+        v.add(field, "required")
+    else:
+        text(v, field, value, limits.MAX_CLAIM_OWNER_INSTANCE_CHARS)
+
+
+def stale_after_us(v: Violations, field: str, value: Duration, present: bool) -> int:
+    """ClaimRunRequest.stale_after in µs: required, a valid Duration, > 0 and at most
+    `limits.MAX_STALE_AFTER_S`. Returns 0 when invalid."""
+    if not present:
+        v.add(field, "required (how old a heartbeat must be for the lease to count as expired)")
+        return 0
+    seconds, nanos = value.seconds, value.nanos
+    if not -999_999_999 <= nanos <= 999_999_999 or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        v.add(field, "not a valid Duration (nanos out of range or of another sign)")
+        return 0
+    total_us = seconds * 1_000_000 + nanos // 1000
+    if total_us <= 0:
+        v.add(field, "must be greater than 0 (at least 1 µs)")
+        return 0
+    if total_us > limits.MAX_STALE_AFTER_S * 1_000_000:
+        v.add(field, f"must be at most {limits.MAX_STALE_AFTER_S} s")
+        return 0
+    return total_us
+
+
+def checkpoint(v: Violations, cp: run_pb2.RunCheckpoint, prefix: str = "checkpoint") -> None:
+    """A run checkpoint (AppendRunEventsRequest.checkpoint): seq, turns and message count
+    not negative, `team_state` at most 16 MiB (RunCheckpoint's comment), usage valid.
+    Whether `seq` is within the run's log is checked by the store, under the run's lock."""
+    if cp.seq < 0:
+        v.add(f"{prefix}.seq", "must not be negative")
+    if len(cp.team_state) > limits.MAX_CHECKPOINT_STATE_BYTES:
+        v.add(
+            f"{prefix}.team_state",
+            f"at most {limits.MAX_CHECKPOINT_STATE_BYTES} bytes (got {len(cp.team_state)})",
+        )
+    if cp.turns < 0:
+        v.add(f"{prefix}.turns", "must not be negative")
+    if cp.message_count < 0:
+        v.add(f"{prefix}.message_count", "must not be negative")
+    usage(v, f"{prefix}.usage", cp.usage)

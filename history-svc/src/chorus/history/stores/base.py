@@ -93,6 +93,50 @@ class RunUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A run's checkpoint as stored (table `run_checkpoints`, one per run: the latest).
+
+    Attributes:
+        seq: `RunCheckpoint.seq`, the last seq it covers.
+        data: the serialized `chorus.v1.RunCheckpoint`.
+        now_us: the server's clock, µs since the epoch (the row's `update_time`).
+    """
+
+    seq: int
+    data: bytes
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventWrite:
+    """One run's batch for `Store.append_event_batches`.
+
+    Attributes:
+        run_id: the run (canonical UUID; distinct within a call).
+        batch: its validated events.
+        lease_epoch: the writer's epoch (AppendRunEventsRequest.lease_epoch; 0 skips the
+            fence).
+    """
+
+    run_id: str
+    batch: Batch
+    lease_epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """Result of `Store.claim_run`.
+
+    Attributes:
+        run: the run after the claim.
+        checkpoint: its latest checkpoint (serialized `RunCheckpoint`), None when none.
+    """
+
+    run: run_pb2.Run
+    checkpoint: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class StartedRun:
     """Result of `Store.record_run_start`.
 
@@ -273,6 +317,39 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def claim_run(
+        self,
+        run_id: str,
+        owner_instance: str,
+        lease_epoch: int,
+        stale_after_us: int,
+        now_us: int,
+    ) -> ClaimedRun:
+        """ClaimRun: one compare-and-set on the run's row, locked in one transaction
+        (`chorus.history.runs.claim`), then its latest checkpoint read under that lock. Any
+        owner's run (the caller is the internal service identity).
+
+        Raises:
+            NotFound: no such run.
+            FailedPrecondition: RUN_ENDED, LEASE_LOST or LEASE_HELD; nothing is written.
+            Unavailable: the database is unreachable.
+        """
+
+    @abc.abstractmethod
+    async def release_run(
+        self, run_id: str, lease_epoch: int, now_us: int
+    ) -> tuple[run_pb2.Run, bool]:
+        """ReleaseRun in one transaction on the locked row (`chorus.history.runs.release`).
+        Returns `(the run after the call, whether it was written)`; an ended or already
+        released run comes back unchanged. Any owner's run.
+
+        Raises:
+            NotFound: no such run.
+            FailedPrecondition: LEASE_LOST; nothing is written.
+            Unavailable: the database is unreachable.
+        """
+
+    @abc.abstractmethod
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         """The run, or None when missing or another owner's."""
 
@@ -286,26 +363,38 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def append_events(
-        self, run_id: str, owner: str | None, batch: Batch, update: RunUpdate | None = None
+        self,
+        run_id: str,
+        owner: str | None,
+        batch: Batch,
+        update: RunUpdate | None = None,
+        *,
+        lease_epoch: int = 0,
+        checkpoint: Checkpoint | None = None,
     ) -> AppendedEvents:
         """Store a batch atomically (gapless, idempotent repeat, conflict and end rules of
         `chorus.history.events`) and raise the run's `last_seq`; with `update`, write those
-        record fields in the same transaction.
+        record fields in the same transaction; with `checkpoint`, replace the run's
+        checkpoint in it too (unless the stored one has a higher seq: a late retry). A
+        non-zero `lease_epoch` must be the run's (the fence, checked first on the locked
+        row).
 
         Raises:
             NotFound: no such run (or another owner's).
-            FailedPrecondition: SEQ_GAP, SEQ_CONFLICT, RUN_ENDED, or RUN_TERMINAL (the
-                update would change a terminal status); nothing is stored.
+            FailedPrecondition: LEASE_LOST, SEQ_GAP, SEQ_CONFLICT, RUN_ENDED, or
+                RUN_TERMINAL (the update would change a terminal status); nothing is stored.
+            InvalidArgument: `checkpoint.seq` is beyond the run's last seq after the batch
+                (field `checkpoint.seq`); nothing is stored.
         """
 
     @abc.abstractmethod
     async def append_event_batches(
-        self, batches: Sequence[tuple[str, Batch]], owner: str | None
+        self, batches: Sequence[EventWrite], owner: str | None
     ) -> list[BatchOutcome]:
         """Store many runs' batches in one transaction, each under the rules of
-        `append_events`; a batch breaking a rule is rejected alone (its outcome is the
-        `NotFound` or `FailedPrecondition` `append_events` would raise) and the others are
-        stored. Run ids must be distinct.
+        `append_events` (the lease fence included); a batch breaking a rule is rejected
+        alone (its outcome is the `NotFound` or `FailedPrecondition` `append_events` would
+        raise) and the others are stored. Run ids must be distinct.
 
         Returns one outcome per batch, in order.
 

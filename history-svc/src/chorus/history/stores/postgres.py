@@ -29,6 +29,9 @@ from chorus.history.stores.base import (
     AppendedEvents,
     AppendedMessages,
     BatchOutcome,
+    Checkpoint,
+    ClaimedRun,
+    EventWrite,
     RunFilter,
     RunUpdate,
     StartedRun,
@@ -475,6 +478,50 @@ class PostgresStore(Store):
                 await conn.executemany(_UPDATE_RUN, [_update_args(r) for r in updated])
         return outcomes
 
+    async def claim_run(
+        self,
+        run_id: str,
+        owner_instance: str,
+        lease_epoch: int,
+        stale_after_us: int,
+        now_us: int,
+    ) -> ClaimedRun:
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT record, last_seq, events_ended FROM runs WHERE id = $1 FOR UPDATE",
+                run_id,
+            )
+            if row is None:
+                raise run_not_found(run_id)
+            run = run_rules.claim(
+                rows.run(row), row[2], owner_instance, lease_epoch, stale_after_us, now_us
+            )
+            # One round trip: the update, and the checkpoint read by a statement that
+            # starts after the lock was taken (so it sees the last append's checkpoint).
+            checkpoint = await conn.fetchval(
+                f"WITH claimed AS ({_UPDATE_RUN}) "
+                f"SELECT checkpoint FROM run_checkpoints WHERE run_id = $1",
+                *_update_args(run),
+            )
+        return ClaimedRun(run, checkpoint)
+
+    async def release_run(
+        self, run_id: str, lease_epoch: int, now_us: int
+    ) -> tuple[run_pb2.Run, bool]:
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT record, last_seq, events_ended FROM runs WHERE id = $1 FOR UPDATE",
+                run_id,
+            )
+            if row is None:
+                raise run_not_found(run_id)
+            stored = rows.run(row)
+            released = run_rules.release(stored, row[2], lease_epoch, now_us)
+            if released is None:
+                return stored, False
+            await conn.execute(_UPDATE_RUN, *_update_args(released))
+        return released, True
+
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(
@@ -519,7 +566,14 @@ class PostgresStore(Store):
     # Run events
 
     async def append_events(
-        self, run_id: str, owner: str | None, batch: Batch, update: RunUpdate | None = None
+        self,
+        run_id: str,
+        owner: str | None,
+        batch: Batch,
+        update: RunUpdate | None = None,
+        *,
+        lease_epoch: int = 0,
+        checkpoint: Checkpoint | None = None,
     ) -> AppendedEvents:
         async with self._conn() as conn, conn.transaction():
             row = await conn.fetchrow(
@@ -529,10 +583,24 @@ class PostgresStore(Store):
             )
             if row is None or (owner is not None and row[0] != owner):
                 raise run_not_found(run_id)
+            run = rows.run(row[3:])
+            # The fence: the epoch is in the row locked above, so no claim can move it
+            # until this transaction ends.
+            run_rules.check_lease(run, lease_epoch)
             stored_last = row[1]
             first_new, new = await self._append_events(conn, run_id, stored_last, row[2], batch)
-            run = rows.run(row[3:])
             run.last_seq = max(run.last_seq, batch.last_seq)
+            if checkpoint is not None:
+                event_rules.check_checkpoint(
+                    checkpoint.seq, max(stored_last, batch.last_seq), run_id
+                )
+                await conn.execute(
+                    _PUT_CHECKPOINT,
+                    run_id,
+                    checkpoint.seq,
+                    checkpoint.data,
+                    us_to_datetime(checkpoint.now_us),
+                )
             if update is not None:
                 run = run_rules.apply_update(run, update.values, update.paths, update.now_us)
                 await conn.execute(_UPDATE_RUN, *_update_args(run))
@@ -576,7 +644,7 @@ class PostgresStore(Store):
         return first_new, new
 
     async def append_event_batches(
-        self, batches: Sequence[tuple[str, Batch]], owner: str | None
+        self, batches: Sequence[EventWrite], owner: str | None
     ) -> list[BatchOutcome]:
         outcomes: list[BatchOutcome] = []
         run_ids: list[str] = []
@@ -589,14 +657,17 @@ class PostgresStore(Store):
             found = await conn.fetch(
                 "SELECT id::text, owner, event_seq, events_ended, record, last_seq FROM runs "
                 "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-                sorted(run_id for run_id, _ in batches),
+                sorted(item.run_id for item in batches),
             )
             by_id = {r[0]: r for r in found}
-            for run_id, batch in batches:
+            for item in batches:
+                run_id, batch = item.run_id, item.batch
                 row = by_id.get(run_id)
                 try:
                     if row is None or (owner is not None and row[1] != owner):
                         raise run_not_found(run_id)
+                    run = rows.run(row[4:])
+                    run_rules.check_lease(run, item.lease_epoch)
                     stored_last, ended = row[2], row[3]
                     repeated = event_rules.overlap(stored_last, batch, run_id)
                     if repeated:
@@ -622,7 +693,6 @@ class PostgresStore(Store):
                     kinds.extend(batch.kinds[repeated:])
                     payloads.extend(new)
                     ends[run_id] = (batch.last_seq, batch.ends_run)
-                run = rows.run(row[4:])
                 run.last_seq = max(run.last_seq, batch.last_seq)
                 outcomes.append(
                     AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
@@ -863,6 +933,16 @@ _UPDATE_RUN = (
     "record = $14 WHERE id = $1"
 )
 """Writes every updatable column of a run record; arguments from `_update_args`."""
+
+
+_PUT_CHECKPOINT = (
+    "INSERT INTO run_checkpoints (run_id, seq, checkpoint, update_time) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE SET seq = EXCLUDED.seq, "
+    "checkpoint = EXCLUDED.checkpoint, update_time = EXCLUDED.update_time "
+    "WHERE run_checkpoints.seq <= EXCLUDED.seq"
+)
+"""Replaces a run's checkpoint (only the latest is kept) unless the stored one covers more
+(a late retry of an earlier append must not roll it back)."""
 
 
 def _update_args(run: run_pb2.Run) -> tuple[Any, ...]:

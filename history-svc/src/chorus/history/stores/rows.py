@@ -119,7 +119,10 @@ def run_columns(r: run_pb2.Run) -> dict[str, Any]:
         else None,
         "usage": codec.usage_to_json(r.usage),
         "owner_instance": r.owner_instance,
-        "heartbeat_time": ts_to_us(r.heartbeat_time),
+        # present and zero (a released lease) is 0, the Unix epoch, not NULL
+        "heartbeat_time": r.heartbeat_time.ToMicroseconds()
+        if r.HasField("heartbeat_time")
+        else None,
         "create_time": ts_to_us(r.create_time),
         "start_time": ts_to_us(r.start_time),
         "end_time": ts_to_us(r.end_time),

@@ -26,6 +26,9 @@ from chorus.history.stores.base import (
     AppendedEvents,
     AppendedMessages,
     BatchOutcome,
+    Checkpoint,
+    ClaimedRun,
+    EventWrite,
     RunFilter,
     RunUpdate,
     StartedRun,
@@ -55,6 +58,16 @@ _UPDATE_RUN = (
     "record = ?14 WHERE id = ?1"
 )
 """Writes every updatable column of a run record; arguments from `_update_args`."""
+
+
+_PUT_CHECKPOINT = (
+    "INSERT INTO run_checkpoints (run_id, seq, checkpoint, update_time) "
+    "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, "
+    "checkpoint = excluded.checkpoint, update_time = excluded.update_time "
+    "WHERE run_checkpoints.seq <= excluded.seq"
+)
+"""Replaces a run's checkpoint (only the latest is kept) unless the stored one covers more
+(a late retry of an earlier append must not roll it back)."""
 
 
 def _update_args(run: run_pb2.Run) -> tuple[Any, ...]:
@@ -447,6 +460,45 @@ class SqliteStore(Store):
                 await db.executemany(_UPDATE_RUN, [_update_args(r) for r in updated])
         return outcomes
 
+    async def claim_run(
+        self,
+        run_id: str,
+        owner_instance: str,
+        lease_epoch: int,
+        stale_after_us: int,
+        now_us: int,
+    ) -> ClaimedRun:
+        async with self._use(write=True) as db:
+            row = await self._one(
+                db, "SELECT record, last_seq, events_ended FROM runs WHERE id = ?1", run_id
+            )
+            if row is None:
+                raise run_not_found(run_id)
+            run = run_rules.claim(
+                rows.run(row), bool(row[2]), owner_instance, lease_epoch, stale_after_us, now_us
+            )
+            await db.execute(_UPDATE_RUN, _update_args(run))
+            found = await self._one(
+                db, "SELECT checkpoint FROM run_checkpoints WHERE run_id = ?1", run_id
+            )
+        return ClaimedRun(run, None if found is None else bytes(found[0]))
+
+    async def release_run(
+        self, run_id: str, lease_epoch: int, now_us: int
+    ) -> tuple[run_pb2.Run, bool]:
+        async with self._use(write=True) as db:
+            row = await self._one(
+                db, "SELECT record, last_seq, events_ended FROM runs WHERE id = ?1", run_id
+            )
+            if row is None:
+                raise run_not_found(run_id)
+            stored = rows.run(row)
+            released = run_rules.release(stored, bool(row[2]), lease_epoch, now_us)
+            if released is None:
+                return stored, False
+            await db.execute(_UPDATE_RUN, _update_args(released))
+        return released, True
+
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._use() as db:
             row = await self._one(
@@ -489,7 +541,14 @@ class SqliteStore(Store):
     # Run events
 
     async def append_events(
-        self, run_id: str, owner: str | None, batch: Batch, update: RunUpdate | None = None
+        self,
+        run_id: str,
+        owner: str | None,
+        batch: Batch,
+        update: RunUpdate | None = None,
+        *,
+        lease_epoch: int = 0,
+        checkpoint: Checkpoint | None = None,
     ) -> AppendedEvents:
         async with self._use(write=True) as db:
             row = await self._one(
@@ -499,10 +558,18 @@ class SqliteStore(Store):
             )
             if row is None or (owner is not None and row[0] != owner):
                 raise run_not_found(run_id)
+            run = rows.run(row[3:])
+            run_rules.check_lease(run, lease_epoch)  # under BEGIN IMMEDIATE's write lock
             stored_last = row[1]
             first_new, new = await self._append_events(db, run_id, stored_last, bool(row[2]), batch)
-            run = rows.run(row[3:])
             run.last_seq = max(run.last_seq, batch.last_seq)
+            if checkpoint is not None:
+                event_rules.check_checkpoint(
+                    checkpoint.seq, max(stored_last, batch.last_seq), run_id
+                )
+                await db.execute(
+                    _PUT_CHECKPOINT, (run_id, checkpoint.seq, checkpoint.data, checkpoint.now_us)
+                )
             if update is not None:
                 run = run_rules.apply_update(run, update.values, update.paths, update.now_us)
                 await db.execute(_UPDATE_RUN, _update_args(run))
@@ -543,14 +610,14 @@ class SqliteStore(Store):
         return first_new, new
 
     async def append_event_batches(
-        self, batches: Sequence[tuple[str, Batch]], owner: str | None
+        self, batches: Sequence[EventWrite], owner: str | None
     ) -> list[BatchOutcome]:
         outcomes: list[BatchOutcome] = []
         inserts: list[tuple[str, int, str, bytes]] = []
         updates: list[tuple[str, int, bool]] = []
         async with self._use(write=True) as db:
             by_id: dict[str, Any] = {}
-            ids = [run_id for run_id, _ in batches]
+            ids = [item.run_id for item in batches]
             for start in range(0, len(ids), 500):  # under SQLite's host-parameter limit
                 chunk = ids[start : start + 500]
                 found = await self._all(
@@ -560,11 +627,14 @@ class SqliteStore(Store):
                     *chunk,
                 )
                 by_id.update((r[0], r) for r in found)
-            for run_id, batch in batches:
+            for item in batches:
+                run_id, batch = item.run_id, item.batch
                 row = by_id.get(run_id)
                 try:
                     if row is None or (owner is not None and row[1] != owner):
                         raise run_not_found(run_id)
+                    run = rows.run(row[4:])
+                    run_rules.check_lease(run, item.lease_epoch)
                     stored_last, ended = row[2], bool(row[3])
                     repeated = event_rules.overlap(stored_last, batch, run_id)
                     if repeated:
@@ -593,7 +663,6 @@ class SqliteStore(Store):
                         )
                     )
                     updates.append((run_id, batch.last_seq, batch.ends_run))
-                run = rows.run(row[4:])
                 run.last_seq = max(run.last_seq, batch.last_seq)
                 outcomes.append(
                     AppendedEvents(max(stored_last, batch.last_seq), first_new, new, run)
