@@ -16,17 +16,27 @@ and messages to the run (`RunHooks`) as they happen and take staged configuratio
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from autogen_agentchat.agents import AssistantAgent
-from autogen_agentchat.base import Response, TaskRunner
+from autogen_agentchat.base import (
+    Response,
+    TaskResult,
+    TaskRunner,
+    TerminatedException,
+    TerminationCondition,
+)
 from autogen_agentchat.conditions import TextMentionTermination
 from autogen_agentchat.messages import (
     BaseAgentEvent,
     BaseChatMessage,
+    MessageFactory,
+    StopMessage,
+    TextMessage,
     ToolCallExecutionEvent,
     ToolCallRequestEvent,
 )
@@ -37,7 +47,11 @@ from autogen_agentchat.teams import (
     RoundRobinGroupChat,
     SelectorGroupChat,
 )
-from autogen_core import CancellationToken, FunctionCall
+from autogen_agentchat.teams._group_chat._events import GroupChatStart, GroupChatTermination
+from autogen_agentchat.teams._group_chat._magentic_one._magentic_one_orchestrator import (
+    MagenticOneOrchestrator,
+)
+from autogen_core import CancellationToken, FunctionCall, MessageContext, rpc
 from autogen_core.model_context import UnboundedChatCompletionContext
 from autogen_core.models import (
     ChatCompletionClient,
@@ -46,6 +60,7 @@ from autogen_core.models import (
     SystemMessage,
 )
 from autogen_core.tools import BaseTool
+from pydantic_core import to_jsonable_python
 
 from chorus.orchestrator.tools.registry import BoundedWorkbench
 from chorus.v1 import chat_pb2, team_pb2
@@ -216,6 +231,117 @@ def _selector_prompt(extra: str) -> str:
     return f"{DEFAULT_SELECTOR_PROMPT}\n{escaped}\n"
 
 
+STEP_END = "Agent turn ended."
+"""The stop message of a step that ended only because its agent turn ended (`_StepEnd`)."""
+
+
+class _StepEnd(TerminationCondition):
+    """Stops a group chat at the end of each agent turn — after the team's own condition.
+
+    Every group chat manager (BaseGroupChatManager.handle_agent_response, and
+    MagenticOneOrchestrator.handle_agent_response) calls its termination condition with the
+    delta of the turn that just ended, before it selects the next speaker (or, MagenticOne,
+    makes its next progress-ledger call): stopping there leaves the team between turns, its
+    next speaker not yet chosen, so `run_stream()` with no task continues with that choice.
+    The team's own condition (`termination_text`) is asked first, so its stop message wins.
+    GraphFlow checks "graph done" before any condition, and RoundRobin / Selector check
+    their `max_turns` only when the condition did not fire (which it always does after a
+    turn): the turn limit of those is therefore counted by `TeamRunner`.
+
+    Args:
+        agents: the participants' names; a chat message from one of them ends a turn.
+        inner: the team's own termination condition, if any.
+    """
+
+    def __init__(self, agents: Sequence[str], inner: TerminationCondition | None) -> None:
+        self._agents = frozenset(agents)
+        self._inner = inner
+        self._terminated = False
+
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+    async def __call__(
+        self, messages: Sequence[BaseAgentEvent | BaseChatMessage]
+    ) -> StopMessage | None:
+        if self._terminated:
+            raise TerminatedException("Termination condition has already been reached")
+        if self._inner is not None:
+            stop = await self._inner(messages)
+            if stop is not None:
+                self._terminated = True
+                return stop
+        if any(isinstance(m, BaseChatMessage) and m.source in self._agents for m in messages):
+            self._terminated = True
+            return StopMessage(content=STEP_END, source="TeamRunner")
+        return None
+
+    async def reset(self) -> None:
+        self._terminated = False
+        if self._inner is not None:
+            await self._inner.reset()
+
+
+class ResumableMagenticOneOrchestrator(MagenticOneOrchestrator):
+    """A MagenticOne orchestrator that continues a task it already has instead of re-planning.
+
+    autogen's `handle_start` asserts the start message has messages and always gathers facts
+    and plans (two model calls) before its first round. Started with no messages while a task
+    is in its state — the next step of a live run, or after `load_state` — this one goes
+    straight to the inner loop (`_orchestrate_step`: the round limit, the progress ledger,
+    the next instruction and speaker, or the final answer), as autogen would have done right
+    after the turn that ended the previous step. A start with messages is autogen's.
+    """
+
+    @rpc
+    async def handle_start(self, message: GroupChatStart, ctx: MessageContext) -> None:  # type: ignore[override]
+        if message.messages or not self._task:
+            await super().handle_start(message, ctx)
+            return
+        if self._termination_condition is not None and self._termination_condition.terminated:
+            stop = StopMessage(content="The group chat has already terminated.", source=self._name)
+            await self._signal_termination(stop)
+            return
+        await self._orchestrate_step(ctx.cancellation_token)
+
+
+class ResumableMagenticOneGroupChat(MagenticOneGroupChat):
+    """`MagenticOneGroupChat` whose orchestrator is a `ResumableMagenticOneOrchestrator`."""
+
+    def _create_group_chat_manager_factory(
+        self,
+        name: str,
+        group_topic_type: str,
+        output_topic_type: str,
+        participant_topic_types: list[str],
+        participant_names: list[str],
+        participant_descriptions: list[str],
+        output_message_queue: asyncio.Queue[
+            BaseAgentEvent | BaseChatMessage | GroupChatTermination
+        ],
+        termination_condition: TerminationCondition | None,
+        max_turns: int | None,
+        message_factory: MessageFactory,
+    ) -> Callable[[], MagenticOneOrchestrator]:
+        return lambda: ResumableMagenticOneOrchestrator(
+            name,
+            group_topic_type,
+            output_topic_type,
+            participant_topic_types,
+            participant_names,
+            participant_descriptions,
+            max_turns,
+            message_factory,
+            self._model_client,
+            self._max_stalls,
+            self._final_answer_prompt,
+            output_message_queue,
+            termination_condition,
+            self._emit_team_events,
+        )
+
+
 def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> TaskRunner:
     """A new autogen team for one run: a group chat or graph, or for a SINGLE team its one
     agent, run directly (one turn; no agent runtime, group chat manager or message routing
@@ -229,15 +355,25 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tas
     Raises:
         ValueError: an unsupported team kind (specs are validated before, so a bug).
     """
+    return _build(team, max_turns, parts, step_end=False)
+
+
+def _build(
+    team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts, *, step_end: bool
+) -> TaskRunner:
+    """`build_team`; with `step_end`, a group chat also stops at the end of each agent turn
+    (`_StepEnd`, after the team's own termination text)."""
     kind = team.kind
     context = parts.context if kind == team_pb2.TEAM_KIND_SINGLE else []
     agents: list[Any] = [_agent(spec, parts, context) for spec in team.agents]
     names = [a.name for a in agents]
-    termination = (
+    termination: TerminationCondition | None = (
         TextMentionTermination(team.termination_text, sources=names)
         if team.termination_text
         else None
     )
+    if step_end:
+        termination = _StepEnd(names, termination)
     if kind == team_pb2.TEAM_KIND_ROUND_ROBIN:
         return RoundRobinGroupChat(
             agents,
@@ -256,7 +392,7 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tas
             selector_prompt=_selector_prompt(team.selector_prompt),
         )
     if kind == team_pb2.TEAM_KIND_MAGENTIC_ONE:
-        return MagenticOneGroupChat(
+        return ResumableMagenticOneGroupChat(
             agents,
             model_client=parts.orchestrator_client(),
             termination_condition=termination,
@@ -292,3 +428,218 @@ def stop_reason(kind: int, raw: str | None) -> str:
     if kind == team_pb2.TEAM_KIND_MAGENTIC_ONE:
         return "completed"  # the orchestrator judged the task done (its reason is free text)
     return raw[:1000]
+
+
+_STATE_FORMAT = "chorus.team_runner/1"
+
+
+class TeamRunner:
+    """Drives a fresh autogen team one agent turn per step; checkpointable between steps.
+
+    Group chats (ROUND_ROBIN, SELECTOR, SEQUENTIAL, MAGENTIC_ONE) are built with `_StepEnd`,
+    so each `run_stream()` stops when an agent's turn ends; the next step is `run_stream()`
+    with no task, which continues with the speaker that was due (REFERENCE.md, "Resuming
+    teams from a checkpoint"). Between steps the team is stopped (its runtime idle), so
+    `save_state()` is consistent. SINGLE runs its one agent for its one turn.
+
+    The turn limit: RoundRobin / Selector / GraphFlow managers reset their turn counter
+    whenever their termination condition fires (BaseGroupChatManager
+    `_apply_termination_condition`), i.e. after every step, so the runner counts the agent
+    turns itself (`turns`, kept in the saved state) and ends the run with autogen's own
+    "Maximum number of turns N reached." after the `max_turns`-th. MagenticOne counts its
+    rounds itself (`_n_rounds`, in its saved state) and at the limit writes its final answer,
+    as in one uninterrupted run.
+
+    Not thread-safe; one step at a time. A step that raised or was abandoned before its
+    TaskResult leaves the team unusable (REFERENCE.md): build a new runner and load the last
+    state saved.
+    """
+
+    def __init__(self, kind: int, max_turns: int, team: TaskRunner, agents: Sequence[str]) -> None:
+        self._kind = kind
+        self._max_turns = max_turns
+        self._team = team
+        self._agents = list(agents)
+        self._names = frozenset(agents)
+        self._turns = 0
+        self._ended = False
+        self._started = False  # a step ran or a state was loaded
+        self._stepping = False
+        self._broken = False
+
+    @property
+    def kind(self) -> int:
+        """The team kind (`team_pb2.TeamKind`)."""
+        return self._kind
+
+    @property
+    def turns(self) -> int:
+        """Agent turns completed so far, including those before the state loaded."""
+        return self._turns
+
+    @property
+    def done(self) -> bool:
+        """True once a step ended the team (then no further step may run)."""
+        return self._ended
+
+    async def step(
+        self, task: str | None, cancellation_token: CancellationToken
+    ) -> AsyncIterator[BaseChatMessage | TaskResult]:
+        """Run the team until the end of the next agent turn, or until the team itself ends.
+
+        Yields the chat messages that are not agents' turns nor the task (a MagenticOne
+        orchestrator's ledger, instructions and final answer), as they come, then last the
+        step's `TaskResult`: autogen's messages of this step and its stop message —
+        `STEP_END` when only the turn ended (`ended()` is False), else the team's own
+        (termination text, "Digraph execution is complete", MagenticOne's reason or
+        "Max rounds reached.", "Maximum number of turns N reached." when the run's
+        `max_turns`-th turn ended, None for SINGLE).
+
+        Args:
+            task: the run input on the very first step; None on every later step and after
+                `load_state`. SINGLE: always the input — its one turn is the whole run, and a
+                resumed SINGLE run restarts that turn.
+            cancellation_token: cancels the step's model calls; a cancelled step leaves the
+                runner unusable.
+
+        Raises:
+            RuntimeError: the team already ended, a step is under way, or an earlier step
+                failed; or autogen's error of a failed turn.
+            ValueError: `task` given where it must be None, or missing where it is needed.
+        """
+        self._check_idle("step")
+        if self._ended:
+            raise RuntimeError("the team has ended; there is no next step")
+        if self._kind == team_pb2.TEAM_KIND_SINGLE:
+            if task is None:
+                raise ValueError("a SINGLE team's step needs the task (its one turn restarts)")
+        elif not self._started and task is None:
+            raise ValueError("the first step needs the task")
+        elif self._started and task is not None:
+            raise ValueError("only the first step takes the task")
+        message = TextMessage(content=task, source="user") if task is not None else None
+        self._started = True
+        self._stepping = True
+        result: TaskResult | None = None
+        try:
+            async for item in self._team.run_stream(
+                task=message, cancellation_token=cancellation_token, output_task_messages=False
+            ):
+                if isinstance(item, TaskResult):
+                    result = item
+                elif (
+                    isinstance(item, BaseChatMessage)
+                    and item.source not in self._names
+                    and (message is None or item.id != message.id)
+                ):
+                    yield item
+            if result is None:
+                raise RuntimeError("the team ended without a result")
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            self._stepping = False
+        self._turns += sum(
+            1 for m in result.messages if isinstance(m, BaseChatMessage) and m.source in self._names
+        )
+        stop = result.stop_reason
+        if (
+            stop == STEP_END
+            and self._kind != team_pb2.TEAM_KIND_MAGENTIC_ONE
+            and self._turns >= self._max_turns
+        ):
+            stop = f"Maximum number of turns {self._max_turns} reached."
+        self._ended = self._kind == team_pb2.TEAM_KIND_SINGLE or stop != STEP_END
+        yield TaskResult(messages=result.messages, stop_reason=stop)
+
+    def ended(self, result: TaskResult) -> bool:
+        """True when the team itself ended in the step that gave `result` (termination text,
+        graph done, MagenticOne done or its final answer, the run's `max_turns` reached,
+        SINGLE after its one turn); False when only the step's turn ended."""
+        return self._kind == team_pb2.TEAM_KIND_SINGLE or result.stop_reason != STEP_END
+
+    def stop_reason(self, result: TaskResult) -> str:
+        """`RunCompleted.stop_reason` of an ended step's result (see `stop_reason()`: max_turns,
+        termination_text, completed, or autogen's text); "" for a step that only ended its
+        turn."""
+        if not self.ended(result):
+            return ""
+        return stop_reason(self._kind, result.stop_reason)
+
+    async def save_state(self) -> dict[str, Any]:
+        """The runner's state, JSON-serializable (`json.dumps` works), between steps only.
+
+        Shape: `{"format": "chorus.team_runner/1", "kind": "TEAM_KIND_…", "agents": [names],
+        "turns": agent turns completed, "ended": bool, "team": autogen's state}` — for a group
+        chat autogen's `TeamState` (per participant its container's message buffer and its
+        agent's model context; the manager's thread, turn, next speaker / graph queue /
+        MagenticOne task, facts, plan, rounds and stalls), for SINGLE the agent's state.
+
+        Raises:
+            RuntimeError: a step is under way or an earlier one failed.
+        """
+        self._check_idle("save_state")
+        team_state = await self._team.save_state()
+        return {
+            "format": _STATE_FORMAT,
+            "kind": team_pb2.TeamKind.Name(self._kind),
+            "agents": list(self._agents),
+            "turns": self._turns,
+            "ended": self._ended,
+            "team": to_jsonable_python(team_state),
+        }
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        """Load a `save_state()` (possibly JSON round-tripped) into this freshly built runner,
+        before its first step; the next step continues with the turn that was due.
+
+        Raises:
+            RuntimeError: the runner already stepped or loaded (autogen's SelectorGroupChat,
+                for one, would add the thread to its context twice).
+            ValueError: not a runner state, or one of another kind or other agents.
+        """
+        self._check_idle("load_state")
+        if self._started:
+            raise RuntimeError("load_state goes into a fresh runner, before its first step")
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"not a team runner state (format {state.get('format')!r})")
+        kind = team_pb2.TeamKind.Name(self._kind)
+        if state.get("kind") != kind:
+            raise ValueError(f"state of a {state.get('kind')} team, not {kind}")
+        if list(state.get("agents", [])) != self._agents:
+            raise ValueError(f"state of agents {state.get('agents')}, not {self._agents}")
+        await self._team.load_state(state["team"])
+        self._turns = int(state["turns"])
+        self._ended = bool(state["ended"])
+        self._started = True
+
+    def _check_idle(self, what: str) -> None:
+        if self._stepping:
+            raise RuntimeError(f"{what} while a step is under way")
+        if self._broken:
+            raise RuntimeError(
+                f"{what} after a failed or abandoned step; build a new runner and load the "
+                "last saved state"
+            )
+
+
+def build_runner(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> TeamRunner:
+    """A `TeamRunner` over a new team for one run (or for resuming one: then `load_state`).
+
+    Args:
+        team: the resolved, validated team.
+        max_turns: the run's turn limit (MagenticOne: orchestrator rounds), ≥ 1.
+        parts: hooks, clients and tools.
+
+    Raises:
+        ValueError: an unsupported team kind, or `max_turns` < 1.
+    """
+    if max_turns < 1:
+        raise ValueError(f"max_turns must be at least 1, not {max_turns}")
+    return TeamRunner(
+        team.kind,
+        max_turns,
+        _build(team, max_turns, parts, step_end=True),
+        [a.name for a in team.agents],
+    )
