@@ -14,10 +14,15 @@ stream through an extra task, a cost per streamed event — so they pass
 
 Idempotent unary RPCs are retried on UNAVAILABLE by gRPC's own retry policy (service config);
 streams are never retried — resume them with `after_seq`.
+
+A service with several replicas is addressed as a comma-separated list of `ip:port`, or as
+one DNS name with several addresses (`dns:///name:port`, as a Kubernetes headless Service
+gives): calls are spread over them round robin (`balanced_target`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -123,6 +128,52 @@ def channel_options(settings: CoreSettings) -> list[tuple[str, Any]]:
     ]
 
 
+ROUND_ROBIN: tuple[str, str] = ("grpc.lb_policy_name", "round_robin")
+"""Channel option: spread calls over every address of the target (gRPC's round_robin)."""
+
+
+def _list_entry(entry: str) -> tuple[int, str]:
+    """(IP version, `ip:port` as gRPC's ipv4: / ipv6: targets spell it) of one list entry."""
+    host, sep, port = entry.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r} is not host:port")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        raise ValueError(
+            f"{entry!r}: a list of addresses takes IP addresses (10.0.0.5:50053 or "
+            "[fd00::5]:50053); for host names use one DNS name with several addresses, "
+            "dns:///name:port"
+        ) from None
+    return ip.version, f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def balanced_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target of a service address and the channel options it needs.
+
+    * `host:port` (or any other gRPC target): as is, no extra option;
+    * `ip:port,ip:port,…` (`localhost` counts as 127.0.0.1): an `ipv4:` / `ipv6:` target
+      list with round-robin balancing;
+    * `dns:///name:port` (every address of the name, re-resolved when connections fail),
+      `ipv4:…`, `ipv6:…`: as is, with round-robin balancing.
+
+    Raises:
+        ValueError: a list entry is not `ip:port`, or the list mixes IPv4 and IPv6.
+    """
+    address = address.strip()
+    if address.startswith(("dns:", "ipv4:", "ipv6:")):
+        return address, [ROUND_ROBIN]
+    if "," not in address:
+        return address, []
+    entries = [_list_entry(e.strip()) for e in address.split(",")]
+    versions = {version for version, _ in entries}
+    if len(versions) > 1:
+        raise ValueError(f"{address!r} mixes IPv4 and IPv6 addresses")
+    return f"ipv{versions.pop()}:" + ",".join(e for _, e in entries), [ROUND_ROBIN]
+
+
 class ChannelPool:
     """One channel per target, with identity, request id and deadline forwarding.
 
@@ -140,11 +191,19 @@ class ChannelPool:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, target: str) -> grpc.aio.Channel:
-        """The channel to `target` (`host:port`), created on first use."""
+        """The channel to `target` (`host:port`, or several: `balanced_target`), created on
+        first use.
+
+        Raises:
+            ValueError: a malformed list of addresses (`balanced_target`).
+        """
         channel = self._channels.get(target)
         if channel is None:
+            grpc_target, extra = balanced_target(target)
             channel = grpc.aio.insecure_channel(
-                target, options=channel_options(self._settings), interceptors=self._interceptors
+                grpc_target,
+                options=channel_options(self._settings) + extra,
+                interceptors=self._interceptors,
             )
             self._channels[target] = channel
         return channel
