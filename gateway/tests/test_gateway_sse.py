@@ -1,7 +1,8 @@
 """The SSE writer against a real gRPC WatchRuns call, with a socket the test controls:
 several events per write while the client does not drain, a watch paused at the buffer
 bound and resumed once drained, the watch stopped when the client leaves, errors before
-and after the first event, and a broken call that ends its streams and is replaced.
+and after the first event, and (reattach off) a broken call that ends its streams and is
+replaced. Reattaching watches: `test_gateway_reattach.py`.
 
 The HTTP side is the ASGI interface itself (`send` / `receive`), so the test decides when
 the "socket" drains; the gRPC side is a real grpc.aio server on port 0 whose WatchRuns
@@ -33,8 +34,8 @@ Update = run_service_pb2.WatchRunsResponse.Update
 
 class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
     """WatchRuns: each watched run streams `count` text deltas (`interval_s` apart) then
-    `run_completed`, one event per message, honouring pause / resume / stop; a run named
-    `missing` ends its watch with NOT_FOUND; `silent` runs stay open after their events.
+    `run_completed`, one event per message, honouring pause / resume / stop (a started run
+    is run `started`); a run named `missing` ends its watch with NOT_FOUND; `silent` runs stay open after their events.
     Records every request."""
 
     def __init__(self, count: int, interval_s: float = 0.0, *, silent: bool = False) -> None:
@@ -82,11 +83,12 @@ class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
             async for request in request_iterator:
                 self.requests.append(request)
                 action, watch_id = request.WhichOneof("action"), request.watch_id
-                if action == "watch":
+                if action in ("watch", "start"):
                     gates[watch_id] = asyncio.Event()
                     gates[watch_id].set()
+                    run_id = request.watch.run_id if action == "watch" else "started"
                     tasks[watch_id] = asyncio.create_task(
-                        feed(watch_id, request.watch.run_id, request.watch.after_seq)
+                        feed(watch_id, run_id, request.watch.after_seq)
                     )
                 elif action == "pause":
                     gates[watch_id].clear()
@@ -105,7 +107,9 @@ class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
                 task.cancel()
 
 
-async def serving(servicer: FakeRuns) -> tuple[GrpcServer, grpc.aio.Channel, RunWatches]:
+async def serving(
+    servicer: FakeRuns, *, reattach_s: float = 60.0
+) -> tuple[GrpcServer, grpc.aio.Channel, RunWatches]:
     server = GrpcServer(
         [
             ServiceBinding(
@@ -120,7 +124,7 @@ async def serving(servicer: FakeRuns) -> tuple[GrpcServer, grpc.aio.Channel, Run
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
     stub = run_service_pb2_grpc.RunServiceStub(channel)
-    return server, channel, RunWatches(stub, [(USER_KEY, SYSTEM_USER)])
+    return server, channel, RunWatches(stub, [(USER_KEY, SYSTEM_USER)], reattach_s=reattach_s)
 
 
 @pytest.fixture
@@ -269,9 +273,9 @@ async def test_missing_run_raises_before_any_response(firehose):
     assert caught.value.to_status().message == "no run"
 
 
-async def test_a_broken_call_ends_its_streams_with_an_error_and_a_new_call_serves_the_next():
+async def test_without_reattach_a_broken_call_ends_its_streams_with_an_error_and_a_new_call_serves_the_next():
     servicer = FakeRuns(count=50, interval_s=0.01, silent=True)
-    server, channel, watches = await serving(servicer)
+    server, channel, watches = await serving(servicer, reattach_s=0)
     try:
         sockets = [Socket(), Socket()]
         served = [await _serve(watches, s, run_id=f"r{i}") for i, s in enumerate(sockets)]

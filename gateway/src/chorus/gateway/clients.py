@@ -50,7 +50,9 @@ class ServiceClients:
         history = self.pool.get(settings.history_address)
         provider = self.pool.get(settings.provider_address)
         self.runs = run_service_pb2_grpc.RunServiceStub(runs)
-        self.watches = RunWatches(self.runs, self.pool.system_metadata())
+        self.watches = RunWatches(
+            self.runs, self.pool.system_metadata(), reattach_s=settings.watch_reattach_s
+        )
         self.history = history_service_pb2_grpc.HistoryServiceStub(history)
         self.provider = provider_service_pb2_grpc.ProviderServiceStub(provider)
         self.backends = [

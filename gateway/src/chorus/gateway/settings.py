@@ -15,6 +15,7 @@ import bcrypt
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 
+from chorus.core.channels import balanced_target
 from chorus.core.identity import DEV_USER, SYSTEM_USER
 from chorus.core.settings import ConfigurationError, CoreSettings
 
@@ -59,7 +60,10 @@ class GatewaySettings(CoreSettings):
     )
     gateway_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
     orchestrator_address: str = Field(
-        "127.0.0.1:50053", description="host:port of orchestrator-svc (RunService)."
+        "127.0.0.1:50053",
+        description="orchestrator-svc (RunService): `host:port`; several replicas as a "
+        "comma-separated list of `ip:port`, or one DNS name with several addresses as "
+        "`dns:///name:port` (a Kubernetes headless Service); calls go round robin.",
     )
     history_address: str = Field(
         "127.0.0.1:50052", description="host:port of history-svc (HistoryService)."
@@ -168,6 +172,13 @@ class GatewaySettings(CoreSettings):
         "arriving faster are sent together (an idle stream's next event goes out at once); "
         "0 writes every event as soon as it is read.",
     )
+    watch_reattach_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long an SSE / WebSocket watch whose orchestrator replica went away "
+        "keeps trying to reopen it on another replica (after the last seq delivered, "
+        "jittered backoff) before its stream ends with the error; 0 never reattaches.",
+    )
     rpc_timeout_s: float = Field(30.0, gt=0, description="Deadline of unary gRPC calls, seconds.")
     chat_timeout_s: float = Field(
         600.0,
@@ -186,6 +197,22 @@ class GatewaySettings(CoreSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("orchestrator_address")
+    @classmethod
+    def _valid_orchestrator_address(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("an address is required (host:port)")
+        target, _ = balanced_target(value)  # ValueError: a malformed list, said how
+        if target == value and not value.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+            host, sep, port = value.rpartition(":")
+            if not host or not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{value!r} is not host:port (or a comma-separated list of ip:port, "
+                    "or dns:///name:port)"
+                )
+        return value
 
     @field_validator("rate_limit_runs", "rate_limit_messages")
     @classmethod

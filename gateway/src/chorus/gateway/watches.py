@@ -11,8 +11,15 @@ response carries the news of many runs at once and one call serves them all
 * the sink gets the watch's events, then its end: None for OK, else
   `chorus.core.errors.StatusError` carrying the orchestrator's `google.rpc.Status` as is
   (the same error StreamRun / WatchRun returned);
-* when the call fails (orchestrator restarted, network) every sink on it ends with that
-  error — as each stream's own call would have — and the next `open` makes a new call.
+* when the call fails because the orchestrator replica serving it went away (UNAVAILABLE,
+  CANCELLED by the server, the call ended under its streams) — or one watch ends
+  UNAVAILABLE — each watch of a known run **reattaches**: it is opened again, on a new
+  call that gRPC's round robin sends to a live replica, after the last seq its sink was
+  given, with jittered exponential backoff (tenacity) for up to `reattach_s` seconds
+  without news. The sink sees one uninterrupted stream: no error, no gap, no duplicate.
+  Errors that are final (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED, …), a run
+  started by the watch that failed before its first event (its id is not known yet), and
+  `reattach_s` spent end the sink with the error, as before.
 
 The call is made as the system identity (internal token): each request names the user the
 gateway authenticated, and the orchestrator checks that user's access to the run.
@@ -20,18 +27,51 @@ gateway authenticated, and the orchestrator checks that user's access to the run
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 
+import grpc
 from prometheus_client import Counter, Gauge
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from chorus.core.errors import ChorusError, Unavailable
 from chorus.core.flag import Flag
+from chorus.core.logging import get_logger
 from chorus.core.multiplex import MultiplexClient, Stream, StreamSink, Update
 from chorus.v1 import run_pb2, run_service_pb2_grpc
 from chorus.v1 import run_service_pb2 as rs
 
+log = get_logger("chorus.gateway.watches")
+
 _PAUSE = rs.WatchRunsRequest.Pause()
 _RESUME = rs.WatchRunsRequest.Resume()
 _STOP = rs.WatchRunsRequest.Stop()
+_TERMINAL = frozenset(("run_completed", "run_failed", "run_cancelled"))
+
+REATTACH_FIRST_WAIT_S = 0.05
+"""Scale of the backoff between reattach attempts: waits are drawn uniformly from
+[0, min(`REATTACH_MAX_WAIT_S`, this × 2^attempt)] (tenacity's full-jitter exponential),
+so the watches of a lost call do not all return at the same instant."""
+REATTACH_MAX_WAIT_S = 2.0
+"""Longest wait between two reattach attempts."""
+
+_REATTACH_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+
+
+def reattachable(error: BaseException) -> bool:
+    """Whether a watch that ended with `error` may be opened again on another replica: the
+    call failed because its server went away or is shutting down (UNAVAILABLE; CANCELLED
+    or an HTTP/2 stream reset coming from the server — the gateway's own cancel is a
+    close, which never reattaches), or the orchestrator ended the watch UNAVAILABLE (its
+    store unreachable). Every other code is final."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        code = error.code()
+        return code in _REATTACH_CODES or (
+            code == grpc.StatusCode.INTERNAL and "RST_STREAM" in (error.details() or "")
+        )
+    if isinstance(error, ChorusError):  # StatusError of one watch; Unavailable: call ended
+        return error.code in _REATTACH_CODES
+    return False
 
 
 def _updates(response: rs.WatchRunsResponse) -> Iterable[Update]:
@@ -44,29 +84,224 @@ def _updates(response: rs.WatchRunsResponse) -> Iterable[Update]:
 
 
 class Watch:
-    """A handle on one watch: pause, resume or stop it (no-ops once it ended)."""
+    """One watch of a run for one sink: pause, resume or stop it (no-ops once it ended).
 
-    __slots__ = ("_stream",)
+    It is the stream's sink on the WatchRuns call: it remembers the last seq handed on,
+    and when the call (or the watch) fails in a way another replica can take over
+    (`reattachable`) it opens the watch again after that seq — see the module docstring.
+    """
 
-    def __init__(self, stream: Stream[rs.WatchRunsRequest]) -> None:
-        self._stream = stream
+    __slots__ = (
+        "_attached",
+        "_reattach",
+        "_stream",
+        "_watches",
+        "last_seq",
+        "paused",
+        "request_id",
+        "run_id",
+        "sink",
+        "start",
+        "stopped",
+        "terminal",
+        "user",
+    )
+
+    def __init__(
+        self,
+        watches: RunWatches,
+        sink: StreamSink,
+        *,
+        user: str,
+        request_id: str,
+        start: run_pb2.RunSpec | None,
+        run_id: str,
+        after_seq: int,
+    ) -> None:
+        self._watches = watches
+        self.sink = sink
+        self.user = user
+        self.request_id = request_id
+        self.start = start
+        self.run_id = run_id
+        self.last_seq = after_seq
+        """The seq of the last event handed to the sink (where a reattach resumes)."""
+        self.terminal = False
+        self.paused = False
+        self.stopped = False
+        self._stream: Stream[rs.WatchRunsRequest] | None = None
+        self._reattach: asyncio.Task[None] | None = None
+        self._attached: asyncio.Future[bool] | None = None
+        """While a reattach attempt waits for its first news: True when the watch ended OK,
+        False when events came; its error when it failed."""
 
     @property
     def id(self) -> int:
-        """The watch's id on its call."""
-        return self._stream.key
+        """The watch's id on its current call (0 between two attempts)."""
+        return self._stream.key if self._stream is not None else 0
 
+    def _open(self) -> None:
+        start = self.start if self.last_seq == 0 and not self.run_id else None
+
+        def request(watch_id: int) -> rs.WatchRunsRequest:
+            out = rs.WatchRunsRequest(watch_id=watch_id, user=self.user, request_id=self.request_id)
+            if start is not None:
+                out.start.CopyFrom(start)
+            else:
+                out.watch.run_id = self.run_id
+                out.watch.after_seq = self.last_seq
+            return out
+
+        self._stream = stream = self._watches._client.open(self, request)
+        if self.paused:
+            stream.send(rs.WatchRunsRequest(watch_id=stream.key, pause=_PAUSE))
+
+    # --- StreamSink: the news of the current attempt ------------------------------------
+    def deliver(self, events: Sequence[run_pb2.RunEvent]) -> None:
+        if events[0].seq <= self.last_seq:  # never expected: a resume is exact
+            events = [e for e in events if e.seq > self.last_seq]
+            if not events:
+                return
+        last = events[-1]
+        self.last_seq = last.seq
+        if not self.run_id:
+            self.run_id = last.run_id
+        if last.WhichOneof("payload") in _TERMINAL:
+            self.terminal = True
+        attached = self._attached
+        if attached is not None and not attached.done():
+            attached.set_result(False)
+        self.sink.deliver(events)
+
+    def end(self, error: BaseException | None) -> None:
+        self._stream = None
+        if self.terminal:
+            error = None  # the call broke after the terminal event: the stream is complete
+        attached = self._attached
+        if attached is not None:  # a reattach attempt ended: its task decides
+            if not attached.done():
+                if error is None:
+                    attached.set_result(True)
+                else:
+                    attached.set_exception(error)
+            elif error is not None and self._may_reattach(error):
+                self._start_reattach(error)  # failed again after its first news
+            else:
+                self.sink.end(error)
+            return
+        if error is not None and self._may_reattach(error):
+            self._start_reattach(error)
+            return
+        self.sink.end(error)
+
+    # --- reattach ------------------------------------------------------------------------
+    def _retryable(self, error: BaseException) -> bool:
+        return not self.stopped and not self._watches.closed and reattachable(error)
+
+    def _may_reattach(self, error: BaseException) -> bool:
+        return (
+            not self.stopped
+            and not self._watches.closed
+            and self._watches.reattach_s > 0
+            and bool(self.run_id)
+            and reattachable(error)
+        )
+
+    def _start_reattach(self, error: BaseException) -> None:
+        log.info(
+            "watch_reattaching",
+            run_id=self.run_id,
+            after_seq=self.last_seq,
+            error=_describe(error),
+        )
+        self._reattach = asyncio.get_running_loop().create_task(self._reattach_loop())
+        self._watches._reattaching.add(self._reattach)
+        self._reattach.add_done_callback(self._watches._reattaching.discard)
+
+    async def _reattach_loop(self) -> None:
+        """Open the watch again after `last_seq` until an attempt brings news or ends OK,
+        with jittered backoff, for up to `reattach_s`; then hand the outcome to the sink."""
+        attempts = 0
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(self._retryable),
+            wait=wait_random_exponential(multiplier=REATTACH_FIRST_WAIT_S, max=REATTACH_MAX_WAIT_S),
+            stop=stop_after_delay(self._watches.reattach_s),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    ended = await self._attempt()
+        except asyncio.CancelledError:
+            if self._watches.closed and not self.stopped:
+                self.sink.end(Unavailable("the gateway is shutting down"))
+            raise
+        except Exception as exc:
+            REATTACHES.labels("failed").inc()
+            log.warning(
+                "watch_reattach_failed",
+                run_id=self.run_id,
+                after_seq=self.last_seq,
+                attempts=attempts,
+                error=_describe(exc),
+            )
+            if not self.stopped:
+                self.sink.end(exc)
+            return
+        finally:
+            if self._reattach is asyncio.current_task():
+                self._reattach = None
+        REATTACHES.labels("resumed").inc()
+        log.info("watch_reattached", run_id=self.run_id, after_seq=self.last_seq, attempts=attempts)
+        if ended and not self.stopped:
+            self.sink.end(None)
+
+    async def _attempt(self) -> bool:
+        """One attempt: open the watch; True when it ended OK before any news, False once
+        events came (the watch is attached again).
+
+        Raises:
+            BaseException: the error the attempt ended with.
+        """
+        if self.stopped:
+            return True
+        if self._watches.closed:
+            raise Unavailable("the gateway is shutting down")
+        attached = self._attached = asyncio.get_running_loop().create_future()
+        try:
+            self._open()
+            return await attached
+        finally:
+            self._attached = None
+
+    # --- the handle -----------------------------------------------------------------------
     def pause(self) -> None:
         """Stop sending this watch's events until `resume` (its sink is full)."""
-        self._stream.send(rs.WatchRunsRequest(watch_id=self._stream.key, pause=_PAUSE))
+        self.paused = True
+        if self._stream is not None:
+            self._stream.send(rs.WatchRunsRequest(watch_id=self._stream.key, pause=_PAUSE))
 
     def resume(self) -> None:
         """Send this watch's events again, from where they stopped."""
-        self._stream.send(rs.WatchRunsRequest(watch_id=self._stream.key, resume=_RESUME))
+        self.paused = False
+        if self._stream is not None:
+            self._stream.send(rs.WatchRunsRequest(watch_id=self._stream.key, resume=_RESUME))
 
     def stop(self) -> None:
         """The client left: no more news; a started run follows `spec.on_disconnect`."""
-        self._stream.stop(rs.WatchRunsRequest(watch_id=self._stream.key, stop=_STOP))
+        self.stopped = True
+        if self._reattach is not None:
+            self._reattach.cancel()
+        if self._stream is not None:
+            self._stream.stop(rs.WatchRunsRequest(watch_id=self._stream.key, stop=_STOP))
+            self._stream = None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}"
 
 
 class WatchBuffer:
@@ -116,18 +351,28 @@ def _flow(response_window: int, acknowledged: int) -> rs.WatchRunsRequest:
 
 
 class RunWatches:
-    """The process's WatchRuns call to the orchestrator, opened on first use.
+    """The process's WatchRuns call to the orchestrator, opened on first use (and again
+    after it failed), and the watches on it.
 
     Args:
-        stub: RunService on the orchestrator's channel.
+        stub: RunService on the orchestrator's channel (round robin over its replicas).
         metadata: the call's metadata: the system identity and the internal token
             (`ChannelPool.system_metadata`).
+        reattach_s: how long a watch whose call failed keeps trying to reattach without
+            news (`CHORUS_WATCH_REATTACH_S`); 0: never, its sink ends with the error.
     """
 
     def __init__(
-        self, stub: run_service_pb2_grpc.RunServiceStub, metadata: Sequence[tuple[str, str]]
+        self,
+        stub: run_service_pb2_grpc.RunServiceStub,
+        metadata: Sequence[tuple[str, str]],
+        *,
+        reattach_s: float = 60.0,
     ) -> None:
         md = list(metadata)
+        self.reattach_s = reattach_s
+        self.closed = False
+        self._reattaching: set[asyncio.Task[None]] = set()
         self._client: MultiplexClient[rs.WatchRunsRequest] = MultiplexClient(
             lambda requests: stub.WatchRuns(requests, metadata=md),
             _updates,
@@ -149,21 +394,31 @@ class RunWatches:
         after_seq: int = 0,
     ) -> Watch:
         """Start a run (`start`) or follow `run_id` after `after_seq` for `user`; the news
-        goes to `sink`. Errors (a bad spec, an unknown run, …) come to `sink.end`."""
+        goes to `sink`. Errors (a bad spec, an unknown run, …) come to `sink.end`; a lost
+        orchestrator replica does not (the watch reattaches)."""
+        watch = Watch(
+            self,
+            sink,
+            user=user,
+            request_id=request_id or "",
+            start=start,
+            run_id="" if start is not None else run_id,
+            after_seq=0 if start is not None else after_seq,
+        )
+        watch._open()
+        return watch
 
-        def request(watch_id: int) -> rs.WatchRunsRequest:
-            out = rs.WatchRunsRequest(watch_id=watch_id, user=user, request_id=request_id or "")
-            if start is not None:
-                out.start.CopyFrom(start)
-            else:
-                out.watch.run_id = run_id
-                out.watch.after_seq = after_seq
-            return out
-
-        return Watch(self._client.open(sink, request))
+    @property
+    def reattaching(self) -> int:
+        """Watches waiting to reattach now."""
+        return len(self._reattaching)
 
     def close(self) -> None:
-        """Cancel the call (on shutdown; the streams on it end with its error)."""
+        """Cancel the call (on shutdown; the streams on it end with its error, none
+        reattaches)."""
+        self.closed = True
+        for task in list(self._reattaching):
+            task.cancel()
         self._client.close()
 
 
@@ -172,4 +427,11 @@ WATCH_CALLS = Counter(
     "chorus_gateway_watch_runs_calls_total",
     "WatchRuns calls opened to the orchestrator (one serves every stream; more than one: "
     "a call failed and was replaced).",
+)
+REATTACHES = Counter(
+    "chorus_gateway_watch_reattaches_total",
+    "Watches whose orchestrator replica went away, by outcome: resumed (opened again on a "
+    "live replica after the last seq delivered) or failed (final error, or "
+    "CHORUS_WATCH_REATTACH_S spent).",
+    ["outcome"],
 )
