@@ -1,78 +1,302 @@
-"""The `make run` launcher on embedded defaults: a service that dies stops the others."""
+"""The `make run` launcher (`python -m chorus.cli.stack`) on embedded defaults.
+
+It supervises the four services (a service that dies is restarted with backoff, on the same
+ports and with the same instance id) and stops them in order on SIGINT/SIGTERM: gateway,
+orchestrator (handoff), then provider and history — also when the SIGINT goes to the whole
+process group, as a terminal's Ctrl-C does. Real processes; every wait polls a condition.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chorus.cli import stack
 from chorus.core.testing import free_port
 
-from .conftest import REPO
+NAMES = ("provider", "history", "orchestrator", "gateway")
 
 
-def test_a_dying_service_is_reported_and_the_rest_are_stopped(tmp_path):
-    env = {
-        **os.environ,
-        "CHORUS_DATA_DIR": str(tmp_path / "data"),
-        "CHORUS_DATABASE_URL": "",
-        "CHORUS_REDIS_URL": "",
-        "CHORUS_GRACE_PERIOD_S": "3",
-        **{
-            f"CHORUS_{n}_PORT": str(free_port())
-            for n in ("PROVIDER", "HISTORY", "ORCHESTRATOR", "GATEWAY")
-        },
-    }
-    env.pop("CHORUS_INTERNAL_TOKEN", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chorus.cli.stack"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
+class Launcher:
+    """`python -m chorus.cli.stack` as a subprocess, its output collected line by line."""
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "all services SERVING" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        ready.wait(90)
-        assert any("all services SERVING" in line for line in lines), "".join(lines[-30:])
-        pids = {
-            m.group(1): int(m.group(2))
-            for line in lines
-            if (m := re.search(r"started (\w+) \(pid (\d+)\)", line))
+    def __init__(self, tmp_path: Path, *, own_session: bool = False) -> None:
+        self.ports = {name: free_port() for name in NAMES}
+        env = {
+            **os.environ,
+            "CHORUS_DATA_DIR": str(tmp_path / "data"),
+            "CHORUS_DATABASE_URL": "",
+            "CHORUS_REDIS_URL": "",
+            "CHORUS_GRACE_PERIOD_S": "3",
+            **{f"CHORUS_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
         }
-        assert set(pids) == {"provider", "history", "orchestrator", "gateway"}
-        assert "embedded SQLite" in "".join(lines)
-        os.kill(pids["provider"], signal.SIGKILL)
-        assert proc.wait(30) == 1
-        text = "".join(lines)
-        assert "provider exited unexpectedly" in text
-        for name in ("history", "orchestrator", "gateway"):
-            assert not os.path.exists(f"/proc/{pids[name]}") or _is_zombie(pids[name]), (
-                f"{name} still running"
-            )
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        for key in ("CHORUS_INTERNAL_TOKEN", "CHORUS_INSTANCE_ID"):
+            env.pop(key, None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chorus.cli.stack"],
+            env=env,
+            cwd=tmp_path,  # no stray .env from the repository
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # like a shell's foreground job: its own process group, which the test can signal
+            start_new_session=own_session,
+        )
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.snapshot()[-n:])
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Poll the output until a line matches `pattern`; the match."""
+        return wait_until(
+            lambda: next((m for line in self.snapshot() if (m := re.search(pattern, line))), None),
+            timeout,
+            lambda: f"no line matching {pattern!r}:\n{self.tail()}",
+        )
+
+    def pids(self, name: str) -> list[int]:
+        """Every pid the launcher started `name` with, oldest first."""
+        return [
+            int(m.group(1))
+            for line in self.snapshot()
+            if (m := re.search(rf"chorus +\| started {name} \(pid (\d+)\)", line))
+        ]
+
+    def index(self, pattern: str) -> int:
+        """Index of the first output line matching `pattern` (the test fails if none)."""
+        lines = self.snapshot()
+        found = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        assert found, f"no line matching {pattern!r}:\n{self.tail()}"
+        return found[0]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for name in NAMES:  # never leave a service behind, whatever failed
+            for pid in self.pids(name):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
-def _is_zombie(pid: int) -> bool:
+def wait_until(condition: Callable[[], object], timeout: float, message: Callable[[], str]):
+    deadline = time.monotonic() + timeout
+    while True:
+        if value := condition():
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message())
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[1].split()[0] == "Z"
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
-        return True
+        return False
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = [item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return dict(items)
+
+
+def serving(port: int, service: str) -> bool:
+    async def check() -> bool:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    return asyncio.run(check())
+
+
+@pytest.fixture
+def launcher_factory(tmp_path: Path) -> Iterator[Callable[..., Launcher]]:
+    started: list[Launcher] = []
+
+    def start(**kwargs: bool) -> Launcher:
+        launcher = Launcher(tmp_path, **kwargs)
+        started.append(launcher)
+        launcher.wait_line(r"all services SERVING", 90)
+        assert {n: len(launcher.pids(n)) for n in NAMES} == dict.fromkeys(NAMES, 1)
+        return launcher
+
+    yield start
+    for launcher in started:
+        launcher.close()
+
+
+def test_a_killed_service_is_restarted_on_its_port_with_its_instance_id(launcher_factory):
+    launcher = launcher_factory()
+    assert "embedded SQLite" in launcher.tail(200)
+    [first] = launcher.pids("orchestrator")
+    assert environ_of(first)["CHORUS_INSTANCE_ID"] == "orchestrator-1"
+    others = {n: launcher.pids(n) for n in ("provider", "history", "gateway")}
+
+    os.kill(first, signal.SIGKILL)
+    launcher.wait_line(r"orchestrator exited with -9; restarting in \d+\.\d s \(restart 1\)", 15)
+    wait_until(
+        lambda: len(launcher.pids("orchestrator")) == 2,
+        15,
+        lambda: f"orchestrator not started again:\n{launcher.tail()}",
+    )
+    second = launcher.pids("orchestrator")[1]
+    assert second != first
+    wait_until(
+        lambda: serving(launcher.ports["orchestrator"], "chorus.v1.RunService"),
+        60,
+        lambda: f"orchestrator not SERVING again on its port:\n{launcher.tail()}",
+    )
+    launcher.wait_line(r"orchestrator is serving again \(restart 1\)", 15)
+    assert environ_of(second)["CHORUS_INSTANCE_ID"] == "orchestrator-1"
+    # the launcher kept running and nothing else was restarted
+    assert launcher.proc.poll() is None
+    assert {n: launcher.pids(n) for n in others} == others
+    assert all(alive(pid) for pids in others.values() for pid in pids)
+
+    launcher.proc.send_signal(signal.SIGTERM)
+    assert launcher.proc.wait(60) == 0, launcher.tail()
+    assert not any(alive(pid) for n in NAMES for pid in launcher.pids(n))
+
+
+@pytest.mark.parametrize("target", ["launcher", "process group"])
+def test_sigint_stops_gateway_then_orchestrator_then_provider_and_history(launcher_factory, target):
+    launcher = launcher_factory(own_session=target == "process group")
+    pids = {n: launcher.pids(n)[0] for n in NAMES}
+    if target == "process group":  # what a terminal's Ctrl-C does
+        os.killpg(launcher.proc.pid, signal.SIGINT)
+    else:
+        launcher.proc.send_signal(signal.SIGINT)
+    assert launcher.proc.wait(60) == 0, launcher.tail()
+    assert not any(alive(pid) for pid in pids.values()), launcher.tail()
+
+    def line(pattern: str) -> int:
+        return launcher.index(pattern)
+
+    stop_gateway = line(r"^chorus +\| stopping gateway$")
+    gateway_stopped = line(r"^chorus +\| gateway stopped \(exit code 0\)$")
+    stop_orchestrator = line(r"^chorus +\| stopping orchestrator ")
+    orchestrator_stopped = line(r"^chorus +\| orchestrator stopped \(exit code 0\)$")
+    stop_rest = line(r"^chorus +\| stopping provider, history$")
+    provider_stopped = line(r"^chorus +\| provider stopped \(exit code 0\)$")
+    history_stopped = line(r"^chorus +\| history stopped \(exit code 0\)$")
+    assert stop_gateway < gateway_stopped < stop_orchestrator < orchestrator_stopped < stop_rest, (
+        launcher.tail()
+    )
+    assert stop_rest < min(provider_stopped, history_stopped), launcher.tail()
+    assert re.search(r"stopped \(exit code 0\)$", launcher.snapshot()[-1]), launcher.tail()
+
+    # The services' own logs: each began shutting down only when its turn came, so none got
+    # the SIGINT itself (they run in their own sessions).
+    for name, turn in (
+        ("orchestrator", stop_orchestrator),
+        ("provider", stop_rest),
+        ("history", stop_rest),
+    ):
+        first = line(rf"^{name} *\|.*shutting_down")
+        assert first > turn, f"{name} shut down before its turn:\n{launcher.tail()}"
+
+
+def test_a_second_signal_kills_what_is_left(launcher_factory, tmp_path):
+    launcher = launcher_factory()
+    pids = {n: launcher.pids(n)[0] for n in NAMES}
+    os.kill(pids["gateway"], signal.SIGSTOP)  # a service that would not stop on its own
+    try:
+        launcher.proc.send_signal(signal.SIGINT)
+        launcher.wait_line(r"stopping gateway", 15)
+        launcher.proc.send_signal(signal.SIGINT)
+        assert launcher.proc.wait(30) == 1, launcher.tail()
+    finally:
+        if alive(pids["gateway"]):
+            os.kill(pids["gateway"], signal.SIGCONT)
+    assert "second signal: killing every service now" in launcher.tail()
+    assert not any(alive(pid) for pid in pids.values()), launcher.tail()
+
+
+def test_restart_delay_doubles_from_half_a_second_to_ten_with_jitter():
+    assert [stack.restart_delay(n, rng=lambda: 0.0) for n in range(1, 8)] == [
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        10.0,
+        10.0,
+    ]
+    assert stack.restart_delay(1, rng=lambda: 1.0) == 0.625
+    assert stack.restart_delay(5, rng=lambda: 1.0) == 10.0  # capped, jitter included
+    for n in range(1, 10):
+        delay = stack.restart_delay(n)
+        base = min(10.0, 0.5 * 2 ** (n - 1))
+        assert base <= delay <= min(10.0, base * 1.25)
+
+
+async def test_a_service_that_keeps_crashing_keeps_being_restarted(monkeypatch, capsys):
+    monkeypatch.setattr(stack, "BACKOFF_BASE_S", 0.02)
+    monkeypatch.setattr(stack, "BACKOFF_CAP_S", 0.08)
+    service = stack.Service(
+        "flaky", "", free_port(), None, command=[sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    supervisor = stack.Supervisor(service, os.environ)
+    supervisor.start()
+    for _ in range(600):
+        if service.restarts >= 6:
+            break
+        await asyncio.sleep(0.05)
+    assert service.restarts >= 6
+    await asyncio.wait_for(supervisor.stop(), 10)
+    assert supervisor.task is not None and supervisor.task.done()
+    out = capsys.readouterr().out
+    delays = [float(d) for d in re.findall(r"flaky exited with 3; restarting in (\S+) s", out)]
+    assert len(delays) >= 6
+    assert delays[-1] <= 0.1  # capped
+    assert "flaky exited with 3; restarting in" in out and "(restart 6)" in out
+
+
+def test_the_orchestrator_gets_a_stable_instance_id():
+    services = {s.name: s for s in stack.stack_services({})}
+    assert services["orchestrator"].env == {"CHORUS_INSTANCE_ID": "orchestrator-1"}
+    assert all(not s.env for n, s in services.items() if n != "orchestrator")
+    chosen = {s.name: s for s in stack.stack_services({"CHORUS_INSTANCE_ID": "laptop"})}
+    assert chosen["orchestrator"].env == {"CHORUS_INSTANCE_ID": "laptop"}
+
+
+def test_the_stop_timeouts_follow_the_grace_period(tmp_path):
+    assert stack.grace_period({}, str(tmp_path / ".env")) == 10.0
+    assert stack.grace_period({"CHORUS_GRACE_PERIOD_S": "30"}, str(tmp_path / ".env")) == 30.0
+    (tmp_path / ".env").write_text("CHORUS_GRACE_PERIOD_S=25\n")
+    assert stack.grace_period({}, str(tmp_path / ".env")) == 25.0
+    assert stack.grace_period({"CHORUS_GRACE_PERIOD_S": "5"}, str(tmp_path / ".env")) == 5.0

@@ -1,10 +1,24 @@
-"""The local stack behind `make run`: the four services as separate processes.
+"""The local stack behind `make run`: the four services as separate processes, supervised.
 
 `python -m chorus.cli.stack` starts provider-svc, history-svc, orchestrator-svc and the
 gateway, prefixes each one's log lines with its name, waits until every gRPC service reports
-SERVING and the gateway's `/health/ready` answers 200, then prints the addresses. Ctrl-C or
-SIGTERM stops all of them gracefully (SIGTERM, grace period, then SIGKILL); if one dies, the
-others are stopped too and the exit code is 1.
+SERVING and the gateway's `/health/ready` answers 200, then prints the addresses.
+
+Supervision: a service that exits on its own (a crash, a SIGKILL, the OOM killer) is started
+again — same ports, same environment, same `CHORUS_INSTANCE_ID` — after an exponential backoff
+with jitter (0.5 s doubling to 10 s; the backoff starts over once a service stayed up for
+`STABLE_AFTER_S`). The launcher says so and never exits because one service died.
+
+Ordered stop: Ctrl-C or SIGTERM stops the gateway first (no new runs, its streams end), then
+the orchestrator (SIGTERM: it hands its runs over at their next turn boundary within
+`CHORUS_GRACE_PERIOD_S`, so it gets that plus `ORCHESTRATOR_MARGIN_S` before SIGKILL), then
+provider-svc and history-svc together, which the handoff still needed. The services run in
+their own sessions, so a terminal's Ctrl-C (SIGINT to the whole foreground process group)
+reaches only the launcher, which does the ordering; a second Ctrl-C kills what is left at once.
+On Linux each service also gets SIGTERM if the launcher itself dies (PR_SET_PDEATHSIG).
+
+The orchestrator's `CHORUS_INSTANCE_ID` is `orchestrator-1` unless set, stable across restarts
+and launches, so the next `make run` finds the runs the last one left in `./data` as its own.
 
 Storage and models follow the environment: with no `CHORUS_DATABASE_URL` / `CHORUS_REDIS_URL`
 history-svc runs on SQLite in `CHORUS_DATA_DIR` (default `./data`) with an in-process
@@ -16,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import signal
 import sys
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,22 +48,72 @@ PROVIDER_KEYS = (
     "CHORUS_AZURE_OPENAI_API_KEY",
     "CHORUS_OPENAI_COMPATIBLE_BASE_URL",
 )
+ORCHESTRATOR_INSTANCE_ID = "orchestrator-1"
+DEFAULT_GRACE_S = 10.0  # CoreSettings.grace_period_s
+ORCHESTRATOR_MARGIN_S = 10.0  # after the grace period: checkpoint, lease release, exit
+STOP_MARGIN_S = 5.0  # the other services: grace period + this before SIGKILL
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 10.0
+STABLE_AFTER_S = 30.0  # a service up this long starts its backoff over
+
+
+def say(text: str) -> None:
+    print(f"chorus      | {text}", flush=True)
+
+
+def restart_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before restart number `failures` (1, 2, …) of a service that keeps failing.
+
+    0.5 s doubling per consecutive failure, plus up to 25 % jitter so services that died
+    together do not come back in lockstep, never more than 10 s.
+    """
+    base = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** max(0, failures - 1))
+    return min(BACKOFF_CAP_S, base * (1 + 0.25 * rng()))
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn that gives the child SIGTERM when the launcher dies (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
 
 
 @dataclass
 class Service:
-    """One process of the stack."""
+    """One process of the stack, and its supervisor's state."""
 
     name: str
     module: str
     port: int
     grpc_service: str | None  # None: the HTTP gateway
+    env: dict[str, str] = field(default_factory=dict)  # this service's own variables
+    stop_timeout: float = DEFAULT_GRACE_S + STOP_MARGIN_S
+    command: list[str] | None = None  # default: python -m <module>
     process: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
+    restarts: int = 0
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    stop_code: int | None = None  # the exit code of the ordered stop (None: not running then)
+    killed: bool = False  # had to be SIGKILLed at stop
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def argv(self) -> list[str]:
+        return self.command or [sys.executable, "-m", self.module]
 
 
 def stack_services(env: Mapping[str, str]) -> list[Service]:
@@ -74,6 +140,9 @@ def stack_services(env: Mapping[str, str]) -> list[Service]:
             "chorus.orchestrator",
             port("CHORUS_ORCHESTRATOR_PORT", 50053),
             "chorus.v1.RunService",
+            # Stable across restarts and launches: the orchestrator recovers the runs it owned
+            # at once instead of waiting for them to look abandoned.
+            env={"CHORUS_INSTANCE_ID": env.get("CHORUS_INSTANCE_ID") or ORCHESTRATOR_INSTANCE_ID},
         ),
         Service("gateway", "chorus.gateway", port("CHORUS_GATEWAY_PORT", 8000), None),
     ]
@@ -96,6 +165,19 @@ def stack_environment(base: Mapping[str, str], services: list[Service]) -> dict[
         env[f"CHORUS_{name.upper()}_ADDRESS"] = by_name[name].address
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def grace_period(env: Mapping[str, str], dotenv_path: str = ".env") -> float:
+    """`CHORUS_GRACE_PERIOD_S` as the services will read it: environment, then `.env`."""
+    value = env.get("CHORUS_GRACE_PERIOD_S")
+    if not value and os.path.exists(dotenv_path):
+        from dotenv import dotenv_values
+
+        value = dotenv_values(dotenv_path).get("CHORUS_GRACE_PERIOD_S")
+    try:
+        return float(value) if value else DEFAULT_GRACE_S
+    except ValueError:
+        return DEFAULT_GRACE_S
 
 
 def describe_configuration(env: Mapping[str, str]) -> list[str]:
@@ -126,16 +208,16 @@ SIMULATOR_BANNER = """
 """
 
 
-async def _pump(service: Service) -> None:
-    assert service.process is not None and service.process.stdout is not None
-    prefix = f"{service.name:<12}| ".encode()
+async def _pump(name: str, process: asyncio.subprocess.Process) -> None:
+    assert process.stdout is not None
+    prefix = f"{name:<12}| ".encode()
     out = sys.stdout.buffer
-    while line := await service.process.stdout.readline():
+    while line := await process.stdout.readline():
         out.write(prefix + line)
         out.flush()
 
 
-async def _grpc_ready(service: Service, deadline: float) -> None:
+async def _grpc_ready(service: Service, deadline: float | None) -> None:
     loop = asyncio.get_running_loop()
     async with grpc.aio.insecure_channel(service.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -148,12 +230,12 @@ async def _grpc_ready(service: Service, deadline: float) -> None:
                     return
             except grpc.aio.AioRpcError:
                 pass
-            if loop.time() > deadline:
+            if deadline is not None and loop.time() > deadline:
                 raise TimeoutError(f"{service.name} did not report SERVING")
             await asyncio.sleep(0.1)
 
 
-async def _http_ready(service: Service, deadline: float) -> None:
+async def _http_ready(service: Service, deadline: float | None) -> None:
     loop = asyncio.get_running_loop()
     url = f"http://{service.address}/health/ready"
 
@@ -165,111 +247,207 @@ async def _http_ready(service: Service, deadline: float) -> None:
             return False
 
     while not await asyncio.to_thread(probe):
-        if loop.time() > deadline:
+        if deadline is not None and loop.time() > deadline:
             raise TimeoutError(f"{service.name} is not ready at {url}")
         await asyncio.sleep(0.2)
 
 
-async def run_stack(
-    env: Mapping[str, str] | None = None, *, ready_timeout: float = 60.0, grace: float = 10.0
-) -> int:
-    """Run the stack until a signal or a crash; return the exit code (0 after a clean stop)."""
+def _ready(service: Service, deadline: float | None = None) -> asyncio.Future[None]:
+    probe = _grpc_ready if service.grpc_service else _http_ready
+    return asyncio.ensure_future(probe(service, deadline))
+
+
+class Supervisor:
+    """Runs one service: starts it, restarts it when it exits on its own, stops it on request."""
+
+    def __init__(self, service: Service, env: Mapping[str, str]) -> None:
+        self.service = service
+        self.env = {**env, **service.env}
+        self._preexec = _parent_death_signal()
+        self.task: asyncio.Task[None] | None = None
+        self._probe: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"supervise-{self.service.name}")
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        s = self.service
+        s.process = await asyncio.create_subprocess_exec(
+            *s.argv,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the launcher, which stops in order
+            preexec_fn=self._preexec,
+        )
+        s.pump = asyncio.create_task(_pump(s.name, s.process))
+        say(f"started {s.name} (pid {s.process.pid})")
+        return s.process
+
+    async def _run(self) -> None:
+        s = self.service
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while not s.stop_requested.is_set():
+            process = await self._spawn()
+            started = loop.time()
+            if s.restarts:
+                self._probe = _ready(s)
+                self._probe.add_done_callback(self._announce_serving(s.restarts))
+            exited = asyncio.ensure_future(process.wait())
+            stopping = asyncio.ensure_future(s.stop_requested.wait())
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not exited.done():  # an ordered stop
+                exited.cancel()
+                await self._terminate(process)
+                return
+            code = exited.result()
+            await self._drain()
+            if s.stop_requested.is_set():  # died just as the stop began
+                s.stop_code = code
+                return
+            failures = 1 if loop.time() - started >= STABLE_AFTER_S else failures + 1
+            s.restarts += 1
+            delay = restart_delay(failures)
+            say(f"{s.name} exited with {code}; restarting in {delay:.1f} s (restart {s.restarts})")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(s.stop_requested.wait(), delay)
+
+    def _announce_serving(self, restart: int) -> Callable[[asyncio.Future[None]], None]:
+        def done(probe: asyncio.Future[None]) -> None:
+            if not probe.cancelled() and probe.exception() is None:
+                say(f"{self.service.name} is serving again (restart {restart})")
+
+        return done
+
+    async def _drain(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        if self.service.pump is not None:
+            with contextlib.suppress(Exception):
+                await self.service.pump
+
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        s = self.service
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(process.wait(), s.stop_timeout)
+        except TimeoutError:
+            say(f"{s.name} did not stop within {s.stop_timeout:.0f} s: killed")
+            s.killed = True
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            code = await process.wait()
+        s.stop_code = code
+        await self._drain()
+
+    async def stop(self) -> None:
+        """Stop the service (SIGTERM, bounded wait, SIGKILL) and end its supervision."""
+        self.service.stop_requested.set()
+        if self.task is not None:
+            await self.task
+
+    def kill(self) -> None:
+        """SIGKILL the service now (a second Ctrl-C); `stop` then returns at once."""
+        self.service.stop_requested.set()
+        process = self.service.process
+        if process is not None and process.returncode is None:
+            self.service.killed = True
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+
+async def _stop_in_order(supervisors: dict[str, Supervisor], grace: float) -> None:
+    """Gateway, then orchestrator (handoff), then provider and history together."""
+    for group in (("gateway",), ("orchestrator",), ("provider", "history")):
+        running = [supervisors[n] for n in group]
+        if group == ("orchestrator",):
+            say(f"stopping orchestrator (hands its runs over within {grace:.0f} s)")
+        else:
+            say("stopping " + ", ".join(group))
+        await asyncio.gather(*(s.stop() for s in running))
+        for s in running:
+            code = s.service.stop_code
+            say(f"{s.service.name} stopped" + ("" if code is None else f" (exit code {code})"))
+
+
+async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: float = 60.0) -> int:
+    """Run the stack until SIGINT/SIGTERM; return the exit code (0 after a clean stop)."""
     base = dict(os.environ if env is None else env)
     services = stack_services(base)
     full_env = stack_environment(base, services)
+    grace = grace_period(full_env)
+    for s in services:
+        margin = ORCHESTRATOR_MARGIN_S if s.name == "orchestrator" else STOP_MARGIN_S
+        s.stop_timeout = grace + margin
     if full_env.get("CHORUS_DEV_MODE", "").lower() == "true":
-        print(
-            "chorus      | dev mode: services on 127.0.0.1 accept calls without the internal token (user 'dev')",
-            flush=True,
-        )
+        say("dev mode: services on 127.0.0.1 accept calls without the internal token (user 'dev')")
     for line in describe_configuration(full_env):
-        print(f"chorus      | {line}", flush=True)
-    stop = asyncio.Event()
+        say(line)
+    say(f"orchestrator instance id: {services[2].env['CHORUS_INSTANCE_ID']}")
+
     loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    supervisors = {s.name: Supervisor(s, full_env) for s in services}
+    for supervisor in supervisors.values():
+        supervisor.start()
 
-    for service in services:
-        service.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            service.module,
-            env=full_env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
-        )
-        service.pump = asyncio.create_task(_pump(service))
-        print(f"chorus      | started {service.name} (pid {service.process.pid})", flush=True)
-
-    exits = {asyncio.create_task(s.process.wait()): s for s in services if s.process}
-    stopper = asyncio.create_task(stop.wait())
-    deadline = loop.time() + ready_timeout
-    ready = asyncio.create_task(
-        asyncio.wait_for(
-            asyncio.gather(
-                *(
-                    _grpc_ready(s, deadline) if s.grpc_service else _http_ready(s, deadline)
-                    for s in services
-                )
-            ),
-            ready_timeout,
+    ready = asyncio.ensure_future(asyncio.gather(*(_ready(s) for s in services)))
+    ready.add_done_callback(
+        lambda f: (
+            _announce(services, full_env) if not f.cancelled() and f.exception() is None else None
         )
     )
-    code = 0
-    done, _ = await asyncio.wait({ready, stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
-    if ready in done and ready.exception() is None:
-        gateway = services[-1]
-        print(
-            f"chorus      | gateway     http://{gateway.address}  (web page, REST under /api/v1, /docs)",
-            flush=True,
+    first_signal = asyncio.ensure_future(signals.get())
+    startup: set[asyncio.Future[Any]] = {ready, first_signal}
+    done, _ = await asyncio.wait(
+        startup, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED
+    )
+    if not done:
+        waiting = [
+            s.name for s in services if s.process is None or s.process.returncode is not None
+        ]
+        say(
+            f"not every service is SERVING after {ready_timeout:.0f} s; still trying"
+            + (f" (not running: {', '.join(waiting)})" if waiting else "")
         )
-        for s in services[:-1]:
-            print(
-                f"chorus      | {s.name:<12}{s.address}  ({s.grpc_service}; try: grpcurl -plaintext {s.address} list)",
-                flush=True,
-            )
-        if not any(full_env.get(k) for k in PROVIDER_KEYS):
-            print(SIMULATOR_BANNER, flush=True)
-        print("chorus      | all services SERVING — Ctrl-C stops them", flush=True)
-        done, _ = await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
-    elif ready in done:
-        print(f"chorus      | startup failed: {ready.exception()}", flush=True)
-        code = 1
+    await first_signal
     ready.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await ready
-    for task in done & exits.keys():
-        s = exits[task]
-        print(
-            f"chorus      | {s.name} exited unexpectedly with code {task.result()}; stopping the rest",
-            flush=True,
-        )
-        code = 1
 
+    say("stopping in order (Ctrl-C again kills every service at once)")
+    stopper = asyncio.create_task(_stop_in_order(supervisors, grace))
+    second = asyncio.ensure_future(signals.get())
+    await asyncio.wait({stopper, second}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopper.done():
+        say("second signal: killing every service now")
+        for supervisor in supervisors.values():
+            supervisor.kill()
+        await stopper
+    second.cancel()
+    code = 0
     for s in services:
-        if s.process and s.process.returncode is None:
-            s.process.send_signal(signal.SIGTERM)
-    for s in services:
-        if s.process is None:
-            continue
-        try:
-            rc = await asyncio.wait_for(s.process.wait(), grace + 2)
-        except TimeoutError:
-            print(
-                f"chorus      | {s.name} did not stop within {grace + 2:.0f} s: killed", flush=True
-            )
-            s.process.kill()
-            rc = await s.process.wait()
+        if s.killed or (s.stop_code is not None and s.stop_code != 0):
             code = 1
-        if rc != 0 and code == 0 and stopper.done():
-            print(f"chorus      | {s.name} exited with code {rc}", flush=True)
-            code = 1
-        if s.pump:
-            await s.pump
-    stopper.cancel()
-    print(f"chorus      | stopped (exit code {code})", flush=True)
+    say(f"stopped (exit code {code})")
     return code
+
+
+def _announce(services: list[Service], env: Mapping[str, str]) -> None:
+    gateway = services[-1]
+    say(f"gateway     http://{gateway.address}  (web page, REST under /api/v1, /docs)")
+    for s in services[:-1]:
+        say(
+            f"{s.name:<12}{s.address}  ({s.grpc_service}; try: grpcurl -plaintext {s.address} list)"
+        )
+    if not any(env.get(k) for k in PROVIDER_KEYS):
+        print(SIMULATOR_BANNER, flush=True)
+    say("all services SERVING — Ctrl-C stops them in order")
 
 
 def main() -> None:
