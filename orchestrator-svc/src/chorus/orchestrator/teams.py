@@ -150,6 +150,9 @@ class TurnAgent(AssistantAgent):
         super().__init__(**kwargs)
         self._hooks = hooks
         self._state = state
+        self.reported: set[str] = set()
+        """Ids of messages reported before a checkpoint this agent was loaded from; it does
+        not pass them to `messages_seen` again (`TeamRunner.load_state`)."""
 
     async def on_messages_stream(
         self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
@@ -158,7 +161,9 @@ class TurnAgent(AssistantAgent):
             self._system_messages = system_messages(self._state.spec)
         self._state.turn_usage = chat_pb2.Usage()
         # The instruction that gave this agent the turn comes before its turn's events.
-        await self._hooks.messages_seen(messages)
+        await self._hooks.messages_seen(
+            [m for m in messages if m.id not in self.reported] if self.reported else messages
+        )
         turn = await self._hooks.begin_turn(self.name)
         requested: dict[str, FunctionCall] = {}
         replied = False
@@ -355,17 +360,25 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tas
     Raises:
         ValueError: an unsupported team kind (specs are validated before, so a bug).
     """
-    return _build(team, max_turns, parts, step_end=False)
+    return _build(team, max_turns, parts, _agents(team, parts), step_end=False)
+
+
+def _agents(team: team_pb2.TeamSpec, parts: TeamParts) -> list[TurnAgent]:
+    context = parts.context if team.kind == team_pb2.TEAM_KIND_SINGLE else []
+    return [_agent(spec, parts, context) for spec in team.agents]
 
 
 def _build(
-    team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts, *, step_end: bool
+    team: team_pb2.TeamSpec,
+    max_turns: int,
+    parts: TeamParts,
+    agents: list[Any],
+    *,
+    step_end: bool,
 ) -> TaskRunner:
-    """`build_team`; with `step_end`, a group chat also stops at the end of each agent turn
-    (`_StepEnd`, after the team's own termination text)."""
+    """`build_team` over `agents`; with `step_end`, a group chat also stops at the end of each
+    agent turn (`_StepEnd`, after the team's own termination text)."""
     kind = team.kind
-    context = parts.context if kind == team_pb2.TEAM_KIND_SINGLE else []
-    agents: list[Any] = [_agent(spec, parts, context) for spec in team.agents]
     names = [a.name for a in agents]
     termination: TerminationCondition | None = (
         TextMentionTermination(team.termination_text, sources=names)
@@ -455,12 +468,15 @@ class TeamRunner:
     state saved.
     """
 
-    def __init__(self, kind: int, max_turns: int, team: TaskRunner, agents: Sequence[str]) -> None:
+    def __init__(
+        self, kind: int, max_turns: int, team: TaskRunner, agents: Sequence[TurnAgent]
+    ) -> None:
         self._kind = kind
         self._max_turns = max_turns
         self._team = team
-        self._agents = list(agents)
-        self._names = frozenset(agents)
+        self._turn_agents = list(agents)
+        self._agents = [a.name for a in agents]
+        self._names = frozenset(self._agents)
         self._turns = 0
         self._ended = False
         self._started = False  # a step ran or a state was loaded
@@ -610,6 +626,12 @@ class TeamRunner:
         if list(state.get("agents", [])) != self._agents:
             raise ValueError(f"state of agents {state.get('agents')}, not {self._agents}")
         await self._team.load_state(state["team"])
+        # Everything in the state was reported before it was saved: an agent hearing it again
+        # (a MagenticOne instruction to another agent, still in its buffer) must not pass it
+        # to `messages_seen` a second time — the new run's dedup set starts empty.
+        reported = _message_ids(state["team"])
+        for agent in self._turn_agents:
+            agent.reported.update(reported)
         self._turns = int(state["turns"])
         self._ended = bool(state["ended"])
         self._started = True
@@ -622,6 +644,21 @@ class TeamRunner:
                 f"{what} after a failed or abandoned step; build a new runner and load the "
                 "last saved state"
             )
+
+
+def _message_ids(state: Any) -> set[str]:
+    """The ids of the messages anywhere in an autogen team state (as `message.dump()`s: dicts
+    with `id`, `source` and `type`)."""
+    ids: set[str] = set()
+    if isinstance(state, Mapping):
+        if isinstance(state.get("id"), str) and "source" in state and "type" in state:
+            ids.add(state["id"])
+        for value in state.values():
+            ids |= _message_ids(value)
+    elif isinstance(state, list):
+        for value in state:
+            ids |= _message_ids(value)
+    return ids
 
 
 def build_runner(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> TeamRunner:
@@ -637,9 +674,7 @@ def build_runner(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> T
     """
     if max_turns < 1:
         raise ValueError(f"max_turns must be at least 1, not {max_turns}")
+    agents = _agents(team, parts)
     return TeamRunner(
-        team.kind,
-        max_turns,
-        _build(team, max_turns, parts, step_end=True),
-        [a.name for a in team.agents],
+        team.kind, max_turns, _build(team, max_turns, parts, agents, step_end=True), agents
     )
