@@ -15,6 +15,8 @@ import re
 import pytest
 import yaml
 
+from chorus.core.settings import CoreSettings
+
 from .conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -97,3 +99,40 @@ def test_env_example_names_only_settings_someone_reads():
     ]
     assert example and not set(example) - reads, sorted(set(example) - reads)
     assert not (REPO / ".env").exists() or ".env" in (REPO / ".gitignore").read_text()
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (`40s`, `1m30s`, `1m`) in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert parts and duration, f"unexpected duration {duration!r}"
+    return int(parts.group(1) or 0) * 60 + float(parts.group(2) or 0)
+
+
+def _grace_period(service: dict) -> float:
+    default = CoreSettings.model_fields["grace_period_s"].default
+    return float(service["environment"].get("CHORUS_GRACE_PERIOD_S", default))
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_services_restart_and_get_their_grace_period_plus_a_margin_to_stop(name):
+    service = COMPOSE["services"][name]
+    assert service["restart"] == "unless-stopped"
+    margin = 10 if name == "orchestrator" else 5
+    # SIGTERM → SIGKILL: the service's own grace period, then time to finish (the
+    # orchestrator's handoff writes the checkpoint and releases the lease after it)
+    assert _seconds(service["stop_grace_period"]) >= _grace_period(service) + margin
+
+
+def test_the_orchestrator_gets_time_to_hand_its_runs_over():
+    orchestrator = COMPOSE["services"]["orchestrator"]
+    assert _grace_period(orchestrator) >= 30  # a real model's turn can take that long
+    assert _seconds(orchestrator["stop_grace_period"]) == _grace_period(orchestrator) + 10
+
+
+def test_compose_stops_in_the_order_make_run_does():
+    """Compose stops dependents first: gateway, orchestrator, then provider and history."""
+    services = COMPOSE["services"]
+    assert set(services["gateway"]["depends_on"]) == {"orchestrator"}
+    assert set(services["orchestrator"]["depends_on"]) == {"provider", "history"}
+    assert set(services["history"]["depends_on"]) == {"postgres", "redis"}
+    assert all(services[s]["restart"] == "unless-stopped" for s in ("postgres", "redis"))
