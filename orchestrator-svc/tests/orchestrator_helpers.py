@@ -63,9 +63,8 @@ BOTH_BACKENDS = pytest.mark.parametrize("history_backend", ["sqlite", "postgres"
 
 ORCHESTRATOR_TEST_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_s": 0.1,
-    "stale_after_s": 1.0,
+    "lease_duration_s": 1.0,
     "sweep_interval_s": 0.2,
-    "delta_flush_interval_s": 0.02,
     "cancel_wait_s": 5.0,
     "tool_entry_points": True,
 }

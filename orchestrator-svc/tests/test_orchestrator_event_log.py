@@ -42,15 +42,15 @@ class Store:
         self.batches.append([e.seq for e in events])
 
     async def many(
-        self, batches: Sequence[tuple[str, Sequence[run_pb2.RunEvent]]]
+        self, batches: Sequence[tuple[str, int, Sequence[run_pb2.RunEvent]]]
     ) -> list[int | Exception]:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
-        self.calls.append([run_id for run_id, _ in batches])
+        self.calls.append([run_id for run_id, _, _ in batches])
         results: list[int | Exception] = []
-        for run_id, events in batches:
+        for run_id, _, events in batches:
             if run_id in self.reject:
                 results.append(self.reject[run_id])
             else:
@@ -78,14 +78,13 @@ def completed() -> run_pb2.RunEvent:
 def new_log(
     store: Store,
     *,
-    interval: float = 0.05,
     keep: int = 64,
     flusher: DeltaFlusher | None = None,
     run_id: str = "run-1",
     on_rejected: Callable[[Exception], None] | None = None,
 ) -> RunEventLog:
     if flusher is None:
-        flusher = DeltaFlusher(store.many, interval_s=interval)
+        flusher = DeltaFlusher(store.many)
     return RunEventLog(run_id, store, flusher=flusher, buffer_events=keep, on_rejected=on_rejected)
 
 
@@ -123,9 +122,9 @@ async def test_a_lifecycle_event_waits_until_the_previous_one_is_stored() -> Non
     assert store.stored == [1, 2, 3]
 
 
-async def test_deltas_are_stored_in_batches_within_the_flush_interval() -> None:
+async def test_a_burst_of_deltas_is_stored_in_one_call_started_at_once() -> None:
     store = Store()
-    log = new_log(store, interval=0.05)
+    log = new_log(store)
     loop = asyncio.get_running_loop()
     start = loop.time()
     for _ in range(200):
@@ -155,7 +154,7 @@ async def test_the_buffer_drops_only_stored_events_and_reports_when_a_reader_is_
     for _ in range(300):
         log.emit_delta(delta())
     await log.emit(started())
-    assert log.events_after(0) is not None and len(log.events_after(0) or []) == 301  # unstored
+    assert log.events_after(0) == []  # log before show: nothing unstored is readable
     store.gate.set()
     await log.sync()
     assert log.events_after(0) is None  # trimmed: read these from history
@@ -176,13 +175,13 @@ async def test_stored_events_read_back_from_the_buffer_equal_the_emitted_ones(ru
     for event in emitted[1:]:
         log.emit_delta(event)
     await log.sync()
-    store.gate = asyncio.Event()  # what follows stays unstored: read as emitted
+    store.gate = asyncio.Event()  # what follows stays unstored: not readable yet
     emitted += [delta(" late"), Event(agent="a", reasoning_delta=Event.ReasoningDelta(text="r"))]
     for event in emitted[-2:]:
         log.emit_delta(event)
     assert log.stored_seq == 11 and log.last_seq == 13
     for k in range(len(emitted) + 2):
-        assert log.events_after(k) == emitted[k:], f"after {k}"
+        assert log.events_after(k) == emitted[:11][k:], f"after {k}"
     assert all(e.run_id == run_id for e in log.events_after(0) or [])
     store.gate.set()
     await log.sync()
@@ -204,6 +203,20 @@ async def test_the_buffer_keeps_the_last_stored_events_up_to_half_as_many_again(
     log.close()
 
 
+async def test_watchers_wake_only_once_an_event_is_stored() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    log = new_log(store)
+    waiter = asyncio.create_task(log.wait_beyond(0))
+    log.emit_delta(delta())
+    await wait_for(lambda: store.calls == [] and log.writing, timeout=2)  # write held
+    assert not waiter.done() and log.events_after(0) == []
+    store.gate.set()
+    await asyncio.wait_for(waiter, 1)
+    assert [e.seq for e in log.events_after(0) or []] == [1]
+    log.close()
+
+
 async def test_watchers_wake_on_new_events_and_when_the_log_closes() -> None:
     log = new_log(Store())
     waiter = asyncio.create_task(log.wait_beyond(0))
@@ -220,9 +233,9 @@ async def test_watchers_wake_on_new_events_and_when_the_log_closes() -> None:
     await asyncio.wait_for(waiter, 1)
 
 
-async def test_one_call_carries_the_deltas_of_every_run_within_the_flush_interval() -> None:
+async def test_one_call_carries_the_deltas_of_every_run_marked_in_one_loop_step() -> None:
     store = Store()
-    flusher = DeltaFlusher(store.many, interval_s=0.05)
+    flusher = DeltaFlusher(store.many)
     logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(50)]
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -235,9 +248,29 @@ async def test_one_call_carries_the_deltas_of_every_run_within_the_flush_interva
     await flusher.close()
 
 
+async def test_deltas_arriving_during_a_call_go_together_in_the_next_one() -> None:
+    # A group commit: one call in flight at a time; what arrives meanwhile waits for it.
+    store = Store()
+    store.gate = asyncio.Event()
+    flusher = DeltaFlusher(store.many)
+    logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(3)]
+    logs[0].emit_delta(delta())
+    await wait_for(lambda: logs[0].writing, timeout=2)  # the first call is held
+    for log in logs:
+        for _ in range(5):
+            log.emit_delta(delta())
+    await asyncio.sleep(0.01)
+    assert store.calls == []  # nothing more was sent while the call was in flight
+    store.gate.set()
+    await wait_for(lambda: all(not log.has_pending for log in logs), timeout=2)
+    assert [sorted(c) for c in store.calls] == [["run-0"], ["run-0", "run-1", "run-2"]]
+    assert [log.stored_seq for log in logs] == [6, 5, 5]
+    await flusher.close()
+
+
 async def test_calls_are_split_at_the_flushers_batch_and_event_limits() -> None:
     store = Store()
-    flusher = DeltaFlusher(store.many, interval_s=0.02, max_batches=3, max_events=4)
+    flusher = DeltaFlusher(store.many, max_batches=3, max_events=4)
     logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(5)]
     for log in logs:
         log.emit_delta(delta())
@@ -249,7 +282,7 @@ async def test_calls_are_split_at_the_flushers_batch_and_event_limits() -> None:
 
 async def test_a_rejected_batch_is_reported_to_its_run_and_the_others_are_stored() -> None:
     store = Store()
-    flusher = DeltaFlusher(store.many, interval_s=0.02)
+    flusher = DeltaFlusher(store.many)
     rejected: list[Exception] = []
     bad = new_log(store, flusher=flusher, run_id="bad", on_rejected=rejected.append)
     good = new_log(store, flusher=flusher, run_id="good")
@@ -264,7 +297,7 @@ async def test_a_rejected_batch_is_reported_to_its_run_and_the_others_are_stored
 async def test_a_failed_call_keeps_the_deltas_and_the_flusher_retries_them() -> None:
     store = Store()
     store.fail = ConnectionError("history down")
-    log = new_log(store, interval=0.02)
+    log = new_log(store)
     log.emit_delta(delta())
     await wait_for(lambda: not log.writing and log.has_pending, timeout=2)
     store.fail = None
@@ -275,7 +308,7 @@ async def test_a_failed_call_keeps_the_deltas_and_the_flusher_retries_them() -> 
 async def test_a_lifecycle_write_waits_for_the_runs_delta_batch_in_flight() -> None:
     store = Store()
     store.gate = asyncio.Event()
-    log = new_log(store, interval=0.01)
+    log = new_log(store)
     log.emit_delta(delta())
     await wait_for(lambda: log.writing, timeout=2)  # the flusher's batch is held
     await log.emit(started())
@@ -290,7 +323,7 @@ async def test_a_lifecycle_write_waits_for_the_runs_delta_batch_in_flight() -> N
 async def test_deltas_emitted_during_a_lifecycle_write_are_left_to_the_flusher() -> None:
     store = Store()
     store.gate = asyncio.Event()
-    log = new_log(store, interval=0.01)
+    log = new_log(store)
     log.emit_delta(delta())
     await log.emit(started())  # its write (seq 1-2) is held by the gate
     await wait_for(lambda: store.entered == 1, timeout=2)
@@ -308,7 +341,7 @@ async def test_deltas_emitted_during_a_lifecycle_write_are_left_to_the_flusher()
 async def test_the_terminal_event_is_stored_by_the_final_writer_with_the_pending_events() -> None:
     store = Store()
     final = Store()
-    log = new_log(store, interval=10)  # the flusher does not fire during the test
+    log = new_log(store)
     await log.emit(started())
     await wait_for(lambda: log.stored_seq == 1, timeout=2)
     log.emit_delta(delta())
@@ -330,7 +363,7 @@ async def test_the_terminal_event_is_stored_by_the_final_writer_with_the_pending
 async def test_the_flusher_never_takes_the_end_from_its_own_write() -> None:
     store = Store()
     final = Store()
-    flusher = DeltaFlusher(store.many, interval_s=10)  # flushed by hand below
+    flusher = DeltaFlusher(store.many)
     log = new_log(store, flusher=flusher)
     log.emit_delta(delta())
     ending = asyncio.create_task(log.end(completed(), final_writer=final))

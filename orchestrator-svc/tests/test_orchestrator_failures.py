@@ -219,12 +219,12 @@ def _assert_failed_as_stopped(events: list[run_pb2.RunEvent], head: list[run_pb2
     assert error.message == "orchestrator stopped"
 
 
-@pytest.mark.parametrize("orchestrator_values", [{"stale_after_s": 60.0}], indirect=True)
+@pytest.mark.parametrize("orchestrator_values", [{"lease_duration_s": 60.0}], indirect=True)
 async def test_a_killed_orchestrators_run_is_failed_when_it_restarts_and_its_events_stay_readable(
     stack: Stack, alice: RunClient
 ) -> None:
     instance = f"orch-a-{uuid.uuid4().hex[:6]}"
-    async with orchestrator_process(stack, instance_id=instance, stale_after_s=60.0) as (
+    async with orchestrator_process(stack, instance_id=instance, lease_duration_s=60.0) as (
         proc,
         channel,
     ):
@@ -233,7 +233,7 @@ async def test_a_killed_orchestrators_run_is_failed_when_it_restarts_and_its_eve
         await asyncio.to_thread(proc.proc.wait)
     # Nobody runs it now, and (stale threshold 60 s) nobody has noticed yet.
     assert (await alice.get(run_id)).status == run_pb2.RUN_STATUS_RUNNING
-    async with orchestrator_process(stack, instance_id=instance, stale_after_s=60.0):
+    async with orchestrator_process(stack, instance_id=instance, lease_duration_s=60.0):
         run = await alice.wait_status(run_id, run_pb2.RUN_STATUS_FAILED)
     assert run.error.reason == "ORCHESTRATOR_STOPPED"
     events = await alice.watch(run_id)
@@ -294,7 +294,7 @@ async def test_cancel_of_a_run_whose_orchestrator_died_ends_it_at_once_as_cancel
 
 
 @pytest.mark.parametrize(
-    "orchestrator_values", [{"sweep_interval_s": 60.0, "stale_after_s": 60.0}], indirect=True
+    "orchestrator_values", [{"sweep_interval_s": 60.0, "lease_duration_s": 60.0}], indirect=True
 )
 async def test_the_startup_sweep_ends_earlier_runs_of_its_instance_but_not_its_own_new_ones(
     stack: Stack, alice: RunClient

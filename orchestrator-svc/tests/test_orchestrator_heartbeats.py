@@ -31,7 +31,7 @@ from chorus.v1 import run_pb2
 
 # Each reply streams for ~10 s: the runs stay mid-turn (no writes of their own) meanwhile.
 SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))
-QUIET = {"heartbeat_interval_s": 60.0, "stale_after_s": 120.0}
+QUIET = {"heartbeat_interval_s": 60.0, "lease_duration_s": 120.0}
 
 
 def heartbeat_failures() -> float:

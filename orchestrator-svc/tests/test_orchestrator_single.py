@@ -162,7 +162,7 @@ async def test_a_run_that_could_find_an_earlier_run_or_context_calls_its_model_o
 
 
 @pytest.mark.parametrize("history_backend", ["postgres"], indirect=True)
-@pytest.mark.parametrize("orchestrator_values", [{"history_retry_s": 0.0}], indirect=True)
+@pytest.mark.parametrize("orchestrator_values", [{"store_outage_limit_s": 0.0}], indirect=True)
 async def test_the_first_model_call_runs_during_the_opening_write_and_ends_when_it_fails(
     stack: Stack, alice: RunClient, pg_url: str
 ) -> None:

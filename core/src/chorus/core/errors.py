@@ -116,6 +116,14 @@ class Violations:
             raise InvalidArgument(f"{message}: {fields}", self.items)
 
 
+class OutOfRange(InvalidArgument):
+    """OUT_OF_RANGE with `BadRequest` field violations: a value valid in itself but past
+    what exists (AIP-193), e.g. a seq after a run's last event."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
+
+
 class NotFound(ChorusError):
     """NOT_FOUND: the resource does not exist or belongs to someone else."""
 
@@ -240,6 +248,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ChorusError]] = {
     cls.code: cls
     for cls in (
         InvalidArgument,
+        OutOfRange,
         NotFound,
         AlreadyExists,
         FailedPrecondition,

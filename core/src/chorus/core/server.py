@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,7 @@ async def run_service(
     make_bindings: Callable[[], Awaitable[Sequence[ServiceBinding]]],
     *,
     on_started: Callable[[GrpcServer], Awaitable[None]] | None = None,
+    on_stopping: Callable[[GrpcServer], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully.
@@ -145,6 +147,9 @@ async def run_service(
         make_bindings: builds the servicers (runs inside the event loop, so channels and
             pools are created on the right loop).
         on_started: called once the server is SERVING (e.g. to start background sweeps).
+        on_stopping: called when the signal arrived, after health reports NOT_SERVING and
+            before the server stops taking calls (the orchestrator hands its runs over
+            here, while its watchers are still connected); bounded by the caller.
         on_shutdown: called after the server stopped (close pools and channels).
     """
     settings.check_security()
@@ -164,7 +169,13 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting_down", grace_s=settings.grace_period_s)
-    await server.stop()
+    grace = settings.grace_period_s
+    if on_stopping is not None:  # its time counts against the grace period
+        started = time.monotonic()
+        await server.set_serving(False)
+        await on_stopping(server)
+        grace = max(grace - (time.monotonic() - started), 1.0)
+    await server.stop(grace)
     if on_shutdown is not None:
         await on_shutdown()
     log.info("stopped")

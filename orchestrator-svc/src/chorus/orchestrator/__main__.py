@@ -1,8 +1,10 @@
 """`python -m chorus.orchestrator`: serve chorus.v1.RunService until SIGTERM/SIGINT.
 
 Settings come from `CHORUS_*` environment variables (orchestrator-svc/README.md). On
-SIGTERM the server drains for `CHORUS_GRACE_PERIOD_S`; runs still executing then end with
-`run_failed` (ORCHESTRATOR_STOPPED, retryable).
+SIGTERM the replica reports NOT_SERVING, accepts no new runs and hands its live runs over
+within `CHORUS_GRACE_PERIOD_S` (less one second for the server's own drain): each stops at
+its next turn boundary with its checkpoint stored and its lease released, so another
+replica continues it at once (issue 18, "Handoff on SIGTERM").
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def run() -> None:
         assert app is not None
         await app.on_started(server)
 
+    async def on_stopping(server: GrpcServer) -> None:
+        if app is not None:
+            await app.manager.hand_over(max(settings.grace_period_s - 1.0, 0.5))
+
     async def on_shutdown() -> None:
         if app is not None:
             await app.close()
@@ -37,6 +43,7 @@ def run() -> None:
         settings.orchestrator_port,
         bindings,
         on_started=on_started,
+        on_stopping=on_stopping,
         on_shutdown=on_shutdown,
     )
 

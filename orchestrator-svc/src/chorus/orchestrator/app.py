@@ -108,7 +108,7 @@ async def build_app(settings: Settings) -> OrchestratorApp:
     )
     provider = provider_service_pb2_grpc.ProviderServiceStub(provider_channel)
     auth = CallAuth(settings.internal_token.get_secret_value() if settings.internal_token else None)
-    history = HistoryClient(history_channel, retry_s=settings.history_retry_s, auth=auth)
+    history = HistoryClient(history_channel, retry_s=settings.store_outage_limit_s, auth=auth)
     chats = ChatStreams(provider, auth.metadata(identity.SYSTEM_USER))
     manager = RunManager(
         settings,

@@ -3,17 +3,20 @@
 One `RunEventLog` per run executing in this process. It
 
 * gives every event the next seq (1, 2, 3 … gapless) and its time;
-* keeps recent events in memory and wakes watchers, which read from memory at their own
-  pace — a slow watcher never slows the run: once it falls behind the buffer it reads the
-  stored log from history-svc and catches up. Unstored events are kept as messages (the
+* shows watchers only what is stored ("log before show", issue 18): an event reaches a
+  watcher once history-svc committed it, so every replay returns whatever anyone was
+  shown, and a crash never leaves a watcher ahead of the log;
+* keeps recent stored events in memory and wakes watchers, which read from memory at their
+  own pace — a slow watcher never slows the run: once it falls behind the buffer it reads
+  the stored log from history-svc and catches up. Unstored events are kept as messages (the
   writes need them); once stored, the last `watcher_buffer_events` are kept serialized,
   without their run id, back to back in one buffer (~45 bytes for a token delta instead
   of ~900 for a message: a message owns a protobuf arena), and parsed again for a
   watcher that reads them;
 * writes events to history-svc in order: token deltas through the process-wide
   `chorus.orchestrator.flusher.DeltaFlusher` (one AppendRunEventBatches call for the
-  deltas of every live run, at most `delta_flush_interval_s` after the oldest unstored
-  one), and every other ("lifecycle") event through its own AppendRunEvents write, such
+  deltas of every live run, started as soon as the previous call returned: a group
+  commit), and every other ("lifecycle") event through its own AppendRunEvents write, such
   that it is stored before the next lifecycle event is emitted (DESIGN.md §4
   "Durability"). A lifecycle event waits for the previous one's write, not for its own —
   so emitting one never delays the token stream that follows it. The two paths never
@@ -21,7 +24,6 @@ One `RunEventLog` per run executing in this process. It
   a run whose lifecycle write is under way (that write stores its pending deltas too).
 
 Hot path (`emit_delta`): no task, no timer, no await — one list append and one set add.
-Watchers that keep up read the unstored messages themselves, parsing nothing.
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ class RunEventLog:
         flusher: the process-wide writer of token deltas.
         buffer_events: stored events kept in memory for watchers (besides unstored ones);
             up to half as many again before they are trimmed.
-        next_seq: the seq of the first event this log emits.
+        next_seq: the seq of the first event this log emits (after the stored ones of a
+            resumed run).
+        lease_epoch: the owner's lease epoch (`Run.lease_epoch`), carried by every write so
+            history-svc refuses it once another replica claimed the run.
         on_rejected: called when history-svc rejected a delta batch written by the
             flusher (the batch stays pending; the next lifecycle write retries it).
     """
@@ -87,9 +92,12 @@ class RunEventLog:
         flusher: DeltaFlusher,
         buffer_events: int,
         next_seq: int = 1,
+        lease_epoch: int = 0,
         on_rejected: RejectionHandler | None = None,
     ) -> None:
         self.run_id = run_id
+        self.lease_epoch = lease_epoch
+        """The run owner's lease epoch, sent with the flusher's batches (fencing)."""
         self._writer = writer
         self._flusher = flusher
         self._on_rejected = on_rejected
@@ -151,10 +159,6 @@ class RunEventLog:
         event.time.CopyFrom(_now())
         self._next += 1
         self._pending.append(event)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set_result(None)
 
     def emit_stored(self, *events: run_pb2.RunEvent) -> list[run_pb2.RunEvent]:
         """Number `events` (the log's next seqs and time) and count them as stored: the
@@ -176,20 +180,27 @@ class RunEventLog:
         self._publish(event)
         self._flusher.mark(self)
 
-    async def emit(self, *events: run_pb2.RunEvent, durable: bool = False) -> None:
+    async def emit(
+        self,
+        *events: run_pb2.RunEvent,
+        durable: bool = False,
+        writer: EventWriter | None = None,
+    ) -> None:
         """Emit lifecycle events once every earlier lifecycle event is stored.
 
         Several events given together (e.g. `agent_finished` and `progress`, which happen at
         the same moment) are numbered consecutively and stored in one write. The write
         starts at once in the background (the next lifecycle event waits for it); with
-        `durable` (terminal events, answers to RPCs) this call waits for it too.
+        `durable` (terminal events, answers to RPCs) this call waits for it too. `writer`,
+        when given, stores the batch that ends with these events instead of the log's
+        writer (a turn boundary's events with the run's checkpoint).
 
         Raises:
             Exception: the writer's error when an earlier (or, with `durable`, this) write
                 failed; the events stay pending and are retried by the next flush.
             RuntimeError: the run already ended.
         """
-        await self._emit(events, durable, None)
+        await self._emit(events, durable, writer)
 
     async def end(self, *events: run_pb2.RunEvent, final_writer: EventWriter) -> None:
         """Emit the last lifecycle `events`, the terminal one last, once every earlier
@@ -273,6 +284,8 @@ class RunEventLog:
                 await writer(batch)
                 metrics.EVENT_WRITE_SECONDS.observe(time.perf_counter() - started)
                 self._stored_through(len(batch))
+        if self._pending and not self.closed:  # deltas that arrived meanwhile
+            self._flusher.mark(self)
 
     def _stored_through(self, count: int) -> None:
         """The first `count` pending events are stored: they move to the serialized buffer."""
@@ -289,6 +302,10 @@ class RunEventLog:
         self._stored = self._pending[count - 1].seq
         del self._pending[:count]
         self._trim()
+        waiter = self._waiter  # log before show: watchers wake for stored events only
+        if waiter is not None:
+            self._waiter = None
+            waiter.set_result(None)
 
     # The flusher's side (chorus.orchestrator.flusher): take, then stored or failed.
 
@@ -331,30 +348,31 @@ class RunEventLog:
 
     # ------------------------------------------------------------------ watching
     def events_after(self, seq: int) -> list[run_pb2.RunEvent] | None:
-        """Buffered events with seq greater than `seq` (maybe none), or None when some of
-        them are no longer buffered (read those from history-svc; they are stored).
+        """Stored events with seq greater than `seq` (maybe none), or None when some of
+        them are no longer buffered (read those from history-svc).
 
-        Stored ones come back as new messages (parsed, ~1 µs each); unstored ones are the
-        emitted messages themselves: do not modify them."""
+        Only stored events are ever returned (issue 18, "log before show"): whatever a
+        watcher is shown, every later replay returns too. They come back as new messages
+        (parsed, ~1 µs each)."""
         index = seq + 1 - self._buf_first
         if index < 0:
             return None
         ends = self._ends
         stored = len(ends)
         if index >= stored:
-            return self._pending[index - stored :]
+            return []
         prefix, blob, parse = self._run_id_field, self._blob, run_pb2.RunEvent.FromString
         out = []
         start = ends[index - 1] if index else 0
         for end in ends[index:]:
             out.append(parse(prefix + blob[start:end]))
             start = end
-        return out + self._pending
+        return out
 
     async def wait_beyond(self, seq: int) -> None:
-        """Return once an event with seq greater than `seq` exists, or the run ended, or
-        the log was closed."""
-        while self._next - 1 <= seq and not self.ended and not self.closed:
+        """Return once an event with seq greater than `seq` is stored, or the log was
+        closed."""
+        while self._stored <= seq and not self.closed:
             if self._waiter is None:
                 self._waiter = self._loop.create_future()
             await asyncio.shield(self._waiter)

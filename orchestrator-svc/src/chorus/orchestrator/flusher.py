@@ -1,20 +1,25 @@
 """The process-wide writer of token deltas: every live run's pending deltas in one call.
 
-A slow stream (a few tokens per second) leaves about one delta per run per flush interval,
-so writing each run's deltas on its own costs one AppendRunEvents call (one database
-transaction, two Redis round trips) per run per interval, plus a timer and a task per run
-here. Instead, `RunEventLog.emit_delta` marks its log dirty (a set add); one timer per
-process fires `interval_s` after the first mark and one task sends the pending deltas of
-every dirty run as ONE HistoryService.AppendRunEventBatches call (several, concurrently,
-beyond `max_batches` runs or `max_events` events). So no delta waits longer than about
-the interval plus one call, whatever the number of runs.
+Watchers are shown an event only once it is stored (issue 18, "log before show"), so a
+delta's write is on the path to every watcher's screen: it must start at once, yet a slow
+stream (a few tokens per second) across 1,000 runs must not cost one call (one database
+transaction) per delta. `RunEventLog.emit_delta` marks its log dirty (a set add); the
+flusher then sends the pending deltas of every dirty run as ONE
+HistoryService.AppendRunEventBatches call (several, concurrently, beyond `max_batches`
+runs or `max_events` events) — started in the same event-loop turn when no call is in
+flight, else as soon as the call in flight returns. This is a group commit: when idle, a
+delta waits for one call; under load, everything that arrived during a call goes in the
+next one, so the number of calls per second is bounded by history-svc's speed, not by
+the number of runs or deltas.
 
 Per run the order stays that of `RunEventLog`: the flusher skips a run whose lifecycle
-write is under way (that write stores the pending deltas too) and a lifecycle write waits
-for the run's batch in flight. Failures are handled like a failed per-run flush was: a
-call that failed as a whole leaves the events pending and is retried at the next interval
-(and by the run's next lifecycle write); a batch history-svc rejected (e.g.
-FAILED_PRECONDITION: another writer stored these seqs) is reported to the run
+write is under way (that write stores the pending deltas too, and marks the run again for
+the deltas that arrived meanwhile) and a lifecycle write waits for the run's batch in
+flight. Every batch carries the run's lease epoch, so history-svc refuses the writes of an
+owner that lost its run. Failures: a call that failed as a whole leaves the events
+pending and is retried after a backoff (the history client already retried it while
+history-svc answered UNAVAILABLE); a batch history-svc rejected (FAILED_PRECONDITION:
+LEASE_LOST, or another writer stored these seqs) is reported to the run
 (`RunEventLog.batch_failed`), which lets go of it.
 """
 
@@ -36,21 +41,23 @@ MAX_BATCHES_PER_CALL = 1000
 """Runs per AppendRunEventBatches call (history-svc's limit)."""
 MAX_EVENTS_PER_CALL = 10_000
 """Events per AppendRunEventBatches call, all runs together (history-svc's limit)."""
+RETRY_AFTER_FAILURE_S = 0.5
+"""Pause before a call that failed as a whole is tried again."""
 
 BatchWriter = Callable[
-    [Sequence[tuple[str, Sequence[run_pb2.RunEvent]]]], Awaitable[Sequence[int | Exception]]
+    [Sequence[tuple[str, int, Sequence[run_pb2.RunEvent]]]], Awaitable[Sequence[int | Exception]]
 ]
-"""Stores many runs' batches (HistoryService.AppendRunEventBatches): per batch, in order,
-the run's last stored seq or the exception rejecting it; raises when the call failed."""
+"""Stores many runs' batches `(run_id, lease_epoch, events)` in one call
+(HistoryService.AppendRunEventBatches): per batch, in order, the run's last stored seq or
+the exception rejecting it; raises when the call failed."""
 
 
 class DeltaFlusher:
-    """Writes the pending token deltas of every live run of this process, in one call per
-    interval.
+    """Writes the pending token deltas of every live run of this process, one call at a
+    time (a group commit).
 
     Args:
         writer: stores many runs' batches in one call.
-        interval_s: the oldest unstored delta is sent within this time.
         max_batches: runs per call.
         max_events: events per call, all runs together.
     """
@@ -59,41 +66,50 @@ class DeltaFlusher:
         self,
         writer: BatchWriter,
         *,
-        interval_s: float,
         max_batches: int = MAX_BATCHES_PER_CALL,
         max_events: int = MAX_EVENTS_PER_CALL,
     ) -> None:
         self._writer = writer
-        self._interval = interval_s
         self._max_batches = max_batches
         self._max_events = max_events
         self._dirty: set[RunEventLog] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._running: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def mark(self, run_log: RunEventLog) -> None:
-        """`run_log` has pending deltas: send them with the next flush (≤ the interval)."""
+        """`run_log` has pending deltas: send them with the next call (at once when none
+        is in flight)."""
         self._dirty.add(run_log)
-        if self._timer is None and not self._closed:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self._on_timer)
+        if self._scheduled is None and self._running is None and not self._closed:
+            self._scheduled = asyncio.get_running_loop().call_soon(self._start)
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def _start(self) -> None:
+        self._scheduled = None
+        if self._closed or not self._dirty:
+            return
         task = asyncio.get_running_loop().create_task(self.flush(), name="delta-flush")
+        self._running = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._running is task:
+            self._running = None
+        if self._dirty and not self._closed and self._scheduled is None:
+            self._scheduled = asyncio.get_running_loop().call_soon(self._start)
 
     async def flush(self) -> None:
-        """Send the pending deltas of every marked run now (the timer calls this)."""
+        """Send the pending deltas of every marked run now."""
         dirty, self._dirty = self._dirty, set()
         calls: list[list[tuple[RunEventLog, list[run_pb2.RunEvent]]]] = [[]]
         events = 0
         for run_log in dirty:
             if run_log.closed or not run_log.has_pending:
                 continue
-            if run_log.writing:  # its batch in flight or its lifecycle write: look again later
-                self.mark(run_log)
+            if run_log.writing:  # its lifecycle write stores them, then marks it again
                 continue
             batch = run_log.take_batch(MAX_APPEND_BATCH)
             if len(calls[-1]) >= self._max_batches or events + len(batch) > self._max_events:
@@ -102,12 +118,17 @@ class DeltaFlusher:
             calls[-1].append((run_log, batch))
             events += len(batch)
         if calls[0]:
-            await asyncio.gather(*(self._send(call) for call in calls))
+            failed = await asyncio.gather(*(self._send(call) for call in calls))
+            if any(failed):  # history-svc unreachable beyond the client's retries
+                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
 
-    async def _send(self, call: list[tuple[RunEventLog, list[run_pb2.RunEvent]]]) -> None:
+    async def _send(self, call: list[tuple[RunEventLog, list[run_pb2.RunEvent]]]) -> bool:
+        """One call; True when it failed as a whole (its runs are marked again)."""
         started = time.perf_counter()
         try:
-            results = await self._writer([(run_log.run_id, batch) for run_log, batch in call])
+            results = await self._writer(
+                [(run_log.run_id, run_log.lease_epoch, batch) for run_log, batch in call]
+            )
             if len(results) != len(call):
                 raise RuntimeError(f"{len(results)} results for {len(call)} batches")
         except asyncio.CancelledError:  # never leave a run waiting on this batch
@@ -120,8 +141,8 @@ class DeltaFlusher:
             for run_log, _ in call:
                 run_log.batch_failed(exc, rejected=False)
                 if not run_log.closed:
-                    self.mark(run_log)
-            return
+                    self._dirty.add(run_log)
+            return True
         metrics.DELTA_FLUSH_SECONDS.observe(time.perf_counter() - started)
         metrics.DELTA_FLUSH_RUNS.observe(len(call))
         for (run_log, batch), result in zip(call, results, strict=True):
@@ -131,14 +152,15 @@ class DeltaFlusher:
                 continue
             run_log.batch_stored(len(batch))
             if run_log.has_pending and not run_log.closed:  # more arrived meanwhile
-                self.mark(run_log)
+                self._dirty.add(run_log)
+        return False
 
     async def close(self) -> None:
-        """Stop the timer and wait for (at most) the calls in flight to end."""
+        """Stop scheduling calls and wait for (at most) the calls in flight to end."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task

@@ -4,7 +4,9 @@ Runs outlive the RPCs that started them, and background work (heartbeats, the re
 sweep) acts for many users, so every call names its user explicitly (`x-chorus-user`)
 instead of relying on the context. Failures are re-raised as `ChorusError`s keeping
 history-svc's code and reason (`from_rpc_error`). Writes that are safe to repeat are retried
-while history-svc is UNAVAILABLE, for up to `retry_s` seconds.
+with jittered exponential backoff while history-svc is UNAVAILABLE or does not answer in
+time (DEADLINE_EXCEEDED: its database is cut off), for up to `retry_s` seconds — a store
+outage pauses a run instead of failing it (issue 18).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from google.protobuf import field_mask_pb2
 
 from chorus.core.deadlines import time_remaining
 from chorus.core.errors import ChorusError, from_rpc_error, from_status
-from chorus.core.identity import current_request_id
+from chorus.core.identity import SYSTEM_USER, current_request_id
 from chorus.orchestrator.auth import CallAuth
 from chorus.v1 import (
     conversation_pb2,
@@ -35,6 +37,7 @@ T = TypeVar("T")
 
 UNARY_TIMEOUT_S = 10.0
 """Deadline of one unary call to history-svc."""
+_RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class HistoryClient:
@@ -44,7 +47,8 @@ class HistoryClient:
         channel: a channel to history-svc, without client interceptors: calls carry their
             metadata from `auth` (the acting user, the internal token, the request id of
             the current RPC) and their own deadlines.
-        retry_s: how long idempotent writes are retried on UNAVAILABLE.
+        retry_s: how long idempotent writes are retried on UNAVAILABLE or
+            DEADLINE_EXCEEDED, seconds (CHORUS_STORE_OUTAGE_LIMIT_S).
         auth: builds the calls' metadata.
     """
 
@@ -65,13 +69,9 @@ class HistoryClient:
             try:
                 return await call()
             except grpc.aio.AioRpcError as exc:
-                if (
-                    retry
-                    and exc.code() == grpc.StatusCode.UNAVAILABLE
-                    and time.monotonic() + delay < deadline
-                ):
+                if retry and exc.code() in _RETRIED_CODES and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 1.0)
+                    delay = min(delay * 2, 2.0)
                     continue
                 raise from_rpc_error(exc) from None
 
@@ -88,6 +88,31 @@ class HistoryClient:
             retry=True,
         )
         return list(response.messages)
+
+    async def context_before_run(
+        self, user: str, conversation_id: str, run_id: str, limit: int
+    ) -> list[conversation_pb2.Message]:
+        """The conversation's latest `limit` messages before `run_id`'s first message (its
+        input), oldest first: a resumed SINGLE run's context, as RecordRunStart read it at
+        the start. Reads the conversation page by page (ListMessages, 1000 a page)."""
+        before: list[conversation_pb2.Message] = []
+        token = ""
+        while True:
+            request = hs.ListMessagesRequest(
+                conversation_id=conversation_id, page_size=1000, page_token=token
+            )
+            response = await self._call(
+                lambda request=request: self.stub.ListMessages(  # type: ignore[misc]
+                    request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+                )
+            )
+            for message in response.messages:
+                if message.run_id == run_id:
+                    return before[-limit:] if limit else []
+                before.append(message)
+            token = response.next_page_token
+            if not token:
+                return before[-limit:] if limit else []
 
     # ----------------------------------------------------------------- run records
     async def record_run_start(
@@ -133,6 +158,46 @@ class HistoryClient:
         )
         return list(response.runs)
 
+    async def claim_run(
+        self, run_id: str, owner_instance: str, lease_epoch: int, stale_after_s: float
+    ) -> tuple[run_pb2.Run, run_pb2.RunCheckpoint | None]:
+        """ClaimRun as the internal identity: the compare-and-set that makes this replica
+        the run's owner. Returns the claimed record (new epoch, attempt) and the latest
+        checkpoint (None: the run restarts from its input). Not retried: a lost answer
+        would read as LEASE_LOST on the retry; the next sweep looks again.
+
+        Raises:
+            chorus.core.errors.FailedPrecondition: RUN_ENDED, LEASE_HELD or LEASE_LOST.
+            chorus.core.errors.NotFound: no such run.
+        """
+        request = hs.ClaimRunRequest(
+            run_id=run_id, owner_instance=owner_instance, lease_epoch=lease_epoch
+        )
+        request.stale_after.FromNanoseconds(int(stale_after_s * 1e9))
+        response = await self._call(
+            lambda: self.stub.ClaimRun(
+                request, metadata=self._md(SYSTEM_USER), timeout=UNARY_TIMEOUT_S
+            )
+        )
+        checkpoint = response.checkpoint if response.HasField("checkpoint") else None
+        return response.run, checkpoint
+
+    async def release_run(self, run_id: str, lease_epoch: int) -> run_pb2.Run:
+        """ReleaseRun as the internal identity (retried: releasing twice is harmless), so
+        another replica claims the run at once.
+
+        Raises:
+            chorus.core.errors.FailedPrecondition: LEASE_LOST (someone claimed it already).
+        """
+        request = hs.ReleaseRunRequest(run_id=run_id, lease_epoch=lease_epoch)
+        response = await self._call(
+            lambda: self.stub.ReleaseRun(
+                request, metadata=self._md(SYSTEM_USER), timeout=UNARY_TIMEOUT_S
+            ),
+            retry=True,
+        )
+        return response.run
+
     async def get_run(self, user: str, run_id: str) -> run_pb2.Run:
         """GetRunRecord; NOT_FOUND for a missing or foreign run."""
         request = hs.GetRunRecordRequest(run_id=run_id)
@@ -155,15 +220,25 @@ class HistoryClient:
 
     # ----------------------------------------------------------------- run events
     async def append_events(
-        self, user: str, run_id: str, events: Sequence[run_pb2.RunEvent]
+        self,
+        user: str,
+        run_id: str,
+        events: Sequence[run_pb2.RunEvent],
+        *,
+        lease_epoch: int = 0,
+        checkpoint: run_pb2.RunCheckpoint | None = None,
     ) -> int:
-        """AppendRunEvents; returns the run's last stored seq.
+        """AppendRunEvents, fenced by `lease_epoch` (0: unfenced), with the run's new
+        `checkpoint` in the same transaction when given; returns the run's last stored seq.
 
         Raises:
-            chorus.core.errors.FailedPrecondition: a gap or a conflicting duplicate (another
-                writer — e.g. a recovery sweep — stored different events at these seqs).
+            chorus.core.errors.FailedPrecondition: LEASE_LOST (another replica claimed the
+                run), or a gap or a conflicting duplicate (another writer stored different
+                events at these seqs).
         """
-        request = hs.AppendRunEventsRequest(run_id=run_id, events=events)
+        request = hs.AppendRunEventsRequest(
+            run_id=run_id, events=events, lease_epoch=lease_epoch, checkpoint=checkpoint
+        )
         response = await self._call(
             lambda: self.stub.AppendRunEvents(
                 request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
@@ -179,6 +254,8 @@ class HistoryClient:
         events: Sequence[run_pb2.RunEvent],
         run: run_pb2.Run,
         paths: Sequence[str],
+        *,
+        lease_epoch: int = 0,
     ) -> run_pb2.Run:
         """AppendRunEvents with the record's `paths` from `run`, in one transaction: a run's
         last events (through the terminal one) and its final record are stored together.
@@ -193,6 +270,7 @@ class HistoryClient:
             events=events,
             run=run,
             update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
+            lease_epoch=lease_epoch,
         )
         response = await self._call(
             lambda: self.stub.AppendRunEvents(
@@ -203,19 +281,20 @@ class HistoryClient:
         return response.run
 
     async def append_event_batches(
-        self, user: str, batches: Sequence[tuple[str, Sequence[run_pb2.RunEvent]]]
+        self, user: str, batches: Sequence[tuple[str, int, Sequence[run_pb2.RunEvent]]]
     ) -> list[int | ChorusError]:
-        """AppendRunEventBatches: many runs' batches in one call (retried on UNAVAILABLE:
-        repeats are idempotent). Returns per batch, in order, the run's last stored seq or
-        the error rejecting that batch (e.g. `FailedPrecondition` SEQ_GAP / SEQ_CONFLICT).
+        """AppendRunEventBatches: many runs' batches `(run_id, lease_epoch, events)` in one
+        call (retried on UNAVAILABLE: repeats are idempotent). Returns per batch, in order,
+        the run's last stored seq or the error rejecting that batch (e.g.
+        `FailedPrecondition` LEASE_LOST / SEQ_GAP / SEQ_CONFLICT).
 
         Raises:
             chorus.core.errors.ChorusError: the call as a whole failed; nothing was stored.
         """
         request = hs.AppendRunEventBatchesRequest(
             batches=[
-                hs.AppendRunEventsRequest(run_id=run_id, events=events)
-                for run_id, events in batches
+                hs.AppendRunEventsRequest(run_id=run_id, events=events, lease_epoch=epoch)
+                for run_id, epoch, events in batches
             ]
         )
         response = await self._call(

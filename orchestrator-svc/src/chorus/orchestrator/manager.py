@@ -13,13 +13,14 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from chorus.core import deadlines, identity
 from chorus.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     ResourceExhausted,
     Unavailable,
 )
@@ -33,7 +34,7 @@ from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.recovery import Liveness, end_orphan
-from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, RunDeps
+from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, Resume, RunDeps
 from chorus.orchestrator.settings import Settings
 from chorus.orchestrator.tools.registry import ToolRegistry
 from chorus.orchestrator.validation import resolve_agent_update, resolve_run_spec
@@ -114,8 +115,7 @@ class RunManager:
         self._tools = tools
         self._templates = dict(templates)
         self.flusher = DeltaFlusher(
-            functools.partial(history.append_event_batches, identity.SYSTEM_USER),
-            interval_s=settings.delta_flush_interval_s,
+            functools.partial(history.append_event_batches, identity.SYSTEM_USER)
         )
         self._deps = RunDeps(
             settings=settings,
@@ -129,7 +129,7 @@ class RunManager:
         self._runs: dict[str, LiveRun] = {}
         self._start_slots = asyncio.Semaphore(settings.max_starting_runs)
         self._accepting = True
-        self.liveness = Liveness(settings, history, lambda: self._runs)
+        self.liveness = Liveness(settings, history, lambda: self._runs, self)
 
     # ----------------------------------------------------------------- lookups
     @property
@@ -232,6 +232,56 @@ class RunManager:
         live.task = asyncio.create_task(self._execute(live), name=f"run-{live.id}")
         return live.snapshot(), live
 
+    def has_capacity(self) -> bool:
+        """Whether this replica accepts another run now (new or resumed)."""
+        return self._accepting and len(self._runs) < self._settings.max_active_runs
+
+    async def resume(
+        self, record: run_pb2.Run, checkpoint: run_pb2.RunCheckpoint | None, reason: str
+    ) -> LiveRun:
+        """Continue a run this replica just claimed (HistoryService.ClaimRun): from its
+        checkpoint, or from its input when it has none. The `agent_updated` events stored
+        after the checkpoint are staged again; a SINGLE team's context is read again.
+
+        Raises:
+            chorus.core.errors.ChorusError: history-svc failed while reading what the run
+                needs (the lease then expires again and a later sweep retries).
+        """
+        from_seq = checkpoint.seq if checkpoint is not None else 0
+        updates = [
+            event
+            async for event in self._stored_events(record.owner, record.id, from_seq)
+            if event.HasField("agent_updated")
+        ]
+        context: list[conversation_pb2.Message] = []
+        if record.spec.team.kind == team_pb2.TEAM_KIND_SINGLE:
+            context = await self._history.context_before_run(
+                record.owner, record.conversation_id, record.id, self._settings.context_messages
+            )
+        live = LiveRun(record, self._deps, resume=Resume(checkpoint, reason, updates, context))
+        self._runs[live.id] = live
+        live.task = asyncio.create_task(self._execute(live), name=f"run-{live.id}")
+        log.warning(
+            "run_resumed",
+            run_id=live.id,
+            attempt=record.attempt,
+            from_seq=from_seq,
+            stored_seq=record.last_seq,
+            reason=reason,
+        )
+        return live
+
+    async def _stored_events(
+        self, user: str, run_id: str, after_seq: int
+    ) -> AsyncIterator[run_pb2.RunEvent]:
+        while True:
+            page = await self._history.list_events(user, run_id, after_seq)
+            if not page:
+                return
+            for event in page:
+                yield event
+            after_seq = page[-1].seq
+
     async def _execute(self, live: LiveRun) -> None:
         try:
             await live.execute()
@@ -322,7 +372,7 @@ class RunManager:
                 yield last
                 cursor = last.seq
                 continue
-            if log_.ended or log_.closed:
+            if log_.closed:  # let go without a terminal event: history-svc has the rest
                 return
             await log_.wait_beyond(cursor)
 
@@ -330,6 +380,13 @@ class RunManager:
         self, user: str, run_id: str, after_seq: int
     ) -> AsyncIterator[run_pb2.RunEvent]:
         record = await self._history.get_run(user, run_id)
+        if record.status not in ACTIVE_STATUSES and after_seq > record.last_seq:
+            # Nobody was shown an event the log does not hold (log before show): a seq
+            # beyond an ended run's last one is the client's mistake, not an empty answer.
+            raise OutOfRange(
+                f"after_seq {after_seq} is beyond the run's last event ({record.last_seq})",
+                [("after_seq", f"must be at most {record.last_seq}")],
+            )
         if record.status in ACTIVE_STATUSES:
             async for event in self._history.watch_events(user, run_id, after_seq):
                 yield event
@@ -376,12 +433,24 @@ class RunManager:
             return record, False, _already(record)
         if record.HasField("cancellation"):
             return record, False, "cancel already requested"
-        if _is_stale(record, self._settings.stale_after_s):
-            terminal = run_pb2.RunEvent(
-                run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=cancellation)
-            )
-            record = await end_orphan(self._history, record, terminal)
-            return record, True, "run cancelled (its orchestrator had stopped)"
+        if _is_stale(record, self._settings.lease_duration_s):  # nobody owns it: end it here
+            try:
+                claimed, _ = await self._history.claim_run(
+                    run_id,
+                    self._settings.instance_id,
+                    record.lease_epoch,
+                    self._settings.lease_duration_s,
+                )
+            except (FailedPrecondition, NotFound):  # claimed or ended meanwhile: forward
+                record = await self._history.get_run(user, run_id)
+            else:
+                terminal = run_pb2.RunEvent(
+                    run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=cancellation)
+                )
+                record = await end_orphan(self._history, claimed, terminal)
+                return record, True, "run cancelled (its orchestrator had stopped)"
+            if record.status not in ACTIVE_STATUSES:
+                return record, False, _already(record)
         try:
             record = await self._history.update_run(
                 user, run_pb2.Run(id=run_id, cancellation=cancellation), ["cancellation"]
@@ -477,17 +546,34 @@ class RunManager:
         """Start heartbeats and the recovery sweep."""
         self.liveness.start()
 
-    async def shutdown(self, timeout_s: float) -> None:
-        """Stop accepting runs, end the live ones as failed (ORCHESTRATOR_STOPPED,
-        retryable) and stop the background loops."""
+    async def hand_over(self, timeout_s: float) -> None:
+        """SIGTERM (issue 18, "Handoff"): accept no new runs; let every live run reach its
+        next turn boundary within `timeout_s` (its checkpoint stored), then release its
+        lease so another replica claims it at once; at the deadline stop the turns still
+        under way (those turns are lost, not the runs) and release those leases too."""
         self._accepting = False
         runs = list(self._runs.values())
         for live in runs:
-            live.request_shutdown()
-        tasks: Iterable[asyncio.Task[None]] = [r.task for r in runs if r.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            live.request_handoff()
+        tasks = [r.task for r in runs if r.task is not None]
+        if not tasks:
+            return
+        log.info("handing_over_runs", runs=len(tasks), timeout_s=timeout_s)
+        # Keep a margin for the releases of the runs stopped at the deadline.
+        margin = min(2.0, timeout_s / 2)
+        _, pending = await asyncio.wait(tasks, timeout=max(timeout_s - margin, 0.0))
+        if pending:
+            for live in runs:
+                if live.task in pending:
+                    live.handoff_now()
+            _, pending = await asyncio.wait(pending, timeout=margin)
             for task in pending:
                 task.cancel()
+        log.info("runs_handed_over", runs=len(tasks), cut_at_deadline=len(pending))
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Hand the live runs over (`hand_over`, if not done already) and stop the
+        background loops."""
+        await self.hand_over(timeout_s)
         await self.flusher.close()
         await self.liveness.stop()

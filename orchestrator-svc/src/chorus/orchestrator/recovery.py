@@ -1,17 +1,23 @@
-"""Liveness of runs across replicas: heartbeats, cross-replica cancels, crash recovery.
+"""Liveness of runs across replicas: leases, heartbeats, cross-replica cancels, resume.
 
+* **Leases.** A run is owned by one orchestrator instance under a lease in history-svc
+  (`Run.owner_instance`, `heartbeat_time`, `lease_epoch`). The owner renews it with its
+  heartbeats; every write it makes carries the epoch, and history-svc refuses writes of
+  an old epoch (FAILED_PRECONDITION, LEASE_LOST) — so an owner frozen past its lease
+  (SIGSTOP, a long pause, a cut network) cannot write into a run someone else took over.
 * **Heartbeats.** Every `heartbeat_interval_s` this replica writes `heartbeat_time` (and
   turns, usage, last stored seq) into the record of every run it executes, all runs in one
   RecordRunHeartbeats call (per 1000). The answer is the stored records, which is how a
   cancel recorded by another replica (`cancellation`) reaches the run's owner, and how the
-  owner learns that someone else ended its run.
-* **Recovery sweep.** At start and every `sweep_interval_s`, active runs whose heartbeat is
-  older than `stale_after_s` (and, at start, active runs recorded under this replica's own
-  `instance_id`, which cannot be alive) are ended: after the last stored event a terminal
-  `run_failed` ("orchestrator stopped", reason ORCHESTRATOR_STOPPED, retryable) is
-  appended, acting as the run's owner, then the record is marked FAILED. A run whose log
-  already ends with a terminal event only gets its record fixed. Two sweepers racing on one
-  run cannot both append: history-svc rejects the second write of a seq.
+  owner learns that its lease was lost or that someone else ended its run.
+* **Sweep.** At start and every `sweep_interval_s`, this replica looks for active runs
+  whose lease is free — released by an owner that handed them over, or whose heartbeat is
+  older than `lease_duration_s` (and, at start, those recorded under this replica's own
+  `instance_id`, which cannot be alive). It claims each with one compare-and-set
+  (HistoryService.ClaimRun; exactly one replica wins) and then: ends it `run_cancelled`
+  when a cancel was recorded meanwhile, `run_failed` (UNAVAILABLE, RESUME_LIMIT,
+  retryable) after `max_run_resumes` resumes, or resumes it from its last checkpoint
+  (`RunManager.resume`, which emits `run_resumed`).
 """
 
 from __future__ import annotations
@@ -20,17 +26,22 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.core import identity
-from chorus.core.errors import ChorusError, FailedPrecondition
+from chorus.core.errors import ChorusError, FailedPrecondition, NotFound, rpc_code
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
 from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.history import HistoryClient
-from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, orchestrator_stopped_error
+from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun
+
+if TYPE_CHECKING:
+    from chorus.orchestrator.manager import RunManager
 from chorus.orchestrator.settings import Settings
 from chorus.v1 import history_service_pb2 as hs
 from chorus.v1 import run_pb2
@@ -67,11 +78,22 @@ def _terminal_record(run_id: str, event: run_pb2.RunEvent) -> tuple[run_pb2.Run,
     return run, paths
 
 
+def resume_limit_error(resumes: int) -> run_pb2.RunError:
+    """The error of a run that lost its owner once more after `resumes` resumes."""
+    return run_pb2.RunError(
+        code=rpc_code(grpc.StatusCode.UNAVAILABLE),
+        message=f"the run lost its orchestrator again after {resumes} resumes",
+        retryable=True,
+        reason="RESUME_LIMIT",
+    )
+
+
 async def end_orphan(
     history: HistoryClient, record: run_pb2.Run, terminal: run_pb2.RunEvent
 ) -> run_pb2.Run:
-    """End a run nobody executes: append `terminal` after its last stored event (unless the
-    log already ends), then make the record match the log's terminal event.
+    """End a run this replica claimed without running it: append `terminal` after its last
+    stored event (unless the log already ends), fenced by the claimed `record.lease_epoch`,
+    then make the record match the log's terminal event.
 
     Acts as the run's owner. Retries when another writer appends meanwhile.
 
@@ -91,8 +113,13 @@ async def end_orphan(
             final.seq = (last.seq if last is not None else start) + 1
             final.time.CopyFrom(now())
             try:
-                await history.append_events(user, record.id, [final])
-            except FailedPrecondition:  # someone appended meanwhile: look again
+                await history.append_events(
+                    user, record.id, [final], lease_epoch=record.lease_epoch
+                )
+            except FailedPrecondition as exc:
+                if exc.reason == "LEASE_LOST":  # someone claimed it after us: theirs now
+                    raise
+                # someone appended meanwhile: look again
                 record = await history.get_run(user, record.id)
                 continue
         run, paths = _terminal_record(record.id, final)
@@ -107,9 +134,10 @@ class Liveness:
     """Heartbeats of this replica's runs and the recovery sweep.
 
     Args:
-        settings: intervals and threshold.
+        settings: intervals, lease duration and resume limit.
         history: history-svc client.
         live_runs: returns the runs executing on this replica.
+        manager: resumes the runs the sweep claims.
     """
 
     def __init__(
@@ -117,10 +145,12 @@ class Liveness:
         settings: Settings,
         history: HistoryClient,
         live_runs: Callable[[], dict[str, LiveRun]],
+        manager: RunManager,
     ) -> None:
         self._settings = settings
         self._history = history
         self._live_runs = live_runs
+        self._manager = manager
         self._tasks: list[asyncio.Task[None]] = []
         self._created_ns = time.time_ns()  # before this process recorded any run
 
@@ -201,7 +231,7 @@ class Liveness:
 
     # ----------------------------------------------------------------- sweep
     async def _active_records(self, *, heartbeat_before: bool) -> list[run_pb2.Run]:
-        stale_ns = time.time_ns() - int(self._settings.stale_after_s * 1e9)
+        stale_ns = time.time_ns() - int(self._settings.lease_duration_s * 1e9)
         cutoff = Timestamp(seconds=stale_ns // 1_000_000_000, nanos=stale_ns % 1_000_000_000)
         found: list[run_pb2.Run] = []
         for status in ACTIVE_STATUSES:
@@ -220,11 +250,12 @@ class Liveness:
         return found
 
     async def sweep(self, *, startup: bool = False) -> int:
-        """End the active runs of stopped orchestrators; returns how many were ended.
+        """Claim the active runs whose lease is free and resume (or end) them; returns how
+        many were claimed.
 
         With `startup`, active runs recorded under this process's own instance id before
-        this process began are ended too, whatever their heartbeat: nothing runs them. A run
-        this process recorded since is left alone: its start may still be under way (its
+        this process began are claimed too, whatever their heartbeat: nothing runs them. A
+        run this process recorded since is left alone: its start may still be under way (its
         record is written before it joins the live runs).
         """
         live = self._live_runs()
@@ -234,24 +265,47 @@ class Liveness:
             for r in await self._active_records(heartbeat_before=False):
                 if r.owner_instance == mine and r.create_time.ToNanoseconds() < self._created_ns:
                     candidates[r.id] = r
-        ended = 0
-        terminal = run_pb2.RunEvent(
-            run_failed=run_pb2.RunEvent.RunFailed(error=orchestrator_stopped_error())
-        )
+        claimed = 0
         for record in candidates.values():
             if record.id in live or record.status not in ACTIVE_STATUSES:
                 continue
+            if not self._manager.has_capacity():
+                break  # the others stay for a replica with room (or the next round)
             try:
-                await end_orphan(self._history, record, terminal)
+                if await self._take_over(record):
+                    claimed += 1
             except ChorusError as exc:
-                log.warning("orphan_not_ended", run_id=record.id, error=exc.message)
-                continue
-            ended += 1
-            metrics.RUNS_RECOVERED.inc()
-            log.warning(
-                "orphan_run_failed",
-                run_id=record.id,
-                owner_instance=record.owner_instance,
-                reason="orchestrator stopped",
+                log.warning("run_takeover_failed", run_id=record.id, error=exc.message)
+        return claimed
+
+    async def _take_over(self, record: run_pb2.Run) -> bool:
+        """Claim `record`'s run and resume or end it; False when another replica (or a
+        live owner) has it."""
+        released = record.heartbeat_time.ToNanoseconds() == 0 and not record.owner_instance
+        try:
+            run, checkpoint = await self._history.claim_run(
+                record.id,
+                self._settings.instance_id,
+                record.lease_epoch,
+                self._settings.lease_duration_s,
             )
-        return ended
+        except (FailedPrecondition, NotFound) as exc:  # LEASE_HELD / LEASE_LOST / RUN_ENDED
+            log.debug("run_claim_refused", run_id=record.id, reason=exc.reason)
+            return False
+        metrics.RUNS_RECOVERED.inc()
+        resumes = run.attempt - 1
+        if run.HasField("cancellation"):  # a cancel recorded while nobody owned it wins
+            terminal = run_pb2.RunEvent(
+                run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=run.cancellation)
+            )
+            await end_orphan(self._history, run, terminal)
+            log.warning("orphan_run_cancelled", run_id=run.id)
+        elif resumes > self._settings.max_run_resumes:
+            terminal = run_pb2.RunEvent(
+                run_failed=run_pb2.RunEvent.RunFailed(error=resume_limit_error(resumes - 1))
+            )
+            await end_orphan(self._history, run, terminal)
+            log.warning("run_resume_limit", run_id=run.id, attempt=run.attempt)
+        else:
+            await self._manager.resume(run, checkpoint, "HANDOFF" if released else "OWNER_LOST")
+        return True

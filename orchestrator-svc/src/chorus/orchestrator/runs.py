@@ -3,15 +3,24 @@
 `LiveRun.execute` is the run's own task, independent of every client stream (DESIGN.md §4):
 
 1. before the task starts, one write (`start_request`, HistoryService.RecordRunStart)
-   stores the new conversation, the RUNNING record, the input message and `run_started`,
-   and reads the conversation context of a SINGLE team; the task builds a fresh team;
-2. run the team in a child task; agents report turns, tool calls and messages through
-   the `RunHooks` methods below, model clients push deltas into the event log;
+   stores the new conversation, the RUNNING record (lease epoch 1), the input message and
+   `run_started`, and reads the conversation context of a SINGLE team — or, for a run this
+   replica claimed after its owner was lost (`LiveRun(..., resume=...)`), the task first
+   stores `run_resumed` and loads the last checkpoint;
+2. drive a fresh team one agent turn per step (`chorus.orchestrator.teams.TeamRunner`);
+   agents report turns, tool calls and messages through the `RunHooks` methods below, model
+   clients push deltas into the event log; at every turn boundary the team's state is
+   saved and stored as the run's checkpoint in the same write as the turn's closing events
+   (`message_completed`, `agent_finished`, `progress`) — issue 18, "Checkpoints";
 3. end with exactly one terminal event — `run_completed`, `run_failed` (provider code and
-   retryable flag, or INTERNAL) or `run_cancelled` — stored before the run record's final
-   status is written.
+   retryable flag, or INTERNAL) or `run_cancelled` — stored with the run record's final
+   status in one write; or, when the process hands its runs over (SIGTERM), stop at a
+   turn boundary and release the lease without a terminal event.
 
-A stop request (cancel, process shutdown, or "another writer ended this run") sets one
+Every write carries the run's lease epoch: history-svc refuses it once another replica
+claimed the run (FAILED_PRECONDITION, LEASE_LOST), and the run then lets go quietly.
+
+A stop request (cancel, process shutdown, or "another writer owns this run now") sets one
 event; the driver then cancels the team's autogen token, which cancels the in-flight
 provider call, and the team stops within milliseconds.
 """
@@ -21,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
-from autogen_agentchat.base import TaskResult, TaskRunner
-from autogen_agentchat.messages import BaseChatMessage, TextMessage
+from autogen_agentchat.base import TaskResult
+from autogen_agentchat.messages import BaseChatMessage
 from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import (
     AssistantMessage,
@@ -55,8 +65,8 @@ from chorus.orchestrator.settings import Settings
 from chorus.orchestrator.teams import (
     AgentState,
     TeamParts,
-    build_team,
-    stop_reason,
+    TeamRunner,
+    build_runner,
     system_messages,
 )
 from chorus.orchestrator.tools.registry import ToolContext, ToolRegistry
@@ -78,6 +88,7 @@ MAX_ARTIFACT_BYTES = 1024 * 1024
 ACTIVE_STATUSES = frozenset({run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING})
 """Statuses of runs that have not ended."""
 _TEAM_STOP_TIMEOUT_S = 5.0
+_RELEASE_TIMEOUT_S = 5.0
 _Event = run_pb2.RunEvent
 _FINAL_PATHS_BASE = ("status", "turns", "usage", "last_seq", "end_time")
 
@@ -90,7 +101,33 @@ class StopKind(enum.Enum):
     SHUTDOWN = "shutdown"
     """This process is stopping: end the run as failed, retryable."""
     ABANDON = "abandon"
-    """Another writer already ended the run (recovery sweep): stop without a terminal event."""
+    """Another replica owns the run now (its lease was lost) or another writer ended it:
+    stop without writing anything more."""
+    HANDOFF = "handoff"
+    """This process is stopping: stop at a turn boundary (or at the deadline, losing the
+    turn under way), release the lease, and let another replica continue the run."""
+
+
+class RunHandedOff(Exception):
+    """The run stopped for a handoff; its lease is released (or expires)."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """How a claimed run continues (HistoryService.ClaimRun's answer).
+
+    Attributes:
+        checkpoint: the last checkpoint; None restarts the team from the input.
+        reason: `RunResumed.reason`: OWNER_LOST or HANDOFF.
+        updates: `agent_updated` events stored after the checkpoint (UpdateRunAgent changes
+            made during the interrupted turn), applied again as staged changes.
+        context: a SINGLE team's earlier conversation messages (its agent's context).
+    """
+
+    checkpoint: run_pb2.RunCheckpoint | None
+    reason: str
+    updates: Sequence[run_pb2.RunEvent] = ()
+    context: Sequence[conversation_pb2.Message] = ()
 
 
 class RunAbandoned(Exception):
@@ -143,14 +180,21 @@ class LiveRun:
 
     Args:
         record: the run to start (RUNNING, spec resolved), not stored yet: see
-            `start_request`.
+            `start_request`; or, with `resume`, the record as claimed (new lease epoch and
+            attempt, `last_seq` the last stored event).
         deps: process-wide collaborators.
         new_conversation: the conversation was created for this run, so it holds no earlier
             messages to read as context.
+        resume: continue a run this replica claimed, from its checkpoint.
     """
 
     def __init__(
-        self, record: run_pb2.Run, deps: RunDeps, *, new_conversation: bool = False
+        self,
+        record: run_pb2.Run,
+        deps: RunDeps,
+        *,
+        new_conversation: bool = False,
+        resume: Resume | None = None,
     ) -> None:
         self.id = record.id
         self._new_conversation = new_conversation
@@ -165,6 +209,8 @@ class LiveRun:
             self._write_events,
             flusher=deps.flusher,
             buffer_events=deps.settings.watcher_buffer_events,
+            next_seq=record.last_seq + 1 if resume is not None else 1,
+            lease_epoch=record.lease_epoch,
             on_rejected=self._events_rejected,
         )
         self.status: run_pb2.RunStatus = record.status
@@ -189,6 +235,35 @@ class LiveRun:
         self.task: asyncio.Task[None] | None = None
         self._request_id = identity.current_request_id()  # of the RPC that created the run
         self._first_client: ProviderChatClient | None = None  # holds a prefetched call
+        self._resume = resume
+        self._runner: TeamRunner | None = None
+        self._last_message = ""
+        self._handoff = False
+        self._opening_turn = resume is None  # a SINGLE run's agent_started went with the start
+        if resume is not None:
+            self._restore(resume)
+
+    def _restore(self, resume: Resume) -> None:
+        """Take the run's progress from its checkpoint (and the changes staged after it)."""
+        cp = resume.checkpoint
+        if cp is not None:
+            self.turns = cp.turns
+            self.usage.CopyFrom(cp.usage)
+            self.speakers = list(cp.speakers)
+            self._messages = cp.message_count
+            self._last_message = cp.last_message
+            for spec in cp.agents:
+                if spec.name in self.states:
+                    self.states[spec.name].spec = spec
+            for spec in cp.pending_agents:
+                if spec.name in self.states:
+                    self.states[spec.name].pending = spec
+        for event in resume.updates:
+            state = self.states.get(event.agent)
+            if state is not None:
+                state.pending = event.agent_updated.agent
+        if resume.context:
+            self._context = context_messages(resume.context, self.spec.team.agents[0].name)
 
     # ------------------------------------------------------------------ control
     @property
@@ -209,6 +284,19 @@ class LiveRun:
         """Ask the run to end as failed (ORCHESTRATOR_STOPPED, retryable): the process stops."""
         if not self.stopping:
             self._stop_kind = StopKind.SHUTDOWN
+            self._stop.set()
+
+    def request_handoff(self) -> None:
+        """Stop at the next turn boundary, after its checkpoint is stored, and release the
+        lease (this process is stopping; another replica continues the run)."""
+        self._handoff = True
+
+    def handoff_now(self) -> None:
+        """The handoff's deadline passed: stop the turn under way (it is lost, not the
+        run) and release the lease."""
+        if not self.stopping:
+            self._handoff = True
+            self._stop_kind = StopKind.HANDOFF
             self._stop.set()
 
     def abandon(self) -> None:
@@ -239,23 +327,39 @@ class LiveRun:
             turns=self.turns,
             usage=self.usage,
             last_seq=self.log.stored_seq,
+            lease_epoch=self.log.lease_epoch,
         )
 
     def on_heartbeat(self, stored: run_pb2.Run) -> None:
-        """React to the record a heartbeat returned: a cross-replica cancel, or an end
-        written by someone else."""
-        if stored.status not in ACTIVE_STATUSES and not self.log.ended:
+        """React to the record a heartbeat returned: a cross-replica cancel, a lease lost to
+        another replica (this one was frozen or cut off past it), or an end written by
+        someone else."""
+        if stored.lease_epoch != self.log.lease_epoch and not self.log.ended:
+            log.warning("run_lease_lost", run_id=self.id, lease_epoch=stored.lease_epoch)
+            self.abandon()
+        elif stored.status not in ACTIVE_STATUSES and not self.log.ended:
             log.warning("run_ended_elsewhere", run_id=self.id, status=stored.status)
             self.abandon()
         elif stored.HasField("cancellation") and self.request_cancel(stored.cancellation):
             log.info("run_cancel_received", run_id=self.id, by=stored.cancellation.requested_by)
 
     # ------------------------------------------------------------------ persistence
-    async def _write_events(self, events: Sequence[run_pb2.RunEvent]) -> None:
+    async def _write_events(
+        self,
+        events: Sequence[run_pb2.RunEvent],
+        checkpoint: run_pb2.RunCheckpoint | None = None,
+    ) -> None:
         try:
-            await self._history.append_events(self.owner, self.id, events)
+            await self._history.append_events(
+                self.owner,
+                self.id,
+                events,
+                lease_epoch=self.log.lease_epoch,
+                checkpoint=checkpoint,
+            )
         except FailedPrecondition as exc:
-            # Someone else (a recovery sweep that took us for dead) wrote these seqs.
+            # LEASE_LOST: another replica claimed the run (we were frozen or cut off past
+            # the lease); or someone else wrote these seqs.
             self.abandon()
             raise RunAbandoned(exc.message) from None
 
@@ -284,7 +388,7 @@ class LiveRun:
             )
             try:
                 self.record = await self._history.append_final_events(
-                    self.owner, self.id, events, final, paths
+                    self.owner, self.id, events, final, paths, lease_epoch=self.log.lease_epoch
                 )
             except FailedPrecondition as exc:
                 # Someone else (a recovery sweep that took us for dead) wrote these seqs or
@@ -304,6 +408,7 @@ class LiveRun:
         # One at a time: an agent that sees a message the run's stream is still reporting
         # waits here, so the message precedes the agent's turn in the log.
         async with self._seen_lock:
+            await self._emit_closing()
             for message in messages:
                 if (
                     message.source in self.states
@@ -316,10 +421,12 @@ class LiveRun:
 
     async def begin_turn(self, agent: str) -> int:
         """See `chorus.orchestrator.teams.RunHooks`."""
+        await self._emit_closing()
         self.turns += 1
         if agent not in self.speakers:
             self.speakers.append(agent)
-        if self._single and self.turns == 1:
+        if self._single and self._opening_turn:
+            self._opening_turn = False
             return 1  # its agent_started went with the run's opening write
         await self.log.emit(_Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns)))
         return self.turns
@@ -365,6 +472,7 @@ class LiveRun:
     async def turn_completed(self, agent: str, turn: int, message: BaseChatMessage) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
         usage = self.states[agent].turn_usage
+        self._last_message = message.to_text()
         if self._single:  # the run's last message: a closing write
             async with self._end_slot():
                 event = await self._message_event(agent, message.to_text(), usage)
@@ -394,12 +502,26 @@ class LiveRun:
         await self._close_turn(*self._turn_end(agent, turn))
 
     async def _close_turn(self, *events: run_pb2.RunEvent) -> None:
-        """Emit the events that close a turn — a SINGLE team's one turn is the run, so they
-        go with the run's end, in its one write."""
-        if self._single:
-            self._closing = events
-        else:
+        """Keep the events that close a turn for the write that follows the turn: the turn
+        boundary's checkpoint write, or the run's end (a SINGLE team's one turn is the run).
+        Anything the team reports before that emits them first (`_emit_closing`)."""
+        await self._emit_closing()
+        self._closing = events
+
+    async def _emit_closing(self, checkpoint: run_pb2.RunCheckpoint | None = None) -> None:
+        """Emit the kept closing events of the last turn (with `checkpoint`: in its write)."""
+        events, self._closing = self._closing, ()
+        if not events:
+            return
+        if checkpoint is None:
             await self.log.emit(*events)
+            return
+
+        async def write_checkpoint(batch: Sequence[run_pb2.RunEvent]) -> None:
+            checkpoint.seq = batch[-1].seq
+            await self._write_events(batch, checkpoint)
+
+        await self.log.emit(*events, writer=write_checkpoint)
 
     def _turn_end(self, agent: str, turn: int) -> tuple[run_pb2.RunEvent, run_pb2.RunEvent]:
         return (
@@ -412,8 +534,12 @@ class LiveRun:
     ) -> run_pb2.RunEvent:
         """The `message_completed` event of a message, stored in the conversation first."""
         self._messages += 1
+        # A resumed run redoes the interrupted turn: its message must not be taken for the
+        # interrupted attempt's (AppendMessages returns a stored client_message_id as is).
+        attempt = self.record.attempt
+        prefix = f"{self.id}/a{attempt}" if attempt > 1 else self.id
         message = conversation_pb2.Message(
-            client_message_id=f"{self.id}/m{self._messages}",
+            client_message_id=f"{prefix}/m{self._messages}",
             role=chat_pb2.ROLE_ASSISTANT,
             agent=agent,
             content=text,
@@ -503,16 +629,20 @@ class LiveRun:
         metrics.RUNS_STARTED.labels(kind).inc()
         log.info("run_started", team_kind=kind, template=self.spec.template or None)
         try:
-            team = await self._start()
-            result = None if team is None else await self._drive(team)
+            runner = await self._start()
+            result = None if runner is None else await self._drive(runner)
             await self._end(result)
         except RunAbandoned as exc:
             log.warning("run_abandoned", reason=str(exc))
+        except RunHandedOff:
+            log.info("run_handed_off", turns=self.turns, stored_seq=self.log.stored_seq)
         except Exception as exc:
             try:
                 await self.fail_from(exc)
             except RunAbandoned as abandoned:
                 log.warning("run_abandoned", reason=str(abandoned))
+            except RunHandedOff:
+                log.info("run_handed_off", turns=self.turns, stored_seq=self.log.stored_seq)
             except Exception as end_exc:  # history-svc unreachable even for the end
                 log.error("run_end_not_recorded", error=repr(end_exc), cause=repr(exc))
         finally:
@@ -591,10 +721,12 @@ class LiveRun:
             self._first_client.drop_prefetch()
             self._first_client = None
 
-    async def _start(self) -> TaskRunner | None:
+    async def _start(self) -> TeamRunner | None:
+        """A fresh team; for a resumed run, after storing `run_resumed`, with the state of
+        the last checkpoint loaded."""
         if self._stop.is_set():
             return None
-        return build_team(
+        runner = build_runner(
             self.spec.team,
             self.spec.max_turns,
             TeamParts(
@@ -608,34 +740,74 @@ class LiveRun:
                 context=self._context,
             ),
         )
+        self._runner = runner
+        resume = self._resume
+        if resume is not None:
+            checkpoint = resume.checkpoint
+            await self.log.emit(
+                _Event(
+                    run_resumed=_Event.RunResumed(
+                        attempt=self.record.attempt,
+                        from_seq=checkpoint.seq if checkpoint is not None else 0,
+                        reason=resume.reason,
+                    )
+                ),
+                durable=True,
+            )
+            if checkpoint is not None:
+                await runner.load_state(json.loads(checkpoint.team_state))
+        return runner
 
-    async def _consume(self, team: TaskRunner) -> TaskResult:
-        task = TextMessage(content=self.spec.input, source="user")
-        result: TaskResult | None = None
-        async for item in team.run_stream(
-            task=task, cancellation_token=self.token, output_task_messages=False
-        ):
-            if isinstance(item, TaskResult):
-                result = item
-            elif isinstance(item, BaseChatMessage):
-                # An orchestrator's own message (plan, instruction, final answer).
-                await self.messages_seen([item])
-        if result is None:
-            raise RuntimeError("the team ended without a result")
-        return result
+    async def _steps(self, runner: TeamRunner) -> TaskResult | None:
+        """Drive the team one agent turn per step, storing a checkpoint at every turn
+        boundary; returns the team's result, or None when a handoff stopped it at a
+        boundary."""
+        resumed = self._resume is not None and self._resume.checkpoint is not None
+        task: str | None = None if resumed else self.spec.input
+        while True:
+            result: TaskResult | None = None
+            async for item in runner.step(task, self.token):
+                if isinstance(item, TaskResult):
+                    result = item
+                elif isinstance(item, BaseChatMessage):
+                    # An orchestrator's own message (plan, instruction, final answer).
+                    await self.messages_seen([item])
+                    self._last_message = item.to_text()
+            task = None
+            if result is None:
+                raise RuntimeError("the team ended a step without a result")
+            if runner.ended(result):
+                return result
+            await self._emit_closing(await self._checkpoint(runner))
+            if self._handoff:
+                return None
 
-    async def _drive(self, team: TaskRunner) -> TaskResult | None:
-        consume = asyncio.create_task(self._consume(team), name=f"run-{self.id}-team")
-        await asyncio.wait({consume, self._stop.future()}, return_when=asyncio.FIRST_COMPLETED)
-        if consume.done():
-            return consume.result()
+    async def _checkpoint(self, runner: TeamRunner) -> run_pb2.RunCheckpoint:
+        """The run's state at a turn boundary (`seq` is set by the write that stores it)."""
+        state = await runner.save_state()
+        return run_pb2.RunCheckpoint(
+            team_state=json.dumps(state, separators=(",", ":")).encode(),
+            agents=[s.spec for s in self.states.values()],
+            pending_agents=[s.pending for s in self.states.values() if s.pending is not None],
+            turns=self.turns,
+            usage=self.usage,
+            message_count=self._messages,
+            speakers=self.speakers,
+            last_message=self._last_message,
+        )
+
+    async def _drive(self, runner: TeamRunner) -> TaskResult | None:
+        steps = asyncio.create_task(self._steps(runner), name=f"run-{self.id}-team")
+        await asyncio.wait({steps, self._stop.future()}, return_when=asyncio.FIRST_COMPLETED)
+        if steps.done():
+            return steps.result()
         self.token.cancel()  # cancels the in-flight provider call and the agents' handlers
-        consume.cancel()
-        await asyncio.wait({consume}, timeout=_TEAM_STOP_TIMEOUT_S)
-        if not consume.done():
+        steps.cancel()
+        await asyncio.wait({steps}, timeout=_TEAM_STOP_TIMEOUT_S)
+        if not steps.done():
             log.warning("team_did_not_stop", timeout_s=_TEAM_STOP_TIMEOUT_S)
-        elif not consume.cancelled() and consume.exception() is not None:
-            log.info("team_stopped_with_error", error=repr(consume.exception()))
+        elif not steps.cancelled() and steps.exception() is not None:
+            log.info("team_stopped_with_error", error=repr(steps.exception()))
         return None
 
     async def _end(self, result: TaskResult | None) -> None:
@@ -646,19 +818,36 @@ class LiveRun:
         elif self._stop_kind is StopKind.SHUTDOWN:
             await self._fail(orchestrator_stopped_error())
         elif self._stop_kind is StopKind.ABANDON:
-            raise RunAbandoned("run ended by another writer")
+            raise RunAbandoned("another replica owns the run now, or it ended elsewhere")
+        elif self._handoff:  # at a turn boundary, or the deadline stopped the turn
+            await self._release()
+            raise RunHandedOff()
+        else:
+            raise RuntimeError("the team stopped without a result or a stop request")
+
+    async def _release(self) -> None:
+        """Store what is pending (the last checkpoint's write above all), then release the
+        lease so another replica claims the run at once. A lease already lost, or a store
+        that does not answer, leaves the claim to the lease's expiry."""
+        try:
+            async with asyncio.timeout(_RELEASE_TIMEOUT_S):
+                await self.log.sync()
+                await self._history.release_run(self.id, self.log.lease_epoch)
+        except (ChorusError, RunAbandoned, TimeoutError) as exc:
+            log.warning("run_release_failed", error=repr(exc))
 
     async def _complete(self, result: TaskResult) -> None:
         messages = [m for m in result.messages if isinstance(m, BaseChatMessage)]
         final = next((m for m in reversed(messages) if m.source != "user"), None)
-        final_answer = final.to_text() if final is not None else ""
+        # A step's result holds that step's messages only: the last turn's may be earlier.
+        final_answer = final.to_text() if final is not None else self._last_message
         await self._end_with(
             _Event(
                 run_completed=_Event.RunCompleted(
                     final_answer=final_answer,
                     agents=self.speakers,
                     usage=self.usage,
-                    stop_reason=stop_reason(self.spec.team.kind, result.stop_reason),
+                    stop_reason=self._runner.stop_reason(result) if self._runner else "completed",
                 )
             ),
             run_pb2.RUN_STATUS_COMPLETED,
@@ -688,7 +877,7 @@ class LiveRun:
         Chorus error keeps its code (retryable when UNAVAILABLE); anything else is a bug
         reported as INTERNAL without internals.
         """
-        if self._stop_kind is not None:
+        if self._stop_kind is not None or self._handoff:
             await self._end(None)
             return
         if self._provider_error is not None:

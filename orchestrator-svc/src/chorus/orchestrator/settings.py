@@ -94,12 +94,6 @@ class Settings(CoreSettings):
     )
 
     # --- events and watchers ------------------------------------------------------------
-    delta_flush_interval_s: float = Field(
-        0.1,
-        gt=0,
-        le=0.1,
-        description="Token deltas are written to history-svc in batches at most this old, seconds.",
-    )
     watcher_buffer_events: int = Field(
         4096,
         ge=64,
@@ -107,25 +101,38 @@ class Settings(CoreSettings):
         "besides the unstored ones; a watcher that falls further behind catches up from "
         "history-svc.",
     )
-    history_retry_s: float = Field(
-        10.0,
+    store_outage_limit_s: float = Field(
+        600.0,
         ge=0,
-        description="How long writes to history-svc are retried while it is UNAVAILABLE, seconds.",
+        description="How long a run waits out an outage of history-svc or its database, "
+        "seconds: its writes are retried with backoff meanwhile (watchers see nothing new, "
+        "the run pauses at its next event write); past this the run fails UNAVAILABLE.",
     )
 
     # --- liveness, cancel and crash recovery -------------------------------------------
     heartbeat_interval_s: float = Field(
         1.0,
         gt=0,
-        description="Interval of run heartbeats (which also deliver cross-replica cancels), s.",
+        description="Interval of run heartbeats, which renew the runs' leases (and deliver "
+        "cross-replica cancels), seconds.",
     )
-    stale_after_s: float = Field(
-        15.0,
+    lease_duration_s: float = Field(
+        4.0,
         gt=0,
-        description="A run whose heartbeat is older than this is failed by the recovery sweep, s.",
+        description="A run's lease expires when its heartbeat is older than this, seconds; "
+        "any replica's sweep then claims the run and resumes it from its last checkpoint.",
     )
     sweep_interval_s: float = Field(
-        5.0, gt=0, description="Interval of the crash-recovery sweep, seconds."
+        0.5,
+        gt=0,
+        description="Interval of the sweep that claims runs whose lease expired or was "
+        "released, seconds (one indexed query per round).",
+    )
+    max_run_resumes: int = Field(
+        3,
+        ge=0,
+        description="Resumes a run may take after losing its owner; one more ends it "
+        "`run_failed` UNAVAILABLE, reason RESUME_LIMIT.",
     )
     cancel_wait_s: float = Field(
         5.0,
@@ -151,6 +158,6 @@ class Settings(CoreSettings):
     def _check(self) -> Settings:
         if self.default_max_turns > self.max_turns_cap:
             raise ValueError("default_max_turns must not exceed max_turns_cap")
-        if self.stale_after_s <= self.heartbeat_interval_s:
-            raise ValueError("stale_after_s must be longer than heartbeat_interval_s")
+        if self.lease_duration_s <= self.heartbeat_interval_s:
+            raise ValueError("lease_duration_s must be longer than heartbeat_interval_s")
         return self
