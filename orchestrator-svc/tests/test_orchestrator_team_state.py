@@ -181,9 +181,12 @@ def selector_reply(messages: Sequence[LLMMessage]) -> str:
     return str(candidates[prompt.count(" reply ") % len(candidates)])
 
 
-def magentic_reply(agents: Sequence[str], done_after: int) -> Callable[..., str]:
+def magentic_reply(
+    agents: Sequence[str], done_after: int, stalls: bool = False
+) -> Callable[..., str]:
     """MagenticOne's orchestrator: facts, plan, a progress ledger (satisfied once the thread
-    holds `done_after` agent replies; next speaker by rotation) and a final answer."""
+    holds `done_after` agent replies; next speaker by rotation; with `stalls` no progress, so
+    it re-plans every third round), updated facts and plan, and a final answer."""
 
     def reply(messages: Sequence[LLMMessage]) -> str:
         prompt = _text(messages[-1])
@@ -191,6 +194,10 @@ def magentic_reply(agents: Sequence[str], done_after: int) -> Callable[..., str]
             return "FACTS"
         if prompt.startswith("Fantastic. To address this request"):
             return "PLAN"
+        if prompt.startswith("As a reminder, we are working to solve the following task"):
+            return "NEW FACTS"
+        if prompt.startswith("Please briefly explain what went wrong"):
+            return "NEW PLAN"
         if prompt.lstrip().startswith("Recall we are working on the following request"):
             replies = sum(1 for m in messages if getattr(m, "source", "") in agents)
             speaker = agents[replies % len(agents)]
@@ -202,7 +209,7 @@ def magentic_reply(agents: Sequence[str], done_after: int) -> Callable[..., str]
                 {
                     "is_request_satisfied": entry(replies >= done_after),
                     "is_in_loop": entry(False),
-                    "is_progress_being_made": entry(True),
+                    "is_progress_being_made": entry(not stalls),
                     "next_speaker": entry(speaker),
                     "instruction_or_question": entry(f"{speaker}, do step {replies + 1}"),
                 }
@@ -237,6 +244,7 @@ class Case:
     replies: Callable[[str], Callable[..., str]] = field(default_factory=agent_reply)
     done_after: int = 1000  # MagenticOne: agent replies before it is satisfied
     tools: dict[str, list[Any]] = field(default_factory=dict)  # agent → its tools
+    stalls: bool = False  # MagenticOne: no progress, re-plans
 
     def spec(self) -> team_pb2.TeamSpec:
         return team_pb2.TeamSpec(
@@ -257,7 +265,7 @@ class Case:
         orchestrator: Callable[..., str] = (
             selector_reply
             if self.kind == SELECTOR
-            else magentic_reply(self.agents, self.done_after)
+            else magentic_reply(self.agents, self.done_after, self.stalls)
         )
         return TeamParts(
             hooks=hooks,
@@ -360,6 +368,13 @@ CASES: dict[str, tuple[Case, list[str], str]] = {
     # MagenticOne's max_turns counts rounds: round max_turns + 1 still runs, then the final
     # answer ("Max rounds reached.") — as in one run_stream.
     "magentic_one_limit": (Case(MAGENTIC_ONE, ["A", "B"], 2), ["A", "B", "A"], "max_turns"),
+    # no progress: rounds 1, 2 are turns, round 3 re-plans (facts and plan again, new ledger),
+    # and so does every round after, until the round limit's final answer
+    "magentic_one_stalls": (
+        Case(MAGENTIC_ONE, ["A", "B"], 4, stalls=True),
+        ["A", "B"],
+        "max_turns",
+    ),
     "single": (Case(SINGLE, ["A"], 5), ["A"], "completed"),
 }
 

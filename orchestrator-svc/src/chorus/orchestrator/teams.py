@@ -12,6 +12,13 @@ A team object is unusable after a cancel or an error (REFERENCE.md), so every ru
 own. Agents are `TurnAgent`s: autogen `AssistantAgent`s that report their turns, tool calls
 and messages to the run (`RunHooks`) as they happen and take staged configuration changes
 (UpdateRunAgent) at the start of their next turn.
+
+Durable runs (issue 18) drive the team through a `TeamRunner` (`build_runner`): one agent
+turn per `step()`, the team stopped between steps, where `save_state()` gives a JSON
+checkpoint that `load_state()` puts into a freshly built runner (another process) whose next
+step continues with the turn that was due — no completed model call repeated, MagenticOne not
+re-planning (`ResumableMagenticOneOrchestrator`), the turn limit counted across steps and
+loads. `build_team` (the team in one `run_stream`) stays for callers that need no checkpoints.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from typing import Any, Protocol
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import (
+    ChatAgent,
     Response,
     TaskResult,
     TaskRunner,
+    Team,
     TerminatedException,
     TerminationCondition,
 )
@@ -302,7 +311,7 @@ class ResumableMagenticOneOrchestrator(MagenticOneOrchestrator):
     @rpc
     async def handle_start(self, message: GroupChatStart, ctx: MessageContext) -> None:  # type: ignore[override]
         if message.messages or not self._task:
-            await super().handle_start(message, ctx)
+            await super().handle_start(message, ctx)  # type: ignore[call-arg]
             return
         if self._termination_condition is not None and self._termination_condition.terminated:
             stop = StopMessage(content="The group chat has already terminated.", source=self._name)
@@ -469,7 +478,7 @@ class TeamRunner:
     """
 
     def __init__(
-        self, kind: int, max_turns: int, team: TaskRunner, agents: Sequence[TurnAgent]
+        self, kind: int, max_turns: int, team: Team | ChatAgent, agents: Sequence[TurnAgent]
     ) -> None:
         self._kind = kind
         self._max_turns = max_turns
@@ -675,6 +684,6 @@ def build_runner(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> T
     if max_turns < 1:
         raise ValueError(f"max_turns must be at least 1, not {max_turns}")
     agents = _agents(team, parts)
-    return TeamRunner(
-        team.kind, max_turns, _build(team, max_turns, parts, agents, step_end=True), agents
-    )
+    built = _build(team, max_turns, parts, agents, step_end=True)
+    assert isinstance(built, Team | ChatAgent)
+    return TeamRunner(team.kind, max_turns, built, agents)
