@@ -4,6 +4,7 @@ produce what the settings expect."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,66 @@ def test_rate_limits_in_limits_notation(limit: str) -> None:
 def test_bad_rate_limit_is_a_validation_error() -> None:
     with pytest.raises(ValidationError, match="not a rate limit"):
         make(rate_limit_runs="ten a minute")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1:50053",
+        "orchestrator:50053",
+        "10.0.0.5:50053,10.0.0.6:50053",
+        " 127.0.0.1:1 , localhost:2 ",
+        "[fd00::5]:50053,[fd00::6]:50053",
+        "dns:///orchestrator.chorus.svc.cluster.local:50053",
+        "ipv4:10.0.0.5:50053,10.0.0.6:50053",
+    ],
+)
+def test_orchestrator_address_takes_one_address_a_list_or_a_dns_name(address: str) -> None:
+    assert make(orchestrator_address=address).orchestrator_address == address.strip()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("", "address is required"),
+        ("orchestrator", "is not host:port"),
+        ("127.0.0.1:http", "is not host:port"),
+        ("127.0.0.1:70000", "is not host:port"),
+        ("10.0.0.5:50053,", "is not host:port"),
+        ("orch-a:50053,orch-b:50053", "dns:///name:port"),
+        ("10.0.0.5:50053,[fd00::6]:50053", "mixes IPv4 and IPv6"),
+    ],
+)
+def test_a_bad_orchestrator_address_is_a_validation_error(address: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        make(orchestrator_address=address)
+
+
+def test_watch_reattach_is_bounded_and_can_be_turned_off() -> None:
+    assert make().watch_reattach_s == 60
+    assert make(watch_reattach_s=0).watch_reattach_s == 0
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        make(watch_reattach_s=-1)
+
+
+def test_process_refuses_to_start_with_a_bad_orchestrator_address_list() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "chorus.gateway"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CHORUS_INTERNAL_TOKEN": "t",
+            "CHORUS_GATEWAY_PORT": "0",
+            "CHORUS_ORCHESTRATOR_ADDRESS": "orch-a:50053,orch-b:50053",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    record = json.loads(done.stderr.strip().splitlines()[-1])
+    assert record["event"] == "configuration_error"
+    assert "orchestrator_address" in record["error"]
+    assert "dns:///name:port" in record["error"]
 
 
 def test_process_refuses_to_start_open_on_a_public_address() -> None:
