@@ -6,6 +6,12 @@
 // Resume: the page keeps the run being watched (its id, the last seq seen and the rendered
 // transcript) in sessionStorage and the run id in the URL (#run=<id>). A reload renders the
 // saved transcript and resumes the stream with Last-Event-ID = last seq, so nothing repeats.
+//
+// run_resumed: the run continues on another orchestrator replica from its checkpoint at
+// fromSeq; what events after fromSeq built (the interrupted turn's partial message) is
+// removed — items remember the seq that created them, turns a snapshot at each boundary
+// (tool call finished, message completed), where checkpoints are taken — and a notice says
+// the turn starts again.
 "use strict";
 
 const API = "/api/v1";
@@ -129,14 +135,37 @@ function scheduleSave() {
   if (saveTimer === null) saveTimer = setTimeout(() => { saveTimer = null; save(); }, SAVE_EVERY_MS);
 }
 
-function currentTurn(agent) {
+function currentTurn(agent, seq) {
   for (let i = model.turns.length - 1; i >= 0; i--) {
     const t = model.turns[i];
-    if (t.kind === "turn" && t.agent === agent && !t.done) return t;
+    if (t.kind === "turn" && t.agent === agent && !t.done) { t.last = seq; return t; }
   }
-  const t = { kind: "turn", agent, turn: 0, text: "", reasoning: "", tools: [], done: false };
+  const t = { kind: "turn", agent, turn: 0, text: "", reasoning: "", tools: [], done: false,
+              seq, last: seq, marks: [] };
   model.turns.push(t);
   return t;
+}
+
+// A turn's state after a boundary event (where the orchestrator may checkpoint the run).
+function mark(t, seq, done = t.done) {
+  (t.marks = t.marks || []).push({ seq, text: t.text, reasoning: t.reasoning,
+                                   tools: JSON.parse(JSON.stringify(t.tools)), done });
+}
+
+// Forgets what events after `fromSeq` built: items they created go, turns they changed go
+// back to their last boundary at or before it (or to empty when they had none).
+function dropAfter(fromSeq) {
+  model.turns = model.turns.filter((item) => (item.seq || 0) <= fromSeq);
+  for (const t of model.turns) {
+    if (t.kind !== "turn" || (t.last || 0) <= fromSeq) continue;
+    const marks = (t.marks || []).filter((m) => m.seq <= fromSeq);
+    const back = marks.length ? marks[marks.length - 1]
+                              : { text: "", reasoning: "", tools: [], done: false };
+    t.text = back.text; t.reasoning = back.reasoning; t.done = back.done;
+    t.tools = JSON.parse(JSON.stringify(back.tools));
+    t.marks = marks;
+    t.last = marks.length ? marks[marks.length - 1].seq : t.seq;
+  }
 }
 
 // Applies one event to the model; returns the transcript item it changed (or null).
@@ -160,44 +189,46 @@ function apply(type, ev) {
     }
     case "agent_started": {
       const t = { kind: "turn", agent, turn: ev.agentStarted.turn || 0, text: "", reasoning: "",
-                  tools: [], done: false };
+                  tools: [], done: false, seq, last: seq, marks: [] };
       model.turns.push(t);
       return t;
     }
     case "text_delta": {
-      const t = currentTurn(agent);
+      const t = currentTurn(agent, seq);
       t.text += ev.textDelta.text || "";
       return t;
     }
     case "reasoning_delta": {
-      const t = currentTurn(agent);
+      const t = currentTurn(agent, seq);
       t.reasoning += ev.reasoningDelta.text || "";
       return t;
     }
     case "tool_call_started": {
-      const t = currentTurn(agent);
+      const t = currentTurn(agent, seq);
       const call = ev.toolCallStarted.call || {};
       t.tools.push({ id: call.id || "", name: call.name || "", args: call.arguments || "",
                      result: null, success: null });
       return t;
     }
     case "tool_call_finished": {
-      const t = currentTurn(agent);
+      const t = currentTurn(agent, seq);
       const call = ev.toolCallFinished.call || {};
       let tool = t.tools.find((x) => x.id && x.id === call.id);
       if (!tool) { tool = { id: call.id || "", name: call.name || "", args: call.arguments || "" }; t.tools.push(tool); }
       tool.result = ev.toolCallFinished.result || "";
       tool.success = !!ev.toolCallFinished.success;
+      mark(t, seq);
       return t;
     }
     case "message_completed": {
-      const t = currentTurn(agent);
+      const t = currentTurn(agent, seq);
       const content = (ev.messageCompleted.message || {}).content || "";
       if (content) t.text = content;   // the whole message is authoritative
+      mark(t, seq, true);
       return t;
     }
     case "agent_finished": {
-      const t = currentTurn(agent);
+      const t = currentTurn(agent, seq);
       t.done = true;
       return t;
     }
@@ -208,7 +239,7 @@ function apply(type, ev) {
         if ("temperature" in (upd.agent || {})) a.temperature = upd.agent.temperature;
         if ((upd.fields || []).includes("system_prompt")) a.systemPrompt = upd.agent.systemPrompt || "";
       }
-      const note = { kind: "note", text: `${(upd.agent || {}).name} updated (${(upd.fields || []).join(", ")}) by ${upd.updatedBy || "?"}` };
+      const note = { kind: "note", seq, text: `${(upd.agent || {}).name} updated (${(upd.fields || []).join(", ")}) by ${upd.updatedBy || "?"}` };
       model.turns.push(note);
       if (a) refreshAgentForm(a);
       return note;
@@ -219,9 +250,19 @@ function apply(type, ev) {
       return null;
     case "artifact": {
       const art = ev.artifact;
-      const item = { kind: "artifact", agent, name: art.name || "", mime: art.mimeType || "", data: art.data || "" };
+      const item = { kind: "artifact", seq, agent, name: art.name || "", mime: art.mimeType || "", data: art.data || "" };
       model.turns.push(item);
       return item;
+    }
+    case "run_resumed": {
+      const resumed = ev.runResumed || {};
+      const fromSeq = Number(resumed.fromSeq || 0);
+      dropAfter(fromSeq);
+      const note = { kind: "note", seq, resumed: true,
+                     text: `Run resumed (attempt ${resumed.attempt || "?"}) from event ${fromSeq}` +
+                           " on another replica: the interrupted turn starts again." };
+      model.turns.push(note);
+      return note;
     }
     case "run_completed":
       model.status = "completed";
@@ -253,7 +294,11 @@ function renderItem(item) {
     rendered.set(item, node);
     $("transcript").appendChild(node);
   }
-  if (item.kind === "note") { node.textContent = item.text; return; }
+  if (item.kind === "note") {
+    node.textContent = item.text;
+    node.classList.toggle("resumed", !!item.resumed);
+    return;
+  }
   if (item.kind === "artifact") {
     node.replaceChildren(el("div", "turn-head", `${item.agent}: ${item.name} (${item.mime})`));
     const href = `data:${item.mime};base64,${item.data}`;
@@ -382,7 +427,8 @@ async function watch(runId, { restored = false } = {}) {
         onEvent: (type, ev) => {
           if (watching !== controller) return "stop";
           const item = apply(type, ev);
-          if (item) renderItem(item);
+          if (type === "run_resumed") renderAll();   // the interrupted turn's nodes go
+          else if (item) renderItem(item);
           if (type === "run_started") renderAgents();
           renderHead();
           scheduleSave();
