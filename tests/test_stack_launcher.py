@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ NAMES = ("provider", "history", "orchestrator", "gateway")
 class Launcher:
     """`python -m chorus.cli.stack` as a subprocess, its output collected line by line."""
 
-    def __init__(self, tmp_path: Path, *, own_session: bool = False) -> None:
+    def __init__(self, tmp_path: Path, *, own_session: bool = False, read: bool = True) -> None:
         self.ports = {name: free_port() for name in NAMES}
         env = {
             **os.environ,
@@ -56,7 +57,8 @@ class Launcher:
         )
         self.lines: list[str] = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
+        if read:
+            threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -300,3 +302,52 @@ def test_the_stop_timeouts_follow_the_grace_period(tmp_path):
     (tmp_path / ".env").write_text("CHORUS_GRACE_PERIOD_S=25\n")
     assert stack.grace_period({}, str(tmp_path / ".env")) == 25.0
     assert stack.grace_period({"CHORUS_GRACE_PERIOD_S": "5"}, str(tmp_path / ".env")) == 5.0
+
+
+def test_the_services_stop_when_the_launcher_is_killed(launcher_factory):
+    launcher = launcher_factory()
+    pids = {n: launcher.pids(n)[0] for n in NAMES}
+    launcher.proc.kill()  # no ordered stop possible: the kernel SIGKILLs every service
+    launcher.proc.wait(10)
+    wait_until(
+        lambda: not any(alive(pid) for pid in pids.values()),
+        10,
+        lambda: f"left running: {[n for n, p in pids.items() if alive(p)]}",
+    )
+
+
+async def test_a_very_long_output_line_does_not_stop_the_pump(capsys):
+    code = "import sys; print('x' * 200_000); print('after'); sys.stdout.flush()"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    await asyncio.wait_for(stack._pump("long", process), 10)
+    await process.wait()
+    out = capsys.readouterr().out
+    assert "long        | [a line longer than 64 KiB was left out]" in out
+    assert "long        | after" in out
+
+
+def test_a_closed_terminal_stops_in_order_without_its_output(tmp_path):
+    """SIGHUP with the launcher's stdout gone: it keeps draining the services and stops them."""
+    launcher = Launcher(tmp_path, read=False)
+    try:
+        assert launcher.proc.stdout is not None
+        fd = launcher.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        output = b""
+        deadline = time.monotonic() + 90
+        while b"all services SERVING" not in output:
+            assert time.monotonic() < deadline, output[-3000:].decode()
+            if select.select([fd], [], [], 0.5)[0]:
+                chunk = os.read(fd, 65536)
+                assert chunk, output[-3000:].decode()
+                output += chunk
+        launcher.lines = output.decode().splitlines()
+        pids = {n: launcher.pids(n)[0] for n in NAMES}
+        launcher.proc.stdout.close()  # the only reader goes away, as a closed terminal does
+        launcher.proc.send_signal(signal.SIGHUP)
+        assert launcher.proc.wait(60) == 0
+        assert not any(alive(pid) for pid in pids.values())
+    finally:
+        launcher.close()

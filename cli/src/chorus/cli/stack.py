@@ -15,7 +15,12 @@ the orchestrator (SIGTERM: it hands its runs over at their next turn boundary wi
 provider-svc and history-svc together, which the handoff still needed. The services run in
 their own sessions, so a terminal's Ctrl-C (SIGINT to the whole foreground process group)
 reaches only the launcher, which does the ordering; a second Ctrl-C kills what is left at once.
-On Linux each service also gets SIGTERM if the launcher itself dies (PR_SET_PDEATHSIG).
+A closed terminal (SIGHUP) stops in order too; the launcher keeps reading the services' output
+(and drops it) once its own stdout is gone, so no service fails writing a log line.
+
+If the launcher itself is killed (`kill -9`, the OOM killer), the kernel SIGKILLs every service
+with it (Linux, PR_SET_PDEATHSIG): their output pipe is gone, so a graceful stop could not even
+log, and a kill is the fault the runs are built to survive — the next `make run` resumes them.
 
 The orchestrator's `CHORUS_INSTANCE_ID` is `orchestrator-1` unless set, stable across restarts
 and launches, so the next `make run` finds the runs the last one left in `./data` as its own.
@@ -57,8 +62,23 @@ BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0  # a service up this long starts its backoff over
 
 
+_stdout_gone = False
+
+
+def _write(data: bytes) -> None:
+    """Write to our stdout; once that fails (terminal closed, pipe reader gone) drop output."""
+    global _stdout_gone
+    if _stdout_gone:
+        return
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except (OSError, ValueError):
+        _stdout_gone = True
+
+
 def say(text: str) -> None:
-    print(f"chorus      | {text}", flush=True)
+    _write(f"chorus      | {text}\n".encode())
 
 
 def restart_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
@@ -72,7 +92,7 @@ def restart_delay(failures: int, rng: Callable[[], float] = random.random) -> fl
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn that gives the child SIGTERM when the launcher dies (Linux), else None."""
+    """A preexec_fn that has the kernel SIGKILL the child when the launcher dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -84,7 +104,7 @@ def _parent_death_signal() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
 
     return preexec
 
@@ -211,10 +231,14 @@ SIMULATOR_BANNER = """
 async def _pump(name: str, process: asyncio.subprocess.Process) -> None:
     assert process.stdout is not None
     prefix = f"{name:<12}| ".encode()
-    out = sys.stdout.buffer
-    while line := await process.stdout.readline():
-        out.write(prefix + line)
-        out.flush()
+    while True:
+        try:
+            line = await process.stdout.readline()
+        except ValueError:  # a line over the stream's limit (64 KiB): dropped, keep reading
+            line = b"[a line longer than 64 KiB was left out]\n"
+        if not line:
+            return
+        _write(prefix + line)
 
 
 async def _grpc_ready(service: Service, deadline: float | None) -> None:
@@ -390,7 +414,7 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
 
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     supervisors = {s.name: Supervisor(s, full_env) for s in services}
     for supervisor in supervisors.values():
@@ -446,7 +470,7 @@ def _announce(services: list[Service], env: Mapping[str, str]) -> None:
             f"{s.name:<12}{s.address}  ({s.grpc_service}; try: grpcurl -plaintext {s.address} list)"
         )
     if not any(env.get(k) for k in PROVIDER_KEYS):
-        print(SIMULATOR_BANNER, flush=True)
+        _write(SIMULATOR_BANNER.encode() + b"\n")
     say("all services SERVING — Ctrl-C stops them in order")
 
 
