@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chorus.cli import stack
 from chorus.core.testing import free_port
+from chorus.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 
 NAMES = ("provider", "history", "orchestrator", "gateway")
 
@@ -351,3 +352,77 @@ def test_a_closed_terminal_stops_in_order_without_its_output(tmp_path):
         assert not any(alive(pid) for pid in pids.values())
     finally:
         launcher.close()
+
+
+def _events(port: int, run_id: str, after_seq: int, until: Callable[[list], bool], timeout: float):
+    """WatchRun from `after_seq` until `until(events)` holds or the stream ends."""
+    events: list = []
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = run_service_pb2_grpc.RunServiceStub(channel)
+        call = stub.WatchRun(
+            run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq), timeout=timeout
+        )
+        try:
+            for reply in call:
+                events.append(reply.event)
+                if until(events):
+                    break
+        except grpc.RpcError as exc:  # the stack went away under the watch
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        finally:
+            call.cancel()
+    return events
+
+
+TERMINAL = ("run_completed", "run_failed", "run_cancelled")
+
+
+def test_ctrl_c_mid_run_then_make_run_again_completes_the_run(tmp_path, monkeypatch):
+    """The issue's `make run`, start a duet, Ctrl-C, `make run` again: the run goes on to its end."""
+    monkeypatch.setenv("CHORUS_SIMULATOR_TOKENS_PER_SECOND", "60")  # turns of a few seconds
+    first = Launcher(tmp_path)
+    try:
+        first.wait_line(r"all services SERVING", 90)
+        port = first.ports["orchestrator"]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            run = (
+                run_service_pb2_grpc.RunServiceStub(channel)
+                .CreateRun(
+                    run_service_pb2.CreateRunRequest(
+                        spec=run_pb2.RunSpec(template="duet", input="Tabs or spaces?", max_turns=4)
+                    ),
+                    timeout=30,
+                )
+                .run
+            )
+
+        def in_second_turn(events: list) -> bool:  # the first turn's checkpoint is stored
+            return events[-1].HasField("text_delta") and any(
+                e.HasField("message_completed") for e in events
+            )
+
+        shown = _events(port, run.id, 0, in_second_turn, 60)
+        assert in_second_turn(shown), shown
+        first.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert first.proc.wait(60) == 0, first.tail()
+    finally:
+        first.close()
+
+    second = Launcher(tmp_path)
+    try:
+        second.wait_line(r"all services SERVING", 90)
+        port = second.ports["orchestrator"]
+        rest = _events(
+            port, run.id, shown[-1].seq, lambda es: es[-1].WhichOneof("payload") in TERMINAL, 120
+        )
+        assert rest and rest[-1].HasField("run_completed"), rest[-3:]
+        assert [e.seq for e in rest] == list(range(shown[-1].seq + 1, rest[-1].seq + 1))
+        log = _events(port, run.id, 0, lambda es: es[-1].WhichOneof("payload") in TERMINAL, 30)
+        assert [e.seq for e in log] == list(range(1, len(log) + 1))
+        assert log[: len(shown)] == shown  # what was shown before Ctrl-C is the stored log
+        assert log[len(shown) :] == rest
+        assert sum(e.WhichOneof("payload") in TERMINAL for e in log) == 1
+        assert any(e.HasField("run_resumed") for e in rest), [e.WhichOneof("payload") for e in rest]
+    finally:
+        second.close()
