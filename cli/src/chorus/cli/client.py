@@ -4,6 +4,10 @@ The CLI is an engineer's tool that speaks gRPC to the services directly, so it p
 user name (`CHORUS_USER`, default `dev` — the identity of `make run`'s dev mode and of the
 gateway with `CHORUS_AUTH_MODE=none`, so the browser sees the CLI's runs) and, against a
 stack that is not in dev mode, the internal token (`CHORUS_INTERNAL_TOKEN`).
+
+Addresses may name several replicas, as the gateway's do: a comma-separated list of
+`ip:port`, or `dns:///name:port` — calls go round robin (`chorus.core.channels`). A stream
+whose replica goes away is followed again on another (`reattachable`, `chorus.cli.main`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,37 @@ from dataclasses import dataclass
 import grpc
 
 from chorus.core import identity
+from chorus.core.channels import balanced_target
 from chorus.v1 import (
     history_service_pb2_grpc,
     provider_service_pb2_grpc,
     run_service_pb2_grpc,
 )
+
+_REATTACH_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+
+
+def reattachable(error: BaseException) -> bool:
+    """Whether a run stream that failed with `error` may be followed again on another
+    replica: its server went away or is shutting down (UNAVAILABLE; CANCELLED or an HTTP/2
+    stream reset from the server — the CLI's own cancel is Ctrl-C, never an error here).
+    Every other code (NOT_FOUND, PERMISSION_DENIED, …) is final."""
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return False
+    code = error.code()
+    return code in _REATTACH_CODES or (
+        code == grpc.StatusCode.INTERNAL and "RST_STREAM" in (error.details() or "")
+    )
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """A channel to `address` (`host:port`, a list of `ip:port`, or `dns:///name:port`).
+
+    Raises:
+        ValueError: a malformed list of addresses.
+    """
+    target, options = balanced_target(address)
+    return grpc.aio.insecure_channel(target, options=options)
 
 
 @dataclass
@@ -26,7 +56,8 @@ class Connection:
     """Where the services are and who is calling.
 
     Attributes:
-        orchestrator / history / provider: `host:port` of each gRPC service.
+        orchestrator / history / provider: `host:port` of each gRPC service (or several:
+            `channel`).
         user: the identity sent as `x-chorus-user`.
         token: the internal token (None in dev mode).
     """

@@ -2,6 +2,13 @@
 
 Exit codes: 0 success (run completed), 1 run failed, 2 usage error, 3 run cancelled,
 4 the service answered with an error or could not be reached, 5 detached from a live run.
+
+`chorus run` and `chorus watch` survive the loss of the orchestrator replica serving them:
+when the stream fails UNAVAILABLE (or is cancelled / reset by the server) they follow the
+run again — `WatchRun` after the last seq printed, on any replica — with jittered backoff
+(tenacity) for up to `--reattach-s` (`CHORUS_WATCH_REATTACH_S`, 60 s) without news, so the
+output goes on without a gap or a repeat. A first call that fails before any event fails
+at once, as before (nothing was followed yet: the stack is probably down).
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,8 +26,16 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.prompt import Prompt
 from rich.table import Table
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
-from chorus.cli.client import Connection
+from chorus.cli.client import Connection, reattachable
+from chorus.cli.client import channel as open_channel
 from chorus.cli.render import RunRenderer
 from chorus.v1 import (
     chat_pb2,
@@ -28,6 +43,7 @@ from chorus.v1 import (
     provider_service_pb2,
     run_pb2,
     run_service_pb2,
+    run_service_pb2_grpc,
 )
 
 EXIT_FAILED, EXIT_CANCELLED, EXIT_RPC_ERROR, EXIT_DETACHED = 1, 3, 4, 5
@@ -44,6 +60,14 @@ T = TypeVar("T")
 
 _defaults = Connection.from_env()
 _conn = Connection(**vars(_defaults))
+
+REATTACH_S = 60.0
+"""Default of `--reattach-s`: how long a lost run stream is followed again, seconds."""
+REATTACH_FIRST_WAIT_S = 0.05
+"""Scale of the full-jitter exponential backoff between attempts (tenacity)."""
+REATTACH_MAX_WAIT_S = 2.0
+"""Longest wait between two attempts."""
+_options: dict[str, float] = {"reattach_s": REATTACH_S}
 
 
 @app.callback()
@@ -66,10 +90,20 @@ def connect(
             envvar="CHORUS_INTERNAL_TOKEN", help="Internal token of the stack.", show_default=False
         ),
     ] = _defaults.token,
+    reattach_s: Annotated[
+        float,
+        typer.Option(
+            envvar="CHORUS_WATCH_REATTACH_S",
+            min=0,
+            help="Seconds `run` / `watch` keep trying to follow the run on another "
+            "orchestrator replica when theirs goes away (0: never).",
+        ),
+    ] = REATTACH_S,
 ) -> None:
     """Connection and identity, from flags or the environment."""
     _conn.orchestrator, _conn.history, _conn.provider = orchestrator, history, provider
     _conn.user, _conn.token = user, token
+    _options["reattach_s"] = reattach_s
 
 
 def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -78,6 +112,9 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except grpc.aio.AioRpcError as err:
         err_console.print(f"[red]error:[/red] {err.code().name}: {err.details()}")
         raise typer.Exit(EXIT_RPC_ERROR) from None
+    except ValueError as err:  # a malformed address list
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
 
 
 def _json(message: Any) -> dict[str, Any]:
@@ -88,9 +125,75 @@ def _status_name(status: int) -> str:
     return run_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
 
 
-async def _follow(stream: AsyncIterator[Any], renderer: RunRenderer) -> None:
-    async for item in stream:
-        renderer.handle(item.event)
+OpenStream = Callable[[run_service_pb2_grpc.RunServiceStub], Any]
+"""Opens the first call of a run stream (StreamRun or WatchRun) on a stub."""
+
+
+async def _follow(
+    stub: run_service_pb2_grpc.RunServiceStub,
+    open_first: OpenStream,
+    renderer: RunRenderer,
+    reattach_s: float,
+) -> None:
+    """Render the run's events until its stream ends; when the stream fails in a way
+    another replica can take over (`reattachable`), follow the run again after the last
+    seq rendered (WatchRun), with jittered backoff for up to `reattach_s` seconds without
+    news.
+
+    Raises:
+        grpc.aio.AioRpcError: a final error, or the last one when the time ran out.
+    """
+
+    def retryable(error: BaseException) -> bool:
+        return (
+            reattach_s > 0
+            and renderer.rendered > 0  # the stream was up: its replica went away
+            and not renderer.outcome
+            and reattachable(error)
+        )
+
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else "?"
+        renderer.note(
+            f"… lost the orchestrator ({code}); following the run again after seq "
+            f"{renderer.last_seq} (attempt {state.attempt_number + 1})"
+        )
+
+    def open_call() -> Any:
+        if renderer.rendered:  # follow the run after what was rendered, on any replica
+            return stub.WatchRun(
+                run_service_pb2.WatchRunRequest(
+                    run_id=renderer.run_id, after_seq=renderer.last_seq
+                ),
+                metadata=_conn.metadata,
+            )
+        return open_first(stub)
+
+    while True:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=wait_random_exponential(multiplier=REATTACH_FIRST_WAIT_S, max=REATTACH_MAX_WAIT_S),
+            stop=stop_after_delay(reattach_s),
+            before_sleep=waiting,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                call = open_call()
+                item = await call.read()  # the first news (or the error) of this call
+        try:
+            while item is not grpc.aio.EOF:
+                renderer.handle(item.event)
+                item = await call.read()
+            return
+        except grpc.aio.AioRpcError as err:
+            if not retryable(err):
+                raise
+            renderer.note(
+                f"… lost the orchestrator ({err.code().name}); following the run again "
+                f"after seq {renderer.last_seq}"
+            )
 
 
 def _parse_models(models: list[str]) -> dict[str, chat_pb2.ModelRef]:
@@ -105,21 +208,30 @@ def _parse_models(models: list[str]) -> dict[str, chat_pb2.ModelRef]:
 
 
 def _stream_run(
-    open_stream: Callable[[grpc.aio.Channel], Any], on_interrupt: str, *, after_seq: int = 0
+    open_first: OpenStream, on_interrupt: str, *, run_id: str = "", after_seq: int = 0
 ) -> int:
-    """Render a run stream; handle Ctrl-C by cancelling or detaching. Returns the exit code."""
+    """Render a run stream (reattaching to another replica when its own goes away); handle
+    Ctrl-C by cancelling or detaching. Returns the exit code."""
     renderer = RunRenderer(console)
     renderer.last_seq = after_seq
+    renderer.run_id = run_id
 
     async def main() -> None:
-        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+        async with open_channel(_conn.orchestrator) as channel:
             with renderer:
-                await _follow(open_stream(channel), renderer)
+                await _follow(_conn.runs(channel), open_first, renderer, _options["reattach_s"])
 
     try:
         asyncio.run(main())
+    except ValueError as err:  # a malformed address list
+        err_console.print(f"[red]error:[/red] {err}")
+        return 2
     except grpc.aio.AioRpcError as err:
         err_console.print(f"[red]error:[/red] {err.code().name}: {err.details()}")
+        if renderer.run_id and not renderer.outcome:
+            err_console.print(
+                f"follow it again with: chorus watch {renderer.run_id} --after {renderer.last_seq}"
+            )
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         if not renderer.run_id:
@@ -149,7 +261,7 @@ def _stream_run(
 
 
 async def _cancel(run_id: str, reason: str) -> run_service_pb2.CancelRunResponse:
-    async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+    async with open_channel(_conn.orchestrator) as channel:
         return await _conn.runs(channel).CancelRun(
             run_service_pb2.CancelRunRequest(run_id=run_id, reason=reason), metadata=_conn.metadata
         )
@@ -183,7 +295,7 @@ def run(
         model_overrides=_parse_models(model),
     )
     code = _stream_run(
-        lambda ch: _conn.runs(ch).StreamRun(
+        lambda stub: stub.StreamRun(
             run_service_pb2.StreamRunRequest(spec=spec), metadata=_conn.metadata
         ),
         on_interrupt,
@@ -199,10 +311,11 @@ def watch(
 ) -> None:
     """Follow a run (live or finished) from the event after --after."""
     code = _stream_run(
-        lambda ch: _conn.runs(ch).WatchRun(
+        lambda stub: stub.WatchRun(
             run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after), metadata=_conn.metadata
         ),
         on_interrupt,
+        run_id=run_id,
         after_seq=after,
     )
     raise typer.Exit(code)
@@ -229,7 +342,7 @@ def runs_list(
             raise typer.BadParameter(f"unknown status {status!r}") from None
 
     async def call() -> run_service_pb2.ListRunsResponse:
-        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+        async with open_channel(_conn.orchestrator) as channel:
             return await _conn.runs(channel).ListRuns(
                 run_service_pb2.ListRunsRequest(
                     page_size=limit, conversation_id=conversation, status=status_value
@@ -262,7 +375,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> N
     """Show one run as JSON."""
 
     async def call() -> run_service_pb2.GetRunResponse:
-        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+        async with open_channel(_conn.orchestrator) as channel:
             return await _conn.runs(channel).GetRun(
                 run_service_pb2.GetRunRequest(run_id=run_id), metadata=_conn.metadata
             )
@@ -290,7 +403,7 @@ def runs_export(
     """Export a run: its record, its messages and all its events, as JSON."""
 
     async def call() -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(_conn.history) as channel:
+        async with open_channel(_conn.history) as channel:
             history = _conn.history_stub(channel)
             run_rec = (
                 await history.GetRunRecord(
@@ -335,7 +448,7 @@ def conversations_list(limit: Annotated[int, typer.Option(help="Page size.")] = 
     """List your conversations, most recently updated first."""
 
     async def call() -> history_service_pb2.ListConversationsResponse:
-        async with grpc.aio.insecure_channel(_conn.history) as channel:
+        async with open_channel(_conn.history) as channel:
             return await _conn.history_stub(channel).ListConversations(
                 history_service_pb2.ListConversationsRequest(page_size=limit),
                 metadata=_conn.metadata,
@@ -360,7 +473,7 @@ def conversations_show(
     """Show a conversation and its messages."""
 
     async def call() -> history_service_pb2.GetConversationResponse:
-        async with grpc.aio.insecure_channel(_conn.history) as channel:
+        async with open_channel(_conn.history) as channel:
             return await _conn.history_stub(channel).GetConversation(
                 history_service_pb2.GetConversationRequest(
                     conversation_id=conversation_id, include_messages=True
@@ -381,7 +494,7 @@ def models() -> None:
     """List the configured models."""
 
     async def call() -> provider_service_pb2.ListModelsResponse:
-        async with grpc.aio.insecure_channel(_conn.provider) as channel:
+        async with open_channel(_conn.provider) as channel:
             return await _conn.provider_stub(channel).ListModels(
                 provider_service_pb2.ListModelsRequest(), metadata=_conn.metadata
             )
@@ -404,7 +517,7 @@ def teams() -> None:
     """List the team templates."""
 
     async def call() -> run_service_pb2.ListTeamTemplatesResponse:
-        async with grpc.aio.insecure_channel(_conn.orchestrator) as channel:
+        async with open_channel(_conn.orchestrator) as channel:
             return await _conn.runs(channel).ListTeamTemplates(
                 run_service_pb2.ListTeamTemplatesRequest(), metadata=_conn.metadata
             )

@@ -3,6 +3,12 @@
 Finished messages, tool calls and status lines are printed above a live area that shows the
 agent currently speaking (its text as tokens arrive) and a progress bar (turn n of max).
 Model output is printed as plain text (rich markup is not interpreted).
+
+What a turn shows is printed for good only at its boundaries — a tool call finished, a
+message completed, an agent finished (where the orchestrator checkpoints a run); until then
+it stays in the live area. So when the run continues on another replica (`run_resumed`:
+the events after `from_seq` were the interrupted turn's), that partial message is replaced:
+the live area is cleared, a line says the turn restarts, and the turn renders again.
 """
 
 from __future__ import annotations
@@ -38,38 +44,80 @@ class RunRenderer:
             transient=True,
         )
         self.task = self.progress.add_task("turns", total=None)
-        self.live = Live(self._view(), console=console, refresh_per_second=15, transient=True)
         self.last_seq = 0
+        self.rendered = 0
+        """Events rendered by this renderer (a stream that rendered some was up)."""
+        self.pending: list[Text] = []
+        """Lines of the turn under way since its last boundary: live, printed at the next."""
+        self.committed_seq = 0
+        """The seq of the last boundary: everything up to it is printed."""
         self.outcome: str | None = None
         self.final_answer = ""
         self.run_id = ""
+        self.live = Live(self._view(), console=console, refresh_per_second=15, transient=True)
 
     def _view(self) -> Group:
         header = (
             Text(f"{self.current_agent} ▸ ", style="bold cyan") if self.current_agent else Text()
         )
-        return Group(header + self.current_text, self.progress)
+        return Group(*self.pending, header + self.current_text, self.progress)
 
     def __enter__(self) -> RunRenderer:
         self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._flush_text()  # leaving early (Ctrl-C, an error): keep what was shown
+        self._commit(self.last_seq)
+        self.live.update(self._view())
         self.live.__exit__(None, None, None)
+
+    def note(self, message: str) -> None:
+        """A status line of the CLI's own (e.g. following the run again)."""
+        self.console.print(Text(message, style="dim"))
+
+    def _emit(self, line: Text) -> None:
+        self.pending.append(line)
+
+    def _commit(self, seq: int) -> None:
+        """A boundary at `seq`: print the turn's pending lines for good."""
+        for line in self.pending:
+            self.console.print(line)
+        self.pending = []
+        self.committed_seq = seq
 
     def _flush_text(self) -> None:
         if self.current_text.plain.strip():
-            self.console.print(
-                Text(f"{self.current_agent} ▸ ", style="bold cyan") + self.current_text
-            )
+            self._emit(Text(f"{self.current_agent} ▸ ", style="bold cyan") + self.current_text)
         self.current_text = Text()
 
+    def _resumed(self, event: run_pb2.RunEvent) -> None:
+        resumed = event.run_resumed
+        self.pending = []  # the interrupted turn's partial message, and its lines
+        self.current_text = Text()
+        self.current_agent = ""
+        self.console.print(
+            Text(
+                f"— run resumed (attempt {resumed.attempt}) from seq {resumed.from_seq}: "
+                "the interrupted turn restarts —",
+                style="bold magenta",
+            )
+        )
+        if resumed.from_seq < self.committed_seq:  # never expected: boundaries are stored
+            self.note(f"(events {resumed.from_seq + 1}–{self.committed_seq} above are void)")
+        self.committed_seq = event.seq
+
     def handle(self, event: run_pb2.RunEvent) -> None:
-        """Render one event (events must arrive in seq order)."""
+        """Render one event (events must arrive in seq order; a repeat is ignored)."""
+        if event.seq and event.seq <= self.last_seq:
+            return
         self.last_seq = event.seq
+        self.rendered += 1
         self.run_id = event.run_id or self.run_id
         kind = event.WhichOneof("payload")
-        if kind == "run_started":
+        if kind == "run_resumed":
+            self._resumed(event)
+        elif kind == "run_started":
             run = event.run_started.run
             self.console.print(
                 Text(
@@ -94,23 +142,25 @@ class RunRenderer:
             if not self.current_text.plain.strip():
                 self.current_text = Text(event.message_completed.message.content)
             self._flush_text()
+            self._commit(event.seq)
         elif kind == "tool_call_started":
             call = event.tool_call_started.call
             self._flush_text()
-            self.console.print(
+            self._emit(
                 Text(f"  ⚙ {event.agent} calls {call.name}({call.arguments})", style="yellow")
             )
         elif kind == "tool_call_finished":
             done = event.tool_call_finished
             mark = "✓" if done.success else "✗"
-            self.console.print(
+            self._emit(
                 Text(
                     f"  {mark} {done.call.name} → {done.result[:500]}",
                     style="yellow" if done.success else "red",
                 )
             )
+            self._commit(event.seq)
         elif kind == "agent_updated":
-            self.console.print(
+            self._emit(
                 Text(
                     f"  ✎ {event.agent} updated: {', '.join(event.agent_updated.fields)}",
                     style="magenta",
@@ -121,11 +171,15 @@ class RunRenderer:
             self.progress.update(self.task, completed=p.turn, total=p.max_turns or None)
         elif kind == "artifact":
             a = event.artifact
-            self.console.print(
+            self._emit(
                 Text(f"  ▣ artifact {a.name} ({a.mime_type}, {len(a.data)} bytes)", style="blue")
             )
+        elif kind == "agent_finished":
+            self._flush_text()
+            self._commit(event.seq)
         elif kind in TERMINAL:
             self._flush_text()
+            self._commit(event.seq)
             self.outcome = kind
             if kind == "run_completed":
                 c = event.run_completed
