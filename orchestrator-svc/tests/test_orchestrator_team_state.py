@@ -565,6 +565,8 @@ async def test_runner_rules() -> None:
             pass
     with pytest.raises(ValueError, match="at least 1"):
         build_runner(case.spec(), 0, case.parts(Calls()))
+    single = Case(SINGLE, ["A"], 1)
+    build_runner(single.spec(), 0, single.parts(Calls()))  # SINGLE has no turn limit to check
 
 
 async def test_a_cancelled_step_leaves_the_runner_unusable() -> None:

@@ -675,13 +675,14 @@ def build_runner(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> T
 
     Args:
         team: the resolved, validated team.
-        max_turns: the run's turn limit (MagenticOne: orchestrator rounds), ≥ 1.
+        max_turns: the run's turn limit (MagenticOne: orchestrator rounds), ≥ 1; ignored by
+            SINGLE (one turn).
         parts: hooks, clients and tools.
 
     Raises:
-        ValueError: an unsupported team kind, or `max_turns` < 1.
+        ValueError: an unsupported team kind, or `max_turns` < 1 for a group chat.
     """
-    if max_turns < 1:
+    if max_turns < 1 and team.kind != team_pb2.TEAM_KIND_SINGLE:
         raise ValueError(f"max_turns must be at least 1, not {max_turns}")
     agents = _agents(team, parts)
     built = _build(team, max_turns, parts, agents, step_end=True)
