@@ -87,7 +87,10 @@ async def test_one_round_is_one_call_for_every_live_run_and_delivers_a_recorded_
     dead = grpc.aio.insecure_channel("127.0.0.1:1")
     try:
         unreachable = Liveness(
-            stack.orchestrator.settings, HistoryClient(dead, retry_s=0), lambda: live
+            stack.orchestrator.settings,
+            HistoryClient(dead, retry_s=0),
+            lambda: live,
+            stack.orchestrator.manager,
         )
         beating = len([r for r in live.values() if not r.log.ended])
         await unreachable.heartbeat_all()

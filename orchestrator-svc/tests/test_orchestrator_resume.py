@@ -14,6 +14,7 @@ from orchestrator_helpers import (
     agent,
     assert_well_formed,
     duet,
+    fields_of,
     orchestrator_process,
     read_rest,
     read_until,
@@ -36,8 +37,11 @@ async def test_watch_after_every_seq_of_a_finished_run_returns_exactly_the_rest(
     events = await alice.stream(spec(team_spec=duet(turns=3)))
     assert_well_formed(events)
     run_id = events[0].run_id
-    for k in range(len(events) + 2):
+    for k in range(len(events) + 1):
         assert await alice.watch(run_id, after_seq=k) == events[k:], f"after_seq={k}"
+    # Nobody was shown a seq past the end (log before show): asking for one is an error.
+    err = await rpc_error(alice.watch(run_id, after_seq=len(events) + 1))
+    assert err.code == grpc.StatusCode.OUT_OF_RANGE and fields_of(err) == {"after_seq"}
 
 
 @BOTH_BACKENDS

@@ -210,6 +210,8 @@ class RunManager:
             conversation_id=conversation.id if conversation else resolved.conversation_id,
             status=run_pb2.RUN_STATUS_RUNNING,
             owner_instance=self._settings.instance_id,
+            lease_epoch=1,  # this replica's lease, from the start (history-svc's rule too)
+            attempt=1,
             heartbeat_time=created_at,
             create_time=created_at,
             start_time=created_at,

@@ -689,6 +689,7 @@ class LiveRun:
         """The opening write is stored: `record` as stored, `earlier` the conversation's
         messages before the input (the context of a SINGLE team's agent)."""
         self.record = record
+        self.log.lease_epoch = record.lease_epoch
         if earlier:
             self._context = context_messages(earlier, self.spec.team.agents[0].name)
 

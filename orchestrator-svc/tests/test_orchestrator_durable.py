@@ -1,0 +1,290 @@
+"""Durable runs (issue 18): a run survives the loss or restart of its orchestrator.
+
+Each test runs one orchestrator replica as a child process (`python -m chorus.orchestrator`)
+beside the stack's own replica (in this process; lease 1 s, sweep every 0.2 s), kills,
+stops, freezes or cuts the child at a chosen point, and checks what the issue promises:
+
+* every run still ends `run_completed` (or as asked: cancelled, RESUME_LIMIT);
+* the stored log is gapless with one terminal event, and whatever a watcher was shown
+  equals the stored events at those seqs (log before show);
+* the run continues from its last checkpoint after a `run_resumed` event, and no completed
+  model call is made twice (the simulator records every request it received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections import Counter
+
+import grpc
+import pytest
+from orchestrator_helpers import (
+    BOTH_BACKENDS,
+    RunClient,
+    Stack,
+    agent,
+    assert_well_formed,
+    orchestrator_process,
+    read_rest,
+    read_until,
+    sim,
+    spec,
+    team,
+)
+
+from chorus.core.testing import wait_for
+from chorus.v1 import history_service_pb2 as hs
+from chorus.v1 import run_pb2, team_pb2
+
+ROUND_ROBIN = team_pb2.TEAM_KIND_ROUND_ROBIN
+TURNS = 4
+
+
+def paced_duet(tokens_per_second: float = 150.0, output_tokens: int = 150) -> team_pb2.TeamSpec:
+    """Two agents, 4 turns, each reply streaming for about a second."""
+    options = sim(tokens_per_second=tokens_per_second, output_tokens=output_tokens)
+    return team(
+        ROUND_ROBIN,
+        agent("Ada", simulator=options),
+        agent("Blaise", simulator=options),
+        max_turns=TURNS,
+    )
+
+
+def in_second_turn(event: run_pb2.RunEvent) -> bool:
+    """A delta of the second turn: the first turn's checkpoint is written by then."""
+    return event.HasField("text_delta") and event.agent == "Blaise"
+
+
+def payload(event: run_pb2.RunEvent) -> str:
+    return str(event.WhichOneof("payload"))
+
+
+def completed_turns(events: list[run_pb2.RunEvent]) -> list[run_pb2.RunEvent]:
+    """The events a client keeps: those of interrupted turns (after a `run_resumed`'s
+    `from_seq`, before it) dropped, as the page and the CLI do."""
+    kept: list[run_pb2.RunEvent] = []
+    for event in events:
+        if event.HasField("run_resumed"):
+            kept = [e for e in kept if e.seq <= event.run_resumed.from_seq]
+        kept.append(event)
+    return kept
+
+
+def assert_no_completed_call_repeated(stack: Stack, interrupted: int) -> None:
+    """Every model request reached the simulator once, but for at most `interrupted` repeats
+    (the calls of turns that were under way when their owner was lost)."""
+    seen = Counter(request.SerializeToString(deterministic=True) for request in stack.received)
+    repeats = sum(n - 1 for n in seen.values())
+    assert repeats <= interrupted, f"{repeats} model calls repeated"
+
+
+async def start_and_watch(
+    client: RunClient, team_spec: team_pb2.TeamSpec, until=in_second_turn
+) -> tuple[str, list[run_pb2.RunEvent]]:
+    run = await client.create(spec(team_spec=team_spec))
+    seen = await read_until(client.watch_call(run.id), until)
+    return run.id, seen
+
+
+async def check_resumed_and_completed(
+    stack: Stack, alice: RunClient, run_id: str, seen: list[run_pb2.RunEvent], reason: str
+) -> list[run_pb2.RunEvent]:
+    run = await alice.wait_status(run_id, run_pb2.RUN_STATUS_COMPLETED, timeout=30)
+    events = await stack.history_client(alice.user).events(run_id)
+    assert_well_formed(events)
+    assert events[-1].HasField("run_completed") and run.last_seq == events[-1].seq
+    # Log before show: the watcher of the lost replica saw only stored events.
+    assert events[: len(seen)] == seen
+    (resumed,) = [e.run_resumed for e in events if e.HasField("run_resumed")]
+    assert resumed.attempt == 2 and resumed.reason == reason and resumed.from_seq > 0
+    checkpointed = events[resumed.from_seq - 1]
+    assert payload(checkpointed) == "progress"  # a turn boundary
+    kept = completed_turns(events)
+    assert [e.progress.turn for e in kept if e.HasField("progress")] == list(range(1, TURNS + 1))
+    assert len([e for e in kept if e.HasField("message_completed")]) == TURNS
+    assert run.attempt == 2
+    return events
+
+
+@BOTH_BACKENDS
+async def test_a_killed_replicas_run_is_resumed_by_another_from_its_checkpoint(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, seen = await start_and_watch(RunClient(channel, alice.user), paced_duet())
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    await check_resumed_and_completed(stack, alice, run_id, seen, "OWNER_LOST")
+    assert_no_completed_call_repeated(stack, interrupted=1)
+
+
+async def test_a_watcher_of_the_surviving_replica_sees_one_gapless_stream_through_the_kill(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run = await RunClient(channel, alice.user).create(spec(team_spec=paced_duet()))
+        watch = alice.watch_call(run.id)  # on the stack's replica: it tails history-svc
+        head = await read_until(watch, in_second_turn)
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+        rest = await read_rest(watch)
+    watched = head + rest
+    assert [e.seq for e in watched] == list(range(1, len(watched) + 1))
+    assert watched == await stack.history_client(alice.user).events(run.id)
+    assert payload(watched[-1]) == "run_completed"
+
+
+async def test_a_sigterm_hands_the_run_over_at_the_next_turn_boundary(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack, grace_period_s=30) as (proc, channel):
+        run_id, seen = await start_and_watch(RunClient(channel, alice.user), paced_duet())
+        proc.terminate(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.proc.wait, 30) == 0
+    events = await check_resumed_and_completed(stack, alice, run_id, seen, "HANDOFF")
+    (resumed,) = [e for e in events if e.HasField("run_resumed")]
+    # The turn under way finished on the stopping replica: nothing was interrupted.
+    assert resumed.seq == resumed.run_resumed.from_seq + 1
+    boundary = events[resumed.run_resumed.from_seq - 1]
+    took_s = (resumed.time.ToNanoseconds() - boundary.time.ToNanoseconds()) / 1e9
+    assert took_s < 1.5, f"the other replica continued {took_s:.2f} s after the boundary"
+    assert_no_completed_call_repeated(stack, interrupted=0)
+
+
+async def test_a_frozen_owner_that_wakes_after_losing_its_lease_cannot_write(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, seen = await start_and_watch(RunClient(channel, alice.user), paced_duet())
+        proc.terminate(signal.SIGSTOP)
+        try:
+
+            async def resumed() -> bool:
+                events = await stack.history_client(alice.user).events(run_id)
+                return any(e.HasField("run_resumed") for e in events)
+
+            await wait_for(resumed, timeout=20, interval=0.1)
+        finally:
+            proc.terminate(signal.SIGCONT)
+        await check_resumed_and_completed(stack, alice, run_id, seen, "OWNER_LOST")
+
+        def let_go() -> bool:
+            return any("run_lease_lost" in line or "run_abandoned" in line for line in proc.lines)
+
+        await wait_for(let_go, timeout=20, interval=0.1)
+    events = await stack.history_client(alice.user).events(run_id)
+    assert_well_formed(events)
+
+
+async def test_a_cancel_recorded_while_a_run_has_no_owner_ends_it_cancelled(
+    stack: Stack, alice: RunClient
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, _ = await start_and_watch(RunClient(channel, alice.user), paced_duet())
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    response = await alice.cancel(run_id, reason="owner gone")
+    assert response.cancelled
+    run = await alice.wait_status(run_id, run_pb2.RUN_STATUS_CANCELLED)
+    events = await alice.watch(run_id)
+    assert_well_formed(events)
+    assert events[-1].run_cancelled.cancellation.reason == "owner gone"
+    assert run.cancellation.requested_by == alice.user
+
+
+@pytest.mark.parametrize("orchestrator_values", [{"max_run_resumes": 0}], indirect=True)
+async def test_a_run_past_its_resume_limit_fails_retryable(stack: Stack, alice: RunClient) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, seen = await start_and_watch(RunClient(channel, alice.user), paced_duet())
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    run = await alice.wait_status(run_id, run_pb2.RUN_STATUS_FAILED)
+    assert run.error.reason == "RESUME_LIMIT" and run.error.retryable
+    assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    events = await alice.watch(run_id)
+    assert_well_formed(events)
+    assert events[: len(seen)] == seen
+
+
+async def test_an_agent_update_made_before_the_crash_applies_after_the_resume(
+    stack: Stack, alice: RunClient
+) -> None:
+    prompt = f"Answer in French ({uuid.uuid4().hex[:6]})."
+    async with orchestrator_process(stack) as (proc, channel):
+        child = RunClient(channel, alice.user)
+        run_id, _ = await start_and_watch(
+            child, paced_duet(), until=lambda e: e.HasField("text_delta") and e.agent == "Ada"
+        )
+        await child.update_agent(
+            run_id, "Blaise", team_pb2.AgentSpec(system_prompt=prompt), ["system_prompt"]
+        )
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    await alice.wait_status(run_id, run_pb2.RUN_STATUS_COMPLETED, timeout=30)
+    blaise = [
+        r
+        for r in stack.received
+        if r.messages and r.messages[0].content == prompt  # the system prompt comes first
+    ]
+    assert blaise, "Blaise's calls after the resume do not carry the updated prompt"
+
+
+@pytest.mark.parametrize(
+    "orchestrator_values", [{"sweep_interval_s": 60.0, "lease_duration_s": 60.0}], indirect=True
+)
+async def test_the_startup_sweep_resumes_earlier_runs_of_its_instance_from_their_input(
+    stack: Stack, alice: RunClient
+) -> None:
+    history = stack.history_client(alice.user)
+    instance = stack.orchestrator.settings.instance_id
+
+    async def recorded(create_s: int | None) -> str:
+        """A RUNNING run recorded under this instance id, created at `create_s` (None: now),
+        with nothing but `run_started` stored."""
+        conversation = await history.stub.CreateConversation(
+            hs.CreateConversationRequest(), metadata=history.md
+        )
+        run = run_pb2.Run(
+            id=str(uuid.uuid4()),
+            conversation_id=conversation.conversation.id,
+            spec=spec(team_spec=paced_duet(tokens_per_second=0, output_tokens=10), max_turns=TURNS),
+            status=run_pb2.RUN_STATUS_RUNNING,
+            owner_instance=instance,
+        )
+        if create_s is not None:
+            run.create_time.seconds = create_s
+        await history.stub.RecordRun(hs.RecordRunRequest(run=run), metadata=history.md)
+        started = run_pb2.RunEvent(
+            run_id=run.id, seq=1, run_started=run_pb2.RunEvent.RunStarted(run=run)
+        )
+        await history.stub.AppendRunEvents(
+            hs.AppendRunEventsRequest(run_id=run.id, events=[started]), metadata=history.md
+        )
+        return run.id
+
+    # An earlier process with this instance id recorded one (nothing runs it now); this
+    # process recorded the other just now (as a start does, before the run is live).
+    earlier, new = await recorded(int(time.time()) - 3600), await recorded(None)
+    # (The replica's own startup sweep may still be under way and take it first.)
+    assert await stack.orchestrator.manager.liveness.sweep(startup=True) <= 1
+    run = await alice.wait_status(earlier, run_pb2.RUN_STATUS_COMPLETED)
+    events = await alice.watch(earlier)
+    assert_well_formed(events)
+    assert events[1].run_resumed.from_seq == 0 and events[1].run_resumed.attempt == 2
+    assert run.attempt == 2
+    assert (await alice.get(new)).status == run_pb2.RUN_STATUS_RUNNING
+
+
+async def test_watching_past_the_end_of_an_ended_run_is_out_of_range(
+    stack: Stack, alice: RunClient
+) -> None:
+    events = await alice.stream(spec(team_spec=paced_duet(tokens_per_second=0, output_tokens=5)))
+    last = events[-1].seq
+    assert await alice.watch(events[0].run_id, after_seq=last) == []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await alice.watch(events[0].run_id, after_seq=last + 1)
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE

@@ -1,0 +1,148 @@
+"""Store outages pause runs, they don't fail them (issue 18, "Outages pause").
+
+* PostgreSQL cut off from history-svc for 20 s through a TCP proxy the test controls (the
+  machine's own PostgreSQL keeps running);
+* history-svc SIGKILLed and started again on the same port 15 s later.
+
+During the outage the run shows nothing new (nothing is shown before it is stored); once
+the store answers it continues, and it ends `run_completed` with what the watcher saw equal
+to the stored log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from orchestrator_helpers import (
+    PG_HOST,
+    PG_PORT,
+    REDIS_HOST,
+    REDIS_PORT,
+    TOKEN,
+    RunClient,
+    agent,
+    assert_well_formed,
+    orchestrator_settings,
+    provider_settings,
+    read_rest,
+    read_until,
+    running_orchestrator,
+    running_stack,
+    sim,
+    spec,
+    team,
+)
+
+from chorus.core.server import GrpcServer
+from chorus.core.testing import ServiceProcess, TcpProxy, free_port, wait_for
+from chorus.provider.app import build_app as build_provider
+from chorus.v1 import run_pb2, team_pb2
+
+PG_CUT_S = 20.0
+HISTORY_DOWN_S = 15.0
+
+
+def paced_duet() -> team_pb2.TeamSpec:
+    """Two agents, 4 turns of about a second each."""
+    options = sim(tokens_per_second=150.0, output_tokens=150)
+    return team(
+        team_pb2.TEAM_KIND_ROUND_ROBIN,
+        agent("Ada", simulator=options),
+        agent("Blaise", simulator=options),
+        max_turns=4,
+    )
+
+
+async def test_a_postgresql_cut_pauses_the_run_and_it_completes_when_it_is_back(
+    tmp_path: Path, pg_url: str, redis_prefix: str
+) -> None:
+    proxy = TcpProxy((PG_HOST, PG_PORT))
+    url = pg_url.replace(f"{PG_HOST}:{PG_PORT}", proxy.address)
+    values = {
+        "database_url": url,
+        "redis_url": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
+        "redis_key_prefix": redis_prefix,
+        "db_command_timeout_s": 2.0,
+    }
+    try:
+        async with running_stack(tmp_path, history_values=values) as stack:
+            alice = stack.client("alice")
+            run = await alice.create(spec(team_spec=paced_duet()))
+            watch = alice.watch_call(run.id)
+            head = await read_until(watch, lambda e: e.HasField("progress"))
+            proxy.cut()
+            live = stack.orchestrator.manager.live_runs[run.id]
+            cut_seq = live.log.stored_seq
+            # The model goes on streaming; nothing of it is stored, so nothing is shown.
+            await wait_for(lambda: live.log.last_seq > cut_seq + 20, timeout=10)
+            await asyncio.sleep(PG_CUT_S)  # the outage itself (the store is down meanwhile)
+            assert live.log.stored_seq == cut_seq and not live.log.ended
+            proxy.restore()
+            rest = await read_rest(watch)
+            watched = head + rest
+            stored = await stack.history_client(alice.user).events(run.id)
+            assert_well_formed(stored)
+            assert watched == stored
+            assert stored[-1].HasField("run_completed")
+            assert not any(e.HasField("run_resumed") for e in stored)  # it paused, no more
+    finally:
+        proxy.close()
+
+
+@contextlib.asynccontextmanager
+async def history_process(port: int, data_dir: Path) -> AsyncIterator[ServiceProcess]:
+    env = {
+        "CHORUS_INTERNAL_TOKEN": TOKEN,
+        "CHORUS_DEV_MODE": "false",
+        "CHORUS_HISTORY_PORT": str(port),
+        "CHORUS_DATA_DIR": str(data_dir),
+    }
+    proc = ServiceProcess("chorus.history", env={**os.environ, **env})
+    try:
+        await asyncio.to_thread(proc.wait_ready)
+        yield proc
+    finally:
+        await asyncio.to_thread(proc.stop)
+
+
+async def test_history_svc_killed_for_15_s_pauses_the_run_and_it_completes(
+    tmp_path: Path,
+) -> None:
+    provider = await build_provider(provider_settings())
+    provider_server = GrpcServer(provider.bindings, provider.settings, 0)
+    await provider_server.start()
+    port = free_port()
+    data = tmp_path / "history"
+    try:
+        async with history_process(port, data) as history:
+            settings = orchestrator_settings(provider_server.address, f"127.0.0.1:{port}")
+            async with running_orchestrator(settings) as (app, server):
+                channel = grpc.aio.insecure_channel(server.address)
+                alice = RunClient(channel, "alice")
+                run = await alice.create(spec(team_spec=paced_duet()))
+                watch = alice.watch_call(run.id)
+                head = await read_until(watch, lambda e: e.HasField("progress"))
+                history.terminate(signal.SIGKILL)
+                await asyncio.to_thread(history.proc.wait)
+                live = app.manager.live_runs[run.id]
+                await asyncio.sleep(HISTORY_DOWN_S)  # the outage itself
+                assert not live.log.ended and run.id in app.manager.live_runs
+                async with history_process(port, data):
+                    rest = await read_rest(watch)
+                    final = await alice.get(run.id)
+                    watched = head + rest
+                    assert_well_formed(watched)
+                    assert watched[-1].HasField("run_completed")
+                    assert final.status == run_pb2.RUN_STATUS_COMPLETED
+                    assert final.last_seq == watched[-1].seq
+                    assert [e.seq for e in await alice.watch(run.id)] == [e.seq for e in watched]
+                await channel.close()
+    finally:
+        await provider_server.stop(0)
+        await provider.close()
