@@ -104,6 +104,38 @@ async def test_a_run_started_by_the_stream_reattaches_once_its_id_is_known():
         await server.stop(0)
 
 
+async def test_a_reattached_run_started_to_cancel_on_disconnect_is_cancelled_when_its_client_leaves():
+    servicer = FakeRuns(count=1000, interval_s=0.01, silent=True)
+    server, channel, watches = await serving(servicer)
+    try:
+        sink = Sink()
+        spec = run_pb2.RunSpec(template="duet", input="x")
+        spec.on_disconnect = run_pb2.ON_DISCONNECT_CANCEL
+        watch = watches.open(sink, user="alice", request_id="req-1", start=spec)
+        await wait_for(lambda: len(sink.events) >= 3, timeout=20)
+        watch.stop()  # before any reattach: the orchestrator applies on_disconnect itself
+        await wait_for(
+            lambda: "stop" in [r.WhichOneof("action") for r in servicer.requests], timeout=10
+        )
+        assert servicer.cancels == []
+
+        sink = Sink()
+        watch = watches.open(sink, user="alice", request_id="req-2", start=spec)
+        await wait_for(lambda: len(sink.events) >= 3, timeout=20)
+        await abort(servicer, 0, grpc.StatusCode.UNAVAILABLE, "gone")
+        await wait_for(lambda: servicer.calls == 2 and watch.id, timeout=20)
+        watch.stop()  # the client left after the reattach: the gateway cancels the run
+        await wait_for(lambda: servicer.cancels, timeout=10)
+        [(request, metadata)] = servicer.cancels
+        assert request.run_id == "started" and request.reason == "client disconnected"
+        assert metadata["x-chorus-user"] == "alice"
+        assert metadata["x-request-id"] == "req-2"
+    finally:
+        watches.close()
+        await channel.close()
+        await server.stop(0)
+
+
 async def test_a_final_error_of_the_call_is_not_retried():
     servicer = FakeRuns(count=500, interval_s=0.01)
     server, channel, watches = await serving(servicer)

@@ -46,6 +46,13 @@ class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
         self.sent: dict[int, int] = {}
         self.calls = 0
         self.contexts: list[grpc.aio.ServicerContext] = []
+        self.cancels: list[tuple[run_service_pb2.CancelRunRequest, dict[str, Any]]] = []
+
+    async def CancelRun(
+        self, request: run_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.CancelRunResponse:
+        self.cancels.append((request, dict(context.invocation_metadata() or ())))
+        return run_service_pb2.CancelRunResponse(cancelled=True, message="cancel requested")
 
     def actions(self, watch_id: int) -> list[str]:
         return [str(r.WhichOneof("action")) for r in self.requests if r.watch_id == watch_id]

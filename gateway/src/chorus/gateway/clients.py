@@ -5,7 +5,12 @@ identity (`x-chorus-user`), the internal token and the request id on every unary
 server-streaming calls pass `pool.metadata()` themselves
 (`chorus.gateway.api.deps.stream_metadata`). The gateway sets the identity per request
 (`chorus.gateway.api.deps`). SSE streams share one WatchRuns call made as the system
-identity (`watches`, `chorus.gateway.watches`).
+identity (`watches`, `chorus.gateway.watches`); its watches reattach to another replica when
+theirs goes away.
+
+`CHORUS_ORCHESTRATOR_ADDRESS` may name several replicas — a comma-separated list of
+`ip:port`, or `dns:///name:port` — and calls go round robin over them
+(`chorus.core.channels.balanced_target`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class Backend:
     Attributes:
         name: short name in readiness reports (`orchestrator`, `history`, `provider`).
         service: the full gRPC service name checked with grpc.health.v1.
-        address: `host:port`.
+        address: as configured (`host:port`, a list, or `dns:///name:port`).
         health: the health stub on its channel.
     """
 

@@ -36,6 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_r
 
 from chorus.core.errors import ChorusError, Unavailable
 from chorus.core.flag import Flag
+from chorus.core.identity import REQUEST_ID_KEY, USER_KEY
 from chorus.core.logging import get_logger
 from chorus.core.multiplex import MultiplexClient, Stream, StreamSink, Update
 from chorus.v1 import run_pb2, run_service_pb2_grpc
@@ -54,6 +55,10 @@ REATTACH_FIRST_WAIT_S = 0.05
 so the watches of a lost call do not all return at the same instant."""
 REATTACH_MAX_WAIT_S = 2.0
 """Longest wait between two reattach attempts."""
+
+CANCEL_TIMEOUT_S = 10.0
+"""Deadline of the CancelRun a reattached `ON_DISCONNECT_CANCEL` watch sends when its client
+leaves."""
 
 _REATTACH_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
@@ -98,6 +103,7 @@ class Watch:
         "_watches",
         "last_seq",
         "paused",
+        "reattached",
         "request_id",
         "run_id",
         "sink",
@@ -127,6 +133,8 @@ class Watch:
         self.last_seq = after_seq
         """The seq of the last event handed to the sink (where a reattach resumes)."""
         self.terminal = False
+        self.reattached = False
+        """Opened again at least once (a started run is followed as a watch since)."""
         self.paused = False
         self.stopped = False
         self._stream: Stream[rs.WatchRunsRequest] | None = None
@@ -270,6 +278,7 @@ class Watch:
             raise Unavailable("the gateway is shutting down")
         attached = self._attached = asyncio.get_running_loop().create_future()
         try:
+            self.reattached = True
             self._open()
             return await attached
         finally:
@@ -289,7 +298,17 @@ class Watch:
             self._stream.send(rs.WatchRunsRequest(watch_id=self._stream.key, resume=_RESUME))
 
     def stop(self) -> None:
-        """The client left: no more news; a started run follows `spec.on_disconnect`."""
+        """The client left: no more news; a started run follows `spec.on_disconnect` (the
+        orchestrator applies it to the watch that started the run; after a reattach the
+        gateway asks for the cancel itself)."""
+        if (
+            not self.stopped
+            and not self.terminal
+            and self.start is not None
+            and self.start.on_disconnect == run_pb2.ON_DISCONNECT_CANCEL
+            and self.reattached
+        ):
+            self._watches.cancel_run(self.user, self.run_id, self.request_id)
         self.stopped = True
         if self._reattach is not None:
             self._reattach.cancel()
@@ -370,6 +389,9 @@ class RunWatches:
         reattach_s: float = 60.0,
     ) -> None:
         md = list(metadata)
+        self._stub = stub
+        self._token_md = [(k, v) for k, v in md if k != USER_KEY]
+        self._cancels: set[asyncio.Task[None]] = set()
         self.reattach_s = reattach_s
         self.closed = False
         self._reattaching: set[asyncio.Task[None]] = set()
@@ -407,6 +429,27 @@ class RunWatches:
         )
         watch._open()
         return watch
+
+    def cancel_run(self, user: str, run_id: str, request_id: str) -> None:
+        """Cancel `user`'s run `run_id` in the background (its client went away and the run
+        asked for `ON_DISCONNECT_CANCEL`); a failure is logged."""
+
+        async def cancel() -> None:
+            metadata = [(USER_KEY, user), *self._token_md]
+            if request_id:
+                metadata.append((REQUEST_ID_KEY, request_id))
+            try:
+                await self._stub.CancelRun(
+                    rs.CancelRunRequest(run_id=run_id, reason="client disconnected"),
+                    metadata=metadata,
+                    timeout=CANCEL_TIMEOUT_S,
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning("cancel_on_disconnect_failed", run_id=run_id, error=_describe(exc))
+
+        task = asyncio.get_running_loop().create_task(cancel())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     @property
     def reattaching(self) -> int:
