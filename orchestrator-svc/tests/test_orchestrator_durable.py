@@ -288,3 +288,49 @@ async def test_watching_past_the_end_of_an_ended_run_is_out_of_range(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await alice.watch(events[0].run_id, after_seq=last + 1)
     assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+async def _watch_with_reattach(
+    first: RunClient, then: RunClient, run_id: str, started: asyncio.Event
+) -> list[run_pb2.RunEvent]:
+    """Watch on `first`; when its replica goes away, resume on `then` after the last seq
+    seen — what the gateway and the CLI do."""
+    seen: list[run_pb2.RunEvent] = []
+    try:
+        async for response in first.watch_call(run_id):
+            seen.append(response.event)
+            started.set()
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), exc
+    if seen and payload(seen[-1]) in ("run_completed", "run_failed", "run_cancelled"):
+        return seen
+    after = seen[-1].seq if seen else 0
+    return seen + await then.watch(run_id, after_seq=after)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_twenty_live_runs_survive_the_loss_of_their_replica(
+    stack: Stack, alice: RunClient, sig: int
+) -> None:
+    async with orchestrator_process(stack, grace_period_s=10) as (proc, channel):
+        child = RunClient(channel, alice.user)
+        runs = [(await child.create(spec(team_spec=paced_duet()))).id for _ in range(20)]
+        started = [asyncio.Event() for _ in runs]
+        watchers = [
+            asyncio.create_task(_watch_with_reattach(child, alice, run_id, flag))
+            for run_id, flag in zip(runs, started, strict=True)
+        ]
+        other_side = [asyncio.create_task(alice.watch(run_id)) for run_id in runs]
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(flag.wait() for flag in started))
+        proc.terminate(sig)
+        await asyncio.to_thread(proc.proc.wait, 30)
+        async with asyncio.timeout(60):
+            seen = await asyncio.gather(*watchers)
+            tails = await asyncio.gather(*other_side)
+    history = stack.history_client(alice.user)
+    for run_id, watched, tailed in zip(runs, seen, tails, strict=True):
+        stored = await history.events(run_id)
+        assert_well_formed(stored)
+        assert stored[-1].HasField("run_completed"), payload(stored[-1])
+        assert watched == stored and tailed == stored
