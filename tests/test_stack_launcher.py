@@ -289,12 +289,16 @@ async def test_a_service_that_keeps_crashing_keeps_being_restarted(monkeypatch, 
     assert "flaky exited with 3; restarting in" in out and "(restart 6)" in out
 
 
-def test_the_orchestrator_gets_a_stable_instance_id():
-    services = {s.name: s for s in stack.stack_services({})}
+def test_the_orchestrator_gets_a_stable_instance_id(tmp_path):
+    dotenv = str(tmp_path / ".env")
+    services = {s.name: s for s in stack.stack_services({}, dotenv)}
     assert services["orchestrator"].env == {"CHORUS_INSTANCE_ID": "orchestrator-1"}
     assert all(not s.env for n, s in services.items() if n != "orchestrator")
-    chosen = {s.name: s for s in stack.stack_services({"CHORUS_INSTANCE_ID": "laptop"})}
+    chosen = {s.name: s for s in stack.stack_services({"CHORUS_INSTANCE_ID": "laptop"}, dotenv)}
     assert chosen["orchestrator"].env == {"CHORUS_INSTANCE_ID": "laptop"}
+    (tmp_path / ".env").write_text("CHORUS_INSTANCE_ID=from-dotenv\n")
+    from_file = {s.name: s for s in stack.stack_services({}, dotenv)}
+    assert from_file["orchestrator"].env == {"CHORUS_INSTANCE_ID": "from-dotenv"}
 
 
 def test_the_stop_timeouts_follow_the_grace_period(tmp_path):

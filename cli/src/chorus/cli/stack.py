@@ -136,8 +136,12 @@ class Service:
         return self.command or [sys.executable, "-m", self.module]
 
 
-def stack_services(env: Mapping[str, str]) -> list[Service]:
-    """The four services with their ports (`CHORUS_<NAME>_PORT`, defaults 50051-50053, 8000)."""
+def stack_services(env: Mapping[str, str], dotenv_path: str = ".env") -> list[Service]:
+    """The four services with their ports (`CHORUS_<NAME>_PORT`, defaults 50051-50053, 8000).
+
+    The orchestrator's `CHORUS_INSTANCE_ID` is the one configured, else `orchestrator-1`.
+    """
+    instance_id = _setting(env, "CHORUS_INSTANCE_ID", dotenv_path) or ORCHESTRATOR_INSTANCE_ID
 
     def port(var: str, default: int) -> int:
         return int(env.get(var) or default)
@@ -162,7 +166,7 @@ def stack_services(env: Mapping[str, str]) -> list[Service]:
             "chorus.v1.RunService",
             # Stable across restarts and launches: the orchestrator recovers the runs it owned
             # at once instead of waiting for them to look abandoned.
-            env={"CHORUS_INSTANCE_ID": env.get("CHORUS_INSTANCE_ID") or ORCHESTRATOR_INSTANCE_ID},
+            env={"CHORUS_INSTANCE_ID": instance_id},
         ),
         Service("gateway", "chorus.gateway", port("CHORUS_GATEWAY_PORT", 8000), None),
     ]
@@ -187,13 +191,19 @@ def stack_environment(base: Mapping[str, str], services: list[Service]) -> dict[
     return env
 
 
-def grace_period(env: Mapping[str, str], dotenv_path: str = ".env") -> float:
-    """`CHORUS_GRACE_PERIOD_S` as the services will read it: environment, then `.env`."""
-    value = env.get("CHORUS_GRACE_PERIOD_S")
+def _setting(env: Mapping[str, str], name: str, dotenv_path: str) -> str | None:
+    """A variable as the services will read it: the environment, then `.env`."""
+    value = env.get(name)
     if not value and os.path.exists(dotenv_path):
         from dotenv import dotenv_values
 
-        value = dotenv_values(dotenv_path).get("CHORUS_GRACE_PERIOD_S")
+        value = dotenv_values(dotenv_path).get(name)
+    return value or None
+
+
+def grace_period(env: Mapping[str, str], dotenv_path: str = ".env") -> float:
+    """`CHORUS_GRACE_PERIOD_S` as the services will read it (default 10)."""
+    value = _setting(env, "CHORUS_GRACE_PERIOD_S", dotenv_path)
     try:
         return float(value) if value else DEFAULT_GRACE_S
     except ValueError:
@@ -410,7 +420,8 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
         say("dev mode: services on 127.0.0.1 accept calls without the internal token (user 'dev')")
     for line in describe_configuration(full_env):
         say(line)
-    say(f"orchestrator instance id: {services[2].env['CHORUS_INSTANCE_ID']}")
+    orchestrator = next(s for s in services if s.name == "orchestrator")
+    say(f"orchestrator instance id: {orchestrator.env['CHORUS_INSTANCE_ID']}")
 
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
