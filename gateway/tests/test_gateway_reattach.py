@@ -18,10 +18,12 @@ import pytest
 from google.rpc import status_pb2
 from test_gateway_sse import FakeRuns, Socket, _serve, serving
 
-from chorus.core.errors import StatusError, Unavailable
+from chorus.core.errors import DeadlineExceeded, StatusError, Unavailable
 from chorus.core.testing import wait_for
+from chorus.gateway.api.routes import conversations
+from chorus.gateway.settings import GatewaySettings
 from chorus.gateway.watches import reattachable
-from chorus.v1 import run_pb2
+from chorus.v1 import conversation_pb2, run_pb2
 
 
 def seqs_of(socket: Socket) -> list[int]:
@@ -247,3 +249,51 @@ def test_a_watch_ended_unavailable_by_the_orchestrator_reattaches_other_codes_do
     assert reattachable(StatusError(Unavailable("history unreachable").to_status()))
     assert not reattachable(StatusError(status_pb2.Status(code=5, message="no run")))
     assert not reattachable(ValueError("x"))
+
+
+async def test_a_json_chat_waits_for_its_run_over_the_shared_call_and_survives_a_lost_replica():
+    servicer = FakeRuns(count=40, interval_s=0.01)
+    server, channel, watches = await serving(servicer)
+    try:
+        outcome = conversations._Outcome()
+        spec = run_pb2.RunSpec(template="assistant", input="hi")
+        watches.open(outcome, user="alice", request_id=None, start=spec)
+        await asyncio.wait_for(outcome.started.wait(), 10)
+        await abort(servicer, 0, grpc.StatusCode.UNAVAILABLE, "gone")
+        await asyncio.wait_for(outcome.done.wait(), 20)
+        assert outcome.error is None and outcome.run_id == "started"
+        assert outcome.terminal is not None and outcome.terminal.HasField("run_completed")
+        assert servicer.calls == 2
+    finally:
+        watches.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_json_chat_that_outlives_its_timeout_names_the_run_and_stops_listening():
+    servicer = FakeRuns(count=5, silent=True)  # the run never ends
+    server, channel, watches = await serving(servicer)
+    try:
+        settings = GatewaySettings(_env_file=None, dev_mode=True, chat_timeout_s=0.3)  # type: ignore[call-arg]
+        conversation = conversation_pb2.Conversation(id="c1", title="titled")
+        spec = run_pb2.RunSpec(template="assistant", input="hi", conversation_id="c1")
+        with pytest.raises(DeadlineExceeded) as caught:
+            await conversations._chat_json(
+                watches,
+                "alice",
+                spec,
+                None,
+                None,
+                conversation,
+                "hi",
+                settings,  # type: ignore[arg-type]
+            )
+        assert caught.value.reason == "RUN_STILL_ACTIVE"
+        assert "/api/v1/runs/started/events" in str(caught.value)
+        await wait_for(
+            lambda: "stop" in [r.WhichOneof("action") for r in servicer.requests], timeout=10
+        )
+    finally:
+        watches.close()
+        await channel.close()
+        await server.stop(0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import grpc
 import orjson
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Query, Request
 from google.protobuf import field_mask_pb2
 from starlette.responses import Response
 
+from chorus.core import identity
 from chorus.core.errors import (
     Aborted,
     ChorusError,
@@ -37,7 +39,6 @@ from chorus.gateway.api.deps import (
     WatchesDep,
     check_text,
     proto_body,
-    stream_metadata,
 )
 from chorus.v1 import (
     chat_pb2,
@@ -319,44 +320,70 @@ async def send_message(
         )
         await _title_if_untitled(history, conversation, message.content, timeout)
         return response
-    call = runs.StreamRun(
-        run_service_pb2.StreamRunRequest(spec=spec), metadata=stream_metadata(request)
+    return await _chat_json(
+        watches, caller.user, spec, history, runs, conversation, message.content, settings
     )
-    return await _chat_json(call, history, runs, conversation, message.content, settings)
+
+
+class _Outcome:
+    """The sink of a JSON chat's watch (`chorus.gateway.watches`): the run's id once it
+    started, its terminal event, the watch's end. Over the shared WatchRuns call, so the
+    wait survives the loss of an orchestrator replica (the watch reattaches)."""
+
+    def __init__(self) -> None:
+        self.run_id = ""
+        self.terminal: run_pb2.RunEvent | None = None
+        self.error: BaseException | None = None
+        self.started = asyncio.Event()
+        self.done = asyncio.Event()
+
+    def deliver(self, events: Sequence[run_pb2.RunEvent]) -> None:
+        self.run_id = self.run_id or events[0].run_id
+        self.started.set()
+        last = events[-1]
+        if last.WhichOneof("payload") in protojson.TERMINAL_PAYLOADS:
+            self.terminal = last
+
+    def end(self, error: BaseException | None) -> None:
+        self.error = error
+        self.started.set()
+        self.done.set()
 
 
 async def _chat_json(
-    call: Any,
+    watches: WatchesDep,
+    user: str,
+    spec: run_pb2.RunSpec,
     history: HistoryDep,
     runs: RunsDep,
     conversation: conversation_pb2.Conversation,
     content: str,
     settings: SettingsDep,
 ) -> Response:
-    """Wait for the run to end; answer the conversation, run and the two messages."""
-    run_id = ""
-    terminal: run_pb2.RunEvent | None = None
+    """Start the run, wait for it to end; answer the conversation, run and the two
+    messages."""
+    outcome = _Outcome()
+    watch = watches.open(outcome, user=user, request_id=identity.current_request_id(), start=spec)
     try:
         async with asyncio.timeout(settings.chat_timeout_s):
-            async for item in call:
-                event = item.event
-                run_id = run_id or event.run_id
-                kind = event.WhichOneof("payload")
-                if kind == "run_started":
-                    await _title_if_untitled(history, conversation, content, settings.rpc_timeout_s)
-                if kind in protojson.TERMINAL_PAYLOADS:
-                    terminal = event
-                    break
+            await outcome.started.wait()
+            if outcome.run_id:
+                await _title_if_untitled(history, conversation, content, settings.rpc_timeout_s)
+            await outcome.done.wait()
     except TimeoutError:
         raise DeadlineExceeded(
             f"the run did not finish within {settings.chat_timeout_s:.0f} s; "
-            f"watch it with GET /api/v1/runs/{run_id}/events",
+            f"watch it with GET /api/v1/runs/{outcome.run_id}/events",
             reason="RUN_STILL_ACTIVE",
-            metadata={"run_id": run_id},
+            metadata={"run_id": outcome.run_id},
         ) from None
     finally:
-        call.cancel()  # the run goes on (on_disconnect CONTINUE); we only stop listening
+        if not outcome.done.is_set():
+            watch.stop()  # the run goes on (on_disconnect CONTINUE); we only stop listening
+    terminal, run_id = outcome.terminal, outcome.run_id
     if terminal is None:
+        if outcome.error is not None:
+            raise outcome.error
         raise error_for_code(grpc.StatusCode.INTERNAL, "the run's stream ended without an outcome")
     if not terminal.HasField("run_completed"):
         raise _run_error(terminal)
