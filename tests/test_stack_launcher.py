@@ -249,6 +249,28 @@ def test_a_second_signal_kills_what_is_left(launcher_factory, tmp_path):
     assert not any(alive(pid) for pid in pids.values()), launcher.tail()
 
 
+def test_a_service_that_does_not_stop_is_killed_after_its_grace_period(launcher_factory):
+    launcher = launcher_factory()
+    pids = {n: launcher.pids(n)[0] for n in NAMES}
+    os.kill(pids["gateway"], signal.SIGSTOP)  # SIGTERM stays pending; SIGKILL still works
+    try:
+        started = time.monotonic()
+        launcher.proc.send_signal(signal.SIGINT)
+        assert launcher.proc.wait(60) == 1, launcher.tail()
+    finally:
+        if alive(pids["gateway"]):
+            os.kill(pids["gateway"], signal.SIGCONT)
+    # CHORUS_GRACE_PERIOD_S=3 plus the 5 s margin, then SIGKILL — and the order goes on
+    assert time.monotonic() - started >= 8
+    killed = launcher.index(r"^chorus +\| gateway did not stop within 8 s: killed$")
+    assert killed < launcher.index(r"^chorus +\| gateway stopped \(exit code -9\)$")
+    assert killed < launcher.index(r"^chorus +\| stopping orchestrator ")
+    assert launcher.index(r"^chorus +\| orchestrator stopped \(exit code 0\)$") < launcher.index(
+        r"^chorus +\| stopping provider, history$"
+    )
+    assert not any(alive(pid) for pid in pids.values()), launcher.tail()
+
+
 def test_restart_delay_doubles_from_half_a_second_to_ten_with_jitter():
     assert [stack.restart_delay(n, rng=lambda: 0.0) for n in range(1, 8)] == [
         0.5,
