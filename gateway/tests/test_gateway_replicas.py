@@ -1,5 +1,6 @@
 """One gateway in front of two orchestrator replicas (`CHORUS_ORCHESTRATOR_ADDRESS` a list,
-gRPC round robin): when the replica serving the gateway's WatchRuns call is SIGKILLed mid-run,
+gRPC round robin): when the replica serving the gateway's WatchRuns call is SIGKILLed (or
+SIGTERMed) mid-run,
 SSE and WebSocket clients see one uninterrupted stream — no error frame, no gap, no
 duplicate, exactly one terminal event, last — equal to the run's stored log.
 
@@ -142,6 +143,13 @@ async def _stored(http: httpx.AsyncClient, run_id: str) -> dict[int, dict[str, A
 _TERMINAL_KEYS = ("runCompleted", "runFailed", "runCancelled")
 
 
+async def _reattached(http: httpx.AsyncClient) -> None:
+    """The gateway reopened the watch on the surviving replica (not: the run ended first)."""
+    text = (await http.get("/metrics")).text
+    assert metric(text, "chorus_gateway_watch_reattaches_total", outcome="resumed") >= 1
+    assert metric(text, "chorus_gateway_watch_reattaches_total", outcome="failed") == 0
+
+
 def _check_stream(events: list[dict[str, Any]], stored: dict[int, dict[str, Any]]) -> None:
     """Gapless from 1, no duplicate, one terminal event and last, equal to the stored log."""
     seqs = [int(e["seq"]) for e in events]
@@ -161,20 +169,25 @@ async def _warm_up(http: httpx.AsyncClient) -> None:
             pass
 
 
-async def _kill_when(replica: Replica, condition: Any) -> None:
+async def _kill_when(replica: Replica, condition: Any, sig: int = signal.SIGKILL) -> None:
     await wait_for(condition, timeout=30)
-    replica.process.terminate(signal.SIGKILL)
+    replica.process.terminate(sig)
 
 
-async def test_sse_stream_survives_the_kill_of_the_replica_serving_its_watch(replicas):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+async def test_sse_stream_survives_the_loss_of_the_replica_serving_its_watch(replicas, sig):
     async with httpx.AsyncClient(base_url=replicas.gateway, timeout=60) as http:
         await _warm_up(http)
         watcher = await replicas.serving_watches()
         owner = replicas.other(watcher)
-        run_id = await _start_on(owner, slow_duet(tokens_per_second=60, output_tokens=40))
+        run_id = await _start_on(
+            owner, slow_duet(tokens_per_second=60, output_tokens=60, max_turns=3)
+        )
         events: list[dict[str, Any]] = []
         names: list[str] = []
-        kill = asyncio.create_task(_kill_when(watcher, lambda: len(events) >= EVENTS_BEFORE_KILL))
+        kill = asyncio.create_task(
+            _kill_when(watcher, lambda: len(events) >= EVENTS_BEFORE_KILL, sig)
+        )
         async with http.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
             assert response.status_code == 200
             async for frame in sse_frames(response):
@@ -183,10 +196,11 @@ async def test_sse_stream_survives_the_kill_of_the_replica_serving_its_watch(rep
                 names.append(frame.event)
                 events.append(frame.json())
         await kill
-        assert watcher.process.proc.poll() is not None  # it was killed mid-run
+        await wait_for(lambda: watcher.process.proc.poll() is not None, timeout=30)
         assert "error" not in names
         assert names[-1] == "run_completed"
         _check_stream(events, await _stored(http, run_id))
+        await _reattached(http)
 
 
 async def test_a_started_sse_stream_survives_the_kill_of_the_replica_running_it(replicas):
@@ -201,7 +215,7 @@ async def test_a_started_sse_stream_survives_the_kill_of_the_replica_running_it(
         events: list[dict[str, Any]] = []
         names: list[str] = []
         kill: asyncio.Task[None] | None = None
-        spec = slow_duet(tokens_per_second=60, output_tokens=40)
+        spec = slow_duet(tokens_per_second=60, output_tokens=60, max_turns=3)
         async with http.stream("POST", "/api/v1/runs/stream", json=spec) as response:
             assert response.status_code == 200
             async for frame in sse_frames(response):
@@ -219,6 +233,7 @@ async def test_a_started_sse_stream_survives_the_kill_of_the_replica_running_it(
         assert "error" not in names
         assert names[-1] in ("run_completed", "run_failed")
         _check_stream(events, await _stored(http, events[0]["runId"]))
+        await _reattached(http)
 
 
 async def test_websocket_follow_survives_the_kill_of_the_replica_serving_its_watch(replicas):
@@ -226,7 +241,9 @@ async def test_websocket_follow_survives_the_kill_of_the_replica_serving_its_wat
         await _warm_up(http)
         watcher = await replicas.serving_watches()
         owner = replicas.other(watcher)
-        run_id = await _start_on(owner, slow_duet(tokens_per_second=60, output_tokens=40))
+        run_id = await _start_on(
+            owner, slow_duet(tokens_per_second=60, output_tokens=60, max_turns=3)
+        )
         url = replicas.gateway.replace("http://", "ws://") + "/api/v1/ws"
         frames: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
@@ -246,3 +263,4 @@ async def test_websocket_follow_survives_the_kill_of_the_replica_serving_its_wat
         assert not [f for f in frames if f.get("type") == "error"]
         assert "runCompleted" in events[-1]
         _check_stream(events, await _stored(http, run_id))
+        await _reattached(http)
