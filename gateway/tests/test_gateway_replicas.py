@@ -264,3 +264,13 @@ async def test_websocket_follow_survives_the_kill_of_the_replica_serving_its_wat
         assert "runCompleted" in events[-1]
         _check_stream(events, await _stored(http, run_id))
         await _reattached(http)
+
+
+async def test_the_gateway_spreads_runs_over_both_replicas(replicas):
+    async with httpx.AsyncClient(base_url=replicas.gateway, timeout=60) as http:
+        owners = set()
+        for i in range(6):
+            reply = await http.post("/api/v1/runs", json=duet(f"topic {i}", max_turns=1))
+            assert reply.status_code == 201, reply.text
+            owners.add(reply.json().get("ownerInstance"))
+        assert owners == {"replica-a", "replica-b"}
