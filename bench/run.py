@@ -3,6 +3,7 @@
     python -m bench.run [--rounds 3] [--quick] [--skip-litellm] [--skip-slow]
         [--only ttft|throughput|slow ...] [--slow-runs 1000] [--slow-seconds 60]
         [--slow-ramp-s 0]
+    python -m bench.run --baseline REV [bench.compare's options]   (old against new)
 
 Starts `../shared/anchors/fake_openai.py` (full speed, and a 5 tokens/s copy), the four
 Chorus services as separate processes on PostgreSQL + Redis (a throw-away database), and
@@ -167,7 +168,18 @@ def main() -> None:
     parser.add_argument("--slow-runs", type=int, default=1000)
     parser.add_argument("--slow-seconds", type=int, default=60)
     parser.add_argument("--slow-ramp-s", type=float, default=0.0)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--baseline",
+        help="instead: this checkout against commit BASELINE, alternated (bench.compare)",
+    )
+    args, rest = parser.parse_known_args()
+    if args.baseline:
+        from bench.compare import main as compare
+
+        compare(["--baseline", args.baseline, "--rounds", str(args.rounds), *rest])
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     scenarios = set(args.only or SCENARIOS)
     if args.skip_slow:
         scenarios.discard("slow")
