@@ -334,3 +334,47 @@ async def test_twenty_live_runs_survive_the_loss_of_their_replica(
         assert_well_formed(stored)
         assert stored[-1].HasField("run_completed"), payload(stored[-1])
         assert watched == stored and tailed == stored
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        team_pb2.TEAM_KIND_SELECTOR,
+        team_pb2.TEAM_KIND_SEQUENTIAL,
+        team_pb2.TEAM_KIND_MAGENTIC_ONE,
+    ],
+    ids=["selector", "sequential", "magentic-one"],
+)
+async def test_every_team_kind_resumes_from_its_checkpoint_after_a_kill(
+    stack: Stack, alice: RunClient, kind: int
+) -> None:
+    options = sim(tokens_per_second=200.0, output_tokens=100)
+    names = ("Ada", "Blaise", "Carl")
+    team_spec = team(kind, *(agent(n, simulator=options) for n in names), max_turns=3)
+
+    def second_agent_turn(event: run_pb2.RunEvent) -> bool:
+        return event.HasField("text_delta") and event.agent in names and event.seq > 0
+
+    async with orchestrator_process(stack) as (proc, channel):
+        child = RunClient(channel, alice.user)
+        run = await child.create(spec(team_spec=team_spec))
+        seen = await read_until(
+            child.watch_call(run.id), lambda e: e.HasField("progress") and e.progress.turn >= 1
+        )
+        seen += await read_until(child.watch_call(run.id, seen[-1].seq), second_agent_turn)
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    run = await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED, timeout=60)
+    events = await stack.history_client(alice.user).events(run.id)
+    assert_well_formed(events)
+    assert events[: len(seen)] == seen
+    (resumed,) = [e.run_resumed for e in events if e.HasField("run_resumed")]
+    assert resumed.from_seq > 0 and resumed.attempt == 2
+    kept = completed_turns(events)
+    turns = [e.progress.turn for e in kept if e.HasField("progress")]
+    assert turns == list(range(1, len(turns) + 1))  # no turn counted twice
+    # The interrupted turn is made again: its agent's call, and for SELECTOR and
+    # MAGENTIC_ONE the orchestrator's call that chose it (made after the checkpoint).
+    assert_no_completed_call_repeated(
+        stack, interrupted=1 if kind == team_pb2.TEAM_KIND_SEQUENTIAL else 2
+    )

@@ -205,7 +205,7 @@ class Liveness:
         logged; its runs beat again next round. A run left out of the answer (its record
         is gone) is counted and logged the same way.
         """
-        runs = [r for r in self._live_runs().values() if not r.log.ended]
+        runs = [r for r in self._live_runs().values() if not r.log.ended and not r.releasing]
         chunks = [
             runs[i : i + HEARTBEATS_PER_CALL] for i in range(0, len(runs), HEARTBEATS_PER_CALL)
         ]

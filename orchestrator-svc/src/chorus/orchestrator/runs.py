@@ -239,6 +239,8 @@ class LiveRun:
         self._runner: TeamRunner | None = None
         self._last_message = ""
         self._handoff = False
+        self.releasing = False
+        """Set once the run gives its lease up (handoff): heartbeats leave it alone."""
         self._opening_turn = resume is None  # a SINGLE run's agent_started went with the start
         if resume is not None:
             self._restore(resume)
@@ -833,6 +835,7 @@ class LiveRun:
         try:
             async with asyncio.timeout(_RELEASE_TIMEOUT_S):
                 await self.log.sync()
+                self.releasing = True  # no heartbeat may renew the lease from now on
                 await self._history.release_run(self.id, self.log.lease_epoch)
         except (ChorusError, RunAbandoned, TimeoutError) as exc:
             log.warning("run_release_failed", error=repr(exc))
