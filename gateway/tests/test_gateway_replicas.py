@@ -1,19 +1,21 @@
 """One gateway in front of two orchestrator replicas (`CHORUS_ORCHESTRATOR_ADDRESS` a list,
 gRPC round robin): when the replica serving the gateway's WatchRuns call is SIGKILLed (or
-SIGTERMed) mid-run,
-SSE and WebSocket clients see one uninterrupted stream — no error frame, no gap, no
-duplicate, exactly one terminal event, last — equal to the run's stored log.
+SIGTERMed) mid-run, SSE and WebSocket clients see one uninterrupted stream — no error frame,
+no gap, no duplicate, exactly one terminal event, last — equal to the run's stored log; the
+web page watching a run whose replica is killed drops the interrupted turn at `run_resumed`
+and ends with every turn shown once; runs started through the gateway land on both replicas.
 
 Everything is a real process: provider-svc (simulator), history-svc (embedded SQLite) from
 the session's `backend`, two `python -m chorus.orchestrator` replicas with short leases and
-their own metrics ports (the test asks them which one serves the WatchRuns call), and a
-gateway.
+their own metrics ports (the test asks them which one serves the WatchRuns call), a gateway,
+and (for the page) Debian's chromium.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ LEASE_SETTINGS = {
 
 @dataclass
 class Replica:
+    instance: str
     process: ServiceProcess
     address: str
     metrics_url: str
@@ -103,7 +106,7 @@ def replicas(backend: Backend, tmp_path: Path) -> Iterator[Replicas]:
             )
             started.append(proc)
             replicas.append(
-                Replica(proc, "", f"http://127.0.0.1:{metrics_port}/metrics"),
+                Replica(name, proc, "", f"http://127.0.0.1:{metrics_port}/metrics"),
             )
         for replica in replicas:
             replica.address = replica.process.wait_ready()
@@ -274,3 +277,69 @@ async def test_the_gateway_spreads_runs_over_both_replicas(replicas):
             assert reply.status_code == 201, reply.text
             owners.add(reply.json().get("ownerInstance"))
         assert owners == {"replica-a", "replica-b"}
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium, or a skip that CI=true turns into a failure."""
+    from test_gateway_browser import CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"requires-service: chromium at {CHROMIUM} (make browser-deps)")
+    return CHROMIUM
+
+
+@pytest.mark.browser
+async def test_the_page_replaces_the_interrupted_turn_when_the_run_resumes(replicas, chromium):
+    """The web page watching a run whose replica is SIGKILLed: the other replica resumes it
+    (`run_resumed`), the page drops the interrupted turn's partial message, shows the notice
+    and ends with every turn shown once, as stored. (Needs orchestrator-svc's resume, issue
+    18, and Debian's chromium.)"""
+    from playwright.async_api import async_playwright
+    from test_gateway_browser import CHROMIUM_ARGS
+
+    async with httpx.AsyncClient(base_url=replicas.gateway, timeout=60) as http:
+        spec = slow_duet(tokens_per_second=40, output_tokens=60, max_turns=3)
+        run = (await http.post("/api/v1/runs", json=spec)).json()
+        owner = next(r for r in replicas.replicas if r.instance == run["ownerInstance"])
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(base_url=replicas.gateway)
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                await page.goto(f"/#run={run['id']}")
+                await page.wait_for_function(
+                    "document.querySelector('#transcript .turn .turn-text')"
+                    "?.textContent.length > 10",
+                    timeout=30_000,
+                )
+                owner.process.terminate(signal.SIGKILL)
+                await page.wait_for_selector("#transcript .note.resumed", timeout=60_000)
+                await page.wait_for_function(
+                    "document.getElementById('status').textContent === 'completed'",
+                    timeout=60_000,
+                )
+                shown = await page.eval_on_selector_all(
+                    "#transcript .turn",
+                    "ns => ns.map(n => [n.dataset.agent, n.querySelector('.turn-text').textContent])",
+                )
+                assert not errors, errors
+            finally:
+                await browser.close()
+        stored = await _stored(http, run["id"])
+    assert [tuple(s) for s in shown] == _kept_messages(stored)
+
+
+def _kept_messages(stored: dict[int, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(agent, text) of every completed message of the log, leaving out the events a
+    `run_resumed` voids (after its `fromSeq`, before it)."""
+    void: set[int] = set()
+    for seq, event in stored.items():
+        if "runResumed" in event:
+            void.update(range(int(event["runResumed"].get("fromSeq", "0")) + 1, seq))
+    return [
+        (e["agent"], e["messageCompleted"]["message"]["content"])
+        for seq, e in sorted(stored.items())
+        if "messageCompleted" in e and seq not in void
+    ]
