@@ -442,6 +442,18 @@ async def test_a_released_run_is_claimed_at_once_by_another_instance(
     assert await cached_run(history, settings, run.id) == resp.run
 
 
+async def test_a_late_heartbeat_of_the_releasing_owner_does_not_take_the_run_back(
+    history: History, alice: UserStub
+) -> None:
+    system = history.system()
+    run = await new_run(alice)
+    await beat(alice, run.id, "orch-a", epoch=1)
+    released = (await system.ReleaseRun(pb.ReleaseRunRequest(run_id=run.id, lease_epoch=1))).run
+    assert await beat(alice, run.id, "orch-a", epoch=1, turns=3) == released  # wrote nothing
+    resp = await claim(system, released, "orch-c", stale_after=Duration(seconds=3600))
+    assert resp.run.owner_instance == "orch-c"
+
+
 async def test_a_release_with_another_epoch_is_lease_lost_and_writes_nothing(
     history: History, alice: UserStub
 ) -> None:

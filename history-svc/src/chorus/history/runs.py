@@ -140,8 +140,10 @@ def apply_heartbeats(
     """The outcome of each heartbeat (values from `heartbeat_values`) on the `stored` runs
     (by id, read under a lock), in order: `(run after the heartbeat, True)`; for an ended
     run, or a heartbeat whose non-zero `lease_epoch` is not the run's (its sender lost the
-    lease: RunHeartbeat.lease_epoch), `(the stored run, False)` — the heartbeat does not
-    change it; None for a run not in `stored` (missing, or hidden from the caller).
+    lease: RunHeartbeat.lease_epoch) or whose lease was released (ReleaseRun: a late
+    heartbeat of the owner that gave the run up must not make it look owned again and
+    delay its claim), `(the stored run, False)` — the heartbeat does not change it; None
+    for a run not in `stored` (missing, or hidden from the caller).
 
     The update is `apply_update` with `HEARTBEAT_PATHS`, so `last_seq` never decreases and
     `update_time` strictly increases, as for RecordRun.
@@ -151,7 +153,11 @@ def apply_heartbeats(
         run = stored.get(values.id)
         if run is None:
             out.append(None)
-        elif run.status in TERMINAL or not lease_matches(run, values.lease_epoch):
+        elif (
+            run.status in TERMINAL
+            or not lease_matches(run, values.lease_epoch)
+            or (values.lease_epoch and released(run))
+        ):
             out.append((run, False))
         else:
             out.append((apply_update(run, values, HEARTBEAT_PATHS, now_us), True))
