@@ -252,7 +252,7 @@ async def test_deltas_arriving_during_a_call_go_together_in_the_next_one() -> No
     # A group commit: one call in flight at a time; what arrives meanwhile waits for it.
     store = Store()
     store.gate = asyncio.Event()
-    flusher = DeltaFlusher(store.many)
+    flusher = DeltaFlusher(store.many, max_in_flight=1)
     logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(3)]
     logs[0].emit_delta(delta())
     await wait_for(lambda: logs[0].writing, timeout=2)  # the first call is held
@@ -265,6 +265,25 @@ async def test_deltas_arriving_during_a_call_go_together_in_the_next_one() -> No
     await wait_for(lambda: all(not log.has_pending for log in logs), timeout=2)
     assert [sorted(c) for c in store.calls] == [["run-0"], ["run-0", "run-1", "run-2"]]
     assert [log.stored_seq for log in logs] == [6, 5, 5]
+    await flusher.close()
+
+
+async def test_calls_in_flight_at_once_never_carry_two_batches_of_one_run() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    flusher = DeltaFlusher(store.many, max_in_flight=3)
+    first, second = (new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(2))
+    first.emit_delta(delta())
+    await wait_for(lambda: first.writing, timeout=2)  # call 1: run-0, held
+    first.emit_delta(delta())
+    second.emit_delta(delta())
+    await wait_for(lambda: second.writing, timeout=2)  # call 2: run-1 only
+    await asyncio.sleep(0.01)
+    assert first.has_pending and not store.batches  # run-0's second delta waits its turn
+    store.gate.set()
+    await wait_for(lambda: not first.has_pending and not second.has_pending, timeout=2)
+    assert [b for b in store.batches if len(b) == 1] == store.batches  # one delta a batch
+    assert sorted(store.batches) == [[1], [1], [2]] and first.stored_seq == 2
     await flusher.close()
 
 

@@ -6,11 +6,12 @@ stream (a few tokens per second) across 1,000 runs must not cost one call (one d
 transaction) per delta. `RunEventLog.emit_delta` marks its log dirty (a set add); the
 flusher then sends the pending deltas of every dirty run as ONE
 HistoryService.AppendRunEventBatches call (several, concurrently, beyond `max_batches`
-runs or `max_events` events) — started in the same event-loop turn when no call is in
-flight, else as soon as the call in flight returns. This is a group commit: when idle, a
-delta waits for one call; under load, everything that arrived during a call goes in the
-next one, so the number of calls per second is bounded by history-svc's speed, not by
-the number of runs or deltas.
+runs or `max_events` events) — started in the next event-loop step while fewer than
+`MAX_CALLS_IN_FLIGHT` calls are under way, else as soon as one returns. This is a group
+commit: when idle, a delta waits for one call; under load, everything that arrived during
+the calls in flight goes in the next one, so the number of calls per second is bounded by
+history-svc's speed, not by the number of runs or deltas. A run has at most one batch in
+flight (its later deltas wait for it), so its events are stored in order.
 
 Per run the order stays that of `RunEventLog`: the flusher skips a run whose lifecycle
 write is under way (that write stores the pending deltas too, and marks the run again for
@@ -41,6 +42,10 @@ MAX_BATCHES_PER_CALL = 1000
 """Runs per AppendRunEventBatches call (history-svc's limit)."""
 MAX_EVENTS_PER_CALL = 10_000
 """Events per AppendRunEventBatches call, all runs together (history-svc's limit)."""
+MAX_CALLS_IN_FLIGHT = 3
+"""Calls under way at once. Under 1,000 slow streams one call at a time left the deltas
+that arrived during a call waiting for it: lag p99 medians of 3 alternated rounds 304 ms
+with 1, 132 ms with 3 (bench/README.md, session 9)."""
 RETRY_AFTER_FAILURE_S = 0.5
 """Pause before a call that failed as a whole is tried again."""
 
@@ -58,6 +63,8 @@ class DeltaFlusher:
 
     Args:
         writer: stores many runs' batches in one call.
+        max_in_flight: calls under way at once; a run has at most one batch in flight,
+            so its deltas stay in order.
         max_batches: runs per call.
         max_events: events per call, all runs together.
     """
@@ -66,15 +73,16 @@ class DeltaFlusher:
         self,
         writer: BatchWriter,
         *,
+        max_in_flight: int = MAX_CALLS_IN_FLIGHT,
         max_batches: int = MAX_BATCHES_PER_CALL,
         max_events: int = MAX_EVENTS_PER_CALL,
     ) -> None:
         self._writer = writer
+        self._max_in_flight = max_in_flight
         self._max_batches = max_batches
         self._max_events = max_events
         self._dirty: set[RunEventLog] = set()
-        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._running: asyncio.Task[None] | None = None
+        self._scheduled: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -82,7 +90,15 @@ class DeltaFlusher:
         """`run_log` has pending deltas: send them with the next call (at once when none
         is in flight)."""
         self._dirty.add(run_log)
-        if self._scheduled is None and self._running is None and not self._closed:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if (
+            self._scheduled is None
+            and len(self._tasks) < self._max_in_flight
+            and not self._closed
+            and self._dirty
+        ):  # in the next loop step, so this step's marks go in too
             self._scheduled = asyncio.get_running_loop().call_soon(self._start)
 
     def _start(self) -> None:
@@ -90,16 +106,12 @@ class DeltaFlusher:
         if self._closed or not self._dirty:
             return
         task = asyncio.get_running_loop().create_task(self.flush(), name="delta-flush")
-        self._running = task
         self._tasks.add(task)
         task.add_done_callback(self._flushed)
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._running is task:
-            self._running = None
-        if self._dirty and not self._closed and self._scheduled is None:
-            self._scheduled = asyncio.get_running_loop().call_soon(self._start)
+        self._schedule()
 
     async def flush(self) -> None:
         """Send the pending deltas of every marked run now."""
