@@ -208,12 +208,8 @@ async def test_sse_stream_survives_the_loss_of_the_replica_serving_its_watch(rep
 
 async def test_a_started_sse_stream_survives_the_kill_of_the_replica_running_it(replicas):
     """POST /runs/stream: the replica serving the watch also runs the run. The surviving
-    replica takes the run over after its lease expires.
-
-    Until orchestrator-svc resumes runs (issue 18) the other replica's sweep ends the run
-    `run_failed` (ORCHESTRATOR_STOPPED) instead of resuming it: either terminal event is
-    accepted here, the stream properties are not negotiable. Tighten to `run_completed`
-    once resume lands."""
+    replica claims the run after its lease expires and resumes it (`run_resumed`): the
+    client's one stream goes on to `run_completed`."""
     async with httpx.AsyncClient(base_url=replicas.gateway, timeout=60) as http:
         events: list[dict[str, Any]] = []
         names: list[str] = []
@@ -234,7 +230,8 @@ async def test_a_started_sse_stream_survives_the_kill_of_the_replica_running_it(
         assert kill is not None
         await kill
         assert "error" not in names
-        assert names[-1] in ("run_completed", "run_failed")
+        assert names[-1] == "run_completed"
+        assert names.count("run_resumed") == 1
         _check_stream(events, await _stored(http, events[0]["runId"]))
         await _reattached(http)
 

@@ -378,3 +378,55 @@ async def test_every_team_kind_resumes_from_its_checkpoint_after_a_kill(
     assert_no_completed_call_repeated(
         stack, interrupted=1 if kind == team_pb2.TEAM_KIND_SEQUENTIAL else 2
     )
+
+
+def _kill_point(name: str):
+    """When to kill: the first delta (before the first checkpoint), the first turn's
+    `progress` (right after its checkpoint was stored with it), or a delta of the last turn
+    (its end — closing events, terminal event and final record in one write — follows)."""
+    state = {"last_turn": False}
+
+    def before_first_checkpoint(event: run_pb2.RunEvent) -> bool:
+        return event.HasField("text_delta")
+
+    def after_checkpoint(event: run_pb2.RunEvent) -> bool:
+        return event.HasField("progress")
+
+    def in_the_last_turn(event: run_pb2.RunEvent) -> bool:
+        if event.HasField("progress") and event.progress.turn == TURNS - 1:
+            state["last_turn"] = True
+        return state["last_turn"] and event.HasField("text_delta")
+
+    return {
+        "before-first-checkpoint": before_first_checkpoint,
+        "after-checkpoint": after_checkpoint,
+        "in-the-last-turn": in_the_last_turn,
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "point", ["before-first-checkpoint", "after-checkpoint", "in-the-last-turn"]
+)
+async def test_a_kill_at_any_point_of_the_run_loses_nothing(
+    stack: Stack, alice: RunClient, point: str
+) -> None:
+    async with orchestrator_process(stack) as (proc, channel):
+        run_id, seen = await start_and_watch(
+            RunClient(channel, alice.user), paced_duet(), until=_kill_point(point)
+        )
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    run = await alice.wait_status(run_id, run_pb2.RUN_STATUS_COMPLETED, timeout=30)
+    events = await stack.history_client(alice.user).events(run_id)
+    assert_well_formed(events)
+    assert events[: len(seen)] == seen and run.last_seq == events[-1].seq
+    (resumed,) = [e.run_resumed for e in events if e.HasField("run_resumed")]
+    if point == "before-first-checkpoint":
+        assert resumed.from_seq == 0  # restarted from its input
+    else:
+        assert payload(events[resumed.from_seq - 1]) == "progress"
+    kept = completed_turns(events)
+    assert [e.progress.turn for e in kept if e.HasField("progress")] == list(range(1, TURNS + 1))
+    # At most the call under way at the kill is made again (after a checkpoint: the next
+    # turn's, if it had begun).
+    assert_no_completed_call_repeated(stack, interrupted=1)
