@@ -71,3 +71,29 @@ async def test_new_calls_are_refused_after_sigterm():
         assert await asyncio.to_thread(proc.proc.wait, 10) == 0
     finally:
         proc.stop()
+
+
+def test_a_service_whose_log_pipe_is_gone_still_shuts_down_in_order():
+    # Its launcher was killed: the read end of its stderr is closed. Writing a log line
+    # then raises BrokenPipeError, which must not cut its shutdown short.
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CHORUS_DEV_MODE": "true", "CHORUS_LOG_JSON": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, SERVER], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # until it serves
+            if json.loads(line).get("event") == "listening":
+                break
+        proc.stderr.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

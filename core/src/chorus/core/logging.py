@@ -8,11 +8,12 @@ keys that look like secrets are replaced by `"***"`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
@@ -73,13 +74,13 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _LogStream(sys.stderr))),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
     # Libraries that log through the standard library end up as JSON lines too.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_LogStream(sys.stderr))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
@@ -93,6 +94,25 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
     # model call that our own logs already cover, and its formatting on the hot path.
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+class _LogStream:
+    """The log's stream, minus the failures of a reader that went away: a service whose
+    stderr pipe is closed (its launcher was killed) keeps serving and still shuts down in
+    order on SIGTERM, instead of dying half-way through its shutdown on BrokenPipeError."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except (OSError, ValueError):  # broken pipe, closed file
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -158,15 +158,16 @@ async def run_service(
     if settings.metrics_port is not None:
         metrics_port = start_metrics_server(settings.metrics_port, settings.host)
         log.info("metrics_listening", address=f"http://{settings.host}:{metrics_port}/metrics")
+    # Signal handlers first: a SIGTERM right after "listening" is a graceful stop too.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await server.start()
     configure_gc(settings)
     log.info("listening", address=server.address, services=[b.name for b in bindings])
     if on_started is not None:
         await on_started(server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting_down", grace_s=settings.grace_period_s)
     grace = settings.grace_period_s
