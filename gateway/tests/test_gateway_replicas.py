@@ -340,3 +340,62 @@ def _kept_messages(stored: dict[int, dict[str, Any]]) -> list[tuple[str, str]]:
         for seq, e in sorted(stored.items())
         if "messageCompleted" in e and seq not in void
     ]
+
+
+async def _sse_events(http: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with http.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
+        assert response.status_code == 200
+        async for frame in sse_frames(response):
+            if frame.comment is None and frame.data:
+                assert frame.event != "error", frame.data
+                events.append(frame.json())
+    return events
+
+
+async def _ws_events(url: str, run_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with websockets.connect(url) as ws:
+        assert json.loads(await ws.recv())["status"] == "connected"
+        await ws.send(json.dumps({"type": "subscribe", "payload": {"runId": run_id}}))
+        while not events or not any(k in events[-1] for k in _TERMINAL_KEYS):
+            frame = json.loads(await ws.recv())
+            assert frame.get("type") != "error", frame
+            if "seq" in frame:
+                events.append(frame)
+    return events
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+async def test_twenty_live_runs_lose_nothing_when_a_replica_is_lost(replicas, sig):
+    """Issue 18's "Done when": 20 runs started through the gateway (so on both replicas),
+    10 watched over SSE and 10 over WebSocket; one replica is killed or stopped mid-run.
+    Every run ends `run_completed` and every client's stream is gapless, duplicate-free and
+    equal to the stored log."""
+    async with httpx.AsyncClient(base_url=replicas.gateway, timeout=90) as http:
+        spec = slow_duet(tokens_per_second=60, output_tokens=60, max_turns=3)
+        runs = []
+        for _ in range(20):
+            reply = await http.post("/api/v1/runs", json=spec)
+            assert reply.status_code == 201, reply.text
+            runs.append(reply.json())
+        assert {r["ownerInstance"] for r in runs} == {"replica-a", "replica-b"}
+        url = replicas.gateway.replace("http://", "ws://") + "/api/v1/ws"
+        watchers = [
+            asyncio.create_task(_sse_events(http, r["id"]) if i % 2 else _ws_events(url, r["id"]))
+            for i, r in enumerate(runs)
+        ]
+
+        async def all_begun() -> bool:
+            bodies = [(await http.get(f"/api/v1/runs/{r['id']}")).json() for r in runs]
+            return all(int(b.get("lastSeq", 0)) >= EVENTS_BEFORE_KILL for b in bodies)
+
+        await wait_for(all_begun, timeout=30, interval=0.1)
+        lost = replicas.replicas[0]
+        lost.process.terminate(sig)
+        async with asyncio.timeout(90):
+            streams = await asyncio.gather(*watchers)
+        await wait_for(lambda: lost.process.proc.poll() is not None, timeout=30)
+        for run, events in zip(runs, streams, strict=True):
+            assert "runCompleted" in events[-1], (run["ownerInstance"], events[-1])
+            _check_stream(events, await _stored(http, run["id"]))
