@@ -75,8 +75,8 @@ class OrchestratorApp:
         )
 
     async def close(self, timeout_s: float | None = None) -> None:
-        """End the runs still executing (failed, ORCHESTRATOR_STOPPED, retryable), stop the
-        background loops and close the channels."""
+        """Hand the runs still executing over (released at their next turn boundary, or
+        at the deadline), stop the background loops and close the channels."""
         await self.manager.shutdown(
             self.settings.grace_period_s if timeout_s is None else timeout_s
         )

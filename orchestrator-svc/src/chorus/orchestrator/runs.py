@@ -98,8 +98,6 @@ class StopKind(enum.Enum):
 
     CANCEL = "cancel"
     """CancelRun (or a StreamRun client gone with `on_disconnect = CANCEL`)."""
-    SHUTDOWN = "shutdown"
-    """This process is stopping: end the run as failed, retryable."""
     ABANDON = "abandon"
     """Another replica owns the run now (its lease was lost) or another writer ended it:
     stop without writing anything more."""
@@ -146,16 +144,6 @@ class RunDeps:
     tools: ToolRegistry
     end_slots: asyncio.Semaphore
     """`max_ending_runs` slots: a run's closing writes hold one."""
-
-
-def orchestrator_stopped_error() -> run_pb2.RunError:
-    """The error of a run whose orchestrator went away (shutdown or crash)."""
-    return run_pb2.RunError(
-        code=rpc_code(grpc.StatusCode.UNAVAILABLE),
-        message="orchestrator stopped",
-        retryable=True,
-        reason="ORCHESTRATOR_STOPPED",
-    )
 
 
 def context_messages(messages: Sequence[conversation_pb2.Message], agent: str) -> list[LLMMessage]:
@@ -281,12 +269,6 @@ class LiveRun:
         self._stop_kind = StopKind.CANCEL
         self._stop.set()
         return True
-
-    def request_shutdown(self) -> None:
-        """Ask the run to end as failed (ORCHESTRATOR_STOPPED, retryable): the process stops."""
-        if not self.stopping:
-            self._stop_kind = StopKind.SHUTDOWN
-            self._stop.set()
 
     def request_handoff(self) -> None:
         """Stop at the next turn boundary, after its checkpoint is stored, and release the
@@ -818,8 +800,6 @@ class LiveRun:
             await self._complete(result)
         elif self._stop_kind is StopKind.CANCEL:
             await self._cancelled()
-        elif self._stop_kind is StopKind.SHUTDOWN:
-            await self._fail(orchestrator_stopped_error())
         elif self._stop_kind is StopKind.ABANDON:
             raise RunAbandoned("another replica owns the run now, or it ended elsewhere")
         elif self._handoff:  # at a turn boundary, or the deadline stopped the turn
