@@ -72,6 +72,9 @@ def baseline_tree(rev: str) -> Path:
     ).stdout.strip()
     tree = RESULTS / f"baseline-{sha}"
     if not tree.exists():
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        # a worktree registered by an earlier checkout of this repository, since deleted
+        subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=True, capture_output=True)
         subprocess.run(
             ["git", "worktree", "add", "--detach", str(tree), sha],
             cwd=REPO,
