@@ -52,7 +52,9 @@ async def test_identity_request_id_and_deadline_are_forwarded(provider_server, s
     call = recorder.calls[-1]
     assert call["user"] == "alice"
     assert call["request_id"] == "chain-1"
-    assert call["remaining"] is not None and 0 < call["remaining"] <= 5
+    # The forwarded deadline is the caller's (5 s) less the time spent: never more, but
+    # the grpc-timeout header's rounding can show a few ms over (5.009 s seen in CI).
+    assert call["remaining"] is not None and 0 < call["remaining"] <= 5.05
 
 
 async def test_pool_reuses_one_channel_per_target(settings):
