@@ -220,6 +220,19 @@ async def test_nothing_after_the_last_seq_of_a_finished_run_is_204(client):
     assert reply.status_code == 204 and reply.content == b""
 
 
+async def test_a_seq_past_the_end_of_a_finished_run_is_400_out_of_range(client):
+    # Nobody was shown a seq the log does not hold (issue 18, log before show): resuming
+    # after one is the client's error, not a 204 that would hide it.
+    run_id, frames = await _completed_run(client, topic="past the end")
+    reply = await client.get(
+        f"/api/v1/runs/{run_id}/events",
+        headers={"Last-Event-ID": str(int(frames[-1].id or 0) + 1)},
+    )
+    assert reply.status_code == 400
+    assert reply.headers["content-type"] == "application/json"
+    assert error_of(reply)["status"] == "OUT_OF_RANGE"
+
+
 async def test_events_of_an_unknown_run_are_a_real_404(client):
     reply = await client.get(
         "/api/v1/runs/00000000-0000-4000-8000-000000000001/events",

@@ -18,7 +18,8 @@ How the stream is served (the gateway's hot path):
   (`chorus.gateway.watches`) and waits for its first event (up to
   `sse_first_event_wait_s`) before answering, so a missing run is a real 404 and not a
   200 stream that fails; a stream with nothing after `after_seq` on a finished run is
-  204 No Content, which tells `EventSource` to stop reconnecting.
+  204 No Content, which tells `EventSource` to stop reconnecting; a seq past a finished
+  run's last event is 400 OUT_OF_RANGE (nobody can have been shown it).
 * The call's reader hands each update's events to the stream's buffer, encoded as SSE
   frames; the writer sends everything buffered in one `http.response.body` write. When
   events arrive faster than the socket drains, the writer's send is still waiting on

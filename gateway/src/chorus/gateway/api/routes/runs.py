@@ -201,7 +201,7 @@ async def watch_run(
 ) -> Response:
     """Events with seq greater than `Last-Event-ID` (or `after_seq`), then live until the
     terminal event. No gap, no duplicate; works for finished runs (204 when nothing is
-    left)."""
+    left; 400 OUT_OF_RANGE for a seq past a finished run's last event)."""
     after = resume_after(last_event_id, after_seq)
     return await sse.open_event_stream(
         watches, user=caller.user, run_id=run_id, after_seq=after, **sse.stream_options(settings)
