@@ -113,23 +113,42 @@ class SqliteStore(Store):
     @asynccontextmanager
     async def _use(self, write: bool = False) -> AsyncIterator[aiosqlite.Connection]:
         """The connection, exclusively; with `write`, inside a transaction that commits on
-        success and rolls back on any exception."""
+        success and rolls back on any exception — cancellation included: a caller that
+        goes away mid-call (its client was killed) never leaves the one connection inside
+        a transaction, which would fail every later write ("cannot start a transaction
+        within a transaction")."""
         async with self._lock:
             try:
                 if not write:
                     yield self._db
                     return
-                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._settle("BEGIN IMMEDIATE")
+                except asyncio.CancelledError:
+                    if self._db.in_transaction:
+                        await self._settle("ROLLBACK")
+                    raise
                 try:
                     yield self._db
                 except BaseException:
-                    await self._db.execute("ROLLBACK")
+                    await self._settle("ROLLBACK")
                     raise
-                await self._db.execute("COMMIT")
+                await self._settle("COMMIT")
             except sqlite3.OperationalError as exc:
                 if self.on_unavailable is not None:
                     self.on_unavailable()
                 raise database_unavailable(self.kind, exc) from exc
+
+    async def _settle(self, sql: str) -> None:
+        """Run a transaction-control statement to its end even when the caller is cancelled
+        meanwhile (aiosqlite runs it on its thread either way): then CancelledError is
+        raised after it, with the connection's transaction state known."""
+        done = asyncio.ensure_future(self._db.execute(sql))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await asyncio.wait({done})
+            raise
 
     async def _one(self, db: aiosqlite.Connection, sql: str, *args: Any) -> Any:
         async with db.execute(sql, args) as cur:
