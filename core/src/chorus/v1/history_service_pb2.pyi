@@ -225,6 +225,16 @@ class ReleaseRunResponse(_message.Message):
     run: _run_pb2.Run
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ...) -> None: ...
 
+class DeleteRunRecordRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class DeleteRunRecordResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetRunRecordRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -306,16 +316,18 @@ class AppendRunEventBatchesResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[AppendRunEventBatchResult, _Mapping]]] = ...) -> None: ...
 
 class ListRunEventsRequest(_message.Message):
-    __slots__ = ("run_id", "after_seq", "page_size", "page_token")
+    __slots__ = ("run_id", "after_seq", "page_size", "page_token", "kinds")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     after_seq: int
     page_size: int
     page_token: str
-    def __init__(self, run_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListRunEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")

@@ -103,6 +103,11 @@ class HistoryServiceStub:
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunResponse.FromString,
                 _registered_method=True)
+        self.DeleteRunRecord = channel.unary_unary(
+                '/chorus.v1.HistoryService/DeleteRunRecord',
+                request_serializer=chorus_dot_v1_dot_history__service__pb2.DeleteRunRecordRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_history__service__pb2.DeleteRunRecordResponse.FromString,
+                _registered_method=True)
         self.GetRunRecord = channel.unary_unary(
                 '/chorus.v1.HistoryService/GetRunRecord',
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.GetRunRecordRequest.SerializeToString,
@@ -176,7 +181,13 @@ class HistoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteConversation(self, request, context):
-        """Deletes a conversation and its messages. NOT_FOUND when it does not exist.
+        """Deletes a conversation with everything in it — its messages, and its runs with their
+        events and checkpoints — in one transaction: afterwards every read of the conversation
+        or of one of its runs is NOT_FOUND, and the cached copies and live event logs are
+        dropped. An active run is deleted too; its orchestrator stops it at its next heartbeat
+        or write (callers that want a recorded cancel first, like the gateway, cancel through
+        RunService.CancelRun before deleting). NOT_FOUND when it does not exist (or was
+        already deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +264,19 @@ class HistoryServiceServicer:
         """Releases a run's lease so another replica can claim it at once (an orchestrator
         handing its runs over on shutdown). FAILED_PRECONDITION (reason LEASE_LOST) when the
         request's `lease_epoch` is not the stored one; an ended run is returned unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRunRecord(self, request, context):
+        """Deletes a run record with its events and checkpoint, in one transaction; the run's
+        cached record and live event log are dropped, and every later read of the run
+        (GetRunRecord, ListRunEvents, WatchRunEvents, a claim, a heartbeat, a write) is
+        NOT_FOUND. The messages the run added to its conversation stay there (they are the
+        conversation's; DeleteConversation removes them). An active run is deleted too (its
+        orchestrator stops at its next heartbeat or write); RunService.DeleteRun cancels it
+        first. NOT_FOUND when the run does not exist or was already deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -377,6 +401,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.ReleaseRun,
                     request_deserializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_history__service__pb2.ReleaseRunResponse.SerializeToString,
+            ),
+            'DeleteRunRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRunRecord,
+                    request_deserializer=chorus_dot_v1_dot_history__service__pb2.DeleteRunRecordRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_history__service__pb2.DeleteRunRecordResponse.SerializeToString,
             ),
             'GetRunRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRunRecord,
@@ -742,6 +771,33 @@ class HistoryService:
             '/chorus.v1.HistoryService/ReleaseRun',
             chorus_dot_v1_dot_history__service__pb2.ReleaseRunRequest.SerializeToString,
             chorus_dot_v1_dot_history__service__pb2.ReleaseRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRunRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.HistoryService/DeleteRunRecord',
+            chorus_dot_v1_dot_history__service__pb2.DeleteRunRecordRequest.SerializeToString,
+            chorus_dot_v1_dot_history__service__pb2.DeleteRunRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

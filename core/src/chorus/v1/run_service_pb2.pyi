@@ -146,6 +146,16 @@ class CancelRunResponse(_message.Message):
     message: str
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., cancelled: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
+class DeleteRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class DeleteRunResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class UpdateRunAgentRequest(_message.Message):
     __slots__ = ("run_id", "agent_name", "agent", "update_mask")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

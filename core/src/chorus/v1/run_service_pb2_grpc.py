@@ -74,6 +74,11 @@ class RunServiceStub:
                 request_serializer=chorus_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_run__service__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/chorus.v1.RunService/DeleteRun',
+                request_serializer=chorus_dot_v1_dot_run__service__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_run__service__pb2.DeleteRunResponse.FromString,
+                _registered_method=True)
         self.UpdateRunAgent = channel.unary_unary(
                 '/chorus.v1.RunService/UpdateRunAgent',
                 request_serializer=chorus_dot_v1_dot_run__service__pb2.UpdateRunAgentRequest.SerializeToString,
@@ -161,6 +166,17 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRun(self, request, context):
+        """Deletes a run with its events and checkpoint. An active run is cancelled first (its
+        in-flight model call stopped, `run_cancelled` sent to its watchers), then deleted;
+        afterwards every read of the run — GetRun, ListRuns, WatchRun, its events — is
+        NOT_FOUND, and no replica resumes it. The messages it added to its conversation stay
+        there. NOT_FOUND for an unknown, another user's or an already deleted run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateRunAgent(self, request, context):
         """Changes an agent's system prompt, temperature or model while the run is active; applies
         from the agent's next turn and emits `agent_updated`. FAILED_PRECONDITION when the run
@@ -214,6 +230,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=chorus_dot_v1_dot_run__service__pb2.CancelRunRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_run__service__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=chorus_dot_v1_dot_run__service__pb2.DeleteRunRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_run__service__pb2.DeleteRunResponse.SerializeToString,
             ),
             'UpdateRunAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateRunAgent,
@@ -420,6 +441,33 @@ class RunService:
             '/chorus.v1.RunService/CancelRun',
             chorus_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
             chorus_dot_v1_dot_run__service__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.RunService/DeleteRun',
+            chorus_dot_v1_dot_run__service__pb2.DeleteRunRequest.SerializeToString,
+            chorus_dot_v1_dot_run__service__pb2.DeleteRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
