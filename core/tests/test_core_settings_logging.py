@@ -92,3 +92,58 @@ def test_a_negative_gc_threshold_is_refused(monkeypatch):
     monkeypatch.setenv("CHORUS_GC_THRESHOLD", "-1")
     with pytest.raises(ValueError, match="gc_threshold"):
         CoreSettings()
+
+
+_STDLIB_SCRIPT = """
+import asyncio, logging, sys
+from chorus.core.logging import configure_logging
+configure_logging("test", level=sys.argv[1], json=sys.argv[2] == "json")
+lib = logging.getLogger("autogen_core")
+try:
+    raise asyncio.CancelledError()
+except asyncio.CancelledError:
+    lib.error("Error processing publish message for writer", exc_info=True)
+try:
+    raise BaseExceptionGroup("group", [asyncio.CancelledError()])
+except BaseExceptionGroup:
+    lib.exception("Error in group")
+logging.getLogger("uvicorn.error").info("Application startup complete.")
+try:
+    raise ValueError("a real bug")
+except ValueError:
+    lib.exception("handler failed")
+"""
+
+
+def _log_lines(level: str, mode: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _STDLIB_SCRIPT, level, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stderr.strip().splitlines()
+
+
+def test_stdlib_lines_keep_their_logger_name_and_cancellations_are_not_errors():
+    records = [json.loads(line) for line in _log_lines("INFO", "json")]
+    assert [(r["event"], r["logger_name"], r["level"]) for r in records] == [
+        ("Application startup complete.", "uvicorn.error", "info"),
+        ("handler failed", "autogen_core", "error"),
+    ]
+    assert "ValueError: a real bug" in records[1]["exception"]
+
+
+def test_at_debug_a_cancellation_is_one_debug_line_without_its_traceback():
+    records = [json.loads(line) for line in _log_lines("DEBUG", "json")]
+    cancelled = [r for r in records if r["event"].startswith("Error")]
+    assert [(r["level"], "exception" in r) for r in cancelled] == [("debug", False)] * 2
+
+
+def test_console_lines_name_their_logger_and_print_tracebacks_plainly():
+    lines = _log_lines("INFO", "console")
+    assert "[uvicorn.error]" in next(x for x in lines if "Application startup" in x)
+    assert not any("CancelledError" in x or "Error processing" in x for x in lines), lines
+    assert "Traceback (most recent call last):" in lines
+    assert not any("╭" in x or "│" in x for x in lines), "rich boxes of locals"
+    assert len(lines) < 15, lines

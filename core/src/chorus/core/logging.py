@@ -4,10 +4,19 @@
 `structlog.contextvars.bind_contextvars` (the interceptors bind `request_id` and `user`; the
 orchestrator binds `run_id`), so every log line of a request or run carries them. Values of
 keys that look like secrets are replaced by `"***"`.
+
+Lines of standard-library loggers (uvicorn, grpc, autogen, …) go through the same renderer
+and keep their logger's name (`logger_name`, as `get_logger(name)` lines have it). A record
+whose exception is a cancellation (`asyncio.CancelledError`: a run cancelled, a client gone,
+Ctrl-C) is an expected event that its owner logs as one INFO line, so a library's "error
+processing message" traceback about it is dropped (kept, without the traceback, at DEBUG).
+Console output (`json=False`, `make run`) prints real tracebacks plainly — no rich boxes of
+local variables (long, and locals may hold secrets).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -40,6 +49,44 @@ def _orjson_text(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def add_logger_name(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor for standard-library records: their logger's name as `logger_name`
+    (the key `get_logger(name)` uses), unless the line already has one."""
+    record = event_dict.get("_record")
+    if record is not None and "logger_name" not in event_dict:
+        event_dict["logger_name"] = record.name
+    return event_dict
+
+
+def _is_cancellation(error: BaseException | None) -> bool:
+    """A cancellation, or an exception group made only of cancellations."""
+    if isinstance(error, asyncio.CancelledError):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in error.exceptions)
+    return False
+
+
+class CancellationFilter(logging.Filter):
+    """Drops standard-library records about a cancellation (`exc_info` holds an
+    `asyncio.CancelledError`), e.g. autogen_core's "Error processing publish message"
+    traceback for every cancelled run or stopped service. At DEBUG the line stays, demoted to
+    DEBUG and without its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not _is_cancellation(error):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore")
 """Standard-library loggers kept at WARNING or above whatever the level (per-request lines)."""
 
@@ -61,7 +108,9 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_orjson_text)
         if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[
@@ -79,14 +128,21 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
-    # Libraries that log through the standard library end up as JSON lines too.
+    # Libraries that log through the standard library end up as JSON lines too (with their
+    # traceback as text under `exception`, as structlog's own lines have it).
+    exc_info: list[Any] = [structlog.processors.format_exc_info] if json else []
     handler = logging.StreamHandler(_LogStream(sys.stderr))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=[add_logger_name, *shared],
         )
     )
+    handler.addFilter(CancellationFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
