@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -182,6 +183,25 @@ async def run_service(
     log.info("stopped")
 
 
+def settings_help(service: str, settings: CoreSettings) -> str:
+    """`--help` text: usage, the `__main__` module's docstring, one line per setting."""
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    lines = [f"usage: python -m chorus.{service} [-h]", ""]
+    if doc:
+        lines += [doc, ""]
+    lines.append("settings (environment variables; a .env file in the working directory too):")
+    for name, field in type(settings).model_fields.items():
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None:
+            default = "default computed"
+        else:
+            default = f"default {field.default!r}"
+        lines.append(f"  {prefix}{name.upper()}  ({default})  {field.description or ''}".rstrip())
+    return "\n".join(lines)
+
+
 def main(
     service: str,
     settings: CoreSettings,
@@ -189,7 +209,14 @@ def main(
     make_bindings: Callable[[], Awaitable[Sequence[ServiceBinding]]],
     **kwargs: Any,
 ) -> None:
-    """Entry point of `python -m chorus.<service>`: logging, uvloop, `run_service`."""
+    """Entry point of `python -m chorus.<service>`: logging, uvloop, `run_service`.
+
+    `-h` / `--help` prints the module's docstring and every `CHORUS_*` setting the service
+    reads (default and description), then exits 0 without serving.
+    """
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(settings_help(service, settings))
+        raise SystemExit(0)
     configure_logging(service, level=settings.log_level, json=settings.log_json)
     try:
         uvloop.run(run_service(service, settings, port, make_bindings, **kwargs))
