@@ -1,11 +1,14 @@
 """`python -m chorus.core.healthcheck HOST:PORT [SERVICE]`: exit 0 when the gRPC health
 service reports SERVING for SERVICE (default: the whole server), 1 otherwise.
 
-Used by the containers' HEALTHCHECK (no grpc_health_probe binary needed).
+Used by the containers' HEALTHCHECK (no grpc_health_probe binary needed). `wait_serving`
+is the in-process form a service uses to wait for a dependency (the orchestrator's startup
+sweep waits for history-svc).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import grpc
@@ -22,6 +25,34 @@ def check(address: str, service: str = "", timeout: float = 3.0) -> bool:
     except grpc.RpcError:
         return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def wait_serving(
+    channel: grpc.aio.Channel,
+    service: str = "",
+    *,
+    first_wait_s: float = 0.05,
+    max_wait_s: float = 2.0,
+    call_timeout_s: float = 2.0,
+) -> None:
+    """Return once `service` on `channel` reports SERVING (gRPC health `Check`).
+
+    Polls with a doubling wait (`first_wait_s` up to `max_wait_s`) while the server is
+    unreachable, answers NOT_SERVING or does not know the service yet. Waits without end:
+    the caller bounds it (`asyncio.timeout`) or cancels it.
+    """
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=service)
+    wait = first_wait_s
+    while True:
+        try:
+            reply = await stub.Check(request, timeout=call_timeout_s)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(wait)
+        wait = min(max_wait_s, wait * 2)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import grpc
 
 from chorus.core import identity
 from chorus.core.channels import channel_options
+from chorus.core.healthcheck import wait_serving
 from chorus.core.logging import get_logger
 from chorus.core.server import GrpcServer, ServiceBinding
 from chorus.orchestrator.auth import CallAuth
@@ -36,6 +37,7 @@ from chorus.v1 import provider_service_pb2_grpc, run_service_pb2_grpc
 log = get_logger("chorus.orchestrator.app")
 
 SERVICE_NAME = "chorus.v1.RunService"
+HISTORY_SERVICE = "chorus.v1.HistoryService"
 
 
 class OrchestratorApp:
@@ -119,4 +121,7 @@ async def build_app(settings: Settings) -> OrchestratorApp:
         tools,
         load_templates(),
     )
+    # The first recovery sweep reads history-svc: started together (`make run`, a
+    # deployment), it waits for history-svc's health instead of failing and logging so.
+    manager.liveness.history_ready = lambda: wait_serving(history_channel, HISTORY_SERVICE)
     return OrchestratorApp(settings, manager, [provider_channel, history_channel])

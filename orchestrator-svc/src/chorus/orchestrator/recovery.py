@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -153,6 +153,9 @@ class Liveness:
         self._manager = manager
         self._tasks: list[asyncio.Task[None]] = []
         self._created_ns = time.time_ns()  # before this process recorded any run
+        self.history_ready: Callable[[], Awaitable[None]] | None = None
+        """Awaited before the first sweep: returns once history-svc reports SERVING (set
+        by the app), so a stack starting all services at once does not log a failed sweep."""
 
     def start(self) -> None:
         """Start the heartbeat and sweep loops (the first sweep runs at once)."""
@@ -189,10 +192,14 @@ class Liveness:
 
     async def _sweep_loop(self) -> None:
         self._as_system()
+        if self.history_ready is not None:
+            await self.history_ready()
         try:
-            await self.sweep(startup=True)
+            claimed = await self.sweep(startup=True)
         except Exception as exc:
             log.warning("startup_sweep_failed", error=repr(exc))
+        else:
+            log.info("startup_sweep_done", claimed=claimed)
         await self._loop(self.sweep, self._settings.sweep_interval_s)
 
     # ----------------------------------------------------------------- heartbeats
