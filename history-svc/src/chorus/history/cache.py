@@ -8,15 +8,18 @@ after `cache_ttl_s`.
 
 Values carry a version (update time and message count or last seq) and are only ever
 replaced by a newer one (a Lua compare-and-set in Redis), so a slow cache fill can't
-overwrite a newer write-through. Deleted conversations leave a tombstone for one TTL, so a
-fill racing the delete can't bring them back. Message lists hold the first
+overwrite a newer write-through. Deleted conversations and runs leave a tombstone for one
+TTL, so a fill racing the delete can't bring them back; the tombstone is written before the
+delete's transaction as well as after it, so a process dying between its commit and its
+cache cleanup leaves no readable copy of what it deleted (issue 23). Message lists hold the first
 `cache_max_messages` messages of a conversation and are valid only when their positions are
 1..n with n = min(message_count, limit) — messages never change once stored, so a list that
 passes this check is exactly right.
 
 Redis keys (prefix `redis_key_prefix`): `conv:{id}` (version + the Conversation framed as
 field 1 of GetConversationResponse), `conv:{id}:msgs` (the messages framed as field 2 of
-GetConversationResponse, appended to with APPEND), `run:{id}` (version + Run bytes). A hit
+GetConversationResponse, appended to with APPEND), `run:{id}` (version + Run bytes; a
+tombstone is the version `99…9` alone). A hit
 is therefore one round trip and one protobuf parse of `conv + msgs` into the response — no
 per-message work in Python.
 """
@@ -133,6 +136,11 @@ class Cache(abc.ABC):
     @abc.abstractmethod
     async def drop_conversation(self, conversation_id: str) -> None:
         """Forget a deleted conversation (tombstone) and its messages."""
+
+    @abc.abstractmethod
+    async def drop_runs(self, run_ids: Sequence[str]) -> None:
+        """Forget deleted runs: a tombstone for each, so no fill or write-through of an
+        older version caches them again within the TTL."""
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> run_pb2.Run | None:
@@ -338,6 +346,23 @@ class RedisCache(Cache):
             return
         self._guard.succeeded()
 
+    async def drop_runs(self, run_ids: Sequence[str]) -> None:
+        keys = [self.run_key(run_id) for run_id in run_ids]
+        if not keys:
+            return
+        if not await self._ready():
+            self._dirty.update(keys)
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, _TOMBSTONE, px=self._ttl_ms)
+                await pipe.execute()
+        except ERRORS as exc:
+            self._write_failed("drop_runs", exc, *keys)
+            return
+        self._guard.succeeded()
+
     async def get_run(self, run_id: str) -> run_pb2.Run | None:
         if not await self._ready():
             return None
@@ -347,8 +372,11 @@ class RedisCache(Cache):
             self._guard.failed("get_run", exc)
             return None
         self._guard.succeeded()
-        _count("run", raw is not None)
-        return None if raw is None else run_pb2.Run.FromString(raw[_VERSION_CHARS:])
+        if raw is None or raw.startswith(_TOMBSTONE):
+            _count("run", False)
+            return None
+        _count("run", True)
+        return run_pb2.Run.FromString(raw[_VERSION_CHARS:])
 
     async def put_run(self, run: run_pb2.Run) -> None:
         key = self.run_key(run.id)
@@ -478,10 +506,15 @@ class LocalCache(Cache):
         self._entries[("conv", conversation_id)] = (_TOMBSTONE, None)
         self._entries.pop(("msgs", conversation_id), None)
 
+    async def drop_runs(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            self._entries[("run", run_id)] = (_TOMBSTONE, None)
+
     async def get_run(self, run_id: str) -> run_pb2.Run | None:
         entry = self._entries.get(("run", run_id))
-        _count("run", entry is not None)
-        return None if entry is None else entry[1]  # type: ignore[return-value]
+        hit = entry is not None and entry[0] != _TOMBSTONE
+        _count("run", hit)
+        return entry[1] if hit else None  # type: ignore[index,return-value]
 
     async def put_run(self, run: run_pb2.Run) -> None:
         self._put_if_newer(("run", run.id), run_version(run), run)

@@ -110,6 +110,12 @@ class EventLog(abc.ABC):
             await self.publish(run_id, first_seq, payloads)
 
     @abc.abstractmethod
+    async def drop(self, run_ids: Sequence[str]) -> None:
+        """Forget deleted runs' logs (after the delete committed). Never raises: a log left
+        behind expires on its own, and nobody reads it — a watch starts from the store,
+        which no longer has the run."""
+
+    @abc.abstractmethod
     def subscribe(self, run_id: str) -> Subscription:
         """A subscription to `run_id`'s new events (enter it before the first read)."""
 
@@ -163,6 +169,17 @@ class LocalEventLog(EventLog):
             run.events -= len(run.batches.popleft()[1])
         changed, run.changed = run.changed, asyncio.Event()
         changed.set()
+
+    async def drop(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is not None and run.subscribers == 0:
+                del self._runs[run_id]
+            elif run is not None:  # watchers still read it: empty it, wake them
+                run.batches.clear()
+                run.events = 0
+                changed, run.changed = run.changed, asyncio.Event()
+                changed.set()
 
     def subscribe(self, run_id: str) -> Subscription:
         return _LocalSubscription(self, run_id)
@@ -322,6 +339,18 @@ class RedisEventLog(EventLog):
                     run_id=run_id,
                     last_seq=first_seq + len(payloads) - 1,
                 )
+
+    async def drop(self, run_ids: Sequence[str]) -> None:
+        keys = [self.key(run_id) for run_id in run_ids]
+        if not keys or not self._guard.usable():
+            return  # the streams expire after redis_stream_ttl_s
+        try:
+            for start in range(0, len(keys), 500):
+                await self._redis.delete(*keys[start : start + 500])
+        except ERRORS as exc:
+            self._guard.failed("drop", exc)
+            return
+        self._guard.succeeded()
 
     def subscribe(self, run_id: str) -> Subscription:
         if self._hub is None:

@@ -172,10 +172,27 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         v = Violations()
         conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
         v.raise_if_any()
-        if not await self._store.delete_conversation(conversation_id, _scope(ident)):
+        scope = _scope(ident)
+        if await self._store.get_conversation(conversation_id, scope) is None:
             raise conversation_not_found(conversation_id)
-        await self._cache.drop_conversation(conversation_id)
+        # Tombstones before the transaction as well as after: a process dying between its
+        # commit and its cleanup leaves no cached copy that a read could serve (issue 23).
+        run_ids = await self._store.conversation_run_ids(conversation_id)
+        await asyncio.gather(
+            self._cache.drop_conversation(conversation_id), self._cache.drop_runs(run_ids)
+        )
+        deleted = await self._store.delete_conversation(conversation_id, scope)
+        if deleted is None:
+            raise conversation_not_found(conversation_id)
+        await self._forget(deleted, conversation_id)
         return pb.DeleteConversationResponse()
+
+    async def _forget(self, run_ids: list[str], conversation_id: str | None = None) -> None:
+        """After a delete committed: tombstone the cached copies and drop the live logs."""
+        writes = [self._cache.drop_runs(run_ids), self._log.drop(run_ids)]
+        if conversation_id is not None:
+            writes.append(self._cache.drop_conversation(conversation_id))
+        await asyncio.gather(*writes)
 
     # Messages
 
@@ -437,6 +454,30 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         _canonical_run_ids(request.messages)
         return batch
 
+    async def DeleteRunRecord(
+        self, request: pb.DeleteRunRecordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteRunRecordResponse:
+        """DeleteRunRecord (issue 23): the run, its events and checkpoint in one
+        transaction; its cache entry is tombstoned before and after it, its live log
+        dropped after it.
+
+        Raises:
+            InvalidArgument: `run_id` is not a UUID.
+            NotFound: no such run, another user's, or already deleted.
+        """
+        ident = current_identity()
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        v.raise_if_any()
+        scope = _scope(ident)
+        if await self._store.get_run(run_id, scope) is None:  # never the cache: it may lag
+            raise run_not_found(run_id)
+        await self._cache.drop_runs([run_id])
+        if not await self._store.delete_run(run_id, scope):
+            raise run_not_found(run_id)
+        await self._forget([run_id])
+        return pb.DeleteRunRecordResponse()
+
     async def GetRunRecord(
         self, request: pb.GetRunRecordRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRunRecordResponse:
@@ -613,12 +654,14 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         size = validation.page_size(v, request.page_size, limits.EVENTS_PAGE)
         if request.after_seq < 0:
             v.add("after_seq", "must not be negative")
+        kinds = validation.event_kinds(v, "kinds", request.kinds)
         v.raise_if_any()
-        query = pagination.fingerprint("ListRunEvents", ident.user, run_id, request.after_seq)
+        parts = [ident.user, run_id, request.after_seq] + ([",".join(kinds)] if kinds else [])
+        query = pagination.fingerprint("ListRunEvents", *parts)
         cursor = pagination.decode(request.page_token, query, (int,))
         await self._run(ident, run_id)
         found = await self._store.list_events(
-            run_id, cursor[0] if cursor else request.after_seq, size + 1
+            run_id, cursor[0] if cursor else request.after_seq, size + 1, kinds=kinds
         )
         resp = pb.ListRunEventsResponse()
         for _, payload in found[:size]:

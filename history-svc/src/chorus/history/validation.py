@@ -234,6 +234,26 @@ def run_spec(v: Violations, spec: run_pb2.RunSpec) -> None:
         v.add("run.spec.max_turns", "must not be negative")
 
 
+MAX_EVENT_KINDS = 20
+"""`ListRunEventsRequest.kinds` limit."""
+EVENT_KINDS = frozenset(
+    f.name for f in run_pb2.RunEvent.DESCRIPTOR.oneofs_by_name["payload"].fields
+)
+"""The RunEvent `payload` field names."""
+
+
+def event_kinds(v: Violations, field: str, kinds: Iterable[str]) -> list[str]:
+    """A `kinds` filter: distinct RunEvent payload names, at most `MAX_EVENT_KINDS`."""
+    given = list(kinds)
+    if len(given) > MAX_EVENT_KINDS:
+        v.add(field, f"at most {MAX_EVENT_KINDS} kinds")
+        return []
+    for i, kind in enumerate(given):
+        if kind not in EVENT_KINDS:
+            v.add(f"{field}[{i}]", "not a RunEvent payload name (e.g. artifact, text_delta)")
+    return sorted(set(given))
+
+
 def lease_epoch(v: Violations, field: str, value: int, *, required: bool = False) -> None:
     """A lease epoch (Run.lease_epoch): not negative; with `required` (ReleaseRun), ≥ 1."""
     if value < 0:

@@ -10,7 +10,7 @@ The store is also consulted when the log is quiet for `watch_idle_poll_s` (a bat
 never got) and, every `watch_degraded_poll_s`, while the log is unavailable. The stream
 ends after the terminal event (DESIGN.md §3), or when the run has had a terminal status for
 `watch_terminal_grace_s` without a terminal event after pos (a run failed by the recovery
-sweep without one).
+sweep without one); it fails NOT_FOUND when the run is deleted under it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from chorus.history.event_log import EventLog, Events
 from chorus.history.events import TERMINAL_PAYLOADS
 from chorus.history.limits import EVENTS_PAGE
 from chorus.history.settings import Settings
-from chorus.history.stores.base import Store
+from chorus.history.stores.base import Store, run_not_found
 from chorus.history.timeutil import now_us, ts_to_us
 from chorus.v1 import history_service_pb2
 
@@ -100,12 +100,16 @@ class Watcher:
                 pos = seq
 
     async def _ended(self, run_id: str, pos: int) -> bool:
-        """Nothing more will come after `pos`: the run is gone, its terminal event is at or
-        before `pos`, or it has had a terminal status for the grace period with no event
-        after `pos`."""
+        """Nothing more will come after `pos`: its terminal event is at or before `pos`,
+        or it has had a terminal status for the grace period with no event after `pos`.
+
+        Raises:
+            NotFound: the run was deleted meanwhile (issue 23): the watch ends with
+                NOT_FOUND, as it would have started with.
+        """
         state = await self._store.event_log_state(run_id)
         if state is None:
-            return True
+            raise run_not_found(run_id)
         last, ended = state
         if ended and pos >= last:
             return True
@@ -113,7 +117,7 @@ class Watcher:
             return False
         run = await self._store.get_run(run_id, None)
         if run is None:
-            return True
+            raise run_not_found(run_id)
         if run.status not in runs.TERMINAL:
             return False
         ended_us = ts_to_us(run.end_time) or ts_to_us(run.update_time) or 0

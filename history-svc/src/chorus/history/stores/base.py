@@ -255,8 +255,22 @@ class Store(abc.ABC):
         """Set the `paths` (title, model, team, metadata) from `values`; None when missing."""
 
     @abc.abstractmethod
-    async def delete_conversation(self, conversation_id: str, owner: str | None) -> bool:
-        """Delete the conversation and its messages; False when missing."""
+    async def delete_conversation(
+        self, conversation_id: str, owner: str | None
+    ) -> list[str] | None:
+        """Delete the conversation with its messages and its runs (with their events and
+        checkpoints), all in one transaction (issue 23). A run started in the conversation
+        concurrently is either deleted with it or refused (its start finds no
+        conversation).
+
+        Returns:
+            The ids of the deleted runs; None when the conversation is missing (or another
+            owner's) and nothing was deleted.
+        """
+
+    @abc.abstractmethod
+    async def conversation_run_ids(self, conversation_id: str) -> list[str]:
+        """The ids of every run of the conversation (any owner), in no particular order."""
 
     @abc.abstractmethod
     async def append_messages(
@@ -354,6 +368,16 @@ class Store(abc.ABC):
         """The run, or None when missing or another owner's."""
 
     @abc.abstractmethod
+    async def delete_run(self, run_id: str, owner: str | None) -> bool:
+        """Delete the run record with its events and checkpoint in one transaction (its
+        conversation's messages stay). A write racing the delete either commits before it
+        (and is deleted with the run) or finds no run (NotFound).
+
+        Returns:
+            False when the run is missing (or another owner's) and nothing was deleted.
+        """
+
+    @abc.abstractmethod
     async def list_runs(
         self, where: RunFilter, limit: int, after: tuple[int, str] | None
     ) -> list[run_pb2.Run]:
@@ -408,10 +432,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_events(
-        self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
+        self,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        until_seq: int | None = None,
+        kinds: Sequence[str] = (),
     ) -> list[tuple[int, bytes]]:
         """Up to `limit` `(seq, serialized RunEvent)` with `after_seq < seq <= until_seq`, in
-        seq order. No ownership check: callers check the run first."""
+        seq order; with `kinds`, only events whose payload is one of them (the RunEvent
+        `payload` field names). No ownership check: callers check the run first."""
 
     # Run start
 

@@ -212,14 +212,27 @@ class PostgresStore(Store):
             )  # fmt: skip
         return None if row is None else rows.conversation(row, _times)
 
-    async def delete_conversation(self, conversation_id: str, owner: str | None) -> bool:
-        async with self._conn() as conn:
-            status = await conn.execute(
-                "DELETE FROM conversations WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
-                conversation_id,
-                owner,
+    async def delete_conversation(
+        self, conversation_id: str, owner: str | None
+    ) -> list[str] | None:
+        async with self._conn() as conn, conn.transaction():
+            # The row lock first: a run start in this conversation (which locks it too)
+            # commits before us — and its run is deleted below — or finds it gone.
+            if await self._lock_conversation(conn, conversation_id, owner) is None:
+                return None
+            # run_events and run_checkpoints go with their runs (ON DELETE CASCADE).
+            deleted = await conn.fetch(
+                "DELETE FROM runs WHERE conversation_id = $1 RETURNING id::text", conversation_id
             )
-        return bool(status.endswith(" 1"))
+            await conn.execute("DELETE FROM conversations WHERE id = $1", conversation_id)
+        return [r[0] for r in deleted]
+
+    async def conversation_run_ids(self, conversation_id: str) -> list[str]:
+        async with self._conn() as conn:
+            found = await conn.fetch(
+                "SELECT id::text FROM runs WHERE conversation_id = $1", conversation_id
+            )
+        return [r[0] for r in found]
 
     async def append_messages(
         self,
@@ -451,8 +464,10 @@ class PostgresStore(Store):
             earlier = await self._run_by_request_id(conn, owner, values.spec.request_id)
             if earlier is not None:
                 return earlier, False
+            # FOR SHARE: a concurrent DeleteConversation (which locks the row) commits
+            # first and the run is refused, or waits for this run and deletes it too.
             conv_owner = await conn.fetchval(
-                "SELECT owner FROM conversations WHERE id = $1", values.conversation_id
+                "SELECT owner FROM conversations WHERE id = $1 FOR SHARE", values.conversation_id
             )
             if conv_owner is None or (conv_owner != owner and not is_system):
                 raise conversation_not_found(values.conversation_id)
@@ -521,6 +536,17 @@ class PostgresStore(Store):
                 return stored, False
             await conn.execute(_UPDATE_RUN, *_update_args(released))
         return released, True
+
+    async def delete_run(self, run_id: str, owner: str | None) -> bool:
+        async with self._conn() as conn:
+            # One statement: the row lock serializes it with the run's writers, and
+            # run_events and run_checkpoints go with the row (ON DELETE CASCADE).
+            status = await conn.execute(
+                "DELETE FROM runs WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+                run_id,
+                owner,
+            )
+        return bool(status.endswith(" 1"))
 
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._conn() as conn:
@@ -724,10 +750,25 @@ class PostgresStore(Store):
         return None if row is None else (row[0], row[1])
 
     async def list_events(
-        self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
+        self,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        until_seq: int | None = None,
+        kinds: Sequence[str] = (),
     ) -> list[tuple[int, bytes]]:
         async with self._conn() as conn:
-            if until_seq is None:
+            if kinds:
+                found = await conn.fetch(
+                    "SELECT seq, event FROM run_events WHERE run_id = $1 AND seq > $2 "
+                    "AND seq <= $3 AND kind = ANY($4::text[]) ORDER BY seq LIMIT $5",
+                    run_id,
+                    after_seq,
+                    until_seq if until_seq is not None else 2**63 - 1,
+                    list(kinds),
+                    limit,
+                )
+            elif until_seq is None:
                 found = await conn.fetch(
                     "SELECT seq, event FROM run_events WHERE run_id = $1 AND seq > $2 "
                     "ORDER BY seq LIMIT $3",

@@ -259,15 +259,30 @@ class SqliteStore(Store):
             )  # fmt: skip
         return None if row is None else rows.conversation(row, _times)
 
-    async def delete_conversation(self, conversation_id: str, owner: str | None) -> bool:
-        async with self._use(write=True) as db:
+    async def delete_conversation(
+        self, conversation_id: str, owner: str | None
+    ) -> list[str] | None:
+        async with self._use(write=True) as db:  # BEGIN IMMEDIATE: no writer in between
             row = await self._one(
                 db,
                 "DELETE FROM conversations WHERE id = ?1 AND (?2 IS NULL OR owner = ?2) RETURNING id",
                 conversation_id,
                 owner,
             )
-        return row is not None
+            if row is None:
+                return None
+            # run_events and run_checkpoints go with their runs (ON DELETE CASCADE).
+            deleted = await self._all(
+                db, "DELETE FROM runs WHERE conversation_id = ?1 RETURNING id", conversation_id
+            )
+        return [r[0] for r in deleted]
+
+    async def conversation_run_ids(self, conversation_id: str) -> list[str]:
+        async with self._use() as db:
+            found = await self._all(
+                db, "SELECT id FROM runs WHERE conversation_id = ?1", conversation_id
+            )
+        return [r[0] for r in found]
 
     async def append_messages(
         self,
@@ -518,6 +533,17 @@ class SqliteStore(Store):
             await db.execute(_UPDATE_RUN, _update_args(released))
         return released, True
 
+    async def delete_run(self, run_id: str, owner: str | None) -> bool:
+        async with self._use(write=True) as db:
+            # run_events and run_checkpoints go with the row (ON DELETE CASCADE).
+            row = await self._one(
+                db,
+                "DELETE FROM runs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2) RETURNING id",
+                run_id,
+                owner,
+            )
+        return row is not None
+
     async def get_run(self, run_id: str, owner: str | None) -> run_pb2.Run | None:
         async with self._use() as db:
             row = await self._one(
@@ -706,16 +732,25 @@ class SqliteStore(Store):
         return None if row is None else (row[0], bool(row[1]))
 
     async def list_events(
-        self, run_id: str, after_seq: int, limit: int, until_seq: int | None = None
+        self,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        until_seq: int | None = None,
+        kinds: Sequence[str] = (),
     ) -> list[tuple[int, bytes]]:
+        kind_filter = ""
+        if kinds:
+            kind_filter = f" AND kind IN ({','.join('?' * len(kinds))})"
         async with self._use() as db:
             found = await self._all(
                 db,
-                "SELECT seq, event FROM run_events WHERE run_id = ?1 AND seq > ?2 "
-                "AND seq <= ?3 ORDER BY seq LIMIT ?4",
+                "SELECT seq, event FROM run_events WHERE run_id = ? AND seq > ? "
+                f"AND seq <= ?{kind_filter} ORDER BY seq LIMIT ?",
                 run_id,
                 after_seq,
                 until_seq if until_seq is not None else 2**62,
+                *kinds,
                 limit,
             )
         return [(r[0], r[1]) for r in found]
