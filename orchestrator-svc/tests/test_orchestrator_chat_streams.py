@@ -39,7 +39,7 @@ def _value(name: str) -> float:
 async def test_every_model_call_of_the_process_goes_over_one_stream_chats_call(
     stack: Stack, alice: RunClient
 ) -> None:
-    opened = _value("chorus_stream_chats_calls_total")
+    opened = _value("chorus_orchestrator_stream_chats_calls_total")
     bidi = _provider_calls("StreamChats", "bidi_stream")
     single = _provider_calls("StreamChat", "server_stream")
     runs = await asyncio.gather(*(alice.stream(spec(team_spec=duet(turns=2))) for _ in range(3)))
@@ -48,10 +48,10 @@ async def test_every_model_call_of_the_process_goes_over_one_stream_chats_call(
         assert events[-1].HasField("run_completed")
     # 3 runs × 2 turns = 6 model calls, all streams of the one call this stack's
     # orchestrator opened; none made as a StreamChat call of its own
-    assert _value("chorus_stream_chats_calls_total") - opened == 1
+    assert _value("chorus_orchestrator_stream_chats_calls_total") - opened == 1
     assert _provider_calls("StreamChats", "bidi_stream") - bidi == 1
     assert _provider_calls("StreamChat", "server_stream") == single
-    await wait_for(lambda: _value("chorus_model_call_streams") == 0, timeout=10)
+    await wait_for(lambda: _value("chorus_orchestrator_model_call_streams") == 0, timeout=10)
 
 
 async def test_a_broken_stream_chats_call_fails_its_runs_retryable_and_a_new_call_serves_the_next(
@@ -64,7 +64,7 @@ async def test_a_broken_stream_chats_call_fails_its_runs_retryable_and_a_new_cal
         async with running_orchestrator(settings) as (_, server):
             channel = grpc.aio.insecure_channel(server.address)
             client = RunClient(channel, "carol")
-            opened = _value("chorus_stream_chats_calls_total")
+            opened = _value("chorus_orchestrator_stream_chats_calls_total")
             slow = spec(
                 team_spec=duet(turns=2, simulator=sim(tokens_per_second=50, output_tokens=200))
             )
@@ -98,7 +98,7 @@ async def test_a_broken_stream_chats_call_fails_its_runs_retryable_and_a_new_cal
             # provider-svc is reachable again: a run (once grpc reconnected) completes, over
             # a call of its own
             await wait_for(next_run_completes, timeout=30, interval=0.2)
-            assert _value("chorus_stream_chats_calls_total") - opened >= 2
+            assert _value("chorus_orchestrator_stream_chats_calls_total") - opened >= 2
             await channel.close()
     finally:
         proxy.close()

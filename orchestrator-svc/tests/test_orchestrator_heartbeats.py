@@ -35,7 +35,7 @@ QUIET = {"heartbeat_interval_s": 60.0, "lease_duration_s": 120.0}
 
 
 def heartbeat_failures() -> float:
-    return REGISTRY.get_sample_value("chorus_run_heartbeat_failures_total") or 0.0
+    return REGISTRY.get_sample_value("chorus_orchestrator_run_heartbeat_failures_total") or 0.0
 
 
 @BOTH_BACKENDS

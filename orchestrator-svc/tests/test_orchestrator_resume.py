@@ -81,7 +81,7 @@ async def test_a_watcher_that_reads_nothing_does_not_slow_the_run_and_gets_every
 async def test_a_watcher_behind_the_in_memory_buffer_catches_up_from_history_then_tails(
     stack: Stack, alice: RunClient
 ) -> None:
-    catchups = REGISTRY.get_sample_value("chorus_run_watcher_catchups_total") or 0.0
+    catchups = REGISTRY.get_sample_value("chorus_orchestrator_run_watcher_catchups_total") or 0.0
     fast_then_slow = team(
         team_pb2.TEAM_KIND_ROUND_ROBIN,
         agent("Ada", simulator=sim(output_tokens=600)),  # far more events than the buffer
@@ -92,7 +92,9 @@ async def test_a_watcher_behind_the_in_memory_buffer_catches_up_from_history_the
     live = alice.watch_call(run.id)
     await read_until(live, lambda e: e.agent == "Blaise" and e.HasField("text_delta"))
     late = await alice.watch(run.id, after_seq=0)  # starts far behind the buffer
-    assert (REGISTRY.get_sample_value("chorus_run_watcher_catchups_total") or 0.0) > catchups
+    assert (
+        REGISTRY.get_sample_value("chorus_orchestrator_run_watcher_catchups_total") or 0.0
+    ) > catchups
     assert_well_formed(late)
     assert late == await stack.history_client(alice.user).events(run.id)
 

@@ -283,7 +283,7 @@ async def test_starts_beyond_max_starting_runs_wait_their_turn_and_all_run(
     alice: RunClient,
 ) -> None:
     def waiting() -> float:
-        return REGISTRY.get_sample_value("chorus_run_starts_waiting") or 0.0
+        return REGISTRY.get_sample_value("chorus_orchestrator_run_starts_waiting") or 0.0
 
     assert waiting() == 0
     creates = [asyncio.ensure_future(alice.create(spec(team_spec=duet(turns=1)))) for _ in range(8)]
@@ -310,7 +310,7 @@ async def test_run_ends_beyond_max_ending_runs_wait_their_turn(
     stack: Stack, alice: RunClient, team_spec: team_pb2.TeamSpec
 ) -> None:
     def waiting() -> float:
-        return REGISTRY.get_sample_value("chorus_run_ends_waiting") or 0.0
+        return REGISTRY.get_sample_value("chorus_orchestrator_run_ends_waiting") or 0.0
 
     slots = stack.orchestrator.manager._deps.end_slots
     await slots.acquire()

@@ -123,9 +123,12 @@ async def test_an_update_of_a_live_single_run_is_announced_and_the_run_completes
 
 
 def prefetches(outcome: str) -> float:
-    """`chorus_model_call_prefetches_total{outcome}` of the orchestrator in this process."""
+    """`chorus_orchestrator_model_call_prefetches_total{outcome}` of the orchestrator in this process."""
     return (
-        REGISTRY.get_sample_value("chorus_model_call_prefetches_total", {"outcome": outcome}) or 0
+        REGISTRY.get_sample_value(
+            "chorus_orchestrator_model_call_prefetches_total", {"outcome": outcome}
+        )
+        or 0
     )
 
 
