@@ -208,7 +208,7 @@ class Liveness:
         `HEARTBEATS_PER_CALL` runs, as the internal service identity (the runs belong to
         many users); each run then acts on its stored record (`LiveRun.on_heartbeat`).
 
-        A failed call is counted (`chorus_run_heartbeat_failures_total`, per run) and
+        A failed call is counted (`chorus_orchestrator_run_heartbeat_failures_total`, per run) and
         logged; its runs beat again next round. A run left out of the answer (its record
         is gone) is counted and logged the same way.
         """
