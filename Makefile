@@ -6,17 +6,26 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 DISTS := core provider-svc history-svc orchestrator-svc gateway cli
 STAMP := $(VENV)/.installed
+# uv resolves and installs from uv.lock; its version is pinned so the lock's format and the
+# resolution are the same on every machine (Dockerfile: the same version).
+UV_VERSION := 0.13.9
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint format proto proto-check install bench browser-deps clean
+.PHONY: run test lint format proto proto-check install lock bench browser-deps clean
 
-$(STAMP): $(foreach d,$(DISTS),$(d)/pyproject.toml) requirements-dev.txt overrides.txt
+$(STAMP): pyproject.toml uv.lock $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --quiet --python $(PY) --override overrides.txt \
-		-r requirements-dev.txt $(foreach d,$(DISTS),-e ./$(d))
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	@# --locked: fail instead of re-resolving when a pyproject changed without `make lock`;
+	@# --inexact: keep what else is in .venv (bench extras)
+	$(UV) sync --quiet --locked --inexact --all-packages
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install every distribution (editable) and the dev tools
+install: $(STAMP) ## create .venv and install every distribution (editable) and the dev tools from uv.lock
+
+lock: ## re-resolve uv.lock after a dependency change in a pyproject.toml (then commit it)
+	test -x $(UV) || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install --quiet uv==$(UV_VERSION); }
+	$(UV) lock
 
 run: $(STAMP) ## start the four services on embedded defaults; Ctrl-C stops them
 	$(PY) -m chorus.cli.stack
@@ -31,7 +40,9 @@ browser-deps: ## Debian's chromium for the browser tests (installed when missing
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium missing and not root: browser tests will skip (fail under CI=true)"; fi; }
 
-lint: $(STAMP) ## ruff check + format check, mypy on core, buf lint + format, generated code fresh
+lint: $(STAMP) ## lock fresh, no dependency conflict, ruff, mypy on core, buf lint + format, generated code fresh
+	$(UV) lock --check
+	$(UV) pip check --python $(PY)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy core/src/chorus/core
@@ -56,7 +67,7 @@ proto-check: $(STAMP) ## fail when the committed generated code is stale
 	rm -rf $$tmp; echo "generated code is up to date"
 
 bench: $(STAMP) ## benchmarks (see bench/README.md); results in bench/results/
-	$(UV) pip install --quiet --python $(PY) --override overrides.txt -r bench/requirements.txt
+	$(UV) pip install --quiet --python $(PY) -r bench/requirements.txt
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates core/src/chorus/v1 (_pb2.py, _pb2.pyi, _pb2_grpc.py) from proto/chorus/v1.
-# Reproducible: same grpcio-tools (pinned in requirements-dev.txt) gives the same files.
+# Reproducible: the same grpcio-tools (pinned in pyproject.toml's dev group, locked in uv.lock)
+# gives the same files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

@@ -1,12 +1,9 @@
-import datetime
-
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.rpc import code_pb2 as _code_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -57,7 +54,7 @@ class Usage(_message.Message):
     reasoning_tokens: int
     estimated: bool
     cost_usd: float
-    def __init__(self, input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    def __init__(self, input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., estimated: bool = ..., cost_usd: _Optional[float] = ...) -> None: ...
 
 class SimulatorOptions(_message.Message):
     __slots__ = ("seed", "time_to_first_token", "tokens_per_second", "output_tokens", "fault")
@@ -71,7 +68,7 @@ class SimulatorOptions(_message.Message):
     tokens_per_second: float
     output_tokens: int
     fault: SimulatorFault
-    def __init__(self, seed: _Optional[int] = ..., time_to_first_token: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tokens_per_second: _Optional[float] = ..., output_tokens: _Optional[int] = ..., fault: _Optional[_Union[SimulatorFault, _Mapping]] = ...) -> None: ...
+    def __init__(self, seed: _Optional[int] = ..., time_to_first_token: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., tokens_per_second: _Optional[float] = ..., output_tokens: _Optional[int] = ..., fault: _Optional[_Union[SimulatorFault, _Mapping]] = ...) -> None: ...
 
 class SimulatorFault(_message.Message):
     __slots__ = ("kind", "after_tokens", "code", "retry_after", "attempts")
@@ -97,4 +94,4 @@ class SimulatorFault(_message.Message):
     code: _code_pb2.Code
     retry_after: _duration_pb2.Duration
     attempts: int
-    def __init__(self, kind: _Optional[_Union[SimulatorFault.Kind, str]] = ..., after_tokens: _Optional[int] = ..., code: _Optional[_Union[_code_pb2.Code, str]] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempts: _Optional[int] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[SimulatorFault.Kind, str]] = ..., after_tokens: _Optional[int] = ..., code: _Optional[_Union[_code_pb2.Code, str]] = ..., retry_after: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., attempts: _Optional[int] = ...) -> None: ...

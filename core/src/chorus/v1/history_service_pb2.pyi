@@ -1,5 +1,3 @@
-import datetime
-
 from chorus.v1 import chat_pb2 as _chat_pb2
 from chorus.v1 import conversation_pb2 as _conversation_pb2
 from chorus.v1 import run_pb2 as _run_pb2
@@ -10,8 +8,7 @@ from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -35,7 +32,7 @@ class GetConversationRequest(_message.Message):
     INCLUDE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     include_messages: bool
-    def __init__(self, conversation_id: _Optional[str] = ..., include_messages: _Optional[bool] = ...) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., include_messages: bool = ...) -> None: ...
 
 class GetConversationResponse(_message.Message):
     __slots__ = ("conversation", "messages")
@@ -133,7 +130,7 @@ class RecordRunResponse(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     run: _run_pb2.Run
     created: bool
-    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., created: bool = ...) -> None: ...
 
 class RecordRunStartRequest(_message.Message):
     __slots__ = ("run", "conversation", "messages", "events", "recent_message_count")
@@ -161,7 +158,7 @@ class RecordRunStartResponse(_message.Message):
     conversation: _conversation_pb2.Conversation
     messages: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Message]
     recent_messages: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Message]
-    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., created: _Optional[bool] = ..., conversation: _Optional[_Union[_conversation_pb2.Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ..., recent_messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ...) -> None: ...
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., created: bool = ..., conversation: _Optional[_Union[_conversation_pb2.Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ..., recent_messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ...) -> None: ...
 
 class RunHeartbeat(_message.Message):
     __slots__ = ("run_id", "owner_instance", "turns", "usage", "last_seq", "lease_epoch")
@@ -201,7 +198,7 @@ class ClaimRunRequest(_message.Message):
     owner_instance: str
     lease_epoch: int
     stale_after: _duration_pb2.Duration
-    def __init__(self, run_id: _Optional[str] = ..., owner_instance: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., stale_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., owner_instance: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., stale_after: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ClaimRunResponse(_message.Message):
     __slots__ = ("run", "checkpoint")
@@ -261,7 +258,7 @@ class ListRunRecordsRequest(_message.Message):
     status: _run_pb2.RunStatus
     heartbeat_before: _timestamp_pb2.Timestamp
     all_owners: bool
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., heartbeat_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., all_owners: _Optional[bool] = ...) -> None: ...
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., heartbeat_before: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., all_owners: bool = ...) -> None: ...
 
 class ListRunRecordsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")

@@ -5,7 +5,7 @@ import warnings
 
 from chorus.v1 import history_service_pb2 as chorus_dot_v1_dot_history__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in chorus/v1/history_service_pb2_grpc.py depends on'
+        + f' but the generated code in chorus/v1/history_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class HistoryServiceStub:
+class HistoryServiceStub(object):
     """Everything Chorus remembers: conversations, messages, run records and run events.
     PostgreSQL is the source of truth, Redis a write-through cache and the live event log;
     with nothing configured, SQLite plus an in-process cache and log.
@@ -140,7 +140,7 @@ class HistoryServiceStub:
                 _registered_method=True)
 
 
-class HistoryServiceServicer:
+class HistoryServiceServicer(object):
     """Everything Chorus remembers: conversations, messages, run records and run events.
     PostgreSQL is the source of truth, Redis a write-through cache and the live event log;
     with nothing configured, SQLite plus an in-process cache and log.
@@ -445,7 +445,7 @@ def add_HistoryServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class HistoryService:
+class HistoryService(object):
     """Everything Chorus remembers: conversations, messages, run records and run events.
     PostgreSQL is the source of truth, Redis a write-through cache and the live event log;
     with nothing configured, SQLite plus an in-process cache and log.

@@ -1,5 +1,3 @@
-import datetime
-
 from chorus.v1 import chat_pb2 as _chat_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -9,8 +7,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -43,7 +40,7 @@ class ChatMessage(_message.Message):
     tool_calls: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ToolCall]
     tool_call_id: str
     is_error: bool
-    def __init__(self, role: _Optional[_Union[_chat_pb2.Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_chat_pb2.ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., is_error: _Optional[bool] = ...) -> None: ...
+    def __init__(self, role: _Optional[_Union[_chat_pb2.Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_chat_pb2.ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., is_error: bool = ...) -> None: ...
 
 class ToolDefinition(_message.Message):
     __slots__ = ("name", "description", "parameters")
@@ -120,7 +117,7 @@ class StreamChatResponse(_message.Message):
         retries: int
         fallback: bool
         response_id: str
-        def __init__(self, model: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., retries: _Optional[int] = ..., fallback: _Optional[bool] = ..., response_id: _Optional[str] = ...) -> None: ...
+        def __init__(self, model: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., retries: _Optional[int] = ..., fallback: bool = ..., response_id: _Optional[str] = ...) -> None: ...
     class TextDelta(_message.Message):
         __slots__ = ("text",)
         TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -169,7 +166,7 @@ class StreamChatResponse(_message.Message):
         code: _code_pb2.Code
         message: str
         retryable: bool
-        def __init__(self, code: _Optional[_Union[_code_pb2.Code, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+        def __init__(self, code: _Optional[_Union[_code_pb2.Code, str]] = ..., message: _Optional[str] = ..., retryable: bool = ...) -> None: ...
     START_FIELD_NUMBER: _ClassVar[int]
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     REASONING_DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -211,7 +208,7 @@ class StreamChatsRequest(_message.Message):
     timeout: _duration_pb2.Duration
     response_window: int
     acknowledged: int
-    def __init__(self, stream_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., open: _Optional[_Union[StreamChatRequest, _Mapping]] = ..., cancel: _Optional[_Union[StreamChatsRequest.Cancel, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., response_window: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
+    def __init__(self, stream_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., open: _Optional[_Union[StreamChatRequest, _Mapping]] = ..., cancel: _Optional[_Union[StreamChatsRequest.Cancel, _Mapping]] = ..., timeout: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., response_window: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
 
 class StreamChatsResponse(_message.Message):
     __slots__ = ("updates",)
@@ -244,7 +241,7 @@ class ModelCapabilities(_message.Message):
     vision: bool
     reasoning: bool
     json_output: bool
-    def __init__(self, tools: _Optional[bool] = ..., vision: _Optional[bool] = ..., reasoning: _Optional[bool] = ..., json_output: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tools: bool = ..., vision: bool = ..., reasoning: bool = ..., json_output: bool = ...) -> None: ...
 
 class ModelPrice(_message.Message):
     __slots__ = ("input_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "output_per_mtok")
@@ -272,7 +269,7 @@ class Model(_message.Message):
     price: ModelPrice
     credentials_present: bool
     default: bool
-    def __init__(self, ref: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., capabilities: _Optional[_Union[ModelCapabilities, _Mapping]] = ..., context_window: _Optional[int] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., credentials_present: _Optional[bool] = ..., default: _Optional[bool] = ...) -> None: ...
+    def __init__(self, ref: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., capabilities: _Optional[_Union[ModelCapabilities, _Mapping]] = ..., context_window: _Optional[int] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., credentials_present: bool = ..., default: bool = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -5,7 +5,7 @@ import warnings
 
 from chorus.v1 import provider_service_pb2 as chorus_dot_v1_dot_provider__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in chorus/v1/provider_service_pb2_grpc.py depends on'
+        + f' but the generated code in chorus/v1/provider_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ProviderServiceStub:
+class ProviderServiceStub(object):
     """One normalized streaming chat API over every model provider: OpenAI, Azure OpenAI,
     Anthropic, OpenAI-compatible servers (Ollama, vLLM, llama.cpp) and the offline simulator.
     The only way the rest of Chorus talks to a model. Owns API keys, retries, timeouts,
@@ -55,7 +55,7 @@ class ProviderServiceStub:
                 _registered_method=True)
 
 
-class ProviderServiceServicer:
+class ProviderServiceServicer(object):
     """One normalized streaming chat API over every model provider: OpenAI, Azure OpenAI,
     Anthropic, OpenAI-compatible servers (Ollama, vLLM, llama.cpp) and the offline simulator.
     The only way the rest of Chorus talks to a model. Owns API keys, retries, timeouts,
@@ -130,7 +130,7 @@ def add_ProviderServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ProviderService:
+class ProviderService(object):
     """One normalized streaming chat API over every model provider: OpenAI, Azure OpenAI,
     Anthropic, OpenAI-compatible servers (Ollama, vLLM, llama.cpp) and the offline simulator.
     The only way the rest of Chorus talks to a model. Owns API keys, retries, timeouts,

@@ -1,5 +1,3 @@
-import datetime
-
 from chorus.v1 import chat_pb2 as _chat_pb2
 from chorus.v1 import conversation_pb2 as _conversation_pb2
 from chorus.v1 import team_pb2 as _team_pb2
@@ -9,8 +7,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -73,7 +70,7 @@ class Cancellation(_message.Message):
     requested_by: str
     reason: str
     request_time: _timestamp_pb2.Timestamp
-    def __init__(self, requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., request_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RunError(_message.Message):
     __slots__ = ("code", "message", "retryable", "reason")
@@ -85,7 +82,7 @@ class RunError(_message.Message):
     message: str
     retryable: bool
     reason: str
-    def __init__(self, code: _Optional[_Union[_code_pb2.Code, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, code: _Optional[_Union[_code_pb2.Code, str]] = ..., message: _Optional[str] = ..., retryable: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("id", "owner", "spec", "conversation_id", "status", "turns", "final_answer", "error", "cancellation", "usage", "last_seq", "owner_instance", "heartbeat_time", "create_time", "start_time", "end_time", "update_time", "lease_epoch", "attempt")
@@ -127,7 +124,7 @@ class Run(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     lease_epoch: int
     attempt: int
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class RunCheckpoint(_message.Message):
     __slots__ = ("seq", "team_state", "agents", "pending_agents", "turns", "usage", "message_count", "speakers", "last_message")
@@ -196,7 +193,7 @@ class RunEvent(_message.Message):
         call: _chat_pb2.ToolCall
         result: str
         success: bool
-        def __init__(self, call: _Optional[_Union[_chat_pb2.ToolCall, _Mapping]] = ..., result: _Optional[str] = ..., success: _Optional[bool] = ...) -> None: ...
+        def __init__(self, call: _Optional[_Union[_chat_pb2.ToolCall, _Mapping]] = ..., result: _Optional[str] = ..., success: bool = ...) -> None: ...
     class AgentUpdated(_message.Message):
         __slots__ = ("agent", "fields", "updated_by")
         AGENT_FIELD_NUMBER: _ClassVar[int]
@@ -290,4 +287,4 @@ class RunEvent(_message.Message):
     run_failed: RunEvent.RunFailed
     run_cancelled: RunEvent.RunCancelled
     run_resumed: RunEvent.RunResumed
-    def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[str] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., agent_started: _Optional[_Union[RunEvent.AgentStarted, _Mapping]] = ..., agent_finished: _Optional[_Union[RunEvent.AgentFinished, _Mapping]] = ..., text_delta: _Optional[_Union[RunEvent.TextDelta, _Mapping]] = ..., reasoning_delta: _Optional[_Union[RunEvent.ReasoningDelta, _Mapping]] = ..., message_completed: _Optional[_Union[RunEvent.MessageCompleted, _Mapping]] = ..., tool_call_started: _Optional[_Union[RunEvent.ToolCallStarted, _Mapping]] = ..., tool_call_finished: _Optional[_Union[RunEvent.ToolCallFinished, _Mapping]] = ..., agent_updated: _Optional[_Union[RunEvent.AgentUpdated, _Mapping]] = ..., progress: _Optional[_Union[RunEvent.Progress, _Mapping]] = ..., artifact: _Optional[_Union[RunEvent.Artifact, _Mapping]] = ..., run_completed: _Optional[_Union[RunEvent.RunCompleted, _Mapping]] = ..., run_failed: _Optional[_Union[RunEvent.RunFailed, _Mapping]] = ..., run_cancelled: _Optional[_Union[RunEvent.RunCancelled, _Mapping]] = ..., run_resumed: _Optional[_Union[RunEvent.RunResumed, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[str] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., agent_started: _Optional[_Union[RunEvent.AgentStarted, _Mapping]] = ..., agent_finished: _Optional[_Union[RunEvent.AgentFinished, _Mapping]] = ..., text_delta: _Optional[_Union[RunEvent.TextDelta, _Mapping]] = ..., reasoning_delta: _Optional[_Union[RunEvent.ReasoningDelta, _Mapping]] = ..., message_completed: _Optional[_Union[RunEvent.MessageCompleted, _Mapping]] = ..., tool_call_started: _Optional[_Union[RunEvent.ToolCallStarted, _Mapping]] = ..., tool_call_finished: _Optional[_Union[RunEvent.ToolCallFinished, _Mapping]] = ..., agent_updated: _Optional[_Union[RunEvent.AgentUpdated, _Mapping]] = ..., progress: _Optional[_Union[RunEvent.Progress, _Mapping]] = ..., artifact: _Optional[_Union[RunEvent.Artifact, _Mapping]] = ..., run_completed: _Optional[_Union[RunEvent.RunCompleted, _Mapping]] = ..., run_failed: _Optional[_Union[RunEvent.RunFailed, _Mapping]] = ..., run_cancelled: _Optional[_Union[RunEvent.RunCancelled, _Mapping]] = ..., run_resumed: _Optional[_Union[RunEvent.RunResumed, _Mapping]] = ...) -> None: ...

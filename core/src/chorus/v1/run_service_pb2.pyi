@@ -5,8 +5,7 @@ from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -144,7 +143,7 @@ class CancelRunResponse(_message.Message):
     run: _run_pb2.Run
     cancelled: bool
     message: str
-    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., cancelled: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., cancelled: bool = ..., message: _Optional[str] = ...) -> None: ...
 
 class DeleteRunRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -5,7 +5,7 @@ import warnings
 
 from chorus.v1 import run_service_pb2 as chorus_dot_v1_dot_run__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in chorus/v1/run_service_pb2_grpc.py depends on'
+        + f' but the generated code in chorus/v1/run_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class RunServiceStub:
+class RunServiceStub(object):
     """Runs of agent teams: start, stream, watch, resume, cancel and steer them.
 
     A run lives apart from its watchers; any replica can serve any run. Common errors:
@@ -91,7 +91,7 @@ class RunServiceStub:
                 _registered_method=True)
 
 
-class RunServiceServicer:
+class RunServiceServicer(object):
     """Runs of agent teams: start, stream, watch, resume, cancel and steer them.
 
     A run lives apart from its watchers; any replica can serve any run. Common errors:
@@ -254,7 +254,7 @@ def add_RunServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class RunService:
+class RunService(object):
     """Runs of agent teams: start, stream, watch, resume, cancel and steer them.
 
     A run lives apart from its watchers; any replica can serve any run. Common errors:
