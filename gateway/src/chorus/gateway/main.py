@@ -13,6 +13,7 @@ from importlib import resources
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import disable_created_metrics
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
@@ -48,6 +49,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         ConfigurationError: settings that must not serve (`GatewaySettings.check_gateway`).
     """
     settings.check_gateway()
+    # No `<name>_created` series beside every counter and histogram on /metrics: they double
+    # what a scrape carries and Prometheus does not use them.
+    disable_created_metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -92,6 +96,15 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     async def index() -> Response:
         """The web page (in basic mode behind the login, so the browser asks once)."""
         return FileResponse(str(STATIC_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """The page's icon where browsers look for it first (an SVG; the page links it too)."""
+        return FileResponse(
+            str(STATIC_DIR / "favicon.svg"),
+            media_type="image/svg+xml",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 

@@ -565,6 +565,8 @@ async function loadTemplates() {
 function describeTemplate() {
   const t = templates.find((x) => x.name === $("template").value);
   $("template-description").textContent = t ? (t.description || "") : "";
+  // The team's own turn limit, so "Max turns" shows what a run will use unless changed.
+  $("max-turns").value = (t && t.spec && t.spec.maxTurns) || "";
   $("topic").placeholder = t && t.inputHint ? `The ${t.inputHint}` : "A topic, a task or a message";
   const box = $("agent-models");
   box.replaceChildren();
