@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from chorus.core.testing import ServiceProcess, free_port
@@ -72,39 +73,151 @@ def upstream(delay_ms: float = 0) -> Iterator[str]:
         proc.wait(10)
 
 
+LITELLM_PIDS: dict[str, int] = {}
+"""The process id of each running LiteLLM proxy (its workers are its child processes), by
+the chat URL `litellm()` yielded."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server process a benchmark started: its base URL and its process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def litellm(upstream_base: str) -> Iterator[str | None]:
-    """LiteLLM's proxy (1 worker) in front of `upstream_base`; yields its chat URL, or None
-    when it cannot be installed here. Installed once into `.venv-litellm`."""
+def uvicorn_app(app: str, env: dict[str, str], health: str) -> Iterator[Server]:
+    """`python -m uvicorn <app>` (uvloop, httptools) on a free port with `env` added to the
+    environment; yields it once `GET <url><health>` answers, stops it at exit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env={**os.environ, **env},
+        cwd=REPO,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + health, 30, proc)
+        yield Server(url, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def paced_upstream(tokens_per_s: float, tokens: int = 200) -> Iterator[Server]:
+    """`bench.paced_upstream` (one token per SSE event, `tokens_per_s` per stream); yields
+    it with `url` = its `/v1` base."""
+    env = {"PACED_TPS": str(tokens_per_s), "PACED_TOKENS": str(tokens)}
+    with uvicorn_app("bench.paced_upstream:app", env, "/v1/models") as server:
+        yield Server(f"{server.url}/v1", server.pid)
+
+
+@contextmanager
+def relay(upstream_url: str) -> Iterator[Server]:
+    """`bench.relay` (the bare one-hop Python relay) in front of `upstream_url` (a server's
+    root URL; paths are kept)."""
+    with uvicorn_app("bench.relay:app", {"RELAY_UPSTREAM": upstream_url}, "/v1/models") as server:
+        yield server
+
+
+@contextmanager
+def private_redis() -> Iterator[Server]:
+    """A throw-away `redis-server` of the benchmark's own on a free port (no persistence), so
+    Redis's CPU can be told apart from other users of the machine's Redis; `url` is its
+    `redis://` URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--loglevel", "warning"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.1)
+        client.close()
+        yield Server(f"redis://127.0.0.1:{port}/0", proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def install_litellm() -> Path | None:
+    """LiteLLM's proxy from `bench/requirements-litellm.txt` in its own virtualenv
+    (`.venv-litellm`, installed on first use); its `litellm` command, or None when it cannot
+    be installed here."""
     python = LITELLM_VENV / "bin" / "python"
+    command = LITELLM_VENV / "bin" / "litellm"
+    if command.exists():
+        return command
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        done = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "litellm[proxy]<1.106", "uvloop"],
-            check=False,
-        )
-        if done.returncode != 0:
-            yield None
-            return
+    requirements = str(REPO / "bench" / "requirements-litellm.txt")
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "-r", requirements], check=False
+    )
+    return command if done.returncode == 0 and command.exists() else None
+
+
+@contextmanager
+def litellm(upstream_base: str, workers: int = 1) -> Iterator[str | None]:
+    """LiteLLM's proxy (`workers` worker processes) in front of `upstream_base`; yields its
+    chat URL, or None when it cannot be installed here. Installed once into `.venv-litellm`
+    (`install_litellm`). The proxy's process id is `LITELLM_PIDS[url]`; its workers are its
+    child processes."""
+    command = install_litellm()
+    if command is None:
+        yield None
+        return
     port = free_port()
-    config = RESULTS / "litellm.yaml"
+    config = RESULTS / f"litellm-{port}.yaml"
     config.write_text(
         "model_list:\n  - model_name: sim\n    litellm_params:\n      model: openai/sim\n"
         f"      api_base: {upstream_base}\n      api_key: sk-fake\n"
         f"general_settings:\n  master_key: {LITELLM_KEY}\nlitellm_settings:\n  drop_params: true\n"
     )
     # Its output goes to a file: a proxy that fails to start says why there.
-    log_path = RESULTS / "litellm.log"
+    log_path = RESULTS / f"litellm-{port}.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
-                str(LITELLM_VENV / "bin" / "litellm"),
+                str(command),
                 "--config",
                 str(config),
                 "--port",
                 str(port),
                 "--num_workers",
-                "1",
+                str(workers),
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -119,13 +232,23 @@ def litellm(upstream_base: str) -> Iterator[str | None]:
             raise RuntimeError(
                 f"LiteLLM's proxy did not start ({exc}); its log ends:\n{tail}"
             ) from None
-        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        LITELLM_PIDS[url] = proc.pid
+        yield url
     finally:
+        import psutil
+
+        try:
+            workers_left = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            workers_left = []
         proc.terminate()
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        for worker in psutil.wait_procs(workers_left, timeout=10)[1]:
+            worker.kill()
 
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
