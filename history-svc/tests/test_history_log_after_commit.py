@@ -134,6 +134,7 @@ async def test_every_publishing_path_publishes_only_committed_events(
             ]
         )
     )
+    await history.app.servicer.drain()  # a delta batch's publish follows its answer
 
     assert [(run_id, seqs) for run_id, seqs, _ in checker.seen] == [
         (first.run.id, [1, 2]),

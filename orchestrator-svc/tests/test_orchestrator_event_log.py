@@ -388,10 +388,12 @@ async def test_the_flusher_never_takes_the_end_from_its_own_write() -> None:
     ending = asyncio.create_task(log.end(completed(), final_writer=final))
     await asyncio.sleep(0)  # one loop step: the end is published, its write only scheduled
     assert log.ended and log.has_pending
-    await flusher.flush()  # the flusher's timer fires right then
+    await flusher.flush()  # the flusher's call starts right then
     await ending
-    assert store.calls == []  # it left the log to the end's write
-    assert final.batches == [[1, 2]]  # which stored the delta, the end and the record
+    # the flusher left the end to the end's write, which stored it with the record; the
+    # delta went with one of them (the flusher's own call may have started first)
+    assert final.batches[-1][-1] == 2
+    assert [seq for batch in store.batches + final.batches for seq in batch] == [1, 2]
     log.close()
 
 

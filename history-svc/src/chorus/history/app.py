@@ -81,6 +81,7 @@ class HistoryApp:
     async def close(self) -> None:
         """Stop background work and close the store, cache and event log connections."""
         await self.monitor.close()
+        await self.servicer.drain()
         await self.event_log.close()
         if self._redis is not None:
             await self._redis.aclose()

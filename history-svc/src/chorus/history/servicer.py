@@ -42,6 +42,12 @@ from chorus.v1 import (
     run_pb2,
 )
 
+MAX_WRITES_AFTER_ANSWER = 64
+"""Delta batches whose Redis writes (live log, cached records) may still be under way after
+AppendRunEventBatches answered. The answer goes out once the store committed: the writer's
+watchers wait for it (issue 18, log before show) and Redis was a third of the handler's
+time; watchers on other replicas are woken by the live log a moment later, and whatever it
+misses they read from the store. Beyond this many, a call waits for its own writes."""
 _CONVERSATION_PATHS = ("title", "model", "team", "metadata")
 
 pb = history_service_pb2
@@ -86,6 +92,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self._store = store
         self._cache = cache
         self._log = log
+        self._after_batches: set[asyncio.Task[None]] = set()
         self._watcher = Watcher(store, log, settings)
 
     # Conversations
@@ -642,8 +649,26 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
                 result.error.CopyFrom(outcome.to_status(request_id))
         if published:
             metrics.EVENTS_APPENDED.inc(sum(len(p[2]) for p in published))
-            await asyncio.gather(self._log.publish_many(published), self._cache.put_runs(runs))
+            if len(self._after_batches) < MAX_WRITES_AFTER_ANSWER:
+                task = asyncio.get_running_loop().create_task(self._share(published, runs))
+                self._after_batches.add(task)
+                task.add_done_callback(self._after_batches.discard)
+            else:  # Redis is behind: this call waits for its own writes (backpressure)
+                await self._share(published, runs)
         return resp
+
+    async def _share(
+        self, published: list[tuple[str, int, list[bytes]]], runs: list[run_pb2.Run]
+    ) -> None:
+        """A delta batch's writes to Redis once it is committed: the live log's entries
+        (the wake-up of watchers on every replica) and the cached records. Neither
+        raises (a failure is logged and counted, and the store stays the truth)."""
+        await asyncio.gather(self._log.publish_many(published), self._cache.put_runs(runs))
+
+    async def drain(self) -> None:
+        """Wait for the Redis writes of the delta batches already answered (at shutdown)."""
+        while self._after_batches:
+            await asyncio.gather(*self._after_batches, return_exceptions=True)
 
     async def ListRunEvents(
         self, request: pb.ListRunEventsRequest, context: grpc.aio.ServicerContext

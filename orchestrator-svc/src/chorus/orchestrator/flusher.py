@@ -86,7 +86,7 @@ class DeltaFlusher:
         self._max_batches = max_batches
         self._max_events = max_events
         self._dirty: set[RunEventLog] = set()
-        self._scheduled: asyncio.Handle | None = None
+        self._starting = False  # a call's task exists but has not taken the dirty set yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -98,24 +98,28 @@ class DeltaFlusher:
 
     def _schedule(self) -> None:
         if (
-            self._scheduled is None
+            not self._starting
             and len(self._tasks) < self._max_in_flight
             and not self._closed
             and self._dirty
-        ):  # in the next loop step, so this step's marks go in too
-            self._scheduled = asyncio.get_running_loop().call_soon(self._start)
-
-    def _start(self) -> None:
-        self._scheduled = None
-        if self._closed or not self._dirty:
-            return
-        task = asyncio.get_running_loop().create_task(self.flush(), name="delta-flush")
-        self._tasks.add(task)
-        task.add_done_callback(self._flushed)
+        ):  # the task's first step runs in the next loop step, so this step's marks go in
+            # too; a task now, not a callback that makes one: one loop step less before the
+            # first delta of a turn is on its way (TTFT)
+            self._starting = True
+            task = asyncio.get_running_loop().create_task(self._flush_marked(), name="delta-flush")
+            self._tasks.add(task)
+            task.add_done_callback(self._flushed)
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if task.cancelled():  # perhaps before its first step, which clears the flag
+            self._starting = False
         self._schedule()
+
+    async def _flush_marked(self) -> None:
+        self._starting = False
+        if not self._closed:
+            await self.flush()
 
     async def flush(self) -> None:
         """Send the pending deltas of every marked run now."""
@@ -141,6 +145,7 @@ class DeltaFlusher:
     async def _send(self, call: list[tuple[RunEventLog, list[run_pb2.RunEvent]]]) -> bool:
         """One call; True when it failed as a whole (its runs are marked again)."""
         started = time.perf_counter()
+        import sys as _s; print(f'PROBE fstart {call[0][0].run_id} {started:.6f} {len(call)}', file=_s.stderr, flush=True)
         try:
             results = await self._writer(
                 [(run_log.run_id, run_log.lease_epoch, batch) for run_log, batch in call]
@@ -159,6 +164,7 @@ class DeltaFlusher:
                 if not run_log.closed:
                     self._dirty.add(run_log)
             return True
+        import sys as _s; print(f'PROBE fend {call[0][0].run_id} {time.perf_counter():.6f}', file=_s.stderr, flush=True)
         metrics.DELTA_FLUSH_SECONDS.observe(time.perf_counter() - started)
         metrics.DELTA_FLUSH_RUNS.observe(len(call))
         for (run_log, batch), result in zip(call, results, strict=True):
@@ -174,9 +180,6 @@ class DeltaFlusher:
     async def close(self) -> None:
         """Stop scheduling calls and wait for (at most) the calls in flight to end."""
         self._closed = True
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            self._scheduled = None
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task
