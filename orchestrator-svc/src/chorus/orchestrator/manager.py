@@ -15,6 +15,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 
+import grpc
+
 from chorus.core import deadlines, identity
 from chorus.core.errors import (
     FailedPrecondition,
@@ -23,6 +25,7 @@ from chorus.core.errors import (
     OutOfRange,
     ResourceExhausted,
     Unavailable,
+    from_rpc_error,
 )
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
@@ -32,7 +35,7 @@ from chorus.orchestrator.catalog import CatalogCache
 from chorus.orchestrator.chat_streams import ChatStreams
 from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.flusher import DeltaFlusher
-from chorus.orchestrator.history import HistoryClient
+from chorus.orchestrator.history import UNARY_TIMEOUT_S, HistoryClient
 from chorus.orchestrator.recovery import Liveness, end_orphan
 from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, Resume, RunDeps
 from chorus.orchestrator.settings import Settings
@@ -471,6 +474,67 @@ class RunManager:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await live.done.wait()
+
+    # ----------------------------------------------------------------- delete
+    async def delete(self, user: str, run_id: str) -> None:
+        """Delete a run (RunService.DeleteRun, issue 23): cancel it when active, then delete
+        its record, events and checkpoint in history-svc (HistoryService.DeleteRunRecord,
+        one transaction).
+
+        The cancel is CancelRun's: on this replica the run is stopped and awaited (up to
+        `cancel_wait_s`); on another replica it is recorded and awaited the same time while
+        the owner ends it with `run_cancelled` at its next heartbeat. A run still ending
+        when the record is deleted is let go without writing more (this replica), or
+        learns of the delete from its next heartbeat or write (another replica): nothing
+        can bring the run back, since every write and claim of a missing run is NOT_FOUND.
+
+        Raises:
+            InvalidArgument: `run_id` is not a UUID.
+            NotFound: an unknown, another user's or already deleted run.
+        """
+        check_run_id(run_id)
+        live = self.local(user, run_id)
+        if live is not None:
+            cancellation = run_pb2.Cancellation(
+                requested_by=user, reason="run deleted", request_time=now()
+            )
+            if live.request_cancel(cancellation):
+                log.info("run_cancel_requested", run_id=run_id, by=user, reason="run deleted")
+            await self._settle(live)
+        else:
+            record = await self._history.get_run(user, run_id)
+            if record.status in ACTIVE_STATUSES:
+                await self.cancel(user, run_id, "run deleted")
+                await self._settle_remote(user, run_id)
+        request = hs.DeleteRunRecordRequest(run_id=run_id)
+        try:
+            await self._history.stub.DeleteRunRecord(
+                request,
+                metadata=self._deps.auth.metadata(user, identity.current_request_id()),
+                timeout=UNARY_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        live = self.local(user, run_id)
+        if live is not None:  # still ending: it writes nothing more, and is no longer served
+            live.abandon()
+            self._runs.pop(run_id, None)
+        log.info("run_deleted", run_id=run_id, by=user)
+
+    async def _settle_remote(self, user: str, run_id: str) -> None:
+        """Wait (at most `cancel_wait_s`, within the caller's deadline) until another
+        replica's run has ended after a cancel, polling its record."""
+        wait_s = self._settings.cancel_wait_s
+        remaining = deadlines.time_remaining()
+        if remaining is not None:
+            wait_s = min(wait_s, max(remaining - 1.0, 0.0))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                while True:  # the owner's heartbeat brings the cancel (every ~1 s)
+                    record = await self._history.get_run(user, run_id)
+                    if record.status not in ACTIVE_STATUSES:
+                        return
+                    await asyncio.sleep(0.2)
 
     def cancel_on_disconnect(self, user: str, run_id: str) -> None:
         """A StreamRun client with `on_disconnect = CANCEL` went away: cancel its run."""

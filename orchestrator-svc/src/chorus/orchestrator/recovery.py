@@ -209,8 +209,8 @@ class Liveness:
         many users); each run then acts on its stored record (`LiveRun.on_heartbeat`).
 
         A failed call is counted (`chorus_orchestrator_run_heartbeat_failures_total`, per run) and
-        logged; its runs beat again next round. A run left out of the answer (its record
-        is gone) is counted and logged the same way.
+        logged; its runs beat again next round. A run left out of the answer has been
+        deleted: it stops without writing anything more (issue 23).
         """
         runs = [r for r in self._live_runs().values() if not r.log.ended and not r.releasing]
         chunks = [
@@ -230,9 +230,9 @@ class Liveness:
         by_id = {record.id: record for record in stored}
         for run in runs:
             record = by_id.get(run.id)
-            if record is None:
-                metrics.HEARTBEAT_FAILURES.inc()
-                log.warning("heartbeat_run_not_found", run_id=run.id)
+            if record is None:  # deleted (RunService.DeleteRun, DeleteConversation)
+                log.info("run_deleted_elsewhere", run_id=run.id)
+                run.abandon()
                 continue
             run.on_heartbeat(record)
 

@@ -49,7 +49,7 @@ from autogen_core.models import (
 from autogen_core.tools import BaseTool
 
 from chorus.core import deadlines, identity
-from chorus.core.errors import ChorusError, FailedPrecondition, rpc_code
+from chorus.core.errors import ChorusError, FailedPrecondition, NotFound, rpc_code
 from chorus.core.flag import Flag
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
@@ -341,16 +341,17 @@ class LiveRun:
                 lease_epoch=self.log.lease_epoch,
                 checkpoint=checkpoint,
             )
-        except FailedPrecondition as exc:
+        except (FailedPrecondition, NotFound) as exc:
             # LEASE_LOST: another replica claimed the run (we were frozen or cut off past
-            # the lease); or someone else wrote these seqs.
+            # the lease); or someone else wrote these seqs; NOT_FOUND: the run was deleted.
             self.abandon()
             raise RunAbandoned(exc.message) from None
 
     def _events_rejected(self, exc: Exception) -> None:
         """history-svc rejected a delta batch of the flusher (as `_write_events` would)."""
-        if isinstance(exc, FailedPrecondition):
-            # Someone else (a recovery sweep that took us for dead) wrote these seqs.
+        if isinstance(exc, FailedPrecondition | NotFound):
+            # Someone else (a recovery sweep that took us for dead) wrote these seqs, or
+            # the run was deleted.
             self.abandon()
 
     async def _end_with(
@@ -374,9 +375,9 @@ class LiveRun:
                 self.record = await self._history.append_final_events(
                     self.owner, self.id, events, final, paths, lease_epoch=self.log.lease_epoch
                 )
-            except FailedPrecondition as exc:
+            except (FailedPrecondition, NotFound) as exc:
                 # Someone else (a recovery sweep that took us for dead) wrote these seqs or
-                # ended the record.
+                # ended the record; or the run was deleted.
                 self.abandon()
                 raise RunAbandoned(exc.message) from None
 

@@ -91,6 +91,12 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         )
         return rs.CancelRunResponse(run=run, cancelled=cancelled, message=message)
 
+    async def DeleteRun(
+        self, request: rs.DeleteRunRequest, context: grpc.aio.ServicerContext
+    ) -> rs.DeleteRunResponse:
+        await self._manager.delete(current_identity().user, request.run_id)
+        return rs.DeleteRunResponse()
+
     async def UpdateRunAgent(
         self, request: rs.UpdateRunAgentRequest, context: grpc.aio.ServicerContext
     ) -> rs.UpdateRunAgentResponse:
