@@ -25,6 +25,7 @@ from chorus.gateway.api.routes import settings as settings_routes
 from chorus.gateway.auth import Authenticator
 from chorus.gateway.clients import ServiceClients
 from chorus.gateway.middleware import RequestContextMiddleware
+from chorus.gateway.openai_api import install as install_openai_api
 from chorus.gateway.ratelimit import RateLimiter
 from chorus.gateway.settings import GatewaySettings
 
@@ -125,4 +126,5 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         max_request_bytes=settings.max_request_bytes,
         api_prefix=API_PREFIX,
     )
+    install_openai_api(app)  # /v1, OpenAI-compatible; its error middleware wraps the above
     return app

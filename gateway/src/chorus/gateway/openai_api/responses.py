@@ -1,0 +1,443 @@
+"""The Responses API: `POST /v1/responses`, `GET /v1/responses/{id}` (also as a stream that
+resumes after a `sequence_number`), `POST /v1/responses/{id}/cancel`,
+`DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`.
+
+A response is a run (`ids.response_id`). Streams are the run's events mapped by
+`mapping.ResponseMapper`; `sequence_number`s are a pure function of the run's event log,
+so a stream resumed with `starting_after=N` — from any gateway replica, after any restart —
+gets exactly the events after N. A response's run goes on when its client disconnects
+(like `background: true`; cancel it with `/cancel`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from chorus.core.errors import InvalidArgument, OutOfRange
+from chorus.gateway.api.deps import (
+    CallerDep,
+    HistoryDep,
+    LimiterDep,
+    ProviderDep,
+    RunsDep,
+    SettingsDep,
+    WatchesDep,
+    json_body,
+)
+from chorus.gateway.openai_api import ids, mapping, runs
+from chorus.gateway.openai_api.errors import openai_error
+from chorus.gateway.openai_api.feed import EventFeed
+from chorus.gateway.openai_api.schemas import CreateResponseBody, parse, unsupported
+from chorus.gateway.settings import GatewaySettings
+from chorus.gateway.watches import RunWatches
+from chorus.v1 import history_service_pb2, history_service_pb2_grpc, run_pb2, run_service_pb2
+
+router = APIRouter(prefix="/responses", tags=["openai"])
+
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+KEEPALIVE = b": keepalive\n\n"
+_ERROR_SCHEMA = {"$ref": "#/components/schemas/OpenAIError"}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "description": "OpenAI error",
+        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+    },
+    "5XX": {
+        "description": "OpenAI error",
+        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+    },
+}
+_JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A Response object (openai `Response`), or with `stream` Server-Sent "
+        "Events: `event:` the type, `data:` the event (openai `ResponseStreamEvent`).",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    },
+    **_ERRORS,
+}
+
+
+def json_response(body: Any, status_code: int = 200) -> Response:
+    """An orjson-encoded JSON response."""
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+async def _get_run(runs_stub: Any, run_id: str, settings: GatewaySettings) -> run_pb2.Run:
+    reply = await runs_stub.GetRun(
+        run_service_pb2.GetRunRequest(run_id=run_id), timeout=settings.rpc_timeout_s
+    )
+    run: run_pb2.Run = reply.run
+    return run
+
+
+def _mapper(run: run_pb2.Run) -> mapping.ResponseMapper:
+    return mapping.ResponseMapper(run.id, mapping.context_of(run), run.create_time.seconds)
+
+
+async def _stored_events(
+    history: history_service_pb2_grpc.HistoryServiceStub, run_id: str, timeout: float
+) -> AsyncIterator[list[run_pb2.RunEvent]]:
+    token = ""
+    while True:
+        page = await history.ListRunEvents(
+            history_service_pb2.ListRunEventsRequest(
+                run_id=run_id, page_size=5000, page_token=token
+            ),
+            timeout=timeout,
+        )
+        yield list(page.events)
+        token = page.next_page_token
+        if not token:
+            return
+
+
+async def _replay(
+    run: run_pb2.Run, history: history_service_pb2_grpc.HistoryServiceStub, timeout: float
+) -> tuple[mapping.ResponseMapper, list[dict[str, Any]]]:
+    """The run's stored log through a mapper: the mapper and every OpenAI event."""
+    mapper = _mapper(run)
+    events: list[dict[str, Any]] = []
+    async for page in _stored_events(history, run.id, timeout):
+        for event in page:
+            events.extend(mapper.feed(event))
+    mapper.finish_from_run(run)
+    return mapper, events
+
+
+async def _follow_to_end(
+    watches: RunWatches, user: str, feed_spec: run_pb2.RunSpec | None, run_id: str
+) -> mapping.ResponseMapper:
+    """Start (or follow from seq 1) a run until its terminal event; the mapper of all of it."""
+    feed = EventFeed(watches, user=user, start=feed_spec, run_id=run_id)
+    mapper: mapping.ResponseMapper | None = None
+    try:
+        while (batch := await feed.next_batch()) is not None:
+            for event in batch:
+                if mapper is None:
+                    if event.WhichOneof("payload") != "run_started":
+                        raise InvalidArgument("the run's log does not start with run_started")
+                    mapper = _mapper(event.run_started.run)
+                mapper.feed(event)
+    finally:
+        feed.close()
+    if mapper is None:
+        raise InvalidArgument("the run has no events")
+    return mapper
+
+
+def _stream(
+    feed: EventFeed,
+    first: list[run_pb2.RunEvent],
+    mapper: mapping.ResponseMapper | None,
+    starting_after: int,
+    settings: GatewaySettings,
+) -> StreamingResponse:
+    """SSE of the feed's events mapped to OpenAI events numbered above `starting_after`."""
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal mapper
+        batch: list[run_pb2.RunEvent] | None = first
+        try:
+            while batch is not None:
+                frames: list[bytes] = []
+                for event in batch:
+                    if mapper is None:
+                        mapper = _mapper(event.run_started.run)
+                    for out in mapper.feed(event):
+                        if out["sequence_number"] > starting_after:
+                            frames.append(mapping.sse_frame(out))
+                if frames:
+                    yield b"".join(frames)
+                if mapper is not None and mapper.ended:
+                    return
+                batch = await feed.next_batch(timeout=settings.sse_keepalive_s)
+                if batch == []:
+                    yield KEEPALIVE
+        except Exception as exc:
+            _, error = openai_error(exc)
+            yield mapping.sse_frame(
+                {
+                    "type": "error",
+                    "code": error["error"]["code"],
+                    "message": error["error"]["message"],
+                    "param": error["error"]["param"],
+                    "sequence_number": mapper.next_sequence if mapper is not None else 0,
+                }
+            )
+        finally:
+            feed.close()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _first(feed: EventFeed, settings: GatewaySettings) -> list[run_pb2.RunEvent]:
+    """The feed's first events (errors before any event raise: a real HTTP error)."""
+    try:
+        batch = await feed.next_batch(timeout=settings.sse_first_event_wait_s)
+    except BaseException:
+        feed.close()
+        raise
+    return batch or []
+
+
+@router.post(
+    "",
+    operation_id="createResponse",
+    summary="Create a response (run a team or a model)",
+    responses=_JSON_OR_SSE,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CreateResponseBody.model_json_schema()}},
+        }
+    },
+)
+async def create_response(
+    request: Request,
+    caller: CallerDep,
+    runs_stub: RunsDep,
+    provider: ProviderDep,
+    watches: WatchesDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> Response:
+    """Starts a run of `model` on `input`. `stream`: SSE of the response's events;
+    `background`: answers at once (status `queued`/`in_progress`); otherwise waits for the
+    run's end. 404 unknown model or previous response, 400 unsupported parameters (tools,
+    `store: false`, non-text input), 409 when the conversation has an active run, 429 over
+    the runs rate limit."""
+    body: CreateResponseBody = parse(CreateResponseBody, await json_body(request))
+    if body.tools:
+        raise unsupported(
+            "tools",
+            "client-defined tools are not supported: a team's agents call the server's tools, "
+            "which run on the server",
+        )
+    if body.tool_choice not in (None, "auto", "none"):
+        raise unsupported("tool_choice", "only 'auto' and 'none' are supported")
+    if body.store is False:
+        raise unsupported("store", "every run is stored (Chorus keeps runs as history)")
+    if body.prompt is not None:
+        raise unsupported("prompt", "prompt templates are not supported")
+    text_format = (body.text or {}).get("format") or {}
+    if isinstance(text_format, dict) and text_format.get("type", "text") != "text":
+        raise unsupported("text.format", "only plain text output is supported")
+    if body.previous_response_id and body.conversation is not None:
+        raise InvalidArgument(
+            "give either previous_response_id or conversation, not both",
+            [("previous_response_id", "not with conversation")],
+        )
+    timeout = settings.rpc_timeout_s
+
+    async def find(model_id: str, param: str = "model") -> runs.Model:
+        try:
+            return await runs.find_model(model_id, runs_stub, provider, timeout)
+        except Exception as exc:
+            if getattr(exc, "reason", "") == "MODEL_NOT_FOUND":
+                raise runs.model_not_found(model_id, param) from None
+            raise
+
+    model = await find(body.model)
+    if isinstance(body.input, str):
+        conv = runs.Conversation([], [], body.input)
+    else:
+        conv = runs.split_messages(body.input, "input", chat=False)
+    instructions = "\n\n".join(
+        [*([body.instructions] if body.instructions else []), *conv.instructions]
+    )
+    conversation_id = ""
+    if body.previous_response_id:
+        previous = await _get_run(runs_stub, ids.run_id_of(body.previous_response_id), settings)
+        conversation_id = previous.conversation_id
+    elif body.conversation is not None:
+        given = (
+            body.conversation.get("id")
+            if isinstance(body.conversation, dict)
+            else body.conversation
+        )
+        found = ids.conversation_of(given) if isinstance(given, str) else None
+        if found is None:
+            raise InvalidArgument(
+                "conversation must be a conversation id (conv_…)", [("conversation", "invalid id")]
+            )
+        conversation_id = found
+    spec = await runs.build_spec(
+        model=model,
+        input_text=runs.run_input(conv),
+        instructions=instructions or None,
+        temperature=body.temperature,
+        max_output_tokens=body.max_output_tokens,
+        options=body.chorus,
+        conversation_id=conversation_id,
+        background=bool(body.background),
+        key=runs.idempotency_key(idempotency_key),
+        on_disconnect=run_pb2.ON_DISCONNECT_CONTINUE,
+        settings=settings,
+        find=find,
+    )
+    await limiter.hit("runs", caller.user)
+    if body.stream:
+        feed = EventFeed(
+            watches, user=caller.user, start=spec, max_buffered=settings.sse_max_buffered_events
+        )
+        first = await _first(feed, settings)
+        return _stream(feed, first, None, -1, settings)
+    if body.background:
+        reply = await runs_stub.CreateRun(
+            run_service_pb2.CreateRunRequest(spec=spec), timeout=timeout
+        )
+        mapper = _mapper(reply.run)
+        return json_response(mapper.response)
+    mapper = await _follow_to_end(watches, caller.user, spec, "")
+    return json_response(mapper.response)
+
+
+@router.get(
+    "/{response_id}",
+    operation_id="getResponse",
+    summary="Retrieve a response, or stream its events from a sequence number",
+    responses=_JSON_OR_SSE,
+)
+async def get_response(
+    response_id: str,
+    caller: CallerDep,
+    runs_stub: RunsDep,
+    history: HistoryDep,
+    watches: WatchesDep,
+    settings: SettingsDep,
+    stream: bool = False,
+    starting_after: Annotated[
+        int | None, Query(description="Stream the events after this sequence_number.")
+    ] = None,
+) -> Response:
+    """The response as it is now (output so far while the run is live). With
+    `stream=true`: every event after `starting_after` (all when absent), then live until
+    the end. 400 for a negative `starting_after`, or one at or past the last event of a
+    finished response; 404 unknown id."""
+    if starting_after is not None and starting_after < 0:
+        raise InvalidArgument(
+            "starting_after must be a sequence_number (0 or more)",
+            [("starting_after", "must be >= 0")],
+        )
+    run = await _get_run(runs_stub, ids.run_id_of(response_id), settings)
+    terminal = run.status in (
+        run_pb2.RUN_STATUS_COMPLETED,
+        run_pb2.RUN_STATUS_FAILED,
+        run_pb2.RUN_STATUS_CANCELLED,
+    )
+    if not stream or terminal:
+        mapper, events = await _replay(run, history, settings.rpc_timeout_s)
+        if not stream:
+            return json_response(mapper.response)
+        after = -1 if starting_after is None else starting_after
+        if events and after >= events[-1]["sequence_number"]:
+            raise OutOfRange(
+                f"starting_after {after} is at or past the last event of this finished "
+                f"response ({events[-1]['sequence_number']})",
+                [("starting_after", f"at most {events[-1]['sequence_number'] - 1}")],
+            )
+        frames = b"".join(mapping.sse_frame(e) for e in events if e["sequence_number"] > after)
+        return Response(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    feed = EventFeed(
+        watches, user=caller.user, run_id=run.id, max_buffered=settings.sse_max_buffered_events
+    )
+    first = await _first(feed, settings)
+    return _stream(feed, first, None, -1 if starting_after is None else starting_after, settings)
+
+
+@router.post(
+    "/{response_id}/cancel",
+    operation_id="cancelResponse",
+    summary="Cancel a response",
+    responses={
+        200: {"description": "The response (status `cancelled` once it stopped)."},
+        **_ERRORS,
+    },
+)
+async def cancel_response(
+    response_id: str,
+    caller: CallerDep,
+    runs_stub: RunsDep,
+    watches: WatchesDep,
+    settings: SettingsDep,
+) -> Response:
+    """Stops the run's in-flight model call and ends it `cancelled`, then answers the
+    response. Idempotent: a response that already ended is answered as it is."""
+    run_id = ids.run_id_of(response_id)
+    await runs_stub.CancelRun(
+        run_service_pb2.CancelRunRequest(run_id=run_id, reason="cancelled over the OpenAI API"),
+        timeout=settings.rpc_timeout_s,
+    )
+    async with asyncio.timeout(settings.rpc_timeout_s):
+        mapper = await _follow_to_end(watches, caller.user, None, run_id)
+    return json_response(mapper.response)
+
+
+@router.delete(
+    "/{response_id}",
+    operation_id="deleteResponse",
+    summary="Delete a response (not supported: answers 400)",
+    responses=_ERRORS,
+)
+async def delete_response(
+    response_id: str, caller: CallerDep, runs_stub: RunsDep, settings: SettingsDep
+) -> Response:
+    """Chorus keeps every run as history and has no way to delete one: 404 for an unknown
+    response, else 400 `unsupported_operation` (delete the conversation with
+    `DELETE /api/v1/conversations/{id}` to remove its messages)."""
+    run = await _get_run(runs_stub, ids.run_id_of(response_id), settings)
+    raise InvalidArgument(
+        "responses cannot be deleted: Chorus keeps every run as history; delete the "
+        f"conversation ({run.conversation_id}) with DELETE /api/v1/conversations/{{id}} to "
+        "remove its messages",
+        reason="UNSUPPORTED_OPERATION",
+    )
+
+
+@router.get(
+    "/{response_id}/input_items",
+    operation_id="listResponseInputItems",
+    summary="List a response's input items",
+    responses={
+        200: {"description": "`{object: list, data, first_id, last_id, has_more}`"},
+        **_ERRORS,
+    },
+)
+async def list_input_items(
+    response_id: str,
+    caller: CallerDep,
+    runs_stub: RunsDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+) -> Response:
+    """The run's input as one user message item (earlier messages of the request are part
+    of its text)."""
+    run = await _get_run(runs_stub, ids.run_id_of(response_id), settings)
+    item = {
+        "id": ids.item_id("msg", run.id, 0),
+        "type": "message",
+        "role": "user",
+        "status": "completed",
+        "content": [{"type": "input_text", "text": run.spec.input}],
+    }
+    data = [item][:limit]
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": False,
+        }
+    )
