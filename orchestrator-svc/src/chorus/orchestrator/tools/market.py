@@ -115,6 +115,15 @@ def technical_indicators(symbol: str, days: int = 30) -> str:
     )
 
 
+def chart_name(symbol: str, days: int = 30) -> str:
+    """The artifact name of a price chart: `BTC-30d.svg`.
+
+    Raises:
+        ValueError: a malformed symbol.
+    """
+    return f"{_symbol(symbol)}-{days}d.svg"
+
+
 def price_chart_svg(symbol: str, days: int = 30, width: int = 640, height: int = 240) -> bytes:
     """An SVG line chart of the last `days` closes (the `price_chart` tool's artifact)."""
     sym = _symbol(symbol)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import inspect
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -91,15 +92,42 @@ def _static(func: Callable[..., Any], name: str) -> ToolEntry:
     return ToolEntry(name, tool.description, lambda _ctx: tool)
 
 
+async def _attach_chart(ctx: ToolContext, symbol: str, days: int) -> str:
+    """Attach the SVG price chart of `symbol` over `days` days to the run; its name."""
+    data = market.price_chart_svg(symbol, days)
+    name = market.chart_name(symbol, days)
+    await ctx.emit_artifact(name, "image/svg+xml", data)
+    return name
+
+
+def _technical_indicators_entry() -> ToolEntry:
+    def factory(ctx: ToolContext) -> BaseTool[Any, Any]:
+        async def technical_indicators(symbol: str, days: int = 30) -> str:
+            """Technical indicators of a crypto asset over the last `days` days (15..365) as
+            JSON: simple moving averages (7 and `days`), RSI(14), daily volatility, high,
+            low and trend; the price chart of the same days is attached to the run."""
+            figures = json.loads(market.technical_indicators(symbol, days))
+            # Whoever analyses an asset shows its chart (issue 23): attached here, so a
+            # model that calls only this tool still delivers it.
+            figures["chart"] = await _attach_chart(ctx, symbol, days)
+            return json.dumps(figures)
+
+        return _function_tool(technical_indicators, "technical_indicators")
+
+    return ToolEntry(
+        "technical_indicators",
+        "Technical indicators of a crypto asset, with its price chart attached.",
+        factory,
+    )
+
+
 def _price_chart_entry() -> ToolEntry:
     def factory(ctx: ToolContext) -> BaseTool[Any, Any]:
         async def price_chart(symbol: str, days: int = 30) -> str:
             """Draw a line chart of a crypto asset's daily closes over the last `days` days
             (2..365) and attach it to the run as an SVG artifact."""
-            data = market.price_chart_svg(symbol, days)
-            name = f"{symbol.strip().upper()}-{days}d.svg"
-            await ctx.emit_artifact(name, "image/svg+xml", data)
-            return f"chart {name} attached (image/svg+xml, {len(data)} bytes)"
+            name = await _attach_chart(ctx, symbol, days)
+            return f"chart {name} attached (image/svg+xml)"
 
         return _function_tool(price_chart, "price_chart")
 
@@ -124,7 +152,7 @@ def builtin_tools(*, code_execution: bool = False, code_timeout_s: float = 10.0)
         _static(calculator.calculator, "calculator"),
         _static(clock.current_time, "current_time"),
         _static(market.market_data, "market_data"),
-        _static(market.technical_indicators, "technical_indicators"),
+        _technical_indicators_entry(),
         _price_chart_entry(),
     ]
     if code_execution:
