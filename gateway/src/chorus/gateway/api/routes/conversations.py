@@ -185,12 +185,36 @@ async def update_conversation(
     responses=openapi.responses_of(None, "Deleted.", 204),
 )
 async def delete_conversation(
-    conversation_id: str, caller: CallerDep, history: HistoryDep, settings: SettingsDep
+    conversation_id: str,
+    caller: CallerDep,
+    history: HistoryDep,
+    runs: RunsDep,
+    settings: SettingsDep,
 ) -> Response:
-    """Deletes the conversation and its messages (204). 404 when it does not exist."""
+    """Deletes the conversation with its messages and its runs — their events and
+    checkpoints too — (204); afterwards every read of the conversation or of one of its
+    runs is 404. An active run is cancelled first (its watchers get `run_cancelled`), then
+    everything goes in one transaction (HistoryService.DeleteConversation, issue 23). 404
+    when it does not exist (or was already deleted)."""
+    timeout = settings.rpc_timeout_s
+    for status in (run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING):
+        active = await runs.ListRuns(
+            run_service_pb2.ListRunsRequest(
+                conversation_id=conversation_id, status=status, page_size=1000
+            ),
+            timeout=timeout,
+        )
+        for run in active.runs:  # cancelled, awaited and deleted (RunService.DeleteRun)
+            try:
+                await runs.DeleteRun(
+                    run_service_pb2.DeleteRunRequest(run_id=run.id), timeout=timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # deleted meanwhile: fine
+                    raise
     await history.DeleteConversation(
         history_service_pb2.DeleteConversationRequest(conversation_id=conversation_id),
-        timeout=settings.rpc_timeout_s,
+        timeout=timeout,
     )
     return Response(status_code=204)
 

@@ -9,6 +9,7 @@ answer the list response (`{"runs": […], "nextPageToken": "…"}`), `:cancel` 
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 from typing import Annotated, Any
 
 import grpc
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Header, Query, Request
 from google.protobuf import field_mask_pb2
 from starlette.responses import Response
 
-from chorus.core.errors import InvalidArgument
+from chorus.core.errors import InvalidArgument, NotFound
 from chorus.gateway import openapi, protojson, sse
 from chorus.gateway.api.deps import (
     CallerDep,
@@ -354,4 +355,145 @@ async def export_run(
         orjson.dumps(body),
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="chorus-run-{run.id}.json"'},
+    )
+
+
+@router.delete(
+    "/{run_id}",
+    status_code=204,
+    summary="Delete a run",
+    responses=openapi.responses_of(None, "Deleted.", 204),
+)
+async def delete_run(
+    run_id: str, caller: CallerDep, runs: RunsDep, settings: SettingsDep
+) -> Response:
+    """Deletes the run with its events and checkpoint (204); an active run is cancelled
+    first (its watchers get `run_cancelled`). Afterwards every read of the run — `GET`,
+    the list, `/events`, `/export`, `/artifacts` — is 404, and so is a second delete. The
+    messages it added to its conversation stay (delete the conversation to remove them).
+    404 for an unknown or another user's run (RunService.DeleteRun, issue 23)."""
+    await runs.DeleteRun(
+        run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=settings.rpc_timeout_s
+    )
+    return Response(status_code=204)
+
+
+_ARTIFACT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "mimeType", "sizeBytes", "agent", "seq", "uri"],
+    "properties": {
+        "name": {"type": "string", "description": "File name, e.g. `BTC-30d.svg`."},
+        "mimeType": {"type": "string", "description": "e.g. `image/svg+xml`."},
+        "sizeBytes": {"type": "integer"},
+        "agent": {"type": "string", "description": "The agent whose tool made it."},
+        "seq": {"type": "integer", "description": "Seq of its `artifact` event."},
+        "createTime": {"type": "string", "format": "date-time"},
+        "uri": {"type": "string", "description": "Where its content is served."},
+    },
+}
+
+
+async def _artifact_events(
+    history: HistoryDep, run_id: str, settings: SettingsDep
+) -> list[run_pb2.RunEvent]:
+    """The run's `artifact` events in seq order (HistoryService.ListRunEvents, `kinds`)."""
+    found: list[run_pb2.RunEvent] = []
+    token = ""
+    while True:
+        page = await history.ListRunEvents(
+            history_service_pb2.ListRunEventsRequest(
+                run_id=run_id, kinds=["artifact"], page_size=1000, page_token=token
+            ),
+            timeout=settings.rpc_timeout_s,
+        )
+        found.extend(page.events)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+@router.get(
+    "/{run_id}/artifacts",
+    summary="List a run's artifacts",
+    responses={
+        **openapi.responses_of(None, "The run's artifacts (charts, files), oldest first."),
+        200: {
+            "description": "The run's artifacts (charts, files), oldest first.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["artifacts"],
+                        "properties": {"artifacts": {"type": "array", "items": _ARTIFACT_SCHEMA}},
+                    }
+                }
+            },
+        },
+    },
+)
+async def list_run_artifacts(
+    run_id: str, request: Request, caller: CallerDep, history: HistoryDep, settings: SettingsDep
+) -> Response:
+    """The files and charts the run's tools attached (`artifact` events), oldest first:
+    name, MIME type, size, the agent, the event's seq and time, and the `uri` serving the
+    content. Several artifacts may share a name; the uri serves the latest. 404 for an
+    unknown or another user's run."""
+    base = request.url.path.rstrip("/")
+    items = []
+    for event in await _artifact_events(history, run_id, settings):
+        art = event.artifact
+        item: dict[str, Any] = {
+            "name": art.name,
+            "mimeType": art.mime_type,
+            "sizeBytes": len(art.data),
+            "agent": event.agent,
+            "seq": event.seq,
+            "uri": f"{base}/{urllib.parse.quote(art.name, safe='')}",
+        }
+        if event.HasField("time"):
+            item["createTime"] = event.time.ToJsonString()
+        items.append(item)
+    return Response(orjson.dumps({"artifacts": items}), media_type="application/json")
+
+
+@router.get(
+    "/{run_id}/artifacts/{name}",
+    summary="Download one of a run's artifacts",
+    responses={
+        **openapi.responses_of(None, "The artifact's bytes, with its MIME type."),
+        200: {
+            "description": "The artifact's bytes, served with its MIME type as Content-Type.",
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+)
+async def get_run_artifact(
+    run_id: str, name: str, caller: CallerDep, history: HistoryDep, settings: SettingsDep
+) -> Response:
+    """The content of the run's artifact `name` (the latest of that name), with its MIME
+    type as `Content-Type` and `Content-Disposition: inline` (a browser shows an image).
+    It is the output of a tool, so it is served sandboxed (`Content-Security-Policy:
+    sandbox`, `X-Content-Type-Options: nosniff`): an SVG or HTML artifact runs no script
+    in the gateway's origin. 404 when the run has no artifact of that name, or for an
+    unknown or another user's run."""
+    found = [
+        e for e in await _artifact_events(history, run_id, settings) if e.artifact.name == name
+    ]
+    if not found:
+        raise NotFound(
+            f"run {run_id} has no artifact named {name!r}",
+            reason="ARTIFACT_NOT_FOUND",
+            metadata={"run_id": run_id, "name": name},
+        )
+    art = found[-1].artifact
+    quoted = urllib.parse.quote(art.name, safe="")
+    return Response(
+        art.data,
+        media_type=art.mime_type or "application/octet-stream",
+        headers={
+            "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=3600",
+        },
     )
