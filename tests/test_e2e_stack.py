@@ -74,6 +74,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         "CHORUS_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "CHORUS_GRACE_PERIOD_S": "5",
         "CHORUS_RATE_LIMIT_RUNS": "1000/minute",
+        # provider-svc's own default pace, not `make run`'s human one (40 tokens/s)
+        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "250",
         **{f"CHORUS_{n.upper()}_PORT": str(p) for n, p in ports.items()},
     }
     for key in ("CHORUS_INTERNAL_TOKEN", "CHORUS_OPENAI_API_KEY", "CHORUS_ANTHROPIC_API_KEY"):

@@ -13,6 +13,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,8 +35,15 @@ NAMES = ("provider", "history", "orchestrator", "gateway")
 class Launcher:
     """`python -m chorus.cli.stack` as a subprocess, its output collected line by line."""
 
-    def __init__(self, tmp_path: Path, *, own_session: bool = False, read: bool = True) -> None:
-        self.ports = {name: free_port() for name in NAMES}
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        own_session: bool = False,
+        read: bool = True,
+        ports: dict[str, int] | None = None,
+    ) -> None:
+        self.ports = dict(ports) if ports else {name: free_port() for name in NAMES}
         env = {
             **os.environ,
             "CHORUS_DATA_DIR": str(tmp_path / "data"),
@@ -452,3 +460,124 @@ def test_ctrl_c_mid_run_then_make_run_again_completes_the_run(tmp_path, monkeypa
         assert any(e.HasField("run_resumed") for e in rest), [e.WhichOneof("payload") for e in rest]
     finally:
         second.close()
+
+
+# --- issue 23 item 9: taken ports, readiness of our own processes, a real call at the banner
+
+
+def test_the_banner_names_every_address_and_a_run_started_at_once_completes(tmp_path):
+    """The moment "all services SERVING" appears, a StreamRun is served to its end."""
+    launcher = Launcher(tmp_path)
+    try:
+        launcher.wait_line(r"all services SERVING", 90)
+        with grpc.insecure_channel(f"127.0.0.1:{launcher.ports['orchestrator']}") as channel:
+            stream = run_service_pb2_grpc.RunServiceStub(channel).StreamRun(
+                run_service_pb2.StreamRunRequest(
+                    spec=run_pb2.RunSpec(template="duet", input="Tea or coffee?", max_turns=1)
+                ),
+                timeout=120,
+            )
+            kinds = [reply.event.WhichOneof("payload") for reply in stream]
+        assert kinds[0] == "run_started" and kinds[-1] == "run_completed", kinds
+        banner = launcher.snapshot()
+        for name in NAMES[:-1]:
+            address = f"127.0.0.1:{launcher.ports[name]}"
+            assert any(re.search(rf"\| {name:<12} {address}  \(", line) for line in banner), (
+                launcher.tail()
+            )
+        gateway = f"http://127.0.0.1:{launcher.ports['gateway']}"
+        assert any(f"| gateway      {gateway}  (" in line for line in banner), launcher.tail()
+        assert any(".venv/bin/grpcurl -plaintext" in line for line in banner)
+        # human pace under `make run` unless configured (see the ctrl-c test for a set one)
+        env = environ_of(launcher.pids("provider")[0])
+        assert env["CHORUS_SIMULATOR_TOKENS_PER_SECOND"] == os.environ.get(
+            "CHORUS_SIMULATOR_TOKENS_PER_SECOND", "40"
+        )
+    finally:
+        launcher.close()
+
+
+def test_a_taken_port_is_named_and_nothing_is_started(tmp_path):
+    with socket.socket() as other:  # another program on the orchestrator's port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        ports = {name: free_port() for name in NAMES} | {"orchestrator": taken}
+        launcher = Launcher(tmp_path, ports=ports)
+        try:
+            assert launcher.proc.wait(60) == 1, launcher.tail()
+            launcher.wait_line(r"nothing was started", 10)
+            out = launcher.tail()
+            assert f"port {taken} (orchestrator, CHORUS_ORCHESTRATOR_PORT) is already in use" in out
+            assert "started" not in out.replace("nothing was started", "")
+            assert "SERVING" not in out
+        finally:
+            launcher.close()
+
+
+def test_a_second_make_run_on_the_same_ports_stops_before_starting_anything(
+    launcher_factory, tmp_path
+):
+    first = launcher_factory()
+    (tmp_path / "second").mkdir()
+    second = Launcher(tmp_path / "second", ports=first.ports)
+    try:
+        assert second.proc.wait(60) == 1, second.tail()
+        out = "\n".join(second.snapshot())
+        for name in NAMES:
+            assert f"port {first.ports[name]} ({name}, " in out, out
+        assert "all services SERVING" not in out and "pid" not in out, out
+    finally:
+        second.close()
+    # the first stack is untouched
+    assert first.proc.poll() is None
+    assert all(alive(first.pids(n)[0]) for n in NAMES)
+    assert serving(first.ports["orchestrator"], "chorus.v1.RunService")
+
+
+async def test_readiness_waits_for_its_own_process_not_a_server_already_on_the_port(tmp_path):
+    """A health check answered by some other server on the port is not our service ready."""
+    from chorus.core.testing import ServiceProcess
+
+    from .conftest import service_env
+
+    port = free_port()
+    other = ServiceProcess(
+        "chorus.history",
+        env=service_env(tmp_path, "CHORUS_HISTORY_PORT")
+        | {"CHORUS_HISTORY_PORT": str(port), "CHORUS_DEV_MODE": "true"},
+    )
+    try:
+        other.wait_ready(60)
+        assert await asyncio.to_thread(serving, port, "chorus.v1.HistoryService")
+        service = stack.Service("history", "chorus.history", port, "chorus.v1.HistoryService")
+        probe = stack._ready(service, {})
+        done, _ = await asyncio.wait({probe}, timeout=1.5)
+        assert not done, "ready before its own process said it listens"
+        watch = stack._listening_watcher(service)
+        watch(
+            b"history | 2026 [info ] metrics_listening address=http://127.0.0.1:9%d/metrics\n"
+            % port
+        )
+        watch(b"history | [info ] listening address=127.0.0.1:%d1 services=[]\n" % port)
+        assert not service.listening.is_set(), "another port or the metrics line"
+        watch(b"history | [info ] listening address=127.0.0.1:%d services=[...]\n" % port)
+        await asyncio.wait_for(probe, 30)  # health SERVING and a real ListConversations call
+    finally:
+        other.stop()
+
+
+def test_the_services_stop_when_the_launcher_is_killed_while_starting(tmp_path):
+    launcher = Launcher(tmp_path)
+    try:
+        launcher.wait_line(r"started gateway \(pid \d+\)", 60)
+        pids = {n: launcher.pids(n)[0] for n in NAMES}
+        launcher.proc.kill()
+        launcher.proc.wait(10)
+        wait_until(
+            lambda: not any(alive(pid) for pid in pids.values()),
+            15,
+            lambda: f"left running: {[n for n, p in pids.items() if alive(p)]}",
+        )
+    finally:
+        launcher.close()

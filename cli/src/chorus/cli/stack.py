@@ -1,8 +1,17 @@
 """The local stack behind `make run`: the four services as separate processes, supervised.
 
 `python -m chorus.cli.stack` starts provider-svc, history-svc, orchestrator-svc and the
-gateway, prefixes each one's log lines with its name, waits until every gRPC service reports
-SERVING and the gateway's `/health/ready` answers 200, then prints the addresses.
+gateway, prefixes each one's log lines with its name and prints the addresses once the stack
+answers. Before starting anything it checks that the four ports are free and names any that
+is taken (another `make run`, most often) — then exits 1 without starting a service.
+
+Readiness ("all services SERVING") means each of *our* processes answers a real call: the
+process logged `listening` on its port (so a health check cannot be answered by some other
+stack's server on that port), its gRPC health reports SERVING (the gateway's `/health/ready`
+answers 200), and a real call succeeds — provider `ListModels`, history
+`ListConversations`, orchestrator `ListTeamTemplates` and `ListRuns` (through history-svc),
+gateway `GET /api/v1/teams` (through the orchestrator). A run started the moment the banner
+appears is served.
 
 Supervision: a service that exits on its own (a crash, a SIGKILL, the OOM killer) is started
 again — same ports, same environment, same `CHORUS_INSTANCE_ID` — after an exponential backoff
@@ -19,8 +28,15 @@ A closed terminal (SIGHUP) stops in order too; the launcher keeps reading the se
 (and drops it) once its own stdout is gone, so no service fails writing a log line.
 
 If the launcher itself is killed (`kill -9`, the OOM killer), the kernel SIGKILLs every service
-with it (Linux, PR_SET_PDEATHSIG): their output pipe is gone, so a graceful stop could not even
-log, and a kill is the fault the runs are built to survive — the next `make run` resumes them.
+with it (Linux, PR_SET_PDEATHSIG, set in the child between fork and exec; a child whose
+launcher died before that exits at once): their output pipe is gone, so a graceful stop could
+not even log, and a kill is the fault the runs are built to survive — the next `make run`
+resumes them.
+
+Simulator speed: unless `CHORUS_SIMULATOR_TOKENS_PER_SECOND` is set (environment or `.env`),
+`make run` has the simulator stream at a human pace, `MAKE_RUN_TOKENS_PER_SECOND` (40) tokens
+per second, so Cancel, Apply and a reload can be tried mid-turn (provider-svc's own default,
+which tests use, is faster).
 
 The orchestrator's `CHORUS_INSTANCE_ID` is `orchestrator-1` unless set, stable across restarts
 and launches, so the next `make run` finds the runs the last one left in `./data` as its own.
@@ -36,9 +52,12 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import secrets
 import signal
+import socket
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +79,9 @@ STOP_MARGIN_S = 5.0  # the other services: grace period + this before SIGKILL
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0  # a service up this long starts its backoff over
+MAKE_RUN_TOKENS_PER_SECOND = 40.0  # the simulator's pace under `make run` (a human reads it)
+# A service's own `listening` log line (console or JSON), not `metrics_listening`.
+_LISTENING = re.compile(rb"(?<![\w])listening\b")
 
 
 _stdout_gone = False
@@ -102,9 +124,12 @@ def _parent_death_signal() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     pr_set_pdeathsig = 1
+    launcher = os.getpid()
 
     def preexec() -> None:
         prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != launcher:  # the launcher died between fork and prctl
+            os._exit(1)
 
     return preexec
 
@@ -126,6 +151,9 @@ class Service:
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     stop_code: int | None = None  # the exit code of the ordered stop (None: not running then)
     killed: bool = False  # had to be SIGKILLed at stop
+    listening: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set when the current process logged `listening` on `port` (cleared at each start)."""
+    probe_error: str = ""  # why the last readiness probe failed (shown if it never succeeds)
 
     @property
     def address(self) -> str:
@@ -172,8 +200,11 @@ def stack_services(env: Mapping[str, str], dotenv_path: str = ".env") -> list[Se
     ]
 
 
-def stack_environment(base: Mapping[str, str], services: list[Service]) -> dict[str, str]:
-    """The environment every process gets: shared internal token, ports and addresses."""
+def stack_environment(
+    base: Mapping[str, str], services: list[Service], dotenv_path: str = ".env"
+) -> dict[str, str]:
+    """The environment every process gets: shared internal token, ports and addresses, and
+    the simulator's `make run` pace unless one is configured."""
     env = dict(base)
     if not env.get("CHORUS_INTERNAL_TOKEN"):
         # Local development: services bind to loopback and accept calls without the internal
@@ -188,6 +219,8 @@ def stack_environment(base: Mapping[str, str], services: list[Service]) -> dict[
     for name in ("provider", "history", "orchestrator"):
         env[f"CHORUS_{name.upper()}_ADDRESS"] = by_name[name].address
     env["PYTHONUNBUFFERED"] = "1"
+    if not _setting(env, "CHORUS_SIMULATOR_TOKENS_PER_SECOND", dotenv_path):
+        env["CHORUS_SIMULATOR_TOKENS_PER_SECOND"] = f"{MAKE_RUN_TOKENS_PER_SECOND:g}"
     return env
 
 
@@ -238,7 +271,11 @@ SIMULATOR_BANNER = """
 """
 
 
-async def _pump(name: str, process: asyncio.subprocess.Process) -> None:
+async def _pump(
+    name: str,
+    process: asyncio.subprocess.Process,
+    on_line: Callable[[bytes], None] | None = None,
+) -> None:
     assert process.stdout is not None
     prefix = f"{name:<12}| ".encode()
     while True:
@@ -248,11 +285,94 @@ async def _pump(name: str, process: asyncio.subprocess.Process) -> None:
             line = b"[a line longer than 64 KiB was left out]\n"
         if not line:
             return
+        if on_line is not None:
+            on_line(line)
         _write(prefix + line)
 
 
-async def _grpc_ready(service: Service, deadline: float | None) -> None:
-    loop = asyncio.get_running_loop()
+def _listening_watcher(service: Service) -> Callable[[bytes], None]:
+    """Sets `service.listening` when its process logs `listening` with its own port."""
+    own_port = re.compile(rb":%d(?!\d)" % service.port)
+
+    def watch(line: bytes) -> None:
+        if not service.listening.is_set() and _LISTENING.search(line) and own_port.search(line):
+            service.listening.set()
+
+    return watch
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on `host:port` (a bind fails).
+
+    SO_REUSEADDR as the services set it, so connections in TIME_WAIT from a previous run do
+    not count as taken; a listener does (Linux refuses the bind then).
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_problems(services: list[Service], host: str) -> list[str]:
+    """Human lines naming each port that is taken or given to two services (empty: none)."""
+    problems = []
+    seen: dict[int, str] = {}
+    for s in services:
+        var = f"CHORUS_{s.name.upper()}_PORT"
+        if s.port in seen:
+            problems.append(f"{s.name} and {seen[s.port]} both have port {s.port} (set {var})")
+            continue
+        seen[s.port] = s.name
+        if port_taken(host, s.port):
+            problems.append(
+                f"port {s.port} ({s.name}, {var}) is already in use on {host}: another "
+                f"`make run` or another program listens there — stop it, or choose another "
+                f"port: {var}=... make run"
+            )
+    return problems
+
+
+def _call_metadata(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    from chorus.core import identity
+
+    md = [(identity.USER_KEY, identity.DEV_USER)]
+    if env.get("CHORUS_INTERNAL_TOKEN"):
+        md.append((identity.TOKEN_KEY, env["CHORUS_INTERNAL_TOKEN"]))
+    return tuple(md)
+
+
+async def _real_calls(service: Service, channel: grpc.aio.Channel, env: Mapping[str, str]) -> None:
+    """A real call of `service` (raises grpc.aio.AioRpcError when it fails)."""
+    from chorus.v1 import (
+        history_service_pb2,
+        history_service_pb2_grpc,
+        provider_service_pb2,
+        provider_service_pb2_grpc,
+        run_service_pb2,
+        run_service_pb2_grpc,
+    )
+
+    md = _call_metadata(env)
+    if service.name == "provider":
+        stub = provider_service_pb2_grpc.ProviderServiceStub(channel)
+        await stub.ListModels(provider_service_pb2.ListModelsRequest(), metadata=md, timeout=5)
+    elif service.name == "history":
+        history = history_service_pb2_grpc.HistoryServiceStub(channel)
+        await history.ListConversations(
+            history_service_pb2.ListConversationsRequest(page_size=1), metadata=md, timeout=5
+        )
+    elif service.name == "orchestrator":
+        runs = run_service_pb2_grpc.RunServiceStub(channel)
+        await runs.ListTeamTemplates(
+            run_service_pb2.ListTeamTemplatesRequest(), metadata=md, timeout=5
+        )
+        await runs.ListRuns(run_service_pb2.ListRunsRequest(page_size=1), metadata=md, timeout=5)
+
+
+async def _grpc_ready(service: Service, env: Mapping[str, str]) -> None:
     async with grpc.aio.insecure_channel(service.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
@@ -261,34 +381,51 @@ async def _grpc_ready(service: Service, deadline: float | None) -> None:
                     health_pb2.HealthCheckRequest(service=service.grpc_service or ""), timeout=1
                 )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    await _real_calls(service, channel, env)
                     return
-            except grpc.aio.AioRpcError:
-                pass
-            if deadline is not None and loop.time() > deadline:
-                raise TimeoutError(f"{service.name} did not report SERVING")
+                service.probe_error = (
+                    "health: " + health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                )
+            except grpc.aio.AioRpcError as err:
+                service.probe_error = f"{err.code().name}: {err.details()}"
             await asyncio.sleep(0.1)
 
 
-async def _http_ready(service: Service, deadline: float | None) -> None:
-    loop = asyncio.get_running_loop()
-    url = f"http://{service.address}/health/ready"
+async def _http_ready(service: Service, env: Mapping[str, str]) -> None:
+    base = f"http://{service.address}"
 
     def probe() -> bool:
+        path = "/health/ready"
         try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                return bool(reply.status == 200)
-        except OSError:
+            with urllib.request.urlopen(base + path, timeout=2):
+                pass
+            path = "/api/v1/teams"
+            with urllib.request.urlopen(base + path, timeout=5):
+                return True
+        except urllib.error.HTTPError as err:
+            service.probe_error = f"GET {path}: HTTP {err.code}"
+            return path == "/api/v1/teams" and err.code in (401, 403)  # auth configured
+        except OSError as err:
+            service.probe_error = f"GET {path}: {err}"
             return False
 
-    while not await asyncio.to_thread(probe):
-        if deadline is not None and loop.time() > deadline:
-            raise TimeoutError(f"{service.name} is not ready at {url}")
+    while True:
+        if await asyncio.to_thread(probe):
+            return
         await asyncio.sleep(0.2)
 
 
-def _ready(service: Service, deadline: float | None = None) -> asyncio.Future[None]:
-    probe = _grpc_ready if service.grpc_service else _http_ready
-    return asyncio.ensure_future(probe(service, deadline))
+async def _probe(service: Service, env: Mapping[str, str]) -> None:
+    """Until `service`'s own process listens and answers a real call."""
+    await service.listening.wait()
+    if service.grpc_service:
+        await _grpc_ready(service, env)
+    else:
+        await _http_ready(service, env)
+
+
+def _ready(service: Service, env: Mapping[str, str]) -> asyncio.Future[None]:
+    return asyncio.ensure_future(_probe(service, env))
 
 
 class Supervisor:
@@ -306,6 +443,7 @@ class Supervisor:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         s = self.service
+        s.listening.clear()
         s.process = await asyncio.create_subprocess_exec(
             *s.argv,
             env=self.env,
@@ -314,7 +452,7 @@ class Supervisor:
             start_new_session=True,  # Ctrl-C reaches only the launcher, which stops in order
             preexec_fn=self._preexec,
         )
-        s.pump = asyncio.create_task(_pump(s.name, s.process))
+        s.pump = asyncio.create_task(_pump(s.name, s.process, _listening_watcher(s)))
         say(f"started {s.name} (pid {s.process.pid})")
         return s.process
 
@@ -326,7 +464,7 @@ class Supervisor:
             process = await self._spawn()
             started = loop.time()
             if s.restarts:
-                self._probe = _ready(s)
+                self._probe = _ready(s, self.env)
                 self._probe.add_done_callback(self._announce_serving(s.restarts))
             exited = asyncio.ensure_future(process.wait())
             stopping = asyncio.ensure_future(s.stop_requested.wait())
@@ -413,6 +551,13 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
     services = stack_services(base)
     full_env = stack_environment(base, services)
     grace = grace_period(full_env)
+    host = _setting(full_env, "CHORUS_HOST", ".env") or "127.0.0.1"
+    problems = port_problems(services, host)
+    if problems:
+        for line in problems:
+            say(line)
+        say("nothing was started")
+        return 1
     for s in services:
         margin = ORCHESTRATOR_MARGIN_S if s.name == "orchestrator" else STOP_MARGIN_S
         s.stop_timeout = grace + margin
@@ -431,7 +576,7 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
     for supervisor in supervisors.values():
         supervisor.start()
 
-    ready = asyncio.ensure_future(asyncio.gather(*(_ready(s) for s in services)))
+    ready = asyncio.ensure_future(asyncio.gather(*(_ready(s, full_env) for s in services)))
     ready.add_done_callback(
         lambda f: (
             _announce(services, full_env) if not f.cancelled() and f.exception() is None else None
@@ -450,6 +595,9 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
             f"not every service is SERVING after {ready_timeout:.0f} s; still trying"
             + (f" (not running: {', '.join(waiting)})" if waiting else "")
         )
+        for s in services:
+            if s.probe_error:
+                say(f"{s.name}: last readiness check: {s.probe_error}")
     await first_signal
     ready.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -475,10 +623,11 @@ async def run_stack(env: Mapping[str, str] | None = None, *, ready_timeout: floa
 
 def _announce(services: list[Service], env: Mapping[str, str]) -> None:
     gateway = services[-1]
-    say(f"gateway     http://{gateway.address}  (web page, REST under /api/v1, /docs)")
+    say(f"{'gateway':<12} http://{gateway.address}  (web page, REST under /api/v1, /docs)")
     for s in services[:-1]:
         say(
-            f"{s.name:<12}{s.address}  ({s.grpc_service}; try: grpcurl -plaintext {s.address} list)"
+            f"{s.name:<12} {s.address}  ({s.grpc_service}; try: "
+            f".venv/bin/grpcurl -plaintext {s.address} list)"
         )
     if not any(env.get(k) for k in PROVIDER_KEYS):
         _write(SIMULATOR_BANNER.encode() + b"\n")
