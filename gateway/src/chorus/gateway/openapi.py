@@ -86,7 +86,7 @@ def _field_schema(field: Any, pending: list[Any]) -> dict[str, Any]:
         single = {"type": "string", "enum": [v.name for v in field.enum_type.values]}
     else:
         single = dict(_SCALARS[field.type])
-    if field.is_repeated:
+    if field.label == FieldDescriptor.LABEL_REPEATED:  # protobuf 5.x has no is_repeated
         return {"type": "array", "items": single}
     return single
 
