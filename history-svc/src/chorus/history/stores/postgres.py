@@ -436,13 +436,14 @@ class PostgresStore(Store):
         await conn.execute(
             "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
             "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
-            "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18)",
+            "create_time, start_time, end_time, update_time, last_seq, record, lease_epoch) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
+            "0, $18, $19)",
             new.id, new.owner, new.conversation_id, cols["status"], new.spec.request_id or None,
             cols["input"], cols["turns"], cols["final_answer"], cols["error"],
             cols["cancellation"], cols["usage"], cols["owner_instance"],
             *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
-            cols["record"],
+            cols["record"], cols["lease_epoch"],
         )  # fmt: skip
 
     async def _record_run(
@@ -672,13 +673,79 @@ class PostgresStore(Store):
     async def append_event_batches(
         self, batches: Sequence[EventWrite], owner: str | None
     ) -> list[BatchOutcome]:
+        """See `Store.append_event_batches`. The batches that continue their run where its
+        stored log ends (the common case: a writer's next deltas) go in one statement
+        (`_APPEND_CONTINUING`: one round trip, no transaction of four); the others — a
+        repeat after a lost answer, a gap, a lost lease, an ended or unknown run — then go
+        through the transaction that applies every rule and explains a refusal."""
+        outcomes: list[BatchOutcome | None] = [None] * len(batches)
+        async with self._conn() as conn:
+            try:
+                appended = await self._append_continuing(conn, batches, owner)
+            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+                appended = {}  # nothing of the statement was written: the transaction decides
+            rest: list[int] = []
+            for i, item in enumerate(batches):
+                row = appended.get(item.run_id)
+                if row is None:
+                    rest.append(i)
+                    continue
+                batch = item.batch
+                outcomes[i] = AppendedEvents(
+                    batch.last_seq, batch.first_seq, list(batch.payloads), rows.run(row)
+                )
+            if rest:
+                checked = await self._append_batches_checked(
+                    conn, [batches[i] for i in rest], owner
+                )
+                for i, outcome in zip(rest, checked, strict=True):
+                    outcomes[i] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    @staticmethod
+    async def _append_continuing(
+        conn: asyncpg.Connection, batches: Sequence[EventWrite], owner: str | None
+    ) -> dict[str, tuple[bytes, int]]:
+        """Store, in one statement, each batch whose run is `owner`'s, open, fenced by the
+        batch's lease epoch (0: unfenced) and stored exactly up to the batch's first seq;
+        returns those runs' `(record, last_seq)` by id. The others are left untouched."""
+        run_ids: list[str] = []
+        seqs: list[int] = []
+        kinds: list[str] = []
+        payloads: list[bytes] = []
+        for item in batches:
+            batch = item.batch
+            run_ids.extend([item.run_id] * len(batch.payloads))
+            seqs.extend(range(batch.first_seq, batch.last_seq + 1))
+            kinds.extend(batch.kinds)
+            payloads.extend(batch.payloads)
+        found = await conn.fetch(
+            _APPEND_CONTINUING,
+            [item.run_id for item in batches],
+            [item.batch.first_seq for item in batches],
+            [item.batch.last_seq for item in batches],
+            [item.lease_epoch for item in batches],
+            [item.batch.ends_run for item in batches],
+            owner,
+            run_ids,
+            seqs,
+            kinds,
+            payloads,
+        )
+        return {row[0]: (row[1], row[2]) for row in found}
+
+    async def _append_batches_checked(
+        self, conn: asyncpg.Connection, batches: Sequence[EventWrite], owner: str | None
+    ) -> list[BatchOutcome]:
+        """`append_event_batches` in a transaction that locks the runs and applies every
+        rule of `chorus.history.events` and `chorus.history.runs` per batch."""
         outcomes: list[BatchOutcome] = []
         run_ids: list[str] = []
         seqs: list[int] = []
         kinds: list[str] = []
         payloads: list[bytes] = []
         ends: dict[str, tuple[int, bool]] = {}
-        async with self._conn() as conn, conn.transaction():
+        async with conn.transaction():
             # Lock every run of the call in id order, so two calls never deadlock.
             found = await conn.fetch(
                 "SELECT id::text, owner, event_seq, events_ended, record, last_seq FROM runs "
@@ -903,7 +970,7 @@ class PostgresStore(Store):
                 *(list(column) for column in message_columns),
                 list(range(events.first_seq, last_seq + 1)) if events is not None else [],
                 list(events.kinds) if events is not None else [],
-                payloads,
+                payloads, run_cols["lease_epoch"],
             )  # fmt: skip
         new.last_seq = last_seq
         conv = rows.conversation(row, _times)
@@ -917,9 +984,9 @@ _START_IN_NEW_CONVERSATION = (
     f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10) RETURNING {_C}), "
     f"run AS (INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
     f"final_answer, error, cancellation, usage, owner_instance, heartbeat_time, create_time, "
-    f"start_time, end_time, update_time, last_seq, event_seq, events_ended, record) VALUES "
-    f"($11, $12, $13, $14, NULL, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, "
-    f"$27, $27, $28, $29)), "
+    f"start_time, end_time, update_time, last_seq, event_seq, events_ended, record, "
+    f"lease_epoch) VALUES ($11, $12, $13, $14, NULL, $15, $16, $17, $18, $19, $20, $21, $22, "
+    f"$23, $24, $25, $26, $27, $27, $28, $29, $45)), "
     f"message AS (INSERT INTO messages ({_M}) SELECT * FROM unnest($30::uuid[], $31::uuid[], "
     f"$32::bigint[], $33::text[], $34::smallint[], $35::text[], $36::text[], $37::jsonb[], "
     f"$38::text[], $39::jsonb[], $40::uuid[], $41::timestamptz[])), "
@@ -967,11 +1034,36 @@ class _StatelessConnection(asyncpg.Connection):
         return ""
 
 
+_APPEND_CONTINUING = (
+    "WITH batch AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], "
+    "$4::bigint[], $5::boolean[]) AS b(id, first_seq, last_seq, lease_epoch, ends_run)), "
+    "locked AS (SELECT id, owner, event_seq, events_ended, lease_epoch FROM runs "
+    "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE), "
+    "continued AS (UPDATE runs SET event_seq = b.last_seq, events_ended = b.ends_run, "
+    "last_seq = GREATEST(runs.last_seq, b.last_seq) FROM batch b JOIN locked l ON l.id = b.id "
+    "WHERE runs.id = b.id AND l.event_seq = b.first_seq - 1 AND NOT l.events_ended "
+    "AND (b.lease_epoch = 0 OR l.lease_epoch = b.lease_epoch) "
+    "AND ($6::text IS NULL OR l.owner = $6) "
+    "RETURNING runs.id::text, runs.record, runs.last_seq), "
+    "inserted AS (INSERT INTO run_events (run_id, seq, kind, event) "
+    "SELECT e.run_id, e.seq, e.kind, e.event FROM unnest($7::uuid[], $8::bigint[], "
+    "$9::text[], $10::bytea[]) AS e(run_id, seq, kind, event) "
+    "WHERE e.run_id::text IN (SELECT id FROM continued)) "
+    "SELECT id, record, last_seq FROM continued"
+)
+"""The common case of AppendRunEventBatches as one statement (`_append_continuing`): lock
+the call's runs in id order (as the transaction does, so two calls never deadlock), then
+for each run that is the caller's (`$6`, NULL for the system), not ended, whose lease epoch
+(the `lease_epoch` column, kept equal to the record's) is the batch's (or the batch's is 0)
+and whose log ends right before the batch: move its log's end and insert its events. Returns
+those runs' id, record and new last seq."""
+
+
 _UPDATE_RUN = (
     "UPDATE runs SET status = $2, turns = $3, final_answer = $4, error = $5, "
     "cancellation = $6, usage = $7, owner_instance = $8, heartbeat_time = $9, "
     "start_time = $10, end_time = $11, update_time = $12, last_seq = $13, "
-    "record = $14 WHERE id = $1"
+    "record = $14, lease_epoch = $15 WHERE id = $1"
 )
 """Writes every updatable column of a run record; arguments from `_update_args`."""
 
@@ -992,7 +1084,7 @@ def _update_args(run: run_pb2.Run) -> tuple[Any, ...]:
         run.id, cols["status"], cols["turns"], cols["final_answer"], cols["error"],
         cols["cancellation"], cols["usage"], cols["owner_instance"],
         *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "start_time", "end_time", "update_time")),
-        cols["last_seq"], cols["record"],
+        cols["last_seq"], cols["record"], cols["lease_epoch"],
     )  # fmt: skip
 
 

@@ -128,6 +128,7 @@ def run_columns(r: run_pb2.Run) -> dict[str, Any]:
         "end_time": ts_to_us(r.end_time),
         "update_time": ts_to_us(r.update_time),
         "last_seq": r.last_seq,
+        "lease_epoch": r.lease_epoch,
         "record": run_record(r),
     }
 

@@ -1,0 +1,139 @@
+"""PostgreSQL's `runs.lease_epoch` column mirrors `Run.lease_epoch` in the record after
+every write path, and AppendRunEventBatches' one-statement path relies on it for the
+lease fence (migration 0003; issue 18). A write path that forgot the column would let a
+stale owner's batch through that path: these tests pin both."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from history_helpers import History, UserStub, make_settings, new_run, running_history, text_event
+
+from chorus.history.stores.postgres import PostgresStore
+from chorus.v1 import conversation_pb2, run_pb2
+from chorus.v1 import history_service_pb2 as pb
+
+Batch = pb.AppendRunEventsRequest
+STALE_NOW = Duration(nanos=1000)  # any lease is older than 1 µs
+
+
+@pytest.fixture
+async def pg_history(pg_url: str) -> AsyncIterator[History]:
+    async with running_history(make_settings(database_url=pg_url)) as h:
+        yield h
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(pg_url)
+    yield conn
+    await conn.close()
+
+
+async def column_and_record(pg: asyncpg.Connection, run_id: str) -> tuple[int, int]:
+    row = await pg.fetchrow("SELECT lease_epoch, record FROM runs WHERE id = $1", run_id)
+    return row[0], run_pb2.Run.FromString(row[1]).lease_epoch
+
+
+async def test_the_column_follows_the_record_on_every_write_path(
+    pg_history: History, pg: asyncpg.Connection
+) -> None:
+    alice, system = pg_history.as_user("lease-column"), pg_history.system()
+    # RecordRun
+    run = await new_run(alice)
+    assert await column_and_record(pg, run.id) == (1, 1)
+    # RecordRunStart in a new conversation (one statement) and in an existing one
+    conversation_id = str(uuid.uuid4())
+    started = await alice.RecordRunStart(
+        pb.RecordRunStartRequest(
+            conversation=conversation_pb2.Conversation(id=conversation_id),
+            run=run_pb2.Run(
+                id=str(uuid.uuid4()),
+                conversation_id=conversation_id,
+                spec=run_pb2.RunSpec(template="duet", input="hi"),
+                status=run_pb2.RUN_STATUS_RUNNING,
+            ),
+            events=[run_pb2.RunEvent(seq=1, run_started=run_pb2.RunEvent.RunStarted())],
+        )
+    )
+    assert await column_and_record(pg, started.run.id) == (1, 1)
+    # ClaimRun (epoch 2), then ReleaseRun, then another claim (epoch 3)
+    for instance, epoch in (("orch-b", 1), ("orch-c", 2)):
+        claimed = await system.ClaimRun(
+            pb.ClaimRunRequest(
+                run_id=run.id, owner_instance=instance, lease_epoch=epoch, stale_after=STALE_NOW
+            )
+        )
+        assert await column_and_record(pg, run.id) == (epoch + 1, epoch + 1)
+        released = await system.ReleaseRun(
+            pb.ReleaseRunRequest(run_id=run.id, lease_epoch=claimed.run.lease_epoch)
+        )
+        assert await column_and_record(pg, run.id) == (released.run.lease_epoch,) * 2
+    # AppendRunEvents with a record update keeps it
+    await alice.AppendRunEvents(
+        Batch(
+            run_id=run.id,
+            events=[text_event(1)],
+            lease_epoch=3,
+            run=run_pb2.Run(turns=1),
+            update_mask={"paths": ["turns"]},
+        )
+    )
+    assert await column_and_record(pg, run.id) == (3, 3)
+
+
+async def test_a_stale_owner_never_passes_the_one_statement_path(
+    pg_history: History, pg: asyncpg.Connection
+) -> None:
+    alice, system = pg_history.as_user("lease-column-stale"), pg_history.system()
+    run = await new_run(alice)
+    await system.ClaimRun(
+        pb.ClaimRunRequest(
+            run_id=run.id, owner_instance="orch-b", lease_epoch=1, stale_after=STALE_NOW
+        )
+    )
+    resp = await alice.AppendRunEventBatches(
+        pb.AppendRunEventBatchesRequest(
+            batches=[Batch(run_id=run.id, events=[text_event(1)], lease_epoch=1)]
+        )
+    )
+    assert resp.results[0].WhichOneof("result") == "error"
+    assert await pg.fetchval("SELECT count(*) FROM run_events WHERE run_id = $1", run.id) == 0
+
+
+async def test_a_continuing_batch_takes_one_statement_and_others_the_transaction(
+    pg_history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice: UserStub = pg_history.as_user("lease-column-path")
+    checked: list[list[str]] = []
+    original = PostgresStore._append_batches_checked
+
+    async def spy(self: PostgresStore, conn, batches, owner):  # type: ignore[no-untyped-def]
+        checked.append([item.run_id for item in batches])
+        return await original(self, conn, batches, owner)
+
+    monkeypatch.setattr(PostgresStore, "_append_batches_checked", spy)
+    first, second = await new_run(alice), await new_run(alice)
+    request = pb.AppendRunEventBatchesRequest(
+        batches=[
+            Batch(run_id=first.id, events=[text_event(1), text_event(2)], lease_epoch=1),
+            Batch(run_id=second.id, events=[text_event(1)]),
+        ]
+    )
+    resp = await alice.AppendRunEventBatches(request)
+    assert [r.last_seq for r in resp.results] == [2, 1]
+    assert checked == []  # both continued their (empty) logs: one statement
+    # the same call again is a repeat after a lost answer: the transaction recognises it
+    resp = await alice.AppendRunEventBatches(request)
+    assert [r.last_seq for r in resp.results] == [2, 1]
+    assert checked == [[first.id, second.id]]
+    # a gap is refused by the transaction, with its reason
+    resp = await alice.AppendRunEventBatches(
+        pb.AppendRunEventBatchesRequest(batches=[Batch(run_id=first.id, events=[text_event(9)])])
+    )
+    assert resp.results[0].WhichOneof("result") == "error"
+    assert checked[-1] == [first.id]
