@@ -145,7 +145,6 @@ class DeltaFlusher:
     async def _send(self, call: list[tuple[RunEventLog, list[run_pb2.RunEvent]]]) -> bool:
         """One call; True when it failed as a whole (its runs are marked again)."""
         started = time.perf_counter()
-        import sys as _s; print(f'PROBE fstart {call[0][0].run_id} {started:.6f} {len(call)}', file=_s.stderr, flush=True)
         try:
             results = await self._writer(
                 [(run_log.run_id, run_log.lease_epoch, batch) for run_log, batch in call]
@@ -164,7 +163,6 @@ class DeltaFlusher:
                 if not run_log.closed:
                     self._dirty.add(run_log)
             return True
-        import sys as _s; print(f'PROBE fend {call[0][0].run_id} {time.perf_counter():.6f}', file=_s.stderr, flush=True)
         metrics.DELTA_FLUSH_SECONDS.observe(time.perf_counter() - started)
         metrics.DELTA_FLUSH_RUNS.observe(len(call))
         for (run_log, batch), result in zip(call, results, strict=True):
