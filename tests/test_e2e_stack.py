@@ -317,6 +317,11 @@ async def test_rest_sse_and_websocket_see_the_same_events(stack):
             _sse_events(client, f"/api/v1/runs/{run_id}/events"), over_ws()
         )
     assert [e["seq"] for e in sse] == [e["seq"] for e in ws_events]
+    # a WebSocket event frame is SSE's data with the payload's name as "type"
+    kinds = [next(k for k in e if k not in ("runId", "seq", "time", "agent")) for e in sse]
+    assert [e.pop("type") for e in ws_events] == [
+        "".join(f"_{c.lower()}" if c.isupper() else c for c in k) for k in kinds
+    ]
     assert sse == ws_events
     assert "runCompleted" in sse[-1]
 

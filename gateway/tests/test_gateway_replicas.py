@@ -144,6 +144,8 @@ async def _stored(http: httpx.AsyncClient, run_id: str) -> dict[int, dict[str, A
 
 
 _TERMINAL_KEYS = ("runCompleted", "runFailed", "runCancelled")
+_TYPES = {f.name for f in run_pb2.RunEvent.DESCRIPTOR.oneofs_by_name["payload"].fields}
+"""A WebSocket event frame's `type`: its payload's name."""
 
 
 async def _reattached(http: httpx.AsyncClient) -> None:
@@ -258,6 +260,7 @@ async def test_websocket_follow_survives_the_kill_of_the_replica_serving_its_wat
                     frame = json.loads(await ws.recv())
                     frames.append(frame)
                     if "seq" in frame:
+                        assert frame.pop("type") in _TYPES, frame
                         events.append(frame)
             await kill
         assert not [f for f in frames if f.get("type") == "error"]
@@ -362,6 +365,7 @@ async def _ws_events(url: str, run_id: str) -> list[dict[str, Any]]:
             frame = json.loads(await ws.recv())
             assert frame.get("type") != "error", frame
             if "seq" in frame:
+                assert frame.pop("type") in _TYPES, frame
                 events.append(frame)
     return events
 

@@ -145,7 +145,7 @@ async def test_list_runs_rejects_bad_filters(client):
     assert detail(error_of(bad_status), "BadRequest")["fieldViolations"][0]["field"] == "status"
     bad_size = await client.get("/api/v1/runs", params={"page_size": 5000})
     assert bad_size.status_code == 400
-    assert detail(error_of(bad_size), "BadRequest")["fieldViolations"][0]["field"] == "page_size"
+    assert detail(error_of(bad_size), "BadRequest")["fieldViolations"][0]["field"] == "pageSize"
 
 
 # --- SSE ---------------------------------------------------------------------------------

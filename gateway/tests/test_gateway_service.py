@@ -6,9 +6,13 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 from gateway_helpers import TOKEN, detail, error_of, metric
 
 from chorus.core.testing import TcpProxy, free_port
+
+ADDRESS = re.compile(r"ipv[46]:|127\.0\.0\.1|\[::1\]|:\d{4,5}\b")
+"""What an internal address looks like in an error body (issue 23: never there)."""
 
 
 async def test_models_lists_the_simulator_models(client):
@@ -50,6 +54,25 @@ async def test_health_and_readiness(client):
     services = ready.json()["services"]
     assert set(services) == {"orchestrator", "history", "provider"}
     assert {s["status"] for s in services.values()} == {"SERVING"}
+    assert "127.0.0.1" not in ready.text, "service addresses are internal"
+
+
+@pytest.mark.parametrize(
+    ("path", "like"),
+    [
+        ("/health/live", "/health"),
+        ("/api/v1/health", "/health"),
+        ("/api/v1/health/ready", "/health/ready"),
+    ],
+)
+async def test_health_paths_of_the_designs_answer_like_ours(keyed_gateway, path, like):
+    """The MagenticOne design's `/api/v1/health[/ready]` and `/health/live` (issue 23):
+    the same answers, and like ours without credentials."""
+    async with httpx.AsyncClient(base_url=keyed_gateway, timeout=30) as anonymous:
+        reply, reference = await anonymous.get(path), await anonymous.get(like)
+    assert reply.status_code == reference.status_code == 200
+    assert reply.json() == reference.json()
+    assert reply.headers["content-type"] == "application/json"
 
 
 async def test_readiness_is_503_naming_the_service_that_is_down(gateways, backend):
@@ -70,10 +93,17 @@ async def test_readiness_is_503_naming_the_service_that_is_down(gateways, backen
             states = detail(error, "ErrorInfo")["metadata"]
             assert states["orchestrator"] == "SERVING"
             assert states["provider"] != "SERVING" and states["history"] != "SERVING"
+            assert not ADDRESS.search(reply.text), f"an internal address in {reply.text}"
+            for path in ("/api/v1/health/ready",):
+                assert (await client.get(path)).json() == reply.json()
             proxy.restore()
             models = await client.get("/api/v1/models")
             assert models.status_code == 503, "a dead backend is UNAVAILABLE, mapped to 503"
-            assert error_of(models)["status"] == "UNAVAILABLE"
+            error = error_of(models)
+            assert error["status"] == "UNAVAILABLE"
+            assert "provider" in error["message"], "says which service is unavailable"
+            assert detail(error, "ErrorInfo")["metadata"]["service"] == "provider"
+            assert not ADDRESS.search(models.text), f"an internal address in {models.text}"
     finally:
         proxy.close()
 

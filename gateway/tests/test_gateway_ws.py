@@ -71,6 +71,25 @@ async def test_chat_starts_a_run_and_streams_it_to_the_end(ws):
     assert "runStarted" in events[0] and "runCompleted" in events[-1]
 
 
+async def test_every_server_frame_has_a_type_and_events_are_named_like_sse(ws, client):
+    """Issue 23: a client that switches on `msg.type` reads every frame — event frames
+    carry their payload's name, the `event:` of the same event over SSE."""
+    run_id = (await client.post("/api/v1/runs", json=duet("Typed frames"))).json()["id"]
+    _, sse = await read_events(client, "GET", f"/api/v1/runs/{run_id}/events")
+    await _send(ws, {"type": "subscribe", "payload": {"runId": run_id}})
+    frames = [await _recv(ws)]
+    frames += await _until_terminal(ws)
+    await _send(ws, {"type": "ping"})
+    await _send(ws, {"type": "nonsense"})
+    frames += [await _recv(ws), await _recv(ws)]
+    assert all(isinstance(f.get("type"), str) for f in frames), frames
+    assert [f["type"] for f in frames[:1] + frames[-2:]] == ["status", "pong", "error"]
+    events = frames[1:-2]
+    assert [e["type"] for e in events] == [f.event for f in sse]
+    assert {"run_started", "text_delta", "run_completed"} <= {e["type"] for e in events}
+    assert [{k: v for k, v in e.items() if k != "type"} for e in events] == [f.json() for f in sse]
+
+
 async def test_chat_defaults_to_the_assistant_in_a_conversation(ws, client):
     conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
     await _send(
@@ -89,7 +108,7 @@ async def test_subscribe_after_k_gets_exactly_the_rest_same_as_sse(ws, client):
     ack = await _recv(ws)
     assert ack == {"type": "status", "status": "subscribed", "runId": run_id, "afterSeq": "4"}
     events = await _until_terminal(ws)
-    assert events == [f.json() for f in sse[4:]]
+    assert events == [{"type": f.event, **f.json()} for f in sse[4:]]
 
 
 async def test_cancel_stops_a_live_run(ws, client):
@@ -99,12 +118,11 @@ async def test_cancel_stops_a_live_run(ws, client):
     assert "runStarted" in await _recv(ws)
     await _send(ws, {"type": "cancel", "payload": {"reason": "from ws"}})
     frames: list[dict] = []
-    # The ack and the run's terminal event may come in either order.
-    while not (any("runCancelled" in f for f in frames) and any("status" in f for f in frames)):
+    while not any("runCancelled" in f for f in frames):
         frames.append(await _recv(ws))
     acks = [f for f in frames if f.get("type") == "status"]
     assert len(acks) == 1 and acks[0]["status"] == "cancel_requested" and acks[0]["runId"] == run_id
-    ended = next(f for f in frames if "runCancelled" in f)
+    ended = frames[-1]
     assert ended["runCancelled"]["cancellation"]["reason"] == "from ws"
     await _send(ws, {"type": "cancel", "payload": {"runId": run_id}})
     assert (await _recv(ws))["status"] == "cancel_ignored"
@@ -140,11 +158,39 @@ async def test_cancel_without_any_run_is_an_error(ws):
     await _alive(ws)
 
 
+async def test_cancel_is_acknowledged_before_the_run_cancelled_event(ws, client):
+    """Issue 23: the ack came after `runCancelled` (the run's events raced the CancelRun
+    reply); the run's events now wait for the ack. Five runs, each cancelled mid-stream."""
+    for i in range(5):
+        spec = slow_duet(f"Cancel me {i}", tokens_per_second=200, output_tokens=200)
+        run_id = (await client.post("/api/v1/runs", json=spec)).json()["id"]
+        await _send(ws, {"type": "subscribe", "payload": {"runId": run_id}})
+        assert (await _recv(ws))["status"] == "subscribed"
+        while "textDelta" not in await _recv(ws):
+            pass
+        await _send(ws, {"type": "cancel", "payload": {"runId": run_id}})
+        kinds = []
+        while "run_cancelled" not in kinds:
+            frame = await _recv(ws)
+            kinds.append(frame["status"] if frame["type"] == "status" else frame["type"])
+        assert "cancel_requested" in kinds, kinds
+        after_ack = kinds[kinds.index("cancel_requested") + 1 :]
+        assert after_ack and after_ack[-1] == "run_cancelled", kinds
+
+
+async def test_subscribing_to_an_unknown_run_is_the_error_alone(ws):
+    run_id = "00000000-0000-4000-8000-00000000000e"
+    await _send(ws, {"type": "subscribe", "payload": {"runId": run_id}})
+    error = await _recv(ws)
+    assert error["type"] == "error" and error["code"] == "NOT_FOUND", error
+    assert error["runId"] == run_id and error["recoverable"]
+    await _alive(ws)  # the next frame is the pong: no "subscribed", no second error
+
+
 async def test_service_errors_keep_their_code(ws):
     await _send(
         ws, {"type": "subscribe", "payload": {"runId": "00000000-0000-4000-8000-00000000000f"}}
     )
-    assert (await _recv(ws))["status"] == "subscribed"
     error = await _recv(ws)
     assert error["type"] == "error" and error["code"] == "NOT_FOUND"
     assert error["runId"] == "00000000-0000-4000-8000-00000000000f" and error["recoverable"]
@@ -220,4 +266,4 @@ async def test_a_follow_past_its_buffer_bound_pauses_and_still_gets_every_event(
         async with asyncio.timeout(30):  # a watch never resumed would hang here
             events = await _until_terminal(socket)
     _, sse = await read_events(client, "GET", f"/api/v1/runs/{run_id}/events")
-    assert events == [f.json() for f in sse] and len(events) > 100
+    assert events == [{"type": f.event, **f.json()} for f in sse] and len(events) > 100

@@ -150,8 +150,10 @@ def status_of(exc: BaseException) -> tuple[status_pb2.Status, int | None]:
             code = exc.code()
             message = exc.details() or code.name
             if code == grpc.StatusCode.UNAVAILABLE:
-                # Connection-level failures carry transport noise; say which upstream failed.
-                message = f"a backend service is unavailable: {message}"
+                # A connection-level failure: its details name internal addresses, which go
+                # to the log only (the stubs of `clients` name the service when they can).
+                log.warning("backend_unavailable", details=message)
+                message = "a backend service is unavailable; try again shortly"
             status = error_for_code(code, message).to_status(request_id)
         return status, None
     if isinstance(exc, HttpStatusError):

@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from chorus.core.logging import get_logger
-from chorus.gateway import __version__, errors, openapi, ws
+from chorus.gateway import __version__, errors, openapi, routing, ws
 from chorus.gateway.api.deps import current_caller
 from chorus.gateway.api.routes import conversations, health, models, runs, teams, user
 from chorus.gateway.api.routes import settings as settings_routes
@@ -84,7 +84,11 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
 
-    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(current_caller)])
+    api = APIRouter(
+        prefix=API_PREFIX,
+        dependencies=[Depends(current_caller)],
+        generate_unique_id_function=routing.operation_id,
+    )
     for module in (runs, conversations, models, teams, settings_routes, user):
         api.include_router(module.router)
     app.include_router(api)

@@ -5,6 +5,8 @@ contextvars): request id, request size limit, HTTP metrics and access log.
   the response, bound to every log line, forwarded to the services by the ChannelPool.
 * Bodies above `max_request_bytes` are refused with 413 (by `Content-Length` up front,
   or while reading a chunked body).
+* An exception no handler answered becomes the AIP-193 INTERNAL response here (logged by
+  `errors.status_of`), so the connection stays usable for the client's next request.
 * `http_requests_total{method,route,code}` and `http_request_duration_seconds{method,route}`
   use the route template (`/api/v1/runs/{run_id}`), never the raw path, as the label.
 """
@@ -102,18 +104,27 @@ class RequestContextMiddleware:
             return message
 
         status = 500
+        started = False
         start = time.perf_counter()
         rid_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            if started:
+                raise  # mid-response: only closing the connection can tell the client
+            # Answer here rather than let the exception reach Starlette's outermost
+            # middleware, which re-raises it after its 500: uvicorn then closes the
+            # keep-alive connection and the client's next request on it is reset.
+            await errors.error_response(exc)(scope, limited_receive, send_with_id)
         finally:
             self._observe(scope, status, start)
 

@@ -20,7 +20,7 @@ import re
 from typing import Any, TypeVar
 
 import orjson
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import Message
 from starlette.responses import Response
 
@@ -31,6 +31,9 @@ M = TypeVar("M", bound=Message)
 
 TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 """Payload names that end a run (nothing follows them)."""
+
+MAX_INT64 = (1 << 63) - 1
+"""Largest int64 (seqs, counters): larger numbers are 400, never a proto range error."""
 
 _PARSE_PATH = re.compile(r' at "?([A-Za-z0-9_.\[\]]+?)"?\.*(?:\n|$)')
 _PARSE_PREFIX = re.compile(r"Failed to parse (\w+) field: ")
@@ -71,6 +74,50 @@ def parse(data: Any, message: M) -> M:
     except json_format.ParseError as exc:
         field, reason = _parse_error_field(str(exc))
         raise InvalidArgument(f"invalid {field}: {reason}", [(field, reason)]) from None
+
+
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])([A-Z])")
+_MASK_PATH = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+
+def snake_case(name: str) -> str:
+    """`systemPrompt` → `system_prompt` (snake_case names are returned unchanged)."""
+    return _CAMEL_HUMP.sub(r"_\1", name).lower()
+
+
+def field_mask(
+    text: str, allowed: tuple[str, ...], *, field: str = "updateMask"
+) -> field_mask_pb2.FieldMask:
+    """A `FieldMask` from a comma-separated list of paths, each in camelCase (proto3 JSON,
+    `systemPrompt`) or snake_case (the proto's names, `system_prompt`) — AIP-161 masks as
+    the docs show them. Paths are returned in snake_case.
+
+    Raises:
+        InvalidArgument: no path, or a path not in `allowed` (a `BadRequest` violation on
+            `field`, listing the allowed paths).
+    """
+    paths: list[str] = []
+    bad: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        path = ".".join(snake_case(part) for part in name.split("."))
+        if not _MASK_PATH.match(path) or path not in allowed:
+            bad.append(name)
+        elif path not in paths:
+            paths.append(path)
+    choices = ", ".join(allowed)
+    if bad:
+        raise InvalidArgument(
+            f"{field}: cannot update {', '.join(repr(b) for b in bad)}; one of {choices}",
+            [(field, f"unknown path {b!r}; one of {choices}") for b in bad],
+        )
+    if not paths:
+        raise InvalidArgument(
+            f"{field} names no field", [(field, f"give one or more of {choices}")]
+        )
+    return field_mask_pb2.FieldMask(paths=paths)
 
 
 def _parse_error_field(text: str) -> tuple[str, str]:

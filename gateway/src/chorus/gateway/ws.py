@@ -14,19 +14,24 @@ Client → server frames, JSON text (binary frames holding UTF-8 JSON are accept
         starts a run (template `team`, default `assistant`) and follows it:
         → {"type": "status", "status": "run_created", "runId": "…", "run": {…}}, then its events
     {"type": "subscribe", "payload": {"runId": "…", "afterSeq": 12}}
-        follows a run after a seq → {"type": "status", "status": "subscribed", …}, then events
+        follows a run after a seq → {"type": "status", "status": "subscribed", …}, then events;
+        a run that does not exist (or is another user's) → the error frame alone
     {"type": "unsubscribe", "payload": {"runId": "…"}}      → status "unsubscribed"
     {"type": "cancel", "payload": {"runId": "…", "reason": "…"}}
         (runId defaults to the last run started or followed here)
-        → {"type": "status", "status": "cancel_requested" | "cancel_ignored", "runId", "message"}
+        → {"type": "status", "status": "cancel_requested" | "cancel_ignored", "runId", "message"},
+        always before the run's `run_cancelled` event (the run's events wait for the ack)
 
 Payload keys may be lowerCamelCase or snake_case (`runId` or `run_id`), like proto3 JSON.
 
-Server → client: `{"type": "status", "status": "connected"}` first; every run event as
-exactly the JSON of SSE `data:` (proto3 JSON of the RunEvent, e.g. `{"runId": "…", "seq":
-"17", "agent": "…", "textDelta": {"text": "…"}}` — event frames are the ones with a `seq`
-and no `type`), ending with the run's terminal event; and `{"type": "error", "message",
-"code", "recoverable", "details"[, "runId", "lastSeq"]}`.
+Server → client: every frame has a `"type"`. `{"type": "status", "status": "connected"}`
+first; every run event as the JSON of SSE `data:` (proto3 JSON of the RunEvent) with its
+`type` added — the payload's name, as SSE's `event:` line (`run_started`, `text_delta`,
+`tool_call_started`, …, `run_completed`), e.g. `{"type": "text_delta", "runId": "…", "seq":
+"17", "agent": "…", "textDelta": {"text": "…"}}` (event frames are the ones with a `seq`),
+ending with the run's terminal event; `pong`; and `{"type": "error", "message", "code",
+"recoverable", "details"[, "runId", "lastSeq"]}`. The README maps the realtime design's
+frame types (`agent_step`, `tool_call`, …) to these.
 
 A bad frame (not JSON, not an object, unknown type, missing fields, too large) gets an
 error with `recoverable: true` and the socket stays open. A frame larger than
@@ -71,6 +76,14 @@ FRAMES = Counter("chorus_gateway_ws_frames_total", "Frames received, by type.", 
 EVENTS = Counter("chorus_gateway_ws_events_total", "Run events sent over WebSockets.")
 
 DEFAULT_TEAM = "assistant"
+
+
+def event_frame(event: run_pb2.RunEvent) -> str:
+    """The text frame of a run event: SSE's `data:` JSON with `"type"` (the payload's name,
+    SSE's `event:`) first."""
+    return orjson.dumps(
+        {"type": event.WhichOneof("payload") or "event", **protojson.event_dict(event)}
+    ).decode()
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
@@ -131,6 +144,7 @@ class Connection:
         self.settings = settings
         self.follows: dict[str, asyncio.Task[None]] = {}
         self.last_run_id = ""
+        self._holds: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
         self.open = True
 
@@ -280,6 +294,14 @@ class Connection:
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise _FrameError('"payload.afterSeq" must be a non-negative integer')
         self._check_capacity(run_id)
+        # NOT_FOUND (unknown, or another user's) is the answer alone, never after an ack.
+        try:
+            await self.clients.runs.GetRun(
+                run_service_pb2.GetRunRequest(run_id=run_id), timeout=self.settings.rpc_timeout_s
+            )
+        except (grpc.aio.AioRpcError, ChorusError) as exc:
+            await self.send_error(exc, runId=run_id)
+            return
         await self.send(
             {"type": "status", "status": "subscribed", "runId": run_id, "afterSeq": str(after)}
         )
@@ -299,18 +321,25 @@ class Connection:
         reason = _string(payload, "reason")
         if len(reason) > 1000:
             raise _FrameError('"payload.reason" is at most 1000 characters')
-        reply = await self.clients.runs.CancelRun(
-            run_service_pb2.CancelRunRequest(run_id=run_id, reason=reason),
-            timeout=self.settings.rpc_timeout_s,
-        )
-        await self.send(
-            {
-                "type": "status",
-                "status": "cancel_requested" if reply.cancelled else "cancel_ignored",
-                "runId": run_id,
-                "message": reply.message,
-            }
-        )
+        # The run's follow on this socket holds its events until the ack is sent: the ack
+        # comes before the outcome (`run_cancelled`) it announces.
+        hold = self._holds[run_id] = asyncio.Event()
+        try:
+            reply = await self.clients.runs.CancelRun(
+                run_service_pb2.CancelRunRequest(run_id=run_id, reason=reason),
+                timeout=self.settings.rpc_timeout_s,
+            )
+            await self.send(
+                {
+                    "type": "status",
+                    "status": "cancel_requested" if reply.cancelled else "cancel_ignored",
+                    "runId": run_id,
+                    "message": reply.message,
+                }
+            )
+        finally:
+            del self._holds[run_id]
+            hold.set()
 
     # --- following runs ------------------------------------------------------------------
 
@@ -350,7 +379,10 @@ class Connection:
                 while follow.events:
                     event = follow.events.popleft()
                     last_seq = event.seq
-                    await self.send_raw(protojson.event_json(event).decode())
+                    hold = self._holds.get(run_id)
+                    if hold is not None:  # a cancel of this run awaits its ack
+                        await hold.wait()
+                    await self.send_raw(event_frame(event))
                     EVENTS.inc()
                     if not self.open:
                         return

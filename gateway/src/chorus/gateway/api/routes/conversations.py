@@ -15,7 +15,7 @@ from typing import Annotated
 
 import grpc
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from google.protobuf import field_mask_pb2
 from starlette.responses import Response
 
@@ -29,7 +29,7 @@ from chorus.core.errors import (
     status_code_from_rpc,
 )
 from chorus.core.logging import get_logger
-from chorus.gateway import openapi, protojson, sse
+from chorus.gateway import openapi, protojson, routing, sse
 from chorus.gateway.api.deps import (
     CallerDep,
     HistoryDep,
@@ -50,13 +50,14 @@ from chorus.v1 import (
 
 log = get_logger("chorus.gateway.conversations")
 
-router = APIRouter(prefix="/conversations", tags=["conversations"])
+router = routing.router("/conversations", ["conversations"])
 
 ASSISTANT_TEMPLATE = "assistant"
 """The team template `POST /conversations/{id}/messages` runs."""
 TITLE_CHARS = 80
 """Length of a title made from the first message."""
-_CONVERSATION_FIELDS = {"title", "model", "team", "metadata"}
+UPDATABLE_CONVERSATION_FIELDS = ("title", "model", "team", "metadata")
+"""`updateMask` paths of `PATCH /conversations/{id}`."""
 _TEMPLATE_CACHE_S = 60.0
 
 
@@ -77,8 +78,8 @@ async def list_conversations(
     caller: CallerDep,
     history: HistoryDep,
     settings: SettingsDep,
-    page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
-    page_token: Annotated[str, Query(max_length=4096)] = "",
+    page_size: Annotated[int, Query(alias="pageSize", ge=0, le=1000)] = 0,
+    page_token: Annotated[str, Query(alias="pageToken", max_length=4096)] = "",
 ) -> Response:
     """The caller's conversations, most recently updated first."""
     reply = await history.ListConversations(
@@ -103,7 +104,7 @@ async def create_conversation(
     history: HistoryDep,
     settings: SettingsDep,
     request_id: Annotated[
-        str, Query(max_length=128, description="Idempotency key (AIP-155).")
+        str, Query(alias="requestId", max_length=128, description="Idempotency key (AIP-155).")
     ] = "",
 ) -> Response:
     """Creates a conversation (201, `Location`). The same `request_id` returns the
@@ -154,17 +155,21 @@ async def update_conversation(
     history: HistoryDep,
     settings: SettingsDep,
     update_mask: Annotated[
-        str | None, Query(description="Fields to change; default: the fields in the body.")
+        str | None,
+        Query(
+            alias="updateMask",
+            description="Fields to change, comma-separated: `title`, `model`, `team`, "
+            "`metadata`; default: the fields in the body.",
+        ),
     ] = None,
 ) -> Response:
     """Changes the fields named by `update_mask` (default: those present in the body)."""
     conversation, data = await proto_body(request, conversation_pb2.Conversation())
-    mask = field_mask_pb2.FieldMask()
     if update_mask is not None:
-        mask.FromJsonString(",".join(p.strip() for p in update_mask.split(",") if p.strip()))
+        mask = protojson.field_mask(update_mask, UPDATABLE_CONVERSATION_FIELDS)
     else:
-        mask.paths.extend(k for k in data)
-    bad = [p for p in mask.paths if p not in _CONVERSATION_FIELDS]
+        mask = field_mask_pb2.FieldMask(paths=list(data))
+    bad = [p for p in mask.paths if p not in UPDATABLE_CONVERSATION_FIELDS]
     if bad or not mask.paths:
         raise InvalidArgument(
             "only title, model, team and metadata can be changed",
@@ -231,9 +236,11 @@ async def list_messages(
     caller: CallerDep,
     history: HistoryDep,
     settings: SettingsDep,
-    page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
-    page_token: Annotated[str, Query(max_length=4096)] = "",
-    run_id: Annotated[str, Query(max_length=128, description="Only this run's messages.")] = "",
+    page_size: Annotated[int, Query(alias="pageSize", ge=0, le=1000)] = 0,
+    page_token: Annotated[str, Query(alias="pageToken", max_length=4096)] = "",
+    run_id: Annotated[
+        str, Query(alias="runId", max_length=128, description="Only this run's messages.")
+    ] = "",
 ) -> Response:
     """The conversation's messages, oldest first."""
     reply = await history.ListMessages(

@@ -1,4 +1,8 @@
-"""Liveness, readiness and Prometheus metrics (no authentication: no user data)."""
+"""Liveness, readiness and Prometheus metrics (no authentication: no user data).
+
+Liveness: `/health`, `/health/live`, `/api/v1/health`. Readiness: `/health/ready`,
+`/api/v1/health/ready`. Each group answers the same.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,44 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from chorus.core.logging import get_logger
 from chorus.gateway.api.deps import ClientsDep, SettingsDep
 from chorus.gateway.clients import Backend
+
+log = get_logger("chorus.gateway.health")
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness")
-async def health() -> dict[str, str]:
+LIVENESS_PATHS = {
+    "/health": "getHealth",
+    "/health/live": "getLiveness",
+    "/api/v1/health": "getApiHealth",
+}
+"""Liveness paths and their operationIds."""
+READINESS_PATHS = {"/health/ready": "getReadiness", "/api/v1/health/ready": "getApiReadiness"}
+"""Readiness paths and their operationIds. The `/api/v1/…` paths are the MagenticOne
+design's (issue 23); like the others they need no authentication."""
+
+_LIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The process serves HTTP.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                    "required": ["status"],
+                }
+            }
+        },
+    }
+}
+
+
+async def health() -> Response:
     """`{"status": "ok"}` while the process serves HTTP (checks nothing else)."""
-    return {"status": "ok"}
+    return Response(b'{"status":"ok"}', media_type="application/json")
 
 
 async def _check(backend: Backend, timeout: float) -> dict[str, str]:
@@ -31,19 +63,56 @@ async def _check(backend: Backend, timeout: float) -> dict[str, str]:
         )
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.aio.AioRpcError as exc:
-        status = f"{exc.code().name}: {exc.details() or ''}".rstrip(": ")
-    return {"service": backend.service, "address": backend.address, "status": status}
+        # The details name addresses: logged, never answered (issue 23).
+        log.warning(
+            "readiness_check_failed",
+            service=backend.name,
+            address=backend.address,
+            code=exc.code().name,
+            details=exc.details() or "",
+        )
+        status = exc.code().name
+    return {"service": backend.service, "status": status}
 
 
-@router.get(
-    "/health/ready",
-    summary="Readiness",
-    responses={503: {"description": "A service is not SERVING (AIP-193 error, UNAVAILABLE)."}},
-)
+_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Every service is SERVING.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ready"]},
+                        "services": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "service": {"type": "string"},
+                                    "status": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                    "required": ["status", "services"],
+                }
+            }
+        },
+    },
+    503: {
+        "description": "A service is not SERVING (AIP-193 error, UNAVAILABLE).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
+}
+
+
 async def ready(clients: ClientsDep, settings: SettingsDep) -> Response:
     """200 when every gRPC service reports SERVING through grpc.health.v1 — history-svc
     reports NOT_SERVING while its storage is unreachable, so this covers the database too.
-    Otherwise 503 with each service's status in the error's `ErrorInfo.metadata`."""
+    Otherwise 503 with each service's status (`SERVING`, `NOT_SERVING`, or the gRPC code
+    of the failed check, e.g. `UNAVAILABLE`) in the error's `ErrorInfo.metadata`; service
+    addresses and transport details go to the log only."""
     results = await asyncio.gather(
         *(_check(b, settings.readiness_timeout_s) for b in clients.backends)
     )
@@ -71,7 +140,37 @@ async def ready(clients: ClientsDep, settings: SettingsDep) -> Response:
     return Response(orjson.dumps(body), status_code=503, media_type="application/json")
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+for _path, _operation in LIVENESS_PATHS.items():
+    router.add_api_route(
+        _path,
+        health,
+        methods=["GET"],
+        summary="Liveness",
+        operation_id=_operation,
+        responses=_LIVE_RESPONSES,
+    )
+for _path, _operation in READINESS_PATHS.items():
+    router.add_api_route(
+        _path,
+        ready,
+        methods=["GET"],
+        summary="Readiness",
+        operation_id=_operation,
+        responses=_READY_RESPONSES,
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    operation_id="getMetrics",
+    responses={
+        200: {
+            "description": "Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics() -> Response:
     """Prometheus text exposition: HTTP requests, SSE streams and events, WebSocket
     connections, rate-limit refusals."""

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from starlette.responses import Response
 
-from chorus.gateway import openapi, protojson
+from chorus.gateway import openapi, protojson, routing
 from chorus.gateway.api.deps import CallerDep, ProviderDep, SettingsDep
 from chorus.v1 import provider_service_pb2
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = routing.router("/models", ["models"])
 
 
 @router.get(
     "",
     summary="List the configured models",
+    operation_id="listProviderModels",
     responses=openapi.responses_of(
         provider_service_pb2.ListModelsResponse, "Models by provider then name; never keys."
     ),

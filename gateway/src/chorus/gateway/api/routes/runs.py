@@ -14,12 +14,12 @@ from typing import Annotated, Any
 
 import grpc
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import Header, Query, Request
 from google.protobuf import field_mask_pb2
 from starlette.responses import Response
 
 from chorus.core.errors import InvalidArgument, NotFound
-from chorus.gateway import openapi, protojson, sse
+from chorus.gateway import openapi, protojson, routing, sse
 from chorus.gateway.api.deps import (
     CallerDep,
     HistoryDep,
@@ -38,7 +38,7 @@ from chorus.v1 import (
     team_pb2,
 )
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = routing.router("/runs", ["runs"])
 
 _TERMINAL = (
     run_pb2.RUN_STATUS_COMPLETED,
@@ -46,6 +46,8 @@ _TERMINAL = (
     run_pb2.RUN_STATUS_CANCELLED,
 )
 _AGENT_FIELDS = {"systemPrompt": "system_prompt", "temperature": "temperature", "model": "model"}
+UPDATABLE_AGENT_FIELDS = ("system_prompt", "temperature", "model")
+"""`updateMask` paths of `PATCH /runs/{id}/agents/{name}` (camelCase accepted)."""
 
 
 def parse_status(value: str | None) -> int:
@@ -74,17 +76,17 @@ def resume_after(last_event_id: str | None, after_seq: int | None) -> int:
     """The seq to resume after: the `Last-Event-ID` header wins over `?after_seq=`.
 
     Raises:
-        InvalidArgument: `Last-Event-ID` that is not a non-negative integer.
+        InvalidArgument: `Last-Event-ID` that is not an integer in 0..2^63-1.
     """
     if last_event_id is not None and last_event_id.strip():
         try:
             seq = int(last_event_id.strip())
         except ValueError:
             seq = -1
-        if seq < 0:
+        if not 0 <= seq <= protojson.MAX_INT64:
             raise InvalidArgument(
                 "Last-Event-ID must be the seq of an event",
-                [("Last-Event-ID", "a non-negative integer")],
+                [("Last-Event-ID", f"an integer from 0 to {protojson.MAX_INT64}")],
             )
         return seq
     return after_seq or 0
@@ -151,12 +153,14 @@ async def list_runs(
     caller: CallerDep,
     runs: RunsDep,
     settings: SettingsDep,
-    conversation_id: Annotated[str, Query(max_length=128)] = "",
+    conversation_id: Annotated[
+        str, Query(alias="conversationId", max_length=128, description="Only this conversation's.")
+    ] = "",
     status: Annotated[
         str | None, Query(description="e.g. `running` or `RUN_STATUS_RUNNING`")
     ] = None,
-    page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
-    page_token: Annotated[str, Query(max_length=4096)] = "",
+    page_size: Annotated[int, Query(alias="pageSize", ge=0, le=1000)] = 0,
+    page_token: Annotated[str, Query(alias="pageToken", max_length=4096)] = "",
 ) -> Response:
     """The caller's runs, newest first, optionally of one conversation or status."""
     reply = await runs.ListRuns(
@@ -188,6 +192,7 @@ async def get_run(run_id: str, caller: CallerDep, runs: RunsDep, settings: Setti
 @router.get(
     "/{run_id}/events",
     summary="Watch or resume a run's events (SSE)",
+    operation_id="streamRunEvents",
     responses=openapi.SSE_RESPONSE,
 )
 async def watch_run(
@@ -195,7 +200,10 @@ async def watch_run(
     caller: CallerDep,
     watches: WatchesDep,
     settings: SettingsDep,
-    after_seq: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+    after_seq: Annotated[
+        int | None,
+        Query(alias="afterSeq", ge=0, le=protojson.MAX_INT64, description="Resume after this seq."),
+    ] = None,
     last_event_id: Annotated[
         str | None, Header(description="Resume after this seq (wins).")
     ] = None,
@@ -262,7 +270,12 @@ async def update_run_agent(
     runs: RunsDep,
     settings: SettingsDep,
     update_mask: Annotated[
-        str | None, Query(description="Fields to change; default: the fields in the body.")
+        str | None,
+        Query(
+            alias="updateMask",
+            description="Fields to change, comma-separated: `systemPrompt`, `temperature`, "
+            "`model` (snake_case accepted); default: the fields in the body.",
+        ),
     ] = None,
 ) -> Response:
     """Changes the agent's system prompt, temperature or model from its next turn and emits
@@ -271,9 +284,7 @@ async def update_run_agent(
     agent, data = await proto_body(request, team_pb2.AgentSpec())
     check_text(agent.system_prompt, "systemPrompt", settings, required=False)
     if update_mask is not None:
-        paths = [p.strip() for p in update_mask.split(",") if p.strip()]
-        mask = field_mask_pb2.FieldMask()
-        mask.FromJsonString(",".join(paths))
+        mask = protojson.field_mask(update_mask, UPDATABLE_AGENT_FIELDS)
     else:
         names = [_AGENT_FIELDS.get(k, k) for k in data]
         mask = field_mask_pb2.FieldMask(paths=names)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-
-from chorus.gateway import __version__
+from chorus.gateway import __version__, routing
 from chorus.gateway.api.deps import CallerDep, LimiterDep, SettingsDep
 
-router = APIRouter(prefix="/settings", tags=["settings"])
+router = routing.router("/settings", ["settings"])
 
 
 @router.get("", summary="Client-facing settings")

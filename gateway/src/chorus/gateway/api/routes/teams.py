@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.responses import Response
 
-from chorus.gateway import openapi, protojson
+from chorus.gateway import openapi, protojson, routing
 from chorus.gateway.api.deps import CallerDep, RunsDep, SettingsDep
 from chorus.v1 import run_service_pb2
 
-router = APIRouter(prefix="/teams", tags=["teams"])
+router = routing.router("/teams", ["teams"])
 
 
 @router.get(
     "",
     summary="List the team templates",
+    operation_id="listTeamTemplates",
     responses=openapi.responses_of(run_service_pb2.ListTeamTemplatesResponse, "The templates."),
 )
 async def list_teams(caller: CallerDep, runs: RunsDep, settings: SettingsDep) -> Response:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
+from chorus.gateway import routing
 from chorus.gateway.api.deps import CallerDep
 
-router = APIRouter(prefix="/user", tags=["user"])
+router = routing.router("/user", ["user"])
 
 
 @router.get("", summary="The caller")
