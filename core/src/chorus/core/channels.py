@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from chorus.core import deadlines, identity
+from chorus.core import deadlines, identity, tracing
 from chorus.core.settings import CoreSettings
 
 IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
@@ -186,7 +186,8 @@ class ChannelPool:
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
         self._token = token
         self._interceptors: Sequence[grpc.aio.ClientInterceptor] = [
-            _UnaryForwardingInterceptor(token)
+            *tracing.client_interceptors(),  # nothing unless tracing is on
+            _UnaryForwardingInterceptor(token),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
 

@@ -27,6 +27,8 @@ from typing import Any, TextIO, cast
 import orjson
 import structlog
 
+from chorus.core.tracing import add_trace_ids
+
 # `internal_token`, `api_key`, `authorization`… but not counts such as `input_tokens`.
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|api_?key|authorization|credential|cookie|(^|_)token$)", re.I
@@ -103,6 +105,7 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,  # trace_id / span_id when tracing is on
         redact_secrets,
     ]
     renderer: Any = (

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from chorus.core import tracing
 from chorus.core.garbage_collection import configure_gc
 from chorus.core.interceptors import ContextInterceptor, MetricsInterceptor
 from chorus.core.logging import configure_logging, get_logger
@@ -86,6 +87,7 @@ class GrpcServer:
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
         self.server = grpc.aio.server(
             interceptors=[
+                *tracing.server_interceptors(),  # outermost: its span is current for the rest
                 MetricsInterceptor(),
                 ContextInterceptor(internal_token=token, dev_mode=settings.dev_mode),
             ],
@@ -219,7 +221,14 @@ def main(
         raise SystemExit(0)
     configure_logging(service, level=settings.log_level, json=settings.log_json)
     try:
+        tracing.configure(service, instance_id=settings.instance_id)  # OTEL_* variables
+    except ValueError as exc:  # an exporter that is not installed
+        log.error("configuration_error", error=str(exc))
+        raise SystemExit(2) from None
+    try:
         uvloop.run(run_service(service, settings, port, make_bindings, **kwargs))
     except ConfigurationError as exc:  # one clear line, exit 2
         log.error("configuration_error", error=str(exc))
         raise SystemExit(2) from None
+    finally:
+        tracing.shutdown()  # export the spans still buffered

@@ -28,6 +28,7 @@ from chorus.gateway.middleware import RequestContextMiddleware
 from chorus.gateway.openai_api import install as install_openai_api
 from chorus.gateway.ratelimit import RateLimiter
 from chorus.gateway.settings import GatewaySettings
+from chorus.gateway.tracing import instrument as instrument_tracing
 
 log = get_logger("chorus.gateway")
 
@@ -131,4 +132,5 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         api_prefix=API_PREFIX,
     )
     install_openai_api(app)  # /v1, OpenAI-compatible; its error middleware wraps the above
+    instrument_tracing(app, settings)  # OTEL_* variables; nothing when tracing is off
     return app

@@ -18,7 +18,7 @@ import logging
 
 import grpc
 
-from chorus.core import identity
+from chorus.core import identity, tracing
 from chorus.core.channels import channel_options
 from chorus.core.healthcheck import wait_serving
 from chorus.core.logging import get_logger
@@ -97,11 +97,14 @@ async def build_app(settings: Settings) -> OrchestratorApp:
     # No client interceptors on the channels (grpc.aio runs each intercepted call, and each
     # streamed message of one, through an extra task): calls to provider-svc and history-svc
     # carry identity, token and request id explicitly (`CallAuth`), and their deadlines.
+    # Only with tracing on do unary and server-streaming calls get OpenTelemetry's client
+    # interceptors (their spans and the `traceparent` they send).
+    traced = tracing.client_interceptors() or None
     provider_channel = grpc.aio.insecure_channel(
-        settings.provider_address, options=channel_options(settings)
+        settings.provider_address, options=channel_options(settings), interceptors=traced
     )
     history_channel = grpc.aio.insecure_channel(
-        settings.history_address, options=channel_options(settings)
+        settings.history_address, options=channel_options(settings), interceptors=traced
     )
     tools = ToolRegistry.load(
         entry_points=settings.tool_entry_points,

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
+from chorus.core import tracing
 from chorus.core.errors import ChorusError, error_for_code, from_rpc_error
 from chorus.core.multiplex import MultiplexClient, Stream, Update
 from chorus.orchestrator import metrics
@@ -31,6 +32,7 @@ from chorus.v1 import provider_service_pb2 as ps
 from chorus.v1 import provider_service_pb2_grpc
 
 _CANCEL = ps.StreamChatsRequest.Cancel()
+_METHOD = "/chorus.v1.ProviderService/StreamChats"
 
 RESPONSE_WINDOW = 1
 """Most responses provider-svc sends ahead of this process's reading them: the reader
@@ -57,9 +59,10 @@ def _updates(response: ps.StreamChatsResponse) -> Iterable[Update]:
 class ChatStream:
     """One model call: `async for response in stream`, `stream.cancel()`."""
 
-    __slots__ = ("_error", "_events", "_finished", "_stream", "_waiter")
+    __slots__ = ("_error", "_events", "_finished", "_span", "_stream", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, span: Any = None) -> None:
+        self._span = span  # the stream's client span (None: tracing off)
         self._events: collections.deque[ps.StreamChatResponse] = collections.deque()
         self._error: ChorusError | None = None
         self._finished = False
@@ -80,6 +83,11 @@ class ChatStream:
         if error is not None and not isinstance(error, ChorusError):
             error = error_for_code(grpc.StatusCode.UNAVAILABLE, str(error))
         self._error = error
+        if self._span is not None:
+            if error is None:
+                tracing.end_stream_span(self._span)
+            else:
+                tracing.end_stream_span(self._span, error.code.name, error.message)
         self._wake()
 
     def _wake(self) -> None:
@@ -143,16 +151,29 @@ class ChatStreams:
         """Start the model call `request` for `user`, with a deadline of `timeout_s`."""
         timeout = duration_pb2.Duration()
         timeout.FromNanoseconds(int(timeout_s * 1e9))
+        # The model call's client span; its context rides in the stream's own request (the
+        # call is shared by every run: gRPC metadata would name one of them).
+        carrier: dict[str, str] = {}
+        span = (
+            tracing.start_stream_client_span(
+                _METHOD, carrier, {"chorus.run_id": request.metadata.get("run_id", "")}
+            )
+            if tracing.enabled()
+            else None
+        )
 
         def opening(stream_id: int) -> ps.StreamChatsRequest:
-            return ps.StreamChatsRequest(
+            out = ps.StreamChatsRequest(
                 stream_id=stream_id,
                 user=user,
                 request_id=request_id or "",
-                open=request,
+                open=request,  # a copy: the caller's request stays as it was
                 timeout=timeout,
             )
+            if carrier:
+                out.open.metadata.update(carrier)
+            return out
 
-        stream = ChatStream()
+        stream = ChatStream(span)
         stream._stream = self._client.open(stream, opening)
         return stream

@@ -48,7 +48,7 @@ from autogen_core.models import (
 )
 from autogen_core.tools import BaseTool
 
-from chorus.core import deadlines, identity
+from chorus.core import deadlines, identity, tracing
 from chorus.core.errors import ChorusError, FailedPrecondition, NotFound, rpc_code
 from chorus.core.flag import Flag
 from chorus.core.logging import get_logger
@@ -91,6 +91,9 @@ _TEAM_STOP_TIMEOUT_S = 5.0
 _RELEASE_TIMEOUT_S = 5.0
 _Event = run_pb2.RunEvent
 _FINAL_PATHS_BASE = ("status", "turns", "usage", "last_seq", "end_time")
+TRACE_STATE_KEY = "trace"
+"""Key of the checkpoint's team state (`RunCheckpoint.team_state` JSON) holding the W3C
+trace context of the run's span when tracing is on: a resumed run continues that trace."""
 
 
 class StopKind(enum.Enum):
@@ -230,8 +233,61 @@ class LiveRun:
         self.releasing = False
         """Set once the run gives its lease up (handoff): heartbeats leave it alone."""
         self._opening_turn = resume is None  # a SINGLE run's agent_started went with the start
+        self._resume_state: dict[str, Any] | None = None  # the checkpoint's, parsed once
         if resume is not None:
             self._restore(resume)
+        self._span = self._start_span() if tracing.enabled() else None
+
+    def _start_span(self) -> Any:
+        """The run's span (this execution's): a child of the request that started the run;
+        for a resumed run a child of the interrupted execution's span, linked to it, so the
+        whole run stays one trace."""
+        kind = team_pb2.TeamKind.Name(self.spec.team.kind).removeprefix("TEAM_KIND_")
+        attributes: dict[str, Any] = {
+            "chorus.run.id": self.id,
+            "chorus.run.attempt": self.record.attempt or 1,
+            "chorus.team.kind": kind,
+            tracing.GEN_AI_CONVERSATION_ID: self.record.conversation_id,
+        }
+        if self.spec.template:
+            attributes["chorus.team.template"] = self.spec.template
+        name = f"run {self.spec.template or kind.lower()}"
+        resume = self._resume
+        if resume is None:
+            return tracing.start_span(name, attributes=attributes)
+        attributes["chorus.run.resume_reason"] = resume.reason
+        carrier: dict[str, str] = {}
+        if resume.checkpoint is not None:
+            self._resume_state = json.loads(resume.checkpoint.team_state)
+            stored = self._resume_state.pop(TRACE_STATE_KEY, None)
+            if isinstance(stored, dict):
+                carrier = {k: v for k, v in stored.items() if isinstance(v, str)}
+        return tracing.start_span(
+            name,
+            attributes=attributes,
+            parent=tracing.extract(carrier),  # an empty carrier: a new trace
+            links=tracing.link_to(carrier, **{"chorus.link": "resumed_from"}),
+        )
+
+    def _end_span(self) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        status = run_pb2.RunStatus.Name(self.status).removeprefix("RUN_STATUS_")
+        if self._handoff and self.status in ACTIVE_STATUSES:
+            status = "HANDED_OFF"
+        span.set_attribute("chorus.run.status", status)
+        span.set_attribute("chorus.run.turns", self.turns)
+        if self.status == run_pb2.RUN_STATUS_FAILED:
+            error = self.record.error if self.record.HasField("error") else self._provider_error
+            reason = error.reason if error is not None and error.reason else "RUN_FAILED"
+            span.set_attribute(tracing.ERROR_TYPE, reason)
+            span.set_status(
+                tracing.trace.Status(
+                    tracing.trace.StatusCode.ERROR, error.message[:500] if error else ""
+                )
+            )
+        span.end()
 
     def _restore(self, resume: Resume) -> None:
         """Take the run's progress from its checkpoint (and the changes staged after it)."""
@@ -612,6 +668,10 @@ class LiveRun:
         metrics.RUNS_ACTIVE.inc()
         kind = team_pb2.TeamKind.Name(self.spec.team.kind)
         metrics.RUNS_STARTED.labels(kind).inc()
+        with tracing.use(self._span):
+            await self._execute(kind)
+
+    async def _execute(self, kind: str) -> None:
         log.info("run_started", team_kind=kind, template=self.spec.template or None)
         try:
             runner = await self._start()
@@ -636,6 +696,7 @@ class LiveRun:
             metrics.RUNS_ACTIVE.dec()
             metrics.RUNS_ENDED.labels(run_pb2.RunStatus.Name(self.status)).inc()
             log.info("run_ended", status=run_pb2.RunStatus.Name(self.status), turns=self.turns)
+            self._end_span()
             self.done.set()
 
     # ------------------------------------------------------------------ the start
@@ -696,9 +757,11 @@ class LiveRun:
         spec = self.spec.team.agents[0]
         client = self._agent_client(self.states[spec.name])
         tools = [tool.schema for tool in self._agent_tools(spec)]
-        client.prefetch(
-            [*system_messages(spec), UserMessage(content=self.spec.input, source="user")], tools
-        )
+        with tracing.use(self._span):  # the call belongs to the run
+            client.prefetch(
+                [*system_messages(spec), UserMessage(content=self.spec.input, source="user")],
+                tools,
+            )
         self._first_client = client
 
     def drop_prefetch(self) -> None:
@@ -706,6 +769,10 @@ class LiveRun:
         if self._first_client is not None:
             self._first_client.drop_prefetch()
             self._first_client = None
+        if self.task is None and self._span is not None:  # the run never started
+            self._span.set_attribute("chorus.run.status", "NOT_STARTED")
+            self._span.end()
+            self._span = None
 
     async def _start(self) -> TeamRunner | None:
         """A fresh team; for a resumed run, after storing `run_resumed`, with the state of
@@ -741,7 +808,12 @@ class LiveRun:
                 durable=True,
             )
             if checkpoint is not None:
-                await runner.load_state(json.loads(checkpoint.team_state))
+                state = self._resume_state
+                if state is None:
+                    state = json.loads(checkpoint.team_state)
+                    state.pop(TRACE_STATE_KEY, None)
+                self._resume_state = None
+                await runner.load_state(state)
         return runner
 
     async def _steps(self, runner: TeamRunner) -> TaskResult | None:
@@ -771,6 +843,8 @@ class LiveRun:
     async def _checkpoint(self, runner: TeamRunner) -> run_pb2.RunCheckpoint:
         """The run's state at a turn boundary (`seq` is set by the write that stores it)."""
         state = await runner.save_state()
+        if self._span is not None:  # a resumed run continues this trace
+            state[TRACE_STATE_KEY] = tracing.carrier_of(self._span)
         return run_pb2.RunCheckpoint(
             team_state=json.dumps(state, separators=(",", ":")).encode(),
             agents=[s.spec for s in self.states.values()],

@@ -71,6 +71,7 @@ from autogen_core.models import (
 from autogen_core.tools import BaseTool
 from pydantic_core import to_jsonable_python
 
+from chorus.core import tracing
 from chorus.orchestrator.tools.registry import BoundedWorkbench
 from chorus.v1 import chat_pb2, team_pb2
 
@@ -174,25 +175,49 @@ class TurnAgent(AssistantAgent):
             [m for m in messages if m.id not in self.reported] if self.reported else messages
         )
         turn = await self._hooks.begin_turn(self.name)
+        span = (  # the turn's span; its model and tool calls are its children
+            tracing.start_span(
+                f"invoke_agent {self.name}",
+                attributes={
+                    tracing.GEN_AI_OPERATION_NAME: "invoke_agent",
+                    tracing.GEN_AI_AGENT_NAME: self.name,
+                    "chorus.turn": turn,
+                },
+            )
+            if tracing.enabled()
+            else None
+        )
         requested: dict[str, FunctionCall] = {}
         replied = False
-        async for item in super().on_messages_stream(messages, cancellation_token):
-            if isinstance(item, ToolCallRequestEvent):
-                requested.update((call.id, call) for call in item.content)
-                await self._hooks.tool_calls_started(self.name, item.content)
-            elif isinstance(item, ToolCallExecutionEvent):
-                calls = [
-                    requested.get(r.call_id)
-                    or FunctionCall(id=r.call_id, name=r.name, arguments="")
-                    for r in item.content
-                ]
-                await self._hooks.tool_calls_finished(self.name, calls, item.content)
-            elif isinstance(item, Response):
-                await self._hooks.turn_completed(self.name, turn, item.chat_message)
-                replied = True
-            yield item
-        if not replied:
-            await self._hooks.end_turn(self.name, turn)
+        try:
+            async for item in tracing.iterate_with(
+                span, super().on_messages_stream(messages, cancellation_token)
+            ):
+                with tracing.use(span):
+                    if isinstance(item, ToolCallRequestEvent):
+                        requested.update((call.id, call) for call in item.content)
+                        await self._hooks.tool_calls_started(self.name, item.content)
+                    elif isinstance(item, ToolCallExecutionEvent):
+                        calls = [
+                            requested.get(r.call_id)
+                            or FunctionCall(id=r.call_id, name=r.name, arguments="")
+                            for r in item.content
+                        ]
+                        await self._hooks.tool_calls_finished(self.name, calls, item.content)
+                    elif isinstance(item, Response):
+                        await self._hooks.turn_completed(self.name, turn, item.chat_message)
+                        replied = True
+                yield item
+            if not replied:
+                with tracing.use(span):
+                    await self._hooks.end_turn(self.name, turn)
+        except BaseException as exc:
+            if span is not None and not isinstance(exc, GeneratorExit):
+                tracing.record_error(span, exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
 
 
 @dataclass

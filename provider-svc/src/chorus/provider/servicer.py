@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from chorus.core import tracing
 from chorus.core.errors import ChorusError, ResourceExhausted, error_for_code, rpc_code
 from chorus.core.identity import current_identity, current_request_id
 from chorus.core.logging import get_logger
@@ -29,6 +30,7 @@ from chorus.provider.models import Catalog, ModelSpec, Usage, estimate_input_tok
 from chorus.provider.retry import Opened, Retrier, RetryFailed
 from chorus.provider.settings import Settings
 from chorus.provider.streams import StreamChatsCall
+from chorus.provider.telemetry import ModelCallSpan
 from chorus.provider.validation import max_output_tokens, resolve_models
 from chorus.provider.watchdog import Watchdog
 from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
@@ -120,6 +122,11 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         """
         settings = self._settings
         models = resolve_models(request, self._catalog, settings)
+        call_span = (  # the GenAI span of the call (None: tracing off)
+            ModelCallSpan.start(request, models[0], max_output_tokens(request, models[0], settings))
+            if tracing.enabled()
+            else None
+        )
         watchdog = Watchdog()
         opened: Opened | None = None
         outcome = "cancelled"
@@ -137,7 +144,10 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                 metrics.STREAMS.labels(
                     failed.model.provider.name, failed.model.name, "failed"
                 ).inc()
-                raise _status_error(failed.error, failed.model, failed.attempts) from None
+                error = _status_error(failed.error, failed.model, failed.attempts)
+                if call_span is not None:
+                    call_span.fail(error, failed.model)
+                raise error from None
             model = opened.model
             result = opened.result
             metrics.TIME_TO_FIRST_EVENT.labels(model.provider.name).observe(
@@ -152,7 +162,10 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                 )
             )
             failure: UpstreamError | None = None
+            observe = call_span.observe if call_span is not None and call_span.captures else None
             if opened.first is not None:
+                if observe is not None:
+                    observe(opened.first)
                 yield opened.first
                 events = 1
                 next_event = opened.events.__anext__
@@ -166,6 +179,8 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                             break
                         watchdog.disarm()
                         events += 1
+                        if observe is not None:
+                            observe(event)
                         yield event
                 except UpstreamError as err:
                     failure = err
@@ -205,6 +220,8 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                     reason=failure.reason,
                     error=failure.message,
                 )
+                if call_span is not None:
+                    call_span.fail_upstream(failure.code.name, failure.message, model)
                 yield Event(
                     error=_Error(
                         code=rpc_code(failure.code),
@@ -219,6 +236,16 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                 estimated=True,
             )
             outcome = "finish"
+            if call_span is not None:
+                call_span.finish(
+                    model,
+                    usage,
+                    result.response_id,
+                    result.raw_finish_reason
+                    or chat_pb2.FinishReason.Name(result.finish_reason)
+                    .removeprefix("FINISH_REASON_")
+                    .lower(),
+                )
             yield usage_event(usage, model)
             yield Event(
                 finish=_Finish(
@@ -229,6 +256,8 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             self._observe(model, usage, opened, events, request)
         finally:
             watchdog.close()
+            if call_span is not None and outcome == "cancelled":
+                call_span.fail(asyncio.CancelledError("the caller cancelled the call"))
             if opened is not None:
                 await opened.events.aclose()
                 metrics.STREAMS.labels(opened.model.provider.name, opened.model.name, outcome).inc()

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
-from chorus.core import deadlines, identity
+from chorus.core import deadlines, identity, tracing
 from chorus.core.errors import ChorusError, DeadlineExceeded, InvalidArgument
 from chorus.core.multiplex import MultiplexServer, Outbox, Update, acting_user
 from chorus.v1 import provider_service_pb2 as ps
@@ -45,6 +45,7 @@ MAX_EVENTS_PER_RESPONSE = 4096
 """Most events in one response; the rest go in the next one."""
 
 _Update = ps.StreamChatsResponse.Update
+_METHOD = "/chorus.v1.ProviderService/StreamChats"
 
 
 def _response(updates: list[Update]) -> ps.StreamChatsResponse:
@@ -143,17 +144,37 @@ class _Producer:
 
     async def produce(self, outbox: Outbox[ps.StreamChatResponse]) -> None:
         request, self._request = self._request, ps.StreamChatRequest()
+        # The stream's server span: a child of the caller's span named in the request's
+        # metadata (`traceparent`), never of the long-lived call's (None: tracing off).
+        span = (
+            tracing.start_stream_server_span(
+                _METHOD, request.metadata, {"chorus.stream_id": outbox.key}
+            )
+            if tracing.enabled()
+            else None
+        )
         put = outbox.put
         try:
-            async with (
-                asyncio.timeout(self._timeout_s or None),
-                contextlib.aclosing(self._stream(request)) as events,
-            ):
-                del request
-                async for event in events:
-                    await put(event)
+            with tracing.use(span):
+                async with (
+                    asyncio.timeout(self._timeout_s or None),
+                    contextlib.aclosing(self._stream(request)) as events,
+                ):
+                    del request
+                    async for event in events:
+                        await put(event)
         except TimeoutError:
-            raise DeadlineExceeded(
+            error = DeadlineExceeded(
                 f"the stream's deadline of {self._timeout_s:g} s was exceeded",
                 reason="DEADLINE_EXCEEDED",
-            ) from None
+            )
+            tracing.end_stream_span(span, error.code.name, error.message)
+            raise error from None
+        except ChorusError as error:
+            tracing.end_stream_span(span, error.code.name, error.message)
+            raise
+        except BaseException as exc:  # cancelled (the client's cancel), or a bug
+            cancelled = isinstance(exc, asyncio.CancelledError | GeneratorExit)
+            tracing.end_stream_span(span, "CANCELLED" if cancelled else "UNKNOWN", repr(exc))
+            raise
+        tracing.end_stream_span(span)

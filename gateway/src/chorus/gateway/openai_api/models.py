@@ -24,7 +24,7 @@ def _model(model: runs.Model) -> dict[str, Any]:
 
 @router.get(
     "",
-    operation_id="listModels",
+    operation_id="listOpenAIModels",
     summary="List the models (team templates and provider models)",
     responses={200: {"description": "`{object: list, data: [Model]}`"}, **_ERRORS},
 )
@@ -39,7 +39,7 @@ async def list_models(
 
 @router.get(
     "/{model_id:path}",
-    operation_id="getModel",
+    operation_id="getOpenAIModel",
     summary="Retrieve a model",
     responses={200: {"description": "`{id, object: model, created, owned_by}`"}, **_ERRORS},
 )

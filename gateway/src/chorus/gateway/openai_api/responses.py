@@ -386,21 +386,21 @@ async def cancel_response(
 @router.delete(
     "/{response_id}",
     operation_id="deleteResponse",
-    summary="Delete a response (not supported: answers 400)",
-    responses=_ERRORS,
+    summary="Delete a response",
+    responses={200: {"description": "`{id, object: response.deleted, deleted: true}`"}, **_ERRORS},
 )
 async def delete_response(
     response_id: str, caller: CallerDep, runs_stub: RunsDep, settings: SettingsDep
 ) -> Response:
-    """Chorus keeps every run as history and has no way to delete one: 404 for an unknown
-    response, else 400 `unsupported_operation` (delete the conversation with
-    `DELETE /api/v1/conversations/{id}` to remove its messages)."""
-    run = await _get_run(runs_stub, ids.run_id_of(response_id), settings)
-    raise InvalidArgument(
-        "responses cannot be deleted: Chorus keeps every run as history; delete the "
-        f"conversation ({run.conversation_id}) with DELETE /api/v1/conversations/{{id}} to "
-        "remove its messages",
-        reason="UNSUPPORTED_OPERATION",
+    """Deletes the response's run (RunService.DeleteRun: an active run is cancelled
+    first); afterwards the response is 404 everywhere. The messages it added to its
+    conversation stay there. 404 for an unknown or already deleted response."""
+    run_id = ids.run_id_of(response_id)
+    await runs_stub.DeleteRun(
+        run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=settings.rpc_timeout_s
+    )
+    return json_response(
+        {"id": ids.response_id(run_id), "object": "response.deleted", "deleted": True}
     )
 
 

@@ -31,6 +31,7 @@ from autogen_core.tools import (
     ToolResult,
 )
 
+from chorus.core import tracing
 from chorus.core.logging import get_logger
 from chorus.orchestrator.tools import calculator, clock, market, python_exec
 
@@ -258,6 +259,34 @@ class BoundedWorkbench(StaticWorkbench):
         arguments: Any = None,
         cancellation_token: CancellationToken | None = None,
         call_id: str | None = None,
+    ) -> ToolResult:
+        if not tracing.enabled():
+            return await self._call_tool(name, arguments, cancellation_token, call_id)
+        attributes = {
+            tracing.GEN_AI_OPERATION_NAME: "execute_tool",
+            tracing.GEN_AI_TOOL_NAME: name,
+            tracing.GEN_AI_TOOL_TYPE: "function",
+        }
+        if call_id:
+            attributes[tracing.GEN_AI_TOOL_CALL_ID] = call_id
+        if tracing.capture_content():
+            attributes[tracing.GEN_AI_TOOL_CALL_ARGUMENTS] = json.dumps(arguments, default=str)
+        with tracing.span(f"execute_tool {name}", attributes=attributes) as span:
+            result = await self._call_tool(name, arguments, cancellation_token, call_id)
+            if span is not None:
+                if result.is_error:
+                    span.set_attribute(tracing.ERROR_TYPE, "tool_error")
+                    span.set_status(tracing.trace.Status(tracing.trace.StatusCode.ERROR))
+                if tracing.capture_content():
+                    span.set_attribute(tracing.GEN_AI_TOOL_CALL_RESULT, result.to_text())
+            return result
+
+    async def _call_tool(
+        self,
+        name: str,
+        arguments: Any,
+        cancellation_token: CancellationToken | None,
+        call_id: str | None,
     ) -> ToolResult:
         try:
             async with asyncio.timeout(self._timeout_s):

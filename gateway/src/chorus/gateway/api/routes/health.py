@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter
 from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from chorus.core.logging import get_logger
@@ -168,10 +169,17 @@ for _path, _operation in READINESS_PATHS.items():
         200: {
             "description": "Prometheus text exposition format.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
+        },
+        404: {"description": "CHORUS_METRICS_PORT is set: the metrics are on that port."},
     },
 )
-async def metrics() -> Response:
+async def metrics(settings: SettingsDep) -> Response:
     """Prometheus text exposition: HTTP requests, SSE streams and events, WebSocket
-    connections, rate-limit refusals."""
+    connections, rate-limit refusals.
+
+    404 (like an unknown path) when `CHORUS_METRICS_PORT` is set: the metrics are then served
+    on that internal port only (`python -m chorus.gateway`), never on the public one (issue 22).
+    """
+    if settings.metrics_port is not None:
+        raise HTTPException(status_code=404)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

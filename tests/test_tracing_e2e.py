@@ -1,0 +1,297 @@
+"""Tracing end to end (issue 22 item 1): the stack started as `make run` starts it
+(`python -m chorus.cli.stack`, embedded storage, the simulator), exporting to a real
+OTLP/gRPC receiver started by the test; one run through the gateway's REST API.
+
+With `OTEL_TRACES_EXPORTER=otlp`: the run is one trace rooted at the gateway's HTTP request,
+with spans of all four services, each gRPC hop a client span whose child is the next
+service's server span, the run / turn / tool / model-call spans under them, and the model
+call's GenAI attributes carrying the simulator's usage. With it unset: nothing is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from chorus.core.otlp_receiver import OtlpReceiver, ReceivedSpan
+from chorus.core.testing import free_port
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("chorus-gateway", "chorus-orchestrator", "chorus-provider", "chorus-history")
+
+
+@dataclass
+class Stack:
+    proc: subprocess.Popen[str]
+    lines: list[str]
+    gateway: str
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+def start_stack(tmp: str, otel: dict[str, str]) -> Stack:
+    ports = {n: free_port() for n in ("provider", "history", "orchestrator", "gateway")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OTEL_")
+        and k not in ("CHORUS_INTERNAL_TOKEN", "CHORUS_OPENAI_API_KEY", "CHORUS_ANTHROPIC_API_KEY")
+    }
+    env.update(
+        {
+            "CHORUS_DATABASE_URL": "",
+            "CHORUS_REDIS_URL": "",
+            "CHORUS_DATA_DIR": tmp,
+            "CHORUS_GRACE_PERIOD_S": "5",
+            "CHORUS_LOG_JSON": "true",
+            "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "2000",
+            **{f"CHORUS_{n.upper()}_PORT": str(p) for n, p in ports.items()},
+            **otel,
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chorus.cli.stack"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if "all services SERVING" in line or "startup failed" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    ready.wait(120)
+    assert any("all services SERVING" in line for line in lines), "\n".join(lines[-40:])
+    return Stack(proc, lines, f"http://127.0.0.1:{ports['gateway']}")
+
+
+def stop_stack(stack: Stack) -> None:
+    if stack.proc.poll() is None:
+        stack.proc.send_signal(signal.SIGTERM)
+        try:
+            stack.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            stack.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def traced_stack(
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    stack = start_stack(
+        str(tmp_path_factory.mktemp("traced")),
+        {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    )
+    try:
+        yield stack
+    finally:
+        stop_stack(stack)
+
+
+def run_to_completion(gateway: str, spec: dict[str, object]) -> tuple[dict, list[dict]]:
+    """Start a run over REST, wait for its end; (the run, its events from the SSE replay)."""
+    with httpx.Client(base_url=gateway, timeout=60) as client:
+        created = client.post("/api/v1/runs", json=spec)
+        assert created.status_code == 201, created.text
+        run_id = created.json()["id"]
+        deadline = time.monotonic() + 120
+        while True:
+            run = client.get(f"/api/v1/runs/{run_id}").json()
+            if run["status"] not in ("RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING"):
+                break
+            assert time.monotonic() < deadline, run
+            time.sleep(0.1)
+        events: list[dict] = []
+        with client.stream("GET", f"/api/v1/runs/{run_id}/events") as sse:
+            for line in sse.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+    return run, events
+
+
+def by_id(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
+    return {s.span_id: s for s in spans}
+
+
+def only(spans: list[ReceivedSpan], service: str, name: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.service == service and s.name == name]
+
+
+def test_one_run_is_one_trace_across_the_four_services(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    run, events = run_to_completion(
+        traced_stack.gateway, {"template": "assistant", "input": "What is 17.5% of 2,340?"}
+    )
+    assert run["status"] == "RUN_STATUS_COMPLETED", run
+    run_id = run["id"]
+
+    def run_span(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
+        return next(
+            (
+                s
+                for s in spans
+                if s.name == "run assistant" and s.attributes.get("chorus.run.id") == run_id
+            ),
+            None,
+        )
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        root = run_span(spans)
+        if root is None:
+            return False
+        trace = [s for s in spans if s.trace_id == root.trace_id]
+        return {s.service for s in trace} >= set(SERVICES) and any(
+            s.service == "chorus-gateway" and s.kind == "SERVER" for s in trace
+        )
+
+    spans = receiver.wait_for(complete, timeout=60)
+    root = run_span(spans)
+    assert root is not None
+    trace = [s for s in spans if s.trace_id == root.trace_id]
+    ids = by_id(trace)
+
+    # The trace starts at the gateway's HTTP request.
+    (http,) = [s for s in trace if s.service == "chorus-gateway" and s.kind == "SERVER"]
+    assert http.parent_span_id == ""
+    assert http.name == "POST /api/v1/runs"
+    status = http.attributes.get(
+        "http.response.status_code", http.attributes.get("http.status_code")
+    )
+    assert status == 201, http.attributes
+
+    # gateway → orchestrator: CreateRun's client span, its server span, the run under it.
+    (create_client,) = only(trace, "chorus-gateway", "/chorus.v1.RunService/CreateRun")
+    assert create_client.kind == "CLIENT" and create_client.parent_span_id == http.span_id
+    assert create_client.attributes["rpc.system"] == "grpc"
+    assert create_client.attributes["rpc.service"] == "chorus.v1.RunService"
+    assert create_client.attributes["rpc.method"] == "CreateRun"
+    (create_server,) = only(trace, "chorus-orchestrator", "/chorus.v1.RunService/CreateRun")
+    assert create_server.kind == "SERVER"
+    assert create_server.parent_span_id == create_client.span_id
+    assert create_server.attributes["rpc.grpc.status_code"] == 0
+    assert root.parent_span_id == create_server.span_id
+    assert root.attributes["chorus.run.status"] == "COMPLETED"
+    assert root.attributes["gen_ai.conversation.id"] == run["conversationId"]
+
+    # orchestrator → history-svc: every history server span's parent is an orchestrator
+    # client span of the same method, within the run's trace.
+    history = [s for s in trace if s.service == "chorus-history"]
+    assert any(s.name == "/chorus.v1.HistoryService/RecordRunStart" for s in history)
+    for server in history:
+        assert server.kind == "SERVER"
+        client = ids[server.parent_span_id]
+        assert client.service == "chorus-orchestrator" and client.kind == "CLIENT"
+        assert client.name == server.name
+
+    # the agent's turn, under the run.
+    (turn,) = only(trace, "chorus-orchestrator", "invoke_agent assistant")
+    assert turn.parent_span_id == root.span_id
+    assert turn.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert turn.attributes["gen_ai.agent.name"] == "assistant"
+
+    # orchestrator → provider-svc: each model call a client span of its own (the calls share
+    # one StreamChats call), the provider's server span under it, the GenAI span under that.
+    model_clients = only(trace, "chorus-orchestrator", "chorus.v1.ProviderService/StreamChats")
+    assert model_clients
+    for client in model_clients:
+        assert client.kind == "CLIENT"
+        assert client.parent_span_id in (root.span_id, turn.span_id)
+    provider_servers = only(trace, "chorus-provider", "chorus.v1.ProviderService/StreamChats")
+    assert sorted(s.parent_span_id for s in provider_servers) == sorted(
+        c.span_id for c in model_clients
+    )
+    chats = only(trace, "chorus-provider", "chat sim-1")
+    assert len(chats) == len(provider_servers)
+    for chat in chats:
+        assert chat.kind == "CLIENT"
+        assert ids[chat.parent_span_id].name == "chorus.v1.ProviderService/StreamChats"
+        a = chat.attributes
+        assert a["gen_ai.operation.name"] == "chat"
+        assert a["gen_ai.provider.name"] == "simulator"
+        assert a["gen_ai.request.model"] == "sim-1"
+        assert a["gen_ai.response.model"] == "sim-1"
+        assert a["gen_ai.request.temperature"] == pytest.approx(0.3)
+        assert a["gen_ai.response.finish_reasons"]
+        assert a["gen_ai.usage.output_tokens"] > 0
+        assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a
+    usage = run.get("usage", {})
+    assert sum(c.attributes["gen_ai.usage.input_tokens"] for c in chats) == int(
+        usage.get("inputTokens", 0)
+    )
+    assert sum(c.attributes["gen_ai.usage.output_tokens"] for c in chats) == int(
+        usage.get("outputTokens", 0)
+    )
+
+    # each tool call, under the turn.
+    calls = [e["toolCallStarted"]["call"] for e in events if "toolCallStarted" in e]
+    tools = only_prefix(trace, "execute_tool ")
+    assert sorted(t.attributes["gen_ai.tool.call.id"] for t in tools) == sorted(
+        c["id"] for c in calls
+    )
+    for tool in tools:
+        assert tool.parent_span_id == turn.span_id
+        assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
+
+    # log lines of the run carry its trace id.
+    logged = [
+        json.loads(line[line.index("{") :])
+        for line in traced_stack.lines
+        if '"run_ended"' in line and run_id in line
+    ]
+    assert logged and logged[0]["trace_id"] == root.trace_id
+    assert logged[0]["span_id"] == root.span_id
+
+
+def only_prefix(spans: list[ReceivedSpan], prefix: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.name.startswith(prefix)]
+
+
+def test_tracing_off_exports_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with OtlpReceiver() as quiet:
+        # The endpoint is set, the exporter is not: tracing stays off.
+        stack = start_stack(
+            str(tmp_path_factory.mktemp("untraced")),
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": quiet.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+        )
+        try:
+            run, _ = run_to_completion(stack.gateway, {"template": "assistant", "input": "Hi"})
+            assert run["status"] == "RUN_STATUS_COMPLETED", run
+            # Ten export periods of the setting above: nothing may arrive.
+            time.sleep(1.0)
+            assert quiet.requests == 0 and quiet.spans() == []
+            text = "\n".join(stack.lines)
+            assert "tracing_enabled" not in text and '"trace_id"' not in text
+        finally:
+            stop_stack(stack)
