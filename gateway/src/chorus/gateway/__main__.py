@@ -9,7 +9,9 @@ Other commands:
 
 The process logs `listening` with `address=http://host:port` once it accepts connections
 (`chorus.core.testing.ServiceProcess` waits for that line). A configuration that must not
-serve (e.g. `auth_mode=none` off loopback) exits with code 2 and one clear log line.
+serve (e.g. `auth_mode=none` off loopback) exits with code 2 and one clear log line. With
+`CHORUS_METRICS_PORT` set, `/metrics` moves from the public port to that port (logged as
+`metrics_listening`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import uvloop
 
 from chorus.core.garbage_collection import configure_gc
 from chorus.core.logging import configure_logging, get_logger
+from chorus.core.metrics import start_metrics_server
 from chorus.core.settings import ConfigurationError
 from chorus.gateway import sse
 from chorus.gateway.auth import hash_password, new_api_key
@@ -109,6 +112,9 @@ async def serve(settings: GatewaySettings) -> None:
     shown = f"[{host}]" if ":" in host else host
     server = GatewayServer(config)
     server.loop = asyncio.get_running_loop()
+    if settings.metrics_port is not None:
+        metrics_port = start_metrics_server(settings.metrics_port, settings.host)
+        log.info("metrics_listening", address=f"http://{settings.host}:{metrics_port}/metrics")
 
     async def announce() -> None:
         while not server.started:
