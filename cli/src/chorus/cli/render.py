@@ -2,7 +2,9 @@
 
 Finished messages, tool calls and status lines are printed above a live area that shows the
 agent currently speaking (its text as tokens arrive) and a progress bar (turn n of max).
-Model output is printed as plain text (rich markup is not interpreted).
+Model output is printed as plain text (rich markup is not interpreted). Every message is
+printed under the name of the agent that wrote it — a message outside the agents' turns (a
+MagenticOne orchestrator's) too, in its own block.
 
 What a turn shows is printed for good only at its boundaries — a tool call finished, a
 message completed, an agent finished (where the orchestrator checkpoints a run); until then
@@ -139,6 +141,11 @@ class RunRenderer:
         elif kind == "reasoning_delta":
             self.current_text.append(event.reasoning_delta.text, style="dim italic")
         elif kind == "message_completed":
+            if event.agent and event.agent != self.current_agent:
+                # A message outside the agents' turns (a MagenticOne orchestrator's facts,
+                # plan, instructions, answer): its own block, under its own name.
+                self._flush_text()
+                self.current_agent = event.agent
             if not self.current_text.plain.strip():
                 self.current_text = Text(event.message_completed.message.content)
             self._flush_text()
@@ -171,8 +178,13 @@ class RunRenderer:
             self.progress.update(self.task, completed=p.turn, total=p.max_turns or None)
         elif kind == "artifact":
             a = event.artifact
+            self._flush_text()
             self._emit(
-                Text(f"  ▣ artifact {a.name} ({a.mime_type}, {len(a.data)} bytes)", style="blue")
+                Text(
+                    f"  ▣ {event.agent} attached {a.name} ({a.mime_type}, {len(a.data)} bytes; "
+                    f"save it with `chorus runs artifacts {self.run_id}`)",
+                    style="blue",
+                )
             )
         elif kind == "agent_finished":
             self._flush_text()
