@@ -5,6 +5,11 @@ user name (`CHORUS_USER`, default `dev` — the identity of `make run`'s dev mod
 gateway with `CHORUS_AUTH_MODE=none`, so the browser sees the CLI's runs) and, against a
 stack that is not in dev mode, the internal token (`CHORUS_INTERNAL_TOKEN`).
 
+By default the addresses are those `make run` uses: `CHORUS_HOST` (127.0.0.1) with
+`CHORUS_PROVIDER_PORT`, `CHORUS_HISTORY_PORT` and `CHORUS_ORCHESTRATOR_PORT` (50051-50053),
+from the environment or `./.env` as the launcher reads them; `CHORUS_*_ADDRESS` (or the
+flags) override them.
+
 Addresses may name several replicas, as the gateway's do: a comma-separated list of
 `ip:port`, or `dns:///name:port` — calls go round robin (`chorus.core.channels`). A stream
 whose replica goes away is followed again on another (`reattachable`, `chorus.cli.main`).
@@ -13,6 +18,8 @@ whose replica goes away is followed again on another (`reattachable`, `chorus.cl
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +31,9 @@ from chorus.v1 import (
     provider_service_pb2_grpc,
     run_service_pb2_grpc,
 )
+
+DEFAULT_PORTS = {"provider": 50051, "history": 50052, "orchestrator": 50053}
+"""The ports `make run` uses unless `CHORUS_*_PORT` says otherwise."""
 
 _REATTACH_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
@@ -69,15 +79,44 @@ class Connection:
     token: str | None
 
     @classmethod
-    def from_env(cls) -> Connection:
-        """Defaults from `CHORUS_*_ADDRESS`, `CHORUS_USER` and `CHORUS_INTERNAL_TOKEN`."""
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, dotenv_path: str = ".env"
+    ) -> Connection:
+        """Defaults from `CHORUS_*_ADDRESS`, else `CHORUS_HOST` + `CHORUS_*_PORT` (as `make
+        run` binds them), `CHORUS_USER` and `CHORUS_INTERNAL_TOKEN` — the environment first,
+        then `dotenv_path`."""
+        source = dict(os.environ if env is None else env)
+        if os.path.exists(dotenv_path):
+            from dotenv import dotenv_values
+
+            for key, value in dotenv_values(dotenv_path).items():
+                if value and not source.get(key):
+                    source[key] = value
+        host = source.get("CHORUS_HOST") or "127.0.0.1"
+
+        def address(name: str) -> str:
+            upper = name.upper()
+            if source.get(f"CHORUS_{upper}_ADDRESS"):
+                return source[f"CHORUS_{upper}_ADDRESS"]
+            return f"{host}:{source.get(f'CHORUS_{upper}_PORT') or DEFAULT_PORTS[name]}"
+
         return cls(
-            orchestrator=os.environ.get("CHORUS_ORCHESTRATOR_ADDRESS", "127.0.0.1:50053"),
-            history=os.environ.get("CHORUS_HISTORY_ADDRESS", "127.0.0.1:50052"),
-            provider=os.environ.get("CHORUS_PROVIDER_ADDRESS", "127.0.0.1:50051"),
-            user=os.environ.get("CHORUS_USER") or identity.DEV_USER,
-            token=os.environ.get("CHORUS_INTERNAL_TOKEN") or None,
+            orchestrator=address("orchestrator"),
+            history=address("history"),
+            provider=address("provider"),
+            user=source.get("CHORUS_USER") or identity.DEV_USER,
+            token=source.get("CHORUS_INTERNAL_TOKEN") or None,
         )
+
+    def service_of(self, text: str) -> tuple[str, str] | None:
+        """(service name, configured address) whose port appears in `text` (an error's
+        details), if any."""
+        for name in ("orchestrator", "history", "provider"):
+            configured = getattr(self, name)
+            port = configured.rsplit(":", 1)[-1]
+            if port.isdigit() and re.search(rf":{port}(?!\d)", text):
+                return name, configured
+        return None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

@@ -14,15 +14,19 @@ at once, as before (nothing was followed yet: the stack is probably down).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import enum
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
 from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from rich.console import Console
 from rich.prompt import Prompt
 from rich.table import Table
@@ -70,6 +74,69 @@ REATTACH_MAX_WAIT_S = 2.0
 _options: dict[str, float] = {"reattach_s": REATTACH_S}
 
 
+class OnInterrupt(enum.StrEnum):
+    """What Ctrl-C does to a run being streamed."""
+
+    ask = "ask"
+    cancel = "cancel"
+    detach = "detach"
+
+
+class Output(enum.StrEnum):
+    """How a list is printed: `table` on a terminal, else `tsv` (values whole, one row a
+    line, tab-separated, a header first); `json` is the RPC's response as proto3 JSON."""
+
+    auto = "auto"
+    table = "table"
+    tsv = "tsv"
+    json = "json"
+
+
+RUN_EXPORT_FORMAT = "chorus.run-export.v1"
+"""`format` of an export, as the gateway's `GET /api/v1/runs/{id}/export` writes it."""
+_TERMINAL_STATUSES = (
+    run_pb2.RUN_STATUS_COMPLETED,
+    run_pb2.RUN_STATUS_FAILED,
+    run_pb2.RUN_STATUS_CANCELLED,
+)
+
+
+def _print_rpc_error(err: grpc.aio.AioRpcError) -> None:
+    """The error as one line (code, message), its field violations, and — when the stack
+    cannot be reached — that it is not running and how to start it."""
+    details = err.details() or ""
+    unreachable = err.code() == grpc.StatusCode.UNAVAILABLE and any(
+        hint in details
+        for hint in ("Connection refused", "failed to connect", "Failed to connect", "DNS")
+    )
+    if unreachable:
+        found = _conn.service_of(details)
+        name, address = found if found else ("the stack", details)
+        err_console.print(
+            f"[red]error:[/red] cannot reach {name} at {address} (connection refused): "
+            "the Chorus stack is not running there.",
+            highlight=False,
+        )
+        err_console.print(
+            "Start it with `make run` in the repository (it prints the addresses), or point "
+            "the CLI at a running one: --orchestrator / --history / --provider, "
+            "CHORUS_ORCHESTRATOR_PORT (and the other CHORUS_*_PORT) or CHORUS_*_ADDRESS.",
+            highlight=False,
+        )
+        return
+    err_console.print(f"[red]error:[/red] {err.code().name}: {details}", highlight=False)
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            for v in bad.field_violations:
+                err_console.print(f"  {v.field}: {v.description}", markup=False, highlight=False)
+
+
 @app.callback()
 def connect(
     orchestrator: Annotated[
@@ -110,7 +177,7 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(coro_fn())
     except grpc.aio.AioRpcError as err:
-        err_console.print(f"[red]error:[/red] {err.code().name}: {err.details()}")
+        _print_rpc_error(err)
         raise typer.Exit(EXIT_RPC_ERROR) from None
     except ValueError as err:  # a malformed address list
         err_console.print(f"[red]error:[/red] {err}")
@@ -208,7 +275,7 @@ def _parse_models(models: list[str]) -> dict[str, chat_pb2.ModelRef]:
 
 
 def _stream_run(
-    open_first: OpenStream, on_interrupt: str, *, run_id: str = "", after_seq: int = 0
+    open_first: OpenStream, on_interrupt: OnInterrupt, *, run_id: str = "", after_seq: int = 0
 ) -> int:
     """Render a run stream (reattaching to another replica when its own goes away); handle
     Ctrl-C by cancelling or detaching. Returns the exit code."""
@@ -227,7 +294,7 @@ def _stream_run(
         err_console.print(f"[red]error:[/red] {err}")
         return 2
     except grpc.aio.AioRpcError as err:
-        err_console.print(f"[red]error:[/red] {err.code().name}: {err.details()}")
+        _print_rpc_error(err)
         if renderer.run_id and not renderer.outcome:
             err_console.print(
                 f"follow it again with: chorus watch {renderer.run_id} --after {renderer.last_seq}"
@@ -236,7 +303,7 @@ def _stream_run(
     except KeyboardInterrupt:
         if not renderer.run_id:
             return EXIT_DETACHED
-        choice = on_interrupt
+        choice = on_interrupt.value
         if choice == "ask":
             choice = (
                 Prompt.ask(
@@ -283,7 +350,9 @@ def run(
         typer.Option(help="Override an agent's model: AGENT=PROVIDER/MODEL (repeatable)."),
     ] = [],  # noqa: B006
     request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
-    on_interrupt: Annotated[str, typer.Option(help="On Ctrl-C: ask, cancel or detach.")] = "ask",
+    on_interrupt: Annotated[
+        OnInterrupt, typer.Option(help="On Ctrl-C: ask (on a terminal), cancel or detach.")
+    ] = OnInterrupt.ask,
 ) -> None:
     """Start a run of TEMPLATE and stream it live until it ends."""
     spec = run_pb2.RunSpec(
@@ -307,7 +376,9 @@ def run(
 def watch(
     run_id: Annotated[str, typer.Argument(help="The run's id.")],
     after: Annotated[int, typer.Option("--after", help="Replay events after this seq.")] = 0,
-    on_interrupt: Annotated[str, typer.Option(help="On Ctrl-C: ask, cancel or detach.")] = "detach",
+    on_interrupt: Annotated[
+        OnInterrupt, typer.Option(help="On Ctrl-C: ask (on a terminal), cancel or detach.")
+    ] = OnInterrupt.detach,
 ) -> None:
     """Follow a run (live or finished) from the event after --after."""
     code = _stream_run(
@@ -330,8 +401,16 @@ def runs_list(
             help="Only runs with this status: queued, running, completed, failed, cancelled."
         ),
     ] = "",
-    limit: Annotated[int, typer.Option(help="Page size.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Page size.")] = 20,
+    output: Annotated[
+        Output,
+        typer.Option(
+            "--output",
+            "-O",
+            help="table (on a terminal), tsv (values whole; the default when piped) or json.",
+        ),
+    ] = Output.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --output json.")] = False,
 ) -> None:
     """List your runs, newest first."""
     status_value = 0
@@ -351,22 +430,52 @@ def runs_list(
             )
 
     reply = _run(call)
-    if as_json:
-        console.print_json(data=_json(reply))
-        return
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=36)
-    for column in ("status", "template", "turns", "created", "input"):
-        table.add_column(column)
-    for r in reply.runs:
-        table.add_row(
+    rows = [
+        (
             r.id,
             _status_name(r.status),
             r.spec.template or "inline",
             str(r.turns),
             r.create_time.ToDatetime().isoformat(timespec="seconds"),
-            r.spec.input[:50],
+            r.spec.input,
         )
+        for r in reply.runs
+    ]
+    _print_rows(
+        Output.json if as_json else output,
+        reply,
+        ("id", "status", "template", "turns", "created", "input"),
+        rows,
+    )
+
+
+def _print_rows(
+    output: Output,
+    reply: Any,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    wide: Sequence[str] = ("input", "title"),
+) -> None:
+    """A list as a table on a terminal (long values shortened to fit), as tab-separated
+    lines with every value whole when piped (`tsv`), or as the reply's proto3 JSON."""
+    if output == Output.json:
+        sys.stdout.write(json.dumps(_json(reply), indent=2) + "\n")
+        return
+    if output == Output.tsv or (output == Output.auto and not console.is_terminal):
+        lines = ["\t".join(columns)]
+        lines += ["\t".join(" ".join(v.split()) for v in row) for row in rows]
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
+    table = Table()
+    for column in columns:
+        if column == "id":
+            table.add_column(column, no_wrap=True, min_width=36)
+        elif column in wide:
+            table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=50)
+        else:
+            table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -400,22 +509,27 @@ def runs_export(
         Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
     ] = None,
 ) -> None:
-    """Export a run: its record, its messages and all its events, as JSON."""
+    """Export a run as JSON, as the gateway's `GET /api/v1/runs/{id}/export` does:
+    `{format, exportTime, complete, run, messages, events}` (`complete` is false while the
+    run is active: the events so far)."""
 
     async def call() -> dict[str, Any]:
-        async with open_channel(_conn.history) as channel:
-            history = _conn.history_stub(channel)
-            run_rec = (
-                await history.GetRunRecord(
-                    history_service_pb2.GetRunRecordRequest(run_id=run_id), metadata=_conn.metadata
+        async with (
+            open_channel(_conn.orchestrator) as orchestrator,
+            open_channel(_conn.history) as channel,
+        ):
+            run = (
+                await _conn.runs(orchestrator).GetRun(
+                    run_service_pb2.GetRunRequest(run_id=run_id), metadata=_conn.metadata
                 )
             ).run
+            history = _conn.history_stub(channel)
             events: list[dict[str, Any]] = []
             token = ""
             while True:
                 page = await history.ListRunEvents(
                     history_service_pb2.ListRunEventsRequest(
-                        run_id=run_id, page_size=1000, page_token=token
+                        run_id=run_id, page_size=5000, page_token=token
                     ),
                     metadata=_conn.metadata,
                 )
@@ -423,15 +537,33 @@ def runs_export(
                 token = page.next_page_token
                 if not token:
                     break
-            messages = await history.ListMessages(
-                history_service_pb2.ListMessagesRequest(
-                    conversation_id=run_rec.conversation_id, run_id=run_id, page_size=1000
-                ),
-                metadata=_conn.metadata,
-            )
+            messages: list[dict[str, Any]] = []
+            token = ""
+            while run.conversation_id:
+                try:
+                    mpage = await history.ListMessages(
+                        history_service_pb2.ListMessagesRequest(
+                            conversation_id=run.conversation_id,
+                            run_id=run_id,
+                            page_size=1000,
+                            page_token=token,
+                        ),
+                        metadata=_conn.metadata,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    break  # the conversation was deleted; the run and its events remain
+                messages.extend(_json(m) for m in mpage.messages)
+                token = mpage.next_page_token
+                if not token:
+                    break
             return {
-                "run": _json(run_rec),
-                "messages": [_json(m) for m in messages.messages],
+                "format": RUN_EXPORT_FORMAT,
+                "exportTime": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+                "complete": run.status in _TERMINAL_STATUSES,
+                "run": _json(run),
+                "messages": messages,
                 "events": events,
             }
 
@@ -443,85 +575,18 @@ def runs_export(
         sys.stdout.write(data + "\n")
 
 
-@runs_app.command("delete")
-def runs_delete(run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
-    """Delete a run with its events (an active run is cancelled first). Every later read of
-    it is NOT_FOUND; its messages stay in its conversation."""
-
-    async def call() -> None:
-        async with open_channel(_conn.orchestrator) as channel:
-            await _conn.runs(channel).DeleteRun(
-                run_service_pb2.DeleteRunRequest(run_id=run_id), metadata=_conn.metadata
-            )
-
-    _run(call)
-    console.print(f"deleted run {run_id}")
-
-
-def _artifact_file(directory: Path, name: str, taken: set[str]) -> Path:
-    """Where to save the artifact `name` in `directory`: its base name (a name with a path
-    never leaves the directory), `-2`, `-3`, … added when an earlier artifact took it."""
-    base = Path(name.replace("\\", "/")).name.lstrip(".") or "artifact"
-    stem, suffix = Path(base).stem, Path(base).suffix
-    candidate, n = base, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{stem}-{n}{suffix}"
-    taken.add(candidate)
-    return directory / candidate
-
-
-@runs_app.command("artifacts")
-def runs_artifacts(
-    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+@conversations_app.command("list")
+def conversations_list(
+    limit: Annotated[int, typer.Option(min=1, help="Page size.")] = 20,
     output: Annotated[
-        Path,
+        Output,
         typer.Option(
             "--output",
-            "-o",
-            help="Directory to save them in (created when missing).",
-            file_okay=False,
+            "-O",
+            help="table (on a terminal), tsv (values whole; the default when piped) or json.",
         ),
-    ] = Path("."),
+    ] = Output.auto,
 ) -> None:
-    """Save a run's artifacts (charts, files its tools attached) as files in a directory,
-    one per `artifact` event, named as the run named them; prints each file written."""
-
-    async def call() -> list[run_pb2.RunEvent]:
-        found: list[run_pb2.RunEvent] = []
-        async with open_channel(_conn.history) as channel:
-            history = _conn.history_stub(channel)
-            token = ""
-            while True:
-                page = await history.ListRunEvents(
-                    history_service_pb2.ListRunEventsRequest(
-                        run_id=run_id, kinds=["artifact"], page_size=1000, page_token=token
-                    ),
-                    metadata=_conn.metadata,
-                )
-                found.extend(page.events)
-                token = page.next_page_token
-                if not token:
-                    return found
-
-    events = _run(call)
-    if not events:
-        console.print(f"run {run_id} has no artifacts")
-        return
-    output.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
-    for event in events:
-        art = event.artifact
-        path = _artifact_file(output, art.name, taken)
-        path.write_bytes(art.data)
-        console.print(
-            f"{path}  {art.mime_type}  {len(art.data)} bytes  ({event.agent}, seq {event.seq})",
-            highlight=False,
-        )
-
-
-@conversations_app.command("list")
-def conversations_list(limit: Annotated[int, typer.Option(help="Page size.")] = 20) -> None:
     """List your conversations, most recently updated first."""
 
     async def call() -> history_service_pb2.ListConversationsResponse:
@@ -531,16 +596,18 @@ def conversations_list(limit: Annotated[int, typer.Option(help="Page size.")] = 
                 metadata=_conn.metadata,
             )
 
-    table = Table("id", "title", "team", "messages", "updated")
-    for c in _run(call).conversations:
-        table.add_row(
+    reply = _run(call)
+    rows = [
+        (
             c.id,
             c.title,
             c.team,
             str(c.message_count),
             c.update_time.ToDatetime().isoformat(timespec="seconds"),
         )
-    console.print(table)
+        for c in reply.conversations
+    ]
+    _print_rows(output, reply, ("id", "title", "team", "messages", "updated"), rows)
 
 
 @conversations_app.command("show")
