@@ -44,6 +44,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -632,6 +633,8 @@ def parse(argv: list[str] | None = None) -> Options:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run, print the tables and write the results; the results as a dict."""
+    # SIGTERM ends the run like Ctrl-C: the servers it started are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = run(parse(argv))
     stem = write(out)
     print(markdown(out))

@@ -221,8 +221,15 @@ def litellm(upstream_base: str, workers: int = 1) -> Iterator[str | None]:
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            # no internet here: use the bundled model cost map instead of fetching it
-            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+            env={
+                **os.environ,
+                # no internet here: use the bundled model cost map instead of fetching it
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                # with workers, uvicorn's supervisor restarts a worker that has not answered
+                # its health check within 5 s: importing LiteLLM takes longer on a busy
+                # machine, and the workers were killed and restarted for ever
+                "TIMEOUT_WORKER_HEALTHCHECK": "120",
+            },
         )
     try:
         try:

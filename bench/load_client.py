@@ -13,7 +13,9 @@ Every mode asks for TOKENS output tokens per stream and counts tokens as they ar
 is one run of non-space characters with its leading whitespace (the fake upstream's ` tokN`,
 the simulator's words), so deltas coalesced into one event count right. Prints one JSON line:
 tokens, tokens_per_s, ttft_p50_ms / ttft_p99_ms (time to first token per stream), errors,
-and with --lag the p50/p99 lag of every token behind its schedule (first token + i / TPS).
+events (deltas that carried tokens) and tokens_per_event (> 1: the path merged tokens into
+larger deltas, i.e. coalesced), and with --lag the p50/p99 lag of every token behind its
+schedule (first token + i / TPS).
 With --ramp-s the streams start evenly over S seconds instead of all at once.
 """
 
@@ -129,6 +131,7 @@ async def main() -> None:
     ttfts: list[float] = []
     lags: list[float] = []
     total = 0
+    events = 0
     errors: list[str] = []
     channel = (
         grpc.aio.insecure_channel(args.target)
@@ -179,7 +182,7 @@ async def main() -> None:
         return run_tokens()
 
     async def one(index: int) -> None:
-        nonlocal total
+        nonlocal total, events
         if args.ramp_s:
             await asyncio.sleep(index * args.ramp_s / args.concurrency)
         start = time.perf_counter()
@@ -194,6 +197,7 @@ async def main() -> None:
                 elif args.lag and args.tokens_per_second:
                     lags.append(now - (first + count / args.tokens_per_second))
                 count += n
+                events += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
         total += count
@@ -211,6 +215,8 @@ async def main() -> None:
         "tokens_requested": args.tokens * args.concurrency * args.repeats,
         "tokens": total,
         "tokens_per_s": round(total / elapsed, 1),
+        "events": events,
+        "tokens_per_event": round(total / events, 2) if events else None,
         "ttft_p50_ms": round(1000 * statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p99_ms": round(1000 * percentile(ttfts, 0.99), 3) if ttfts else None,
         "errors": len(errors),

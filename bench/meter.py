@@ -48,8 +48,8 @@ def postgres_backends(database: str) -> Group:
     def pids() -> list[int]:
         found = []
         for proc in psutil.process_iter(["cmdline"]):
-            cmdline = proc.info["cmdline"] or []
-            if len(cmdline) == 1 and cmdline[0].startswith("postgres:") and needle in cmdline[0]:
+            title = " ".join(proc.info["cmdline"] or [])  # the title, padded with empty args
+            if title.startswith("postgres:") and needle in title:
                 found.append(proc.pid)
         return found
 

@@ -1,8 +1,8 @@
 """`make bench`: the whole chain against the upstream and LiteLLM, side by side in one run.
 
     python -m bench.run [--rounds 3] [--quick] [--skip-litellm] [--skip-slow]
-        [--only ttft|throughput|slow ...] [--slow-runs 1000] [--slow-seconds 60]
-        [--slow-ramp-s 0]
+        [--skip-capacity] [--only ttft|throughput|slow|capacity ...] [--slow-runs 1000]
+        [--slow-seconds 60] [--slow-ramp-s 0]
     python -m bench.run --baseline REV [bench.compare's options]   (old against new)
 
 Starts `../shared/anchors/fake_openai.py` (full speed, and a 5 tokens/s copy), the four
@@ -15,7 +15,11 @@ LiteLLM's proxy; the load client runs in its own process. Scenarios:
   LiteLLM, with each service's resident memory;
 * slow — 1,000 concurrent SSE runs at 5 tokens/s for a minute (all started at once, or
   evenly over `--slow-ramp-s` seconds): p99 lag, memory per run, CPU seconds of every
-  service and of the load client; each round on a fresh stack after a warm-up.
+  service and of the load client; each round on a fresh stack after a warm-up;
+* capacity — `bench.bench_capacity` with its defaults (`--quick`: its quick sizes) and
+  `--rounds`: the paced upstream (20 tokens/s per stream, one token per event), the largest
+  N streams each path sustains at lag p99 < 100 ms, CPU per token per process, run start;
+  its own files `bench/results/capacity-<date>.*`, its tables appended to this run's.
 
 Each figure is the median of `--rounds` rounds. Writes `bench/results/bench-<date>.json`,
 `bench/results/bench-<date>.md` and `bench/results/bench-<date>.png`.
@@ -24,6 +28,7 @@ Each figure is the median of `--rounds` rounds. Writes `bench/results/bench-<dat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -45,7 +50,7 @@ from bench.harness import (
 
 TTFT_LEVELS = (1, 10, 100)
 THROUGHPUT_LEVELS = (20, 100)
-SCENARIOS = ("ttft", "throughput", "slow")
+SCENARIOS = ("ttft", "throughput", "slow", "capacity")
 
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float | None:
@@ -69,6 +74,7 @@ def summary(mode: str, conc: int, tokens: int, runs: list[dict[str, Any]]) -> di
         "tokens": tokens,
         "rounds": runs,
         "tokens_per_s": median_of(runs, "tokens_per_s"),
+        "tokens_per_event": median_of(runs, "tokens_per_event"),
         "ttft_p50_ms": median_of(runs, "ttft_p50_ms"),
         "ttft_p99_ms": median_of(runs, "ttft_p99_ms"),
         "lag_p50_ms": median_of(runs, "lag_p50_ms"),
@@ -159,6 +165,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (smoke run)")
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--skip-slow", action="store_true")
+    parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument(
         "--only",
         action="append",
@@ -183,80 +190,102 @@ def main() -> None:
     scenarios = set(args.only or SCENARIOS)
     if args.skip_slow:
         scenarios.discard("slow")
+    if args.skip_capacity:
+        scenarios.discard("capacity")
+    if args.skip_litellm and "capacity" in scenarios:
+        from bench.bench_capacity import PATHS
+
+        capacity_paths: tuple[str, ...] = tuple(p for p in PATHS if not p.startswith("litellm"))
+    else:
+        capacity_paths = ()
     rounds = 1 if args.quick else args.rounds
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%MZ")
     out: dict[str, Any] = {"date": stamp, "machine": f"{os.cpu_count()} cores", "rounds": rounds}
-    with ExitStack() as stack:
-        fast = stack.enter_context(upstream())
-        db = stack.enter_context(postgres_database())
-        env = {
-            "CHORUS_DATABASE_URL": db,
-            "CHORUS_REDIS_URL": REDIS_URL,
-            "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("run")),
-            "CHORUS_OPENAI_COMPATIBLE_BASE_URL": fast,
-            "CHORUS_OPENAI_COMPATIBLE_MODELS": '["sim"]',
-        }
-        chorus = stack.enter_context(Stack(env))
-        lite = None if args.skip_litellm else stack.enter_context(litellm(fast))
-        chat = f"{fast}/chat/completions"
-        targets = {
-            "upstream": ("openai", chat),
-            "provider": ("provider", chorus.addresses["provider"]),
-            "orchestrator": ("orchestrator", chorus.addresses["orchestrator"]),
-            "sse": ("sse", chorus.addresses["gateway"]),
-        }
-        if lite:
-            targets["litellm"] = ("openai", lite)
+    if scenarios - {"capacity"}:  # the fast-upstream scenarios share one stack
+        with ExitStack() as stack:
+            fast = stack.enter_context(upstream())
+            db = stack.enter_context(postgres_database())
+            env = {
+                "CHORUS_DATABASE_URL": db,
+                "CHORUS_REDIS_URL": REDIS_URL,
+                "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("run")),
+                "CHORUS_OPENAI_COMPATIBLE_BASE_URL": fast,
+                "CHORUS_OPENAI_COMPATIBLE_MODELS": '["sim"]',
+            }
+            chorus = stack.enter_context(Stack(env))
+            lite = None if args.skip_litellm else stack.enter_context(litellm(fast))
+            chat = f"{fast}/chat/completions"
+            targets = {
+                "upstream": ("openai", chat),
+                "provider": ("provider", chorus.addresses["provider"]),
+                "orchestrator": ("orchestrator", chorus.addresses["orchestrator"]),
+                "sse": ("sse", chorus.addresses["gateway"]),
+            }
+            if lite:
+                targets["litellm"] = ("openai", lite)
 
-        def extra(name: str) -> tuple[str, ...]:
-            return ("--key", LITELLM_KEY) if name == "litellm" else ()
+            def extra(name: str) -> tuple[str, ...]:
+                return ("--key", LITELLM_KEY) if name == "litellm" else ()
 
-        out["ttft"] = []
-        for conc in () if "ttft" not in scenarios else (1, 10) if args.quick else TTFT_LEVELS:
-            for name, (mode, target) in targets.items():
-                repeats = 5 if conc == 1 else 1
-                before = chorus.cpu_s()
-                row = measure(
-                    rounds, mode, target, conc, 20, "--repeats", str(repeats), *extra(name)
-                )
-                streams = rounds * repeats * conc
-                if name in CHAIN_PATHS and streams >= 100:  # CPU times come in 10 ms ticks
-                    row["cpu_ms_per_stream"] = cpu_ms_per_stream(before, chorus.cpu_s(), streams)
-                out["ttft"].append({"path": name, **row})
+            out["ttft"] = []
+            for conc in () if "ttft" not in scenarios else (1, 10) if args.quick else TTFT_LEVELS:
+                for name, (mode, target) in targets.items():
+                    repeats = 5 if conc == 1 else 1
+                    before = chorus.cpu_s()
+                    row = measure(
+                        rounds, mode, target, conc, 20, "--repeats", str(repeats), *extra(name)
+                    )
+                    streams = rounds * repeats * conc
+                    if name in CHAIN_PATHS and streams >= 100:  # CPU times come in 10 ms ticks
+                        row["cpu_ms_per_stream"] = cpu_ms_per_stream(
+                            before, chorus.cpu_s(), streams
+                        )
+                    out["ttft"].append({"path": name, **row})
+                    print(
+                        f"ttft {name:<12} conc {conc:>3}: p50 {row['ttft_p50_ms']} ms  p99 "
+                        f"{row['ttft_p99_ms']} ms  CPU ms per stream {row.get('cpu_ms_per_stream', '-')}",
+                        flush=True,
+                    )
+
+            out["throughput"] = []
+            levels = (20,) if args.quick else THROUGHPUT_LEVELS
+            for conc in levels if "throughput" in scenarios else ():
+                for name, (mode, target) in targets.items():
+                    row = measure(
+                        rounds, mode, target, conc, 100 if args.quick else 500, *extra(name)
+                    )
+                    out["throughput"].append({"path": name, **row, "rss_mb": chorus.rss_mb()})
+                    print(
+                        f"throughput {name:<12} conc {conc:>3}: {row['tokens_per_s']} tokens/s",
+                        flush=True,
+                    )
+
+            if "slow" in scenarios:
+                slow_runs = 50 if args.quick else args.slow_runs
+                seconds = 10 if args.quick else args.slow_seconds
+                per_round = [
+                    slow_round(env, slow_runs, seconds, args.slow_ramp_s) for _ in range(rounds)
+                ]
+                out["slow"] = summarize_slow(per_round, slow_runs)
                 print(
-                    f"ttft {name:<12} conc {conc:>3}: p50 {row['ttft_p50_ms']} ms  p99 "
-                    f"{row['ttft_p99_ms']} ms  CPU ms per stream {row.get('cpu_ms_per_stream', '-')}",
+                    f"slow {slow_runs} runs @ {SLOW_TPS} tok/s, median of {rounds}: "
+                    f"lag p50 {out['slow']['lag_p50_ms']} ms, p99 {out['slow']['lag_p99_ms']} ms "
+                    f"(rounds {[r['lag_p99_ms'] for r in per_round]}), "
+                    f"delivered {out['slow']['delivered']}/{out['slow']['requested']}, "
+                    f"memory +{out['slow']['rss_per_1000_runs_mb']} MB per 1,000 live runs "
+                    f"(rounds {[r['rss_per_1000_runs_mb'] for r in per_round]})",
                     flush=True,
                 )
 
-        out["throughput"] = []
-        levels = (20,) if args.quick else THROUGHPUT_LEVELS
-        for conc in levels if "throughput" in scenarios else ():
-            for name, (mode, target) in targets.items():
-                row = measure(rounds, mode, target, conc, 100 if args.quick else 500, *extra(name))
-                out["throughput"].append({"path": name, **row, "rss_mb": chorus.rss_mb()})
-                print(
-                    f"throughput {name:<12} conc {conc:>3}: {row['tokens_per_s']} tokens/s",
-                    flush=True,
-                )
+    if "capacity" in scenarios:  # its own upstream and stacks, after the others are down
+        from bench import bench_capacity
 
-        if "slow" in scenarios:
-            slow_runs = 50 if args.quick else args.slow_runs
-            seconds = 10 if args.quick else args.slow_seconds
-            per_round = [
-                slow_round(env, slow_runs, seconds, args.slow_ramp_s) for _ in range(rounds)
-            ]
-            out["slow"] = summarize_slow(per_round, slow_runs)
-            print(
-                f"slow {slow_runs} runs @ {SLOW_TPS} tok/s, median of {rounds}: "
-                f"lag p50 {out['slow']['lag_p50_ms']} ms, p99 {out['slow']['lag_p99_ms']} ms "
-                f"(rounds {[r['lag_p99_ms'] for r in per_round]}), "
-                f"delivered {out['slow']['delivered']}/{out['slow']['requested']}, "
-                f"memory +{out['slow']['rss_per_1000_runs_mb']} MB per 1,000 live runs "
-                f"(rounds {[r['rss_per_1000_runs_mb'] for r in per_round]})",
-                flush=True,
-            )
+        opts = bench_capacity.Options.quick() if args.quick else bench_capacity.Options()
+        opts = dataclasses.replace(opts, rounds=rounds, paths=capacity_paths or opts.paths)
+        out["capacity"] = bench_capacity.run(opts)
+        stem = bench_capacity.write(out["capacity"])
+        print(f"capacity results: {stem}.json / .md / .png", flush=True)
 
     path = RESULTS / f"bench-{stamp}"
     path.with_suffix(".json").write_text(json.dumps(out, indent=2))
@@ -289,12 +318,19 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         "## Throughput (tokens/s delivered)",
         "",
-        "| path | concurrency × tokens | tokens/s | errors |",
-        "|---|---|---|---|",
+        "The fast upstream streams as fast as it can: a path may merge tokens into larger "
+        "deltas (tokens per event > 1: coalesced), so these tokens/s are not a capacity at "
+        "LLM pace (see the capacity section).",
+        "",
+        "| path | concurrency × tokens | tokens/s | tokens per event | coalesced | errors |",
+        "|---|---|---|---|---|---|",
     ]
     for r in out.get("throughput", []):
+        per_event = r.get("tokens_per_event")
+        coalesced = "–" if per_event is None else "yes" if per_event > 1.05 else "no"
         lines.append(
-            f"| {r['path']} | {r['concurrency']} × {r['tokens']} | {r['tokens_per_s']} | {r['errors']} |"
+            f"| {r['path']} | {r['concurrency']} × {r['tokens']} | {r['tokens_per_s']} "
+            f"| {per_event} | {coalesced} | {r['errors']} |"
         )
     if "slow" in out:
         s = out["slow"]
@@ -320,7 +356,12 @@ def markdown(out: dict[str, Any]) -> str:
                 f"| {i} | {r['lag_p50_ms']} | {r['lag_p99_ms']} | {r['ttft_p50_ms']} | "
                 f"{r['rss_per_1000_runs_mb']} | {cpu} |"
             )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if "capacity" in out:
+        from bench.bench_capacity import markdown as capacity_markdown
+
+        text += "\n" + capacity_markdown(out["capacity"]).replace("# Capacity", "## Capacity", 1)
+    return text
 
 
 def plot(out: dict[str, Any], filename: str) -> None:
