@@ -12,6 +12,12 @@
 // removed — items remember the seq that created them, turns a snapshot at each boundary
 // (tool call finished, message completed), where checkpoints are taken — and a notice says
 // the turn starts again.
+//
+// Cards: every message gets its own card under its own agent, in seq order, for every team
+// kind. A turn (agent_started … agent_finished) is one card; a message outside a turn — a
+// MagenticOne orchestrator's facts, plan, instructions and final answer — is a card of its
+// own, closed when it completes. Artifacts (charts) show inside the card of the turn whose
+// tool made them, images inline.
 "use strict";
 
 const API = "/api/v1";
@@ -135,21 +141,34 @@ function scheduleSave() {
   if (saveTimer === null) saveTimer = setTimeout(() => { saveTimer = null; save(); }, SAVE_EVERY_MS);
 }
 
-function currentTurn(agent, seq) {
+function openTurn(agent) {
   for (let i = model.turns.length - 1; i >= 0; i--) {
     const t = model.turns[i];
-    if (t.kind === "turn" && t.agent === agent && !t.done) { t.last = seq; return t; }
+    if (t.kind === "turn" && t.agent === agent && !t.done) return t;
   }
-  const t = { kind: "turn", agent, turn: 0, text: "", reasoning: "", tools: [], done: false,
-              seq, last: seq, marks: [] };
+  return null;
+}
+
+// The agent's open card, or a new one: `started` when an agent_started opened it (then
+// agent_finished closes it), else a message outside a turn (its message_completed does).
+function newTurn(agent, seq, { turn = 0, started = false, done = false } = {}) {
+  const t = { kind: "turn", agent, turn, started, text: "", reasoning: "", tools: [],
+              artifacts: [], done, seq, last: seq, marks: [] };
   model.turns.push(t);
   return t;
+}
+
+function currentTurn(agent, seq) {
+  const t = openTurn(agent);
+  if (t) { t.last = seq; return t; }
+  return newTurn(agent, seq);
 }
 
 // A turn's state after a boundary event (where the orchestrator may checkpoint the run).
 function mark(t, seq, done = t.done) {
   (t.marks = t.marks || []).push({ seq, text: t.text, reasoning: t.reasoning,
-                                   tools: JSON.parse(JSON.stringify(t.tools)), done });
+                                   tools: JSON.parse(JSON.stringify(t.tools)),
+                                   artifacts: (t.artifacts || []).slice(), done });
 }
 
 // Forgets what events after `fromSeq` built: items they created go, turns they changed go
@@ -160,9 +179,10 @@ function dropAfter(fromSeq) {
     if (t.kind !== "turn" || (t.last || 0) <= fromSeq) continue;
     const marks = (t.marks || []).filter((m) => m.seq <= fromSeq);
     const back = marks.length ? marks[marks.length - 1]
-                              : { text: "", reasoning: "", tools: [], done: false };
+                              : { text: "", reasoning: "", tools: [], artifacts: [], done: false };
     t.text = back.text; t.reasoning = back.reasoning; t.done = back.done;
     t.tools = JSON.parse(JSON.stringify(back.tools));
+    t.artifacts = (back.artifacts || []).slice();
     t.marks = marks;
     t.last = marks.length ? marks[marks.length - 1].seq : t.seq;
   }
@@ -187,12 +207,8 @@ function apply(type, ev) {
       }));
       return null;
     }
-    case "agent_started": {
-      const t = { kind: "turn", agent, turn: ev.agentStarted.turn || 0, text: "", reasoning: "",
-                  tools: [], done: false, seq, last: seq, marks: [] };
-      model.turns.push(t);
-      return t;
-    }
+    case "agent_started":
+      return newTurn(agent, seq, { turn: ev.agentStarted.turn || 0, started: true });
     case "text_delta": {
       const t = currentTurn(agent, seq);
       t.text += ev.textDelta.text || "";
@@ -224,6 +240,7 @@ function apply(type, ev) {
       const t = currentTurn(agent, seq);
       const content = (ev.messageCompleted.message || {}).content || "";
       if (content) t.text = content;   // the whole message is authoritative
+      if (!t.started) t.done = true;   // a message outside a turn: its own card, closed
       mark(t, seq, true);
       return t;
     }
@@ -248,11 +265,13 @@ function apply(type, ev) {
       model.turn = ev.progress.turn || 0;
       model.maxTurns = ev.progress.maxTurns || model.maxTurns;
       return null;
-    case "artifact": {
+    case "artifact": {   // in the card of the turn whose tool made it
       const art = ev.artifact;
-      const item = { kind: "artifact", seq, agent, name: art.name || "", mime: art.mimeType || "", data: art.data || "" };
-      model.turns.push(item);
-      return item;
+      const t = openTurn(agent) || newTurn(agent, seq, { done: true });
+      t.last = seq;
+      (t.artifacts = t.artifacts || []).push(
+        { seq, name: art.name || "", mime: art.mimeType || "", data: art.data || "" });
+      return t;
     }
     case "run_resumed": {
       const resumed = ev.runResumed || {};
@@ -299,14 +318,9 @@ function renderItem(item) {
     node.classList.toggle("resumed", !!item.resumed);
     return;
   }
-  if (item.kind === "artifact") {
-    node.replaceChildren(el("div", "turn-head", `${item.agent}: ${item.name} (${item.mime})`));
-    const href = `data:${item.mime};base64,${item.data}`;
-    if (/^image\/(png|jpeg|gif|webp)$/.test(item.mime)) {
-      const img = el("img"); img.src = href; img.alt = item.name; node.appendChild(img);
-    } else {
-      const a = el("a", null, "download"); a.href = href; a.download = item.name; node.appendChild(a);
-    }
+  if (item.kind === "artifact") {   // a transcript saved by an earlier version of the page
+    node.replaceChildren(el("div", "turn-head", `${item.agent}: ${item.name} (${item.mime})`),
+                         artifactNode(item));
     return;
   }
   node.dataset.agent = item.agent;
@@ -318,7 +332,8 @@ function renderItem(item) {
     const reasoning = el("details", "turn-reasoning");
     reasoning.hidden = true;
     reasoning.append(el("summary", null, "reasoning"), el("pre"));
-    node.append(head, reasoning, el("div", "turn-tools"), el("div", "turn-text"));
+    node.append(head, reasoning, el("div", "turn-tools"), el("div", "turn-artifacts"),
+                el("div", "turn-text"));
   }
   const reasoning = node.querySelector(".turn-reasoning");
   reasoning.hidden = !item.reasoning;
@@ -337,7 +352,27 @@ function renderItem(item) {
     d.querySelector(".tool-args").textContent = tool.args;
     d.querySelector(".tool-result").textContent = tool.result === null || tool.result === undefined ? "" : tool.result;
   });
+  const artifacts = node.querySelector(".turn-artifacts");
+  const shown = item.artifacts || [];
+  if (artifacts.children.length !== shown.length) {
+    artifacts.replaceChildren(...shown.map(artifactNode));
+  }
   node.querySelector(".turn-text").textContent = item.text;
+}
+
+// An artifact: an image shown inline (SVG too: an <img> runs no script), else a download.
+function artifactNode(art) {
+  const figure = el("figure", "artifact");
+  figure.dataset.name = art.name;
+  const href = `data:${art.mime};base64,${art.data}`;
+  if (/^image\/(png|jpeg|gif|webp|svg\+xml)$/.test(art.mime)) {
+    const img = el("img"); img.src = href; img.alt = art.name; figure.appendChild(img);
+  } else {
+    const a = el("a", null, `download ${art.name}`); a.href = href; a.download = art.name;
+    figure.appendChild(a);
+  }
+  figure.appendChild(el("figcaption", null, `${art.name} (${art.mime})`));
+  return figure;
 }
 
 function renderHead() {
