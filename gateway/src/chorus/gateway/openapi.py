@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
+from chorus.v1 import run_pb2
 
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
@@ -43,6 +46,7 @@ _SCALARS: dict[int, dict[str, Any]] = {
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "title": "Error",
     "description": "AIP-193 error: canonical gRPC code mapped to HTTP.",
     "properties": {
         "error": {
@@ -53,13 +57,33 @@ ERROR_SCHEMA: dict[str, Any] = {
                 "status": {"type": "string", "example": "NOT_FOUND"},
                 "details": {
                     "type": "array",
-                    "items": {"type": "object", "additionalProperties": True},
-                    "description": "google.rpc ErrorInfo, BadRequest, RetryInfo as proto3 JSON.",
+                    "items": {
+                        "type": "object",
+                        "properties": {"@type": {"type": "string"}},
+                        "required": ["@type"],
+                        "additionalProperties": True,
+                    },
+                    "description": "google.rpc ErrorInfo, BadRequest, RetryInfo as proto3 JSON; "
+                    "a BadRequest's fieldViolations name each invalid field.",
                 },
             },
+            "required": ["code", "message", "status", "details"],
         }
     },
+    "required": ["error"],
 }
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_ERRORS: dict[str, dict[str, Any]] = {
+    "400": {
+        "description": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE (AIP-193): a "
+        "BadRequest detail names each invalid field, query parameter or header.",
+        "content": _ERROR_CONTENT,
+    },
+    "4XX": {"description": "AIP-193 error", "content": _ERROR_CONTENT},
+    "5XX": {"description": "AIP-193 error", "content": _ERROR_CONTENT},
+}
+"""Error responses of every `/api/v1` operation (FastAPI's 422 `HTTPValidationError` is
+never answered: validation errors are 400 INVALID_ARGUMENT, `chorus.gateway.errors`)."""
 
 # Descriptors are typed loosely: the upb runtime's classes differ from the pure-Python stubs.
 _registry: dict[str, Any] = {}
@@ -109,13 +133,22 @@ def message_schemas(roots: list[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def body_of(message: type[Message], description: str, *, required: bool = True) -> dict[str, Any]:
-    """`openapi_extra` declaring a proto3 JSON request body of type `message`."""
+def body_of(
+    message: type[Message] | None,
+    description: str,
+    *,
+    example: dict[str, Any],
+    required: bool = True,
+    schema: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`openapi_extra` declaring a proto3 JSON request body of type `message` (or of an
+    explicit JSON `schema`), with an `example` (shown by `/docs`, used by generators)."""
+    body_schema = schema if schema is not None else ref(message.DESCRIPTOR) if message else {}
     return {
         "requestBody": {
             "required": required,
             "description": description,
-            "content": {"application/json": {"schema": ref(message.DESCRIPTOR)}},
+            "content": {"application/json": {"schema": body_schema, "example": example}},
         }
     }
 
@@ -127,31 +160,75 @@ def responses_of(
     ok: dict[str, Any] = {"description": description}
     if message is not None:
         ok["content"] = {"application/json": {"schema": ref(message.DESCRIPTOR)}}
+    return {status: ok, **_ERRORS}
+
+
+def _run_event_names() -> list[str]:
+    return [f.name for f in run_pb2.RunEvent.DESCRIPTOR.oneofs_by_name["payload"].fields]
+
+
+def sse_content() -> dict[str, Any]:
+    """The `text/event-stream` media type of a run's events: the stream as a string
+    (OpenAPI 3.1), and each event's fields under `x-itemSchema` (OpenAPI 3.2's
+    `itemSchema`: `event` the payload name, `id` the seq, `data` a chorus.v1.RunEvent)."""
     return {
-        status: ok,
-        "4XX": {
-            "description": "AIP-193 error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "schema": {
+            "type": "string",
+            "description": "SSE frames (`event:`, `id:`, `data:` lines), one per "
+            "chorus.v1.RunEvent; `: keepalive` comments while idle; an `event: error` frame "
+            "(AIP-193 body) if the stream fails after it started.",
         },
-        "5XX": {
-            "description": "AIP-193 error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "x-itemSchema": {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string", "enum": [*_run_event_names(), "error"]},
+                "id": {"type": "string", "description": "The event's seq (Last-Event-ID)."},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": ref(run_pb2.RunEvent.DESCRIPTOR),
+                },
+                "retry": {"type": "integer"},
+            },
+            "required": ["data"],
         },
+        "example": 'event: text_delta\nid: 17\ndata: {"runId":"1f0c…","seq":"17",'
+        '"time":"2026-01-01T12:00:00Z","agent":"optimist","textDelta":{"text":"Hi"}}\n\n',
     }
 
 
-SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events: `event:` payload type, `id:` seq, `data:` proto3 "
-        "JSON of chorus.v1.RunEvent. Ends after the terminal event.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-    204: {"description": "Nothing after the requested seq and the run has ended."},
-}
+def sse_response() -> dict[int | str, dict[str, Any]]:
+    """`responses` of an operation answering a run's events as Server-Sent Events."""
+    return {
+        200: {
+            "description": "Server-Sent Events: `event:` payload type (`run_started`, "
+            "`text_delta`, …), `id:` seq, `data:` proto3 JSON of chorus.v1.RunEvent. Ends "
+            "after the terminal event (`run_completed`, `run_failed`, `run_cancelled`).",
+            "content": {"text/event-stream": sse_content()},
+        },
+        204: {"description": "Nothing after the requested seq and the run has ended."},
+        **_ERRORS,
+    }
+
+
+SSE_RESPONSE = sse_response()
+
+
+def _drop_default_json(response: dict[str, Any]) -> None:
+    """Drop the schema-less `application/json` FastAPI adds to a response documented with
+    other media types (an SSE operation answers `text/event-stream` only)."""
+    content = response.get("content", {})
+    if len(content) > 1 and content.get("application/json", {}).get("schema") == {}:
+        del content["application/json"]
+
+
+API_PATHS = ("/api/v1/",)
+"""Paths whose operations answer AIP-193 errors (the OpenAI-compatible `/v1` has its own)."""
 
 
 def install(app: FastAPI) -> None:
-    """Make `app.openapi()` include the proto schemas and the error schema."""
+    """Make `app.openapi()` include the proto schemas and the error schema, and document
+    400 AIP-193 errors (never FastAPI's 422) on every API operation."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -165,6 +242,21 @@ def install(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(message_schemas(list(_registry.values())))
         components["Error"] = ERROR_SCHEMA
+        for path, item in schema.get("paths", {}).items():
+            if path.startswith(API_PATHS):
+                for operation in item.values():
+                    if "health" in operation.get("tags", ()):
+                        continue  # no parameters, no body: nothing to be invalid
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    for response in responses.values():
+                        _drop_default_json(response)
+                    for code, error in _ERRORS.items():
+                        responses.setdefault(code, error)
+        text = orjson.dumps(schema)
+        for name in ("HTTPValidationError", "ValidationError"):
+            if f"#/components/schemas/{name}".encode() not in text:
+                components.pop(name, None)
         app.openapi_schema = schema
         return schema
 

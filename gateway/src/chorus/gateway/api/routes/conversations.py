@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import orjson
@@ -61,6 +61,24 @@ UPDATABLE_CONVERSATION_FIELDS = ("title", "model", "team", "metadata")
 _TEMPLATE_CACHE_S = 60.0
 
 
+CHAT_REPLY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "ChatReply",
+    "properties": {
+        "conversation": openapi.ref(conversation_pb2.Conversation.DESCRIPTOR),
+        "run": openapi.ref(run_pb2.Run.DESCRIPTOR),
+        "userMessage": {
+            "anyOf": [openapi.ref(conversation_pb2.Message.DESCRIPTOR), {"type": "null"}]
+        },
+        "assistantMessage": {
+            "anyOf": [openapi.ref(conversation_pb2.Message.DESCRIPTOR), {"type": "null"}]
+        },
+    },
+    "required": ["conversation", "run", "userMessage", "assistantMessage"],
+}
+"""The JSON answer of `POST /conversations/{id}/messages`."""
+
+
 def title_from(text: str) -> str:
     """A conversation title from a message: its first line, at most `TITLE_CHARS`."""
     line = " ".join(text.split())
@@ -94,7 +112,10 @@ async def list_conversations(
     status_code=201,
     summary="Create a conversation",
     openapi_extra=openapi.body_of(
-        conversation_pb2.Conversation, "`title`, `model`, `team`, `metadata`.", required=False
+        conversation_pb2.Conversation,
+        "`title`, `model`, `team`, `metadata`.",
+        required=False,
+        example={"title": "Trip to Lisbon", "metadata": {"project": "travel"}},
     ),
     responses=openapi.responses_of(conversation_pb2.Conversation, "The conversation.", 201),
 )
@@ -142,7 +163,9 @@ async def get_conversation(
     "/{conversation_id}",
     summary="Update a conversation",
     openapi_extra=openapi.body_of(
-        conversation_pb2.Conversation, "New values of `title`, `model`, `team`, `metadata`."
+        conversation_pb2.Conversation,
+        "New values of `title`, `model`, `team`, `metadata`.",
+        example={"title": "Trip to Lisbon in May"},
     ),
     responses=openapi.responses_of(
         conversation_pb2.Conversation, "The conversation after the update."
@@ -299,16 +322,17 @@ def _run_error(event: run_pb2.RunEvent) -> ChorusError:
         conversation_pb2.Message,
         "The user's message: `content` (required) and optional `clientMessageId` "
         "(idempotency key of the run it starts).",
+        example={"content": "What is 17.5% of 2,340?"},
     ),
     responses={
-        **openapi.responses_of(
-            None,
-            "`{conversation, run, userMessage, assistantMessage}` (JSON), or the run's "
-            "events as SSE with `Accept: text/event-stream`.",
-        ),
+        **openapi.responses_of(None, ""),
         200: {
-            "description": "`{conversation, run, userMessage, assistantMessage}` or SSE.",
-            "content": {"application/json": {}, "text/event-stream": {}},
+            "description": "`{conversation, run, userMessage, assistantMessage}` (JSON), or "
+            "the run's events as SSE when the request sends `Accept: text/event-stream`.",
+            "content": {
+                "application/json": {"schema": CHAT_REPLY_SCHEMA},
+                "text/event-stream": openapi.sse_content(),
+            },
         },
     },
 )

@@ -32,6 +32,7 @@ from chorus.gateway.api.deps import (
     proto_body,
 )
 from chorus.v1 import (
+    conversation_pb2,
     history_service_pb2,
     run_pb2,
     run_service_pb2,
@@ -46,6 +47,25 @@ _TERMINAL = (
     run_pb2.RUN_STATUS_CANCELLED,
 )
 _AGENT_FIELDS = {"systemPrompt": "system_prompt", "temperature": "temperature", "model": "model"}
+RUN_EXAMPLE = {"template": "duet", "input": "Tabs or spaces?", "maxTurns": 4}
+"""The request body example of `POST /runs` and `POST /runs/stream`."""
+EXPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "RunExport",
+    "properties": {
+        "format": {"type": "string", "enum": ["chorus.run-export.v1"]},
+        "exportTime": {"type": "string", "format": "date-time"},
+        "complete": {"type": "boolean", "description": "The run had ended."},
+        "run": openapi.ref(run_pb2.Run.DESCRIPTOR),
+        "messages": {
+            "type": "array",
+            "items": openapi.ref(conversation_pb2.Message.DESCRIPTOR),
+        },
+        "events": {"type": "array", "items": openapi.ref(run_pb2.RunEvent.DESCRIPTOR)},
+    },
+    "required": ["format", "exportTime", "complete", "run", "messages", "events"],
+}
+"""The body of `GET /runs/{id}/export`."""
 UPDATABLE_AGENT_FIELDS = ("system_prompt", "temperature", "model")
 """`updateMask` paths of `PATCH /runs/{id}/agents/{name}` (camelCase accepted)."""
 
@@ -102,7 +122,9 @@ async def _run_spec(request: Request, settings: SettingsDep) -> run_pb2.RunSpec:
     "",
     status_code=201,
     summary="Start a run in the background",
-    openapi_extra=openapi.body_of(run_pb2.RunSpec, "What to run (chorus.v1.RunSpec)."),
+    openapi_extra=openapi.body_of(
+        run_pb2.RunSpec, "What to run (chorus.v1.RunSpec).", example=RUN_EXAMPLE
+    ),
     responses=openapi.responses_of(run_pb2.Run, "The run.", 201),
 )
 async def create_run(
@@ -124,7 +146,9 @@ async def create_run(
 @router.post(
     "/stream",
     summary="Start a run and stream its events (SSE)",
-    openapi_extra=openapi.body_of(run_pb2.RunSpec, "What to run (chorus.v1.RunSpec)."),
+    openapi_extra=openapi.body_of(
+        run_pb2.RunSpec, "What to run (chorus.v1.RunSpec).", example=RUN_EXAMPLE
+    ),
     responses=openapi.SSE_RESPONSE,
 )
 async def stream_run(
@@ -220,16 +244,17 @@ async def watch_run(
 @router.post(
     "/{run_id}/cancel",
     summary="Cancel a run",
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/json": {
-                    "schema": {"type": "object", "properties": {"reason": {"type": "string"}}}
-                }
-            },
-        }
-    },
+    openapi_extra=openapi.body_of(
+        None,
+        'Why (optional): `{"reason": "…"}`.',
+        required=False,
+        example={"reason": "no longer needed"},
+        schema={
+            "type": "object",
+            "properties": {"reason": {"type": "string"}},
+            "additionalProperties": False,
+        },
+    ),
     responses=openapi.responses_of(run_service_pb2.CancelRunResponse, "The outcome."),
 )
 async def cancel_run(
@@ -256,7 +281,9 @@ async def cancel_run(
     "/{run_id}/agents/{agent_name}",
     summary="Change an agent mid-run",
     openapi_extra=openapi.body_of(
-        team_pb2.AgentSpec, "The new `systemPrompt`, `temperature` and/or `model`."
+        team_pb2.AgentSpec,
+        "The new `systemPrompt`, `temperature` and/or `model`.",
+        example={"systemPrompt": "Answer in one short paragraph.", "temperature": 0.3},
     ),
     responses=openapi.responses_of(
         team_pb2.AgentSpec, "The agent's configuration after the change."
@@ -306,11 +333,12 @@ async def update_run_agent(
     "/{run_id}/export",
     summary="Export a run as JSON",
     responses={
+        **openapi.responses_of(None, ""),
         200: {
             "description": "`{format, exportTime, complete, run, messages, events}`: the run, "
             "its messages and every event so far (partial while the run is active).",
-            "content": {"application/json": {}},
-        }
+            "content": {"application/json": {"schema": EXPORT_SCHEMA}},
+        },
     },
 )
 async def export_run(
