@@ -1,8 +1,10 @@
-"""docker-compose.yml and the Dockerfiles agree with what the services actually read.
+"""docker-compose.yml and the Dockerfile agree with what the services actually read.
 
-No Docker engine runs here, so the file is checked structurally: every service builds from
-an existing Dockerfile whose CMD is the compose command, runs an importable module, and is
-given only `CHORUS_*` variables its own settings class reads.
+No Docker engine runs here, so the files are checked structurally: every service builds a
+target of the one Dockerfile whose CMD is the compose command, runs an importable module, and
+is given only `CHORUS_*` variables its own settings class reads; metrics ports stay on the
+internal network; the builder installs from uv.lock, and its uv commands are run for real
+against the lock in a scratch directory.
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
+import shutil
+import subprocess
+import tomllib
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -20,6 +27,19 @@ from chorus.core.settings import CoreSettings
 from .conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+DOCKERFILE = REPO / "Dockerfile"
+DISTS = ["core", "provider-svc", "history-svc", "orchestrator-svc", "gateway", "cli"]
+GRPC_SERVICES = {
+    "provider": "chorus.v1.ProviderService",
+    "history": "chorus.v1.HistoryService",
+    "orchestrator": "chorus.v1.RunService",
+}
+SERVICE_DIRS = {
+    "provider": "provider-svc",
+    "history": "history-svc",
+    "orchestrator": "orchestrator-svc",
+    "gateway": "gateway",
+}
 SERVICES = {
     "provider": ("chorus.provider.settings", "Settings"),
     "history": ("chorus.history.settings", "Settings"),
@@ -34,9 +54,15 @@ def env_names(module: str, cls: str) -> set[str]:
     return {f"{prefix}{name}".upper() for name in settings.model_fields}
 
 
+def env_default(module: str, cls: str, field: str) -> object:
+    return getattr(importlib.import_module(module), cls).model_fields[field].default
+
+
 def test_compose_declares_the_stack_with_healthchecked_storage():
     services = COMPOSE["services"]
-    assert set(services) == {"postgres", "redis", *SERVICES}
+    tracing = {name for name, s in services.items() if s.get("profiles") == ["tracing"]}
+    assert tracing == {"otel-collector", "jaeger"}
+    assert set(services) - tracing == {"postgres", "redis", *SERVICES}
     for store in ("postgres", "redis"):
         assert services[store]["healthcheck"]["test"], f"{store} needs a healthcheck"
         assert services[store]["volumes"], f"{store} needs a volume"
@@ -47,21 +73,138 @@ def test_compose_declares_the_stack_with_healthchecked_storage():
             assert dependency in services, f"{name} depends on unknown {dependency}"
     assert services["gateway"]["ports"] == ["8000:8000"]
     assert all("ports" not in services[name] for name in ("provider", "history", "orchestrator"))
+    assert not list(REPO.glob("*/Dockerfile")), "one Dockerfile at the root, a target per service"
+
+
+def stages() -> dict[str, str]:
+    """The Dockerfile's build stages by name: the text of each `FROM … AS name` block."""
+    text = DOCKERFILE.read_text()
+    blocks = re.split(r"^(?=FROM )", text, flags=re.M)
+    named = {}
+    for block in blocks:
+        header = re.match(r"FROM \S+ AS (\S+)", block)
+        if header:
+            named[header.group(1)] = block
+    return named
+
+
+def instruction(stage: str, name: str) -> list[str]:
+    """Every `name` instruction of `stage`, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", stages()[stage])
+    return [m.group(1).strip() for m in re.finditer(rf"^{name} (.*)$", joined, re.M)]
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
-def test_service_command_matches_dockerfile_and_module(name):
+def test_service_command_matches_its_dockerfile_target_and_module(name):
     service = COMPOSE["services"][name]
-    dockerfile = REPO / service["build"]["dockerfile"]
-    assert dockerfile.exists()
-    text = dockerfile.read_text()
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    assert service["build"] == {"context": ".", "target": name}
+    assert name in stages(), f"no `FROM runtime AS {name}` stage"
+    (cmd_line,) = instruction(name, "CMD")
+    cmd = json.loads(cmd_line)
     assert service["command"] == cmd
     assert cmd[:2] == ["python", "-m"]
     assert importlib.util.find_spec(cmd[2]) is not None, f"{cmd[2]} is not importable"
     assert importlib.util.find_spec(f"{cmd[2]}.__main__") is not None
-    assert "USER chorus" in text and "HEALTHCHECK" in text
-    assert "FROM python:3.11-slim" in text
+    assert stages()[name].startswith("FROM runtime AS")
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_images_run_as_a_non_root_user_with_a_healthcheck_on_the_configured_port(name):
+    (user,) = instruction(name, "USER")
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000, user  # numeric: runAsNonRoot can verify it
+    (health,) = instruction(name, "HEALTHCHECK")
+    port_var = f"CHORUS_{name.upper()}_PORT"
+    default = env_default(*SERVICES[name], f"{name}_port")
+    if name == "gateway":
+        assert f"os.environ.get('{port_var}', '{default}')" in health
+        assert "/health/ready" in health
+    else:
+        assert f'"127.0.0.1:${{{port_var}:-{default}}}"' in health
+        assert health.split()[-1] == GRPC_SERVICES[name]
+    assert instruction(name, "EXPOSE") == [str(default)]
+
+
+def test_runtime_stages_hold_no_build_tools():
+    """Builder: uv and the lock. Runtime: the slim base, a venv copied in, nothing installed."""
+    for stage in ("runtime", *SERVICES):
+        text = stages()[stage]
+        for tool in ("pip install", "apt-get", "uv ", "gcc", "build-essential"):
+            assert tool not in text, f"{stage} stage runs {tool!r}"
+    for name in SERVICES:
+        assert f"COPY --from=builder /opt/build/{name} /opt/venv" in stages()[name]
+    assert stages()["runtime"].startswith("FROM ${PYTHON_IMAGE} AS runtime")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
+
+
+def test_builder_installs_from_the_lock_without_dev_tools():
+    runs = " ".join(instruction("builder", "RUN"))
+    assert runs.count("uv sync --locked --no-dev --no-editable") == 2
+    assert "--no-install-workspace" in runs  # the dependency layer changes with the lock only
+    makefile_uv = re.search(r"^UV_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert makefile_uv and f"ARG UV_VERSION={makefile_uv.group(1)}" in stages()["builder"]
+    copies = " ".join(instruction("builder", "COPY"))
+    assert "pyproject.toml uv.lock" in copies
+    for member in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["uv"]["workspace"][
+        "members"
+    ]:
+        assert f"{member}/pyproject.toml" in copies, f"the builder misses {member}'s pyproject"
+
+
+def builder_commands(service: str) -> list[str]:
+    """The builder's `uv sync` commands for `service`, as the Dockerfile runs them."""
+    commands = []
+    for run in instruction("builder", "RUN"):
+        for found in re.findall(r"uv sync [^;]*", run):
+            commands.append(found.replace("$service", service).strip())
+    return commands
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["orchestrator", "gateway"])
+def test_builder_commands_install_the_service_from_the_lock(name, tmp_path):
+    """The builder's two `uv sync` runs, for real, in a scratch copy of what the Dockerfile
+    copies: dependencies only, then the code; the venv then starts the service's `--help`
+    (gRPC services) or imports its app (gateway) after being moved like the image does."""
+    uv = REPO / ".venv" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("uv is installed by `make install`")
+    src = tmp_path / "src"
+    for path in ("pyproject.toml", "uv.lock", *(f"{m}/pyproject.toml" for m in DISTS)):
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / path, src / path)
+    env = {
+        **os.environ,
+        "UV_PROJECT_ENVIRONMENT": str(tmp_path / "venv"),
+        "UV_LINK_MODE": "copy",
+        "UV_PYTHON_DOWNLOADS": "never",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    first, second = ([str(uv), *command.split()[1:]] for command in builder_commands(name))
+    done = subprocess.run(first, cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for member in ("core", SERVICE_DIRS[name]):
+        shutil.copytree(REPO / member / "src", src / member / "src")
+    done = subprocess.run(second, cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "venv").rename(tmp_path / "opt-venv")  # the image's COPY to another path
+    python = tmp_path / "opt-venv" / "bin" / "python"
+    check = [
+        str(python),
+        "-c",
+        f"import chorus.{name}.__main__, grpc, google.protobuf as p; print(p.__version__)",
+    ]
+    done = subprocess.run(check, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("5.29.")
+    dev_tools = subprocess.run(
+        [str(python), "-c", "import grpc_tools"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert dev_tools.returncode != 0, "the image would carry the dev group (grpcio-tools)"
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -77,7 +220,68 @@ def test_service_environment_is_read_by_its_settings(name):
 def test_service_port_in_compose_matches_the_exposed_port(name):
     service = COMPOSE["services"][name]
     port = service["environment"][f"CHORUS_{name.upper()}_PORT"]
-    assert f"EXPOSE {port}" in (REPO / service["build"]["dockerfile"]).read_text()
+    assert f"EXPOSE {port}" in stages()[name]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_serves_metrics_on_the_internal_network_only(name):
+    service = COMPOSE["services"][name]
+    port = service["environment"]["CHORUS_METRICS_PORT"]
+    assert port in [str(p) for p in service["expose"]]
+    assert "internal" in service["networks"]
+    assert COMPOSE["networks"]["internal"]["internal"] is True
+    published = " ".join(str(p) for p in service.get("ports", []))
+    assert port not in published
+    if name == "gateway":  # /metrics leaves the public port (4947608)
+        assert port != service["environment"]["CHORUS_GATEWAY_PORT"]
+
+
+def test_only_the_gateway_and_provider_reach_outside():
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        networks = service.get("networks", [])
+        assert networks, f"{name} is on compose's default network"
+        if "egress" in networks:
+            assert name in {"gateway", "provider", "jaeger"}, f"{name} needs no route out"
+        if "ports" in service:
+            assert name in {"gateway", "jaeger"}, f"{name} publishes a port"
+    assert all(p.startswith("127.0.0.1:") for p in services["jaeger"]["ports"])
+
+
+def test_database_password_never_goes_through_a_url():
+    """Any character works in POSTGRES_PASSWORD: the URL has none, libpq/asyncpg read
+    PGPASSWORD (a URL would need @ : / # % ? percent-encoded)."""
+    history = COMPOSE["services"]["history"]["environment"]
+    url = urlsplit(history["CHORUS_DATABASE_URL"])
+    assert url.password is None and url.username == "chorus"
+    assert url.hostname == "postgres" and url.path == "/chorus"
+    assert history["PGPASSWORD"].startswith("${POSTGRES_PASSWORD")
+    assert COMPOSE["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        "${POSTGRES_PASSWORD"
+    )
+
+
+def test_tracing_profile_runs_a_collector_the_services_export_to():
+    services = COMPOSE["services"]
+    for name in ("otel-collector", "jaeger"):
+        assert services[name]["profiles"] == ["tracing"]
+        assert ":" in services[name]["image"] and not services[name]["image"].endswith(":latest")
+    for name in SERVICES:
+        env = services[name]["environment"]
+        assert env["OTEL_TRACES_EXPORTER"] == "${OTEL_TRACES_EXPORTER:-none}"  # off by default
+        endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert (
+            endpoint.hostname == "otel-collector"
+            and str(endpoint.port) in services["otel-collector"]["expose"]
+        )
+    mount = services["otel-collector"]["volumes"][0].split(":")
+    config = yaml.safe_load((REPO / mount[0]).read_text())
+    assert mount[1] == services["otel-collector"]["command"][0].split("=", 1)[1]
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    (exporter,) = pipeline["exporters"]
+    assert config["exporters"][exporter]["endpoint"].split(":")[0] == "jaeger"
+    assert set(pipeline["processors"]) <= set(config["processors"])
 
 
 def test_addresses_point_at_compose_services_and_their_ports():

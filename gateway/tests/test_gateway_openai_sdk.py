@@ -6,14 +6,19 @@ usage chunk; models; errors raised as the SDK's exception classes."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, get_args
 
 import openai
 import pytest
 from gateway_helpers import API_KEYS
+from openai.types.responses import ResponseStreamEvent
 
 from chorus.core.testing import wait_for
 
+EVENT_TYPES = {
+    cls.model_fields["type"].annotation.__args__[0]: cls
+    for cls in get_args(get_args(ResponseStreamEvent)[0])
+}
 DUET = "chorus/duet"
 TWO_TURNS = {"chorus": {"max_turns": 2}}
 
@@ -59,6 +64,8 @@ def test_streamed_duet_response_reaches_completed_with_every_agents_text(gateway
     assert types[:2] == ["response.created", "response.in_progress"]
     assert types[-1] == "response.completed"
     assert [e.sequence_number for e in events] == list(range(len(events)))
+    for event in events:  # validated, not just constructed: the SDK's types are the judge
+        EVENT_TYPES[event.type].model_validate(event.to_dict())
     final = events[-1].response
     assert final.status == "completed" and final.model == DUET
     messages = [item for item in final.output if item.type == "message"]
