@@ -1,7 +1,7 @@
 """Capacity at LLM pace: how many concurrent streams each path carries at a lag nobody notices.
 
     python -m bench.bench_capacity [--quick] [--rounds 3] [--tps 20] [--tokens 200]
-        [--ramp-s 5] [--hold-s 15] [--levels 25,50,100,...] [--max-lag-ms 100]
+        [--ramp-s 5] [--hold-s 10] [--levels 25,50,100,...] [--max-lag-ms 100]
         [--paths direct,relay,litellm,litellm-1,provider,orchestrator,sse]
         [--stores postgres,sqlite] [--start-runs 100] [--skip-start]
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import signal
 import statistics
@@ -113,7 +114,7 @@ class Options:
     tps: float = 20.0
     tokens: int = 200
     ramp_s: float = 5.0
-    hold_s: float = 15.0
+    hold_s: float = 10.0
     rounds: int = 3
     levels: tuple[int, ...] = LEVELS
     max_lag_ms: float = 100.0
@@ -270,6 +271,10 @@ def ladder(
             row["cpu_s"] = {**window.cpu_s, "client": row["client_cpu_s"]}
             row["peak_rss_mb"] = window.peak_rss_mb
             rounds.append(row)
+            # the level has failed whatever the rounds left would show: do not run them
+            slow = [r for r in rounds if (r["lag_p99_ms"] or math.inf) >= opts.max_lag_ms]
+            if row["lost"] or row["errors"] or len(slow) > opts.rounds // 2:
+                break
         level = level_row(n, rounds, baseline, opts)
         levels.append(level)
         print(
