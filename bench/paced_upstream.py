@@ -14,8 +14,9 @@ so an upstream that falls behind because the chain in front of it starved it of 
 up as lag instead of being hidden, and a relay that merges tokens into larger deltas still
 yields one lag per token (`bench.paced_client` parses every ` i@µs` word of a delta).
 
-`GET …/models` lists the one model `sim`. Anything else is 404; a body that is not JSON is
-400 with an OpenAI-style error body.
+Without `"stream": true` the answer is one chat.completion of all the tokens, sent when the
+last one is due. `GET …/models` lists the one model `sim`. Anything else is 404; a body that is not a JSON
+object, or a `max_tokens` < 1, is 400 with an OpenAI-style error body.
 """
 
 from __future__ import annotations
@@ -87,12 +88,35 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         request = orjson.loads(body or b"{}")
         count = int(request.get("max_tokens") or request.get("max_completion_tokens") or TOKENS)
+        if count < 1:
+            raise ValueError("max_tokens < 1")
     except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-        await _reply(
-            send, 400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}
-        )
+        error = "the body must be a JSON object; max_tokens, when given, an integer ≥ 1"
+        await _reply(send, 400, {"error": {"message": error, "type": "invalid_request_error"}})
         return
     created = int(arrived)
+    start = arrived + FIRST_TOKEN_S
+    if not request.get("stream"):  # the whole answer at once, at the last token's time
+        await asyncio.sleep(max(0.0, start + (count - 1) / TPS - time.time()))
+        text = "".join(token_text(i, start + i / TPS) for i in range(count))
+        message = {"role": "assistant", "content": text}
+        await _reply(
+            send,
+            200,
+            {
+                "id": "chatcmpl-paced",
+                "object": "chat.completion",
+                "created": created,
+                "model": "sim",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": 5,
+                    "completion_tokens": count,
+                    "total_tokens": count + 5,
+                },
+            },
+        )
+        return
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     await send(
         {
@@ -101,7 +125,6 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             "more_body": True,
         }
     )
-    start = arrived + FIRST_TOKEN_S
     for index in range(count):
         scheduled = start + index / TPS
         wait = scheduled - time.time()
