@@ -15,8 +15,8 @@ up as lag instead of being hidden, and a relay that merges tokens into larger de
 yields one lag per token (`bench.paced_client` parses every ` i@µs` word of a delta).
 
 Without `"stream": true` the answer is one chat.completion of all the tokens, sent when the
-last one is due. `GET …/models` lists the one model `sim`. Anything else is 404; a body that is not a JSON
-object, or a `max_tokens` < 1, is 400 with an OpenAI-style error body.
+last one is due. `GET …/models` lists the one model `sim`. Anything else is 404; a body that
+is not a JSON object, or a `max_tokens` < 1, is 400 with an OpenAI-style error body.
 """
 
 from __future__ import annotations
