@@ -533,18 +533,93 @@ def markdown(out: dict[str, Any]) -> str:
         lines += [
             "",
             "| run start | CPU ms per run across the four (provider, history, orchestrator, "
-            "gateway) | TTFT p99 at N concurrent: SSE / upstream | TTFT p50 at 1 run: SSE / "
-            "upstream |",
+            "gateway) | TTFT p99 at N concurrent: SSE / upstream (added) | TTFT p50 at 1 run: "
+            "SSE / upstream (added) |",
             "|---|---|---|---|",
         ]
         for s in out["run_start"]:
             per = ", ".join(_fmt(s["cpu_ms_per_run"][n]) for n in SERVICES)
             lines.append(
                 f"| {s['store']}, N = {s['runs']} | {_fmt(s['cpu_ms_per_run_all'])} ({per}) | "
-                f"{_fmt(s['sse_ttft_p99_n_ms'])} / {_fmt(s['upstream_ttft_p99_n_ms'])} ms | "
-                f"{_fmt(s['sse_ttft_p50_1_ms'])} / {_fmt(s['upstream_ttft_p50_1_ms'])} ms |"
+                f"{_fmt(s['sse_ttft_p99_n_ms'])} / {_fmt(s['upstream_ttft_p99_n_ms'])} ms "
+                f"({_delta(s['sse_ttft_p99_n_ms'], s['upstream_ttft_p99_n_ms'])}) | "
+                f"{_fmt(s['sse_ttft_p50_1_ms'])} / {_fmt(s['upstream_ttft_p50_1_ms'])} ms "
+                f"({_delta(s['sse_ttft_p50_1_ms'], s['upstream_ttft_p50_1_ms'])}) |"
             )
+    rows = targets(out)
+    if rows:
+        lines += ["", "| target (issue 19) | measured | |", "|---|---|---|"]
+        lines += [f"| {what} | {measured} | {verdict} |" for what, measured, verdict in rows]
     return "\n".join(lines) + "\n"
+
+
+def _delta(ours: float | None, theirs: float | None) -> str:
+    return "–" if ours is None or theirs is None else f"{ours - theirs:+.1f} ms"
+
+
+def targets(out: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Issue 19's targets against this run: (target, measured, met / missed)."""
+
+    def verdict(ok: bool | None) -> str:
+        return "–" if ok is None else "met" if ok else "**missed**"
+
+    rows: list[tuple[str, str, str]] = []
+    by_path = {(p["path"], p["store"]): p for p in out["paths"]}
+    for (path, store), sse in by_path.items():
+        if path != "sse":
+            continue
+        for other, factor in (("litellm", 10.0), ("relay", 0.5)):
+            theirs = by_path.get((other, None))
+            if theirs is None or not theirs["sustained"]:
+                continue
+            ratio = sse["sustained"] / theirs["sustained"]
+            rows.append(
+                (
+                    f"gateway SSE [{store}] sustains ≥ {factor:g}× {theirs['label']}'s streams",
+                    f"{sse['sustained']} / {theirs['sustained']} = {ratio:.2f}×",
+                    verdict(ratio >= factor),
+                )
+            )
+        level = sse["at_sustained"]
+        if level is not None:
+            cpu = level["cpu_ms_per_token"]
+            four = sum(cpu[name] or 0.0 for name in SERVICES)
+            rows.append(
+                (
+                    f"[{store}] ≤ 0.1 ms CPU per delivered token across the four services",
+                    f"{four:.3f} ms at N = {level['n']}",
+                    verdict(four <= 0.1),
+                )
+            )
+            rss = level["rss_kb_per_stream"]
+            per_1000 = sum(rss.get(name, 0.0) for name in SERVICES) * 1000 / 1024
+            rows.append(
+                (
+                    f"[{store}] ≤ 100 MB per 1,000 live runs across the services",
+                    f"{per_1000:.0f} MB (at N = {level['n']})",
+                    verdict(per_1000 <= 100),
+                )
+            )
+    for s in out.get("run_start", []):
+        store, cpu = s["store"], s["cpu_ms_per_run_all"]
+        rows.append(
+            (
+                f"[{store}] run start ≤ 4 ms CPU across the four at {s['runs']} concurrent",
+                f"{_fmt(cpu)} ms",
+                verdict(None if cpu is None else cpu <= 4),
+            )
+        )
+        for key, n, bar in (("p99_n", s["runs"], 150), ("p50_1", 1, 5)):
+            ours, theirs = s[f"sse_ttft_{key}_ms"], s[f"upstream_ttft_{key}_ms"]
+            added = None if ours is None or theirs is None else ours - theirs
+            rows.append(
+                (
+                    f"[{store}] TTFT {key[:3]} at {n} ≤ upstream + {bar} ms",
+                    _delta(ours, theirs),
+                    verdict(None if added is None else added <= bar),
+                )
+            )
+    return rows
 
 
 def plot(out: dict[str, Any], filename: Path) -> None:
