@@ -169,6 +169,33 @@ def test_instructions_temperature_and_max_output_tokens_are_echoed(gateway):
         assert got.temperature == 0.4 and got.max_output_tokens == 64
 
 
+def test_metadata_is_kept_on_the_conversation_and_merged_by_later_responses(gateway):
+    client = sync_client(gateway)
+    first = client.responses.create(
+        model="simulator/sim-1", input="Hi", metadata={"ticket": "T-1", "team": "support"}
+    )
+    assert first.metadata == {"ticket": "T-1", "team": "support"}
+    assert client.responses.retrieve(first.id).metadata == first.metadata
+    second = client.responses.create(
+        model="simulator/sim-1",
+        input="Again",
+        previous_response_id=first.id,
+        metadata={"ticket": "T-2"},
+        stream=True,
+    )
+    events = _collect(second)
+    assert events[0].response.metadata == {"ticket": "T-2", "team": "support"}
+    assert events[-1].response.conversation.id == first.conversation.id
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(
+            model="simulator/sim-1",
+            input="Too many",
+            previous_response_id=first.id,
+            metadata={f"k{i}": "v" for i in range(15)},
+        )
+    assert info.value.param == "metadata"
+
+
 async def test_async_client_and_the_stream_helper(gateway):
     client = async_client(gateway)
     async with client.responses.stream(model=DUET, input="Helper?", extra_body=TWO_TURNS) as stream:

@@ -12,11 +12,14 @@ gets exactly the events after N. A response's run goes on when its client discon
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import grpc
 import orjson
 from fastapi import APIRouter, Header, Query, Request
+from google.protobuf import field_mask_pb2
 from starlette.responses import Response, StreamingResponse
 
 from chorus.core.errors import InvalidArgument, OutOfRange
@@ -33,10 +36,21 @@ from chorus.gateway.api.deps import (
 from chorus.gateway.openai_api import ids, mapping, runs
 from chorus.gateway.openai_api.errors import openai_error
 from chorus.gateway.openai_api.feed import EventFeed
-from chorus.gateway.openai_api.schemas import CreateResponseBody, parse, unsupported
+from chorus.gateway.openai_api.schemas import (
+    MAX_METADATA,
+    CreateResponseBody,
+    parse,
+    unsupported,
+)
 from chorus.gateway.settings import GatewaySettings
 from chorus.gateway.watches import RunWatches
-from chorus.v1 import history_service_pb2, history_service_pb2_grpc, run_pb2, run_service_pb2
+from chorus.v1 import (
+    conversation_pb2,
+    history_service_pb2,
+    history_service_pb2_grpc,
+    run_pb2,
+    run_service_pb2,
+)
 
 router = APIRouter(prefix="/responses", tags=["openai"])
 
@@ -79,8 +93,79 @@ async def _get_run(runs_stub: Any, run_id: str, settings: GatewaySettings) -> ru
     return run
 
 
-def _mapper(run: run_pb2.Run) -> mapping.ResponseMapper:
-    return mapping.ResponseMapper(run.id, mapping.context_of(run), run.create_time.seconds)
+def _mapper(run: run_pb2.Run, metadata: dict[str, str] | None = None) -> mapping.ResponseMapper:
+    context = mapping.context_of(run)
+    if metadata:
+        context = dataclasses.replace(context, metadata=dict(metadata))
+    return mapping.ResponseMapper(run.id, context, run.create_time.seconds)
+
+
+async def _metadata(
+    history: history_service_pb2_grpc.HistoryServiceStub, conversation_id: str, timeout: float
+) -> dict[str, str]:
+    """A response's `metadata`: its conversation's (empty when the conversation is gone)."""
+    if not conversation_id:
+        return {}
+    try:
+        reply = await history.GetConversation(
+            history_service_pb2.GetConversationRequest(conversation_id=conversation_id),
+            timeout=timeout,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return {}
+        raise
+    return dict(reply.conversation.metadata)
+
+
+async def _label_conversation(
+    history: history_service_pb2_grpc.HistoryServiceStub,
+    conversation_id: str,
+    metadata: dict[str, str],
+    *,
+    title: str,
+    team: str,
+    request_id: str,
+    timeout: float,
+) -> tuple[str, dict[str, str]]:
+    """Put `metadata` on the conversation a response runs in: a new conversation when
+    `conversation_id` is empty (keyed by `request_id` when the request had an
+    `Idempotency-Key`), else merged into the existing one's. Returns the conversation id
+    and its metadata now.
+
+    Raises:
+        InvalidArgument: more than 16 pairs on the conversation in all.
+        grpc.aio.AioRpcError: NOT_FOUND for an unknown conversation.
+    """
+    if not conversation_id:
+        created = await history.CreateConversation(
+            history_service_pb2.CreateConversationRequest(
+                conversation=conversation_pb2.Conversation(
+                    title=title[:100], team=team, metadata=metadata
+                ),
+                request_id=request_id,
+            ),
+            timeout=timeout,
+        )
+        return created.conversation.id, dict(created.conversation.metadata)
+    current = await history.GetConversation(
+        history_service_pb2.GetConversationRequest(conversation_id=conversation_id),
+        timeout=timeout,
+    )
+    merged = {**current.conversation.metadata, **metadata}
+    if len(merged) > MAX_METADATA:
+        raise InvalidArgument(
+            f"the conversation would have more than {MAX_METADATA} metadata pairs",
+            [("metadata", f"at most {MAX_METADATA} pairs in all")],
+        )
+    updated = await history.UpdateConversation(
+        history_service_pb2.UpdateConversationRequest(
+            conversation=conversation_pb2.Conversation(id=conversation_id, metadata=merged),
+            update_mask=field_mask_pb2.FieldMask(paths=["metadata"]),
+        ),
+        timeout=timeout,
+    )
+    return conversation_id, dict(updated.conversation.metadata)
 
 
 async def _stored_events(
@@ -104,7 +189,7 @@ async def _replay(
     run: run_pb2.Run, history: history_service_pb2_grpc.HistoryServiceStub, timeout: float
 ) -> tuple[mapping.ResponseMapper, list[dict[str, Any]]]:
     """The run's stored log through a mapper: the mapper and every OpenAI event."""
-    mapper = _mapper(run)
+    mapper = _mapper(run, await _metadata(history, run.conversation_id, timeout))
     events: list[dict[str, Any]] = []
     async for page in _stored_events(history, run.id, timeout):
         for event in page:
@@ -114,7 +199,11 @@ async def _replay(
 
 
 async def _follow_to_end(
-    watches: RunWatches, user: str, feed_spec: run_pb2.RunSpec | None, run_id: str
+    watches: RunWatches,
+    user: str,
+    feed_spec: run_pb2.RunSpec | None,
+    run_id: str,
+    metadata: dict[str, str],
 ) -> mapping.ResponseMapper:
     """Start (or follow from seq 1) a run until its terminal event; the mapper of all of it."""
     feed = EventFeed(watches, user=user, start=feed_spec, run_id=run_id)
@@ -125,7 +214,7 @@ async def _follow_to_end(
                 if mapper is None:
                     if event.WhichOneof("payload") != "run_started":
                         raise InvalidArgument("the run's log does not start with run_started")
-                    mapper = _mapper(event.run_started.run)
+                    mapper = _mapper(event.run_started.run, metadata)
                 mapper.feed(event)
     finally:
         feed.close()
@@ -137,11 +226,13 @@ async def _follow_to_end(
 def _stream(
     feed: EventFeed,
     first: list[run_pb2.RunEvent],
-    mapper: mapping.ResponseMapper | None,
+    metadata: dict[str, str],
     starting_after: int,
     settings: GatewaySettings,
 ) -> StreamingResponse:
     """SSE of the feed's events mapped to OpenAI events numbered above `starting_after`."""
+
+    mapper: mapping.ResponseMapper | None = None
 
     async def body() -> AsyncIterator[bytes]:
         nonlocal mapper
@@ -151,7 +242,7 @@ def _stream(
                 frames: list[bytes] = []
                 for event in batch:
                     if mapper is None:
-                        mapper = _mapper(event.run_started.run)
+                        mapper = _mapper(event.run_started.run, metadata)
                     for out in mapper.feed(event):
                         if out["sequence_number"] > starting_after:
                             frames.append(mapping.sse_frame(out))
@@ -206,6 +297,7 @@ async def create_response(
     caller: CallerDep,
     runs_stub: RunsDep,
     provider: ProviderDep,
+    history: HistoryDep,
     watches: WatchesDep,
     limiter: LimiterDep,
     settings: SettingsDep,
@@ -271,9 +363,10 @@ async def create_response(
                 "conversation must be a conversation id (conv_…)", [("conversation", "invalid id")]
             )
         conversation_id = found
+    input_text = runs.run_input(conv)
     spec = await runs.build_spec(
         model=model,
-        input_text=runs.run_input(conv),
+        input_text=input_text,
         instructions=instructions or None,
         temperature=body.temperature,
         max_output_tokens=body.max_output_tokens,
@@ -286,19 +379,31 @@ async def create_response(
         find=find,
     )
     await limiter.hit("runs", caller.user)
+    metadata: dict[str, str] = {}
+    if body.metadata:
+        spec.conversation_id, metadata = await _label_conversation(
+            history,
+            conversation_id,
+            body.metadata,
+            title=conv.last,
+            team=model.template.name,
+            request_id=spec.request_id if idempotency_key else "",
+            timeout=timeout,
+        )
+    elif conversation_id:
+        metadata = await _metadata(history, conversation_id, timeout)
     if body.stream:
         feed = EventFeed(
             watches, user=caller.user, start=spec, max_buffered=settings.sse_max_buffered_events
         )
         first = await _first(feed, settings)
-        return _stream(feed, first, None, -1, settings)
+        return _stream(feed, first, metadata, -1, settings)
     if body.background:
         reply = await runs_stub.CreateRun(
             run_service_pb2.CreateRunRequest(spec=spec), timeout=timeout
         )
-        mapper = _mapper(reply.run)
-        return json_response(mapper.response)
-    mapper = await _follow_to_end(watches, caller.user, spec, "")
+        return json_response(_mapper(reply.run, metadata).response)
+    mapper = await _follow_to_end(watches, caller.user, spec, "", metadata)
     return json_response(mapper.response)
 
 
@@ -352,7 +457,9 @@ async def get_response(
         watches, user=caller.user, run_id=run.id, max_buffered=settings.sse_max_buffered_events
     )
     first = await _first(feed, settings)
-    return _stream(feed, first, None, -1 if starting_after is None else starting_after, settings)
+    metadata = await _metadata(history, run.conversation_id, settings.rpc_timeout_s)
+    after = -1 if starting_after is None else starting_after
+    return _stream(feed, first, metadata, after, settings)
 
 
 @router.post(
@@ -368,6 +475,7 @@ async def cancel_response(
     response_id: str,
     caller: CallerDep,
     runs_stub: RunsDep,
+    history: HistoryDep,
     watches: WatchesDep,
     settings: SettingsDep,
 ) -> Response:
@@ -379,7 +487,9 @@ async def cancel_response(
         timeout=settings.rpc_timeout_s,
     )
     async with asyncio.timeout(settings.rpc_timeout_s):
-        mapper = await _follow_to_end(watches, caller.user, None, run_id)
+        run = await _get_run(runs_stub, run_id, settings)
+        metadata = await _metadata(history, run.conversation_id, settings.rpc_timeout_s)
+        mapper = await _follow_to_end(watches, caller.user, None, run_id, metadata)
     return json_response(mapper.response)
 
 
