@@ -1,0 +1,129 @@
+"""What tracing costs (issue 22 item 1): the four-service stack with tracing on — every
+span sampled (`OTEL_TRACES_SAMPLER=always_on`) and exported over OTLP/gRPC to a receiver in
+this process — against the same stack with tracing off, alternated round after round.
+
+    python -m bench.bench_tracing [--rounds 3] [--concurrency 100] [--tokens 500]
+        [--ttft-repeats 20] [--quick]
+
+Each round and side runs on a fresh stack (PostgreSQL + Redis, a throw-away database and
+key prefix per side): a warm-up, SSE time to first token at 1 run (`--ttft-repeats` runs
+one after the other; p50), then SSE tokens/s at `--concurrency` × `--tokens` (the upstream
+is `../shared/anchors/fake_openai.py` at full speed, as in `bench.compare`). The side that
+goes first alternates. Reported: medians per side, the TTFT difference (ms) and the
+tokens/s ratio (on / off), and the spans the receiver got per run. Target (issue 22):
+tokens/s at most 5 % lower, TTFT p50 at most 1 ms higher.
+
+Writes `bench/results/tracing-<date>.json` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+from contextlib import ExitStack
+from typing import Any
+
+from bench.compare import side_env
+from bench.harness import RESULTS, Stack, load, postgres_database, redis_prefix, upstream
+from chorus.core.otlp_receiver import OtlpReceiver
+
+
+def tracing_env(receiver: OtlpReceiver) -> dict[str, str]:
+    """The OTEL_* variables of the traced side (everything else at its default)."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+
+
+def one_side(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """TTFT and tokens/s on a fresh stack."""
+    with ExitStack() as stack:
+        fresh = {**env, "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("trc"))}
+        chorus = stack.enter_context(Stack(fresh))
+        gateway = chorus.addresses["gateway"]
+        load("sse", gateway, 10, 20)  # warm-up: imports, caches, connections
+        ttft = load("sse", gateway, 1, 20, "--repeats", str(args.ttft_repeats))
+        throughput = load("sse", gateway, args.concurrency, args.tokens)
+    return {"ttft": ttft, "throughput": throughput}
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    sides: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    spans_per_run: list[float] = []
+    runs_per_round = 10 + args.ttft_repeats + args.concurrency
+    with ExitStack() as stack:
+        receiver = stack.enter_context(OtlpReceiver())
+        fast = stack.enter_context(upstream())
+        envs = {
+            "off": side_env(stack.enter_context(postgres_database()), fast, None),
+            "on": {
+                **side_env(stack.enter_context(postgres_database()), fast, None),
+                **tracing_env(receiver),
+            },
+        }
+        for r in range(args.rounds):
+            for side in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                before = len(receiver.spans())
+                result = one_side(envs[side], args)
+                if side == "on":  # the stack stopped: its exporters flushed on exit
+                    spans_per_run.append((len(receiver.spans()) - before) / runs_per_round)
+                    receiver.clear()
+                sides[side].append(result)
+                print(
+                    f"round {r + 1} tracing {side}: TTFT p50 {result['ttft']['ttft_p50_ms']} ms, "
+                    f"{result['throughput']['tokens_per_s']} tokens/s at "
+                    f"{args.concurrency} x {args.tokens}",
+                    flush=True,
+                )
+    figures: dict[str, Any] = {"args": vars(args), "rounds": sides}
+    for side, rounds in sides.items():
+        figures[side] = {
+            "ttft_p50_ms": round(statistics.median(r["ttft"]["ttft_p50_ms"] for r in rounds), 2),
+            "tokens_per_s": round(
+                statistics.median(r["throughput"]["tokens_per_s"] for r in rounds), 1
+            ),
+        }
+    off, on = figures["off"], figures["on"]
+    figures["ttft_delta_ms"] = round(on["ttft_p50_ms"] - off["ttft_p50_ms"], 2)
+    figures["tokens_ratio"] = round(on["tokens_per_s"] / off["tokens_per_s"], 3)
+    figures["spans_per_run"] = round(statistics.median(spans_per_run), 1) if spans_per_run else 0
+    return figures
+
+
+def table(f: dict[str, Any]) -> str:
+    rows = [
+        "| tracing | TTFT p50 (1 run) | tokens/s |",
+        "|---|---|---|",
+        *(
+            f"| {side} | {f[side]['ttft_p50_ms']} ms | {f[side]['tokens_per_s']} |"
+            for side in ("off", "on")
+        ),
+        f"| on − off | {f['ttft_delta_ms']:+} ms | ×{f['tokens_ratio']} |",
+    ]
+    return "\n".join(rows) + f"\n\nspans exported per run (median): {f['spans_per_run']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--tokens", type=int, default=500)
+    parser.add_argument("--ttft-repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="2 rounds, 50 x 200, 10 TTFT runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.concurrency, args.tokens, args.ttft_repeats = 2, 50, 200, 10
+    figures = bench(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"tracing-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(figures, indent=2))
+    print(table(figures))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
