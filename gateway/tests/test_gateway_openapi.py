@@ -77,8 +77,8 @@ def test_sse_operations_are_event_streams_with_the_event_schema(schema):
     for path, method in (("/api/v1/runs/stream", "post"), ("/api/v1/runs/{run_id}/events", "get")):
         content = schema["paths"][path][method]["responses"]["200"]["content"]
         assert set(content) == {"text/event-stream"}, (path, content)
-        item = content["text/event-stream"]["x-itemSchema"]
-        assert item["properties"]["data"]["contentSchema"] == RUN_EVENT_REF
+        item = content["text/event-stream"]["itemSchema"]
+        assert RUN_EVENT_REF in item["properties"]["data"]["contentSchema"]["anyOf"]
         assert {"text_delta", "tool_call_started", "run_completed"} <= set(
             item["properties"]["event"]["enum"]
         )
@@ -179,14 +179,20 @@ def test_a_generated_client_starts_and_reads_a_run(gateway, tmp_path, monkeypatc
         assert isinstance(run, models.ChorusV1Run), run
         assert run.spec.template == "duet" and run.id
 
-        stream = stream_run_events.sync(client=api, run_id=run.id)
-        assert isinstance(stream, str), stream
-        kinds = re.findall(r"^event: (\w+)$", stream, re.M)
+        # an event stream is no JSON value: the generated client hands over its bytes
+        stream = stream_run_events.sync_detailed(client=api, run_id=run.id)
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kinds = re.findall(r"^event: (\w+)$", stream.content.decode(), re.M)
         assert kinds[0] == "run_started" and kinds[-1] == "run_completed", kinds
         assert "text_delta" in kinds
 
-        rest = stream_run_events.sync(client=api, run_id=run.id, after_seq=len(kinds) - 1)
-        assert re.findall(r"^event: (\w+)$", rest, re.M) == ["run_completed"]
+        rest = stream_run_events.sync_detailed(
+            client=api, run_id=run.id, last_event_id=str(len(kinds) - 1)
+        )
+        assert re.findall(r"^event: (\w+)$", rest.content.decode(), re.M) == ["run_completed"]
+        done = stream_run_events.sync_detailed(client=api, run_id=run.id, after_seq=len(kinds))
+        assert done.status_code == 204
 
         deadline = time.monotonic() + 30  # the record may trail the terminal event a moment
         while (got := get_run.sync(client=api, run_id=run.id)).status.value != (

@@ -168,29 +168,32 @@ def _run_event_names() -> list[str]:
 
 
 def sse_content() -> dict[str, Any]:
-    """The `text/event-stream` media type of a run's events: the stream as a string
-    (OpenAPI 3.1), and each event's fields under `x-itemSchema` (OpenAPI 3.2's
-    `itemSchema`: `event` the payload name, `id` the seq, `data` a chorus.v1.RunEvent)."""
+    """The `text/event-stream` media type of a run's events, as FastAPI documents its own
+    SSE routes: `itemSchema` (OpenAPI 3.2) describes one event — `event` the payload's
+    name, `id` the seq, `data` one chorus.v1.RunEvent as proto3 JSON; `: keepalive`
+    comments carry no event. No `schema`: the stream is not one JSON value (a generated
+    client hands it over as bytes)."""
     return {
-        "schema": {
-            "type": "string",
-            "description": "SSE frames (`event:`, `id:`, `data:` lines), one per "
-            "chorus.v1.RunEvent; `: keepalive` comments while idle; an `event: error` frame "
-            "(AIP-193 body) if the stream fails after it started.",
-        },
-        "x-itemSchema": {
+        "itemSchema": {
             "type": "object",
+            "title": "RunEventFrame",
+            "description": "One SSE event: `event:`, `id:`, `data:` lines. A stream that fails "
+            "after it started ends with `event: error` whose data is an AIP-193 error.",
             "properties": {
                 "event": {"type": "string", "enum": [*_run_event_names(), "error"]},
                 "id": {"type": "string", "description": "The event's seq (Last-Event-ID)."},
                 "data": {
                     "type": "string",
                     "contentMediaType": "application/json",
-                    "contentSchema": ref(run_pb2.RunEvent.DESCRIPTOR),
+                    "contentSchema": {
+                        "anyOf": [
+                            ref(run_pb2.RunEvent.DESCRIPTOR),
+                            {"$ref": "#/components/schemas/Error"},
+                        ]
+                    },
                 },
-                "retry": {"type": "integer"},
+                "retry": {"type": "integer", "description": "Reconnect delay, milliseconds."},
             },
-            "required": ["data"],
         },
         "example": 'event: text_delta\nid: 17\ndata: {"runId":"1f0c…","seq":"17",'
         '"time":"2026-01-01T12:00:00Z","agent":"optimist","textDelta":{"text":"Hi"}}\n\n',
