@@ -101,6 +101,24 @@ def test_background_response_resumes_exactly_after_a_sequence_number(gateway):
     assert [e.to_dict() for e in rest] == [e.to_dict() for e in full[n + 1 :]]
 
 
+def test_another_gateway_process_resumes_with_the_same_sequence_numbers(gateway, gateways):
+    other = sync_client(gateways.url(sse_keepalive_s="14"))  # a second, separate process
+    client = sync_client(gateway)
+    created = client.responses.create(
+        model=DUET, input="Two gateways", background=True, extra_body=TWO_TURNS
+    )
+    first: list[Any] = []
+    with client.responses.retrieve(created.id, stream=True) as stream:
+        for event in stream:
+            first.append(event)
+            if len(first) == 6:
+                break
+    rest = _collect(other.responses.retrieve(created.id, stream=True, starting_after=5))
+    whole = _collect(client.responses.retrieve(created.id, stream=True))
+    assert [e.to_dict() for e in first + rest] == [e.to_dict() for e in whole]
+    assert whole[-1].type == "response.completed"
+
+
 def test_a_live_response_resumed_mid_run_gives_the_same_events(slow_gateway):
     client = sync_client(slow_gateway)
     created = client.responses.create(
