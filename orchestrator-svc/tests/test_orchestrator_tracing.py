@@ -1,0 +1,110 @@
+"""Tracing of runs (issue 22 item 1): a run handed over by a stopping replica and resumed by
+another continues its trace — the new execution's run span is a child of the interrupted
+execution's and linked to it, through the trace context stored in the run's checkpoint.
+
+The first replica is a child process exporting to a real OTLP/gRPC receiver; the stack's
+replica (this process) traces into memory."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from orchestrator_helpers import (
+    RunClient,
+    Stack,
+    agent,
+    orchestrator_process,
+    read_until,
+    sim,
+    spec,
+    team,
+)
+
+from chorus.core import tracing
+from chorus.core.otlp_receiver import OtlpReceiver
+from chorus.core.testing import wait_for
+from chorus.v1 import run_pb2, team_pb2
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.install(None)
+        provider.shutdown()
+
+
+def paced_duet() -> team_pb2.TeamSpec:
+    options = sim(tokens_per_second=150.0, output_tokens=150)
+    return team(
+        team_pb2.TEAM_KIND_ROUND_ROBIN,
+        agent("Ada", simulator=options),
+        agent("Blaise", simulator=options),
+        max_turns=4,
+    )
+
+
+async def test_a_handed_over_run_continues_its_trace_on_the_replica_that_resumes_it(
+    stack: Stack, alice: RunClient, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        async with orchestrator_process(stack, grace_period_s=30) as (proc, channel):
+            first = RunClient(channel, alice.user)
+            run = await first.create(spec(team_spec=paced_duet()))
+            # A delta of the second turn: the first turn's checkpoint is stored by then.
+            await read_until(
+                first.watch_call(run.id),
+                lambda e: e.HasField("text_delta") and e.agent == "Blaise",
+            )
+            proc.terminate(signal.SIGTERM)  # hands the run over at the turn boundary
+            assert await asyncio.to_thread(proc.proc.wait, 30) == 0
+        await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED, timeout=30)
+
+        # The first execution's run span, exported by the stopped replica.
+        def handed_over(got: list) -> bool:
+            return any(
+                s.attributes.get("chorus.run.id") == run.id
+                and s.attributes.get("chorus.run.status") == "HANDED_OFF"
+                for s in got
+            )
+
+        old = next(
+            s
+            for s in receiver.wait_for(handed_over, timeout=30)
+            if s.attributes.get("chorus.run.id") == run.id
+        )
+    assert old.service == "chorus-orchestrator"
+    assert old.attributes["chorus.run.attempt"] == 1
+
+    def resumed_span() -> trace.Span | None:
+        return next(
+            (s for s in spans.get_finished_spans() if s.attributes.get("chorus.run.id") == run.id),
+            None,
+        )
+
+    new = await wait_for(resumed_span, timeout=10)
+    assert new.attributes["chorus.run.attempt"] == 2
+    assert new.attributes["chorus.run.resume_reason"] == "HANDOFF"
+    assert new.attributes["chorus.run.status"] == "COMPLETED"
+    # Same trace, child of the interrupted execution's span, and linked to it.
+    assert format(new.context.trace_id, "032x") == old.trace_id
+    assert format(new.parent.span_id, "016x") == old.span_id
+    assert [format(link.context.span_id, "016x") for link in new.links] == [old.span_id]
+    # The resumed execution's turns are its children.
+    turns = [s for s in spans.get_finished_spans() if s.name.startswith("invoke_agent ")]
+    assert turns and all(t.parent.span_id == new.context.span_id for t in turns)
