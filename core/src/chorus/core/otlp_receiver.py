@@ -99,7 +99,9 @@ class OtlpReceiver:
         self.requests = 0
         self.bytes = 0
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self._server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            _TraceService(self), self._server
+        )
         self.port = self._server.add_insecure_port(f"{host}:0")
         self.endpoint = f"http://{host}:{self.port}"
         """What `OTEL_EXPORTER_OTLP_ENDPOINT` takes."""

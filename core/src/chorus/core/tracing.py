@@ -271,7 +271,7 @@ def server_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [
-        aio_server_interceptor(
+        aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=_state.provider,
             filter_=lambda details: _traced_rpc(details.method),
         )
@@ -290,7 +290,9 @@ def client_interceptors() -> list[Any]:
         method = details.method
         return _traced_rpc(method.decode() if isinstance(method, bytes) else method)
 
-    interceptors = aio_client_interceptors(tracer_provider=_state.provider, filter_=traced)
+    interceptors = aio_client_interceptors(  # type: ignore[no-untyped-call]
+        tracer_provider=_state.provider, filter_=traced
+    )
     return [i for i in interceptors if type(i).__name__.startswith(("UnaryUnary", "UnaryStream"))]
 
 
