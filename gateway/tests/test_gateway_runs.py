@@ -392,15 +392,16 @@ async def test_export_is_a_json_download_of_run_messages_and_events(client):
     assert roles[0] == "ROLE_USER" and roles.count("ROLE_ASSISTANT") >= 2
 
 
-async def test_export_after_the_conversation_was_deleted(client):
-    run_id, frames = await _completed_run(client, topic="Orphan")
+async def test_export_after_the_conversation_was_deleted_is_404(client):
+    """Deleting a conversation deletes its runs (issue 23: the export used to be 200 with
+    every event)."""
+    run_id, _ = await _completed_run(client, topic="Orphan")
     run = (await client.get(f"/api/v1/runs/{run_id}")).json()
     assert (
         await client.delete(f"/api/v1/conversations/{run['conversationId']}")
     ).status_code == 204
-    reply = await client.get(f"/api/v1/runs/{run_id}/export")  # run records outlive it
-    assert reply.status_code == 200
-    assert reply.json()["messages"] == [] and len(reply.json()["events"]) == len(frames)
+    reply = await client.get(f"/api/v1/runs/{run_id}/export")
+    assert reply.status_code == 404
 
 
 async def test_export_while_running_is_partial(client):
