@@ -81,6 +81,9 @@ ON_PATH = {
     "sse": (*SERVICES, "postgres", "redis"),
 }
 """The processes a Chorus path's tokens go through (the ones measured for it)."""
+NOT_SERVICES = ("upstream", "client", "postgres", "redis")
+"""Not counted in a path's memory per stream: the instrument, and the stores (a PostgreSQL
+backend's RSS counts the shared buffers it touched, a new pooled connection ~10 MB)."""
 CPU_HEADINGS = {
     "upstream": "upstream",
     "client": "client",
@@ -249,7 +252,9 @@ def ladder(
     """Step N up through `opts.levels` on one path until the first failing level."""
     meter = Meter(groups)
     mode = MODES[path]
-    client(mode, target, 5, 10, opts, "--once", "--ramp-s", "0", *extra)  # warm-up
+    # warm-up (imports, caches, connection pools), then the idle memory levels start from
+    warm = str(min(opts.levels[0], 20))
+    client(mode, target, int(warm), 10, opts, "--once", "--ramp-s", "0", *extra)
     baseline = meter.rss_mb()
     levels: list[dict[str, Any]] = []
     for n in opts.levels:
@@ -468,8 +473,8 @@ def path_cpu(row: dict[str, Any]) -> float | None:
     if level is None:
         return None
     cpu = level["cpu_ms_per_token"]
-    own = [name for name in cpu if name not in ("upstream", "client")]
-    return round(sum(cpu[name] or 0.0 for name in own), 4)
+    own = [name for name in cpu if name not in ("upstream", "client") and cpu[name] is not None]
+    return round(sum(cpu[name] for name in own), 4) if own else None
 
 
 def _fmt(value: float | None) -> str:
@@ -489,13 +494,13 @@ def markdown(out: dict[str, Any]) -> str:
         "tokens/event > 1: the path merged tokens into larger deltas (coalesced).",
         "",
         "| path | N sustained | lag p50 / p99 at N (ms) | tokens/event | RSS KB per stream "
-        "(path's processes) | first failure (N: why) |",
+        "(the path's services) | first failure (N: why) |",
         "|---|---|---|---|---|---|",
     ]
     for row in out["paths"]:
         level = row["at_sustained"] or {}
         rss = level.get("rss_kb_per_stream", {})
-        own = [n for n in rss if n != "upstream"]  # the path's own processes
+        own = [n for n in rss if n not in NOT_SERVICES]  # the path's own services
         fail = row["first_failure"]
         lines.append(
             f"| {row['label']} | {row['sustained']}{'+' if row['capped'] else ''} | "
@@ -626,13 +631,14 @@ def plot(out: dict[str, Any], filename: Path) -> None:
     """N against lag p99 for every path (log-log), with the bar; a PNG at `filename`."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib missing: no plot")
         return
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for row in out["paths"]:
         levels = [lv for lv in row["levels"] if lv["lag_p99_ms"] is not None]
         ax.plot(
@@ -642,15 +648,18 @@ def plot(out: dict[str, Any], filename: Path) -> None:
             label=f"{row['label']} ({row['sustained']})",
         )
     ax.axhline(out["options"]["max_lag_ms"], color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({lv["n"] for row in out["paths"] for lv in row["levels"]}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     o = out["options"]
     ax.set(
-        xscale="log",
         yscale="log",
         xlabel="concurrent streams N",
         ylabel="lag p99 (ms)",
         title=f"Lag p99 at {o['tps']:g} tokens/s per stream ({out['date']})",
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
     fig.tight_layout()
     fig.savefig(filename, dpi=110)
     plt.close(fig)

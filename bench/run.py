@@ -301,37 +301,39 @@ def markdown(out: dict[str, Any]) -> str:
         f"# Chorus benchmark {out['date']} ({out['machine']}, median of {out['rounds']} rounds)",
         "",
     ]
-    lines += [
-        "## Time to first token (ms)",
-        "",
-        "| path | concurrency | p50 | p99 | CPU ms per stream (provider, history, "
-        "orchestrator, gateway) |",
-        "|---|---|---|---|---|",
-    ]
-    for r in out.get("ttft", []):
-        cpu = ", ".join(str(v) for v in r.get("cpu_ms_per_stream", {}).values())
-        lines.append(
-            f"| {r['path']} | {r['concurrency']} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} "
-            f"| {cpu} |"
-        )
-    lines += [
-        "",
-        "## Throughput (tokens/s delivered)",
-        "",
-        "The fast upstream streams as fast as it can: a path may merge tokens into larger "
-        "deltas (tokens per event > 1: coalesced), so these tokens/s are not a capacity at "
-        "LLM pace (see the capacity section).",
-        "",
-        "| path | concurrency × tokens | tokens/s | tokens per event | coalesced | errors |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in out.get("throughput", []):
-        per_event = r.get("tokens_per_event")
-        coalesced = "–" if per_event is None else "yes" if per_event > 1.05 else "no"
-        lines.append(
-            f"| {r['path']} | {r['concurrency']} × {r['tokens']} | {r['tokens_per_s']} "
-            f"| {per_event} | {coalesced} | {r['errors']} |"
-        )
+    if out.get("ttft"):
+        lines += [
+            "## Time to first token (ms)",
+            "",
+            "| path | concurrency | p50 | p99 | CPU ms per stream (provider, history, "
+            "orchestrator, gateway) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in out.get("ttft", []):
+            cpu = ", ".join(str(v) for v in r.get("cpu_ms_per_stream", {}).values())
+            lines.append(
+                f"| {r['path']} | {r['concurrency']} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} "
+                f"| {cpu} |"
+            )
+    if out.get("throughput"):
+        lines += [
+            "",
+            "## Throughput (tokens/s delivered)",
+            "",
+            "The fast upstream streams as fast as it can: a path may merge tokens into larger "
+            "deltas (tokens per event > 1: coalesced), so these tokens/s are not a capacity at "
+            "LLM pace (see the capacity section).",
+            "",
+            "| path | concurrency × tokens | tokens/s | tokens per event | coalesced | errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in out.get("throughput", []):
+            per_event = r.get("tokens_per_event")
+            coalesced = "–" if per_event is None else "yes" if per_event > 1.05 else "no"
+            lines.append(
+                f"| {r['path']} | {r['concurrency']} × {r['tokens']} | {r['tokens_per_s']} "
+                f"| {per_event} | {coalesced} | {r['errors']} |"
+            )
     if "slow" in out:
         s = out["slow"]
         growth = ", ".join(f"{name} +{mb} MB" for name, mb in s["rss_growth_mb"].items())
@@ -365,6 +367,8 @@ def markdown(out: dict[str, Any]) -> str:
 
 
 def plot(out: dict[str, Any], filename: str) -> None:
+    if not out.get("ttft") and not out.get("throughput"):
+        return  # nothing of the fast-upstream scenarios (the capacity run has its own plot)
     try:
         import matplotlib
 
