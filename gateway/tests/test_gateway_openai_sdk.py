@@ -137,6 +137,17 @@ def test_a_live_response_resumed_mid_run_gives_the_same_events(slow_gateway):
     assert [e.to_dict() for e in first + rest] == [e.to_dict() for e in whole]
 
 
+def test_starting_after_past_the_end_of_a_live_response_ends_with_an_error_event(slow_gateway):
+    client = sync_client(slow_gateway)
+    created = client.responses.create(
+        model=DUET, input="Far", background=True, extra_body=TWO_TURNS
+    )
+    # live: the stream has started (200) when the end shows that nothing comes after 10**6
+    beyond = _collect(client.responses.retrieve(created.id, stream=True, starting_after=10**6))
+    assert [(e.type, e.param) for e in beyond] == [("error", "starting_after")]
+    assert client.responses.retrieve(created.id).status == "completed"
+
+
 def test_cancel_mid_run_ends_the_response_cancelled(slow_gateway):
     client = sync_client(slow_gateway)
     created = client.responses.create(
@@ -168,6 +179,11 @@ def test_non_streaming_create_waits_for_the_run_and_previous_response_id_continu
     )
     assert second.status == "completed"
     assert second.conversation.id == first.conversation.id
+    with pytest.raises(openai.NotFoundError) as info:
+        client.responses.create(
+            model="simulator/sim-1", input="?", previous_response_id="resp_" + "f" * 32
+        )
+    assert info.value.param == "previous_response_id"
     items = client.responses.input_items.list(second.id)
     assert [i.content[0].text for i in items.data] == ["What is my name?"]
 

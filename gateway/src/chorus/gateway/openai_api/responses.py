@@ -22,7 +22,7 @@ from fastapi import APIRouter, Header, Query, Request
 from google.protobuf import field_mask_pb2
 from starlette.responses import Response, StreamingResponse
 
-from chorus.core.errors import InvalidArgument, OutOfRange
+from chorus.core.errors import InvalidArgument, NotFound, OutOfRange
 from chorus.gateway.api.deps import (
     CallerDep,
     HistoryDep,
@@ -249,6 +249,13 @@ def _stream(
                 if frames:
                     yield b"".join(frames)
                 if mapper is not None and mapper.ended:
+                    last = mapper.next_sequence - 1
+                    if starting_after >= last:  # asked past the end of a run that was live
+                        raise OutOfRange(
+                            f"starting_after {starting_after} is at or past the last event "
+                            f"of this response ({last})",
+                            [("starting_after", f"at most {last - 1}")],
+                        )
                     return
                 batch = await feed.next_batch(timeout=settings.sse_keepalive_s)
                 if batch == []:
@@ -349,7 +356,16 @@ async def create_response(
     )
     conversation_id = ""
     if body.previous_response_id:
-        previous = await _get_run(runs_stub, ids.run_id_of(body.previous_response_id), settings)
+        try:
+            previous = await _get_run(runs_stub, ids.run_id_of(body.previous_response_id), settings)
+        except (grpc.aio.AioRpcError, NotFound) as exc:
+            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            raise NotFound(
+                f"Previous response with id '{body.previous_response_id[:100]}' not found.",
+                reason="PREVIOUS_RESPONSE_NOT_FOUND",
+                metadata={"param": "previous_response_id"},
+            ) from None
         conversation_id = previous.conversation_id
     elif body.conversation is not None:
         given = (
