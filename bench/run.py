@@ -32,7 +32,9 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import signal
 import statistics
+import sys
 from contextlib import ExitStack
 from typing import Any
 
@@ -160,6 +162,8 @@ def summarize_slow(rounds: list[dict[str, Any]], runs: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    # SIGTERM ends the run like Ctrl-C: the servers it started are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (smoke run)")
