@@ -86,6 +86,32 @@ def test_streamed_duet_response_reaches_completed_with_every_agents_text(gateway
     assert [i.id for i in retrieved.output] == [i.id for i in final.output]
 
 
+def test_server_side_tool_calls_stream_as_function_call_items(gateway):
+    client = sync_client(gateway)
+    events = _collect(
+        client.responses.create(
+            model="chorus/assistant",
+            input="What is 17.5% of 2,340, and what day is it?",
+            stream=True,
+        )
+    )
+    for event in events:
+        EVENT_TYPES[event.type].model_validate(event.to_dict())
+    final = events[-1].response
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert {c.name for c in calls} == {"calculator", "current_time"}
+    for call in calls:
+        assert call.status == "completed" and call.model_extra["output"]
+        assert call.model_extra["agent"] == "assistant"
+        done = [
+            e
+            for e in events
+            if e.type == "response.function_call_arguments.done" and e.item_id == call.id
+        ]
+        assert [d.arguments for d in done] == [call.arguments]
+    assert final.output[-1].type == "message" and final.output_text
+
+
 def test_background_response_resumes_exactly_after_a_sequence_number(gateway):
     client = sync_client(gateway)
     created = client.responses.create(
