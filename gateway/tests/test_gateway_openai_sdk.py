@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, get_args
 
+import httpx
 import openai
 import pytest
 from gateway_helpers import API_KEYS
@@ -193,6 +194,11 @@ def test_cancel_mid_run_ends_the_response_cancelled(slow_gateway):
     assert tail[-1].response["status"] == "cancelled"
     again = client.responses.cancel(created.id)  # idempotent
     assert again.status == "cancelled"
+    run_id = created.id.removeprefix("resp_")
+    run = httpx.get(f"{slow_gateway}/api/v1/runs/{run_id}", timeout=30).json()
+    assert run["status"] == "RUN_STATUS_CANCELLED"
+    assert run["cancellation"]["reason"] == "cancelled over the OpenAI API"
+    assert run["cancellation"]["requestedBy"] == "dev"
 
 
 def test_non_streaming_create_waits_for_the_run_and_previous_response_id_continues(gateway):
@@ -304,8 +310,6 @@ def test_chat_completion_without_stream_returns_one_message(gateway):
 
 
 async def test_chat_client_disconnect_cancels_the_run(slow_gateway):
-    import httpx
-
     client = async_client(slow_gateway)
     stream = await client.chat.completions.create(
         model=DUET,
