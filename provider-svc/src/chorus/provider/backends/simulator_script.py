@@ -5,25 +5,32 @@ the same arguments always give the same script. It decides, in this order:
 
 1. **autogen orchestration prompts** (found by their text in the last message):
    * MagenticOne progress ledger (mentions `is_request_satisfied`) → the JSON ledger with
-     the five keys, each `{"reason", "answer"}`. The next speaker rotates through the names
-     listed after "select from:"; the request is marked satisfied once the team's members
-     have spoken `min(len(names), 3)` times after the plan (counted as user-role messages
-     after the first assistant message), so MagenticOne runs finish.
-   * MagenticOne facts survey / fact-sheet update → a sheet with the four required headings.
-   * MagenticOne plan / plan update → bullet points that name the team members.
-   * MagenticOne final answer → prose that answers the task.
+     the five keys, each `{"reason", "answer"}`, reasons in plain sentences. The next
+     speaker rotates through the names listed after "select from:"; its instruction is
+     the member's own description made an instruction plus the request (`technical_analyst,
+     please compute moving averages … for this request: Analyse BTC …`), so the member's
+     tools get the right arguments. The request is marked satisfied once the members have
+     spoken `min(len(names), 3)` times after the plan (user-role messages after the first
+     assistant message), so MagenticOne runs finish.
+   * MagenticOne facts survey / fact-sheet update → a sheet with the four required headings,
+     about the request.
+   * MagenticOne plan / plan update → one bullet per team member saying what it does.
+   * MagenticOne final answer → the members' findings (first sentence each) and a closing.
    * SelectorGroupChat speaker selection (`select the next role from [...]`, or the
      feedback "Please select ... from: [...]") → exactly one name from that list: the
      candidate who has spoken least in the quoted history (ties: list order).
 2. **tools**: when tools are offered, tool choice is not NONE and the last message is a user
-   (or system) message, one tool call: the named tool (MODE_TOOL), else the tool whose name
-   and description share most words with the message (ties: request order). Arguments are
-   built from its JSON Schema (numbers / expressions / places / the user's words picked from
-   the message where the property name suggests them). After a tool result the reply is
-   text that reports the result.
-3. **prose** otherwise: English sentences from templates and word banks, seeded by the
-   topic words of the conversation (never the prompt echoed back). `output_tokens` > 0
-   gives exactly that many text tokens; otherwise 30–90 tokens of whole sentences.
+   (or system) message: the named tool (MODE_TOOL); else one call per intent of the input
+   (`simulator_replies.intent_tools`: arithmetic → the calculator with the expression,
+   `17.5% of 2,340` → `0.175 * 2340`; date or time → the clock; an asset → the tool with a
+   symbol parameter that the system prompt names), several calls at once when the input asks
+   several things; without an intent, the tool whose name and description share most words
+   with the message (ties: request order). Other arguments are built from the JSON Schema.
+   After tool results the reply states them in words (`17.5% of 2,340 is 409.5`, a JSON
+   result's figures), then the agent's own take.
+3. **text** otherwise: the agent's reply in its role (from its system prompt) about the task
+   (the first user message), in sentences (`simulator_replies.reply`). `output_tokens` > 0
+   instead gives exactly that many tokens of generic prose (benchmarks).
 
 `sim-reasoning` first thinks aloud (reasoning tokens). A system prompt that asks for a
 quoted upper-case word (`say "TERMINATE" when done`) gets that word at the end of replies
@@ -45,6 +52,7 @@ from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
 
+from chorus.provider.backends import simulator_replies as replies
 from chorus.provider.schemas import tool_schema
 from chorus.v1 import chat_pb2, provider_service_pb2
 
@@ -253,12 +261,7 @@ _POOL = 256
 # --- orchestration prompts ----------------------------------------------------------------
 
 _LEDGER_NAMES = re.compile(r"Who should speak next\? \(select from: ([^)]*)\)")
-_TASK_RE = re.compile(
-    r"(?:Recall we are working on the following request:|Here is the request:|"
-    r"We are working on the following task:|we are working to solve the following task:|"
-    r"We are working to address the following user request:)\s*\n(.*?)\n\s*\n",
-    re.S,
-)
+_TASK_RE = replies.TASK_RE
 _TEAM_RE = re.compile(
     r"(?:assembled the following team:|team composition[^:]*:)\s*\n\s*\n(.*?)(?:\n\s*\n|$)", re.S
 )
@@ -275,16 +278,44 @@ def _task_of(text: str) -> str:
 
 
 def _team_of(text: str) -> list[str]:
+    return list(_team_descriptions(text))
+
+
+def _team_descriptions(text: str) -> dict[str, str]:
+    """`name: description` lines of the team MagenticOne lists in its prompts."""
     match = _TEAM_RE.search(text)
     if not match:
-        return []
-    return [line.split(":", 1)[0].strip() for line in match.group(1).splitlines() if ":" in line]
+        return {}
+    out: dict[str, str] = {}
+    for line in match.group(1).splitlines():
+        if ":" in line:
+            name, _, description = line.partition(":")
+            out[name.strip()] = " ".join(description.split())
+    return out
+
+
+def _action(description: str) -> str:
+    """What a member does, as an instruction: `Market analyst: looks up price …` → `look
+    up price …` (the description's first sentence, its verb made imperative)."""
+    text = description.split(". ")[0].rstrip(".")
+    if ":" in text[:40]:
+        text = text.split(":", 1)[1].strip()
+    words = text.split()
+    if words and words[0].endswith("s") and not words[0].endswith("ss"):
+        first = words[0][:-1]
+        if first.endswith("ie"):  # "applies" -> "apply"
+            first = first[:-2] + "y"
+        elif first.endswith(("che", "she", "xe", "se")) and words[0].endswith("es"):
+            first = first[:-1]  # "searches" -> "search"
+        words[0] = first
+    return " ".join(words) if words else "contribute your part"
 
 
 def _ledger(prompt: str, request: provider_service_pb2.StreamChatRequest, prose: _Prose) -> str:
     match = _LEDGER_NAMES.search(prompt)
     names = [n.strip() for n in match.group(1).split(",") if n.strip()] if match else []
-    names = names or _team_of(prompt) or ["assistant"]
+    team = _team_descriptions(prompt)
+    names = names or list(team) or ["assistant"]
     task = _task_of(prompt)
     messages = list(request.messages)[:-1]
     first_assistant = next(
@@ -295,53 +326,90 @@ def _ledger(prompt: str, request: provider_service_pb2.StreamChatRequest, prose:
         if first_assistant is None
         else sum(1 for m in messages[first_assistant + 1 :] if m.role == chat_pb2.ROLE_USER)
     )
-    done = spoken >= min(len(names), 3)
+    planned = min(len(names), 3)
+    done = spoken >= planned
     speaker = names[spoken % len(names)]
-    words = topics(task, 3)
-    focus = ", ".join(words) if words else "the request"
+    contributed = names[: min(spoken, len(names))]
+    action = _action(team.get(speaker, ""))
     ledger = {
         "is_request_satisfied": {
-            "reason": f"The team has covered {focus} and the answer is complete."
-            if done
-            else f"We still need {speaker}'s contribution on {focus}.",
+            "reason": (
+                f"{_join(contributed)} have contributed and together they answer the request."
+                if done
+                else f"Not yet: {speaker} still has to {action}."
+            ),
             "answer": done,
         },
-        "is_in_loop": {"reason": "Each turn added new information.", "answer": False},
+        "is_in_loop": {
+            "reason": "No: each turn so far added something new.",
+            "answer": False,
+        },
         "is_progress_being_made": {
-            "reason": f"{spoken} of the planned contributions are in.",
+            "reason": (
+                "Yes: we are just starting."
+                if not spoken
+                else f"Yes: {spoken} of {planned} planned contributions are in."
+            ),
             "answer": True,
         },
         "next_speaker": {
-            "reason": f"{speaker} is best placed for the next step.",
+            "reason": f"The next step of the plan is {speaker}'s: {action}.",
             "answer": speaker,
         },
         "instruction_or_question": {
-            "reason": "A focused instruction keeps the turn short.",
-            "answer": f"{speaker}, please work on {focus}: {prose.sentence()}",
+            "reason": f"{speaker} needs the request and what to do for it.",
+            "answer": f"{speaker}, please {action}, for this request: {task}",
         },
     }
     return json.dumps(ledger, indent=4)
 
 
+def _join(names: list[str]) -> str:
+    if not names:
+        return "The team"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _facts(prompt: str, prose: _Prose) -> str:
     task = _task_of(prompt)
-    words = topics(task, 4) or ["the request"]
+    words = replies.topic_phrases(task, 4)
+    asset = replies.asset_of(task)
+    subject = asset or words[0]
     return (
         "1. GIVEN OR VERIFIED FACTS\n"
-        f"- The request is about {', '.join(words)}.\n\n"
+        f"- The request: {task}\n\n"
         "2. FACTS TO LOOK UP\n"
-        f"- Recent figures on {words[0]}, from the primary sources named in the request.\n\n"
+        f"- Current figures for {subject}: the ones the request depends on.\n\n"
         "3. FACTS TO DERIVE\n"
-        f"- How {words[-1]} compares across the cases we find.\n\n"
+        f"- What those figures say about {', '.join(words[1:3]) or subject}.\n\n"
         "4. EDUCATED GUESSES\n"
-        f"- {prose.sentence()}"
+        f"- A short, balanced answer on {subject} is possible once the figures are in."
     )
 
 
 def _plan(prompt: str, prose: _Prose) -> str:
-    team = _team_of(prompt) or ["the team"]
-    lines = [f"- {name}: {prose.sentence()}" for name in team[:4]]
-    lines.append("- Combine the findings into one short, direct answer.")
+    team = _team_descriptions(prompt) or {"the team": ""}
+    task = _task_of(prompt)
+    lines = [f"- {name}: {_action(description)}." for name, description in list(team.items())[:4]]
+    lines.append(f"- Combine the findings into one short, direct answer to: {task}")
+    return "\n".join(lines)
+
+
+def _final_answer(prompt: str, request: provider_service_pb2.StreamChatRequest) -> str:
+    task = _task_of(prompt)
+    words = replies.topic_phrases(task, 3)
+    points: list[str] = []
+    for m in request.messages[:-1]:
+        if m.role == chat_pb2.ROLE_USER and m.name and m.name != "user":
+            sentences = [x for x in re.split(r"(?<=[.!?])\s+", " ".join(m.content.split())) if x]
+            if sentences:
+                points.append(f"{m.name.replace('_', ' ')}: {sentences[0]}")
+    lines = [f"Here is what the team found on {', '.join(words)}."]
+    lines += [f"- {p}" for p in points[-4:]]
+    lines.append(
+        "Taken together, these points answer the request; the figures are a guide, not a "
+        "guarantee, so weigh them against your own situation."
+    )
     return "\n".join(lines)
 
 
@@ -393,7 +461,7 @@ def _value(name: str, schema: dict[str, Any], text: str, rng: random.Random) -> 
     if kind == "boolean":
         return True
     if kind in ("integer", "number"):
-        numbers = _NUMBER_RE.findall(text)
+        numbers = _NUMBER_RE.findall(replies.normalized_numbers(text))
         value: float = float(numbers[0]) if numbers else float(rng.randint(1, 10))
         lo, hi = schema.get("minimum"), schema.get("maximum")
         if isinstance(lo, int | float):
@@ -402,8 +470,8 @@ def _value(name: str, schema: dict[str, Any], text: str, rng: random.Random) -> 
             value = min(value, hi)
         return int(value) if kind == "integer" else value
     if any(k in lname for k in ("expr", "formula", "equation", "calculation")):
-        match = _EXPR_RE.search(text)
-        return match.group(0).strip() if match else "2 + 2"
+        found = replies.expression_of(text)
+        return found[0] if found else "2 + 2"
     if any(k in lname for k in ("city", "location", "place", "country", "region")):
         match = _PLACE_RE.search(text)
         return match.group(1) if match else "Paris"
@@ -412,8 +480,7 @@ def _value(name: str, schema: dict[str, Any], text: str, rng: random.Random) -> 
     if "date" in lname or schema.get("format") in ("date", "date-time"):
         return "2026-01-15"
     if any(k in lname for k in ("symbol", "ticker", "coin", "asset")):
-        match = re.search(r"\b([A-Z]{2,5})\b", text)
-        return match.group(1) if match else "BTC"
+        return replies.asset_of(text) or "BTC"
     snippet = " ".join(text.split())[:200]
     return snippet or "example"
 
@@ -454,23 +521,31 @@ def _wants_tool(request: provider_service_pb2.StreamChatRequest) -> bool:
     return request.messages[-1].role in (chat_pb2.ROLE_USER, chat_pb2.ROLE_SYSTEM)
 
 
-def _tool_result_reply(request: provider_service_pb2.StreamChatRequest, prose: _Prose) -> str:
-    results: list[str] = []
-    names: dict[str, str] = {}
+def _tool_result_reply(request: provider_service_pb2.StreamChatRequest, rng: random.Random) -> str:
+    """The results of the last tool calls in words, then the agent's own take (an analyst
+    reads the figures; an assistant stops at the answer)."""
+    calls: dict[str, chat_pb2.ToolCall] = {}
     for m in request.messages:
         for c in m.tool_calls:
-            names[c.id] = c.name
+            calls[c.id] = c
+    task = replies.task_text(request)
+    results: list[str] = []
     for m in reversed(request.messages):
         if m.role != chat_pb2.ROLE_TOOL:
             break
-        name = names.get(m.tool_call_id, "tool")
-        content = " ".join(m.content.split())
-        excerpt = content if len(content) <= 160 else content[:157] + "..."
+        call = calls.get(m.tool_call_id)
+        name = call.name if call else "tool"
         if m.is_error:
+            excerpt = " ".join(m.content.split())[:160]
             results.append(f"The {name} tool failed ({excerpt}), so I will answer without it.")
         else:
-            results.append(f"The {name} tool returned {excerpt}.")
-    return " ".join([*reversed(results), prose.sentence()])
+            results.append(
+                replies.describe_result(name, call.arguments if call else "", m.content, task)
+            )
+    results.reverse()
+    role = replies.role_of(request)
+    follow = [] if role.kind == "assistant" else [replies.follow_up(request, rng)]
+    return " ".join([*results, *follow])
 
 
 # --- the script ----------------------------------------------------------------------------
@@ -508,10 +583,7 @@ def _orchestration_reply(
     if "bullet-point plan" in last or "come up with a new plan" in last:
         return _plan(last, prose)
     if "provide the final answer to the original request" in last:
-        task = _task_of(last)
-        words = topics(task, 4)
-        intro = f"Here is what the team found on {', '.join(words)}." if words else ""
-        return " ".join(x for x in (intro, *(prose.sentence() for _ in range(3))) if x)
+        return _final_answer(last, request)
     candidates = _candidates(last)
     if candidates is not None:
         return _selection(last, candidates)
@@ -539,20 +611,21 @@ def write_script(
     if fixed is not None:
         script.text = tokenize(fixed)
     elif _wants_tool(request):
-        tool = _pick_tool(request, last.content)
-        args = _arguments(tool_schema(tool.parameters), last.content, rng)
-        call_id = f"call_sim_{rng.getrandbits(48):012x}"
-        script.tool_calls.append((call_id, tool.name, json.dumps(args)))
+        schemas = {t.name: tool_schema(t.parameters) for t in request.tools}
+        forced = request.tool_choice.mode == _TOOL_CHOICE.MODE_TOOL
+        tools = [] if forced else replies.intent_tools(request, last.content, schemas)
+        for tool in tools or [_pick_tool(request, last.content)]:
+            args = _arguments(schemas[tool.name], last.content, rng)
+            call_id = f"call_sim_{rng.getrandbits(48):012x}"
+            script.tool_calls.append((call_id, tool.name, json.dumps(args)))
         script.finish, script.raw_finish = FinishReason.FINISH_REASON_TOOL_CALLS, "tool_calls"
         return script
     elif last.role == chat_pb2.ROLE_TOOL:
-        script.text = tokenize(_tool_result_reply(request, prose))
+        script.text = tokenize(_tool_result_reply(request, rng))
+    elif output_tokens:
+        script.text = prose.tokens(output_tokens, exact=True)
     else:
-        count = output_tokens or rng.randint(30, 90)
-        script.text = prose.tokens(count, exact=bool(output_tokens))
-        word = _termination_word(request)
-        if word is not None and not output_tokens:
-            script.text.append(" " + word)
+        script.text = tokenize(replies.reply(request, rng, _termination_word(request)))
 
     if request.stop:
         joined = "".join(script.text)
