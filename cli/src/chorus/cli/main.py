@@ -575,6 +575,83 @@ def runs_export(
         sys.stdout.write(data + "\n")
 
 
+@runs_app.command("delete")
+def runs_delete(run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """Delete a run with its events (an active run is cancelled first). Every later read of
+    it is NOT_FOUND; its messages stay in its conversation."""
+
+    async def call() -> None:
+        async with open_channel(_conn.orchestrator) as channel:
+            await _conn.runs(channel).DeleteRun(
+                run_service_pb2.DeleteRunRequest(run_id=run_id), metadata=_conn.metadata
+            )
+
+    _run(call)
+    console.print(f"deleted run {run_id}")
+
+
+def _artifact_file(directory: Path, name: str, taken: set[str]) -> Path:
+    """Where to save the artifact `name` in `directory`: its base name (a name with a path
+    never leaves the directory), `-2`, `-3`, … added when an earlier artifact took it."""
+    base = Path(name.replace("\\", "/")).name.lstrip(".") or "artifact"
+    stem, suffix = Path(base).stem, Path(base).suffix
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}{suffix}"
+    taken.add(candidate)
+    return directory / candidate
+
+
+@runs_app.command("artifacts")
+def runs_artifacts(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory to save them in (created when missing).",
+            file_okay=False,
+        ),
+    ] = Path("."),
+) -> None:
+    """Save a run's artifacts (charts, files its tools attached) as files in a directory,
+    one per `artifact` event, named as the run named them; prints each file written."""
+
+    async def call() -> list[run_pb2.RunEvent]:
+        found: list[run_pb2.RunEvent] = []
+        async with open_channel(_conn.history) as channel:
+            history = _conn.history_stub(channel)
+            token = ""
+            while True:
+                page = await history.ListRunEvents(
+                    history_service_pb2.ListRunEventsRequest(
+                        run_id=run_id, kinds=["artifact"], page_size=1000, page_token=token
+                    ),
+                    metadata=_conn.metadata,
+                )
+                found.extend(page.events)
+                token = page.next_page_token
+                if not token:
+                    return found
+
+    events = _run(call)
+    if not events:
+        console.print(f"run {run_id} has no artifacts")
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    for event in events:
+        art = event.artifact
+        path = _artifact_file(output, art.name, taken)
+        path.write_bytes(art.data)
+        console.print(
+            f"{path}  {art.mime_type}  {len(art.data)} bytes  ({event.agent}, seq {event.seq})",
+            highlight=False,
+        )
+
+
 @conversations_app.command("list")
 def conversations_list(
     limit: Annotated[int, typer.Option(min=1, help="Page size.")] = 20,
