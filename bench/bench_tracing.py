@@ -9,8 +9,9 @@ Each round and side runs on a fresh stack (PostgreSQL + Redis, a throw-away data
 key prefix per side): a warm-up, SSE time to first token at 1 run (`--ttft-repeats` runs
 one after the other; p50), then SSE tokens/s at `--concurrency` × `--tokens` (the upstream
 is `../shared/anchors/fake_openai.py` at full speed, as in `bench.compare`). The side that
-goes first alternates. Reported: medians per side, the TTFT difference (ms) and the
-tokens/s ratio (on / off), and the spans the receiver got per run. Target (issue 22):
+goes first alternates. Reported: medians per side, the TTFT difference (ms), the tokens/s
+ratio (on / off), the CPU the four services spent per 1,000 tokens of the throughput load
+(less moved by a busy machine than tokens/s) and the spans the receiver got per run. Target (issue 22):
 tokens/s at most 5 % lower, TTFT p50 at most 1 ms higher.
 
 Writes `bench/results/tracing-<date>.json` and prints a markdown table.
@@ -47,8 +48,19 @@ def one_side(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
         gateway = chorus.addresses["gateway"]
         load("sse", gateway, 10, 20)  # warm-up: imports, caches, connections
         ttft = load("sse", gateway, 1, 20, "--repeats", str(args.ttft_repeats))
+        before = chorus.cpu_s()
         throughput = load("sse", gateway, args.concurrency, args.tokens)
-    return {"ttft": ttft, "throughput": throughput}
+        after = chorus.cpu_s()
+    # CPU the four services spent per 1,000 tokens streamed: unlike tokens/s, not moved by
+    # what else the (shared) machine runs meanwhile.
+    cpu_s = sum(after.values()) - sum(before.values())
+    tokens = args.concurrency * args.tokens
+    return {
+        "ttft": ttft,
+        "throughput": throughput,
+        "cpu_ms_per_1k_tokens": round(cpu_s * 1e6 / tokens, 2),
+        "cpu_s_by_service": {k: round(after[k] - before[k], 3) for k in after},
+    }
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,7 +88,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 print(
                     f"round {r + 1} tracing {side}: TTFT p50 {result['ttft']['ttft_p50_ms']} ms, "
                     f"{result['throughput']['tokens_per_s']} tokens/s at "
-                    f"{args.concurrency} x {args.tokens}",
+                    f"{args.concurrency} x {args.tokens}, services' CPU "
+                    f"{result['cpu_ms_per_1k_tokens']} ms per 1k tokens",
                     flush=True,
                 )
     figures: dict[str, Any] = {"args": vars(args), "rounds": sides}
@@ -86,23 +99,28 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "tokens_per_s": round(
                 statistics.median(r["throughput"]["tokens_per_s"] for r in rounds), 1
             ),
+            "cpu_ms_per_1k_tokens": round(
+                statistics.median(r["cpu_ms_per_1k_tokens"] for r in rounds), 2
+            ),
         }
     off, on = figures["off"], figures["on"]
     figures["ttft_delta_ms"] = round(on["ttft_p50_ms"] - off["ttft_p50_ms"], 2)
     figures["tokens_ratio"] = round(on["tokens_per_s"] / off["tokens_per_s"], 3)
+    figures["cpu_ratio"] = round(on["cpu_ms_per_1k_tokens"] / off["cpu_ms_per_1k_tokens"], 3)
     figures["spans_per_run"] = round(statistics.median(spans_per_run), 1) if spans_per_run else 0
     return figures
 
 
 def table(f: dict[str, Any]) -> str:
     rows = [
-        "| tracing | TTFT p50 (1 run) | tokens/s |",
-        "|---|---|---|",
+        "| tracing | TTFT p50 (1 run) | tokens/s | services' CPU per 1k tokens |",
+        "|---|---|---|---|",
         *(
-            f"| {side} | {f[side]['ttft_p50_ms']} ms | {f[side]['tokens_per_s']} |"
+            f"| {side} | {f[side]['ttft_p50_ms']} ms | {f[side]['tokens_per_s']} "
+            f"| {f[side]['cpu_ms_per_1k_tokens']} ms |"
             for side in ("off", "on")
         ),
-        f"| on − off | {f['ttft_delta_ms']:+} ms | ×{f['tokens_ratio']} |",
+        f"| on vs off | {f['ttft_delta_ms']:+} ms | ×{f['tokens_ratio']} | ×{f['cpu_ratio']} |",
     ]
     return "\n".join(rows) + f"\n\nspans exported per run (median): {f['spans_per_run']}"
 

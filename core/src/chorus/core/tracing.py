@@ -21,7 +21,8 @@ What is traced, when on:
   RunService.WatchRuns): one of those lives as long as the process and carries many
   requests, so each stream on it gets its own client and server span instead
   (`start_stream_client_span`, `start_stream_server_span`), its context carried in the
-  stream's own request (`StreamChatRequest.metadata`);
+  stream's own request (`StreamChatRequest.metadata`); nor the delta flusher's group
+  commits (`UNTRACED_METHODS`), which carry many runs' events;
 * the gateway's HTTP requests, SSE and WebSocket included (opentelemetry-instrumentation-
   fastapi, `chorus.gateway.tracing`);
 * runs, agent turns and tool calls (orchestrator) and model calls (provider-svc) after the
@@ -93,6 +94,10 @@ MULTIPLEXED_METHODS = frozenset(
 )
 """Calls that carry many streams and live as long as the process: no span of their own;
 their streams are traced one by one."""
+UNTRACED_METHODS = frozenset({"/chorus.v1.HistoryService/AppendRunEventBatches"})
+"""Calls that belong to no one request: the orchestrator's delta flusher commits many runs'
+events per call (a group commit, several per second per process); their rate and latency
+are in the metrics."""
 _UNTRACED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 SPAN_KIND_CLIENT = trace.SpanKind.CLIENT
@@ -261,7 +266,11 @@ def shutdown() -> None:
 
 # --------------------------------------------------------------------------- gRPC
 def _traced_rpc(method: str) -> bool:
-    return not method.startswith(_UNTRACED_SERVICES) and method not in MULTIPLEXED_METHODS
+    return (
+        not method.startswith(_UNTRACED_SERVICES)
+        and method not in MULTIPLEXED_METHODS
+        and method not in UNTRACED_METHODS
+    )
 
 
 def server_interceptors() -> list[Any]:
