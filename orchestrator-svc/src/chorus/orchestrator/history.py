@@ -58,22 +58,37 @@ class HistoryClient:
         self.stub = history_service_pb2_grpc.HistoryServiceStub(channel)
         self._retry_s = retry_s
         self._auth = auth if auth is not None else CallAuth(None)
+        self.outage: ChorusError | None = None
+        """The error of the last retried call that gave up on UNAVAILABLE or
+        DEADLINE_EXCEEDED (history-svc or its database away past the retry limit), until a
+        call succeeds again: a run failing meanwhile fails for that reason."""
 
     def _md(self, user: str) -> tuple[tuple[str, str], ...]:
         return self._auth.metadata(user, current_request_id())
 
-    async def _call(self, call: Callable[[], Awaitable[T]], *, retry: bool = False) -> T:
-        deadline = time.monotonic() + (self._retry_s if retry else 0.0)
+    async def _call(
+        self, call: Callable[[], Awaitable[T]], *, retry: bool = False, retry_s: float | None = None
+    ) -> T:
+        """`call`, retried with jittered backoff (50 ms doubling to 2 s) on UNAVAILABLE and
+        DEADLINE_EXCEEDED for `retry_s` seconds (default: the client's `retry_s`) when
+        `retry`; an error becomes a `ChorusError` of the same code."""
+        limit = self._retry_s if retry_s is None else retry_s
+        deadline = time.monotonic() + (limit if retry else 0.0)
         delay = 0.05
         while True:
             try:
-                return await call()
+                result = await call()
             except grpc.aio.AioRpcError as exc:
-                if retry and exc.code() in _RETRIED_CODES and time.monotonic() + delay < deadline:
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 2.0)
-                    continue
+                if retry and exc.code() in _RETRIED_CODES:
+                    if time.monotonic() + delay < deadline:
+                        await asyncio.sleep(delay * (0.5 + random.random()))
+                        delay = min(delay * 2, 2.0)
+                        continue
+                    self.outage = from_rpc_error(exc)
+                    raise self.outage from None
                 raise from_rpc_error(exc) from None
+            self.outage = None
+            return result
 
     # ----------------------------------------------------------------- conversations
     async def append_messages(
@@ -256,10 +271,13 @@ class HistoryClient:
         paths: Sequence[str],
         *,
         lease_epoch: int = 0,
+        retry_s: float | None = None,
     ) -> run_pb2.Run:
         """AppendRunEvents with the record's `paths` from `run`, in one transaction: a run's
         last events (through the terminal one) and its final record are stored together.
-        Retried on UNAVAILABLE (a repeat of both is accepted). Returns the stored record.
+        Retried on UNAVAILABLE and DEADLINE_EXCEEDED (a repeat of both is accepted) for
+        `retry_s` seconds (default: the client's; `math.inf`: until the store answers).
+        Returns the stored record.
 
         Raises:
             chorus.core.errors.FailedPrecondition: another writer stored these seqs, or the
@@ -277,6 +295,7 @@ class HistoryClient:
                 request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
             ),
             retry=True,
+            retry_s=retry_s,
         )
         return response.run
 

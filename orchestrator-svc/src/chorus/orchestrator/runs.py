@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,8 @@ _TEAM_STOP_TIMEOUT_S = 5.0
 _RELEASE_TIMEOUT_S = 5.0
 _Event = run_pb2.RunEvent
 _FINAL_PATHS_BASE = ("status", "turns", "usage", "last_seq", "end_time")
+_STORE_OUTAGE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Codes of a history-svc call that failed after the client's retries (a store outage)."""
 TRACE_STATE_KEY = "trace"
 """Key of the checkpoint's team state (`RunCheckpoint.team_state` JSON) holding the W3C
 trace context of the run's span when tracing is on: a resumed run continues that trace."""
@@ -216,6 +219,7 @@ class LiveRun:
         self._stop = Flag()
         self._stop_kind: StopKind | None = None
         self._provider_error: run_pb2.RunError | None = None
+        self._end_retry_s: float | None = None  # the end's write: the client's retry limit
         self._orchestrator_usage = chat_pb2.Usage()
         self._messages = 0
         self._seen_messages: set[str] = set()
@@ -429,7 +433,13 @@ class LiveRun:
             )
             try:
                 self.record = await self._history.append_final_events(
-                    self.owner, self.id, events, final, paths, lease_epoch=self.log.lease_epoch
+                    self.owner,
+                    self.id,
+                    events,
+                    final,
+                    paths,
+                    lease_epoch=self.log.lease_epoch,
+                    retry_s=self._end_retry_s,
                 )
             except (FailedPrecondition, NotFound) as exc:
                 # Someone else (a recovery sweep that took us for dead) wrote these seqs or
@@ -440,7 +450,19 @@ class LiveRun:
         # The closing events stay until the end is published: an end that fails before it
         # (an earlier write failed) is retried as run_failed, with them.
         async with self._end_slot():
-            await self.log.end(*self._closing, event, final_writer=write_end)
+            while True:
+                try:
+                    await self.log.end(*self._closing, event, final_writer=write_end)
+                    break
+                except ChorusError as exc:
+                    # After a store outage an earlier write's failure is raised (once) here,
+                    # before the end is published; the end itself then waits for the store.
+                    if (
+                        self._end_retry_s is None
+                        or exc.code not in _STORE_OUTAGE_CODES
+                        or self.log.ended
+                    ):
+                        raise
         self.status = status
 
     # ------------------------------------------------------------------ RunHooks
@@ -942,8 +964,16 @@ class LiveRun:
         if self._provider_error is not None:
             await self._fail(self._provider_error)
             return
+        outage = self._history.outage
+        if outage is not None and not isinstance(exc, ChorusError):
+            exc = outage  # what the team's error wraps (autogen re-raises it as text)
         if isinstance(exc, ChorusError):
             log.warning("run_dependency_failed", code=exc.code.name, error=exc.message)
+            if exc.code in _STORE_OUTAGE_CODES:
+                # history-svc or its database stayed away past CHORUS_STORE_OUTAGE_LIMIT_S:
+                # the run fails, and its end is written whenever the store answers again
+                # (issue 18, "Outages pause, they don't fail")
+                self._end_retry_s = math.inf
             error = run_pb2.RunError(
                 code=rpc_code(exc.code),
                 message=exc.message,
