@@ -9,20 +9,26 @@ against the lock in a scratch directory.
 
 from __future__ import annotations
 
+import http.server
 import importlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import threading
 import tomllib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from chorus.core.settings import CoreSettings
+from chorus.core.testing import ServiceProcess
 
 from .conftest import REPO
 
@@ -340,3 +346,62 @@ def test_compose_stops_in_the_order_make_run_does():
     assert set(services["orchestrator"]["depends_on"]) == {"provider", "history"}
     assert set(services["history"]["depends_on"]) == {"postgres", "redis"}
     assert all(services[s]["restart"] == "unless-stopped" for s in ("postgres", "redis"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_healthcheck(stage: str, env: dict[str, str]) -> int:
+    """Run `stage`'s HEALTHCHECK command as Docker does (`/bin/sh -c`), the image's `python`
+    being this venv's."""
+    (health,) = instruction(stage, "HEALTHCHECK")
+    command = health.split(" CMD ", 1)[1]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(
+        ["/bin/sh", "-c", command],
+        env={**os.environ, **env, "PATH": path},
+        capture_output=True,
+        timeout=60,
+    )
+    return done.returncode
+
+
+def test_grpc_healthcheck_asks_the_port_the_service_was_configured_with(tmp_path):
+    """provider-svc on a port that is not its default: the image's healthcheck, given the
+    same CHORUS_PROVIDER_PORT, reports healthy; given another port, unhealthy."""
+    port = _free_port()
+    env = {
+        "CHORUS_PROVIDER_PORT": str(port),
+        "CHORUS_DEV_MODE": "true",
+        "CHORUS_DATA_DIR": str(tmp_path),
+    }
+    with ServiceProcess("chorus.provider", env=env):
+        assert run_healthcheck("provider", {"CHORUS_PROVIDER_PORT": str(port)}) == 0
+        assert run_healthcheck("provider", {"CHORUS_PROVIDER_PORT": str(_free_port())}) == 1
+
+
+def test_gateway_healthcheck_asks_readiness_on_the_configured_port():
+    """The gateway's healthcheck reads CHORUS_GATEWAY_PORT and needs /health/ready to be 200."""
+    statuses = {"/health/ready": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(statuses.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            port = str(server.server_address[1])
+            assert run_healthcheck("gateway", {"CHORUS_GATEWAY_PORT": port}) == 0
+            statuses["/health/ready"] = 503  # a backend is down: not ready
+            assert run_healthcheck("gateway", {"CHORUS_GATEWAY_PORT": port}) != 0
+        finally:
+            server.shutdown()
+    assert run_healthcheck("gateway", {"CHORUS_GATEWAY_PORT": str(_free_port())}) != 0
