@@ -209,7 +209,8 @@ async def test_magentic_one_ledger_instructs_the_next_member_with_its_task_and_t
     prompts = pytest.importorskip("autogen_agentchat.teams._group_chat._magentic_one._prompts")
     task = "Analyse BTC for a cautious investor and recommend a position size."
     team = (
-        "market_analyst: Market analyst: looks up price, changes and volume of an asset.\n"
+        "market_analyst: Market analyst: looks up price, changes and volume of an asset "
+        "and explains what they mean.\n"
         "technical_analyst: Technical analyst: computes moving averages, RSI and trend."
     )
     p = await provider()
@@ -218,7 +219,10 @@ async def test_magentic_one_ledger_instructs_the_next_member_with_its_task_and_t
             request(user(prompts.ORCHESTRATOR_TASK_LEDGER_PLAN_PROMPT.format(team=team)))
         )
     )
-    assert "- market_analyst: look up price, changes and volume of an asset." in plan, plan
+    assert (
+        "- market_analyst: look up price, changes and volume of an asset and explain what "
+        "they mean." in plan
+    ), plan
     assert "- technical_analyst: compute moving averages, RSI and trend." in plan, plan
     ledger_prompt = prompts.ORCHESTRATOR_PROGRESS_LEDGER_PROMPT.format(
         task=task, team=team, names="market_analyst, technical_analyst"
@@ -227,8 +231,8 @@ async def test_magentic_one_ledger_instructs_the_next_member_with_its_task_and_t
     ledger = prompts.LedgerEntry.model_validate(json.loads(raw))
     assert ledger.next_speaker.answer == "market_analyst"
     assert ledger.instruction_or_question.answer == (
-        f"market_analyst, please look up price, changes and volume of an asset, for this "
-        f"request: {task}"
+        "market_analyst, please look up price, changes and volume of an asset and explain "
+        f"what they mean, for this request: {task}"
     )
     assert "market_analyst" in ledger.is_request_satisfied.reason
     assert not ledger.is_request_satisfied.answer

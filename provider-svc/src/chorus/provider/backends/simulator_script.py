@@ -301,14 +301,24 @@ def _action(description: str) -> str:
     if ":" in text[:40]:
         text = text.split(":", 1)[1].strip()
     words = text.split()
-    if words and words[0].endswith("s") and not words[0].endswith("ss"):
+    if words and not (words[0].endswith("s") and not words[0].endswith("ss")):
+        # no verb to start with ("A helpful assistant"): ask for the member's expertise
+        return f"contribute as {text[:1].lower()}{text[1:]}"
+    if words:
         first = words[0][:-1]
         if first.endswith("ie"):  # "applies" -> "apply"
             first = first[:-2] + "y"
         elif first.endswith(("che", "she", "xe", "se")) and words[0].endswith("es"):
             first = first[:-1]  # "searches" -> "search"
         words[0] = first
-    return " ".join(words) if words else "contribute your part"
+    if not words:
+        return "contribute your part"
+    # a second verb joined by "and" ("… and explains what they mean") follows the first
+    return re.sub(
+        r"\band (\w+[^s])s (?=(?:what|how|the|its|their|them|it|a|an)\b)",
+        r"and \1 ",
+        " ".join(words),
+    )
 
 
 def _ledger(prompt: str, request: provider_service_pb2.StreamChatRequest, prose: _Prose) -> str:
