@@ -19,7 +19,9 @@ FROM ${PYTHON_IMAGE} AS builder
 # The same uv as `make install` (Makefile UV_VERSION): the lock reads the same everywhere.
 ARG UV_VERSION=0.13.9
 RUN pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
-ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1
+# uv's download cache lives in a BuildKit cache mount: shared by the four services' syncs and
+# by later builds, never part of a layer.
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
 WORKDIR /src
 # Every workspace member's pyproject.toml: `--locked` checks the lock against all of them.
 COPY pyproject.toml uv.lock ./
@@ -31,7 +33,8 @@ COPY gateway/pyproject.toml gateway/
 COPY cli/pyproject.toml cli/
 # Each venv is built at /opt/venv, where the runtime has it, and parked in /opt/build/<service>.
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv
-RUN set -eu; for service in provider history orchestrator gateway; do \
+RUN --mount=type=cache,target=/root/.cache/uv \
+    set -eu; for service in provider history orchestrator gateway; do \
       uv sync --locked --no-dev --no-editable --no-install-workspace --package chorus-$service; \
       mkdir -p /opt/build && mv /opt/venv /opt/build/$service; \
     done
@@ -40,7 +43,8 @@ COPY provider-svc/src provider-svc/src
 COPY history-svc/src history-svc/src
 COPY orchestrator-svc/src orchestrator-svc/src
 COPY gateway/src gateway/src
-RUN set -eu; for service in provider history orchestrator gateway; do \
+RUN --mount=type=cache,target=/root/.cache/uv \
+    set -eu; for service in provider history orchestrator gateway; do \
       mv /opt/build/$service /opt/venv; \
       uv sync --locked --no-dev --no-editable --package chorus-$service; \
       /opt/venv/bin/python -c "import chorus.$service.__main__"; \
