@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml uv.lock $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	@# --locked: fail instead of re-resolving when a pyproject changed without `make lock`;
 	@# --inexact: keep what else is in .venv (bench extras)
-	$(UV) sync --quiet --locked --inexact --all-packages
+	$(UV) sync --quiet --locked --inexact --all-packages \
+		|| { echo "uv sync failed; if uv.lock is stale (a pyproject.toml changed): make lock, then commit uv.lock"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install every distribution (editable) and the dev tools from uv.lock
