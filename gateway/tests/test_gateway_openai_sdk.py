@@ -220,6 +220,44 @@ def test_non_streaming_create_waits_for_the_run_and_previous_response_id_continu
     assert [i.content[0].text for i in items.data] == ["What is my name?"]
 
 
+def test_input_messages_become_instructions_and_a_transcript(gateway):
+    client = sync_client(gateway)
+    response = client.responses.create(
+        model="simulator/sim-1",
+        input=[
+            {"role": "developer", "content": "Be terse."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "Bye"}]},
+        ],
+    )
+    assert response.instructions == "Be terse."
+    text = client.responses.input_items.list(response.id).data[0].content[0].text
+    assert text == "Conversation so far:\nuser: Hi\nassistant: Hello\n\nuser: Bye"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(
+            model="simulator/sim-1", input=[{"role": "assistant", "content": "No user last"}]
+        )
+    assert info.value.param == "input"
+
+
+def test_a_live_response_retrieved_shows_its_output_so_far(slow_gateway):
+    client = sync_client(slow_gateway)
+    created = client.responses.create(
+        model=DUET, input="Live", background=True, extra_body=TWO_TURNS
+    )
+    with client.responses.retrieve(created.id, stream=True) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break
+    live = client.responses.retrieve(created.id)
+    assert live.status == "in_progress"
+    assert live.output and live.output[0].status == "in_progress"
+    assert live.output[0].model_extra["agent"] == "Ada"
+    assert live.output[0].content[0].text  # the text so far
+    client.responses.cancel(created.id)
+
+
 def test_instructions_temperature_and_max_output_tokens_are_echoed(gateway):
     client = sync_client(gateway)
     response = client.responses.create(

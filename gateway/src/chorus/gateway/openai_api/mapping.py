@@ -495,7 +495,14 @@ class ResponseMapper:
 
     def finish_from_run(self, run: run_pb2.Run) -> None:
         """Take the status and usage of the run record (a snapshot of a live run, or a run
-        whose log could not be read to its end)."""
+        whose log could not be read to its end), and show the text of items still open."""
+        for item in self._open.values():  # rebinding, never mutating: events keep theirs
+            if item.kind == "message":
+                item.data["content"] = [
+                    {"type": "output_text", "text": item.text, "annotations": [], "logprobs": []}
+                ]
+            elif item.kind == "reasoning":
+                item.data["summary"] = [{"type": "summary_text", "text": item.text}]
         if not self.ended and run.status in _TERMINAL_STATUS:
             self.response["status"] = _TERMINAL_STATUS[run.status]
         if run.HasField("usage") and self.response["usage"] is None and self.ended:
