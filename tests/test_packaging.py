@@ -161,3 +161,28 @@ def test_plain_pip_installs_every_service_in_a_fresh_venv(tmp_path: Path):
     )
     assert versions.returncode == 0, versions.stderr
     assert versions.stdout.startswith("5.29."), versions.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "listed"),
+    [
+        ("chorus.provider", "CHORUS_PROVIDER_PORT"),
+        ("chorus.orchestrator", "CHORUS_ORCHESTRATOR_PORT"),
+        ("chorus.history", "migrate"),
+        ("chorus.gateway", "new-api-key"),
+    ],
+)
+def test_every_service_answers_help_without_serving(module: str, listed: str, tmp_path: Path):
+    """`--help` exits 0 at once, binds nothing, and needs no token (CHORUS_INTERNAL_TOKEN unset)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m ") and listed in done.stdout
+    assert "listening" not in done.stderr
