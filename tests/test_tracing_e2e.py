@@ -10,6 +10,7 @@ call's GenAI attributes carrying the simulator's usage. With it unset: nothing i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import websockets
 
 from chorus.core.otlp_receiver import OtlpReceiver, ReceivedSpan
 from chorus.core.testing import free_port
@@ -295,3 +297,43 @@ def test_tracing_off_exports_nothing(tmp_path_factory: pytest.TempPathFactory) -
             assert "tracing_enabled" not in text and '"trace_id"' not in text
         finally:
             stop_stack(stack)
+
+
+def test_a_clients_traceparent_continues_into_the_sse_and_websocket_spans(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    run, _ = run_to_completion(traced_stack.gateway, {"template": "assistant", "input": "Hi"})
+    sse_trace, ws_trace = "1" * 32, "2" * 32
+    caller = "3" * 16
+    with (
+        httpx.Client(base_url=traced_stack.gateway, timeout=60) as client,
+        client.stream(
+            "GET",
+            f"/api/v1/runs/{run['id']}/events",
+            headers={"traceparent": f"00-{sse_trace}-{caller}-01"},
+        ) as sse,
+    ):
+        assert sse.status_code == 200
+        assert any(line.startswith("data:") for line in sse.iter_lines())
+
+    async def ping() -> None:
+        url = traced_stack.gateway.replace("http://", "ws://") + "/api/v1/ws"
+        async with websockets.connect(
+            url, additional_headers={"traceparent": f"00-{ws_trace}-{caller}-01"}
+        ) as ws:
+            await ws.send(json.dumps({"type": "ping", "payload": {"n": 1}}))
+            while json.loads(await ws.recv())["type"] != "pong":
+                pass
+
+    asyncio.run(ping())
+
+    def served(spans: list[ReceivedSpan]) -> bool:
+        traces = {s.trace_id for s in spans if s.service == "chorus-gateway"}
+        return sse_trace in traces and ws_trace in traces
+
+    spans = receiver.wait_for(served, timeout=60)
+    for trace_id, name in ((sse_trace, "GET /api/v1/runs/{run_id}/events"), (ws_trace, None)):
+        (span,) = [s for s in spans if s.trace_id == trace_id]  # no span per event or frame
+        assert span.kind == "SERVER" and span.parent_span_id == caller
+        if name is not None:
+            assert span.name == name
