@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from compose_spec import PyCompose
 
 from chorus.core.settings import CoreSettings
 from chorus.core.testing import ServiceProcess
@@ -413,7 +414,6 @@ def test_gateway_healthcheck_asks_readiness_on_the_configured_port():
 def test_compose_file_follows_the_compose_specification():
     """Parsed by the compose_spec library (merge keys resolved first, as compose does): a
     misspelt key or a bad duration is refused, so the file is not only well-formed YAML."""
-    PyCompose = pytest.importorskip("compose_spec").PyCompose
     compose = PyCompose.from_yaml(yaml.safe_dump(COMPOSE))
     assert set(compose.service_names()) == set(COMPOSE["services"])
     for mutate in (
