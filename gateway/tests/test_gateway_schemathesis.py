@@ -15,10 +15,13 @@ tokens/s). `CHORUS_SCHEMATHESIS_EXAMPLES` changes the count (e.g. 1000 for a lon
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
+from gateway_helpers import slow_duet
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -48,15 +51,37 @@ def api_schema(gateway: str) -> Any:
     return schema.include(path_regex=r"^/(api/v1/|health|metrics)")
 
 
-def _exercise(operation: Any, mode: GenerationMode) -> int:
-    """Up to `MAX_EXAMPLES` requests of `operation` generated in `mode` (fewer when it has
-    fewer distinct inputs); raises the first failure. Returns how many were sent."""
-    sent = 0
+@pytest.fixture(scope="module")
+def known(gateway: str) -> dict[str, str]:
+    """Path parameters naming things that exist: a finished run of agents Ada and Blaise, and
+    its conversation — so generated requests reach the services, not only 404s."""
+    with httpx.Client(base_url=gateway, timeout=60) as http:
+        run = http.post("/api/v1/runs", json=slow_duet("Fuzz me", tokens_per_second=2000))
+        assert run.status_code == 201, run.text
+        run_id = run.json()["id"]
+        with http.stream("GET", f"/api/v1/runs/{run_id}/events") as events:
+            assert events.status_code == 200
+            events.read()  # the stream ends with the run
+        conversation = http.get(f"/api/v1/runs/{run_id}").json()["conversationId"]
+    return {"run_id": run_id, "conversation_id": conversation, "agent_name": "Ada"}
 
-    @given(case=operation.as_strategy(generation_mode=mode))
+
+def _exercise(
+    operation: Any,
+    mode: GenerationMode,
+    path_parameters: dict[str, str] | None = None,
+    max_examples: int = MAX_EXAMPLES,
+) -> int:
+    """Up to `max_examples` requests of `operation` generated in `mode` (fewer when it has
+    fewer distinct inputs), with the given path parameters if any; raises the first failure.
+    Returns how many were sent."""
+    sent = 0
+    strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
+
+    @given(case=strategy)
     @seed(SEED)
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=max_examples,
         deadline=None,
         database=None,
         phases=[Phase.explicit, Phase.generate],  # no shrinking: bounded time
@@ -72,7 +97,7 @@ def _exercise(operation: Any, mode: GenerationMode) -> int:
 
 
 @pytest.mark.timeout(1800)
-def test_every_operation_answers_as_documented(api_schema: Any) -> None:
+def test_every_operation_answers_as_documented(api_schema: Any, known: dict[str, str]) -> None:
     # One loop rather than schemathesis' pytest plugin (its lazy parametrization does not
     # run under pytest 9); every operation is exercised and every failure reported.
     failures: list[str] = []
@@ -88,6 +113,17 @@ def test_every_operation_answers_as_documented(api_schema: Any) -> None:
                 assert mode == GenerationMode.NEGATIVE, operation.label
             except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup
                 failures.append(f"{operation.label} ({mode.value}): {exc}"[:3000])
+        names = re.findall(r"{(\w+)}", operation.path)
+        if names and operation.method.upper() != "DELETE":  # keep what exists
+            try:
+                sent[f"{operation.label} (existing)"] = _exercise(
+                    operation,
+                    GenerationMode.POSITIVE,
+                    {name: known[name] for name in names if name in known},
+                    MAX_EXAMPLES // 2,
+                )
+            except (Exception, BaseExceptionGroup) as exc:
+                failures.append(f"{operation.label} (existing): {exc}"[:3000])
     assert not failures, "\n\n".join(failures)
     print(f"schemathesis: {sum(sent.values())} requests", sent)
     with_input = [k for k in sent if k.startswith(("POST", "PATCH")) and "(positive)" in k]
