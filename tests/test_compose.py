@@ -10,6 +10,7 @@ against the lock in a scratch directory.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import http.server
 import importlib
 import importlib.util
@@ -433,3 +434,22 @@ def test_dockerfile_passes_hadolint():
         [str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerignore_keeps_everything_the_dockerfile_copies():
+    """The build context leaves out tests, docs, benchmarks … but never a COPY source."""
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = []
+    for copy_line in instruction("builder", "COPY"):
+        sources += copy_line.split()[:-1]
+    assert "uv.lock" in sources and "core/src" in sources
+    for source in sources:
+        parts = source.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        excluded = [p for p in patterns if any(fnmatch.fnmatch(x, p) for x in prefixes)]
+        assert not excluded, f"{source} is excluded from the build context by {excluded}"
+    assert {"tests", "bench", "docs", ".git", ".env"} <= set(patterns)
