@@ -493,5 +493,6 @@ async def _title_if_untitled(
             ),
             timeout=timeout,
         )
-    except grpc.aio.AioRpcError as exc:  # the chat goes on without a title
-        log.warning("title_update_failed", conversation_id=conversation.id, code=exc.code().name)
+    except (grpc.aio.AioRpcError, ChorusError) as exc:  # the chat goes on without a title
+        code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc.code
+        log.warning("title_update_failed", conversation_id=conversation.id, code=code.name)
