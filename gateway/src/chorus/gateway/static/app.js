@@ -626,7 +626,7 @@ let conversationsToken = "";
 
 async function loadConversations(more = false) {
   try {
-    const reply = await api(`/conversations?page_size=20${more && conversationsToken ? `&page_token=${encodeURIComponent(conversationsToken)}` : ""}`);
+    const reply = await api(`/conversations?pageSize=20${more && conversationsToken ? `&pageToken=${encodeURIComponent(conversationsToken)}` : ""}`);
     const list = $("conversations");
     if (!more) list.replaceChildren();
     for (const c of reply.conversations || []) {
@@ -650,7 +650,7 @@ async function loadConversations(more = false) {
 async function toggleRuns(conversationId, list) {
   if (list.children.length) { list.replaceChildren(); return; }
   try {
-    const reply = await api(`/runs?conversation_id=${encodeURIComponent(conversationId)}`);
+    const reply = await api(`/runs?conversationId=${encodeURIComponent(conversationId)}`);
     for (const r of reply.runs || []) {
       const li = el("li");
       const status = (r.status || "").replace("RUN_STATUS_", "").toLowerCase();
