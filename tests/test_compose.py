@@ -383,9 +383,13 @@ def test_grpc_healthcheck_asks_the_port_the_service_was_configured_with(tmp_path
         "CHORUS_DEV_MODE": "true",
         "CHORUS_DATA_DIR": str(tmp_path),
     }
-    with ServiceProcess("chorus.provider", env=env):
+    proc = ServiceProcess("chorus.provider", env=env)
+    try:
+        proc.wait_ready(60)
         assert run_healthcheck("provider", {"CHORUS_PROVIDER_PORT": str(port)}) == 0
         assert run_healthcheck("provider", {"CHORUS_PROVIDER_PORT": str(_free_port())}) == 1
+    finally:
+        proc.stop()
 
 
 def test_gateway_healthcheck_asks_readiness_on_the_configured_port():

@@ -144,10 +144,11 @@ def test_history_serves_on_postgresql_with_the_password_from_pgpassword(
     """The asyncpg pool logs in the same way: a conversation created over gRPC is a row in
     the cluster's database."""
     migrate(history_env(cluster, tmp_path, PASSWORD))
-    with ServiceProcess("chorus.history", env=history_env(cluster, tmp_path, PASSWORD)) as proc:
-        assert proc.address is not None
-        assert check(proc.address, "chorus.v1.HistoryService", timeout=10)
-        with grpc.insecure_channel(proc.address) as channel:
+    proc = ServiceProcess("chorus.history", env=history_env(cluster, tmp_path, PASSWORD))
+    try:
+        address = proc.wait_ready(60)
+        assert check(address, "chorus.v1.HistoryService", timeout=10)
+        with grpc.insecure_channel(address) as channel:
             reply = history_service_pb2_grpc.HistoryServiceStub(channel).CreateConversation(
                 history_service_pb2.CreateConversationRequest(
                     conversation=conversation_pb2.Conversation(title="special password")
@@ -155,6 +156,8 @@ def test_history_serves_on_postgresql_with_the_password_from_pgpassword(
                 metadata=[("x-chorus-user", "alice")],
                 timeout=30,
             )
+    finally:
+        proc.stop()
     with psycopg.connect(
         host="127.0.0.1", port=cluster.port, user="chorus", dbname="postgres", password=PASSWORD
     ) as conn:
