@@ -34,6 +34,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -80,6 +81,16 @@ def baseline_tree(rev: str) -> Path:
             cwd=REPO,
             check=True,
             capture_output=True,
+        )
+        # Its chorus.v1 code, generated again by this checkout's grpcio-tools: the
+        # baseline runs on this environment's protobuf, which may be another major version
+        # than the one its committed code was generated for (protobuf refuses newer code).
+        subprocess.run(
+            ["bash", "scripts/generate_proto.sh"],
+            cwd=tree,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHON": sys.executable},
         )
     return tree
 
