@@ -73,7 +73,7 @@ ERROR_SCHEMA: dict[str, Any] = {
     "required": ["error"],
 }
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-_ERRORS: dict[str, dict[str, Any]] = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     "400": {
         "description": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE (AIP-193): a "
         "BadRequest detail names each invalid field, query parameter or header.",
