@@ -71,6 +71,25 @@ return set
 _MANY_KEYS = 500
 
 
+# KEYS: run keys; ARGV[2k - 1]: the new last seq of KEYS[k] as 20 digits; ARGV[2k]: a
+# serialized Run holding only that last seq. A cached record whose version's last-seq half
+# is older gets that half replaced and the bytes appended (protobuf: the last value of a
+# field wins, so the record now parses with the new last seq); its TTL is kept. A missing
+# key, a tombstone (all 9s) or a newer value is left alone. Returns how many were advanced.
+_ADVANCE_LAST_SEQ = """
+local n = 0
+for k, key in ipairs(KEYS) do
+  local seq = ARGV[2 * k - 1]
+  local cur = redis.call('GETRANGE', key, 20, 39)
+  if cur ~= '' and cur < seq then
+    redis.call('SETRANGE', key, 20, seq)
+    redis.call('APPEND', key, ARGV[2 * k])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # KEYS[1]: key; ARGV[1]: bytes. Appends only to an existing value (a missing list stays
 # missing until a full fill). Returns the new length, or 0.
 _APPEND_IF_EXISTS = """
@@ -155,6 +174,18 @@ class Cache(abc.ABC):
         for run in runs:
             await self.put_run(run)
 
+    async def advance_runs(self, last_seqs: Sequence[tuple[str, int]]) -> None:
+        """Raise the cached records' `last_seq` to each `(run_id, last_seq)` (a delta batch
+        stored, the rest of the record unchanged); a record not cached, deleted or newer
+        is left alone. Cheaper than `put_runs`: no record is read or written whole."""
+        for run_id, last_seq in last_seqs:
+            cached = await self.get_run(run_id)
+            if cached is not None and cached.last_seq < last_seq:
+                advanced = run_pb2.Run()
+                advanced.CopyFrom(cached)
+                advanced.last_seq = last_seq
+                await self.put_run(advanced)
+
     async def put_run_start(
         self,
         run: run_pb2.Run,
@@ -190,6 +221,7 @@ class RedisCache(Cache):
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
         self._set_many_if_newer = client.register_script(_SET_MANY_IF_NEWER)
         self._append_if_exists = client.register_script(_APPEND_IF_EXISTS)
+        self._advance_last_seq = client.register_script(_ADVANCE_LAST_SEQ)
         self._dirty: set[str] = set()
 
     def conversation_key(self, conversation_id: str) -> str:
@@ -417,6 +449,32 @@ class RedisCache(Cache):
             return
         self._guard.succeeded()
 
+    async def advance_runs(self, last_seqs: Sequence[tuple[str, int]]) -> None:
+        keys = [self.run_key(run_id) for run_id, _ in last_seqs]
+        if not keys:
+            return
+        if not await self._ready():
+            self._dirty.update(keys)
+            return
+        # One script call per `_MANY_KEYS` runs; a few bytes per run instead of its record.
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for start in range(0, len(keys), _MANY_KEYS):
+                    args: list[bytes] = []
+                    for _, last_seq in last_seqs[start : start + _MANY_KEYS]:
+                        args += (
+                            b"%020d" % last_seq,
+                            run_pb2.Run(last_seq=last_seq).SerializeToString(),
+                        )
+                    await self._advance_last_seq(
+                        keys=keys[start : start + _MANY_KEYS], args=args, client=pipe
+                    )
+                await pipe.execute()
+        except ERRORS as exc:
+            self._write_failed("advance_runs", exc, *keys)
+            return
+        self._guard.succeeded()
+
     async def put_run_start(
         self,
         run: run_pb2.Run,
@@ -518,3 +576,15 @@ class LocalCache(Cache):
 
     async def put_run(self, run: run_pb2.Run) -> None:
         self._put_if_newer(("run", run.id), run_version(run), run)
+
+    async def advance_runs(self, last_seqs: Sequence[tuple[str, int]]) -> None:
+        for run_id, last_seq in last_seqs:
+            entry = self._entries.get(("run", run_id))
+            if entry is None or entry[0] == _TOMBSTONE:
+                continue
+            cached: run_pb2.Run = entry[1]  # type: ignore[assignment]
+            if cached.last_seq < last_seq:  # a new message: readers may hold the old one
+                advanced = run_pb2.Run()
+                advanced.CopyFrom(cached)
+                advanced.last_seq = last_seq
+                self._put_if_newer(("run", run_id), run_version(advanced), advanced)

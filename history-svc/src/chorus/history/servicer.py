@@ -635,14 +635,20 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         resp = pb.AppendRunEventBatchesResponse()
         published: list[tuple[str, int, list[bytes]]] = []
         runs: list[run_pb2.Run] = []
+        advanced: list[tuple[str, int]] = []
         request_id = current_request_id()
-        for outcome in outcomes:
+        run_ids = dict(zip(positions, (write.run_id for write in valid), strict=True))
+        for i, outcome in enumerate(outcomes):
             result = resp.results.add()
             if isinstance(outcome, AppendedEvents):
                 result.last_seq = outcome.last_seq
                 if outcome.new_payloads:
-                    published.append((outcome.run.id, outcome.first_new_seq, outcome.new_payloads))
-                    runs.append(outcome.run)
+                    run_id = run_ids[i]
+                    published.append((run_id, outcome.first_new_seq, outcome.new_payloads))
+                    if outcome.run is None:
+                        advanced.append((run_id, outcome.last_seq))
+                    else:
+                        runs.append(outcome.run)
             else:
                 assert outcome is not None
                 metrics.EVENT_BATCHES_REJECTED.labels(outcome.reason).inc()
@@ -650,20 +656,31 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         if published:
             metrics.EVENTS_APPENDED.inc(sum(len(p[2]) for p in published))
             if len(self._after_batches) < MAX_WRITES_AFTER_ANSWER:
-                task = asyncio.get_running_loop().create_task(self._share(published, runs))
+                task = asyncio.get_running_loop().create_task(
+                    self._share(published, runs, advanced)
+                )
                 self._after_batches.add(task)
                 task.add_done_callback(self._after_batches.discard)
             else:  # Redis is behind: this call waits for its own writes (backpressure)
-                await self._share(published, runs)
+                await self._share(published, runs, advanced)
         return resp
 
     async def _share(
-        self, published: list[tuple[str, int, list[bytes]]], runs: list[run_pb2.Run]
+        self,
+        published: list[tuple[str, int, list[bytes]]],
+        runs: list[run_pb2.Run],
+        advanced: list[tuple[str, int]],
     ) -> None:
         """A delta batch's writes to Redis once it is committed: the live log's entries
-        (the wake-up of watchers on every replica) and the cached records. Neither
-        raises (a failure is logged and counted, and the store stays the truth)."""
-        await asyncio.gather(self._log.publish_many(published), self._cache.put_runs(runs))
+        (the wake-up of watchers on every replica) and the cached records — whole
+        (`runs`, read by the store) or only their new last seq (`advanced`: `(run_id,
+        last_seq)`). None raises (a failure is logged and counted, and the store stays the
+        truth)."""
+        await asyncio.gather(
+            self._log.publish_many(published),
+            self._cache.put_runs(runs),
+            self._cache.advance_runs(advanced),
+        )
 
     async def drain(self) -> None:
         """Wait for the Redis writes of the delta batches already answered (at shutdown)."""

@@ -64,13 +64,15 @@ class AppendedEvents:
         last_seq: the run's highest stored seq after the call.
         first_new_seq: seq of `new_payloads[0]`.
         new_payloads: events this call stored (empty for an exact repeat).
-        run: the run record after the call.
+        run: the run record after the call; None when the store did not read it (a batch
+            of AppendRunEventBatches stored by PostgreSQL's one-statement path: only the
+            run's `last_seq` changed, the cache is advanced instead of rewritten).
     """
 
     last_seq: int
     first_new_seq: int
     new_payloads: list[bytes]
-    run: run_pb2.Run
+    run: run_pb2.Run | None
 
 
 BatchOutcome = AppendedEvents | ChorusError

@@ -691,9 +691,7 @@ class PostgresStore(Store):
                     rest.append(i)
                     continue
                 batch = item.batch
-                outcomes[i] = AppendedEvents(
-                    batch.last_seq, batch.first_seq, list(batch.payloads), rows.run(row)
-                )
+                outcomes[i] = AppendedEvents(row, batch.first_seq, list(batch.payloads), None)
             if rest:
                 checked = await self._append_batches_checked(
                     conn, [batches[i] for i in rest], owner
@@ -705,10 +703,10 @@ class PostgresStore(Store):
     @staticmethod
     async def _append_continuing(
         conn: asyncpg.Connection, batches: Sequence[EventWrite], owner: str | None
-    ) -> dict[str, tuple[bytes, int]]:
+    ) -> dict[str, int]:
         """Store, in one statement, each batch whose run is `owner`'s, open, fenced by the
         batch's lease epoch (0: unfenced) and stored exactly up to the batch's first seq;
-        returns those runs' `(record, last_seq)` by id. The others are left untouched."""
+        returns those runs' new `last_seq` by id. The others are left untouched."""
         run_ids: list[str] = []
         seqs: list[int] = []
         kinds: list[str] = []
@@ -732,7 +730,7 @@ class PostgresStore(Store):
             kinds,
             payloads,
         )
-        return {row[0]: (row[1], row[2]) for row in found}
+        return {row[0]: row[1] for row in found}
 
     async def _append_batches_checked(
         self, conn: asyncpg.Connection, batches: Sequence[EventWrite], owner: str | None
@@ -1044,19 +1042,19 @@ _APPEND_CONTINUING = (
     "WHERE runs.id = b.id AND l.event_seq = b.first_seq - 1 AND NOT l.events_ended "
     "AND (b.lease_epoch = 0 OR l.lease_epoch = b.lease_epoch) "
     "AND ($6::text IS NULL OR l.owner = $6) "
-    "RETURNING runs.id::text, runs.record, runs.last_seq), "
+    "RETURNING runs.id::text, runs.last_seq), "
     "inserted AS (INSERT INTO run_events (run_id, seq, kind, event) "
     "SELECT e.run_id, e.seq, e.kind, e.event FROM unnest($7::uuid[], $8::bigint[], "
     "$9::text[], $10::bytea[]) AS e(run_id, seq, kind, event) "
     "WHERE e.run_id::text IN (SELECT id FROM continued)) "
-    "SELECT id, record, last_seq FROM continued"
+    "SELECT id, last_seq FROM continued"
 )
 """The common case of AppendRunEventBatches as one statement (`_append_continuing`): lock
 the call's runs in id order (as the transaction does, so two calls never deadlock), then
 for each run that is the caller's (`$6`, NULL for the system), not ended, whose lease epoch
 (the `lease_epoch` column, kept equal to the record's) is the batch's (or the batch's is 0)
 and whose log ends right before the batch: move its log's end and insert its events. Returns
-those runs' id, record and new last seq."""
+those runs' id and new last seq (not the record: the cache only advances its last seq)."""
 
 
 _UPDATE_RUN = (
