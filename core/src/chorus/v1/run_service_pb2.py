@@ -28,13 +28,15 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63horus/v1/run_service.proto\x12\tchorus.v1\x1a\x13\x63horus/v1/run.proto\x1a\x14\x63horus/v1/team.proto\x1a google/protobuf/field_mask.proto\x1a\x17google/rpc/status.proto\"4\n\x10\x43reateRunRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.chorus.v1.RunSpec\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\"4\n\x10StreamRunRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.chorus.v1.RunSpec\"7\n\x11StreamRunResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunEvent\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"6\n\x10WatchRunResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunEvent\"\x88\x03\n\x10WatchRunsRequest\x12\x10\n\x08watch_id\x18\x01 \x01(\x03\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12#\n\x05start\x18\x04 \x01(\x0b\x32\x12.chorus.v1.RunSpecH\x00\x12+\n\x05watch\x18\x05 \x01(\x0b\x32\x1a.chorus.v1.WatchRunRequestH\x00\x12\x32\n\x05pause\x18\x06 \x01(\x0b\x32!.chorus.v1.WatchRunsRequest.PauseH\x00\x12\x34\n\x06resume\x18\x07 \x01(\x0b\x32\".chorus.v1.WatchRunsRequest.ResumeH\x00\x12\x30\n\x04stop\x18\x08 \x01(\x0b\x32 .chorus.v1.WatchRunsRequest.StopH\x00\x12\x17\n\x0fresponse_window\x18\t \x01(\r\x12\x14\n\x0c\x61\x63knowledged\x18\n \x01(\r\x1a\x07\n\x05Pause\x1a\x08\n\x06Resume\x1a\x06\n\x04StopB\x08\n\x06\x61\x63tion\"\xae\x01\n\x11WatchRunsResponse\x12\x34\n\x07updates\x18\x01 \x03(\x0b\x32#.chorus.v1.WatchRunsResponse.Update\x1a\x63\n\x06Update\x12\x10\n\x08watch_id\x18\x01 \x01(\x03\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.chorus.v1.RunEvent\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\"w\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.chorus.v1.RunStatus\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.chorus.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"T\n\x11\x43\x61ncelRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12\x11\n\tcancelled\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"\x91\x01\n\x15UpdateRunAgentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.chorus.v1.AgentSpec\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"=\n\x16UpdateRunAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.chorus.v1.AgentSpec\"\x1a\n\x18ListTeamTemplatesRequest\"G\n\x19ListTeamTemplatesResponse\x12*\n\ttemplates\x18\x01 \x03(\x0b\x32\x17.chorus.v1.TeamTemplate2\xfc\x05\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.chorus.v1.CreateRunRequest\x1a\x1c.chorus.v1.CreateRunResponse\x12H\n\tStreamRun\x12\x1b.chorus.v1.StreamRunRequest\x1a\x1c.chorus.v1.StreamRunResponse0\x01\x12\x45\n\x08WatchRun\x12\x1a.chorus.v1.WatchRunRequest\x1a\x1b.chorus.v1.WatchRunResponse0\x01\x12J\n\tWatchRuns\x12\x1b.chorus.v1.WatchRunsRequest\x1a\x1c.chorus.v1.WatchRunsResponse(\x01\x30\x01\x12=\n\x06GetRun\x12\x18.chorus.v1.GetRunRequest\x1a\x19.chorus.v1.GetRunResponse\x12\x43\n\x08ListRuns\x12\x1a.chorus.v1.ListRunsRequest\x1a\x1b.chorus.v1.ListRunsResponse\x12\x46\n\tCancelRun\x12\x1b.chorus.v1.CancelRunRequest\x1a\x1c.chorus.v1.CancelRunResponse\x12\x46\n\tDeleteRun\x12\x1b.chorus.v1.DeleteRunRequest\x1a\x1c.chorus.v1.DeleteRunResponse\x12U\n\x0eUpdateRunAgent\x12 .chorus.v1.UpdateRunAgentRequest\x1a!.chorus.v1.UpdateRunAgentResponse\x12^\n\x11ListTeamTemplates\x12#.chorus.v1.ListTeamTemplatesRequest\x1a$.chorus.v1.ListTeamTemplatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63horus/v1/run_service.proto\x12\tchorus.v1\x1a\x13\x63horus/v1/run.proto\x1a\x14\x63horus/v1/team.proto\x1a google/protobuf/field_mask.proto\x1a\x17google/rpc/status.proto\"4\n\x10\x43reateRunRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.chorus.v1.RunSpec\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\"4\n\x10StreamRunRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.chorus.v1.RunSpec\"7\n\x11StreamRunResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunEvent\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"6\n\x10WatchRunResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunEvent\"\x83\x04\n\x10WatchRunsRequest\x12\x10\n\x08watch_id\x18\x01 \x01(\x03\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12#\n\x05start\x18\x04 \x01(\x0b\x32\x12.chorus.v1.RunSpecH\x00\x12+\n\x05watch\x18\x05 \x01(\x0b\x32\x1a.chorus.v1.WatchRunRequestH\x00\x12\x32\n\x05pause\x18\x06 \x01(\x0b\x32!.chorus.v1.WatchRunsRequest.PauseH\x00\x12\x34\n\x06resume\x18\x07 \x01(\x0b\x32\".chorus.v1.WatchRunsRequest.ResumeH\x00\x12\x30\n\x04stop\x18\x08 \x01(\x0b\x32 .chorus.v1.WatchRunsRequest.StopH\x00\x12\x17\n\x0fresponse_window\x18\t \x01(\r\x12\x14\n\x0c\x61\x63knowledged\x18\n \x01(\r\x12\x44\n\rtrace_context\x18\x0b \x03(\x0b\x32-.chorus.v1.WatchRunsRequest.TraceContextEntry\x1a\x07\n\x05Pause\x1a\x08\n\x06Resume\x1a\x06\n\x04Stop\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x61\x63tion\"\xae\x01\n\x11WatchRunsResponse\x12\x34\n\x07updates\x18\x01 \x03(\x0b\x32#.chorus.v1.WatchRunsResponse.Update\x1a\x63\n\x06Update\x12\x10\n\x08watch_id\x18\x01 \x01(\x03\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.chorus.v1.RunEvent\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\"w\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.chorus.v1.RunStatus\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.chorus.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"T\n\x11\x43\x61ncelRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x12\x11\n\tcancelled\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"\x91\x01\n\x15UpdateRunAgentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.chorus.v1.AgentSpec\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"=\n\x16UpdateRunAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.chorus.v1.AgentSpec\"\x1a\n\x18ListTeamTemplatesRequest\"G\n\x19ListTeamTemplatesResponse\x12*\n\ttemplates\x18\x01 \x03(\x0b\x32\x17.chorus.v1.TeamTemplate2\xfc\x05\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.chorus.v1.CreateRunRequest\x1a\x1c.chorus.v1.CreateRunResponse\x12H\n\tStreamRun\x12\x1b.chorus.v1.StreamRunRequest\x1a\x1c.chorus.v1.StreamRunResponse0\x01\x12\x45\n\x08WatchRun\x12\x1a.chorus.v1.WatchRunRequest\x1a\x1b.chorus.v1.WatchRunResponse0\x01\x12J\n\tWatchRuns\x12\x1b.chorus.v1.WatchRunsRequest\x1a\x1c.chorus.v1.WatchRunsResponse(\x01\x30\x01\x12=\n\x06GetRun\x12\x18.chorus.v1.GetRunRequest\x1a\x19.chorus.v1.GetRunResponse\x12\x43\n\x08ListRuns\x12\x1a.chorus.v1.ListRunsRequest\x1a\x1b.chorus.v1.ListRunsResponse\x12\x46\n\tCancelRun\x12\x1b.chorus.v1.CancelRunRequest\x1a\x1c.chorus.v1.CancelRunResponse\x12\x46\n\tDeleteRun\x12\x1b.chorus.v1.DeleteRunRequest\x1a\x1c.chorus.v1.DeleteRunResponse\x12U\n\x0eUpdateRunAgent\x12 .chorus.v1.UpdateRunAgentRequest\x1a!.chorus.v1.UpdateRunAgentResponse\x12^\n\x11ListTeamTemplates\x12#.chorus.v1.ListTeamTemplatesRequest\x1a$.chorus.v1.ListTeamTemplatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chorus.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WATCHRUNSREQUEST_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_WATCHRUNSREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_CREATERUNREQUEST']._serialized_start=144
   _globals['_CREATERUNREQUEST']._serialized_end=196
   _globals['_CREATERUNRESPONSE']._serialized_start=198
@@ -48,41 +50,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHRUNRESPONSE']._serialized_start=413
   _globals['_WATCHRUNRESPONSE']._serialized_end=467
   _globals['_WATCHRUNSREQUEST']._serialized_start=470
-  _globals['_WATCHRUNSREQUEST']._serialized_end=862
-  _globals['_WATCHRUNSREQUEST_PAUSE']._serialized_start=827
-  _globals['_WATCHRUNSREQUEST_PAUSE']._serialized_end=834
-  _globals['_WATCHRUNSREQUEST_RESUME']._serialized_start=836
-  _globals['_WATCHRUNSREQUEST_RESUME']._serialized_end=844
-  _globals['_WATCHRUNSREQUEST_STOP']._serialized_start=846
-  _globals['_WATCHRUNSREQUEST_STOP']._serialized_end=852
-  _globals['_WATCHRUNSRESPONSE']._serialized_start=865
-  _globals['_WATCHRUNSRESPONSE']._serialized_end=1039
-  _globals['_WATCHRUNSRESPONSE_UPDATE']._serialized_start=940
-  _globals['_WATCHRUNSRESPONSE_UPDATE']._serialized_end=1039
-  _globals['_GETRUNREQUEST']._serialized_start=1041
-  _globals['_GETRUNREQUEST']._serialized_end=1072
-  _globals['_GETRUNRESPONSE']._serialized_start=1074
-  _globals['_GETRUNRESPONSE']._serialized_end=1119
-  _globals['_LISTRUNSREQUEST']._serialized_start=1121
-  _globals['_LISTRUNSREQUEST']._serialized_end=1240
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1242
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1315
-  _globals['_CANCELRUNREQUEST']._serialized_start=1317
-  _globals['_CANCELRUNREQUEST']._serialized_end=1367
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1369
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1453
-  _globals['_DELETERUNREQUEST']._serialized_start=1455
-  _globals['_DELETERUNREQUEST']._serialized_end=1489
-  _globals['_DELETERUNRESPONSE']._serialized_start=1491
-  _globals['_DELETERUNRESPONSE']._serialized_end=1510
-  _globals['_UPDATERUNAGENTREQUEST']._serialized_start=1513
-  _globals['_UPDATERUNAGENTREQUEST']._serialized_end=1658
-  _globals['_UPDATERUNAGENTRESPONSE']._serialized_start=1660
-  _globals['_UPDATERUNAGENTRESPONSE']._serialized_end=1721
-  _globals['_LISTTEAMTEMPLATESREQUEST']._serialized_start=1723
-  _globals['_LISTTEAMTEMPLATESREQUEST']._serialized_end=1749
-  _globals['_LISTTEAMTEMPLATESRESPONSE']._serialized_start=1751
-  _globals['_LISTTEAMTEMPLATESRESPONSE']._serialized_end=1822
-  _globals['_RUNSERVICE']._serialized_start=1825
-  _globals['_RUNSERVICE']._serialized_end=2589
+  _globals['_WATCHRUNSREQUEST']._serialized_end=985
+  _globals['_WATCHRUNSREQUEST_PAUSE']._serialized_start=897
+  _globals['_WATCHRUNSREQUEST_PAUSE']._serialized_end=904
+  _globals['_WATCHRUNSREQUEST_RESUME']._serialized_start=906
+  _globals['_WATCHRUNSREQUEST_RESUME']._serialized_end=914
+  _globals['_WATCHRUNSREQUEST_STOP']._serialized_start=916
+  _globals['_WATCHRUNSREQUEST_STOP']._serialized_end=922
+  _globals['_WATCHRUNSREQUEST_TRACECONTEXTENTRY']._serialized_start=924
+  _globals['_WATCHRUNSREQUEST_TRACECONTEXTENTRY']._serialized_end=975
+  _globals['_WATCHRUNSRESPONSE']._serialized_start=988
+  _globals['_WATCHRUNSRESPONSE']._serialized_end=1162
+  _globals['_WATCHRUNSRESPONSE_UPDATE']._serialized_start=1063
+  _globals['_WATCHRUNSRESPONSE_UPDATE']._serialized_end=1162
+  _globals['_GETRUNREQUEST']._serialized_start=1164
+  _globals['_GETRUNREQUEST']._serialized_end=1195
+  _globals['_GETRUNRESPONSE']._serialized_start=1197
+  _globals['_GETRUNRESPONSE']._serialized_end=1242
+  _globals['_LISTRUNSREQUEST']._serialized_start=1244
+  _globals['_LISTRUNSREQUEST']._serialized_end=1363
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1365
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1438
+  _globals['_CANCELRUNREQUEST']._serialized_start=1440
+  _globals['_CANCELRUNREQUEST']._serialized_end=1490
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1492
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1576
+  _globals['_DELETERUNREQUEST']._serialized_start=1578
+  _globals['_DELETERUNREQUEST']._serialized_end=1612
+  _globals['_DELETERUNRESPONSE']._serialized_start=1614
+  _globals['_DELETERUNRESPONSE']._serialized_end=1633
+  _globals['_UPDATERUNAGENTREQUEST']._serialized_start=1636
+  _globals['_UPDATERUNAGENTREQUEST']._serialized_end=1781
+  _globals['_UPDATERUNAGENTRESPONSE']._serialized_start=1783
+  _globals['_UPDATERUNAGENTRESPONSE']._serialized_end=1844
+  _globals['_LISTTEAMTEMPLATESREQUEST']._serialized_start=1846
+  _globals['_LISTTEAMTEMPLATESREQUEST']._serialized_end=1872
+  _globals['_LISTTEAMTEMPLATESRESPONSE']._serialized_start=1874
+  _globals['_LISTTEAMTEMPLATESRESPONSE']._serialized_end=1945
+  _globals['_RUNSERVICE']._serialized_start=1948
+  _globals['_RUNSERVICE']._serialized_end=2712
 # @@protoc_insertion_point(module_scope)

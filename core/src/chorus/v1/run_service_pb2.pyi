@@ -48,7 +48,7 @@ class WatchRunResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_run_pb2.RunEvent, _Mapping]] = ...) -> None: ...
 
 class WatchRunsRequest(_message.Message):
-    __slots__ = ("watch_id", "user", "request_id", "start", "watch", "pause", "resume", "stop", "response_window", "acknowledged")
+    __slots__ = ("watch_id", "user", "request_id", "start", "watch", "pause", "resume", "stop", "response_window", "acknowledged", "trace_context")
     class Pause(_message.Message):
         __slots__ = ()
         def __init__(self) -> None: ...
@@ -58,6 +58,13 @@ class WatchRunsRequest(_message.Message):
     class Stop(_message.Message):
         __slots__ = ()
         def __init__(self) -> None: ...
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     WATCH_ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +75,7 @@ class WatchRunsRequest(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     watch_id: int
     user: str
     request_id: str
@@ -78,7 +86,8 @@ class WatchRunsRequest(_message.Message):
     stop: WatchRunsRequest.Stop
     response_window: int
     acknowledged: int
-    def __init__(self, watch_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., start: _Optional[_Union[_run_pb2.RunSpec, _Mapping]] = ..., watch: _Optional[_Union[WatchRunRequest, _Mapping]] = ..., pause: _Optional[_Union[WatchRunsRequest.Pause, _Mapping]] = ..., resume: _Optional[_Union[WatchRunsRequest.Resume, _Mapping]] = ..., stop: _Optional[_Union[WatchRunsRequest.Stop, _Mapping]] = ..., response_window: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, watch_id: _Optional[int] = ..., user: _Optional[str] = ..., request_id: _Optional[str] = ..., start: _Optional[_Union[_run_pb2.RunSpec, _Mapping]] = ..., watch: _Optional[_Union[WatchRunRequest, _Mapping]] = ..., pause: _Optional[_Union[WatchRunsRequest.Pause, _Mapping]] = ..., resume: _Optional[_Union[WatchRunsRequest.Resume, _Mapping]] = ..., stop: _Optional[_Union[WatchRunsRequest.Stop, _Mapping]] = ..., response_window: _Optional[int] = ..., acknowledged: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class WatchRunsResponse(_message.Message):
     __slots__ = ("updates",)
