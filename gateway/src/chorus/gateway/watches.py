@@ -23,6 +23,12 @@ response carries the news of many runs at once and one call serves them all
 
 The call is made as the system identity (internal token): each request names the user the
 gateway authenticated, and the orchestrator checks that user's access to the run.
+
+With tracing on, a watch's opening request carries the W3C trace context of the client
+request that opened it (`WatchRunsRequest.trace_context`: the gateway's HTTP / WebSocket
+span, taken once in `RunWatches.open` and sent again on every reattach), so the
+orchestrator's span of the watch — and the run a `start` begins — join that request's
+trace; the call itself has no span (it serves every stream). Off: the field stays empty.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from chorus.core import tracing
 from chorus.core.errors import ChorusError, Unavailable
 from chorus.core.flag import Flag
 from chorus.core.identity import REQUEST_ID_KEY, USER_KEY
@@ -110,6 +117,7 @@ class Watch:
         "start",
         "stopped",
         "terminal",
+        "trace_context",
         "user",
     )
 
@@ -123,6 +131,7 @@ class Watch:
         start: run_pb2.RunSpec | None,
         run_id: str,
         after_seq: int,
+        trace_context: dict[str, str] | None = None,
     ) -> None:
         self._watches = watches
         self.sink = sink
@@ -132,6 +141,8 @@ class Watch:
         self.run_id = run_id
         self.last_seq = after_seq
         """The seq of the last event handed to the sink (where a reattach resumes)."""
+        self.trace_context = trace_context
+        """W3C carrier of the client request that opened the watch (None: tracing off)."""
         self.terminal = False
         self.reattached = False
         """Opened again at least once (a started run is followed as a watch since)."""
@@ -153,6 +164,8 @@ class Watch:
 
         def request(watch_id: int) -> rs.WatchRunsRequest:
             out = rs.WatchRunsRequest(watch_id=watch_id, user=self.user, request_id=self.request_id)
+            if self.trace_context:
+                out.trace_context.update(self.trace_context)
             if start is not None:
                 out.start.CopyFrom(start)
             else:
@@ -417,7 +430,8 @@ class RunWatches:
     ) -> Watch:
         """Start a run (`start`) or follow `run_id` after `after_seq` for `user`; the news
         goes to `sink`. Errors (a bad spec, an unknown run, …) come to `sink.end`; a lost
-        orchestrator replica does not (the watch reattaches)."""
+        orchestrator replica does not (the watch reattaches). With tracing on, the current
+        span (the client request's) is the parent of the orchestrator's side of the watch."""
         watch = Watch(
             self,
             sink,
@@ -426,6 +440,7 @@ class RunWatches:
             start=start,
             run_id="" if start is not None else run_id,
             after_seq=0 if start is not None else after_seq,
+            trace_context=tracing.carrier_of() if tracing.enabled() else None,
         )
         watch._open()
         return watch

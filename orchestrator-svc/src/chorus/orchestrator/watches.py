@@ -24,20 +24,34 @@ StreamRun / WatchRun would have returned (`ChorusError.to_status`); that error e
 watch only. Requests that break the protocol (no `watch_id`, no action, an id already
 open) end the call with INVALID_ARGUMENT. A started run whose watch is stopped, or whose
 call ends before its terminal event, follows `spec.on_disconnect`, as with StreamRun.
+
+Tracing: the call has no span (it lives as long as its client and serves every watch).
+A watch whose opening request carries `trace_context` (the W3C context of the client
+request it serves, from a tracing gateway) gets a SERVER span of its own,
+`chorus.v1.RunService/WatchRuns`, a child of that context, current while it is served and
+ended with the watch's status: the run a `start` begins (its `run …` span) and the
+history-svc reads of a `watch` are under it, so a run started over SSE, the WebSocket or
+the OpenAI-compatible API is one trace from the gateway's HTTP request on. Without the
+field (or with tracing off here) nothing is traced per watch.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 
-from chorus.core import identity
+from chorus.core import identity, tracing
 from chorus.core.errors import ChorusError, InvalidArgument, ResourceExhausted
 from chorus.core.multiplex import MultiplexServer, Outbox, Update, acting_user
 from chorus.orchestrator.manager import RunManager
 from chorus.v1 import run_pb2
 from chorus.v1 import run_service_pb2 as rs
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 WATCH_BUFFER_EVENTS = 256
 """Unsent events one watch may hold before its follower waits for the sender."""
@@ -47,6 +61,7 @@ MAX_WATCHES_PER_CALL = 100_000
 """Most watches open at once on one call; more end at once with RESOURCE_EXHAUSTED."""
 
 _Update = rs.WatchRunsResponse.Update
+_METHOD = "/chorus.v1.RunService/WatchRuns"
 
 
 def _response(updates: list[Update]) -> rs.WatchRunsResponse:
@@ -141,6 +156,34 @@ class _Follower:
         self.cancel_on_disconnect = False
 
     async def follow(self, outbox: Outbox[run_pb2.RunEvent]) -> None:
+        carrier = self._request.trace_context if tracing.enabled() else None
+        if not carrier:
+            await self._follow(outbox)
+            return
+        # The watch's server span: a child of the client request named in `trace_context`,
+        # never of the long-lived call's context.
+        span = tracing.start_stream_server_span(
+            _METHOD, dict(carrier), {"chorus.watch_id": outbox.key}
+        )
+        del carrier
+        try:
+            with tracing.use(span):
+                await self._follow(outbox)
+        except ChorusError as error:
+            self._end_span(span, error.code.name, error.message)
+            raise
+        except BaseException as exc:  # stopped (the client let it go), or a bug
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            self._end_span(span, "CANCELLED" if cancelled else "UNKNOWN", repr(exc))
+            raise
+        self._end_span(span)
+
+    def _end_span(self, span: Span | None, code: str = "OK", message: str = "") -> None:
+        if span is not None and self.run_id:
+            span.set_attribute("chorus.run.id", self.run_id)
+        tracing.end_stream_span(span, code, message)
+
+    async def _follow(self, outbox: Outbox[run_pb2.RunEvent]) -> None:
         request, self._request = self._request, rs.WatchRunsRequest()
         if request.HasField("start"):
             run, _ = await self._manager.create(self.user, request.start)
