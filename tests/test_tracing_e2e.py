@@ -5,7 +5,10 @@ OTLP/gRPC receiver started by the test; one run through the gateway's REST API.
 With `OTEL_TRACES_EXPORTER=otlp`: the run is one trace rooted at the gateway's HTTP request,
 with spans of all four services, each gRPC hop a client span whose child is the next
 service's server span, the run / turn / tool / model-call spans under them, and the model
-call's GenAI attributes carrying the simulator's usage. With it unset: nothing is exported.
+call's GenAI attributes carrying the simulator's usage. A run started over SSE (the shared
+WatchRuns call, `WatchRunsRequest.trace_context`) is one trace too, from the HTTP request
+through the orchestrator's watch and run spans to provider-svc's model call. With it unset:
+nothing is exported, whichever way the run was started.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from .conftest import REPO
 pytestmark = pytest.mark.e2e
 
 SERVICES = ("chorus-gateway", "chorus-orchestrator", "chorus-provider", "chorus-history")
+WATCH_SPAN = "chorus.v1.RunService/WatchRuns"
+"""The orchestrator's span of one watch on the shared WatchRuns call."""
 
 
 @dataclass
@@ -140,6 +145,18 @@ def run_to_completion(gateway: str, spec: dict[str, object]) -> tuple[dict, list
                 if line.startswith("data:"):
                     events.append(json.loads(line[5:]))
     return run, events
+
+
+def stream_run(
+    gateway: str, spec: dict[str, object], headers: dict[str, str] | None = None
+) -> list[dict]:
+    """Start a run with `POST /api/v1/runs/stream` (SSE) and read it to its end; its events."""
+    with (
+        httpx.Client(base_url=gateway, timeout=120) as client,
+        client.stream("POST", "/api/v1/runs/stream", json=spec, headers=headers) as sse,
+    ):
+        assert sse.status_code == 200, sse.read()
+        return [json.loads(line[5:]) for line in sse.iter_lines() if line.startswith("data:")]
 
 
 def by_id(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
@@ -290,6 +307,9 @@ def test_tracing_off_exports_nothing(tmp_path_factory: pytest.TempPathFactory) -
         try:
             run, _ = run_to_completion(stack.gateway, {"template": "assistant", "input": "Hi"})
             assert run["status"] == "RUN_STATUS_COMPLETED", run
+            # a run started over SSE (the shared WatchRuns call) too
+            streamed = stream_run(stack.gateway, {"template": "assistant", "input": "Hi"})
+            assert "runCompleted" in streamed[-1], streamed[-1]
             # Ten export periods of the setting above: nothing may arrive.
             time.sleep(1.0)
             assert quiet.requests == 0 and quiet.spans() == []
@@ -329,11 +349,94 @@ def test_a_clients_traceparent_continues_into_the_sse_and_websocket_spans(
 
     def served(spans: list[ReceivedSpan]) -> bool:
         traces = {s.trace_id for s in spans if s.service == "chorus-gateway"}
-        return sse_trace in traces and ws_trace in traces
+        watched = {s.trace_id for s in spans if s.name == WATCH_SPAN}
+        return sse_trace in traces and ws_trace in traces and sse_trace in watched
 
     spans = receiver.wait_for(served, timeout=60)
+    gateway_spans: dict[str, ReceivedSpan] = {}
     for trace_id, name in ((sse_trace, "GET /api/v1/runs/{run_id}/events"), (ws_trace, None)):
-        (span,) = [s for s in spans if s.trace_id == trace_id]  # no span per event or frame
+        # one span per stream, none per event or frame
+        (span,) = [s for s in spans if s.trace_id == trace_id and s.service == "chorus-gateway"]
         assert span.kind == "SERVER" and span.parent_span_id == caller
         if name is not None:
             assert span.name == name
+        gateway_spans[trace_id] = span
+    # the SSE stream's watch (over the shared WatchRuns call) is served under its span
+    (watch,) = [s for s in spans if s.trace_id == sse_trace and s.name == WATCH_SPAN]
+    assert watch.service == "chorus-orchestrator" and watch.kind == "SERVER"
+    assert watch.parent_span_id == gateway_spans[sse_trace].span_id
+    assert watch.attributes["chorus.run.id"] == run["id"]
+
+
+def ancestors(span: ReceivedSpan, ids: dict[str, ReceivedSpan]) -> list[str]:
+    """The span ids above `span`, nearest first, as far as `ids` knows them."""
+    out: list[str] = []
+    while span.parent_span_id in ids:
+        span = ids[span.parent_span_id]
+        out.append(span.span_id)
+    return out
+
+
+def test_a_run_started_over_sse_is_one_trace_from_the_http_request_to_the_model_call(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    events = stream_run(
+        traced_stack.gateway, {"template": "assistant", "input": "What is 17.5% of 2,340?"}
+    )
+    assert "runCompleted" in events[-1], events[-1]
+    run_id = events[0]["runId"]
+
+    def run_span(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
+        return next(
+            (
+                s
+                for s in spans
+                if s.name == "run assistant" and s.attributes.get("chorus.run.id") == run_id
+            ),
+            None,
+        )
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        root = run_span(spans)
+        if root is None:
+            return False
+        trace = [s for s in spans if s.trace_id == root.trace_id]
+        return (
+            any(s.service == "chorus-gateway" and s.kind == "SERVER" for s in trace)
+            and any(s.name == WATCH_SPAN for s in trace)
+            and any(s.name == "chat sim-1" for s in trace)
+        )
+
+    spans = receiver.wait_for(complete, timeout=60)
+    root = run_span(spans)
+    assert root is not None
+    trace = [s for s in spans if s.trace_id == root.trace_id]
+    ids = by_id(trace)
+
+    # The trace starts at the gateway's HTTP request (the SSE stream's, which lasts the run).
+    (http,) = [s for s in trace if s.service == "chorus-gateway" and s.kind == "SERVER"]
+    assert http.parent_span_id == ""
+    assert http.name == "POST /api/v1/runs/stream"
+    # The watch that started the run: the orchestrator's server span of this one stream
+    # of the shared WatchRuns call, a child of the HTTP request; the run under it.
+    (watch,) = only(trace, "chorus-orchestrator", WATCH_SPAN)
+    assert watch.kind == "SERVER" and watch.parent_span_id == http.span_id
+    assert watch.attributes["rpc.system"] == "grpc"
+    assert watch.attributes["rpc.service"] == "chorus.v1.RunService"
+    assert watch.attributes["rpc.method"] == "WatchRuns"
+    assert watch.attributes["rpc.grpc.status_code"] == 0
+    assert watch.attributes["chorus.run.id"] == run_id
+    assert root.parent_span_id == watch.span_id
+    assert root.attributes["chorus.run.status"] == "COMPLETED"
+    # The shared call itself has no span, in any trace (it serves every stream).
+    assert not [s for s in spans if s.name == "/chorus.v1.RunService/WatchRuns"]
+    # provider-svc's model calls are in the same trace, under the run and the request.
+    chats = only(trace, "chorus-provider", "chat sim-1")
+    assert chats
+    for chat in chats:
+        above = ancestors(chat, ids)
+        assert root.span_id in above and watch.span_id in above
+        assert above[-1] == http.span_id
+        assert chat.attributes["gen_ai.usage.output_tokens"] > 0
+    # history-svc's writes of the run too.
+    assert any(s.name == "/chorus.v1.HistoryService/RecordRunStart" for s in trace)
