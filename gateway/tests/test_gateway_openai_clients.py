@@ -45,7 +45,10 @@ async def test_malformed_bodies_are_400_in_openai_shape(client):
         (b'{"model": 5, "input": "x"}', "model"),
         (b'{"model": "chorus/duet", "input": "x", "temperature": 9}', "temperature"),
         (b'{"model": "chorus/duet", "input": "x", "metadata": {"k": 1}}', "metadata.k"),
-        (b'{"model": "chorus/duet", "input": "x", "store": false}', "store"),
+        (
+            b'{"model": "chorus/duet", "input": "x", "store": false, "background": true}',
+            "background",
+        ),
         (b'{"model": "chorus/duet", "input": "x", "chorus": {"max_turns": 0}}', "chorus.max_turns"),
         (
             b'{"model": "chorus/duet", "input": "x", "chorus": {"model_overrides": {"Zed": "simulator/sim-1"}}}',

@@ -28,6 +28,8 @@ models keep unknown fields: `item.agent`, or `item.model_extra["agent"]`).
 
 from __future__ import annotations
 
+import base64
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +67,8 @@ class ResponseContext:
         ends_itself: the team stops on its own (termination text, a selector or an
             orchestrator), so reaching `max_turns` means it was cut short.
         metadata: the response's metadata (OpenAI: 16 pairs).
+        store: false when the request had `store: false` (the run is deleted once it ends).
+        previous_response_id: the request's `previous_response_id`, or None.
     """
 
     model: str
@@ -75,12 +79,45 @@ class ResponseContext:
     conversation: str = ""
     ends_itself: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    store: bool = True
+    previous_response_id: str | None = None
 
 
-def request_id(model: str, key: str, *, background: bool) -> str:
-    """The `RunSpec.request_id` of a run started over `/v1` (carries the model and flags,
-    so the response can be rebuilt from the run record alone)."""
-    return f"{REQUEST_ID_PREFIX}{'b' if background else '-'}:{model}:{key}"
+MAX_REQUEST_ID_CHARS = 128
+"""`RunSpec.request_id`'s limit (run.proto)."""
+
+
+def _compact_run_id(run_id: str) -> str:
+    """A run id (UUID) as 22 base64url characters."""
+    return base64.urlsafe_b64encode(uuid.UUID(run_id).bytes).decode().rstrip("=")
+
+
+def _expand_run_id(text: str) -> str | None:
+    try:
+        raw = base64.urlsafe_b64decode(text + "==")
+        return str(uuid.UUID(bytes=raw)) if len(raw) == 16 else None
+    except ValueError:
+        return None
+
+
+def request_id(
+    model: str, key: str, *, background: bool, store: bool = True, previous_run: str = ""
+) -> str:
+    """The `RunSpec.request_id` of a run started over `/v1`: `oai:<flags>:<model>:<key>`.
+
+    It carries what the response echoes beyond the run itself, so the response can be
+    rebuilt from the run record alone (any replica, after a restart). `<flags>`: `b`
+    (background) or `-`, then `n` when `store` is false, then `.` and the previous
+    response's run id as 22 base64url characters when the request had a
+    `previous_response_id` — left out when it would make the id longer than 128
+    characters (a model id over 75 characters; the response then echoes null).
+    """
+    flags = ("b" if background else "-") + ("" if store else "n")
+    if previous_run:
+        longer = f"{REQUEST_ID_PREFIX}{flags}.{_compact_run_id(previous_run)}:{model}:{key}"
+        if len(longer) <= MAX_REQUEST_ID_CHARS:
+            return longer
+    return f"{REQUEST_ID_PREFIX}{flags}:{model}:{key}"
 
 
 def _common(values: list[Any]) -> Any:
@@ -91,13 +128,19 @@ def context_of(run: run_pb2.Run) -> ResponseContext:
     """The `ResponseContext` of a run (any run: one started elsewhere names its template)."""
     spec = run.spec
     background = False
+    store = True
+    previous: str | None = None
     model = f"chorus/{spec.template}" if spec.template else "chorus/team"
     if spec.request_id.startswith(REQUEST_ID_PREFIX):
-        flags, _, rest = spec.request_id[len(REQUEST_ID_PREFIX) :].partition(":")
+        head, _, rest = spec.request_id[len(REQUEST_ID_PREFIX) :].partition(":")
+        flags, _, previous_run = head.partition(".")
         name, _, _key = rest.rpartition(":")
         if name:
             model = name
         background = "b" in flags
+        store = "n" not in flags
+        run_id = _expand_run_id(previous_run) if previous_run else None
+        previous = ids.response_id(run_id) if run_id else None
     agents = list(spec.team.agents)
     suffixes = [
         a.system_prompt.partition(INSTRUCTIONS_MARKER)[2]
@@ -118,6 +161,8 @@ def context_of(run: run_pb2.Run) -> ResponseContext:
         max_output_tokens=max_output,
         conversation=run.conversation_id,
         ends_itself=ends_itself,
+        store=store,
+        previous_response_id=previous,
     )
 
 
@@ -200,11 +245,11 @@ class ResponseMapper:
             "model": context.model,
             "output": self.output,
             "parallel_tool_calls": False,
-            "previous_response_id": None,
+            "previous_response_id": context.previous_response_id,
             "conversation": (
                 {"id": ids.conversation_id(context.conversation)} if context.conversation else None
             ),
-            "store": True,
+            "store": context.store,
             "temperature": context.temperature,
             "text": {"format": {"type": "text"}},
             "tool_choice": "auto",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
 import grpc
@@ -23,6 +23,7 @@ from google.protobuf import field_mask_pb2
 from starlette.responses import Response, StreamingResponse
 
 from chorus.core.errors import InvalidArgument, NotFound, OutOfRange
+from chorus.core.logging import get_logger
 from chorus.gateway.api.deps import (
     CallerDep,
     HistoryDep,
@@ -53,6 +54,7 @@ from chorus.v1 import (
 )
 
 router = APIRouter(prefix="/responses", tags=["openai"])
+log = get_logger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keepalive\n\n"
@@ -78,6 +80,46 @@ _JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
     },
     **_ERRORS,
 }
+
+
+Forget = Callable[[str, str], Coroutine[Any, Any, None]]
+"""`store: false`: deletes a response's run, given its run id and conversation id."""
+
+_forgetting: set[asyncio.Task[None]] = set()
+
+
+def _forget_later(job: Coroutine[Any, Any, None]) -> None:
+    """Runs a deletion whose request went away (the client disconnected), to its end."""
+    task = asyncio.get_running_loop().create_task(job)
+    _forgetting.add(task)
+    task.add_done_callback(_forgetting.discard)
+
+
+def _forgetter(runs_stub: Any, history: Any, *, own_conversation: bool, timeout: float) -> Forget:
+    """The deletion of a `store: false` response (OpenAI: such a response is not kept).
+
+    The run goes with RunService.DeleteRun (an active one is cancelled first); the
+    conversation goes too (HistoryService.DeleteConversation) when the response started it
+    (no `previous_response_id` or `conversation`). A response that continues a
+    conversation leaves its messages there (they are the conversation's). Already gone is
+    no error; any other failure is logged and the response still answered.
+    """
+
+    async def forget(run_id: str, conversation_id: str) -> None:
+        try:
+            await runs_stub.DeleteRun(
+                run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=timeout
+            )
+            if own_conversation and conversation_id:
+                await history.DeleteConversation(
+                    history_service_pb2.DeleteConversationRequest(conversation_id=conversation_id),
+                    timeout=timeout,
+                )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning("store_false_delete_failed", run_id=run_id, code=exc.code().name)
+
+    return forget
 
 
 def json_response(body: Any, status_code: int = 200) -> Response:
@@ -204,8 +246,11 @@ async def _follow_to_end(
     feed_spec: run_pb2.RunSpec | None,
     run_id: str,
     metadata: dict[str, str],
+    forget: Forget | None = None,
 ) -> mapping.ResponseMapper:
-    """Start (or follow from seq 1) a run until its terminal event; the mapper of all of it."""
+    """Start (or follow from seq 1) a run until its terminal event; the mapper of all of it.
+    With `forget` (`store: false`) the run is deleted once it ended — before this returns —
+    or, when the request goes away first, in the background."""
     feed = EventFeed(watches, user=user, start=feed_spec, run_id=run_id)
     mapper: mapping.ResponseMapper | None = None
     try:
@@ -216,10 +261,16 @@ async def _follow_to_end(
                         raise InvalidArgument("the run's log does not start with run_started")
                     mapper = _mapper(event.run_started.run, metadata)
                 mapper.feed(event)
+    except BaseException:
+        if forget is not None and mapper is not None:
+            _forget_later(forget(mapper.run_id, mapper.context.conversation))
+        raise
     finally:
         feed.close()
     if mapper is None:
         raise InvalidArgument("the run has no events")
+    if forget is not None:
+        await forget(mapper.run_id, mapper.context.conversation)
     return mapper
 
 
@@ -229,14 +280,18 @@ def _stream(
     metadata: dict[str, str],
     starting_after: int,
     settings: GatewaySettings,
+    forget: Forget | None = None,
 ) -> StreamingResponse:
-    """SSE of the feed's events mapped to OpenAI events numbered above `starting_after`."""
+    """SSE of the feed's events mapped to OpenAI events numbered above `starting_after`.
+    With `forget` (`store: false`) the run is deleted when it ends, before the terminal
+    event is sent (a retrieve after it is 404), or when the client leaves first."""
 
     mapper: mapping.ResponseMapper | None = None
 
     async def body() -> AsyncIterator[bytes]:
         nonlocal mapper
         batch: list[run_pb2.RunEvent] | None = first
+        forgotten = False
         try:
             while batch is not None:
                 frames: list[bytes] = []
@@ -246,6 +301,9 @@ def _stream(
                     for out in mapper.feed(event):
                         if out["sequence_number"] > starting_after:
                             frames.append(mapping.sse_frame(out))
+                if forget is not None and not forgotten and mapper is not None and mapper.ended:
+                    forgotten = True
+                    await forget(mapper.run_id, mapper.context.conversation)
                 if frames:
                     yield b"".join(frames)
                 if mapper is not None and mapper.ended:
@@ -273,6 +331,8 @@ def _stream(
             )
         finally:
             feed.close()
+            if forget is not None and not forgotten and mapper is not None:
+                _forget_later(forget(mapper.run_id, mapper.context.conversation))
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -312,9 +372,11 @@ async def create_response(
 ) -> Response:
     """Starts a run of `model` on `input`. `stream`: SSE of the response's events;
     `background`: answers at once (status `queued`/`in_progress`); otherwise waits for the
-    run's end. 404 unknown model or previous response, 400 unsupported parameters (tools,
-    `store: false`, non-text input), 409 when the conversation has an active run, 429 over
-    the runs rate limit."""
+    run's end. `store: false`: the run is deleted once it ended (and its conversation when
+    the response started it), so the response cannot be retrieved afterwards; a client
+    that leaves before the end cancels it. 404 unknown model or previous response, 400
+    unsupported parameters (tools, non-text input, `background` with `store: false`), 409
+    when the conversation has an active run, 429 over the runs rate limit."""
     body: CreateResponseBody = parse(CreateResponseBody, await json_body(request))
     if body.tools:
         raise unsupported(
@@ -324,8 +386,12 @@ async def create_response(
         )
     if body.tool_choice not in (None, "auto", "none"):
         raise unsupported("tool_choice", "only 'auto' and 'none' are supported")
-    if body.store is False:
-        raise unsupported("store", "every run is stored (Chorus keeps runs as history)")
+    store = body.store is not False
+    if body.background and not store:
+        raise unsupported(
+            "background",
+            "background mode requires store=true (a background response is kept to be retrieved)",
+        )
     if body.prompt is not None:
         raise unsupported("prompt", "prompt templates are not supported")
     text_format = (body.text or {}).get("format") or {}
@@ -355,6 +421,7 @@ async def create_response(
         [*([body.instructions] if body.instructions else []), *conv.instructions]
     )
     conversation_id = ""
+    previous_run = ""
     if body.previous_response_id:
         try:
             previous = await _get_run(runs_stub, ids.run_id_of(body.previous_response_id), settings)
@@ -367,6 +434,7 @@ async def create_response(
                 metadata={"param": "previous_response_id"},
             ) from None
         conversation_id = previous.conversation_id
+        previous_run = previous.id
     elif body.conversation is not None:
         given = (
             body.conversation.get("id")
@@ -390,9 +458,21 @@ async def create_response(
         conversation_id=conversation_id,
         background=bool(body.background),
         key=runs.idempotency_key(idempotency_key),
-        on_disconnect=run_pb2.ON_DISCONNECT_CONTINUE,
+        on_disconnect=run_pb2.ON_DISCONNECT_CONTINUE if store else run_pb2.ON_DISCONNECT_CANCEL,
         settings=settings,
         find=find,
+        store=store,
+        previous_run=previous_run,
+    )
+    forget = (
+        None
+        if store
+        else _forgetter(
+            runs_stub,
+            history,
+            own_conversation=not body.previous_response_id and body.conversation is None,
+            timeout=timeout,
+        )
     )
     await limiter.hit("runs", caller.user)
     metadata: dict[str, str] = {}
@@ -413,13 +493,13 @@ async def create_response(
             watches, user=caller.user, start=spec, max_buffered=settings.sse_max_buffered_events
         )
         first = await _first(feed, settings)
-        return _stream(feed, first, metadata, -1, settings)
+        return _stream(feed, first, metadata, -1, settings, forget)
     if body.background:
         reply = await runs_stub.CreateRun(
             run_service_pb2.CreateRunRequest(spec=spec), timeout=timeout
         )
         return json_response(_mapper(reply.run, metadata).response)
-    mapper = await _follow_to_end(watches, caller.user, spec, "", metadata)
+    mapper = await _follow_to_end(watches, caller.user, spec, "", metadata, forget)
     return json_response(mapper.response)
 
 

@@ -207,10 +207,14 @@ async def build_spec(
     background: bool,
     key: str,
     on_disconnect: int,
+    store: bool = True,
+    previous_run: str = "",
     settings: GatewaySettings,
     find: Any,
 ) -> run_pb2.RunSpec:
-    """The RunSpec of a request (`find(model_id)` resolves model overrides).
+    """The RunSpec of a request (`find(model_id)` resolves model overrides). `store` and
+    `previous_run` (the run of the request's `previous_response_id`) travel in the
+    spec's `request_id` (`mapping.request_id`).
 
     Raises:
         InvalidArgument: an empty or oversized input or instructions, a bad override.
@@ -221,7 +225,9 @@ async def build_spec(
     spec = run_pb2.RunSpec(
         input=input_text,
         conversation_id=conversation_id,
-        request_id=mapping.request_id(model.id, key, background=background),
+        request_id=mapping.request_id(
+            model.id, key, background=background, store=store, previous_run=previous_run
+        ),
         on_disconnect=on_disconnect,
     )
     team = team_pb2.TeamSpec()
