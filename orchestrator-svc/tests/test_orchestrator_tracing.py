@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from orchestrator_helpers import (
     RunClient,
     Stack,
     agent,
+    duet,
     orchestrator_process,
     read_until,
     sim,
     spec,
     team,
 )
+from test_orchestrator_watch_runs import WatchRunsClient
 
 from chorus.core import tracing
 from chorus.core.otlp_receiver import OtlpReceiver
 from chorus.core.testing import wait_for
 from chorus.v1 import run_pb2, team_pb2
+from chorus.v1 import run_service_pb2 as rs
 
 
 @pytest.fixture
@@ -108,3 +112,74 @@ async def test_a_handed_over_run_continues_its_trace_on_the_replica_that_resumes
     # The resumed execution's turns are its children.
     turns = [s for s in spans.get_finished_spans() if s.name.startswith("invoke_agent ")]
     assert turns and all(t.parent.span_id == new.context.span_id for t in turns)
+
+
+WATCH_SPAN = "chorus.v1.RunService/WatchRuns"
+
+
+async def test_a_watch_carrying_a_trace_context_is_served_under_a_span_of_its_own(
+    stack: Stack, alice: RunClient, spans: InMemorySpanExporter
+) -> None:
+    """WatchRunsRequest.trace_context: the watch's SERVER span is a child of the context it
+    names and the run its `start` begins is under it; a watch that fails ends its span with
+    its status; a watch without the field gets no span (its run's trace starts at the run)."""
+    caller_trace, caller_span = "a" * 32, "b" * 16
+    carrier = {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+    watches = WatchRunsClient(stack)
+    try:
+        await watches.send(
+            1, user=alice.user, start=spec(team_spec=duet(turns=1)), trace_context=carrier
+        )
+        await watches.send(
+            2,
+            user=alice.user,
+            watch=rs.WatchRunRequest(run_id=str(uuid.uuid4())),
+            trace_context=carrier,
+        )
+        await watches.send(3, user=alice.user, start=spec(team_spec=duet(turns=1)))
+        await watches.until_ended(1, 2, 3)
+    finally:
+        watches.call.cancel()
+    assert [watches.status[w].code for w in (1, 2, 3)] == [0, 5, 0]
+    traced_run, untraced_run = watches.events[1][0].run_id, watches.events[3][0].run_id
+
+    def run_span(run_id: str) -> ReadableSpan | None:
+        return next(
+            (
+                s
+                for s in spans.get_finished_spans()
+                if s.name.startswith("run ") and s.attributes["chorus.run.id"] == run_id
+            ),
+            None,
+        )
+
+    def finished() -> bool:
+        names = [s.name for s in spans.get_finished_spans()]
+        return names.count(WATCH_SPAN) >= 2 and bool(run_span(traced_run))
+
+    await wait_for(lambda: finished() and run_span(untraced_run), timeout=30)
+    watch_spans = sorted(
+        (s for s in spans.get_finished_spans() if s.name == WATCH_SPAN),
+        key=lambda s: s.attributes["chorus.watch_id"],
+    )
+    assert [s.attributes["chorus.watch_id"] for s in watch_spans] == [1, 2]  # none for 3
+    ok, missing = watch_spans
+    for span in watch_spans:
+        assert span.kind == trace.SpanKind.SERVER
+        assert span.parent is not None
+        assert format(span.parent.trace_id, "032x") == caller_trace
+        assert format(span.parent.span_id, "016x") == caller_span
+        assert span.attributes["rpc.service"] == "chorus.v1.RunService"
+        assert span.attributes["rpc.method"] == "WatchRuns"
+    assert ok.attributes["rpc.grpc.status_code"] == 0
+    assert ok.attributes["chorus.run.id"] == traced_run
+    assert ok.status.status_code == trace.StatusCode.UNSET
+    assert missing.attributes["rpc.grpc.status_code"] == 5
+    assert missing.attributes["error.type"] == "NOT_FOUND"
+    assert missing.status.status_code == trace.StatusCode.ERROR
+    traced = run_span(traced_run)
+    assert traced is not None and traced.parent is not None
+    assert traced.parent.span_id == ok.context.span_id
+    untraced = run_span(untraced_run)
+    assert untraced is not None and untraced.parent is None
+    assert format(untraced.context.trace_id, "032x") != caller_trace
