@@ -21,7 +21,8 @@ What is traced, when on:
   RunService.WatchRuns): one of those lives as long as the process and carries many
   requests, so each stream on it gets its own client and server span instead
   (`start_stream_client_span`, `start_stream_server_span`), its context carried in the
-  stream's own request (`StreamChatRequest.metadata`); nor the delta flusher's group
+  stream's own request (`StreamChatRequest.metadata`, `WatchRunsRequest.trace_context`:
+  `carrier_of` on the sending side); nor the delta flusher's group
   commits (`UNTRACED_METHODS`), which carry many runs' events;
 * the gateway's HTTP requests, SSE and WebSocket included (opentelemetry-instrumentation-
   fastapi, `chorus.gateway.tracing`);
