@@ -116,6 +116,30 @@ async def test_metrics_use_route_templates(client):
     assert "chorus_gateway_sse_streams" in text and "chorus_gateway_ws_connections" in text
 
 
+async def test_metrics_label_openai_routes_with_their_full_template(client):
+    """The OpenAI-compatible routes' label keeps the `/v1` prefix (FastAPI reports an
+    included router's route without its prefixes)."""
+    unknown = "resp_" + "0" * 31 + "b"
+    assert (await client.get(f"/v1/responses/{unknown}")).status_code == 404
+    assert (await client.post(f"/v1/responses/{unknown}/cancel")).status_code == 404
+    assert (await client.get("/v1/models/simulator/sim-1")).status_code == 200
+    assert (await client.get("/api/v1/conversations/not-a-uuid")).status_code in (400, 404)
+    assert (await client.get("/v1/no/such/route")).status_code == 404
+    text = (await client.get("/metrics")).text
+    for method, route, code in (
+        ("GET", "/v1/responses/{response_id}", "404"),
+        ("POST", "/v1/responses/{response_id}/cancel", "404"),
+        ("GET", "/v1/models/{model_id:path}", "200"),
+        ("GET", "/metrics", "200"),
+    ):
+        assert metric(text, "http_requests_total", method=method, route=route, code=code) >= 1
+    assert metric(text, "http_requests_total", route="/api/v1/conversations/{conversation_id}")
+    assert metric(text, "http_requests_total", route="unmatched", code="404") >= 1
+    for bare in ("/responses/{response_id}", "/models/{model_id:path}", "/runs/{run_id}"):
+        assert metric(text, "http_requests_total", route=bare) == 0, bare
+    assert unknown not in text
+
+
 async def test_openapi_describes_the_proto_bodies(client):
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

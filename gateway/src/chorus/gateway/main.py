@@ -129,7 +129,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware,
         max_request_bytes=settings.max_request_bytes,
-        api_prefix=API_PREFIX,
     )
     install_openai_api(app)  # /v1, OpenAI-compatible; its error middleware wraps the above
     instrument_tracing(app, settings)  # OTEL_* variables; nothing when tracing is off

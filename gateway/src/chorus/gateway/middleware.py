@@ -58,14 +58,11 @@ class RequestContextMiddleware:
     Args:
         app: the wrapped application.
         max_request_bytes: largest accepted body.
-        api_prefix: prefix of the routers included in the API router (`/api/v1`); FastAPI
-            reports an included route's template without it.
     """
 
-    def __init__(self, app: ASGIApp, max_request_bytes: int, api_prefix: str) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_request_bytes
-        self.api_prefix = api_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -128,16 +125,28 @@ class RequestContextMiddleware:
         finally:
             self._observe(scope, status, start)
 
-    def _observe(self, scope: dict[str, Any] | Scope, status: int, start: float) -> None:
+    @staticmethod
+    def _template(scope: dict[str, Any] | Scope) -> str:
+        """The matched route's full template (`/v1/responses/{response_id}`), `unmatched`
+        when no route matched. FastAPI reports a route of an included router with its own
+        path only (`/responses/{response_id}`, the prefixes of `/v1` and `/api/v1` left
+        out), so the prefix is recovered from the request path: what comes before the
+        longest tail the route's pattern matches (prefixes are static)."""
         route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        template: str | None = getattr(route, "path", None)
+        if not template:
+            return "unmatched"
+        pattern = getattr(route, "path_regex", None)
         path: str = scope.get("path", "")
-        if (
-            route is not None
-            and path.startswith(self.api_prefix + "/")
-            and not template.startswith(self.api_prefix)
-        ):
-            template = self.api_prefix + template
+        if pattern is None or pattern.match(path):
+            return template
+        for i in range(1, len(path)):
+            if path[i] == "/" and pattern.match(path[i:]):
+                return path[:i] + template
+        return template
+
+    def _observe(self, scope: dict[str, Any] | Scope, status: int, start: float) -> None:
+        template = self._template(scope)
         method = scope.get("method", "")
         elapsed = time.perf_counter() - start
         REQUESTS.labels(method, template, str(status)).inc()
