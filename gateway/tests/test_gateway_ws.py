@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from gateway_helpers import TERMINAL, duet, read_events, slow_duet
+from gateway_helpers import TERMINAL, detail, duet, read_events, slow_duet
 
 EVENT_KEYS = {"runStarted", "runCompleted", "runFailed", "runCancelled"}
 
@@ -185,6 +185,32 @@ async def test_subscribing_to_an_unknown_run_is_the_error_alone(ws):
     assert error["type"] == "error" and error["code"] == "NOT_FOUND", error
     assert error["runId"] == run_id and error["recoverable"]
     await _alive(ws)  # the next frame is the pong: no "subscribed", no second error
+
+
+async def test_subscribing_past_the_end_of_an_ended_run_is_the_error_alone(ws, client):
+    """Issue 23: an `afterSeq` beyond a finished run's last event is OUT_OF_RANGE, sent
+    instead of the "subscribed" ack (like an unknown run), with the last seq to use."""
+    run_id = (await client.post("/api/v1/runs", json=duet("Past the end"))).json()["id"]
+    _, sse = await read_events(client, "GET", f"/api/v1/runs/{run_id}/events")
+    last = len(sse)
+    assert "runCompleted" in sse[-1].json()  # ended: its last seq is final
+    for after in (last + 1, 10**9, str(last + 5)):
+        await _send(ws, {"type": "subscribe", "payload": {"runId": run_id, "afterSeq": after}})
+        error = await _recv(ws)
+        assert error["type"] == "error" and error["code"] == "OUT_OF_RANGE", error
+        assert error["runId"] == run_id and error["lastSeq"] == str(last) and error["recoverable"]
+        violation = detail(error, "BadRequest")["fieldViolations"][0]
+        assert violation["field"] == "payload.afterSeq"
+        await _alive(ws)  # the next frame is the pong: no "subscribed", no second error
+    # the last seq itself is in range: acknowledged, and nothing follows it
+    await _send(ws, {"type": "subscribe", "payload": {"runId": run_id, "afterSeq": last}})
+    ack = await _recv(ws)
+    assert ack == {"type": "status", "status": "subscribed", "runId": run_id, "afterSeq": str(last)}
+    await _alive(ws)
+    # one before it: the terminal event alone
+    await _send(ws, {"type": "subscribe", "payload": {"runId": run_id, "afterSeq": last - 1}})
+    assert (await _recv(ws))["status"] == "subscribed"
+    assert await _until_terminal(ws) == [{"type": sse[-1].event, **sse[-1].json()}]
 
 
 async def test_service_errors_keep_their_code(ws):

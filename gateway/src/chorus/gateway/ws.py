@@ -15,7 +15,8 @@ Client → server frames, JSON text (binary frames holding UTF-8 JSON are accept
         → {"type": "status", "status": "run_created", "runId": "…", "run": {…}}, then its events
     {"type": "subscribe", "payload": {"runId": "…", "afterSeq": 12}}
         follows a run after a seq → {"type": "status", "status": "subscribed", …}, then events;
-        a run that does not exist (or is another user's) → the error frame alone
+        a run that does not exist (or is another user's), or an `afterSeq` beyond an ended
+        run's last event (OUT_OF_RANGE, with `lastSeq`) → the error frame alone
     {"type": "unsubscribe", "payload": {"runId": "…"}}      → status "unsubscribed"
     {"type": "cancel", "payload": {"runId": "…", "reason": "…"}}
         (runId defaults to the last run started or followed here)
@@ -56,7 +57,7 @@ from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocketDisconnect
 
 from chorus.core import identity
-from chorus.core.errors import ChorusError, InvalidArgument, PermissionDenied
+from chorus.core.errors import ChorusError, InvalidArgument, OutOfRange, PermissionDenied
 from chorus.core.logging import get_logger
 from chorus.gateway import errors, protojson
 from chorus.gateway.api.deps import act_as
@@ -76,6 +77,9 @@ FRAMES = Counter("chorus_gateway_ws_frames_total", "Frames received, by type.", 
 EVENTS = Counter("chorus_gateway_ws_events_total", "Run events sent over WebSockets.")
 
 DEFAULT_TEAM = "assistant"
+_ACTIVE = (run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING)
+"""A run in these may still add events; past the last one of any other, `afterSeq` is
+OUT_OF_RANGE."""
 
 
 def event_frame(event: run_pb2.RunEvent) -> str:
@@ -294,13 +298,25 @@ class Connection:
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise _FrameError('"payload.afterSeq" must be a non-negative integer')
         self._check_capacity(run_id)
-        # NOT_FOUND (unknown, or another user's) is the answer alone, never after an ack.
+        # NOT_FOUND (unknown, or another user's) is the answer alone, never after an ack;
+        # so is OUT_OF_RANGE for an `afterSeq` beyond an ended run's last event (issue 23).
         try:
-            await self.clients.runs.GetRun(
+            reply = await self.clients.runs.GetRun(
                 run_service_pb2.GetRunRequest(run_id=run_id), timeout=self.settings.rpc_timeout_s
             )
         except (grpc.aio.AioRpcError, ChorusError) as exc:
             await self.send_error(exc, runId=run_id)
+            return
+        run = reply.run
+        if run.status not in _ACTIVE and after > run.last_seq:
+            await self.send_error(
+                OutOfRange(
+                    f"afterSeq {after} is beyond the run's last event ({run.last_seq})",
+                    [("payload.afterSeq", f"must be at most {run.last_seq}")],
+                ),
+                runId=run_id,
+                lastSeq=str(run.last_seq),
+            )
             return
         await self.send(
             {"type": "status", "status": "subscribed", "runId": run_id, "afterSeq": str(after)}
