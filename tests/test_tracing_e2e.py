@@ -440,3 +440,43 @@ def test_a_run_started_over_sse_is_one_trace_from_the_http_request_to_the_model_
         assert chat.attributes["gen_ai.usage.output_tokens"] > 0
     # history-svc's writes of the run too.
     assert any(s.name == "/chorus.v1.HistoryService/RecordRunStart" for s in trace)
+
+
+def test_a_run_started_over_the_openai_compatible_api_continues_the_http_requests_trace(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    with httpx.Client(base_url=traced_stack.gateway, timeout=120) as client:
+        answer = client.post(
+            "/v1/chat/completions",
+            json={"model": "chorus/assistant", "messages": [{"role": "user", "content": "Hi"}]},
+            headers={"Authorization": "Bearer dev"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"]
+
+    def requests(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [
+            s
+            for s in spans
+            if s.service == "chorus-gateway" and s.name == "POST /v1/chat/completions"
+        ]
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        http = requests(spans)
+        if not http:
+            return False
+        trace = {s.name for s in spans if s.trace_id == http[0].trace_id}
+        return {WATCH_SPAN, "run assistant", "chat sim-1"} <= trace
+
+    spans = receiver.wait_for(complete, timeout=60)
+    (http,) = requests(spans)
+    assert http.kind == "SERVER" and http.parent_span_id == ""
+    trace = [s for s in spans if s.trace_id == http.trace_id]
+    (watch,) = only(trace, "chorus-orchestrator", WATCH_SPAN)
+    assert watch.parent_span_id == http.span_id
+    (run,) = only(trace, "chorus-orchestrator", "run assistant")
+    assert run.parent_span_id == watch.span_id
+    assert watch.attributes["chorus.run.id"] == run.attributes["chorus.run.id"]
+    ids = by_id(trace)
+    for chat in only(trace, "chorus-provider", "chat sim-1"):
+        assert run.span_id in ancestors(chat, ids)
