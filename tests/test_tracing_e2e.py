@@ -5,9 +5,10 @@ OTLP/gRPC receiver started by the test; one run through the gateway's REST API.
 With `OTEL_TRACES_EXPORTER=otlp`: the run is one trace rooted at the gateway's HTTP request,
 with spans of all four services, each gRPC hop a client span whose child is the next
 service's server span, the run / turn / tool / model-call spans under them, and the model
-call's GenAI attributes carrying the simulator's usage. A run started over SSE (the shared
-WatchRuns call, `WatchRunsRequest.trace_context`) is one trace too, from the HTTP request
-through the orchestrator's watch and run spans to provider-svc's model call. With it unset:
+call's GenAI attributes carrying the simulator's usage. A run started over SSE or the
+OpenAI-compatible API (the shared WatchRuns call, `WatchRunsRequest.trace_context`) is one
+trace too, from the HTTP request through the orchestrator's watch and run spans to
+provider-svc's model call. With it unset:
 nothing is exported, whichever way the run was started.
 """
 
