@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 import redis.asyncio as redis
@@ -137,3 +138,21 @@ async def proxy() -> AsyncIterator[TcpProxy]:
     await p.start()
     yield p
     await p.cut()
+
+
+@pytest.fixture
+async def pg_history(
+    pg_url: str, redis_url: str, key_prefix: str, redis_direct: redis.Redis
+) -> AsyncIterator[History]:
+    """history-svc on PostgreSQL + Redis only (tests of what the SQLite mode has not)."""
+    settings = make_settings(database_url=pg_url, redis_url=redis_url, redis_key_prefix=key_prefix)
+    async with running_history(settings) as h:
+        yield h
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the test database (to look at rows)."""
+    conn = await asyncpg.connect(pg_url)
+    yield conn
+    await conn.close()

@@ -6,11 +6,8 @@ is left alone (issue 18: history-svc's CPU per delta)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 import redis.asyncio as redis
-from history_helpers import History, make_settings, new_run, running_history, text_event
+from history_helpers import History, new_run, text_event
 
 from chorus.history.cache import LocalCache
 from chorus.history.settings import Settings
@@ -20,15 +17,6 @@ from chorus.v1 import run_pb2
 VERSION = 40
 TOMBSTONE = b"9" * VERSION
 Batch = pb.AppendRunEventsRequest
-
-
-@pytest.fixture
-async def pg_history(
-    pg_url: str, redis_url: str, key_prefix: str, redis_direct: redis.Redis
-) -> AsyncIterator[History]:
-    settings = make_settings(database_url=pg_url, redis_url=redis_url, redis_key_prefix=key_prefix)
-    async with running_history(settings) as h:
-        yield h
 
 
 async def append(h: History, user: str, run_id: str, *seqs: int) -> None:

@@ -6,12 +6,11 @@ stale owner's batch through that path: these tests pin both."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from history_helpers import History, UserStub, make_settings, new_run, running_history, text_event
+from history_helpers import History, UserStub, new_run, text_event
 
 from chorus.history.stores.postgres import PostgresStore
 from chorus.v1 import conversation_pb2, run_pb2
@@ -19,19 +18,6 @@ from chorus.v1 import history_service_pb2 as pb
 
 Batch = pb.AppendRunEventsRequest
 STALE_NOW = Duration(nanos=1000)  # any lease is older than 1 µs
-
-
-@pytest.fixture
-async def pg_history(pg_url: str) -> AsyncIterator[History]:
-    async with running_history(make_settings(database_url=pg_url)) as h:
-        yield h
-
-
-@pytest.fixture
-async def pg(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg_url)
-    yield conn
-    await conn.close()
 
 
 async def column_and_record(pg: asyncpg.Connection, run_id: str) -> tuple[int, int]:

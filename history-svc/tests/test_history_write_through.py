@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -11,11 +10,9 @@ import redis.asyncio as redis
 from google.protobuf.field_mask_pb2 import FieldMask
 from history_helpers import (
     History,
-    make_settings,
     message,
     new_conversation,
     new_run,
-    running_history,
     text_event,
 )
 
@@ -25,22 +22,6 @@ from chorus.v1 import history_service_pb2 as pb
 
 VERSION = 40  # chars of the version prefix of cached values
 TOMBSTONE = b"9" * VERSION
-
-
-@pytest.fixture
-async def pg_history(
-    pg_url: str, redis_url: str, key_prefix: str, redis_direct: redis.Redis
-) -> AsyncIterator[History]:
-    settings = make_settings(database_url=pg_url, redis_url=redis_url, redis_key_prefix=key_prefix)
-    async with running_history(settings) as h:
-        yield h
-
-
-@pytest.fixture
-async def pg(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg_url)
-    yield conn
-    await conn.close()
 
 
 async def cached_conversation(

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import cachetools
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 
 from chorus.history import metrics
 from chorus.history.redis_guard import ERRORS, RedisGuard
@@ -425,53 +426,54 @@ class RedisCache(Cache):
         self._guard.succeeded()
 
     async def put_runs(self, runs: Sequence[run_pb2.Run]) -> None:
-        keys = [self.run_key(run.id) for run in runs]
-        if not keys:
-            return
-        if not await self._ready():
-            self._dirty.update(keys)
-            return
-        # One script call per `_MANY_KEYS` runs, not one per run: a delta flush carries a
-        # batch for every live run (commands and replies were most of history-svc's Redis
-        # time under 300 slow streams).
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for start in range(0, len(keys), _MANY_KEYS):
-                    args: list[bytes | int] = [self._ttl_ms]
-                    for run in runs[start : start + _MANY_KEYS]:
-                        args += (run_version(run), run.SerializeToString())
-                    await self._set_many_if_newer(
-                        keys=keys[start : start + _MANY_KEYS], args=args, client=pipe
-                    )
-                await pipe.execute()
-        except ERRORS as exc:
-            self._write_failed("put_runs", exc, *keys)
-            return
-        self._guard.succeeded()
+        # A delta flush carries a batch for every live run: commands and replies were most
+        # of history-svc's Redis time under 300 slow streams with one call per run.
+        await self._per_run_scripts(
+            "put_runs",
+            self._set_many_if_newer,
+            [self.run_key(run.id) for run in runs],
+            [(run_version(run), run.SerializeToString()) for run in runs],
+            prefix=[self._ttl_ms],
+        )
 
     async def advance_runs(self, last_seqs: Sequence[tuple[str, int]]) -> None:
-        keys = [self.run_key(run_id) for run_id, _ in last_seqs]
+        # a few bytes per run instead of its record
+        await self._per_run_scripts(
+            "advance_runs",
+            self._advance_last_seq,
+            [self.run_key(run_id) for run_id, _ in last_seqs],
+            [
+                (b"%020d" % last_seq, run_pb2.Run(last_seq=last_seq).SerializeToString())
+                for _, last_seq in last_seqs
+            ],
+        )
+
+    async def _per_run_scripts(
+        self,
+        operation: str,
+        script: AsyncScript,
+        keys: list[str],
+        per_key: list[tuple[bytes, bytes]],
+        prefix: Sequence[bytes | int] = (),
+    ) -> None:
+        """Run `script` over `keys` in calls of at most `_MANY_KEYS` keys, pipelined: each
+        call gets `prefix`, then the two arguments of each of its keys. A failure is
+        counted and its keys dropped once Redis answers again (`_write_failed`)."""
         if not keys:
             return
         if not await self._ready():
             self._dirty.update(keys)
             return
-        # One script call per `_MANY_KEYS` runs; a few bytes per run instead of its record.
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for start in range(0, len(keys), _MANY_KEYS):
-                    args: list[bytes] = []
-                    for _, last_seq in last_seqs[start : start + _MANY_KEYS]:
-                        args += (
-                            b"%020d" % last_seq,
-                            run_pb2.Run(last_seq=last_seq).SerializeToString(),
-                        )
-                    await self._advance_last_seq(
-                        keys=keys[start : start + _MANY_KEYS], args=args, client=pipe
-                    )
+                    args: list[bytes | int] = list(prefix)
+                    for pair in per_key[start : start + _MANY_KEYS]:
+                        args += pair
+                    await script(keys=keys[start : start + _MANY_KEYS], args=args, client=pipe)
                 await pipe.execute()
         except ERRORS as exc:
-            self._write_failed("advance_runs", exc, *keys)
+            self._write_failed(operation, exc, *keys)
             return
         self._guard.succeeded()
 
