@@ -14,7 +14,6 @@ at once, as before (nothing was followed yet: the stack is probably down).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import enum
 import json
 import sys
@@ -41,6 +40,7 @@ from tenacity import (
 from chorus.cli.client import Connection, reattachable
 from chorus.cli.client import channel as open_channel
 from chorus.cli.render import RunRenderer
+from chorus.core.run_export import build_run_export, list_run_events
 from chorus.v1 import (
     chat_pb2,
     history_service_pb2,
@@ -90,15 +90,6 @@ class Output(enum.StrEnum):
     table = "table"
     tsv = "tsv"
     json = "json"
-
-
-RUN_EXPORT_FORMAT = "chorus.run-export.v1"
-"""`format` of an export, as the gateway's `GET /api/v1/runs/{id}/export` writes it."""
-_TERMINAL_STATUSES = (
-    run_pb2.RUN_STATUS_COMPLETED,
-    run_pb2.RUN_STATUS_FAILED,
-    run_pb2.RUN_STATUS_CANCELLED,
-)
 
 
 def _print_rpc_error(err: grpc.aio.AioRpcError) -> None:
@@ -518,54 +509,12 @@ def runs_export(
             open_channel(_conn.orchestrator) as orchestrator,
             open_channel(_conn.history) as channel,
         ):
-            run = (
-                await _conn.runs(orchestrator).GetRun(
-                    run_service_pb2.GetRunRequest(run_id=run_id), metadata=_conn.metadata
-                )
-            ).run
-            history = _conn.history_stub(channel)
-            events: list[dict[str, Any]] = []
-            token = ""
-            while True:
-                page = await history.ListRunEvents(
-                    history_service_pb2.ListRunEventsRequest(
-                        run_id=run_id, page_size=5000, page_token=token
-                    ),
-                    metadata=_conn.metadata,
-                )
-                events.extend(_json(e) for e in page.events)
-                token = page.next_page_token
-                if not token:
-                    break
-            messages: list[dict[str, Any]] = []
-            token = ""
-            while run.conversation_id:
-                try:
-                    mpage = await history.ListMessages(
-                        history_service_pb2.ListMessagesRequest(
-                            conversation_id=run.conversation_id,
-                            run_id=run_id,
-                            page_size=1000,
-                            page_token=token,
-                        ),
-                        metadata=_conn.metadata,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.NOT_FOUND:
-                        raise
-                    break  # the conversation was deleted; the run and its events remain
-                messages.extend(_json(m) for m in mpage.messages)
-                token = mpage.next_page_token
-                if not token:
-                    break
-            return {
-                "format": RUN_EXPORT_FORMAT,
-                "exportTime": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-                "complete": run.status in _TERMINAL_STATUSES,
-                "run": _json(run),
-                "messages": messages,
-                "events": events,
-            }
+            return await build_run_export(
+                _conn.runs(orchestrator),
+                _conn.history_stub(channel),
+                run_id,
+                metadata=_conn.metadata,
+            )
 
     data = json.dumps(_run(call), indent=2)
     if output:
@@ -620,21 +569,10 @@ def runs_artifacts(
     one per `artifact` event, named as the run named them; prints each file written."""
 
     async def call() -> list[run_pb2.RunEvent]:
-        found: list[run_pb2.RunEvent] = []
         async with open_channel(_conn.history) as channel:
-            history = _conn.history_stub(channel)
-            token = ""
-            while True:
-                page = await history.ListRunEvents(
-                    history_service_pb2.ListRunEventsRequest(
-                        run_id=run_id, kinds=["artifact"], page_size=1000, page_token=token
-                    ),
-                    metadata=_conn.metadata,
-                )
-                found.extend(page.events)
-                token = page.next_page_token
-                if not token:
-                    return found
+            return await list_run_events(
+                _conn.history_stub(channel), run_id, kinds=["artifact"], metadata=_conn.metadata
+            )
 
     events = _run(call)
     if not events:

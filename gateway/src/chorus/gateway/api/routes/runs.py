@@ -8,17 +8,16 @@ answer the list response (`{"runs": […], "nextPageToken": "…"}`), `:cancel` 
 
 from __future__ import annotations
 
-import datetime as dt
 import urllib.parse
 from typing import Annotated, Any
 
-import grpc
 import orjson
 from fastapi import Header, Query, Request
 from google.protobuf import field_mask_pb2
 from starlette.responses import Response
 
 from chorus.core.errors import InvalidArgument, NotFound
+from chorus.core.run_export import RUN_EXPORT_FORMAT, build_run_export, list_run_events
 from chorus.gateway import openapi, protojson, routing, sse
 from chorus.gateway.api.deps import (
     CallerDep,
@@ -33,7 +32,6 @@ from chorus.gateway.api.deps import (
 )
 from chorus.v1 import (
     conversation_pb2,
-    history_service_pb2,
     run_pb2,
     run_service_pb2,
     team_pb2,
@@ -41,11 +39,6 @@ from chorus.v1 import (
 
 router = routing.router("/runs", ["runs"])
 
-_TERMINAL = (
-    run_pb2.RUN_STATUS_COMPLETED,
-    run_pb2.RUN_STATUS_FAILED,
-    run_pb2.RUN_STATUS_CANCELLED,
-)
 _AGENT_FIELDS = {"systemPrompt": "system_prompt", "temperature": "temperature", "model": "model"}
 RUN_EXAMPLE = {"template": "duet", "input": "Tabs or spaces?", "maxTurns": 4}
 """The request body example of `POST /runs` and `POST /runs/stream`."""
@@ -53,7 +46,7 @@ EXPORT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "RunExport",
     "properties": {
-        "format": {"type": "string", "enum": ["chorus.run-export.v1"]},
+        "format": {"type": "string", "enum": [RUN_EXPORT_FORMAT]},
         "exportTime": {"type": "string", "format": "date-time"},
         "complete": {"type": "boolean", "description": "The run had ended."},
         "run": openapi.ref(run_pb2.Run.DESCRIPTOR),
@@ -346,54 +339,14 @@ async def export_run(
 ) -> Response:
     """The whole run as one JSON download: the run, its conversation messages and all its
     events (`Content-Disposition: attachment`)."""
-    timeout = settings.rpc_timeout_s
-    run = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run_id), timeout=timeout)).run
-    events: list[dict[str, Any]] = []
-    token = ""
-    while True:
-        page = await history.ListRunEvents(
-            history_service_pb2.ListRunEventsRequest(
-                run_id=run_id, page_size=5000, page_token=token
-            ),
-            timeout=timeout,
-        )
-        events.extend(protojson.event_dict(e) for e in page.events)
-        token = page.next_page_token
-        if not token:
-            break
-    messages: list[dict[str, Any]] = []
-    token = ""
-    while run.conversation_id:
-        try:
-            mpage = await history.ListMessages(
-                history_service_pb2.ListMessagesRequest(
-                    conversation_id=run.conversation_id,
-                    run_id=run_id,
-                    page_size=1000,
-                    page_token=token,
-                ),
-                timeout=timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-            break  # the conversation was deleted; the run and its events remain
-        messages.extend(protojson.to_dict(m) for m in mpage.messages)
-        token = mpage.next_page_token
-        if not token:
-            break
-    body = {
-        "format": "chorus.run-export.v1",
-        "exportTime": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-        "complete": run.status in _TERMINAL,
-        "run": protojson.to_dict(run),
-        "messages": messages,
-        "events": events,
-    }
+    body = await build_run_export(
+        runs, history, run_id, event_dict=protojson.event_dict, timeout=settings.rpc_timeout_s
+    )
+    name = f"chorus-run-{body['run']['id']}.json"
     return Response(
         orjson.dumps(body),
         media_type="application/json",
-        headers={"Content-Disposition": f'attachment; filename="chorus-run-{run.id}.json"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
@@ -436,19 +389,9 @@ async def _artifact_events(
     history: HistoryDep, run_id: str, settings: SettingsDep
 ) -> list[run_pb2.RunEvent]:
     """The run's `artifact` events in seq order (HistoryService.ListRunEvents, `kinds`)."""
-    found: list[run_pb2.RunEvent] = []
-    token = ""
-    while True:
-        page = await history.ListRunEvents(
-            history_service_pb2.ListRunEventsRequest(
-                run_id=run_id, kinds=["artifact"], page_size=1000, page_token=token
-            ),
-            timeout=settings.rpc_timeout_s,
-        )
-        found.extend(page.events)
-        token = page.next_page_token
-        if not token:
-            return found
+    return await list_run_events(
+        history, run_id, kinds=["artifact"], timeout=settings.rpc_timeout_s
+    )
 
 
 @router.get(
