@@ -92,13 +92,7 @@ async def create_chat_completion(
         raise unsupported("response_format", "only plain text output is supported")
     timeout = settings.rpc_timeout_s
 
-    async def find(model_id: str, param: str = "model") -> runs.Model:
-        try:
-            return await runs.find_model(model_id, runs_stub, provider, timeout)
-        except Exception as exc:
-            if getattr(exc, "reason", "") == "MODEL_NOT_FOUND":
-                raise runs.model_not_found(model_id, param) from None
-            raise
+    find = runs.model_finder(runs_stub, provider, timeout)
 
     model = await find(body.model)
     conv = runs.split_messages(body.messages, "messages", chat=True)
@@ -123,11 +117,7 @@ async def create_chat_completion(
     feed = EventFeed(
         watches, user=caller.user, start=spec, max_buffered=settings.sse_max_buffered_events
     )
-    try:
-        first = await feed.next_batch(timeout=settings.sse_first_event_wait_s) or []
-    except BaseException:
-        feed.close()
-        raise
+    first = await feed.first_batch(settings.sse_first_event_wait_s)
 
     def new_mapper(event: run_pb2.RunEvent) -> mapping.ChatMapper:
         return mapping.ChatMapper(

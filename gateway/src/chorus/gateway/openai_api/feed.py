@@ -85,3 +85,14 @@ class EventFeed(WatchBuffer):
         if self.watch is not None and not self.finished:
             self.watch.stop()
             self.finished = True
+
+    async def first_batch(self, timeout: float) -> list[run_pb2.RunEvent]:
+        """The first events (`[]` when none came within `timeout` seconds or the watch
+        ended with none). An error before any event — or a cancellation — closes the feed
+        and is raised, so the request answers it as a real HTTP error."""
+        try:
+            batch = await self.next_batch(timeout=timeout)
+        except BaseException:
+            self.close()
+            raise
+        return batch or []

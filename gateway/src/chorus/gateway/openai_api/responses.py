@@ -24,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 
 from chorus.core.errors import InvalidArgument, NotFound, OutOfRange
 from chorus.core.logging import get_logger
+from chorus.core.run_export import list_run_events
 from chorus.gateway.api.deps import (
     CallerDep,
     HistoryDep,
@@ -210,32 +211,14 @@ async def _label_conversation(
     return conversation_id, dict(updated.conversation.metadata)
 
 
-async def _stored_events(
-    history: history_service_pb2_grpc.HistoryServiceStub, run_id: str, timeout: float
-) -> AsyncIterator[list[run_pb2.RunEvent]]:
-    token = ""
-    while True:
-        page = await history.ListRunEvents(
-            history_service_pb2.ListRunEventsRequest(
-                run_id=run_id, page_size=5000, page_token=token
-            ),
-            timeout=timeout,
-        )
-        yield list(page.events)
-        token = page.next_page_token
-        if not token:
-            return
-
-
 async def _replay(
     run: run_pb2.Run, history: history_service_pb2_grpc.HistoryServiceStub, timeout: float
 ) -> tuple[mapping.ResponseMapper, list[dict[str, Any]]]:
     """The run's stored log through a mapper: the mapper and every OpenAI event."""
     mapper = _mapper(run, await _metadata(history, run.conversation_id, timeout))
     events: list[dict[str, Any]] = []
-    async for page in _stored_events(history, run.id, timeout):
-        for event in page:
-            events.extend(mapper.feed(event))
+    for event in await list_run_events(history, run.id, page_size=5000, timeout=timeout):
+        events.extend(mapper.feed(event))
     mapper.finish_from_run(run)
     return mapper, events
 
@@ -337,16 +320,6 @@ def _stream(
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _first(feed: EventFeed, settings: GatewaySettings) -> list[run_pb2.RunEvent]:
-    """The feed's first events (errors before any event raise: a real HTTP error)."""
-    try:
-        batch = await feed.next_batch(timeout=settings.sse_first_event_wait_s)
-    except BaseException:
-        feed.close()
-        raise
-    return batch or []
-
-
 @router.post(
     "",
     operation_id="createResponse",
@@ -404,13 +377,7 @@ async def create_response(
         )
     timeout = settings.rpc_timeout_s
 
-    async def find(model_id: str, param: str = "model") -> runs.Model:
-        try:
-            return await runs.find_model(model_id, runs_stub, provider, timeout)
-        except Exception as exc:
-            if getattr(exc, "reason", "") == "MODEL_NOT_FOUND":
-                raise runs.model_not_found(model_id, param) from None
-            raise
+    find = runs.model_finder(runs_stub, provider, timeout)
 
     model = await find(body.model)
     if isinstance(body.input, str):
@@ -492,7 +459,7 @@ async def create_response(
         feed = EventFeed(
             watches, user=caller.user, start=spec, max_buffered=settings.sse_max_buffered_events
         )
-        first = await _first(feed, settings)
+        first = await feed.first_batch(settings.sse_first_event_wait_s)
         return _stream(feed, first, metadata, -1, settings, forget)
     if body.background:
         reply = await runs_stub.CreateRun(
@@ -552,7 +519,7 @@ async def get_response(
     feed = EventFeed(
         watches, user=caller.user, run_id=run.id, max_buffered=settings.sse_max_buffered_events
     )
-    first = await _first(feed, settings)
+    first = await feed.first_batch(settings.sse_first_event_wait_s)
     metadata = await _metadata(history, run.conversation_id, settings.rpc_timeout_s)
     after = -1 if starting_after is None else starting_after
     return _stream(feed, first, metadata, after, settings)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,18 +97,36 @@ async def find_model(
     runs: run_service_pb2_grpc.RunServiceStub,
     provider: provider_service_pb2_grpc.ProviderServiceStub,
     timeout: float,
+    param: str = "model",
 ) -> Model:
-    """The model named `model`.
+    """The model named `model`; `param` is the request field that named it.
 
     Raises:
-        NotFound: no such model (reason MODEL_NOT_FOUND).
+        NotFound: no such model (reason MODEL_NOT_FOUND, metadata `param`).
     """
     if "/" not in model:
-        raise model_not_found(model)
+        raise model_not_found(model, param)
     for candidate in await list_models(runs, provider, timeout):
         if candidate.id == model:
             return candidate
-    raise model_not_found(model)
+    raise model_not_found(model, param)
+
+
+ModelFinder = Callable[..., Awaitable[Model]]
+"""`find(model_id, param="model")`: the model, or 404 MODEL_NOT_FOUND naming `param`."""
+
+
+def model_finder(
+    runs: run_service_pb2_grpc.RunServiceStub,
+    provider: provider_service_pb2_grpc.ProviderServiceStub,
+    timeout: float,
+) -> ModelFinder:
+    """`find_model` bound to the request's stubs and timeout (the `find` of `build_spec`)."""
+
+    async def find(model_id: str, param: str = "model") -> Model:
+        return await find_model(model_id, runs, provider, timeout, param)
+
+    return find
 
 
 def _parts_text(content: Any, param: str) -> str:
@@ -210,7 +228,7 @@ async def build_spec(
     store: bool = True,
     previous_run: str = "",
     settings: GatewaySettings,
-    find: Any,
+    find: ModelFinder,
 ) -> run_pb2.RunSpec:
     """The RunSpec of a request (`find(model_id)` resolves model overrides). `store` and
     `previous_run` (the run of the request's `previous_response_id`) travel in the
