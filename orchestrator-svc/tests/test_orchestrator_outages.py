@@ -41,6 +41,7 @@ from orchestrator_helpers import (
 
 from chorus.core.server import GrpcServer
 from chorus.core.testing import ServiceProcess, TcpProxy, free_port, wait_for
+from chorus.orchestrator.app import OrchestratorApp
 from chorus.provider.app import build_app as build_provider
 from chorus.v1 import run_pb2, team_pb2
 
@@ -111,9 +112,13 @@ async def history_process(port: int, data_dir: Path) -> AsyncIterator[ServicePro
         await asyncio.to_thread(proc.stop)
 
 
-async def test_history_svc_killed_for_15_s_pauses_the_run_and_it_completes(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def orchestrator_over_history_process(
+    tmp_path: Path, **values: object
+) -> AsyncIterator[tuple[ServiceProcess, OrchestratorApp, RunClient, int, Path]]:
+    """provider-svc in this process, history-svc as a process on a fixed port (so the test
+    can kill it and start it again there) and an orchestrator with `values`; yields the
+    history process, the orchestrator app, alice's client, the port and history's data."""
     provider = await build_provider(provider_settings())
     provider_server = GrpcServer(provider.bindings, provider.settings, 0)
     await provider_server.start()
@@ -121,31 +126,39 @@ async def test_history_svc_killed_for_15_s_pauses_the_run_and_it_completes(
     data = tmp_path / "history"
     try:
         async with history_process(port, data) as history:
-            settings = orchestrator_settings(provider_server.address, f"127.0.0.1:{port}")
+            settings = orchestrator_settings(provider_server.address, f"127.0.0.1:{port}", **values)
             async with running_orchestrator(settings) as (app, server):
                 channel = grpc.aio.insecure_channel(server.address)
-                alice = RunClient(channel, "alice")
-                run = await alice.create(spec(team_spec=paced_duet()))
-                watch = alice.watch_call(run.id)
-                head = await read_until(watch, lambda e: e.HasField("progress"))
-                history.terminate(signal.SIGKILL)
-                await asyncio.to_thread(history.proc.wait)
-                live = app.manager.live_runs[run.id]
-                await asyncio.sleep(HISTORY_DOWN_S)  # the outage itself
-                assert not live.log.ended and run.id in app.manager.live_runs
-                async with history_process(port, data):
-                    rest = await read_rest(watch)
-                    final = await alice.get(run.id)
-                    watched = head + rest
-                    assert_well_formed(watched)
-                    assert watched[-1].HasField("run_completed")
-                    assert final.status == run_pb2.RUN_STATUS_COMPLETED
-                    assert final.last_seq == watched[-1].seq
-                    assert [e.seq for e in await alice.watch(run.id)] == [e.seq for e in watched]
-                await channel.close()
+                try:
+                    yield history, app, RunClient(channel, "alice"), port, data
+                finally:
+                    await channel.close()
     finally:
         await provider_server.stop(0)
         await provider.close()
+
+
+async def test_history_svc_killed_for_15_s_pauses_the_run_and_it_completes(
+    tmp_path: Path,
+) -> None:
+    async with orchestrator_over_history_process(tmp_path) as (history, app, alice, port, data):
+        run = await alice.create(spec(team_spec=paced_duet()))
+        watch = alice.watch_call(run.id)
+        head = await read_until(watch, lambda e: e.HasField("progress"))
+        history.terminate(signal.SIGKILL)
+        await asyncio.to_thread(history.proc.wait)
+        live = app.manager.live_runs[run.id]
+        await asyncio.sleep(HISTORY_DOWN_S)  # the outage itself
+        assert not live.log.ended and run.id in app.manager.live_runs
+        async with history_process(port, data):
+            rest = await read_rest(watch)
+            final = await alice.get(run.id)
+            watched = head + rest
+            assert_well_formed(watched)
+            assert watched[-1].HasField("run_completed")
+            assert final.status == run_pb2.RUN_STATUS_COMPLETED
+            assert final.last_seq == watched[-1].seq
+            assert [e.seq for e in await alice.watch(run.id)] == [e.seq for e in watched]
 
 
 async def test_an_outage_past_the_limit_fails_the_run_once_the_store_is_back(
@@ -154,42 +167,27 @@ async def test_an_outage_past_the_limit_fails_the_run_once_the_store_is_back(
     """CHORUS_STORE_OUTAGE_LIMIT_S (here 2 s) passes while history-svc is down: the run
     fails UNAVAILABLE, retryable — and that end is written when the store answers again
     (6 s later), so the watcher and the stored log agree and end with it."""
-    provider = await build_provider(provider_settings())
-    provider_server = GrpcServer(provider.bindings, provider.settings, 0)
-    await provider_server.start()
-    port = free_port()
-    data = tmp_path / "history"
-    try:
-        async with history_process(port, data) as history:
-            settings = orchestrator_settings(
-                provider_server.address, f"127.0.0.1:{port}", store_outage_limit_s=2.0
-            )
-            async with running_orchestrator(settings) as (app, server):
-                channel = grpc.aio.insecure_channel(server.address)
-                alice = RunClient(channel, "alice")
-                run = await alice.create(spec(team_spec=paced_duet()))
-                watch = alice.watch_call(run.id)
-                head = await read_until(watch, lambda e: e.HasField("progress"))
-                history.terminate(signal.SIGKILL)
-                await asyncio.to_thread(history.proc.wait)
-                live = app.manager.live_runs[run.id]
-                # the next lifecycle write gives up after the limit: the run is failing
-                await wait_for(lambda: live.log.ended, timeout=30)
-                await asyncio.sleep(4.0)  # the store stays away past the failure
-                assert run.id in app.manager.live_runs  # its end is not written yet
-                async with history_process(port, data):
-                    rest = await read_rest(watch)
-                    watched = head + rest
-                    assert_well_formed(watched)
-                    failed = watched[-1]
-                    assert failed.HasField("run_failed"), failed
-                    assert failed.run_failed.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
-                    assert failed.run_failed.error.retryable
-                    final = await alice.get(run.id)
-                    assert final.status == run_pb2.RUN_STATUS_FAILED
-                    assert final.last_seq == failed.seq
-                    assert [e.seq for e in await alice.watch(run.id)] == [e.seq for e in watched]
-                await channel.close()
-    finally:
-        await provider_server.stop(0)
-        await provider.close()
+    limited = orchestrator_over_history_process(tmp_path, store_outage_limit_s=2.0)
+    async with limited as (history, app, alice, port, data):
+        run = await alice.create(spec(team_spec=paced_duet()))
+        watch = alice.watch_call(run.id)
+        head = await read_until(watch, lambda e: e.HasField("progress"))
+        history.terminate(signal.SIGKILL)
+        await asyncio.to_thread(history.proc.wait)
+        live = app.manager.live_runs[run.id]
+        # the next lifecycle write gives up after the limit: the run is failing
+        await wait_for(lambda: live.log.ended, timeout=30)
+        await asyncio.sleep(4.0)  # the store stays away past the failure
+        assert run.id in app.manager.live_runs  # its end is not written yet
+        async with history_process(port, data):
+            rest = await read_rest(watch)
+            watched = head + rest
+            assert_well_formed(watched)
+            failed = watched[-1]
+            assert failed.HasField("run_failed"), failed
+            assert failed.run_failed.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+            assert failed.run_failed.error.retryable
+            final = await alice.get(run.id)
+            assert final.status == run_pb2.RUN_STATUS_FAILED
+            assert final.last_seq == failed.seq
+            assert [e.seq for e in await alice.watch(run.id)] == [e.seq for e in watched]
