@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +50,45 @@ def service(
         yield name, proc.wait_ready()
     finally:
         proc.stop()
+
+
+def launch_stack(
+    env: dict[str, str], ready_timeout_s: float
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """The whole stack as one process (`python -m chorus.cli.stack`, the dev launcher) in
+    `env`, started from the repo root; waits up to `ready_timeout_s` seconds for its
+    `all services SERVING` (or `startup failed`) line. Returns the process and its output
+    lines, which a reader thread keeps appending; the caller checks readiness in them and
+    ends the process with `stop_stack_process`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chorus.cli.stack"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if "all services SERVING" in line or "startup failed" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    ready.wait(ready_timeout_s)
+    return proc, lines
+
+
+def stop_stack_process(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (a graceful drain), killed after 30 s; nothing when it already exited."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -11,8 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,7 +31,7 @@ from chorus.v1 import (
     run_service_pb2_grpc,
 )
 
-from .conftest import GRPCURL, REPO
+from .conftest import GRPCURL, REPO, launch_stack, stop_stack_process
 
 pytestmark = pytest.mark.e2e
 MD = (("x-chorus-user", "dev"),)
@@ -80,38 +78,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     }
     for key in ("CHORUS_INTERNAL_TOKEN", "CHORUS_OPENAI_API_KEY", "CHORUS_ANTHROPIC_API_KEY"):
         env.pop(key, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chorus.cli.stack"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if "all services SERVING" in line or "startup failed" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    ready.wait(90)
+    proc, lines = launch_stack(env, 90)
     running = RunningStack(proc, lines, ports, env["CHORUS_DATABASE_URL"], proxy, env)
     try:
         assert any("all services SERVING" in line for line in lines), "\n".join(lines[-40:])
         yield running
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_stack_process(proc)
         proxy.close()
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +29,7 @@ import websockets
 from chorus.core.otlp_receiver import OtlpReceiver, ReceivedSpan
 from chorus.core.testing import free_port
 
-from .conftest import REPO
+from .conftest import launch_stack, stop_stack_process
 
 pytestmark = pytest.mark.e2e
 
@@ -74,38 +71,13 @@ def start_stack(tmp: str, otel: dict[str, str]) -> Stack:
             **otel,
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chorus.cli.stack"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if "all services SERVING" in line or "startup failed" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    ready.wait(120)
+    proc, lines = launch_stack(env, 120)
     assert any("all services SERVING" in line for line in lines), "\n".join(lines[-40:])
     return Stack(proc, lines, f"http://127.0.0.1:{ports['gateway']}")
 
 
 def stop_stack(stack: Stack) -> None:
-    if stack.proc.poll() is None:
-        stack.proc.send_signal(signal.SIGTERM)
-        try:
-            stack.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            stack.proc.kill()
+    stop_stack_process(stack.proc)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +140,18 @@ def only(spans: list[ReceivedSpan], service: str, name: str) -> list[ReceivedSpa
     return [s for s in spans if s.service == service and s.name == name]
 
 
+def run_span(spans: list[ReceivedSpan], run_id: str) -> ReceivedSpan | None:
+    """The orchestrator's span of the `assistant` run `run_id`, if received."""
+    return next(
+        (
+            s
+            for s in spans
+            if s.name == "run assistant" and s.attributes.get("chorus.run.id") == run_id
+        ),
+        None,
+    )
+
+
 def test_one_run_is_one_trace_across_the_four_services(
     traced_stack: Stack, receiver: OtlpReceiver
 ) -> None:
@@ -177,18 +161,8 @@ def test_one_run_is_one_trace_across_the_four_services(
     assert run["status"] == "RUN_STATUS_COMPLETED", run
     run_id = run["id"]
 
-    def run_span(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
-        return next(
-            (
-                s
-                for s in spans
-                if s.name == "run assistant" and s.attributes.get("chorus.run.id") == run_id
-            ),
-            None,
-        )
-
     def complete(spans: list[ReceivedSpan]) -> bool:
-        root = run_span(spans)
+        root = run_span(spans, run_id)
         if root is None:
             return False
         trace = [s for s in spans if s.trace_id == root.trace_id]
@@ -197,7 +171,7 @@ def test_one_run_is_one_trace_across_the_four_services(
         )
 
     spans = receiver.wait_for(complete, timeout=60)
-    root = run_span(spans)
+    root = run_span(spans, run_id)
     assert root is not None
     trace = [s for s in spans if s.trace_id == root.trace_id]
     ids = by_id(trace)
@@ -387,18 +361,8 @@ def test_a_run_started_over_sse_is_one_trace_from_the_http_request_to_the_model_
     assert "runCompleted" in events[-1], events[-1]
     run_id = events[0]["runId"]
 
-    def run_span(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
-        return next(
-            (
-                s
-                for s in spans
-                if s.name == "run assistant" and s.attributes.get("chorus.run.id") == run_id
-            ),
-            None,
-        )
-
     def complete(spans: list[ReceivedSpan]) -> bool:
-        root = run_span(spans)
+        root = run_span(spans, run_id)
         if root is None:
             return False
         trace = [s for s in spans if s.trace_id == root.trace_id]
@@ -409,7 +373,7 @@ def test_a_run_started_over_sse_is_one_trace_from_the_http_request_to_the_model_
         )
 
     spans = receiver.wait_for(complete, timeout=60)
-    root = run_span(spans)
+    root = run_span(spans, run_id)
     assert root is not None
     trace = [s for s in spans if s.trace_id == root.trace_id]
     ids = by_id(trace)
