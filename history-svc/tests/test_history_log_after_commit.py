@@ -1,4 +1,4 @@
-"""Log before show (DESIGN.md §4 "Durability (revised)"): the live event log that
+"""Log before show (docs/architecture.md §4): the live event log that
 WatchRunEvents follows gets a batch only after the database committed it — on every path
 that publishes (RecordRunStart in both its forms, AppendRunEvents with a record update and
 a checkpoint, AppendRunEventBatches), on both back ends.

@@ -1,6 +1,6 @@
 """Rules of a run's event log (AppendRunEvents): batches, gapless seqs, idempotent repeats.
 
-Source: AppendRunEvents' comment in proto/chorus/v1/history_service.proto and DESIGN.md §3
+Source: AppendRunEvents' comment in proto/chorus/v1/history_service.proto and docs/architecture.md §3
 ("exactly one terminal event ends every run, and nothing follows it"). Stored events are
 the deterministic serialization of the `RunEvent` with its `run_id` filled in, so an exact
 repeat of a batch compares equal byte for byte.

@@ -4,7 +4,7 @@ update or a heartbeat merges.
 Pure functions over `chorus.v1.Run` messages; both stores call them inside their
 transaction, after reading the stored row under a lock, so the rules hold under concurrency.
 Source of the rules: RecordRun's comment in proto/chorus/v1/history_service.proto and the
-run semantics of DESIGN.md §4. Leases (`lease_epoch`, `attempt`, ClaimRun, ReleaseRun and
+run semantics of docs/architecture.md §4. Leases (`lease_epoch`, `attempt`, ClaimRun, ReleaseRun and
 the fencing of appends and heartbeats) follow the comments of `Run.lease_epoch`, ClaimRun
 and ReleaseRun there (issue 18, "Durable runs").
 """

@@ -8,7 +8,7 @@ loop and there is no boundary where an event could be lost or repeated.
 
 The store is also consulted when the log is quiet for `watch_idle_poll_s` (a batch the log
 never got) and, every `watch_degraded_poll_s`, while the log is unavailable. The stream
-ends after the terminal event (DESIGN.md §3), or when the run has had a terminal status for
+ends after the terminal event (docs/architecture.md §3), or when the run has had a terminal status for
 `watch_terminal_grace_s` without a terminal event after pos (a run failed by the recovery
 sweep without one); it fails NOT_FOUND when the run is deleted under it.
 """

@@ -17,8 +17,7 @@ One `RunEventLog` per run executing in this process. It
   `chorus.orchestrator.flusher.DeltaFlusher` (one AppendRunEventBatches call for the
   deltas of every live run, started as soon as the previous call returned: a group
   commit), and every other ("lifecycle") event through its own AppendRunEvents write, such
-  that it is stored before the next lifecycle event is emitted (DESIGN.md §4
-  "Durability"). A lifecycle event waits for the previous one's write, not for its own —
+  that it is stored before the next lifecycle event is emitted (docs/architecture.md §4). A lifecycle event waits for the previous one's write, not for its own —
   so emitting one never delays the token stream that follows it. The two paths never
   overlap: a lifecycle write waits for the run's batch in flight, and the flusher skips
   a run whose lifecycle write is under way (that write stores its pending deltas too).

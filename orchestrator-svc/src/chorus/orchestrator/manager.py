@@ -2,7 +2,7 @@
 
 A run executes on the replica that created it (a `LiveRun`); every other call works on any
 replica, through history-svc: the run record (status, `cancellation`, heartbeat) and the
-event log are the shared state (DESIGN.md §4 "Several replicas"). Calls act for the caller
+event log are the shared state (docs/architecture.md §9). Calls act for the caller
 (`current_identity()`); another user's run is NOT_FOUND.
 """
 

@@ -1,6 +1,6 @@
 """One run executing on this replica: its task, its team, its events, its end.
 
-`LiveRun.execute` is the run's own task, independent of every client stream (DESIGN.md §4):
+`LiveRun.execute` is the run's own task, independent of every client stream (docs/architecture.md §4):
 
 1. before the task starts, one write (`start_request`, HistoryService.RecordRunStart)
    stores the new conversation, the RUNNING record (lease epoch 1), the input message and

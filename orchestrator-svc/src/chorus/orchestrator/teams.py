@@ -1,4 +1,4 @@
-"""TeamSpec → a fresh autogen-agentchat team for one run (DESIGN.md §5).
+"""TeamSpec → a fresh autogen-agentchat team for one run (docs/architecture.md §5).
 
 | kind         | autogen                                               |
 |--------------|-------------------------------------------------------|

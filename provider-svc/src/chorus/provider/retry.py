@@ -2,7 +2,7 @@
 
 The SDKs' own retries are off. A StreamChat request is "open" once the upstream produced
 its first event (or ended without any); until then nothing has reached the caller, so a
-failed attempt may be repeated. Rules (DESIGN.md §6, issue 3):
+failed attempt may be repeated. Rules (docs/architecture.md §6, issue 3):
 
 * Retried: failures marked retryable (HTTP 408/409/429/5xx, connection errors, timeouts,
   mid-stream errors before the first event), up to `max_attempts` per model.
