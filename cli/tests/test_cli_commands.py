@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_helpers import CHORUS_COMMAND, Done
 
-from chorus.core.testing import ServiceProcess, free_port
+from chorus.core.testing import backend_processes, free_port
 
 LONG_INPUT = (
     "Should a small bakery in a quiet town open on Sundays, given the cost of staff and the "
@@ -36,69 +36,33 @@ class Stack:
     cwd: Path
 
 
-def _env(tmp: Path, port_var: str, **extra: str) -> dict[str, str]:
-    return {
-        port_var: "0",
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("cli-stack")
+    env = {
         "CHORUS_DEV_MODE": "true",
         "CHORUS_INTERNAL_TOKEN": "",
         "CHORUS_DATA_DIR": str(tmp / "data"),
         "CHORUS_DATABASE_URL": "",
         "CHORUS_REDIS_URL": "",
         "CHORUS_GRACE_PERIOD_S": "2",
-        **extra,
     }
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("cli-stack")
-    started: list[ServiceProcess] = []
-    try:
-        provider = ServiceProcess(
-            "chorus.provider",
-            env=_env(
-                tmp,
-                "CHORUS_PROVIDER_PORT",
-                CHORUS_SIMULATOR_TOKENS_PER_SECOND="0",
-                CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S="0",
-            ),
-        )
-        started.append(provider)
-        history = ServiceProcess("chorus.history", env=_env(tmp, "CHORUS_HISTORY_PORT"))
-        started.append(history)
-        provider_address, history_address = provider.wait_ready(60), history.wait_ready(60)
-        orchestrator = ServiceProcess(
-            "chorus.orchestrator",
-            env=_env(
-                tmp,
-                "CHORUS_ORCHESTRATOR_PORT",
-                CHORUS_PROVIDER_ADDRESS=provider_address,
-                CHORUS_HISTORY_ADDRESS=history_address,
-            ),
-        )
-        started.append(orchestrator)
-        orchestrator_address = orchestrator.wait_ready(60)
+    fast = {
+        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "0",
+        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0",
+    }
+    with backend_processes(env, provider_env=fast, ready_timeout_s=60) as b:
         ports = {
             name: int(address.rsplit(":", 1)[1])
             for name, address in (
-                ("provider", provider_address),
-                ("history", history_address),
-                ("orchestrator", orchestrator_address),
+                ("provider", b.provider),
+                ("history", b.history),
+                ("orchestrator", b.orchestrator),
             )
         }
         cwd = tmp / "cwd"  # no .env here
         cwd.mkdir()
         yield Stack(ports, cwd)
-    finally:
-        for proc in reversed(started):
-            proc.stop()
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
 
 
 def chorus(stack: Stack, *args: str, ports: dict[str, int] | None = None) -> Done:
@@ -107,7 +71,7 @@ def chorus(stack: Stack, *args: str, ports: dict[str, int] | None = None) -> Don
     env |= {f"CHORUS_{n.upper()}_PORT": str(p) for n, p in (ports or stack.ports).items()}
     env["COLUMNS"] = "80"
     done = subprocess.run(
-        [sys.executable, "-c", "from chorus.cli.main import app; app()", *args],
+        [*CHORUS_COMMAND, *args],
         env=env,
         cwd=stack.cwd,
         capture_output=True,

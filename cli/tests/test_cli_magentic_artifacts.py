@@ -9,9 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +16,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cli_helpers import Done, run_chorus
 from rich.console import Console
 
 from chorus.cli.render import RunRenderer
-from chorus.core.testing import ServiceProcess
+from chorus.core.testing import backend_processes
 from chorus.v1 import conversation_pb2, run_pb2, run_service_pb2_grpc
 from chorus.v1 import run_service_pb2 as rs
 
@@ -103,57 +101,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0.01",
         "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "2000",
     }
-    started: list[ServiceProcess] = []
-    try:
-        provider = ServiceProcess("chorus.provider", env={**env, "CHORUS_PROVIDER_PORT": "0"})
-        started.append(provider)
-        history = ServiceProcess("chorus.history", env={**env, "CHORUS_HISTORY_PORT": "0"})
-        started.append(history)
-        provider_address, history_address = provider.wait_ready(), history.wait_ready()
-        orchestrator = ServiceProcess(
-            "chorus.orchestrator",
-            env={
-                **env,
-                "CHORUS_ORCHESTRATOR_PORT": "0",
-                "CHORUS_PROVIDER_ADDRESS": provider_address,
-                "CHORUS_HISTORY_ADDRESS": history_address,
-            },
-        )
-        started.append(orchestrator)
-        yield Stack(orchestrator.wait_ready(), history_address)
-    finally:
-        for proc in reversed(started):
-            proc.stop()
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
+    with backend_processes(env) as b:
+        yield Stack(b.orchestrator, b.history)
 
 
 async def chorus(stack: Stack, *args: str, user: str, timeout: float = 120) -> Done:
     """The `chorus` command as a process against `stack`."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from chorus.cli.main import app; app()",
-        *args,
-        env={
-            **os.environ,
-            "CHORUS_ORCHESTRATOR_ADDRESS": stack.orchestrator,
-            "CHORUS_HISTORY_ADDRESS": stack.history,
-            "CHORUS_USER": user,
-            "CHORUS_INTERNAL_TOKEN": TOKEN,
-            "COLUMNS": "200",
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
+    env = {
+        "CHORUS_ORCHESTRATOR_ADDRESS": stack.orchestrator,
+        "CHORUS_HISTORY_ADDRESS": stack.history,
+        "CHORUS_USER": user,
+        "CHORUS_INTERNAL_TOKEN": TOKEN,
+        "COLUMNS": "200",
+    }
+    return await run_chorus(*args, env=env, timeout=timeout)
 
 
 async def _crypto_run(stack: Stack, user: str) -> list[run_pb2.RunEvent]:

@@ -9,13 +9,12 @@ is not there fail as before. The CLI runs as a real process.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from cli_helpers import Done, run_chorus
 
 from chorus.core.server import GrpcServer, ServiceBinding
 from chorus.core.settings import CoreSettings
@@ -129,33 +128,15 @@ async def fake() -> AsyncIterator[tuple[FakeRuns, GrpcServer]]:
         await server.stop(0)
 
 
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-
 async def chorus(address: str, *args: str, timeout: float = 60) -> Done:
     """Run the `chorus` command as a process against `address`."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from chorus.cli.main import app; app()",
-        *args,
-        env={
-            **os.environ,
-            "CHORUS_ORCHESTRATOR_ADDRESS": address,
-            "CHORUS_USER": "dev",
-            "CHORUS_INTERNAL_TOKEN": "",
-            "COLUMNS": "200",
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
+    env = {
+        "CHORUS_ORCHESTRATOR_ADDRESS": address,
+        "CHORUS_USER": "dev",
+        "CHORUS_INTERNAL_TOKEN": "",
+        "COLUMNS": "200",
+    }
+    return await run_chorus(*args, env=env, timeout=timeout)
 
 
 def assert_whole_run_once(out: str) -> None:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # gateway_helpers (pytest uses i
 
 from gateway_helpers import API_KEYS, api_key_hashes_json, base_env
 
-from chorus.core.testing import ServiceProcess
+from chorus.core.testing import ServiceProcess, backend_processes
 
 
 @dataclass
@@ -49,28 +49,8 @@ class Backend:
 @pytest.fixture(scope="session")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """provider-svc, history-svc and orchestrator-svc as real processes."""
-    env = base_env(tmp_path_factory.mktemp("gateway-backend"))
-    started: list[ServiceProcess] = []
-    try:
-        provider = ServiceProcess("chorus.provider", env={**env, "CHORUS_PROVIDER_PORT": "0"})
-        started.append(provider)
-        history = ServiceProcess("chorus.history", env={**env, "CHORUS_HISTORY_PORT": "0"})
-        started.append(history)
-        provider_address, history_address = provider.wait_ready(), history.wait_ready()
-        orchestrator = ServiceProcess(
-            "chorus.orchestrator",
-            env={
-                **env,
-                "CHORUS_ORCHESTRATOR_PORT": "0",
-                "CHORUS_PROVIDER_ADDRESS": provider_address,
-                "CHORUS_HISTORY_ADDRESS": history_address,
-            },
-        )
-        started.append(orchestrator)
-        yield Backend(provider_address, history_address, orchestrator.wait_ready(), started)
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+    with backend_processes(base_env(tmp_path_factory.mktemp("gateway-backend"))) as b:
+        yield Backend(b.provider, b.history, b.orchestrator, b.processes)
 
 
 class Gateways:

@@ -4,6 +4,8 @@
   the repository's conftest turns into a failure under `CI=true`.
 * `ServiceProcess` starts `python -m chorus.<service>` on port 0 and learns its address from
   the `listening` log line.
+* `backend_processes` runs provider-svc, history-svc and orchestrator-svc that way, wired
+  to each other.
 * `wait_for` polls a condition with a timeout instead of sleeping a fixed time.
 """
 
@@ -19,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -137,6 +140,63 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class BackendProcesses:
+    """provider-svc, history-svc and orchestrator-svc running: their `host:port` addresses
+    and processes (in start order)."""
+
+    provider: str
+    history: str
+    orchestrator: str
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def backend_processes(
+    env: Mapping[str, str],
+    *,
+    provider_env: Mapping[str, str] | None = None,
+    ready_timeout_s: float = 30.0,
+) -> Iterator[BackendProcesses]:
+    """provider-svc and history-svc, then orchestrator-svc pointed at them, each a
+    `ServiceProcess` on port 0 with `env` (plus `provider_env` for provider-svc); all
+    stopped, newest first, on exit.
+
+    Raises:
+        RuntimeError: a service did not log its address within `ready_timeout_s` seconds.
+    """
+    started: list[ServiceProcess] = []
+    try:
+        provider = ServiceProcess(
+            "chorus.provider",
+            env={**env, "CHORUS_PROVIDER_PORT": "0", **(provider_env or {})},
+        )
+        started.append(provider)
+        history = ServiceProcess("chorus.history", env={**env, "CHORUS_HISTORY_PORT": "0"})
+        started.append(history)
+        provider_address = provider.wait_ready(ready_timeout_s)
+        history_address = history.wait_ready(ready_timeout_s)
+        orchestrator = ServiceProcess(
+            "chorus.orchestrator",
+            env={
+                **env,
+                "CHORUS_ORCHESTRATOR_PORT": "0",
+                "CHORUS_PROVIDER_ADDRESS": provider_address,
+                "CHORUS_HISTORY_ADDRESS": history_address,
+            },
+        )
+        started.append(orchestrator)
+        yield BackendProcesses(
+            provider_address,
+            history_address,
+            orchestrator.wait_ready(ready_timeout_s),
+            started,
+        )
+    finally:
+        for proc in reversed(started):
+            proc.stop()
 
 
 class TcpProxy:
