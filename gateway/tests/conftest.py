@@ -7,23 +7,27 @@
 * `gateway` — the default gateway: auth_mode=none on loopback, generous rate limits.
 * `slow_gateway` — a gateway whose provider-svc streams at 40 tokens/s (its own provider
   and orchestrator, the same history), so a person — or a browser test — can watch.
+* `chromium`, `browser` — Debian's chromium driven by Playwright (browser tests, module scope).
 
 Helpers for SSE (`read_sse`) and run specs live in `gateway_helpers.py`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parent))  # gateway_helpers (pytest uses importlib mode)
 
-from gateway_helpers import API_KEYS, api_key_hashes_json, base_env
+from gateway_helpers import API_KEYS, CHROMIUM, CHROMIUM_ARGS, api_key_hashes_json, base_env
 
 from chorus.core.testing import ServiceProcess, backend_processes
 
@@ -170,3 +174,26 @@ async def bob(keyed_gateway: str) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {API_KEYS['bob']}"}
     async with httpx.AsyncClient(base_url=keyed_gateway, timeout=30, headers=headers) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's chromium, or a skip that CI=true turns into a failure."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(
+            f"requires-service: chromium at {CHROMIUM} (apt-get install chromium; make browser-deps)"
+        )
+    return CHROMIUM
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(chromium: str) -> AsyncIterator[Any]:
+    """A headless chromium (Playwright) for the module's tests."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        instance = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            await instance.close()

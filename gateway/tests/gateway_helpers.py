@@ -17,6 +17,22 @@ API_KEYS = {"alice": "chorus_alice_test_key_0123456789", "bob": "chorus_bob_test
 TERMINAL = ("run_completed", "run_failed", "run_cancelled")
 
 
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium, which the browser tests drive with Playwright (`make browser-deps`)."""
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+"""Where browser tests keep their screenshots."""
+
+
 def base_env(data_dir: Path) -> dict[str, str]:
     """Settings every test process shares: token, embedded storage, a fast simulator."""
     return {

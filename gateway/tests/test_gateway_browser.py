@@ -9,29 +9,16 @@ A screenshot of the finished page is kept in `test-artifacts/`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from gateway_helpers import ARTIFACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 # Records, for every turn node, each distinct text length it had (in order).
 RECORD_GROWTH = """
@@ -51,28 +38,6 @@ RECORD_GROWTH = """
     {subtree: true, childList: true, characterData: true});
 }
 """
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium, or a skip that CI=true turns into a failure."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(
-            f"requires-service: chromium at {CHROMIUM} (apt-get install chromium; make browser-deps)"
-        )
-    return CHROMIUM
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser(chromium: str) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        instance = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            await instance.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -10,21 +10,14 @@ technical analyst's price chart is an image inside the card of the turn that mad
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-from gateway_helpers import read_events
+from gateway_helpers import ARTIFACTS, read_events
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ORCHESTRATOR = "MagenticOneOrchestrator"
 
 # Each card of the transcript: its agent, its text and the artifacts it shows.
@@ -68,28 +61,6 @@ def expected_cards(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 cards.append(card)
             card["artifacts"].append(event["artifact"]["name"])
     return cards
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium, or a skip that CI=true turns into a failure."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(
-            f"requires-service: chromium at {CHROMIUM} (apt-get install chromium; make browser-deps)"
-        )
-    return CHROMIUM
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser(chromium: str) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        instance = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            await instance.close()
 
 
 async def test_a_finished_magentic_one_run_shows_every_message_in_its_own_card_in_order(

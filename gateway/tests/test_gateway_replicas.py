@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -279,24 +278,14 @@ async def test_the_gateway_spreads_runs_over_both_replicas(replicas):
         assert owners == {"replica-a", "replica-b"}
 
 
-@pytest.fixture
-def chromium() -> str:
-    """Debian's chromium, or a skip that CI=true turns into a failure."""
-    from test_gateway_browser import CHROMIUM
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"requires-service: chromium at {CHROMIUM} (make browser-deps)")
-    return CHROMIUM
-
-
 @pytest.mark.browser
 async def test_the_page_replaces_the_interrupted_turn_when_the_run_resumes(replicas, chromium):
     """The web page watching a run whose replica is SIGKILLed: the other replica resumes it
     (`run_resumed`), the page drops the interrupted turn's partial message, shows the notice
     and ends with every turn shown once, as stored. (Needs orchestrator-svc's resume, issue
     18, and Debian's chromium.)"""
+    from gateway_helpers import CHROMIUM_ARGS
     from playwright.async_api import async_playwright
-    from test_gateway_browser import CHROMIUM_ARGS
 
     async with httpx.AsyncClient(base_url=replicas.gateway, timeout=60) as http:
         spec = slow_duet(tokens_per_second=40, output_tokens=60, max_turns=3)
