@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from chorus.core import deadlines, identity
+from chorus.core.channels import ChannelPool
 from chorus.core.errors import InvalidArgument, NotFound
 from chorus.core.server import GrpcServer, ServiceBinding
 from chorus.core.settings import CoreSettings
@@ -57,17 +58,27 @@ class RecordingProvider(provider_service_pb2_grpc.ProviderServiceServicer):
             )
 
 
-@pytest.fixture
-def settings() -> CoreSettings:
-    return CoreSettings(internal_token=TOKEN, dev_mode=False, instance_id="test")
+class Relay(provider_service_pb2_grpc.ProviderServiceServicer):
+    """Front service: ListModels and StreamChat call the back service through a
+    ChannelPool (identity, request id and deadline forwarded)."""
+
+    def __init__(self, pool: ChannelPool, target: str) -> None:
+        self.pool = pool
+        self.stub = provider_service_pb2_grpc.ProviderServiceStub(pool.get(target))
+
+    async def ListModels(self, request, context):
+        return await self.stub.ListModels(request)
+
+    async def StreamChat(self, request, context):
+        async for item in self.stub.StreamChat(request, metadata=self.pool.metadata()):
+            yield item
 
 
-@pytest.fixture
-async def provider_server(
-    settings: CoreSettings,
-) -> AsyncIterator[tuple[GrpcServer, RecordingProvider]]:
-    servicer = RecordingProvider()
-    server = GrpcServer(
+def provider_grpc_server(
+    servicer: provider_service_pb2_grpc.ProviderServiceServicer, settings: CoreSettings
+) -> GrpcServer:
+    """A GrpcServer on port 0 serving `servicer` as chorus.v1.ProviderService (not started)."""
+    return GrpcServer(
         [
             ServiceBinding(
                 "chorus.v1.ProviderService",
@@ -78,6 +89,19 @@ async def provider_server(
         settings,
         0,
     )
+
+
+@pytest.fixture
+def settings() -> CoreSettings:
+    return CoreSettings(internal_token=TOKEN, dev_mode=False, instance_id="test")
+
+
+@pytest.fixture
+async def provider_server(
+    settings: CoreSettings,
+) -> AsyncIterator[tuple[GrpcServer, RecordingProvider]]:
+    servicer = RecordingProvider()
+    server = provider_grpc_server(servicer, settings)
     await server.start()
     yield server, servicer
     await server.stop(0)

@@ -7,37 +7,16 @@ import pytest
 
 from chorus.core import deadlines, identity
 from chorus.core.channels import ChannelPool, channel_options
-from chorus.core.server import GrpcServer, ServiceBinding
 from chorus.v1 import provider_service_pb2 as pb
 from chorus.v1 import provider_service_pb2_grpc as pbg
 
-from .conftest import AUTH
-
-
-class Relay(pbg.ProviderServiceServicer):
-    """Front service: ListModels calls the back service through a ChannelPool."""
-
-    def __init__(self, pool: ChannelPool, target: str) -> None:
-        self.stub = pbg.ProviderServiceStub(pool.get(target))
-
-    async def ListModels(self, request, context):
-        return await self.stub.ListModels(request)
+from .conftest import AUTH, Relay, provider_grpc_server
 
 
 async def test_identity_request_id_and_deadline_are_forwarded(provider_server, settings):
     back, recorder = provider_server
     pool = ChannelPool(settings)
-    front = GrpcServer(
-        [
-            ServiceBinding(
-                "chorus.v1.ProviderService",
-                Relay(pool, back.address),
-                pbg.add_ProviderServiceServicer_to_server,
-            )
-        ],
-        settings,
-        0,
-    )
+    front = provider_grpc_server(Relay(pool, back.address), settings)
     await front.start()
     try:
         async with grpc.aio.insecure_channel(front.address) as channel:

@@ -14,13 +14,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chorus.core import tracing
 from chorus.core.channels import ChannelPool
-from chorus.core.server import GrpcServer, ServiceBinding
+from chorus.core.server import GrpcServer
+from chorus.core.testing import traced_in_memory
 from chorus.v1 import provider_service_pb2 as pb
 from chorus.v1 import provider_service_pb2_grpc as pbg
 
@@ -133,30 +132,8 @@ def test_a_service_with_an_unusable_exporter_exits_2_with_one_clear_line(otel, m
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """Tracing on for the test, into memory (off again after it)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    try:
+    with traced_in_memory() as exporter:
         yield exporter
-    finally:
-        tracing.install(None)
-        provider.shutdown()
-
-
-class Relay(pbg.ProviderServiceServicer):
-    """Front service: ListModels calls the back service through a ChannelPool."""
-
-    def __init__(self, pool: ChannelPool, target: str) -> None:
-        self.pool = pool
-        self.stub = pbg.ProviderServiceStub(pool.get(target))
-
-    async def ListModels(self, request, context):
-        return await self.stub.ListModels(request)
-
-    async def StreamChat(self, request, context):
-        async for item in self.stub.StreamChat(request, metadata=self.pool.metadata()):
-            yield item
 
 
 @pytest.fixture
@@ -164,32 +141,12 @@ async def traced_chain(
     spans: InMemorySpanExporter, settings
 ) -> AsyncIterator[tuple[grpc.aio.Channel, RecordingServer]]:
     """client → front (GrpcServer) → back (GrpcServer), every piece built with tracing on."""
-    from .conftest import RecordingProvider
+    from .conftest import RecordingProvider, Relay, provider_grpc_server
 
-    back = GrpcServer(
-        [
-            ServiceBinding(
-                "chorus.v1.ProviderService",
-                RecordingProvider(),
-                pbg.add_ProviderServiceServicer_to_server,
-            )
-        ],
-        settings,
-        0,
-    )
+    back = provider_grpc_server(RecordingProvider(), settings)
     await back.start()
     pool = ChannelPool(settings)
-    front = GrpcServer(
-        [
-            ServiceBinding(
-                "chorus.v1.ProviderService",
-                Relay(pool, back.address),
-                pbg.add_ProviderServiceServicer_to_server,
-            )
-        ],
-        settings,
-        0,
-    )
+    front = provider_grpc_server(Relay(pool, back.address), settings)
     await front.start()
     channel = grpc.aio.insecure_channel(front.address, interceptors=tracing.client_interceptors())
     try:

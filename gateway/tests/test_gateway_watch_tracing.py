@@ -11,33 +11,38 @@ recording every request; the whole path through real services: `tests/test_traci
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_gateway_reattach import Sink, abort
 from test_gateway_sse import FakeRuns, serving
 
 from chorus.core import tracing
-from chorus.core.testing import wait_for
+from chorus.core.testing import traced_in_memory, wait_for
+from chorus.gateway.watches import RunWatches
 from chorus.v1 import run_pb2
 
 
 @pytest.fixture
 def traced() -> Iterator[InMemorySpanExporter]:
     """Tracing on for the test, into memory (off again after it)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    try:
+    with traced_in_memory() as exporter:
         yield exporter
+
+
+@contextlib.asynccontextmanager
+async def watching(servicer: FakeRuns) -> AsyncIterator[RunWatches]:
+    """`RunWatches` over a WatchRuns call to `servicer` on a real server; all closed after."""
+    server, channel, watches = await serving(servicer)
+    try:
+        yield watches
     finally:
-        tracing.install(None)
-        provider.shutdown()
+        watches.close()
+        await channel.close()
+        await server.stop(0)
 
 
 def opening(servicer: FakeRuns) -> list[str]:
@@ -51,8 +56,7 @@ def opening(servicer: FakeRuns) -> list[str]:
 async def test_with_tracing_off_no_request_carries_a_trace_context() -> None:
     assert not tracing.enabled()
     servicer = FakeRuns(count=5)
-    server, channel, watches = await serving(servicer)
-    try:
+    async with watching(servicer) as watches:
         started, followed = Sink(), Sink()
         watches.open(
             started, user="alice", request_id="r1", start=run_pb2.RunSpec(template="assistant")
@@ -63,18 +67,13 @@ async def test_with_tracing_off_no_request_carries_a_trace_context() -> None:
         assert started.error is None and followed.error is None
         assert sorted(opening(servicer)) == ["start", "watch"]
         assert all(not r.trace_context for r in servicer.requests)
-    finally:
-        watches.close()
-        await channel.close()
-        await server.stop(0)
 
 
 async def test_the_opening_request_names_the_client_requests_span_and_a_reattach_sends_it_again(
     traced: InMemorySpanExporter,
 ) -> None:
     servicer = FakeRuns(count=40, interval_s=0.01)
-    server, channel, watches = await serving(servicer)
-    try:
+    async with watching(servicer) as watches:
         sink = Sink()
         with tracing.span("POST /api/v1/runs/stream", kind=tracing.SPAN_KIND_SERVER) as span:
             assert span is not None
@@ -97,25 +96,16 @@ async def test_the_opening_request_names_the_client_requests_span_and_a_reattach
                 assert not request.trace_context, request
         # the gateway itself starts no span for the watch (the orchestrator's is the child)
         assert [s.name for s in traced.get_finished_spans()] == ["POST /api/v1/runs/stream"]
-    finally:
-        watches.close()
-        await channel.close()
-        await server.stop(0)
 
 
 async def test_a_watch_opened_with_no_span_current_carries_no_context(
     traced: InMemorySpanExporter,
 ) -> None:
     servicer = FakeRuns(count=3)
-    server, channel, watches = await serving(servicer)
-    try:
+    async with watching(servicer) as watches:
         sink = Sink()
         watches.open(sink, user="alice", request_id="req", run_id="r1")
         await asyncio.wait_for(sink.ended.wait(), 20)
         assert sink.error is None
         assert opening(servicer) == ["watch"]
         assert all(not r.trace_context for r in servicer.requests)
-    finally:
-        watches.close()
-        await channel.close()
-        await server.stop(0)

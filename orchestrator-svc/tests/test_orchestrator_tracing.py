@@ -14,8 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from orchestrator_helpers import (
     RunClient,
@@ -30,24 +29,16 @@ from orchestrator_helpers import (
 )
 from test_orchestrator_watch_runs import WatchRunsClient
 
-from chorus.core import tracing
 from chorus.core.otlp_receiver import OtlpReceiver
-from chorus.core.testing import wait_for
+from chorus.core.testing import traced_in_memory, wait_for
 from chorus.v1 import run_pb2, team_pb2
 from chorus.v1 import run_service_pb2 as rs
 
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    try:
+    with traced_in_memory() as exporter:
         yield exporter
-    finally:
-        tracing.install(None)
-        provider.shutdown()
 
 
 def paced_duet() -> team_pb2.TeamSpec:

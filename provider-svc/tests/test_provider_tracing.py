@@ -11,26 +11,18 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from provider_helpers import error_reply, openai_text_reply, request
 
 from chorus.core import tracing
+from chorus.core.testing import traced_in_memory
 from chorus.v1 import chat_pb2
 from chorus.v1 import provider_service_pb2 as ps
 
 
 def traced(capture: bool) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider, capture=capture)
-    try:
+    with traced_in_memory(capture=capture) as exporter:
         yield exporter
-    finally:
-        tracing.install(None)
-        provider.shutdown()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@
 * `backend_processes` runs provider-svc, history-svc and orchestrator-svc that way, wired
   to each other.
 * `wait_for` polls a condition with a timeout instead of sleeping a fixed time.
+* `traced_in_memory` turns tracing on into an in-memory exporter for a test.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from chorus.core import tracing
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -62,6 +69,22 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def traced_in_memory(*, capture: bool = False) -> Iterator[InMemorySpanExporter]:
+    """Tracing on (`chorus.core.tracing.install`) into an in-memory exporter, whose
+    finished spans the caller reads; off again on exit. `capture` records message content
+    as `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` would."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider, capture=capture)
+    try:
+        yield exporter
+    finally:
+        tracing.install(None)
+        provider.shutdown()
 
 
 class ServiceProcess:
