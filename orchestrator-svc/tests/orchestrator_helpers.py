@@ -426,6 +426,15 @@ def slow_duet(
     )
 
 
+SLOW_DUET = slow_duet(tokens_per_second=50.0, output_tokens=500)
+"""Four turns, each reply streaming ~10 s unless cancelled."""
+
+
+def is_delta(event: run_pb2.RunEvent) -> bool:
+    """Whether `event` is a `text_delta`."""
+    return event.HasField("text_delta")
+
+
 def spec(
     *,
     template: str = "",

@@ -7,10 +7,12 @@ import grpc
 import pytest
 from orchestrator_helpers import (
     BOTH_BACKENDS,
+    SLOW_DUET,
     RunClient,
     Stack,
     assert_well_formed,
     duet,
+    is_delta,
     orchestrator_process,
     read_rest,
     read_until,
@@ -23,19 +25,12 @@ from chorus.core.testing import wait_for
 from chorus.v1 import run_pb2
 from chorus.v1 import run_service_pb2 as rs
 
-# Each reply streams for ~10 s unless cancelled.
-SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))
-
-
-def is_delta(event: run_pb2.RunEvent) -> bool:
-    return event.HasField("text_delta")
-
 
 @BOTH_BACKENDS
 async def test_cancel_mid_token_stream_stops_the_provider_stream_and_ends_the_run_cancelled(
     stack: Stack, alice: RunClient
 ) -> None:
-    run = await alice.create(spec(team_spec=SLOW))
+    run = await alice.create(spec(team_spec=SLOW_DUET))
     call = alice.watch_call(run.id)
     head = await read_until(call, is_delta)
     assert stack.provider.simulator.active_streams == 1
@@ -65,7 +60,7 @@ async def test_cancel_mid_token_stream_stops_the_provider_stream_and_ends_the_ru
 async def test_cancel_sent_to_another_orchestrator_process_stops_the_run_here(
     stack: Stack, alice: RunClient
 ) -> None:
-    run = await alice.create(spec(team_spec=SLOW))
+    run = await alice.create(spec(team_spec=SLOW_DUET))
     call = alice.watch_call(run.id)
     head = await read_until(call, is_delta)
     async with orchestrator_process(stack) as (_, channel):
@@ -97,7 +92,7 @@ async def test_cancelling_a_finished_run_changes_nothing_and_says_so(alice: RunC
 async def test_cancel_of_an_unknown_or_foreign_run_is_not_found_and_a_long_reason_is_invalid(
     alice: RunClient, bob: RunClient
 ) -> None:
-    run = await alice.create(spec(team_spec=SLOW))
+    run = await alice.create(spec(team_spec=SLOW_DUET))
     assert (await rpc_error(bob.cancel(run.id))).code == grpc.StatusCode.NOT_FOUND
     unknown = "00000000-0000-4000-8000-000000000000"
     assert (await rpc_error(alice.cancel(unknown))).code == grpc.StatusCode.NOT_FOUND
@@ -121,7 +116,9 @@ async def test_a_stream_run_client_that_goes_away_leaves_the_run_to_on_disconnec
     # Runs that continue should end soon; one that must be cancelled must outlive the cancel.
     cancels = status == run_pb2.RUN_STATUS_CANCELLED
     team_spec = (
-        SLOW if cancels else duet(turns=2, simulator=sim(tokens_per_second=200.0, output_tokens=40))
+        SLOW_DUET
+        if cancels
+        else duet(turns=2, simulator=sim(tokens_per_second=200.0, output_tokens=40))
     )
     call = alice.stub.StreamRun(
         rs.StreamRunRequest(spec=spec(team_spec=team_spec, on_disconnect=on_disconnect)),

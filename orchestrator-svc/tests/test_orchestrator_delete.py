@@ -11,15 +11,16 @@ import grpc
 import pytest
 from orchestrator_helpers import (
     BOTH_BACKENDS,
+    SLOW_DUET,
     RunClient,
     Stack,
     duet,
     fields_of,
+    is_delta,
     orchestrator_process,
     read_rest,
     read_until,
     rpc_error,
-    sim,
     spec,
 )
 
@@ -27,13 +28,6 @@ from chorus.core.testing import wait_for
 from chorus.v1 import history_service_pb2 as hs
 from chorus.v1 import run_pb2
 from chorus.v1 import run_service_pb2 as rs
-
-# Each reply streams for ~10 s unless cancelled.
-SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))
-
-
-def is_delta(event: run_pb2.RunEvent) -> bool:
-    return event.HasField("text_delta")
 
 
 async def delete(client: RunClient, run_id: str) -> rs.DeleteRunResponse:
@@ -65,7 +59,7 @@ async def test_delete_of_a_finished_run_deletes_it(stack: Stack, alice: RunClien
 
 @BOTH_BACKENDS
 async def test_delete_of_an_active_run_cancels_it_first(stack: Stack, alice: RunClient) -> None:
-    run = await alice.create(spec(team_spec=SLOW))
+    run = await alice.create(spec(team_spec=SLOW_DUET))
     call = alice.watch_call(run.id)
     head = await read_until(call, is_delta)
     assert stack.provider.simulator.active_streams == 1
@@ -81,7 +75,7 @@ async def test_delete_of_an_active_run_cancels_it_first(stack: Stack, alice: Run
 async def test_delete_through_another_replica_stops_the_run_and_nobody_resumes_it(
     stack: Stack, alice: RunClient
 ) -> None:
-    run = await alice.create(spec(team_spec=SLOW))
+    run = await alice.create(spec(team_spec=SLOW_DUET))
     call = alice.watch_call(run.id)
     await read_until(call, is_delta)
     async with orchestrator_process(stack) as (_, channel):
@@ -121,7 +115,7 @@ async def test_deleting_the_conversation_of_an_active_run_stops_the_run(
     """HistoryService.DeleteConversation alone (no cancel first): the owner learns from its
     next heartbeat or write that the run is gone, stops its model call and writes
     nothing more."""
-    run = await alice.create(spec(team_spec=SLOW))
+    run = await alice.create(spec(team_spec=SLOW_DUET))
     call = alice.watch_call(run.id)
     await read_until(call, is_delta)
     history = stack.history_client(alice.user)

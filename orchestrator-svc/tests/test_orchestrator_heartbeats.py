@@ -14,11 +14,10 @@ import pytest
 from google.protobuf import field_mask_pb2
 from orchestrator_helpers import (
     BOTH_BACKENDS,
+    SLOW_DUET,
     RunClient,
     Stack,
-    duet,
     history_calls,
-    sim,
     spec,
 )
 from prometheus_client import REGISTRY
@@ -29,8 +28,7 @@ from chorus.orchestrator.recovery import Liveness
 from chorus.v1 import history_service_pb2 as hs
 from chorus.v1 import run_pb2
 
-# Each reply streams for ~10 s: the runs stay mid-turn (no writes of their own) meanwhile.
-SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))
+# SLOW_DUET replies stream for ~10 s: the runs stay mid-turn (no writes of their own) meanwhile.
 QUIET = {"heartbeat_interval_s": 60.0, "lease_duration_s": 120.0}
 
 
@@ -44,7 +42,7 @@ async def test_one_round_is_one_call_for_every_live_run_and_delivers_a_recorded_
     stack: Stack, alice: RunClient, bob: RunClient
 ) -> None:
     clients = [alice, alice, bob, bob, bob]  # several owners: the call is made for all
-    runs = [await c.create(spec(team_spec=SLOW)) for c in clients]
+    runs = [await c.create(spec(team_spec=SLOW_DUET)) for c in clients]
     live = stack.orchestrator.manager.live_runs
     await wait_for(lambda: stack.provider.simulator.active_streams == len(runs), timeout=20)
     await wait_for(lambda: all(live[r.id].log.stored_seq >= 3 for r in runs), timeout=20)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from orchestrator_helpers import (
     BOTH_BACKENDS,
+    SLOW_DUET,
     RunClient,
     Stack,
     agent,
@@ -31,7 +32,6 @@ from chorus.v1 import chat_pb2, run_pb2, team_pb2
 from chorus.v1 import run_service_pb2 as rs
 
 RR = team_pb2.TEAM_KIND_ROUND_ROBIN
-SLOW = duet(turns=4, simulator=sim(tokens_per_second=50.0, output_tokens=500))
 
 
 @BOTH_BACKENDS
@@ -61,7 +61,7 @@ async def test_concurrent_creates_with_one_request_id_give_one_run(alice: RunCli
 async def test_a_second_active_run_in_a_conversation_is_aborted_as_busy(
     stack: Stack, alice: RunClient
 ) -> None:
-    first = await alice.create(spec(team_spec=SLOW))
+    first = await alice.create(spec(team_spec=SLOW_DUET))
     err = await rpc_error(
         alice.create(spec(team_spec=duet(turns=2), conversation_id=first.conversation_id))
     )
@@ -191,7 +191,7 @@ async def test_server_caps_come_from_settings(alice: RunClient) -> None:
 
 @pytest.mark.parametrize("orchestrator_values", [{"max_active_runs": 1}], indirect=True)
 async def test_more_active_runs_than_the_cap_is_resource_exhausted(alice: RunClient) -> None:
-    first = await alice.create(spec(team_spec=SLOW))
+    first = await alice.create(spec(team_spec=SLOW_DUET))
     err = await rpc_error(alice.create(spec(team_spec=duet(turns=2))))
     assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert err.reason == "TOO_MANY_ACTIVE_RUNS"
@@ -233,7 +233,7 @@ async def test_get_and_list_are_scoped_to_the_owner_and_filter_by_status_and_con
 ) -> None:
     done = await alice.stream(spec(team_spec=duet(turns=2)))
     done_id = done[0].run_id
-    live = await alice.create(spec(team_spec=SLOW))
+    live = await alice.create(spec(team_spec=SLOW_DUET))
     assert (await alice.get(done_id)).status == run_pb2.RUN_STATUS_COMPLETED
     got = await alice.get(live.id)
     assert got.status == run_pb2.RUN_STATUS_RUNNING and got.owner == alice.user
