@@ -36,6 +36,16 @@ def _collect(stream: Any) -> list[Any]:
     return list(stream)
 
 
+def _background_duet_streaming(client: Any, text: str) -> Any:
+    """A background two-turn duet response on `text`, returned once its text streams."""
+    created = client.responses.create(model=DUET, input=text, background=True, extra_body=TWO_TURNS)
+    with client.responses.retrieve(created.id, stream=True) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break
+    return created
+
+
 # --- models --------------------------------------------------------------------------------
 
 
@@ -177,13 +187,7 @@ def test_starting_after_past_the_end_of_a_live_response_ends_with_an_error_event
 
 def test_cancel_mid_run_ends_the_response_cancelled(slow_gateway):
     client = sync_client(slow_gateway)
-    created = client.responses.create(
-        model=DUET, input="Cancel me", background=True, extra_body=TWO_TURNS
-    )
-    with client.responses.retrieve(created.id, stream=True) as stream:
-        for event in stream:
-            if event.type == "response.output_text.delta":
-                break
+    created = _background_duet_streaming(client, "Cancel me")
     cancelled = client.responses.cancel(created.id)
     assert cancelled.status == "cancelled"
     assert all(item.status != "in_progress" for item in cancelled.output)
@@ -243,13 +247,7 @@ def test_input_messages_become_instructions_and_a_transcript(gateway):
 
 def test_a_live_response_retrieved_shows_its_output_so_far(slow_gateway):
     client = sync_client(slow_gateway)
-    created = client.responses.create(
-        model=DUET, input="Live", background=True, extra_body=TWO_TURNS
-    )
-    with client.responses.retrieve(created.id, stream=True) as stream:
-        for event in stream:
-            if event.type == "response.output_text.delta":
-                break
+    created = _background_duet_streaming(client, "Live")
     live = client.responses.retrieve(created.id)
     assert live.status == "in_progress"
     assert live.output and live.output[0].status == "in_progress"
