@@ -140,9 +140,12 @@ def only(spans: list[ReceivedSpan], service: str, name: str) -> list[ReceivedSpa
     return [s for s in spans if s.service == service and s.name == name]
 
 
-def run_span(spans: list[ReceivedSpan], run_id: str) -> ReceivedSpan | None:
-    """The orchestrator's span of the `assistant` run `run_id`, if received."""
-    return next(
+def run_trace(
+    spans: list[ReceivedSpan], run_id: str
+) -> tuple[ReceivedSpan | None, list[ReceivedSpan]]:
+    """The orchestrator's span of the `assistant` run `run_id` and the spans of its trace
+    (None and [] until that span was received)."""
+    root = next(
         (
             s
             for s in spans
@@ -150,6 +153,7 @@ def run_span(spans: list[ReceivedSpan], run_id: str) -> ReceivedSpan | None:
         ),
         None,
     )
+    return root, [] if root is None else [s for s in spans if s.trace_id == root.trace_id]
 
 
 def test_one_run_is_one_trace_across_the_four_services(
@@ -162,18 +166,16 @@ def test_one_run_is_one_trace_across_the_four_services(
     run_id = run["id"]
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        root = run_span(spans, run_id)
+        root, trace = run_trace(spans, run_id)
         if root is None:
             return False
-        trace = [s for s in spans if s.trace_id == root.trace_id]
         return {s.service for s in trace} >= set(SERVICES) and any(
             s.service == "chorus-gateway" and s.kind == "SERVER" for s in trace
         )
 
     spans = receiver.wait_for(complete, timeout=60)
-    root = run_span(spans, run_id)
+    root, trace = run_trace(spans, run_id)
     assert root is not None
-    trace = [s for s in spans if s.trace_id == root.trace_id]
     ids = by_id(trace)
 
     # The trace starts at the gateway's HTTP request.
@@ -362,10 +364,9 @@ def test_a_run_started_over_sse_is_one_trace_from_the_http_request_to_the_model_
     run_id = events[0]["runId"]
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        root = run_span(spans, run_id)
+        root, trace = run_trace(spans, run_id)
         if root is None:
             return False
-        trace = [s for s in spans if s.trace_id == root.trace_id]
         return (
             any(s.service == "chorus-gateway" and s.kind == "SERVER" for s in trace)
             and any(s.name == WATCH_SPAN for s in trace)
@@ -373,9 +374,8 @@ def test_a_run_started_over_sse_is_one_trace_from_the_http_request_to_the_model_
         )
 
     spans = receiver.wait_for(complete, timeout=60)
-    root = run_span(spans, run_id)
+    root, trace = run_trace(spans, run_id)
     assert root is not None
-    trace = [s for s in spans if s.trace_id == root.trace_id]
     ids = by_id(trace)
 
     # The trace starts at the gateway's HTTP request (the SSE stream's, which lasts the run).
