@@ -92,6 +92,17 @@ class Output(enum.StrEnum):
     json = "json"
 
 
+OutputOption = Annotated[
+    Output,
+    typer.Option(
+        "--output",
+        "-O",
+        help="table (on a terminal), tsv (values whole; the default when piped) or json.",
+    ),
+]
+"""The `--output/-O` option of the list commands."""
+
+
 def _print_rpc_error(err: grpc.aio.AioRpcError) -> None:
     """The error as one line (code, message), its field violations, and — when the stack
     cannot be reached — that it is not running and how to start it."""
@@ -393,14 +404,7 @@ def runs_list(
         ),
     ] = "",
     limit: Annotated[int, typer.Option(min=1, help="Page size.")] = 20,
-    output: Annotated[
-        Output,
-        typer.Option(
-            "--output",
-            "-O",
-            help="table (on a terminal), tsv (values whole; the default when piped) or json.",
-        ),
-    ] = Output.auto,
+    output: OutputOption = Output.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --output json.")] = False,
 ) -> None:
     """List your runs, newest first."""
@@ -593,14 +597,7 @@ def runs_artifacts(
 @conversations_app.command("list")
 def conversations_list(
     limit: Annotated[int, typer.Option(min=1, help="Page size.")] = 20,
-    output: Annotated[
-        Output,
-        typer.Option(
-            "--output",
-            "-O",
-            help="table (on a terminal), tsv (values whole; the default when piped) or json.",
-        ),
-    ] = Output.auto,
+    output: OutputOption = Output.auto,
 ) -> None:
     """List your conversations, most recently updated first."""
 
