@@ -29,7 +29,12 @@ from chorus.gateway.openai_api import mapping, runs
 from chorus.gateway.openai_api.errors import openai_error
 from chorus.gateway.openai_api.feed import EventFeed
 from chorus.gateway.openai_api.responses import _ERRORS, KEEPALIVE, SSE_HEADERS, json_response
-from chorus.gateway.openai_api.schemas import ChatCompletionBody, parse, unsupported
+from chorus.gateway.openai_api.schemas import (
+    ChatCompletionBody,
+    openapi_request_body,
+    parse,
+    unsupported,
+)
 from chorus.v1 import run_pb2, team_pb2
 
 router = APIRouter(prefix="/chat", tags=["openai"])
@@ -56,12 +61,7 @@ def _data(chunk: dict[str, Any]) -> bytes:
         },
         **_ERRORS,
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ChatCompletionBody.model_json_schema()}},
-        }
-    },
+    openapi_extra=openapi_request_body(ChatCompletionBody),
 )
 async def create_chat_completion(
     request: Request,

@@ -41,6 +41,7 @@ from chorus.gateway.openai_api.feed import EventFeed
 from chorus.gateway.openai_api.schemas import (
     MAX_METADATA,
     CreateResponseBody,
+    openapi_request_body,
     parse,
     unsupported,
 )
@@ -325,12 +326,7 @@ def _stream(
     operation_id="createResponse",
     summary="Create a response (run a team or a model)",
     responses=_JSON_OR_SSE,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": CreateResponseBody.model_json_schema()}},
-        }
-    },
+    openapi_extra=openapi_request_body(CreateResponseBody),
 )
 async def create_response(
     request: Request,
