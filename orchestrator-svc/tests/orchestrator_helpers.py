@@ -426,6 +426,17 @@ def slow_duet(
     )
 
 
+def paced_duet() -> team_pb2.TeamSpec:
+    """Two agents (Ada, Blaise, both on sim-1), 4 turns of about a second each."""
+    options = sim(tokens_per_second=150.0, output_tokens=150)
+    return team(
+        team_pb2.TEAM_KIND_ROUND_ROBIN,
+        agent("Ada", simulator=options),
+        agent("Blaise", simulator=options),
+        max_turns=4,
+    )
+
+
 SLOW_DUET = slow_duet(tokens_per_second=50.0, output_tokens=500)
 """Four turns, each reply streaming ~10 s unless cancelled."""
 

@@ -19,19 +19,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from orchestrator_helpers import (
     RunClient,
     Stack,
-    agent,
     duet,
     orchestrator_process,
+    paced_duet,
     read_until,
-    sim,
     spec,
-    team,
 )
 from test_orchestrator_watch_runs import WatchRunsClient
 
 from chorus.core.otlp_receiver import OtlpReceiver
 from chorus.core.testing import traced_in_memory, wait_for
-from chorus.v1 import run_pb2, team_pb2
+from chorus.v1 import run_pb2
 from chorus.v1 import run_service_pb2 as rs
 
 
@@ -39,16 +37,6 @@ from chorus.v1 import run_service_pb2 as rs
 def spans() -> Iterator[InMemorySpanExporter]:
     with traced_in_memory() as exporter:
         yield exporter
-
-
-def paced_duet() -> team_pb2.TeamSpec:
-    options = sim(tokens_per_second=150.0, output_tokens=150)
-    return team(
-        team_pb2.TEAM_KIND_ROUND_ROBIN,
-        agent("Ada", simulator=options),
-        agent("Blaise", simulator=options),
-        max_turns=4,
-    )
 
 
 async def test_a_handed_over_run_continues_its_trace_on_the_replica_that_resumes_it(
