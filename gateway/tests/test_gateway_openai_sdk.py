@@ -6,6 +6,7 @@ usage chunk; models; errors raised as the SDK's exception classes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, get_args
 
 import httpx
@@ -36,14 +37,23 @@ def _collect(stream: Any) -> list[Any]:
     return list(stream)
 
 
-def _background_duet_streaming(client: Any, text: str) -> Any:
-    """A background two-turn duet response on `text`, returned once its text streams."""
+def _text_streams(seen: list[Any]) -> bool:
+    return seen[-1].type == "response.output_text.delta"
+
+
+def _background_duet(
+    client: Any, text: str, until: Callable[[list[Any]], bool] = _text_streams
+) -> tuple[Any, list[Any]]:
+    """A background two-turn duet response on `text` and the events of its stream, read
+    until `until(events so far)` (by default: until its text streams), then left."""
     created = client.responses.create(model=DUET, input=text, background=True, extra_body=TWO_TURNS)
+    seen: list[Any] = []
     with client.responses.retrieve(created.id, stream=True) as stream:
         for event in stream:
-            if event.type == "response.output_text.delta":
+            seen.append(event)
+            if until(seen):
                 break
-    return created
+    return created, seen
 
 
 # --- models --------------------------------------------------------------------------------
@@ -141,15 +151,7 @@ def test_background_response_resumes_exactly_after_a_sequence_number(gateway):
 def test_another_gateway_process_resumes_with_the_same_sequence_numbers(gateway, gateways):
     other = sync_client(gateways.url(sse_keepalive_s="14"))  # a second, separate process
     client = sync_client(gateway)
-    created = client.responses.create(
-        model=DUET, input="Two gateways", background=True, extra_body=TWO_TURNS
-    )
-    first: list[Any] = []
-    with client.responses.retrieve(created.id, stream=True) as stream:
-        for event in stream:
-            first.append(event)
-            if len(first) == 6:
-                break
+    created, first = _background_duet(client, "Two gateways", lambda seen: len(seen) == 6)
     rest = _collect(other.responses.retrieve(created.id, stream=True, starting_after=5))
     whole = _collect(client.responses.retrieve(created.id, stream=True))
     assert [e.to_dict() for e in first + rest] == [e.to_dict() for e in whole]
@@ -158,15 +160,10 @@ def test_another_gateway_process_resumes_with_the_same_sequence_numbers(gateway,
 
 def test_a_live_response_resumed_mid_run_gives_the_same_events(slow_gateway):
     client = sync_client(slow_gateway)
-    created = client.responses.create(
-        model=DUET, input="Slowly", background=True, extra_body=TWO_TURNS
+    # the client disconnects mid-run
+    created, first = _background_duet(
+        client, "Slowly", lambda seen: _text_streams(seen) and len(seen) > 8
     )
-    first: list[Any] = []
-    with client.responses.retrieve(created.id, stream=True) as stream:
-        for event in stream:
-            first.append(event)
-            if event.type == "response.output_text.delta" and len(first) > 8:
-                break  # the client disconnects mid-run
     last = first[-1].sequence_number
     rest = _collect(client.responses.retrieve(created.id, stream=True, starting_after=last))
     assert rest[0].sequence_number == last + 1 and rest[-1].type == "response.completed"
@@ -187,7 +184,7 @@ def test_starting_after_past_the_end_of_a_live_response_ends_with_an_error_event
 
 def test_cancel_mid_run_ends_the_response_cancelled(slow_gateway):
     client = sync_client(slow_gateway)
-    created = _background_duet_streaming(client, "Cancel me")
+    created, _ = _background_duet(client, "Cancel me")
     cancelled = client.responses.cancel(created.id)
     assert cancelled.status == "cancelled"
     assert all(item.status != "in_progress" for item in cancelled.output)
@@ -247,7 +244,7 @@ def test_input_messages_become_instructions_and_a_transcript(gateway):
 
 def test_a_live_response_retrieved_shows_its_output_so_far(slow_gateway):
     client = sync_client(slow_gateway)
-    created = _background_duet_streaming(client, "Live")
+    created, _ = _background_duet(client, "Live")
     live = client.responses.retrieve(created.id)
     assert live.status == "in_progress"
     assert live.output and live.output[0].status == "in_progress"
