@@ -141,24 +141,19 @@ async def ready(clients: ClientsDep, settings: SettingsDep) -> Response:
     return Response(orjson.dumps(body), status_code=503, media_type="application/json")
 
 
-for _path, _operation in LIVENESS_PATHS.items():
-    router.add_api_route(
-        _path,
-        health,
-        methods=["GET"],
-        summary="Liveness",
-        operation_id=_operation,
-        responses=_LIVE_RESPONSES,
-    )
-for _path, _operation in READINESS_PATHS.items():
-    router.add_api_route(
-        _path,
-        ready,
-        methods=["GET"],
-        summary="Readiness",
-        operation_id=_operation,
-        responses=_READY_RESPONSES,
-    )
+for _paths, _endpoint, _summary, _responses in (
+    (LIVENESS_PATHS, health, "Liveness", _LIVE_RESPONSES),
+    (READINESS_PATHS, ready, "Readiness", _READY_RESPONSES),
+):
+    for _path, _operation in _paths.items():
+        router.add_api_route(
+            _path,
+            _endpoint,
+            methods=["GET"],
+            summary=_summary,
+            operation_id=_operation,
+            responses=_responses,
+        )
 
 
 @router.get(
