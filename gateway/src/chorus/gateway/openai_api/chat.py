@@ -33,6 +33,7 @@ from chorus.gateway.openai_api.schemas import (
     ChatCompletionBody,
     openapi_request_body,
     parse,
+    reject_client_tools,
     unsupported,
 )
 from chorus.v1 import run_pb2, team_pb2
@@ -78,14 +79,7 @@ async def create_chat_completion(
     that fails after the stream started ends the stream with an `error` data line (the SDK
     raises `APIError`)."""
     body: ChatCompletionBody = parse(ChatCompletionBody, await json_body(request))
-    if body.tools or body.functions:
-        raise unsupported(
-            "tools",
-            "client-defined tools are not supported: a team's agents call the server's tools, "
-            "which run on the server",
-        )
-    if body.tool_choice not in (None, "auto", "none"):
-        raise unsupported("tool_choice", "only 'auto' and 'none' are supported")
+    reject_client_tools(body.tools or body.functions, body.tool_choice)
     if body.n not in (None, 1):
         raise unsupported("n", "only one choice (n = 1) is supported")
     if body.response_format and body.response_format.get("type", "text") != "text":

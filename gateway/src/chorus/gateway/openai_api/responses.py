@@ -43,6 +43,7 @@ from chorus.gateway.openai_api.schemas import (
     CreateResponseBody,
     openapi_request_body,
     parse,
+    reject_client_tools,
     unsupported,
 )
 from chorus.gateway.settings import GatewaySettings
@@ -347,14 +348,7 @@ async def create_response(
     unsupported parameters (tools, non-text input, `background` with `store: false`), 409
     when the conversation has an active run, 429 over the runs rate limit."""
     body: CreateResponseBody = parse(CreateResponseBody, await json_body(request))
-    if body.tools:
-        raise unsupported(
-            "tools",
-            "client-defined tools are not supported: a team's agents call the server's tools, "
-            "which run on the server",
-        )
-    if body.tool_choice not in (None, "auto", "none"):
-        raise unsupported("tool_choice", "only 'auto' and 'none' are supported")
+    reject_client_tools(body.tools, body.tool_choice)
     store = body.store is not False
     if body.background and not store:
         raise unsupported(

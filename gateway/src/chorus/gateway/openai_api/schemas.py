@@ -114,6 +114,19 @@ def unsupported(param: str, message: str) -> InvalidArgument:
     return InvalidArgument(message, [(param, message)], reason="UNSUPPORTED_PARAMETER")
 
 
+def reject_client_tools(tools: Any, tool_choice: Any) -> None:
+    """400 UNSUPPORTED_PARAMETER for client-defined tools (param `tools`) and for a
+    `tool_choice` other than `auto` / `none`: a team's agents call the server's tools."""
+    if tools:
+        raise unsupported(
+            "tools",
+            "client-defined tools are not supported: a team's agents call the server's tools, "
+            "which run on the server",
+        )
+    if tool_choice not in (None, "auto", "none"):
+        raise unsupported("tool_choice", "only 'auto' and 'none' are supported")
+
+
 def openapi_request_body(model: type[BaseModel]) -> dict[str, Any]:
     """The `openapi_extra` of a route whose JSON body is `model` (parsed by hand, so
     FastAPI does not document it): a required `application/json` body with its schema."""
