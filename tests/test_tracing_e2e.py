@@ -156,6 +156,13 @@ def run_trace(
     return root, [] if root is None else [s for s in spans if s.trace_id == root.trace_id]
 
 
+def http_request_span(trace: list[ReceivedSpan]) -> ReceivedSpan:
+    """The gateway's server span of the HTTP request, the root of `trace`."""
+    (http,) = [s for s in trace if s.service == "chorus-gateway" and s.kind == "SERVER"]
+    assert http.parent_span_id == ""
+    return http
+
+
 def test_one_run_is_one_trace_across_the_four_services(
     traced_stack: Stack, receiver: OtlpReceiver
 ) -> None:
@@ -179,8 +186,7 @@ def test_one_run_is_one_trace_across_the_four_services(
     ids = by_id(trace)
 
     # The trace starts at the gateway's HTTP request.
-    (http,) = [s for s in trace if s.service == "chorus-gateway" and s.kind == "SERVER"]
-    assert http.parent_span_id == ""
+    http = http_request_span(trace)
     assert http.name == "POST /api/v1/runs"
     status = http.attributes.get(
         "http.response.status_code", http.attributes.get("http.status_code")
@@ -379,8 +385,7 @@ def test_a_run_started_over_sse_is_one_trace_from_the_http_request_to_the_model_
     ids = by_id(trace)
 
     # The trace starts at the gateway's HTTP request (the SSE stream's, which lasts the run).
-    (http,) = [s for s in trace if s.service == "chorus-gateway" and s.kind == "SERVER"]
-    assert http.parent_span_id == ""
+    http = http_request_span(trace)
     assert http.name == "POST /api/v1/runs/stream"
     # The watch that started the run: the orchestrator's server span of this one stream
     # of the shared WatchRuns call, a child of the HTTP request; the run under it.
