@@ -26,38 +26,25 @@ from orchestrator_helpers import (
     REDIS_PORT,
     TOKEN,
     RunClient,
-    agent,
     assert_well_formed,
     orchestrator_settings,
+    paced_duet,
     provider_settings,
     read_rest,
     read_until,
     running_orchestrator,
     running_stack,
-    sim,
     spec,
-    team,
 )
 
 from chorus.core.server import GrpcServer
 from chorus.core.testing import ServiceProcess, TcpProxy, free_port, wait_for
 from chorus.orchestrator.app import OrchestratorApp
 from chorus.provider.app import build_app as build_provider
-from chorus.v1 import run_pb2, team_pb2
+from chorus.v1 import run_pb2
 
 PG_CUT_S = 20.0
 HISTORY_DOWN_S = 15.0
-
-
-def paced_duet() -> team_pb2.TeamSpec:
-    """Two agents, 4 turns of about a second each."""
-    options = sim(tokens_per_second=150.0, output_tokens=150)
-    return team(
-        team_pb2.TEAM_KIND_ROUND_ROBIN,
-        agent("Ada", simulator=options),
-        agent("Blaise", simulator=options),
-        max_turns=4,
-    )
 
 
 async def test_a_postgresql_cut_pauses_the_run_and_it_completes_when_it_is_back(
