@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +26,17 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parent))  # gateway_helpers (pytest uses importlib mode)
 
-from gateway_helpers import API_KEYS, CHROMIUM, CHROMIUM_ARGS, api_key_hashes_json, base_env
+from gateway_helpers import (
+    API_KEYS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Backend,
+    Gateways,
+    api_key_hashes_json,
+    base_env,
+)
 
 from chorus.core.testing import ServiceProcess, backend_processes
-
-
-@dataclass
-class Backend:
-    """The three gRPC services, running."""
-
-    provider: str
-    history: str
-    orchestrator: str
-    processes: list[ServiceProcess] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        """Settings pointing a gateway at these services."""
-        return {
-            "CHORUS_PROVIDER_ADDRESS": self.provider,
-            "CHORUS_HISTORY_ADDRESS": self.history,
-            "CHORUS_ORCHESTRATOR_ADDRESS": self.orchestrator,
-        }
 
 
 @pytest.fixture(scope="session")
@@ -55,48 +44,6 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """provider-svc, history-svc and orchestrator-svc as real processes."""
     with backend_processes(base_env(tmp_path_factory.mktemp("gateway-backend"))) as b:
         yield Backend(b.provider, b.history, b.orchestrator, b.processes)
-
-
-class Gateways:
-    """Gateway processes by configuration, started on first use, stopped at session end."""
-
-    def __init__(self, backend: Backend, data_dir: Path) -> None:
-        self.backend = backend
-        self.data_dir = data_dir
-        self._running: dict[frozenset[tuple[str, str]], ServiceProcess] = {}
-
-    def process(self, **settings: str) -> ServiceProcess:
-        """The gateway process with these `CHORUS_*` settings (names without the prefix)."""
-        env = {f"CHORUS_{k.upper()}": v for k, v in settings.items()}
-        key = frozenset(env.items())
-        proc = self._running.get(key)
-        if proc is None:
-            proc = ServiceProcess(
-                "chorus.gateway",
-                env={
-                    **base_env(self.data_dir),
-                    **self.backend.env(),
-                    "CHORUS_GATEWAY_PORT": "0",
-                    "CHORUS_RATE_LIMIT_RUNS": "1000/minute",
-                    "CHORUS_RATE_LIMIT_MESSAGES": "1000/minute",
-                    **env,
-                },
-                log_event="listening",
-            )
-            self._running[key] = proc
-            proc.wait_ready()
-        return proc
-
-    def url(self, **settings: str) -> str:
-        """Base URL (`http://127.0.0.1:port`) of the gateway with these settings."""
-        address = self.process(**settings).address
-        assert address is not None
-        return address
-
-    def stop(self) -> None:
-        for proc in self._running.values():
-            proc.stop()
-        self._running.clear()
 
 
 @pytest.fixture(scope="session")

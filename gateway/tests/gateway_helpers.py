@@ -6,11 +6,13 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from chorus.core.testing import ServiceProcess
 
 TOKEN = "gateway-test-internal-token"
 API_KEYS = {"alice": "chorus_alice_test_key_0123456789", "bob": "chorus_bob_test_key_9876543210"}
@@ -187,3 +189,63 @@ def detail(error: dict[str, Any], type_name: str) -> dict[str, Any]:
         if d["@type"].endswith("." + type_name):
             return d
     raise AssertionError(f"no {type_name} in {error['details']}")
+
+
+@dataclass
+class Backend:
+    """The three gRPC services, running."""
+
+    provider: str
+    history: str
+    orchestrator: str
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        """Settings pointing a gateway at these services."""
+        return {
+            "CHORUS_PROVIDER_ADDRESS": self.provider,
+            "CHORUS_HISTORY_ADDRESS": self.history,
+            "CHORUS_ORCHESTRATOR_ADDRESS": self.orchestrator,
+        }
+
+
+class Gateways:
+    """Gateway processes by configuration, started on first use, stopped at session end."""
+
+    def __init__(self, backend: Backend, data_dir: Path) -> None:
+        self.backend = backend
+        self.data_dir = data_dir
+        self._running: dict[frozenset[tuple[str, str]], ServiceProcess] = {}
+
+    def process(self, **settings: str) -> ServiceProcess:
+        """The gateway process with these `CHORUS_*` settings (names without the prefix)."""
+        env = {f"CHORUS_{k.upper()}": v for k, v in settings.items()}
+        key = frozenset(env.items())
+        proc = self._running.get(key)
+        if proc is None:
+            proc = ServiceProcess(
+                "chorus.gateway",
+                env={
+                    **base_env(self.data_dir),
+                    **self.backend.env(),
+                    "CHORUS_GATEWAY_PORT": "0",
+                    "CHORUS_RATE_LIMIT_RUNS": "1000/minute",
+                    "CHORUS_RATE_LIMIT_MESSAGES": "1000/minute",
+                    **env,
+                },
+                log_event="listening",
+            )
+            self._running[key] = proc
+            proc.wait_ready()
+        return proc
+
+    def url(self, **settings: str) -> str:
+        """Base URL (`http://127.0.0.1:port`) of the gateway with these settings."""
+        address = self.process(**settings).address
+        assert address is not None
+        return address
+
+    def stop(self) -> None:
+        for proc in self._running.values():
+            proc.stop()
+        self._running.clear()

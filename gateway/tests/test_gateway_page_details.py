@@ -10,8 +10,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from .test_gateway_browser import browser, chromium  # noqa: F401 - shared fixtures
-
 
 async def test_favicon_is_served_as_an_svg_icon(client: httpx.AsyncClient) -> None:
     reply = await client.get("/favicon.ico")
@@ -32,7 +30,7 @@ async def test_metrics_have_no_created_series(client: httpx.AsyncClient) -> None
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Any, gateway: str) -> AsyncIterator[Any]:  # noqa: F811
+async def page(browser: Any, gateway: str) -> AsyncIterator[Any]:
     context = await browser.new_context(base_url=gateway)
     try:
         yield await context.new_page()

@@ -25,13 +25,12 @@ import grpc
 import httpx
 import pytest
 import websockets
-from gateway_helpers import TOKEN, base_env, duet, metric, slow_duet, sse_frames
+from gateway_helpers import TOKEN, Backend, Gateways, base_env, duet, metric, slow_duet, sse_frames
 from google.protobuf import json_format
 
 from chorus.core.identity import TOKEN_KEY, USER_KEY
 from chorus.core.testing import ServiceProcess, free_port, wait_for
 from chorus.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from conftest import Backend, Gateways
 
 USER = "dev"  # the gateway's anonymous user (auth_mode=none)
 EVENTS_BEFORE_KILL = 12
