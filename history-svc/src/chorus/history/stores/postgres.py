@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -698,7 +698,8 @@ class PostgresStore(Store):
                 )
                 for i, outcome in zip(rest, checked, strict=True):
                     outcomes[i] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        assert None not in outcomes  # every batch took one path or the other
+        return cast(list[BatchOutcome], outcomes)
 
     @staticmethod
     async def _append_continuing(
