@@ -268,6 +268,22 @@ class ListRunRecordsResponse(_message.Message):
     next_page_token: str
     def __init__(self, runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class RecordRunInputRequest(_message.Message):
+    __slots__ = ("run_id", "answer")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    answer: _run_pb2.RunEvent.InputReceived
+    def __init__(self, run_id: _Optional[str] = ..., answer: _Optional[_Union[_run_pb2.RunEvent.InputReceived, _Mapping]] = ...) -> None: ...
+
+class RecordRunInputResponse(_message.Message):
+    __slots__ = ("run", "event")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    run: _run_pb2.Run
+    event: _run_pb2.RunEvent
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., event: _Optional[_Union[_run_pb2.RunEvent, _Mapping]] = ...) -> None: ...
+
 class AppendRunEventsRequest(_message.Message):
     __slots__ = ("run_id", "events", "run", "update_mask", "lease_epoch", "checkpoint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

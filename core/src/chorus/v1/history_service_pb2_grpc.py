@@ -118,6 +118,11 @@ class HistoryServiceStub(object):
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.ListRunRecordsRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_history__service__pb2.ListRunRecordsResponse.FromString,
                 _registered_method=True)
+        self.RecordRunInput = channel.unary_unary(
+                '/chorus.v1.HistoryService/RecordRunInput',
+                request_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunInputRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunInputResponse.FromString,
+                _registered_method=True)
         self.AppendRunEvents = channel.unary_unary(
                 '/chorus.v1.HistoryService/AppendRunEvents',
                 request_serializer=chorus_dot_v1_dot_history__service__pb2.AppendRunEventsRequest.SerializeToString,
@@ -253,7 +258,8 @@ class HistoryServiceServicer(object):
         run then has `owner_instance` = the claimer, a fresh heartbeat, `lease_epoch` + 1 and
         `attempt` + 1, and the response carries its latest checkpoint. Only for the internal
         service identity. FAILED_PRECONDITION with reason RUN_ENDED (the run ended),
-        LEASE_HELD (its owner is alive) or LEASE_LOST (the epoch moved: another replica
+        LEASE_HELD (its owner is alive), INPUT_PENDING (it waits for input: RecordRunInput
+        makes it claimable) or LEASE_LOST (the epoch moved: another replica
         claimed it first); NOT_FOUND for a missing run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -296,13 +302,32 @@ class HistoryServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordRunInput(self, request, context):
+        """Records the answer to a waiting run's request for input, in one transaction: checks
+        the run is RUN_STATUS_AWAITING_INPUT with `pending_input.input_id` = `answer.input_id`
+        and that the answer's kind fits the request, appends `answer` as the run's next event
+        (`input_received`, stamped with the server's time), sets the record RUNNING with
+        `pending_input` cleared and its lease free (as ReleaseRun leaves it), and moves the
+        checkpoint's `seq` to the new event (the run continues from there). First answer wins:
+        a second answer to the same request is FAILED_PRECONDITION (reason INPUT_NOT_PENDING)
+        and changes nothing, unless it repeats the first answer's non-empty `request_id`, which
+        returns the first answer's event and record. NOT_FOUND for a missing run or another
+        user's (the internal service identity may answer any run: expiry); INVALID_ARGUMENT for
+        a malformed answer or one of the wrong kind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AppendRunEvents(self, request, context):
         """Appends a batch of events to a run's log. Seqs are gapless per run and start at 1.
         A batch that repeats already-stored events exactly is accepted; a gap or a conflicting
         duplicate is FAILED_PRECONDITION and nothing of the batch is stored. With `run` the
         record's masked fields are written in the same transaction (RecordRun's update rules:
         changing a terminal status is FAILED_PRECONDITION, and then nothing is stored); with
-        `checkpoint` the run's checkpoint is replaced in the same transaction. A non-zero
+        `checkpoint` the run's checkpoint is replaced in the same transaction. Writing the
+        status RUN_STATUS_AWAITING_INPUT (with `pending_input`) also releases the run's lease
+        in that transaction, as ReleaseRun does: a waiting run has no owner. A non-zero
         `lease_epoch` other than the run's is FAILED_PRECONDITION (reason LEASE_LOST) and
         stores nothing.
         """
@@ -416,6 +441,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.ListRunRecords,
                     request_deserializer=chorus_dot_v1_dot_history__service__pb2.ListRunRecordsRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_history__service__pb2.ListRunRecordsResponse.SerializeToString,
+            ),
+            'RecordRunInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRunInput,
+                    request_deserializer=chorus_dot_v1_dot_history__service__pb2.RecordRunInputRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_history__service__pb2.RecordRunInputResponse.SerializeToString,
             ),
             'AppendRunEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendRunEvents,
@@ -852,6 +882,33 @@ class HistoryService(object):
             '/chorus.v1.HistoryService/ListRunRecords',
             chorus_dot_v1_dot_history__service__pb2.ListRunRecordsRequest.SerializeToString,
             chorus_dot_v1_dot_history__service__pb2.ListRunRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRunInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.HistoryService/RecordRunInput',
+            chorus_dot_v1_dot_history__service__pb2.RecordRunInputRequest.SerializeToString,
+            chorus_dot_v1_dot_history__service__pb2.RecordRunInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,13 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_COMPLETED: _ClassVar[RunStatus]
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_CANCELLED: _ClassVar[RunStatus]
+    RUN_STATUS_AWAITING_INPUT: _ClassVar[RunStatus]
+
+class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INPUT_KIND_UNSPECIFIED: _ClassVar[InputKind]
+    INPUT_KIND_TEXT: _ClassVar[InputKind]
+    INPUT_KIND_APPROVAL: _ClassVar[InputKind]
 
 class OnDisconnect(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,9 +38,21 @@ RUN_STATUS_RUNNING: RunStatus
 RUN_STATUS_COMPLETED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELLED: RunStatus
+RUN_STATUS_AWAITING_INPUT: RunStatus
+INPUT_KIND_UNSPECIFIED: InputKind
+INPUT_KIND_TEXT: InputKind
+INPUT_KIND_APPROVAL: InputKind
 ON_DISCONNECT_UNSPECIFIED: OnDisconnect
 ON_DISCONNECT_CONTINUE: OnDisconnect
 ON_DISCONNECT_CANCEL: OnDisconnect
+
+class ApprovalDecision(_message.Message):
+    __slots__ = ("approved", "reason")
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    approved: bool
+    reason: str
+    def __init__(self, approved: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RunSpec(_message.Message):
     __slots__ = ("template", "team", "model_overrides", "input", "conversation_id", "max_turns", "request_id", "on_disconnect")
@@ -85,7 +104,7 @@ class RunError(_message.Message):
     def __init__(self, code: _Optional[_Union[_code_pb2.Code, str]] = ..., message: _Optional[str] = ..., retryable: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "owner", "spec", "conversation_id", "status", "turns", "final_answer", "error", "cancellation", "usage", "last_seq", "owner_instance", "heartbeat_time", "create_time", "start_time", "end_time", "update_time", "lease_epoch", "attempt")
+    __slots__ = ("id", "owner", "spec", "conversation_id", "status", "turns", "final_answer", "error", "cancellation", "usage", "last_seq", "owner_instance", "heartbeat_time", "create_time", "start_time", "end_time", "update_time", "lease_epoch", "attempt", "pending_input")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +124,7 @@ class Run(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_INPUT_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     spec: RunSpec
@@ -124,7 +144,8 @@ class Run(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     lease_epoch: int
     attempt: int
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    pending_input: RunEvent.InputRequested
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., attempt: _Optional[int] = ..., pending_input: _Optional[_Union[RunEvent.InputRequested, _Mapping]] = ...) -> None: ...
 
 class RunCheckpoint(_message.Message):
     __slots__ = ("seq", "team_state", "agents", "pending_agents", "turns", "usage", "message_count", "speakers", "last_message")
@@ -149,7 +170,7 @@ class RunCheckpoint(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., team_state: _Optional[bytes] = ..., agents: _Optional[_Iterable[_Union[_team_pb2.AgentSpec, _Mapping]]] = ..., pending_agents: _Optional[_Iterable[_Union[_team_pb2.AgentSpec, _Mapping]]] = ..., turns: _Optional[int] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., message_count: _Optional[int] = ..., speakers: _Optional[_Iterable[str]] = ..., last_message: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "seq", "time", "agent", "run_started", "agent_started", "agent_finished", "text_delta", "reasoning_delta", "message_completed", "tool_call_started", "tool_call_finished", "agent_updated", "progress", "artifact", "run_completed", "run_failed", "run_cancelled", "run_resumed")
+    __slots__ = ("run_id", "seq", "time", "agent", "run_started", "agent_started", "agent_finished", "text_delta", "reasoning_delta", "message_completed", "tool_call_started", "tool_call_finished", "agent_updated", "progress", "artifact", "run_completed", "run_failed", "run_cancelled", "run_resumed", "input_requested", "input_received")
     class RunStarted(_message.Message):
         __slots__ = ("run",)
         RUN_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +265,36 @@ class RunEvent(_message.Message):
         from_seq: int
         reason: str
         def __init__(self, attempt: _Optional[int] = ..., from_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    class InputRequested(_message.Message):
+        __slots__ = ("input_id", "kind", "prompt", "tool_call", "expire_time", "agent")
+        INPUT_ID_FIELD_NUMBER: _ClassVar[int]
+        KIND_FIELD_NUMBER: _ClassVar[int]
+        PROMPT_FIELD_NUMBER: _ClassVar[int]
+        TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
+        EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+        AGENT_FIELD_NUMBER: _ClassVar[int]
+        input_id: str
+        kind: InputKind
+        prompt: str
+        tool_call: _chat_pb2.ToolCall
+        expire_time: _timestamp_pb2.Timestamp
+        agent: str
+        def __init__(self, input_id: _Optional[str] = ..., kind: _Optional[_Union[InputKind, str]] = ..., prompt: _Optional[str] = ..., tool_call: _Optional[_Union[_chat_pb2.ToolCall, _Mapping]] = ..., expire_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[str] = ...) -> None: ...
+    class InputReceived(_message.Message):
+        __slots__ = ("input_id", "by", "text", "decision", "expired", "request_id")
+        INPUT_ID_FIELD_NUMBER: _ClassVar[int]
+        BY_FIELD_NUMBER: _ClassVar[int]
+        TEXT_FIELD_NUMBER: _ClassVar[int]
+        DECISION_FIELD_NUMBER: _ClassVar[int]
+        EXPIRED_FIELD_NUMBER: _ClassVar[int]
+        REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+        input_id: str
+        by: str
+        text: str
+        decision: ApprovalDecision
+        expired: bool
+        request_id: str
+        def __init__(self, input_id: _Optional[str] = ..., by: _Optional[str] = ..., text: _Optional[str] = ..., decision: _Optional[_Union[ApprovalDecision, _Mapping]] = ..., expired: bool = ..., request_id: _Optional[str] = ...) -> None: ...
     class RunCancelled(_message.Message):
         __slots__ = ("cancellation",)
         CANCELLATION_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +319,8 @@ class RunEvent(_message.Message):
     RUN_FAILED_FIELD_NUMBER: _ClassVar[int]
     RUN_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     RUN_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -287,4 +340,6 @@ class RunEvent(_message.Message):
     run_failed: RunEvent.RunFailed
     run_cancelled: RunEvent.RunCancelled
     run_resumed: RunEvent.RunResumed
-    def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[str] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., agent_started: _Optional[_Union[RunEvent.AgentStarted, _Mapping]] = ..., agent_finished: _Optional[_Union[RunEvent.AgentFinished, _Mapping]] = ..., text_delta: _Optional[_Union[RunEvent.TextDelta, _Mapping]] = ..., reasoning_delta: _Optional[_Union[RunEvent.ReasoningDelta, _Mapping]] = ..., message_completed: _Optional[_Union[RunEvent.MessageCompleted, _Mapping]] = ..., tool_call_started: _Optional[_Union[RunEvent.ToolCallStarted, _Mapping]] = ..., tool_call_finished: _Optional[_Union[RunEvent.ToolCallFinished, _Mapping]] = ..., agent_updated: _Optional[_Union[RunEvent.AgentUpdated, _Mapping]] = ..., progress: _Optional[_Union[RunEvent.Progress, _Mapping]] = ..., artifact: _Optional[_Union[RunEvent.Artifact, _Mapping]] = ..., run_completed: _Optional[_Union[RunEvent.RunCompleted, _Mapping]] = ..., run_failed: _Optional[_Union[RunEvent.RunFailed, _Mapping]] = ..., run_cancelled: _Optional[_Union[RunEvent.RunCancelled, _Mapping]] = ..., run_resumed: _Optional[_Union[RunEvent.RunResumed, _Mapping]] = ...) -> None: ...
+    input_requested: RunEvent.InputRequested
+    input_received: RunEvent.InputReceived
+    def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[str] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., agent_started: _Optional[_Union[RunEvent.AgentStarted, _Mapping]] = ..., agent_finished: _Optional[_Union[RunEvent.AgentFinished, _Mapping]] = ..., text_delta: _Optional[_Union[RunEvent.TextDelta, _Mapping]] = ..., reasoning_delta: _Optional[_Union[RunEvent.ReasoningDelta, _Mapping]] = ..., message_completed: _Optional[_Union[RunEvent.MessageCompleted, _Mapping]] = ..., tool_call_started: _Optional[_Union[RunEvent.ToolCallStarted, _Mapping]] = ..., tool_call_finished: _Optional[_Union[RunEvent.ToolCallFinished, _Mapping]] = ..., agent_updated: _Optional[_Union[RunEvent.AgentUpdated, _Mapping]] = ..., progress: _Optional[_Union[RunEvent.Progress, _Mapping]] = ..., artifact: _Optional[_Union[RunEvent.Artifact, _Mapping]] = ..., run_completed: _Optional[_Union[RunEvent.RunCompleted, _Mapping]] = ..., run_failed: _Optional[_Union[RunEvent.RunFailed, _Mapping]] = ..., run_cancelled: _Optional[_Union[RunEvent.RunCancelled, _Mapping]] = ..., run_resumed: _Optional[_Union[RunEvent.RunResumed, _Mapping]] = ..., input_requested: _Optional[_Union[RunEvent.InputRequested, _Mapping]] = ..., input_received: _Optional[_Union[RunEvent.InputReceived, _Mapping]] = ...) -> None: ...

@@ -182,6 +182,28 @@ class UpdateRunAgentResponse(_message.Message):
     agent: _team_pb2.AgentSpec
     def __init__(self, agent: _Optional[_Union[_team_pb2.AgentSpec, _Mapping]] = ...) -> None: ...
 
+class SubmitRunInputRequest(_message.Message):
+    __slots__ = ("run_id", "input_id", "text", "decision", "request_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    input_id: str
+    text: str
+    decision: _run_pb2.ApprovalDecision
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., input_id: _Optional[str] = ..., text: _Optional[str] = ..., decision: _Optional[_Union[_run_pb2.ApprovalDecision, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SubmitRunInputResponse(_message.Message):
+    __slots__ = ("run", "event")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    run: _run_pb2.Run
+    event: _run_pb2.RunEvent
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., event: _Optional[_Union[_run_pb2.RunEvent, _Mapping]] = ...) -> None: ...
+
 class ListTeamTemplatesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -84,6 +84,11 @@ class RunServiceStub(object):
                 request_serializer=chorus_dot_v1_dot_run__service__pb2.UpdateRunAgentRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_run__service__pb2.UpdateRunAgentResponse.FromString,
                 _registered_method=True)
+        self.SubmitRunInput = channel.unary_unary(
+                '/chorus.v1.RunService/SubmitRunInput',
+                request_serializer=chorus_dot_v1_dot_run__service__pb2.SubmitRunInputRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_run__service__pb2.SubmitRunInputResponse.FromString,
+                _registered_method=True)
         self.ListTeamTemplates = channel.unary_unary(
                 '/chorus.v1.RunService/ListTeamTemplates',
                 request_serializer=chorus_dot_v1_dot_run__service__pb2.ListTeamTemplatesRequest.SerializeToString,
@@ -186,6 +191,20 @@ class RunServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitRunInput(self, request, context):
+        """Answers a run's request for input (`input_requested`): text for a human agent's turn,
+        approve / deny for a tool call. Works on any replica: the answer is recorded with its
+        `input_received` event in one transaction (first answer wins) and the run continues on
+        whichever replica claims it. A repeat with the same `request_id` returns the first
+        result. NOT_FOUND for an unknown or another user's run; FAILED_PRECONDITION (reason
+        INPUT_NOT_PENDING) for an `input_id` that is unknown, stale or already answered (nothing
+        changes); INVALID_ARGUMENT (BadRequest) for a missing answer, empty or oversized text,
+        a decision for a text request or text for an approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTeamTemplates(self, request, context):
         """Lists the built-in team templates.
         """
@@ -240,6 +259,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.UpdateRunAgent,
                     request_deserializer=chorus_dot_v1_dot_run__service__pb2.UpdateRunAgentRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_run__service__pb2.UpdateRunAgentResponse.SerializeToString,
+            ),
+            'SubmitRunInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitRunInput,
+                    request_deserializer=chorus_dot_v1_dot_run__service__pb2.SubmitRunInputRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_run__service__pb2.SubmitRunInputResponse.SerializeToString,
             ),
             'ListTeamTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTeamTemplates,
@@ -495,6 +519,33 @@ class RunService(object):
             '/chorus.v1.RunService/UpdateRunAgent',
             chorus_dot_v1_dot_run__service__pb2.UpdateRunAgentRequest.SerializeToString,
             chorus_dot_v1_dot_run__service__pb2.UpdateRunAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitRunInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.RunService/SubmitRunInput',
+            chorus_dot_v1_dot_run__service__pb2.SubmitRunInputRequest.SerializeToString,
+            chorus_dot_v1_dot_run__service__pb2.SubmitRunInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,21 +23,22 @@ _sym_db = _symbol_database.Default()
 
 
 from chorus.v1 import chat_pb2 as chorus_dot_v1_dot_chat__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63horus/v1/team.proto\x12\tchorus.v1\x1a\x14\x63horus/v1/chat.proto\"\x88\x02\n\tAgentSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12\"\n\x05model\x18\x04 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05tools\x18\x07 \x03(\t\x12.\n\tsimulator\x18\x08 \x01(\x0b\x32\x1b.chorus.v1.SimulatorOptionsB\x0e\n\x0c_temperatureB\x14\n\x12_max_output_tokens\"\xca\x01\n\x08TeamSpec\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.chorus.v1.TeamKind\x12$\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x14.chorus.v1.AgentSpec\x12/\n\x12orchestrator_model\x18\x03 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x18\n\x10termination_text\x18\x04 \x01(\t\x12\x11\n\tmax_turns\x18\x05 \x01(\x05\x12\x17\n\x0fselector_prompt\x18\x06 \x01(\t\"\x8e\x01\n\x0cTeamTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12!\n\x04spec\x18\x04 \x01(\x0b\x32\x13.chorus.v1.TeamSpec\x12\x12\n\ninput_hint\x18\x05 \x01(\t\x12\x15\n\rexample_input\x18\x06 \x01(\t*\xa4\x01\n\x08TeamKind\x12\x19\n\x15TEAM_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TEAM_KIND_ROUND_ROBIN\x10\x01\x12\x16\n\x12TEAM_KIND_SELECTOR\x10\x02\x12\x1a\n\x16TEAM_KIND_MAGENTIC_ONE\x10\x03\x12\x18\n\x14TEAM_KIND_SEQUENTIAL\x10\x04\x12\x14\n\x10TEAM_KIND_SINGLE\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63horus/v1/team.proto\x12\tchorus.v1\x1a\x14\x63horus/v1/chat.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb9\x02\n\tAgentSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12\"\n\x05model\x18\x04 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05tools\x18\x07 \x03(\t\x12.\n\tsimulator\x18\x08 \x01(\x0b\x32\x1b.chorus.v1.SimulatorOptions\x12\r\n\x05human\x18\t \x01(\x08\x12 \n\x18tools_requiring_approval\x18\n \x03(\tB\x0e\n\x0c_temperatureB\x14\n\x12_max_output_tokens\"\x9e\x02\n\x08TeamSpec\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.chorus.v1.TeamKind\x12$\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x14.chorus.v1.AgentSpec\x12/\n\x12orchestrator_model\x18\x03 \x01(\x0b\x32\x13.chorus.v1.ModelRef\x12\x18\n\x10termination_text\x18\x04 \x01(\t\x12\x11\n\tmax_turns\x18\x05 \x01(\x05\x12\x17\n\x0fselector_prompt\x18\x06 \x01(\t\x12 \n\x18tools_requiring_approval\x18\x07 \x03(\t\x12\x30\n\rinput_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8e\x01\n\x0cTeamTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12!\n\x04spec\x18\x04 \x01(\x0b\x32\x13.chorus.v1.TeamSpec\x12\x12\n\ninput_hint\x18\x05 \x01(\t\x12\x15\n\rexample_input\x18\x06 \x01(\t*\xa4\x01\n\x08TeamKind\x12\x19\n\x15TEAM_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TEAM_KIND_ROUND_ROBIN\x10\x01\x12\x16\n\x12TEAM_KIND_SELECTOR\x10\x02\x12\x1a\n\x16TEAM_KIND_MAGENTIC_ONE\x10\x03\x12\x18\n\x14TEAM_KIND_SEQUENTIAL\x10\x04\x12\x14\n\x10TEAM_KIND_SINGLE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chorus.v1.team_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEAMKIND']._serialized_start=675
-  _globals['_TEAMKIND']._serialized_end=839
-  _globals['_AGENTSPEC']._serialized_start=58
-  _globals['_AGENTSPEC']._serialized_end=322
-  _globals['_TEAMSPEC']._serialized_start=325
-  _globals['_TEAMSPEC']._serialized_end=527
-  _globals['_TEAMTEMPLATE']._serialized_start=530
-  _globals['_TEAMTEMPLATE']._serialized_end=672
+  _globals['_TEAMKIND']._serialized_start=840
+  _globals['_TEAMKIND']._serialized_end=1004
+  _globals['_AGENTSPEC']._serialized_start=90
+  _globals['_AGENTSPEC']._serialized_end=403
+  _globals['_TEAMSPEC']._serialized_start=406
+  _globals['_TEAMSPEC']._serialized_end=692
+  _globals['_TEAMTEMPLATE']._serialized_start=695
+  _globals['_TEAMTEMPLATE']._serialized_end=837
 # @@protoc_insertion_point(module_scope)

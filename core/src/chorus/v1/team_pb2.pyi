@@ -1,4 +1,5 @@
 from chorus.v1 import chat_pb2 as _chat_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -23,7 +24,7 @@ TEAM_KIND_SEQUENTIAL: TeamKind
 TEAM_KIND_SINGLE: TeamKind
 
 class AgentSpec(_message.Message):
-    __slots__ = ("name", "description", "system_prompt", "model", "temperature", "max_output_tokens", "tools", "simulator")
+    __slots__ = ("name", "description", "system_prompt", "model", "temperature", "max_output_tokens", "tools", "simulator", "human", "tools_requiring_approval")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +33,8 @@ class AgentSpec(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     SIMULATOR_FIELD_NUMBER: _ClassVar[int]
+    HUMAN_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_REQUIRING_APPROVAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     system_prompt: str
@@ -40,23 +43,29 @@ class AgentSpec(_message.Message):
     max_output_tokens: int
     tools: _containers.RepeatedScalarFieldContainer[str]
     simulator: _chat_pb2.SimulatorOptions
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., temperature: _Optional[float] = ..., max_output_tokens: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., simulator: _Optional[_Union[_chat_pb2.SimulatorOptions, _Mapping]] = ...) -> None: ...
+    human: bool
+    tools_requiring_approval: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., temperature: _Optional[float] = ..., max_output_tokens: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., simulator: _Optional[_Union[_chat_pb2.SimulatorOptions, _Mapping]] = ..., human: bool = ..., tools_requiring_approval: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TeamSpec(_message.Message):
-    __slots__ = ("kind", "agents", "orchestrator_model", "termination_text", "max_turns", "selector_prompt")
+    __slots__ = ("kind", "agents", "orchestrator_model", "termination_text", "max_turns", "selector_prompt", "tools_requiring_approval", "input_timeout")
     KIND_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     ORCHESTRATOR_MODEL_FIELD_NUMBER: _ClassVar[int]
     TERMINATION_TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_TURNS_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_REQUIRING_APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     kind: TeamKind
     agents: _containers.RepeatedCompositeFieldContainer[AgentSpec]
     orchestrator_model: _chat_pb2.ModelRef
     termination_text: str
     max_turns: int
     selector_prompt: str
-    def __init__(self, kind: _Optional[_Union[TeamKind, str]] = ..., agents: _Optional[_Iterable[_Union[AgentSpec, _Mapping]]] = ..., orchestrator_model: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., termination_text: _Optional[str] = ..., max_turns: _Optional[int] = ..., selector_prompt: _Optional[str] = ...) -> None: ...
+    tools_requiring_approval: _containers.RepeatedScalarFieldContainer[str]
+    input_timeout: _duration_pb2.Duration
+    def __init__(self, kind: _Optional[_Union[TeamKind, str]] = ..., agents: _Optional[_Iterable[_Union[AgentSpec, _Mapping]]] = ..., orchestrator_model: _Optional[_Union[_chat_pb2.ModelRef, _Mapping]] = ..., termination_text: _Optional[str] = ..., max_turns: _Optional[int] = ..., selector_prompt: _Optional[str] = ..., tools_requiring_approval: _Optional[_Iterable[str]] = ..., input_timeout: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TeamTemplate(_message.Message):
     __slots__ = ("name", "title", "description", "spec", "input_hint", "example_input")
