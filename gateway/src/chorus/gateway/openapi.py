@@ -87,6 +87,14 @@ never answered: validation errors are 400 INVALID_ARGUMENT, `chorus.gateway.erro
 
 # Descriptors are typed loosely: the upb runtime's classes differ from the pure-Python stubs.
 _registry: dict[str, Any] = {}
+_named: dict[str, dict[str, Any]] = {}
+
+
+def named(name: str, schema: dict[str, Any]) -> dict[str, str]:
+    """A `$ref` to `schema` as the component `name` (a body that is no proto message, e.g.
+    `RunInput`; `install` adds it to the document)."""
+    _named[name] = schema
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def ref(descriptor: Any) -> dict[str, str]:
@@ -244,6 +252,7 @@ def install(app: FastAPI) -> None:
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(message_schemas(list(_registry.values())))
+        components.update(_named)
         components["Error"] = ERROR_SCHEMA
         for path, item in schema.get("paths", {}).items():
             if path.startswith(API_PATHS):

@@ -1,4 +1,5 @@
-"""WebSocket `/api/v1/ws`: chat, follow, cancel and ping over one socket (the seeds' protocol).
+"""WebSocket `/api/v1/ws`: chat, follow, cancel, input and ping over one socket (the seeds'
+protocol).
 
 Handshake: the `Origin` header must be the gateway's own origin or one of
 `ws_allowed_origins` (clients that send no Origin — not browsers — are allowed); then the
@@ -22,6 +23,12 @@ Client → server frames, JSON text (binary frames holding UTF-8 JSON are accept
         (runId defaults to the last run started or followed here)
         → {"type": "status", "status": "cancel_requested" | "cancel_ignored", "runId", "message"},
         always before the run's `run_cancelled` event (the run's events wait for the ack)
+    {"type": "input", "payload": {"runId": "…", "inputId": "turn1-1",
+                                  "decision": {"approved": true, "reason": "…"} | "text": "…",
+                                  "requestId": "…"}}
+        answers the run's `input_requested` (issue 21; runId defaults as for cancel)
+        → {"type": "status", "status": "input_submitted", "runId", "inputId", "run", "event"},
+        always before the run's `input_received` event; a repeat of the requestId → the same
 
 Payload keys may be lowerCamelCase or snake_case (`runId` or `run_id`), like proto3 JSON.
 
@@ -59,7 +66,7 @@ from starlette.websockets import WebSocketDisconnect
 from chorus.core import identity
 from chorus.core.errors import ChorusError, InvalidArgument, OutOfRange, PermissionDenied
 from chorus.core.logging import get_logger
-from chorus.gateway import errors, protojson
+from chorus.gateway import errors, inputs, protojson
 from chorus.gateway.api.deps import act_as
 from chorus.gateway.auth import Authenticator, Caller
 from chorus.gateway.clients import ServiceClients
@@ -77,7 +84,11 @@ FRAMES = Counter("chorus_gateway_ws_frames_total", "Frames received, by type.", 
 EVENTS = Counter("chorus_gateway_ws_events_total", "Run events sent over WebSockets.")
 
 DEFAULT_TEAM = "assistant"
-_ACTIVE = (run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING)
+_ACTIVE = (
+    run_pb2.RUN_STATUS_QUEUED,
+    run_pb2.RUN_STATUS_RUNNING,
+    run_pb2.RUN_STATUS_AWAITING_INPUT,
+)
 """A run in these may still add events; past the last one of any other, `afterSeq` is
 OUT_OF_RANGE."""
 
@@ -227,12 +238,14 @@ class Connection:
             "subscribe": self.on_subscribe,
             "unsubscribe": self.on_unsubscribe,
             "cancel": self.on_cancel,
+            "input": self.on_input,
         }.get(kind)
         FRAMES.labels(kind if handler else "unknown").inc()
         if handler is None:
             await self.send_error(
                 _FrameError(
-                    f"unknown frame type {kind!r}: use ping, chat, subscribe, unsubscribe, cancel"
+                    f"unknown frame type {kind!r}: use ping, chat, subscribe, unsubscribe, "
+                    "cancel, input"
                 )
             )
             return
@@ -351,6 +364,50 @@ class Connection:
                     "status": "cancel_requested" if reply.cancelled else "cancel_ignored",
                     "runId": run_id,
                     "message": reply.message,
+                }
+            )
+        finally:
+            del self._holds[run_id]
+            hold.set()
+
+    async def on_input(self, payload: dict[str, Any]) -> None:
+        """Answer a run's `input_requested` (RunService.SubmitRunInput, issue 21): the ack
+        `{"type": "status", "status": "input_submitted", "runId", "inputId", "run",
+        "event"}` — sent before the `input_received` event it announces reaches this
+        socket's follow of the run — or the error frame (INVALID_ARGUMENT with field
+        violations `payload.…`, FAILED_PRECONDITION `INPUT_NOT_PENDING`, NOT_FOUND) with
+        `runId` and `inputId`."""
+        run_id = _string(payload, "runId") or self.last_run_id
+        if not run_id:
+            raise _FrameError('"payload.runId" is required (no run started or followed yet)')
+        try:
+            submit = inputs.parse_input(
+                payload,
+                max_text_chars=self.settings.max_input_chars,
+                prefix="payload.",
+                extra=frozenset(("runId", "run_id")),
+            )
+        except InvalidArgument as exc:
+            await self.send_error(exc, runId=run_id)
+            return
+        submit.run_id = run_id
+        hold = self._holds[run_id] = asyncio.Event()
+        try:
+            try:
+                reply = await self.clients.runs.SubmitRunInput(
+                    submit, timeout=self.settings.rpc_timeout_s
+                )
+            except (grpc.aio.AioRpcError, ChorusError) as exc:
+                await self.send_error(exc, runId=run_id, inputId=submit.input_id)
+                return
+            await self.send(
+                {
+                    "type": "status",
+                    "status": "input_submitted",
+                    "runId": run_id,
+                    "inputId": submit.input_id,
+                    "run": protojson.to_dict(reply.run),
+                    "event": protojson.event_dict(reply.event),
                 }
             )
         finally:

@@ -18,6 +18,15 @@
 // MagenticOne orchestrator's facts, plan, instructions and final answer — is a card of its
 // own, closed when it completes. Artifacts (charts) show inside the card of the turn whose
 // tool made them, images inline.
+//
+// Input (issue 21, human in the loop): `input_requested` adds an input card to the
+// transcript — an approval shows the agent, the tool's name and its arguments (pretty JSON)
+// with Approve / Deny (Deny asks for an optional reason); a text request shows the prompt,
+// a textarea and Send. The card posts to POST /runs/{id}/input with a requestId made once
+// per card, so a double click answers once. `input_received` (or the reply of that POST)
+// shows the outcome on the card and its buttons go. A reload rebuilds the card from the
+// saved transcript or from the replayed events: pending until an input_received follows.
+// The conversation list marks conversations whose run waits ("waiting for you").
 "use strict";
 
 const API = "/api/v1";
@@ -25,6 +34,8 @@ const STORE_KEY = "chorus.run";
 const KEY_KEY = "chorus.apiKey";
 const SAVE_EVERY_MS = 300;
 const TERMINAL = new Set(["run_completed", "run_failed", "run_cancelled"]);
+const ACTIVE = new Set(["queued", "running", "awaiting_input"]);
+const STATUS_TEXT = { awaiting_input: "waiting for you" };
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, cls, text) => {
@@ -283,6 +294,25 @@ function apply(type, ev) {
       model.turns.push(note);
       return note;
     }
+    case "input_requested": {
+      const r = ev.inputRequested || {};
+      const call = r.toolCall || {};
+      model.status = "awaiting_input";
+      const item = { kind: "input", seq, inputId: r.inputId || "",
+                     approval: r.kind === "INPUT_KIND_APPROVAL", agent: r.agent || agent,
+                     prompt: r.prompt || "", tool: call.name || "", args: call.arguments || "",
+                     expireTime: r.expireTime || "", requestId: newRequestId(),
+                     answer: null, error: "" };
+      model.turns.push(item);
+      scheduleConversations();
+      return item;
+    }
+    case "input_received": {
+      const r = ev.inputReceived || {};
+      if (model.status === "awaiting_input") model.status = "running";
+      scheduleConversations();
+      return answerCard(r);
+    }
     case "run_completed":
       model.status = "completed";
       model.outcome = { kind: "completed", text: ev.runCompleted.finalAnswer || "(no answer)" };
@@ -316,6 +346,10 @@ function renderItem(item) {
   if (item.kind === "note") {
     node.textContent = item.text;
     node.classList.toggle("resumed", !!item.resumed);
+    return;
+  }
+  if (item.kind === "input") {
+    renderInput(item, node);
     return;
   }
   if (item.kind === "artifact") {   // a transcript saved by an earlier version of the page
@@ -360,6 +394,125 @@ function renderItem(item) {
   node.querySelector(".turn-text").textContent = item.text;
 }
 
+// ---------------------------------------------------------------------------------------
+// Input cards (issue 21)
+
+function newRequestId() {
+  return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+}
+
+function inputCard(inputId) {
+  return model.turns.find((x) => x.kind === "input" && x.inputId === inputId) || null;
+}
+
+// Records an answer (an input_received event, or the reply of our own POST) on its card.
+function answerCard(received) {
+  const item = inputCard(received.inputId || "");
+  if (!item) return null;
+  const decision = received.decision || null;
+  item.answer = { by: received.by || "", expired: !!received.expired,
+                  text: received.text === undefined ? null : received.text,
+                  approved: decision ? !!decision.approved : null,
+                  reason: decision ? (decision.reason || "") : "" };
+  item.error = "";
+  return item;
+}
+
+function prettyJson(text) {
+  try { return JSON.stringify(JSON.parse(text), null, 2); } catch (_) { return text; }
+}
+
+function answerText(item) {
+  const a = item.answer;
+  if (a.expired) return item.approval ? "Expired: nobody answered, so the call was denied" : "Expired: nobody answered";
+  if (item.approval) {
+    return a.approved ? `Approved by ${a.by || "?"}${a.reason ? `: ${a.reason}` : ""}`
+                      : `Denied by ${a.by || "?"}${a.reason ? `: ${a.reason}` : ""}`;
+  }
+  return `Answered by ${a.by || "?"}: ${a.text || ""}`;
+}
+
+function renderInput(item, node) {
+  node.className = "input-card";
+  node.dataset.testid = "input-card";
+  node.dataset.inputId = item.inputId;
+  node.dataset.state = item.answer ? (item.answer.expired ? "expired"
+    : item.approval ? (item.answer.approved ? "approved" : "denied") : "answered") : "pending";
+  const head = el("div", "input-head");
+  head.append(el("span", "turn-agent", item.agent || "the run"),
+              el("span", null, item.approval ? "asks to run a tool" : "asks you"));
+  const parts = [head];
+  if (item.prompt) parts.push(el("div", "input-prompt", item.prompt));
+  if (item.approval) {
+    parts.push(el("div", "input-tool", `tool: ${item.tool}`));
+    parts.push(el("pre", "input-args", prettyJson(item.args)));
+  }
+  if (item.answer) {
+    parts.push(el("div", `input-outcome ${node.dataset.state}`, answerText(item)));
+    node.replaceChildren(...parts);
+    return;
+  }
+  const actions = el("div", "input-actions");
+  const error = el("div", "input-error", item.error || "");
+  error.hidden = !item.error;
+  if (item.approval) {
+    const approve = el("button", "primary input-approve", "Approve");
+    const deny = el("button", "danger input-deny", "Deny");
+    approve.type = deny.type = "button";
+    const denyForm = el("div", "input-deny-form");
+    denyForm.hidden = true;
+    const reason = el("input", "input-reason");
+    reason.placeholder = "Why (optional)";
+    reason.maxLength = 1000;
+    const confirm = el("button", "danger input-deny-confirm", "Deny the call");
+    const back = el("button", "link", "back");
+    confirm.type = back.type = "button";
+    denyForm.append(reason, confirm, back);
+    approve.addEventListener("click", () => submitInput(item, node, { decision: { approved: true } }));
+    deny.addEventListener("click", () => { denyForm.hidden = false; actions.hidden = true; reason.focus(); });
+    back.addEventListener("click", () => { denyForm.hidden = true; actions.hidden = false; });
+    confirm.addEventListener("click", () => submitInput(item, node, {
+      decision: { approved: false, reason: reason.value.trim() } }));
+    reason.addEventListener("keydown", (e) => { if (e.key === "Enter") confirm.click(); });
+    actions.append(approve, deny);
+    parts.push(actions, denyForm);
+  } else {
+    const text = el("textarea", "input-text");
+    text.rows = 3;
+    text.placeholder = "Your answer";
+    const send = el("button", "primary input-send", "Send");
+    send.type = "button";
+    send.addEventListener("click", () => {
+      if (!text.value.trim()) { text.focus(); return; }
+      submitInput(item, node, { text: text.value });
+    });
+    actions.append(send);
+    parts.push(text, actions);
+  }
+  parts.push(error);
+  node.replaceChildren(...parts);
+}
+
+async function submitInput(item, node, answer) {
+  if (item.answer || node.dataset.sending) return;   // a double click answers once
+  node.dataset.sending = "1";
+  node.querySelectorAll("button, textarea, input").forEach((b) => { b.disabled = true; });
+  try {
+    const reply = await api(`/runs/${encodeURIComponent(model.runId)}/input`, {
+      method: "POST", body: { inputId: item.inputId, ...answer, requestId: item.requestId } });
+    answerCard((reply.event && reply.event.inputReceived) || {});
+    if (model.status === "awaiting_input") model.status = "running";
+    scheduleSave();
+  } catch (err) {
+    // Already answered (elsewhere, or expired): the stream shows the outcome soon.
+    item.error = err.code === "FAILED_PRECONDITION" ? `Not answered: ${err.message}` : `Could not answer: ${err.message}`;
+  } finally {
+    delete node.dataset.sending;
+  }
+  renderItem(item);
+  renderHead();
+}
+
 // An artifact: an image shown inline (SVG too: an <img> runs no script), else a download.
 function artifactNode(art) {
   const figure = el("figure", "artifact");
@@ -379,9 +532,9 @@ function renderHead() {
   $("run").hidden = false;
   $("run-title").textContent = model.title ? `${model.title} · ${model.runId.slice(0, 8)}` : model.runId.slice(0, 8);
   const status = $("status");
-  status.textContent = model.status;
+  status.textContent = STATUS_TEXT[model.status] || model.status;
   status.className = `status ${model.status}`;
-  const active = model.status === "running" || model.status === "queued";
+  const active = ACTIVE.has(model.status);
   $("cancel").disabled = !active;
   const bar = $("progress");
   bar.max = Math.max(model.maxTurns || 1, 1);
@@ -403,7 +556,7 @@ function renderAgents() {
   box.replaceChildren();
   $("agents-panel").hidden = !model || !model.agents.length;
   if (!model) return;
-  const active = model.status === "running" || model.status === "queued";
+  const active = ACTIVE.has(model.status);
   for (const agent of model.agents) {
     const form = $("agent-template").content.firstElementChild.cloneNode(true);
     form.dataset.agent = agent.name;
@@ -624,9 +777,31 @@ function describeTemplate() {
 
 let conversationsToken = "";
 
+let conversationsTimer = null;
+
+// Refreshes the conversation list soon (a run started or stopped waiting for a person).
+function scheduleConversations() {
+  if (conversationsTimer === null) {
+    conversationsTimer = setTimeout(() => { conversationsTimer = null; loadConversations(); }, 500);
+  }
+}
+
+// Conversations whose run waits for a person: an active run is its conversation's latest.
+async function waitingConversations() {
+  try {
+    const reply = await api("/runs?status=awaiting_input&pageSize=100");
+    return new Set((reply.runs || []).map((r) => r.conversationId));
+  } catch (_) {
+    return new Set();
+  }
+}
+
 async function loadConversations(more = false) {
   try {
-    const reply = await api(`/conversations?pageSize=20${more && conversationsToken ? `&pageToken=${encodeURIComponent(conversationsToken)}` : ""}`);
+    const [reply, waiting] = await Promise.all([
+      api(`/conversations?pageSize=20${more && conversationsToken ? `&pageToken=${encodeURIComponent(conversationsToken)}` : ""}`),
+      waitingConversations(),
+    ]);
     const list = $("conversations");
     if (!more) list.replaceChildren();
     for (const c of reply.conversations || []) {
@@ -634,6 +809,12 @@ async function loadConversations(more = false) {
       li.dataset.conversation = c.id;
       const title = el("button", "conversation-title", c.title || "(untitled)");
       title.type = "button";
+      if (waiting.has(c.id)) {
+        const badge = el("span", "badge waiting", "waiting for you");
+        badge.dataset.testid = "waiting-badge";
+        title.appendChild(badge);
+        li.classList.add("waiting");
+      }
       title.appendChild(el("span", "conversation-time", c.updateTime ? new Date(c.updateTime).toLocaleString() : ""));
       const runs = el("ul", "runs");
       title.addEventListener("click", () => toggleRuns(c.id, runs));

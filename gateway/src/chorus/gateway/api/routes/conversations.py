@@ -225,7 +225,11 @@ async def delete_conversation(
     everything goes in one transaction (HistoryService.DeleteConversation, issue 23). 404
     when it does not exist (or was already deleted)."""
     timeout = settings.rpc_timeout_s
-    for status in (run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING):
+    for status in (
+        run_pb2.RUN_STATUS_QUEUED,
+        run_pb2.RUN_STATUS_RUNNING,
+        run_pb2.RUN_STATUS_AWAITING_INPUT,  # active too: waits for a person (issue 21)
+    ):
         active = await runs.ListRuns(
             run_service_pb2.ListRunsRequest(
                 conversation_id=conversation_id, status=status, page_size=1000

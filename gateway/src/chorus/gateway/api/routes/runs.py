@@ -1,4 +1,4 @@
-"""Runs: start, stream, watch, resume, cancel, steer and export (RunService).
+"""Runs: start, stream, watch, resume, cancel, steer, answer and export (RunService).
 
 Bodies are proto3 JSON of the contract's messages. Resource methods answer the resource
 (`POST /runs` and `GET /runs/{id}` → `Run`, `PATCH …/agents/{name}` → `AgentSpec`), lists
@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from chorus.core.errors import InvalidArgument, NotFound
 from chorus.core.run_export import RUN_EXPORT_FORMAT, build_run_export, list_run_events
-from chorus.gateway import openapi, protojson, routing, sse
+from chorus.gateway import inputs, openapi, protojson, routing, sse
 from chorus.gateway.api.deps import (
     CallerDep,
     HistoryDep,
@@ -267,6 +267,34 @@ async def cancel_run(
         run_service_pb2.CancelRunRequest(run_id=run_id, reason=reason),
         timeout=settings.rpc_timeout_s,
     )
+    return protojson.response(reply)
+
+
+@router.post(
+    "/{run_id}/input",
+    summary="Answer a run's request for input (approve / deny a tool call, or text)",
+    operation_id="submitRunInput",
+    openapi_extra=inputs.openapi_body(),
+    responses=openapi.responses_of(
+        run_service_pb2.SubmitRunInputResponse,
+        "`{run, event}`: the run after the answer and the stored `input_received` event.",
+    ),
+)
+async def submit_run_input(
+    run_id: str, request: Request, caller: CallerDep, runs: RunsDep, settings: SettingsDep
+) -> Response:
+    """Answers the run's `input_requested` (issue 21): `decision` approves or denies the
+    tool call awaiting approval, `text` is a human agent's turn
+    (RunService.SubmitRunInput). The first answer wins; a repeat with the same `requestId`
+    returns the first result (a double click answers once). 400 INVALID_ARGUMENT with
+    field violations for a malformed answer (missing `inputId`, both or neither of `text`
+    and `decision`, empty text, text for an approval…); 400 FAILED_PRECONDITION, reason
+    `INPUT_NOT_PENDING`, for an `inputId` that is unknown, stale or already answered; 404
+    for an unknown or another user's run."""
+    data = await json_body(request)
+    submit = inputs.parse_input(data, max_text_chars=settings.max_input_chars)
+    submit.run_id = run_id
+    reply = await runs.SubmitRunInput(submit, timeout=settings.rpc_timeout_s)
     return protojson.response(reply)
 
 
