@@ -1,7 +1,16 @@
 """`chorus`: run, watch and inspect Chorus runs from the terminal, over gRPC.
 
 Exit codes: 0 success (run completed), 1 run failed, 2 usage error, 3 run cancelled,
-4 the service answered with an error or could not be reached, 5 detached from a live run.
+4 the service answered with an error or could not be reached, 5 detached from a live run,
+6 the run waits for input that this command did not ask for (`run` / `watch` with stdin not
+a terminal, `--no-input`, or Ctrl-D at the prompt: answer with `chorus runs input`),
+7 the input answered is not pending (`chorus runs input`: already answered — first answer
+wins —, expired, or the run does not wait for input).
+
+Human in the loop (issue 21, `chorus.cli.inputs`): `run` and `watch` on a terminal ask the
+questions a run asks (`input_requested`: approve a tool call, or a human agent's text) and
+send the answer with RunService.SubmitRunInput; `chorus runs input RUN_ID` answers from a
+script or another terminal.
 
 `chorus run` and `chorus watch` survive the loss of the orchestrator replica serving them:
 when the stream fails UNAVAILABLE (or is cancelled / reset by the server) they follow the
@@ -37,8 +46,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from chorus.cli import inputs
 from chorus.cli.client import Connection, reattachable
 from chorus.cli.client import channel as open_channel
+from chorus.cli.inputs import EXIT_AWAITING_INPUT, InputPrompter
 from chorus.cli.render import RunRenderer
 from chorus.core.run_export import build_run_export, list_run_events
 from chorus.v1 import (
@@ -51,9 +62,10 @@ from chorus.v1 import (
 )
 
 EXIT_FAILED, EXIT_CANCELLED, EXIT_RPC_ERROR, EXIT_DETACHED = 1, 3, 4, 5
+EXIT_INPUT_NOT_PENDING = 7
 
 app = typer.Typer(help="Run and watch Chorus agent teams.", no_args_is_help=True)
-runs_app = typer.Typer(help="List, show, cancel and export runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, show, answer, cancel and export runs.", no_args_is_help=True)
 conversations_app = typer.Typer(help="List and show conversations.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(conversations_app, name="conversations")
@@ -91,6 +103,16 @@ class Output(enum.StrEnum):
     tsv = "tsv"
     json = "json"
 
+
+NoInputOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-input",
+        help="Never ask at the terminal: when the run waits for input, print how to answer "
+        "(chorus runs input) and exit 6.",
+    ),
+]
+"""The `--no-input` option of `run` and `watch`."""
 
 OutputOption = Annotated[
     Output,
@@ -191,7 +213,13 @@ def _json(message: Any) -> dict[str, Any]:
 
 
 def _status_name(status: int) -> str:
+    """`running`, `awaiting_input`, … (what `runs list --status` takes)."""
     return run_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
+
+
+def _status_label(status: int) -> str:
+    """A status for people: `running`, `awaiting input`, …"""
+    return _status_name(status).replace("_", " ")
 
 
 OpenStream = Callable[[run_service_pb2_grpc.RunServiceStub], Any]
@@ -203,14 +231,17 @@ async def _follow(
     open_first: OpenStream,
     renderer: RunRenderer,
     reattach_s: float,
+    prompter: InputPrompter | None = None,
 ) -> None:
     """Render the run's events until its stream ends; when the stream fails in a way
     another replica can take over (`reattachable`), follow the run again after the last
     seq rendered (WatchRun), with jittered backoff for up to `reattach_s` seconds without
-    news.
+    news. With `prompter`, a pending request for input is asked next to the stream.
 
     Raises:
         grpc.aio.AioRpcError: a final error, or the last one when the time ran out.
+        inputs.AwaitingInput: the run waits for input this command does not ask for.
+        inputs.SubmitFailed: the answer typed could not be sent.
     """
 
     def retryable(error: BaseException) -> bool:
@@ -250,11 +281,17 @@ async def _follow(
         async for attempt in retrying:
             with attempt:
                 call = open_call()
-                item = await call.read()  # the first news (or the error) of this call
+                # the first news (or the error) of this call
+                item = await inputs.next_item(call, prompter)
         try:
             while item is not grpc.aio.EOF:
-                renderer.handle(item.event)
-                item = await call.read()
+                event = item.event  # type: ignore[attr-defined]
+                if prompter is not None:
+                    await prompter.before(event)
+                renderer.handle(event)
+                if prompter is not None:
+                    await prompter.after(event)
+                item = await inputs.next_item(call, prompter)
             return
         except grpc.aio.AioRpcError as err:
             if not retryable(err):
@@ -277,24 +314,48 @@ def _parse_models(models: list[str]) -> dict[str, chat_pb2.ModelRef]:
 
 
 def _stream_run(
-    open_first: OpenStream, on_interrupt: OnInterrupt, *, run_id: str = "", after_seq: int = 0
+    open_first: OpenStream,
+    on_interrupt: OnInterrupt,
+    *,
+    run_id: str = "",
+    after_seq: int = 0,
+    no_input: bool = False,
 ) -> int:
-    """Render a run stream (reattaching to another replica when its own goes away); handle
-    Ctrl-C by cancelling or detaching. Returns the exit code."""
+    """Render a run stream (reattaching to another replica when its own goes away); ask
+    the run's requests for input on a terminal (not with `no_input`: then stop at one,
+    exit code 6); handle Ctrl-C by cancelling or detaching. Returns the exit code."""
     renderer = RunRenderer(console)
     renderer.last_seq = after_seq
     renderer.run_id = run_id
+    interactive = not no_input and sys.stdin.isatty()
 
     async def main() -> None:
         async with open_channel(_conn.orchestrator) as channel:
+            stub = _conn.runs(channel)
+            prompter = InputPrompter(
+                stub, _conn.metadata, console, renderer, interactive=interactive
+            )
             with renderer:
-                await _follow(_conn.runs(channel), open_first, renderer, _options["reattach_s"])
+                try:
+                    await _follow(stub, open_first, renderer, _options["reattach_s"], prompter)
+                finally:
+                    await prompter.withdraw()
 
     try:
         asyncio.run(main())
     except ValueError as err:  # a malformed address list
         err_console.print(f"[red]error:[/red] {err}")
         return 2
+    except inputs.AwaitingInput as waiting:
+        inputs.print_how_to_answer(console, waiting.run_id, waiting.request)
+        return EXIT_AWAITING_INPUT
+    except inputs.SubmitFailed as failed:
+        _print_rpc_error(failed.error)
+        err_console.print(
+            f"the answer was not sent; answer with `chorus runs input {renderer.run_id}` "
+            f"or follow it again with: chorus watch {renderer.run_id} --after {renderer.last_seq}"
+        )
+        return EXIT_RPC_ERROR
     except grpc.aio.AioRpcError as err:
         _print_rpc_error(err)
         if renderer.run_id and not renderer.outcome:
@@ -355,8 +416,12 @@ def run(
     on_interrupt: Annotated[
         OnInterrupt, typer.Option(help="On Ctrl-C: ask (on a terminal), cancel or detach.")
     ] = OnInterrupt.ask,
+    no_input: NoInputOption = False,
 ) -> None:
-    """Start a run of TEMPLATE and stream it live until it ends."""
+    """Start a run of TEMPLATE and stream it live until it ends. When the run asks for
+    input (a tool call to approve, a human agent's turn), asks at the terminal and sends
+    the answer; with stdin not a terminal or --no-input, prints how to answer and exits 6
+    while the run waits."""
     spec = run_pb2.RunSpec(
         template=template,
         input=input,
@@ -370,6 +435,7 @@ def run(
             run_service_pb2.StreamRunRequest(spec=spec), metadata=_conn.metadata
         ),
         on_interrupt,
+        no_input=no_input,
     )
     raise typer.Exit(code)
 
@@ -381,8 +447,11 @@ def watch(
     on_interrupt: Annotated[
         OnInterrupt, typer.Option(help="On Ctrl-C: ask (on a terminal), cancel or detach.")
     ] = OnInterrupt.detach,
+    no_input: NoInputOption = False,
 ) -> None:
-    """Follow a run (live or finished) from the event after --after."""
+    """Follow a run (live or finished) from the event after --after. A request for input
+    the run still waits for is asked at the terminal (with stdin not a terminal or
+    --no-input: how to answer is printed, exit 6)."""
     code = _stream_run(
         lambda stub: stub.WatchRun(
             run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after), metadata=_conn.metadata
@@ -390,6 +459,7 @@ def watch(
         on_interrupt,
         run_id=run_id,
         after_seq=after,
+        no_input=no_input,
     )
     raise typer.Exit(code)
 
@@ -400,7 +470,8 @@ def runs_list(
     status: Annotated[
         str,
         typer.Option(
-            help="Only runs with this status: queued, running, completed, failed, cancelled."
+            help="Only runs with this status: queued, running, awaiting_input, completed, "
+            "failed, cancelled."
         ),
     ] = "",
     limit: Annotated[int, typer.Option(min=1, help="Page size.")] = 20,
@@ -411,7 +482,8 @@ def runs_list(
     status_value = 0
     if status:
         try:
-            status_value = run_pb2.RunStatus.Value(f"RUN_STATUS_{status.upper()}")
+            name = status.strip().upper().replace("-", "_").replace(" ", "_")
+            status_value = run_pb2.RunStatus.Value(f"RUN_STATUS_{name}")
         except ValueError:
             raise typer.BadParameter(f"unknown status {status!r}") from None
 
@@ -425,10 +497,13 @@ def runs_list(
             )
 
     reply = _run(call)
+    table = output == Output.table or (
+        output == Output.auto and not as_json and console.is_terminal
+    )
     rows = [
         (
             r.id,
-            _status_name(r.status),
+            _status_label(r.status) if table else _status_name(r.status),
             r.spec.template or "inline",
             str(r.turns),
             r.create_time.ToDatetime().isoformat(timespec="seconds"),
@@ -484,7 +559,10 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> N
                 run_service_pb2.GetRunRequest(run_id=run_id), metadata=_conn.metadata
             )
 
-    console.print_json(data=_json(_run(call).run))
+    run = _run(call).run
+    console.print_json(data=_json(run))
+    if run.status == run_pb2.RUN_STATUS_AWAITING_INPUT and run.pending_input.input_id:
+        inputs.print_how_to_answer(err_console, run.id, run.pending_input)
 
 
 @runs_app.command("cancel")
@@ -494,7 +572,122 @@ def runs_cancel(
 ) -> None:
     """Cancel a run (a no-op that says so when it has already ended)."""
     reply = _run(lambda: _cancel(run_id, reason))
-    console.print(f"{reply.message} (status {_status_name(reply.run.status)})")
+    console.print(f"{reply.message} (status {_status_label(reply.run.status)})")
+
+
+@runs_app.command("input")
+def runs_input(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    input_id: Annotated[
+        str,
+        typer.Option(
+            "--input-id",
+            help="The request answered (input_requested's input_id; default: the one the "
+            "run waits for).",
+            show_default=False,
+        ),
+    ] = "",
+    approve: Annotated[bool, typer.Option("--approve", help="Approve the tool call.")] = False,
+    deny: Annotated[bool, typer.Option("--deny", help="Deny the tool call.")] = False,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (with --deny or --approve; the agent sees it).")
+    ] = "",
+    text: Annotated[
+        str | None,
+        typer.Option(
+            "--text",
+            help="A human agent's answer (its message); '-' reads it from stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    request_id: Annotated[
+        str, typer.Option(help="Idempotency key: a repeat returns the first result.")
+    ] = "",
+) -> None:
+    """Answer a run's request for input (issue 21): approve or deny a tool call, or give a
+    human agent's text. Prints the answer as recorded; exits 7 when the request is not
+    pending (answered first by someone else, expired, or the run does not wait)."""
+    chosen = [flag for flag, on in (("--approve", approve), ("--deny", deny)) if on]
+    if text is not None:
+        chosen.append("--text")
+    if len(chosen) != 1:
+        raise typer.BadParameter(
+            "give exactly one answer: --approve, --deny [--reason R] or --text T"
+            + (f" (got {' and '.join(chosen)})" if chosen else ""),
+            param_hint="--approve / --deny / --text",
+        )
+    answer: inputs.Answer
+    if text is not None:
+        if reason:
+            raise typer.BadParameter(
+                "--reason goes with --approve or --deny, not --text", param_hint="--reason"
+            )
+        answer = sys.stdin.read() if text == "-" else text
+        answer = answer.removesuffix("\n") if text == "-" else answer
+        if not answer.strip():
+            raise typer.BadParameter("the answer is empty", param_hint="--text")
+    else:
+        answer = run_pb2.ApprovalDecision(approved=approve, reason=reason)
+
+    async def call() -> run_service_pb2.SubmitRunInputResponse | run_pb2.Run:
+        async with open_channel(_conn.orchestrator) as channel:
+            stub = _conn.runs(channel)
+            answered = input_id
+            if not answered:
+                run = (
+                    await stub.GetRun(
+                        run_service_pb2.GetRunRequest(run_id=run_id), metadata=_conn.metadata
+                    )
+                ).run
+                if (
+                    run.status != run_pb2.RUN_STATUS_AWAITING_INPUT
+                    or not run.pending_input.input_id
+                ):
+                    return run
+                pending = run.pending_input
+                if isinstance(answer, str) == inputs.is_approval(pending):
+                    asked = "an approval" if inputs.is_approval(pending) else "a text answer"
+                    use = "--approve or --deny" if inputs.is_approval(pending) else "--text"
+                    raise typer.BadParameter(
+                        f"run {run_id} waits for {asked} (input {pending.input_id}): use {use}",
+                        param_hint="--approve / --deny / --text",
+                    )
+                answered = pending.input_id
+            return await inputs.submit(
+                stub, _conn.metadata, run_id, answered, answer, request_id=request_id
+            )
+
+    try:
+        reply = asyncio.run(call())
+    except ValueError as err:  # a malformed address list
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    except grpc.aio.AioRpcError as err:
+        _print_rpc_error(err)
+        if inputs.is_not_pending(err):
+            err_console.print(
+                f"input {input_id} of run {run_id} is not pending: it was answered already "
+                "(first answer wins), it expired, or the run went on or ended. "
+                f"See `chorus runs show {run_id}`.",
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_INPUT_NOT_PENDING) from None
+        raise typer.Exit(EXIT_RPC_ERROR) from None
+    if isinstance(reply, run_pb2.Run):
+        err_console.print(
+            f"[red]error:[/red] run {run_id} is not waiting for input "
+            f"(status {_status_label(reply.status)})",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INPUT_NOT_PENDING)
+    received = reply.event.input_received
+    line, _ = inputs.received_text(received)
+    console.print(
+        f"{line} — input {received.input_id} of run {run_id} (seq {reply.event.seq}); "
+        f"the run is {_status_label(reply.run.status)}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @runs_app.command("export")

@@ -11,15 +11,23 @@ message completed, an agent finished (where the orchestrator checkpoints a run);
 it stays in the live area. So when the run continues on another replica (`run_resumed`:
 the events after `from_seq` were the interrupted turn's), that partial message is replaced:
 the live area is cleared, a line says the turn restarts, and the turn renders again.
+
+A request for input (issue 21) is a boundary too (the run parks there): `⏸ waiting for
+approval of calculator({…}) — input turn1-1`, then its answer, `✔ approved by alice`,
+`✖ denied by alice: reason` or `✖ input turn1-1 expired …`.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
+from chorus.cli.inputs import received_text, requested_text
 from chorus.v1 import run_pb2
 
 TERMINAL = ("run_completed", "run_failed", "run_cancelled")
@@ -73,6 +81,20 @@ class RunRenderer:
         self._commit(self.last_seq)
         self.live.update(self._view())
         self.live.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Everything shown so far printed for good and the live area stopped, so a prompt
+        (`chorus.cli.inputs`) owns the terminal; the live area comes back after."""
+        self._flush_text()
+        self._commit(self.committed_seq)
+        self.live.update(self._view())
+        self.live.stop()
+        try:
+            yield
+        finally:
+            self.live.start()
+            self.live.update(self._view())
 
     def note(self, message: str) -> None:
         """A status line of the CLI's own (e.g. following the run again)."""
@@ -186,6 +208,17 @@ class RunRenderer:
                     style="blue",
                 )
             )
+        elif kind == "input_requested":
+            # The run parks here (its checkpoint is stored): a boundary.
+            self._flush_text()
+            self._emit(
+                Text(f"  {requested_text(event.agent, event.input_requested)}", style="bold yellow")
+            )
+            self._commit(event.seq)
+        elif kind == "input_received":
+            line, style = received_text(event.input_received)
+            self._emit(Text(f"  {line}", style=style))
+            self._commit(event.seq)
         elif kind == "agent_finished":
             self._flush_text()
             self._commit(event.seq)
