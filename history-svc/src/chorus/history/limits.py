@@ -38,6 +38,11 @@ MAX_CLAIM_OWNER_INSTANCE_CHARS = 128  # contract: ClaimRunRequest.owner_instance
 MAX_STALE_AFTER_S = 86_400  # ClaimRunRequest.stale_after: at most a day
 MAX_CHECKPOINT_STATE_BYTES = 16 * 1024 * 1024  # contract: RunCheckpoint.team_state
 
+MAX_INPUT_ID_CHARS = 128  # InputRequested.input_id / InputReceived.input_id (issue 21)
+MAX_INPUT_TEXT_BYTES = 64 * 1024  # contract: InputReceived.text, 1 byte..64 KiB
+MAX_DECISION_REASON_CHARS = 1000  # contract: ApprovalDecision.reason
+MAX_INPUT_PROMPT_BYTES = 64 * 1024  # InputRequested.prompt (a human agent's prompt ≤ 32 KiB)
+
 MAX_EVENTS_PER_APPEND = 1000  # contract: AppendRunEventsRequest.events
 MAX_BATCHES_PER_APPEND = 1000  # contract: AppendRunEventBatchesRequest.batches
 MAX_EVENTS_PER_BATCHES_APPEND = 10_000  # contract: AppendRunEventBatchesRequest, all batches

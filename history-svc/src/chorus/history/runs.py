@@ -12,8 +12,9 @@ and ReleaseRun there (issue 18, "Durable runs").
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from chorus.core.errors import FailedPrecondition
+from chorus.core.errors import FailedPrecondition, InvalidArgument
 from chorus.history.timeutil import set_ts, ts_to_us
 from chorus.v1 import history_service_pb2, run_pb2
 
@@ -29,6 +30,7 @@ UPDATABLE_PATHS = (
     "heartbeat_time",
     "start_time",
     "end_time",
+    "pending_input",
 )
 """RecordRun update-mask paths; `spec`, `conversation_id`, `owner` and times of creation are
 immutable."""
@@ -36,13 +38,20 @@ immutable."""
 HEARTBEAT_PATHS = ("heartbeat_time", "owner_instance", "turns", "usage", "last_seq")
 """The fields a heartbeat writes (RecordRunHeartbeats' comment)."""
 
-ACTIVE = frozenset({run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING})
+ACTIVE = frozenset(
+    {run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING, run_pb2.RUN_STATUS_AWAITING_INPUT}
+)
+"""Statuses of a run that is not over: its conversation is busy (one active run per
+conversation), watchers keep following it. AWAITING_INPUT is active (issue 21)."""
+AWAITING = run_pb2.RUN_STATUS_AWAITING_INPUT
 TERMINAL = frozenset(
     {run_pb2.RUN_STATUS_COMPLETED, run_pb2.RUN_STATUS_FAILED, run_pb2.RUN_STATUS_CANCELLED}
 )
 _MESSAGE_PATHS = frozenset(
-    {"error", "cancellation", "usage", "heartbeat_time", "start_time", "end_time"}
+    {"error", "cancellation", "usage", "heartbeat_time", "start_time", "end_time", "pending_input"}
 )
+EXPIRED_REASON = "EXPIRED"
+"""`ApprovalDecision.reason` of an approval that expired unanswered (issue 21)."""
 
 
 def prepare_new(run: run_pb2.Run, owner: str, now_us: int) -> run_pb2.Run:
@@ -59,6 +68,7 @@ def prepare_new(run: run_pb2.Run, owner: str, now_us: int) -> run_pb2.Run:
     if out.status == run_pb2.RUN_STATUS_UNSPECIFIED:
         out.status = run_pb2.RUN_STATUS_QUEUED
     _start_lease(out)
+    _waiting_rules(out, out.status == AWAITING)
     if not out.HasField("create_time"):
         set_ts(out.create_time, now_us)
     _default_times(out, now_us)
@@ -79,6 +89,9 @@ def apply_update(
       the caller did not give them; reaching RUNNING also starts the lease (`lease_epoch`
       and `attempt` 1 when still 0). `lease_epoch` and `attempt` are not updatable: only
       ClaimRun moves them.
+    * Writing the status AWAITING_INPUT releases the lease as ReleaseRun does (issue 21: a
+      waiting run has no owner); `pending_input` is kept only while the run is
+      AWAITING_INPUT — any other status clears it in the same write.
 
     Raises:
         FailedPrecondition: a terminal status would change.
@@ -107,6 +120,7 @@ def apply_update(
             setattr(out, path, getattr(values, path))
     if out.status == run_pb2.RUN_STATUS_RUNNING and stored.status != run_pb2.RUN_STATUS_RUNNING:
         _start_lease(out)
+    _waiting_rules(out, "status" in paths and values.status == AWAITING)
     _default_times(out, now_us)
     # Strictly increasing per write (the row is locked), so it versions cached copies.
     set_ts(out.update_time, max(now_us, (ts_to_us(stored.update_time) or 0) + 1))
@@ -142,7 +156,8 @@ def apply_heartbeats(
     run, or a heartbeat whose non-zero `lease_epoch` is not the run's (its sender lost the
     lease: RunHeartbeat.lease_epoch) or whose lease was released (ReleaseRun: a late
     heartbeat of the owner that gave the run up must not make it look owned again and
-    delay its claim), `(the stored run, False)` — the heartbeat does not change it; None
+    delay its claim), or a run AWAITING_INPUT (issue 21: the owner that parked it must not
+    take its lease back), `(the stored run, False)` — the heartbeat does not change it; None
     for a run not in `stored` (missing, or hidden from the caller).
 
     The update is `apply_update` with `HEARTBEAT_PATHS`, so `last_seq` never decreases and
@@ -155,6 +170,7 @@ def apply_heartbeats(
             out.append(None)
         elif (
             run.status in TERMINAL
+            or run.status == AWAITING
             or not lease_matches(run, values.lease_epoch)
             or (values.lease_epoch and released(run))
         ):
@@ -224,11 +240,23 @@ def claim(
 
     Raises:
         FailedPrecondition: reason RUN_ENDED (terminal status, or `ended`: its terminal
-            event is stored), LEASE_LOST (`lease_epoch` is not the stored one) or
-            LEASE_HELD (the owner is alive); checked in that order.
+            event is stored), INPUT_PENDING (the run is AWAITING_INPUT: RecordRunInput
+            makes it claimable, issue 21), LEASE_LOST (`lease_epoch` is not the stored
+            one) or LEASE_HELD (the owner is alive); checked in that order.
     """
     if stored.status in TERMINAL or ended:
         raise _run_ended(stored)
+    if stored.status == AWAITING:
+        raise FailedPrecondition(
+            f"run {stored.id} waits for input ({stored.pending_input.input_id!r}): "
+            f"it is claimable once RecordRunInput answered it",
+            reason="INPUT_PENDING",
+            metadata={
+                "run_id": stored.id,
+                "input_id": stored.pending_input.input_id,
+                "lease_epoch": str(stored.lease_epoch),
+            },
+        )
     if lease_epoch != stored.lease_epoch:
         raise lease_lost(stored, lease_epoch)
     age_us = now_us - heartbeat_us(stored)
@@ -272,11 +300,26 @@ def release(stored: run_pb2.Run, ended: bool, lease_epoch: int, now_us: int) -> 
         return None
     out = run_pb2.Run()
     out.CopyFrom(stored)
-    out.owner_instance = ""
-    out.heartbeat_time.Clear()
-    out.heartbeat_time.SetInParent()  # present and zero: 1970-01-01T00:00:00Z
+    _free_lease(out)
     set_ts(out.update_time, max(now_us, (ts_to_us(stored.update_time) or 0) + 1))
     return out
+
+
+def _free_lease(run: run_pb2.Run) -> None:
+    """The lease as ReleaseRun leaves it: no owner, `heartbeat_time` present and zero
+    (1970-01-01T00:00:00Z); the epoch stays for the next claimer to compare."""
+    run.owner_instance = ""
+    run.heartbeat_time.Clear()
+    run.heartbeat_time.SetInParent()
+
+
+def _waiting_rules(run: run_pb2.Run, parked: bool) -> None:
+    """Issue 21: `pending_input` only while AWAITING_INPUT; `parked` (the write sets that
+    status) frees the lease."""
+    if run.status != AWAITING:
+        run.ClearField("pending_input")
+    elif parked:
+        _free_lease(run)
 
 
 def _run_ended(stored: run_pb2.Run) -> FailedPrecondition:
@@ -302,3 +345,101 @@ def _default_times(run: run_pb2.Run, now_us: int) -> None:
         set_ts(run.start_time, now_us)
     if run.status in TERMINAL and not run.HasField("end_time"):
         set_ts(run.end_time, now_us)
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredInput:
+    """Outcome of `answer_input` (RecordRunInput, issue 21).
+
+    Attributes:
+        run: the run after the call (as stored when `new` is False).
+        event: the `input_received` event: the new one, or the one stored first (a repeat).
+        new: the event is to be stored and `run` written (False: an idempotent repeat,
+            nothing is written).
+    """
+
+    run: run_pb2.Run
+    event: run_pb2.RunEvent
+    new: bool
+
+
+def answer_input(
+    stored: run_pb2.Run,
+    answer: run_pb2.RunEvent.InputReceived,
+    answered: Sequence[run_pb2.RunEvent],
+    next_seq: int,
+    now_us: int,
+) -> AnsweredInput:
+    """RecordRunInput's rule on `stored` (read under the run's lock; RecordRunInput's
+    comment in proto/chorus/v1/history_service.proto): first answer wins.
+
+    `answered` are the run's stored `input_received` events, `next_seq` the seq after its
+    stored log. An earlier answer to `answer.input_id` is returned as it is when `answer`
+    repeats its non-empty `request_id` (nothing to write). Otherwise the run must wait for
+    exactly this input; the answer's kind must fit the request. The new event is `{run_id,
+    seq = next_seq, time = now, agent = pending_input.agent, input_received = answer}` (an
+    expired approval is a denial with reason `EXPIRED`); the run becomes RUNNING with
+    `pending_input` cleared, its lease free (as ReleaseRun leaves it; the epoch stays, for
+    the next claimer) and `last_seq` = `next_seq`.
+
+    Raises:
+        FailedPrecondition: reason INPUT_NOT_PENDING (answered already, or not the input
+            the run waits for); metadata `run_id`, `status`, `pending_input_id`.
+        InvalidArgument: the answer's kind does not fit the request (field
+            `answer.decision` for a text request, `answer.text` for an approval).
+    """
+    for earlier in answered:
+        if earlier.input_received.input_id == answer.input_id:
+            if answer.request_id and earlier.input_received.request_id == answer.request_id:
+                return AnsweredInput(stored, earlier, False)
+            raise _input_not_pending(stored, answer.input_id, "it was answered already")
+    pending = stored.pending_input
+    if stored.status != AWAITING or pending.input_id != answer.input_id:
+        raise _input_not_pending(stored, answer.input_id, "the run does not wait for it")
+    given = answer.WhichOneof("answer")
+    if pending.kind == run_pb2.INPUT_KIND_TEXT and given == "decision":
+        raise InvalidArgument(
+            f"input {pending.input_id!r} asks for text, not a decision",
+            [("answer.decision", "a text request is answered with text")],
+        )
+    if pending.kind == run_pb2.INPUT_KIND_APPROVAL and given == "text":
+        raise InvalidArgument(
+            f"input {pending.input_id!r} asks for an approval, not text",
+            [("answer.text", "an approval is answered with a decision")],
+        )
+    event = run_pb2.RunEvent(run_id=stored.id, seq=next_seq, agent=pending.agent)
+    set_ts(event.time, now_us)
+    event.input_received.CopyFrom(answer)
+    if answer.expired and pending.kind == run_pb2.INPUT_KIND_APPROVAL:
+        event.input_received.decision.CopyFrom(
+            run_pb2.ApprovalDecision(approved=False, reason=EXPIRED_REASON)
+        )
+    out = run_pb2.Run()
+    out.CopyFrom(stored)
+    out.status = run_pb2.RUN_STATUS_RUNNING
+    out.ClearField("pending_input")
+    _free_lease(out)
+    out.last_seq = max(stored.last_seq, next_seq)
+    set_ts(out.update_time, max(now_us, (ts_to_us(stored.update_time) or 0) + 1))
+    return AnsweredInput(out, event, True)
+
+
+def _input_not_pending(stored: run_pb2.Run, input_id: str, why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"run {stored.id}: input {input_id!r} is not pending ({why}); the run is "
+        f"{run_pb2.RunStatus.Name(stored.status)}",
+        reason="INPUT_NOT_PENDING",
+        metadata={
+            "run_id": stored.id,
+            "status": run_pb2.RunStatus.Name(stored.status),
+            "pending_input_id": stored.pending_input.input_id,
+        },
+    )
+
+
+def moved_checkpoint(data: bytes, seq: int) -> bytes:
+    """A serialized `RunCheckpoint` with its `seq` moved to `seq` (RecordRunInput: the run
+    continues from its answer)."""
+    checkpoint = run_pb2.RunCheckpoint.FromString(data)
+    checkpoint.seq = seq
+    return checkpoint.SerializeToString(deterministic=True)

@@ -528,6 +528,37 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             resp.next_page_token = pagination.encode(query, [ts_to_us(last.create_time), last.id])
         return resp
 
+    async def RecordRunInput(
+        self, request: pb.RecordRunInputRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordRunInputResponse:
+        """RecordRunInput (issue 21, human in the loop; the RPC's comment is the contract):
+        first answer wins. In one transaction on the run's locked row
+        (`Store.record_input`, rules in `runs.answer_input`): the `input_received` event
+        appended at the run's next seq, the record RUNNING with `pending_input` cleared and
+        its lease free, the checkpoint's `seq` moved to the event. After the commit the
+        event goes to the live log and the record to the cache, as AppendRunEvents does.
+
+        Raises:
+            InvalidArgument: `run_id` not a UUID, a malformed answer (BadRequest field
+                `answer…`), or one of the wrong kind (`answer.decision` / `answer.text`).
+            NotFound: no such run, or another user's (the internal service identity may
+                answer any run: expiry).
+            FailedPrecondition: INPUT_NOT_PENDING (metadata `status`, `pending_input_id`).
+        """
+        ident = current_identity()
+        v = Violations()
+        run_id = validation.uuid_field(v, "run_id", request.run_id)
+        validation.input_answer(v, request.answer, request.HasField("answer"))
+        v.raise_if_any("invalid input answer")
+        recorded = await self._store.record_input(run_id, _scope(ident), request.answer, now_us())
+        if recorded.payloads:
+            metrics.EVENTS_APPENDED.inc(len(recorded.payloads))
+            await asyncio.gather(
+                self._log.publish(run_id, recorded.event.seq, recorded.payloads),
+                self._cache.put_run(recorded.run),
+            )
+        return pb.RecordRunInputResponse(run=recorded.run, event=recorded.event)
+
     # Run events
 
     async def AppendRunEvents(

@@ -219,6 +219,8 @@ def run_values(v: Violations, run: run_pb2.Run, paths: Iterable[str], prefix: st
         v.add(f"{prefix}.last_seq", "must not be negative")
     if "owner_instance" in paths:
         text(v, f"{prefix}.owner_instance", run.owner_instance, limits.MAX_OWNER_INSTANCE_CHARS)
+    if "pending_input" in paths and run.HasField("pending_input"):
+        input_requested(v, f"{prefix}.pending_input", run.pending_input)
     # Not updatable (only ClaimRun moves them) but given at a create: not negative.
     if run.lease_epoch < 0:
         v.add(f"{prefix}.lease_epoch", "must not be negative")
@@ -306,3 +308,51 @@ def checkpoint(v: Violations, cp: run_pb2.RunCheckpoint, prefix: str = "checkpoi
     if cp.message_count < 0:
         v.add(f"{prefix}.message_count", "must not be negative")
     usage(v, f"{prefix}.usage", cp.usage)
+
+
+def input_requested(v: Violations, field: str, req: run_pb2.RunEvent.InputRequested) -> None:
+    """A run's pending request for input (`Run.pending_input`, issue 21): `input_id`
+    1..128 characters, a known `kind`, `prompt` ≤ 64 KiB, `agent` ≤ 256 characters, the
+    tool call's sizes as a message's."""
+    if not req.input_id:
+        v.add(f"{field}.input_id", "required")
+    text(v, f"{field}.input_id", req.input_id, limits.MAX_INPUT_ID_CHARS)
+    if req.kind not in (run_pb2.INPUT_KIND_TEXT, run_pb2.INPUT_KIND_APPROVAL):
+        v.add(f"{field}.kind", "must be INPUT_KIND_TEXT or INPUT_KIND_APPROVAL")
+    utf8_size(v, f"{field}.prompt", req.prompt, limits.MAX_INPUT_PROMPT_BYTES)
+    text(v, f"{field}.agent", req.agent, limits.MAX_AGENT_CHARS)
+    call = req.tool_call
+    text(v, f"{field}.tool_call.id", call.id, limits.MAX_TOOL_CALL_ID_CHARS)
+    text(v, f"{field}.tool_call.name", call.name, limits.MAX_TOOL_NAME_CHARS)
+    utf8_size(v, f"{field}.tool_call.arguments", call.arguments, limits.MAX_TOOL_ARGUMENTS_BYTES)
+
+
+def input_answer(
+    v: Violations, answer: run_pb2.RunEvent.InputReceived, present: bool, field: str = "answer"
+) -> None:
+    """RecordRunInputRequest.answer (issue 21): required; `input_id` 1..128 characters;
+    exactly one of `text` (1 byte..64 KiB) and `decision` (`reason` ≤ 1000 characters), or
+    `expired` with no text; `by` ≤ 256 and `request_id` ≤ 128 characters. Whether the
+    kind fits the request is checked under the run's lock (`runs.answer_input`)."""
+    if not present:
+        v.add(field, "required")
+        return
+    if not answer.input_id:
+        v.add(f"{field}.input_id", "required")
+    text(v, f"{field}.input_id", answer.input_id, limits.MAX_INPUT_ID_CHARS)
+    given = answer.WhichOneof("answer")
+    if given is None and not answer.expired:
+        v.add(field, "one of text or decision is required (or expired)")
+    if given == "text":
+        if answer.expired:
+            v.add(f"{field}.text", "must be unset when expired")
+        elif not answer.text:
+            v.add(f"{field}.text", "must not be empty")
+        else:
+            utf8_size(v, f"{field}.text", answer.text, limits.MAX_INPUT_TEXT_BYTES)
+    if given == "decision":
+        text(
+            v, f"{field}.decision.reason", answer.decision.reason, limits.MAX_DECISION_REASON_CHARS
+        )
+    text(v, f"{field}.by", answer.by, limits.MAX_AGENT_CHARS)
+    request_id(v, f"{field}.request_id", answer.request_id)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from chorus.core.errors import Aborted, AlreadyExists, ChorusError, NotFound, Unavailable
 from chorus.history.events import Batch
+from chorus.history.runs import AnsweredInput
 from chorus.v1 import conversation_pb2, run_pb2
 
 
@@ -160,6 +161,37 @@ class StartedRun:
     added: list[conversation_pb2.Message] = field(default_factory=list)
     recent: list[conversation_pb2.Message] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedInput:
+    """Result of `Store.record_input` (RecordRunInput, issue 21).
+
+    Attributes:
+        run: the run record after the call.
+        event: the `input_received` event as stored (this call's, or the first answer's
+            for a repeat of its `request_id`).
+        payloads: what this call stored — the event's serialized bytes, to publish on the
+            live log — or empty for a repeat (nothing was written).
+    """
+
+    run: run_pb2.Run
+    event: run_pb2.RunEvent
+    payloads: list[bytes]
+
+
+INPUT_ANSWERS_KIND = "input_received"
+"""`run_events.kind` of a run's answers (RecordRunInput reads them by it, index
+`run_events_inputs`)."""
+
+
+def input_batch(answered: AnsweredInput) -> Batch:
+    """The new `input_received` event of `runs.answer_input` as a batch for the stores'
+    append path (serialized as `chorus.history.events.prepare_batch` serializes events)."""
+    event = answered.event
+    return Batch(
+        event.seq, [event.SerializeToString(deterministic=True)], [INPUT_ANSWERS_KIND], False
+    )
 
 
 def conversation_not_found(conversation_id: str) -> NotFound:
@@ -362,6 +394,29 @@ class Store(abc.ABC):
         Raises:
             NotFound: no such run.
             FailedPrecondition: LEASE_LOST; nothing is written.
+            Unavailable: the database is unreachable.
+        """
+
+    @abc.abstractmethod
+    async def record_input(
+        self,
+        run_id: str,
+        owner: str | None,
+        answer: run_pb2.RunEvent.InputReceived,
+        now_us: int,
+    ) -> RecordedInput:
+        """RecordRunInput in one transaction on the locked run (`chorus.history.runs.
+        answer_input`): read the run's stored answers, then append the `input_received`
+        event (the append path of `append_events`), write the record (RUNNING,
+        `pending_input` cleared, lease free, `last_seq`) and move the checkpoint's `seq` to
+        the event's (when the run has one). A repeat of the first answer's `request_id`
+        writes nothing and returns it. `owner` None: any owner's run (the internal
+        service identity).
+
+        Raises:
+            NotFound: no such run (or another owner's).
+            FailedPrecondition: INPUT_NOT_PENDING (or RUN_ENDED); nothing is written.
+            InvalidArgument: the answer's kind does not fit the request.
             Unavailable: the database is unreachable.
         """
 

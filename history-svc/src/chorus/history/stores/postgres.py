@@ -26,12 +26,14 @@ from chorus.history.events import Batch
 from chorus.history.settings import Settings
 from chorus.history.stores import rows
 from chorus.history.stores.base import (
+    INPUT_ANSWERS_KIND,
     AppendedEvents,
     AppendedMessages,
     BatchOutcome,
     Checkpoint,
     ClaimedRun,
     EventWrite,
+    RecordedInput,
     RunFilter,
     RunUpdate,
     StartedRun,
@@ -40,6 +42,7 @@ from chorus.history.stores.base import (
     conversation_exists,
     conversation_not_found,
     database_unavailable,
+    input_batch,
     run_exists,
     run_not_found,
 )
@@ -408,7 +411,8 @@ class PostgresStore(Store):
         one-active-run index and its transaction rolled back)."""
         async with self._conn() as conn:
             active = await conn.fetchval(
-                "SELECT id FROM runs WHERE conversation_id = $1 AND status IN (1, 2)",
+                f"SELECT id FROM runs WHERE conversation_id = $1 "
+                f"AND status IN ({rows.ACTIVE_STATUSES})",
                 conversation_id,
             )
         return conversation_busy(conversation_id, str(active or ""))
@@ -436,14 +440,14 @@ class PostgresStore(Store):
         await conn.execute(
             "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
             "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
-            "create_time, start_time, end_time, update_time, last_seq, record, lease_epoch) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
-            "0, $18, $19)",
+            "create_time, start_time, end_time, update_time, last_seq, record, lease_epoch, "
+            "pending_input) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+            "$15, $16, $17, 0, $18, $19, $20)",
             new.id, new.owner, new.conversation_id, cols["status"], new.spec.request_id or None,
             cols["input"], cols["turns"], cols["final_answer"], cols["error"],
             cols["cancellation"], cols["usage"], cols["owner_instance"],
             *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
-            cols["record"], cols["lease_epoch"],
+            cols["record"], cols["lease_epoch"], cols["pending_input"],
         )  # fmt: skip
 
     async def _record_run(
@@ -537,6 +541,51 @@ class PostgresStore(Store):
                 return stored, False
             await conn.execute(_UPDATE_RUN, *_update_args(released))
         return released, True
+
+    async def record_input(
+        self,
+        run_id: str,
+        owner: str | None,
+        answer: run_pb2.RunEvent.InputReceived,
+        now_us: int,
+    ) -> RecordedInput:
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT owner, event_seq, events_ended, record, last_seq FROM runs "
+                "WHERE id = $1 FOR UPDATE",
+                run_id,
+            )
+            if row is None or (owner is not None and row[0] != owner):
+                raise run_not_found(run_id)
+            answers = await conn.fetch(
+                "SELECT event FROM run_events WHERE run_id = $1 AND kind = $2 ORDER BY seq",
+                run_id,
+                INPUT_ANSWERS_KIND,
+            )
+            answered = run_rules.answer_input(
+                rows.run(row[3:]),
+                answer,
+                [run_pb2.RunEvent.FromString(r[0]) for r in answers],
+                row[1] + 1,
+                now_us,
+            )
+            if not answered.new:
+                return RecordedInput(answered.run, answered.event, [])
+            _, new = await self._append_events(conn, run_id, row[1], row[2], input_batch(answered))
+            await conn.execute(_UPDATE_RUN, *_update_args(answered.run))
+            checkpoint = await conn.fetchval(
+                "SELECT checkpoint FROM run_checkpoints WHERE run_id = $1", run_id
+            )
+            if checkpoint is not None:
+                await conn.execute(
+                    "UPDATE run_checkpoints SET seq = $2, checkpoint = $3, update_time = $4 "
+                    "WHERE run_id = $1",
+                    run_id,
+                    answered.event.seq,
+                    run_rules.moved_checkpoint(checkpoint, answered.event.seq),
+                    us_to_datetime(now_us),
+                )
+        return RecordedInput(answered.run, answered.event, new)
 
     async def delete_run(self, run_id: str, owner: str | None) -> bool:
         async with self._conn() as conn:
@@ -969,7 +1018,7 @@ class PostgresStore(Store):
                 *(list(column) for column in message_columns),
                 list(range(events.first_seq, last_seq + 1)) if events is not None else [],
                 list(events.kinds) if events is not None else [],
-                payloads, run_cols["lease_epoch"],
+                payloads, run_cols["lease_epoch"], run_cols["pending_input"],
             )  # fmt: skip
         new.last_seq = last_seq
         conv = rows.conversation(row, _times)
@@ -984,8 +1033,8 @@ _START_IN_NEW_CONVERSATION = (
     f"run AS (INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
     f"final_answer, error, cancellation, usage, owner_instance, heartbeat_time, create_time, "
     f"start_time, end_time, update_time, last_seq, event_seq, events_ended, record, "
-    f"lease_epoch) VALUES ($11, $12, $13, $14, NULL, $15, $16, $17, $18, $19, $20, $21, $22, "
-    f"$23, $24, $25, $26, $27, $27, $28, $29, $45)), "
+    f"lease_epoch, pending_input) VALUES ($11, $12, $13, $14, NULL, $15, $16, $17, $18, $19, "
+    f"$20, $21, $22, $23, $24, $25, $26, $27, $27, $28, $29, $45, $46)), "
     f"message AS (INSERT INTO messages ({_M}) SELECT * FROM unnest($30::uuid[], $31::uuid[], "
     f"$32::bigint[], $33::text[], $34::smallint[], $35::text[], $36::text[], $37::jsonb[], "
     f"$38::text[], $39::jsonb[], $40::uuid[], $41::timestamptz[])), "
@@ -1062,7 +1111,7 @@ _UPDATE_RUN = (
     "UPDATE runs SET status = $2, turns = $3, final_answer = $4, error = $5, "
     "cancellation = $6, usage = $7, owner_instance = $8, heartbeat_time = $9, "
     "start_time = $10, end_time = $11, update_time = $12, last_seq = $13, "
-    "record = $14, lease_epoch = $15 WHERE id = $1"
+    "record = $14, lease_epoch = $15, pending_input = $16 WHERE id = $1"
 )
 """Writes every updatable column of a run record; arguments from `_update_args`."""
 
@@ -1083,7 +1132,7 @@ def _update_args(run: run_pb2.Run) -> tuple[Any, ...]:
         run.id, cols["status"], cols["turns"], cols["final_answer"], cols["error"],
         cols["cancellation"], cols["usage"], cols["owner_instance"],
         *(us_to_datetime(cols[k]) for k in ("heartbeat_time", "start_time", "end_time", "update_time")),
-        cols["last_seq"], cols["record"], cols["lease_epoch"],
+        cols["last_seq"], cols["record"], cols["lease_epoch"], cols["pending_input"],
     )  # fmt: skip
 
 

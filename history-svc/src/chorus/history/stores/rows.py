@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from chorus.history import codec
+from chorus.history import runs as run_rules
 from chorus.history.timeutil import set_ts, ts_to_us
 from chorus.v1 import conversation_pb2, run_pb2
 
@@ -129,9 +130,16 @@ def run_columns(r: run_pb2.Run) -> dict[str, Any]:
         "update_time": ts_to_us(r.update_time),
         "last_seq": r.last_seq,
         "lease_epoch": r.lease_epoch,
+        "pending_input": codec.message_to_json(r.pending_input)
+        if r.HasField("pending_input")
+        else None,
         "record": run_record(r),
     }
 
+
+ACTIVE_STATUSES = ", ".join(str(s) for s in sorted(run_rules.ACTIVE))
+"""`runs.status` values of an active run, for SQL `status IN (…)` (QUEUED, RUNNING,
+AWAITING_INPUT: the partial index `runs_one_active_per_conversation` has the same list)."""
 
 TIME_COLUMNS = frozenset({"heartbeat_time", "create_time", "start_time", "end_time", "update_time"})
 

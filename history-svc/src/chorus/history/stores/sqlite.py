@@ -23,12 +23,14 @@ from chorus.history.events import Batch
 from chorus.history.settings import Settings
 from chorus.history.stores import rows
 from chorus.history.stores.base import (
+    INPUT_ANSWERS_KIND,
     AppendedEvents,
     AppendedMessages,
     BatchOutcome,
     Checkpoint,
     ClaimedRun,
     EventWrite,
+    RecordedInput,
     RunFilter,
     RunUpdate,
     StartedRun,
@@ -37,6 +39,7 @@ from chorus.history.stores.base import (
     conversation_exists,
     conversation_not_found,
     database_unavailable,
+    input_batch,
     run_exists,
     run_not_found,
 )
@@ -55,7 +58,7 @@ _UPDATE_RUN = (
     "UPDATE runs SET status = ?2, turns = ?3, final_answer = ?4, error = ?5, "
     "cancellation = ?6, usage = ?7, owner_instance = ?8, heartbeat_time = ?9, "
     "start_time = ?10, end_time = ?11, update_time = ?12, last_seq = ?13, "
-    "record = ?14 WHERE id = ?1"
+    "record = ?14, pending_input = ?15 WHERE id = ?1"
 )
 """Writes every updatable column of a run record; arguments from `_update_args`."""
 
@@ -76,7 +79,7 @@ def _update_args(run: run_pb2.Run) -> tuple[Any, ...]:
         run.id, cols["status"], cols["turns"], cols["final_answer"], cols["error"],
         cols["cancellation"], cols["usage"], cols["owner_instance"], cols["heartbeat_time"],
         cols["start_time"], cols["end_time"], cols["update_time"], cols["last_seq"],
-        cols["record"],
+        cols["record"], cols["pending_input"],
     )  # fmt: skip
 
 
@@ -424,7 +427,8 @@ class SqliteStore(Store):
         if new.status in run_rules.ACTIVE:
             active = await self._one(
                 db,
-                "SELECT id FROM runs WHERE conversation_id = ?1 AND status IN (1, 2)",
+                f"SELECT id FROM runs WHERE conversation_id = ?1 "
+                f"AND status IN ({rows.ACTIVE_STATUSES})",
                 new.conversation_id,
             )
             if active is not None:
@@ -433,14 +437,15 @@ class SqliteStore(Store):
         await db.execute(
             "INSERT INTO runs (id, owner, conversation_id, status, request_id, input, turns, "
             "final_answer, error, cancellation, usage, owner_instance, heartbeat_time, "
-            "create_time, start_time, end_time, update_time, last_seq, record) VALUES "
-            "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18)",
+            "create_time, start_time, end_time, update_time, last_seq, record, pending_input) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, "
+            "0, ?18, ?19)",
             (
                 new.id, new.owner, new.conversation_id, cols["status"],
                 new.spec.request_id or None, cols["input"], cols["turns"], cols["final_answer"],
                 cols["error"], cols["cancellation"], cols["usage"], cols["owner_instance"],
                 cols["heartbeat_time"], cols["create_time"], cols["start_time"],
-                cols["end_time"], cols["update_time"], cols["record"],
+                cols["end_time"], cols["update_time"], cols["record"], cols["pending_input"],
             ),
         )  # fmt: skip
 
@@ -532,6 +537,56 @@ class SqliteStore(Store):
                 return stored, False
             await db.execute(_UPDATE_RUN, _update_args(released))
         return released, True
+
+    async def record_input(
+        self,
+        run_id: str,
+        owner: str | None,
+        answer: run_pb2.RunEvent.InputReceived,
+        now_us: int,
+    ) -> RecordedInput:
+        async with self._use(write=True) as db:  # BEGIN IMMEDIATE: the writer lock
+            row = await self._one(
+                db,
+                "SELECT owner, event_seq, events_ended, record, last_seq FROM runs WHERE id = ?1",
+                run_id,
+            )
+            if row is None or (owner is not None and row[0] != owner):
+                raise run_not_found(run_id)
+            answers = await self._all(
+                db,
+                "SELECT event FROM run_events WHERE run_id = ?1 AND kind = ?2 ORDER BY seq",
+                run_id,
+                INPUT_ANSWERS_KIND,
+            )
+            answered = run_rules.answer_input(
+                rows.run(row[3:]),
+                answer,
+                [run_pb2.RunEvent.FromString(r[0]) for r in answers],
+                row[1] + 1,
+                now_us,
+            )
+            if not answered.new:
+                return RecordedInput(answered.run, answered.event, [])
+            _, new = await self._append_events(
+                db, run_id, row[1], bool(row[2]), input_batch(answered)
+            )
+            await db.execute(_UPDATE_RUN, _update_args(answered.run))
+            checkpoint = await self._one(
+                db, "SELECT checkpoint FROM run_checkpoints WHERE run_id = ?1", run_id
+            )
+            if checkpoint is not None:
+                await db.execute(
+                    "UPDATE run_checkpoints SET seq = ?2, checkpoint = ?3, update_time = ?4 "
+                    "WHERE run_id = ?1",
+                    (
+                        run_id,
+                        answered.event.seq,
+                        run_rules.moved_checkpoint(bytes(checkpoint[0]), answered.event.seq),
+                        now_us,
+                    ),
+                )
+        return RecordedInput(answered.run, answered.event, new)
 
     async def delete_run(self, run_id: str, owner: str | None) -> bool:
         async with self._use(write=True) as db:
