@@ -12,7 +12,7 @@ import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from provider_helpers import error_reply, openai_text_reply, request
+from provider_helpers import Reply, anthropic, error_reply, openai_text_reply, request
 
 from chorus.core import tracing
 from chorus.core.testing import traced_in_memory
@@ -125,3 +125,32 @@ async def test_each_streamchats_stream_is_a_server_span_under_its_requests_span(
     assert chat.parent.span_id == server.context.span_id
     assert chat.attributes["gen_ai.provider.name"] == "simulator"
     assert chat.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+async def test_a_call_without_an_upstream_finish_reason_names_the_normalized_one(
+    provider, upstream, spans
+):
+    # An Anthropic stream that stops without a `stop_reason`: the span's finish reason is the
+    # normalized one (`FinishReason` of chorus.v1.provider_service), not an empty string.
+    start = anthropic(
+        "message_start",
+        message={"id": "msg_01", "model": "claude-haiku-4-5", "usage": {"input_tokens": 3}},
+    )
+    text = {"type": "text_delta", "text": "Hi"}
+    upstream.queue(
+        Reply(
+            steps=[
+                start,
+                anthropic("content_block_start", index=0, content_block={"type": "text"}),
+                anthropic("content_block_delta", index=0, delta=text),
+                anthropic("content_block_stop", index=0),
+                anthropic("message_stop"),
+            ]
+        )
+    )
+    p = await provider()
+    events = await p.collect(request("Say hi.", provider="anthropic", model="claude-haiku-4-5"))
+    assert events[-1].WhichOneof("event") == "finish"
+    chat = the(spans, "chat claude-haiku-4-5")
+    assert chat.attributes["gen_ai.response.finish_reasons"] == ("unspecified",)
+    assert chat.status.status_code == trace.StatusCode.UNSET

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -113,7 +113,9 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         async for response in call.serve(request_iterator):
             yield response
 
-    async def stream(self, request: provider_service_pb2.StreamChatRequest) -> AsyncIterator[Event]:
+    async def stream(
+        self, request: provider_service_pb2.StreamChatRequest
+    ) -> AsyncGenerator[Event, None]:
         """The normalized events of one chat request (the body of StreamChat and of each
         StreamChats stream).
 
@@ -242,7 +244,7 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                     usage,
                     result.response_id,
                     result.raw_finish_reason
-                    or chat_pb2.FinishReason.Name(result.finish_reason)
+                    or provider_service_pb2.FinishReason.Name(result.finish_reason)
                     .removeprefix("FINISH_REASON_")
                     .lower(),
                 )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import structlog
 
@@ -66,7 +66,7 @@ class StreamChatsCall:
 
     def __init__(
         self,
-        stream: Callable[[ps.StreamChatRequest], AsyncIterator[ps.StreamChatResponse]],
+        stream: Callable[[ps.StreamChatRequest], AsyncGenerator[ps.StreamChatResponse, None]],
         caller: identity.Identity,
     ) -> None:
         self._stream = stream
@@ -134,7 +134,7 @@ class _Producer:
 
     def __init__(
         self,
-        stream: Callable[[ps.StreamChatRequest], AsyncIterator[ps.StreamChatResponse]],
+        stream: Callable[[ps.StreamChatRequest], AsyncGenerator[ps.StreamChatResponse, None]],
         request: ps.StreamChatRequest,
         timeout_s: float,
     ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Status, StatusCode
 
 from chorus.core import tracing
 from chorus.provider.models import ModelSpec, Usage
@@ -202,5 +203,5 @@ class ModelCallSpan:
         span = self._span
         span.set_attribute(tracing.GEN_AI_RESPONSE_MODEL, model.name)
         span.set_attribute(tracing.ERROR_TYPE, code_name)
-        span.set_status(tracing.trace.Status(tracing.trace.StatusCode.ERROR, message[:500]))
+        span.set_status(Status(StatusCode.ERROR, message[:500]))
         span.end()

@@ -607,14 +607,16 @@ def expression_of(text: str) -> tuple[str, str] | None:
 
 def asset_of(text: str) -> str | None:
     """The crypto asset `text` is about (a ticker), if any."""
-    for word in re.findall(r"\b[A-Z]{2,5}\b", text):
+    words: list[str] = re.findall(r"\b[A-Z]{2,5}\b", text)
+    for word in words:
         if word in _KNOWN_TICKERS:
             return word
     lower = text.lower()
     for name, ticker in _TICKERS.items():
         if re.search(rf"\b{name}\b", lower):
             return ticker
-    for word in re.findall(r"\b[A-Z]{3,5}\b", text):
+    words = re.findall(r"\b[A-Z]{3,5}\b", text)
+    for word in words:
         if word not in _NOT_TICKERS:
             return word
     return None
