@@ -44,7 +44,7 @@ EXIT_AWAITING_INPUT = 6
 """`chorus run` / `chorus watch` stopped (stdin not a terminal, `--no-input`, or Ctrl-D at
 the prompt) while the run waits for input; answer with `chorus runs input`."""
 
-TEXT_END_HINT = "end with an empty line (or Ctrl-D)"
+TEXT_END_HINT = "end it with an empty line or Ctrl-D"
 """How a multi-line text answer ends at the terminal."""
 
 InputRequested = run_pb2.RunEvent.InputRequested
