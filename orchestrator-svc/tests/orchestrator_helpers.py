@@ -159,6 +159,24 @@ class RunClient:
         )
         return (await self.stub.UpdateRunAgent(request, metadata=self.md)).agent
 
+    async def submit_input(
+        self,
+        run_id: str,
+        input_id: str,
+        *,
+        text: str | None = None,
+        approve: bool | None = None,
+        reason: str = "",
+        request_id: str = "",
+    ) -> rs.SubmitRunInputResponse:
+        """SubmitRunInput: `text`, or a decision (`approve` True / False with `reason`)."""
+        request = rs.SubmitRunInputRequest(run_id=run_id, input_id=input_id, request_id=request_id)
+        if text is not None:
+            request.text = text
+        if approve is not None:
+            request.decision.CopyFrom(run_pb2.ApprovalDecision(approved=approve, reason=reason))
+        return await self.stub.SubmitRunInput(request, metadata=self.md)
+
     async def templates(self) -> list[team_pb2.TeamTemplate]:
         response = await self.stub.ListTeamTemplates(
             rs.ListTeamTemplatesRequest(), metadata=self.md

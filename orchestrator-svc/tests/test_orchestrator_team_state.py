@@ -155,6 +155,15 @@ class RecordingHooks:
     async def end_turn(self, agent: str, turn: int) -> None:
         pass
 
+    async def approve_tool_calls(self, agent: str, calls: Sequence[FunctionCall]) -> None:
+        pass
+
+    def tool_denial(self, call_id: str | None) -> str | None:
+        return None
+
+    async def human_input(self, agent: str) -> str:
+        raise AssertionError("no human agents here")
+
 
 # ---------------------------------------------------------------- scripted replies
 def agent_reply(stop_word: str = "", stop_at: int = 0) -> Callable[[str], Callable[..., str]]:

@@ -8,13 +8,16 @@ from orchestrator_helpers import BOTH_BACKENDS, RunClient, Stack, assert_well_fo
 from chorus.v1 import chat_pb2, run_pb2, team_pb2
 
 TEMPLATES = ("duet", "assistant", "crypto-analysts", "article-pipeline")
+"""The templates that run to completion unattended."""
+ASKING_TEMPLATES = ("assistant-approval", "article-pipeline-reviewed")
+"""The templates that ask a person (issue 21; test_orchestrator_inputs.py runs them)."""
 
 
-async def test_list_team_templates_returns_the_four_built_ins_with_example_inputs(
+async def test_list_team_templates_returns_the_built_ins_with_example_inputs(
     alice: RunClient,
 ) -> None:
     templates = {t.name: t for t in await alice.templates()}
-    assert set(templates) == set(TEMPLATES)
+    assert set(templates) == {*TEMPLATES, *ASKING_TEMPLATES}
     for t in templates.values():
         assert t.title and t.description and t.example_input and t.input_hint
         assert t.spec.agents and t.spec.kind != team_pb2.TEAM_KIND_UNSPECIFIED
@@ -24,6 +27,8 @@ async def test_list_team_templates_returns_the_four_built_ins_with_example_input
     assert templates["crypto-analysts"].spec.kind == team_pb2.TEAM_KIND_MAGENTIC_ONE
     assert templates["article-pipeline"].spec.kind == team_pb2.TEAM_KIND_SEQUENTIAL
     assert templates["assistant"].spec.kind == team_pb2.TEAM_KIND_SINGLE
+    assert templates["assistant-approval"].spec.tools_requiring_approval
+    assert [a.human for a in templates["article-pipeline-reviewed"].spec.agents] == [False, True]
 
 
 @pytest.mark.parametrize("template", TEMPLATES)

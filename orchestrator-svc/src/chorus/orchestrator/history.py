@@ -272,9 +272,12 @@ class HistoryClient:
         *,
         lease_epoch: int = 0,
         retry_s: float | None = None,
+        checkpoint: run_pb2.RunCheckpoint | None = None,
     ) -> run_pb2.Run:
-        """AppendRunEvents with the record's `paths` from `run`, in one transaction: a run's
-        last events (through the terminal one) and its final record are stored together.
+        """AppendRunEvents with the record's `paths` from `run` (and the run's new
+        `checkpoint` when given), in one transaction: a run's last events (through the
+        terminal one) and its final record are stored together; or a run that asks a person
+        stores its question, checkpoint and status AWAITING_INPUT together (issue 21).
         Retried on UNAVAILABLE and DEADLINE_EXCEEDED (a repeat of both is accepted) for
         `retry_s` seconds (default: the client's; `math.inf`: until the store answers).
         Returns the stored record.
@@ -289,6 +292,7 @@ class HistoryClient:
             run=run,
             update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
             lease_epoch=lease_epoch,
+            checkpoint=checkpoint,
         )
         response = await self._call(
             lambda: self.stub.AppendRunEvents(
@@ -298,6 +302,29 @@ class HistoryClient:
             retry_s=retry_s,
         )
         return response.run
+
+    async def record_run_input(
+        self, user: str, run_id: str, answer: run_pb2.RunEvent.InputReceived
+    ) -> tuple[run_pb2.Run, run_pb2.RunEvent]:
+        """RecordRunInput (issue 21): the answer to a waiting run's question, recorded with
+        its `input_received` event in one transaction (first answer wins). Retried on
+        UNAVAILABLE and DEADLINE_EXCEEDED: `answer.request_id` must be set, so a repeat of an
+        answer that was stored returns it. Returns the stored record and event.
+
+        Raises:
+            chorus.core.errors.FailedPrecondition: INPUT_NOT_PENDING (unknown, stale or
+                already answered `input_id`; nothing changed).
+            chorus.core.errors.InvalidArgument: a malformed answer, or one of the wrong kind.
+            chorus.core.errors.NotFound: no such run of `user`.
+        """
+        request = hs.RecordRunInputRequest(run_id=run_id, answer=answer)
+        response = await self._call(
+            lambda: self.stub.RecordRunInput(
+                request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+            ),
+            retry=bool(answer.request_id),
+        )
+        return response.run, response.event
 
     async def append_event_batches(
         self, user: str, batches: Sequence[tuple[str, int, Sequence[run_pb2.RunEvent]]]

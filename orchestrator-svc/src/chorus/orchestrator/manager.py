@@ -37,7 +37,7 @@ from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.flusher import DeltaFlusher
 from chorus.orchestrator.history import UNARY_TIMEOUT_S, HistoryClient
 from chorus.orchestrator.recovery import Liveness, end_orphan
-from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, Resume, RunDeps
+from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun, Resume, RunDeps, step_start
 from chorus.orchestrator.settings import Settings
 from chorus.orchestrator.tools.registry import ToolRegistry
 from chorus.orchestrator.validation import resolve_agent_update, resolve_run_spec
@@ -56,7 +56,13 @@ from chorus.v1 import (
 log = get_logger("chorus.orchestrator.manager")
 
 MAX_REASON_CHARS = 1000
-"""`CancelRunRequest.reason` limit."""
+"""`CancelRunRequest.reason` limit (and `ApprovalDecision.reason`'s)."""
+MAX_INPUT_TEXT_BYTES = 64 * 1024
+"""`SubmitRunInputRequest.text` limit."""
+MAX_INPUT_ID_CHARS = 128
+"""`SubmitRunInputRequest.input_id` limit."""
+MAX_REQUEST_ID_CHARS = 128
+"""`SubmitRunInputRequest.request_id` limit (AIP-155)."""
 _STATUS_WORD = {
     run_pb2.RUN_STATUS_COMPLETED: "completed",
     run_pb2.RUN_STATUS_FAILED: "failed",
@@ -246,24 +252,30 @@ class RunManager:
     ) -> LiveRun:
         """Continue a run this replica just claimed (HistoryService.ClaimRun): from its
         checkpoint, or from its input when it has none. The `agent_updated` events stored
-        after the checkpoint are staged again; a SINGLE team's context is read again.
+        after the checkpoint are staged again; a SINGLE team's context is read again; a run
+        that parked mid-step (issue 21) redoes that step from its turn boundary with the
+        answers (`input_received`) stored since.
 
         Raises:
             chorus.core.errors.ChorusError: history-svc failed while reading what the run
                 needs (the lease then expires again and a later sweep retries).
         """
         from_seq = checkpoint.seq if checkpoint is not None else 0
-        updates = [
-            event
-            async for event in self._stored_events(record.owner, record.id, from_seq)
-            if event.HasField("agent_updated")
-        ]
+        updates: list[run_pb2.RunEvent] = []
+        answers: list[run_pb2.RunEvent] = []
+        async for event in self._stored_events(record.owner, record.id, step_start(checkpoint)):
+            if event.HasField("agent_updated"):
+                updates.append(event)
+            elif event.HasField("input_received"):
+                answers.append(event)
         context: list[conversation_pb2.Message] = []
         if record.spec.team.kind == team_pb2.TEAM_KIND_SINGLE:
             context = await self._history.context_before_run(
                 record.owner, record.conversation_id, record.id, self._settings.context_messages
             )
-        live = LiveRun(record, self._deps, resume=Resume(checkpoint, reason, updates, context))
+        live = LiveRun(
+            record, self._deps, resume=Resume(checkpoint, reason, updates, context, answers)
+        )
         self._runs[live.id] = live
         live.task = asyncio.create_task(self._execute(live), name=f"run-{live.id}")
         log.warning(
@@ -426,16 +438,27 @@ class RunManager:
             if not live.request_cancel(cancellation):
                 await self._settle(live)
                 snapshot = live.snapshot()
-                return snapshot, False, _already(snapshot)
-            log.info("run_cancel_requested", run_id=run_id, by=user, reason=reason)
-            await self._settle(live)
-            snapshot = live.snapshot()
-            if snapshot.status == run_pb2.RUN_STATUS_CANCELLED:
-                return snapshot, True, "run cancelled"
-            return snapshot, True, "cancel requested"
+                if snapshot.status != run_pb2.RUN_STATUS_AWAITING_INPUT:
+                    return snapshot, False, _already(snapshot)
+                # It parked meanwhile: cancel it as a waiting run (below).
+            else:
+                log.info("run_cancel_requested", run_id=run_id, by=user, reason=reason)
+                await self._settle(live)
+                snapshot = live.snapshot()
+                if snapshot.status == run_pb2.RUN_STATUS_CANCELLED:
+                    return snapshot, True, "run cancelled"
+                if snapshot.status != run_pb2.RUN_STATUS_AWAITING_INPUT:
+                    return snapshot, True, "cancel requested"
         record = await self._history.get_run(user, run_id)
         if record.status not in ACTIVE_STATUSES:
             return record, False, _already(record)
+        if record.status == run_pb2.RUN_STATUS_AWAITING_INPUT:
+            ended = await self._cancel_waiting(user, record, cancellation)
+            if ended is not None:
+                return ended, True, "run cancelled while it waited for input"
+            record = await self._history.get_run(user, run_id)  # answered meanwhile
+            if record.status not in ACTIVE_STATUSES:
+                return record, False, _already(record)
         if record.HasField("cancellation"):
             return record, False, "cancel already requested"
         if _is_stale(record, self._settings.lease_duration_s):  # nobody owns it: end it here
@@ -465,6 +488,99 @@ class RunManager:
             return record, False, _already(record)
         log.info("run_cancel_forwarded", run_id=run_id, owner_instance=record.owner_instance)
         return record, True, "cancel requested; the replica running the run stops it shortly"
+
+    async def _cancel_waiting(
+        self, user: str, record: run_pb2.Run, cancellation: run_pb2.Cancellation
+    ) -> run_pb2.Run | None:
+        """End a run that waits for input (nobody executes it) with `run_cancelled`: one
+        AppendRunEvents after its last event, with the final record, fenced by its lease
+        epoch. Returns the stored record; None when an answer (or a claim) got there first —
+        the run is executing again, and the cancel is then forwarded like any other."""
+        terminal = run_pb2.RunEvent(
+            run_id=record.id,
+            seq=record.last_seq + 1,
+            time=now(),
+            run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=cancellation),
+        )
+        final = run_pb2.Run(
+            id=record.id,
+            status=run_pb2.RUN_STATUS_CANCELLED,
+            cancellation=cancellation,
+            last_seq=terminal.seq,
+            end_time=terminal.time,
+        )
+        try:
+            stored = await self._history.append_final_events(
+                user,
+                record.id,
+                [terminal],
+                final,
+                ["status", "cancellation", "last_seq", "end_time"],
+                lease_epoch=record.lease_epoch,
+            )
+        except FailedPrecondition as exc:
+            log.info("waiting_run_cancel_raced", run_id=record.id, reason=exc.reason)
+            return None
+        log.info("waiting_run_cancelled", run_id=record.id, by=cancellation.requested_by)
+        return stored
+
+    # ----------------------------------------------------------------- input (issue 21)
+    async def submit_input(
+        self, user: str, request: rs.SubmitRunInputRequest
+    ) -> tuple[run_pb2.Run, run_pb2.RunEvent]:
+        """RunService.SubmitRunInput: record the answer (HistoryService.RecordRunInput, first
+        answer wins) and continue the run here, claiming it at once when this replica has
+        room (else any replica's sweep claims it within `sweep_interval_s`).
+
+        Returns:
+            The run after the answer and the stored `input_received` event.
+
+        Raises:
+            InvalidArgument: a bad id, a missing, empty or oversized answer, a reason or
+                request id too long, or an answer of the wrong kind for the request.
+            NotFound: an unknown run, or another user's.
+            FailedPrecondition: INPUT_NOT_PENDING — the input id is unknown, stale or
+                already answered; nothing changed.
+        """
+        check_run_id(request.run_id)
+        violations: list[tuple[str, str]] = []
+        if not request.input_id:
+            violations.append(("input_id", "required"))
+        elif len(request.input_id) > MAX_INPUT_ID_CHARS:
+            violations.append(("input_id", f"at most {MAX_INPUT_ID_CHARS} characters"))
+        kind = request.WhichOneof("answer")
+        if kind is None:
+            violations.append(("text", "required: `text` or `decision`"))
+        elif kind == "text":
+            size = len(request.text.encode())
+            if not request.text.strip():
+                violations.append(("text", "must not be empty"))
+            elif size > MAX_INPUT_TEXT_BYTES:
+                violations.append(("text", f"at most {MAX_INPUT_TEXT_BYTES} bytes"))
+        elif len(request.decision.reason) > MAX_REASON_CHARS:
+            violations.append(("decision.reason", f"at most {MAX_REASON_CHARS} characters"))
+        if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+            violations.append(("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters"))
+        if violations:
+            raise InvalidArgument("invalid input", violations)
+        answer = run_pb2.RunEvent.InputReceived(
+            input_id=request.input_id,
+            by=user,
+            # Our own retries of the write need a key even when the client gave none.
+            request_id=request.request_id or f"auto-{uuid.uuid4()}",
+        )
+        if kind == "text":
+            answer.text = request.text
+        else:
+            answer.decision.CopyFrom(request.decision)
+        run, event = await self._history.record_run_input(user, request.run_id, answer)
+        log.info("run_input_received", run_id=run.id, input_id=request.input_id, answer_kind=kind)
+        if run.status == run_pb2.RUN_STATUS_RUNNING and self.has_capacity():
+            await self.liveness.continue_after_input(run)
+            live = self.local(user, run.id)
+            if live is not None:
+                run = live.snapshot()
+        return run, event
 
     async def _settle(self, live: LiveRun) -> None:
         wait_s = self._settings.cancel_wait_s
@@ -571,6 +687,13 @@ class RunManager:
                 raise FailedPrecondition(
                     f"run {_STATUS_WORD[record.status]}: it can no longer be changed",
                     reason="RUN_ENDED",
+                )
+            if record.status == run_pb2.RUN_STATUS_AWAITING_INPUT:
+                raise FailedPrecondition(
+                    f"the run waits for input {record.pending_input.input_id!r}: answer it "
+                    "(SubmitRunInput) first; no orchestrator holds the run meanwhile",
+                    reason="RUN_AWAITING_INPUT",
+                    metadata={"input_id": record.pending_input.input_id},
                 )
             raise FailedPrecondition(
                 f"run executes on orchestrator instance {record.owner_instance!r}; "

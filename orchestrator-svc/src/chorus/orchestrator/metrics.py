@@ -86,3 +86,11 @@ RUNS_RECOVERED = Counter(
     "chorus_orchestrator_runs_recovered_total",
     "Runs of stopped orchestrators ended by this replica's recovery sweep.",
 )
+RUNS_AWAITING_INPUT = Counter(
+    "chorus_orchestrator_runs_awaiting_input_total",
+    "Runs that asked a person and let go, waiting for the answer (issue 21).",
+)
+RUN_INPUTS_EXPIRED = Counter(
+    "chorus_orchestrator_run_inputs_expired_total",
+    "Requests for input that expired unanswered (issue 21).",
+)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 from autogen_core import CancellationToken, FunctionCall
@@ -79,6 +79,17 @@ _JOIN_PIECES = 32
 ~60 bytes of object for a few characters, a live slow stream holds hundreds."""
 _DEFAULT_CONTEXT_WINDOW = 128_000
 _ROLE = {"SystemMessage": chat_pb2.ROLE_SYSTEM, "UserMessage": chat_pb2.ROLE_USER}
+
+
+class CallJournal(Protocol):
+    """A run's record of the model calls completed in its current step (issue 21)."""
+
+    def replay_call(self, label: str) -> tuple[CreateResult, chat_pb2.Usage] | None:
+        """The next recorded result of the client `label` (an agent's name, or
+        `orchestrator`) to answer a call with instead of calling provider-svc; None: call."""
+
+    def record_call(self, label: str, result: CreateResult, usage: chat_pb2.Usage) -> None:
+        """A call of the client `label` completed with `result` and `usage`."""
 
 
 class ProviderCallError(Exception):
@@ -197,6 +208,10 @@ class ProviderChatClient(ChatCompletionClient):
         on_usage: receives each call's usage.
         on_error: receives the `RunError` of a failed call before it is raised.
         timeout_s: deadline of one model call, seconds.
+        journal: the run's record of the current step's completed calls (issue 21): a
+            call it can replay is answered from it, without provider-svc, deltas or cost
+            (a run continuing after a person's answer redoes the step up to the question);
+            every completed call is recorded in it. None: every call goes to provider-svc.
     """
 
     component_type = "model"
@@ -213,6 +228,7 @@ class ProviderChatClient(ChatCompletionClient):
         on_usage: Callable[[chat_pb2.Usage], None],
         on_error: Callable[[run_pb2.RunError], None],
         timeout_s: float,
+        journal: CallJournal | None = None,
     ) -> None:
         self._chats = chats
         self._user = user
@@ -223,6 +239,8 @@ class ProviderChatClient(ChatCompletionClient):
         self._on_usage = on_usage
         self._on_error = on_error
         self._timeout_s = timeout_s
+        self._journal = journal
+        self._label = self._labels.get("agent", "")
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._prefetched: tuple[ps.StreamChatRequest, ChatStream] | None
@@ -320,6 +338,10 @@ class ProviderChatClient(ChatCompletionClient):
     ) -> CreateResult:
         if isinstance(json_output, type):
             raise ValueError("structured output is not supported by the Chorus model client")
+        if self._journal is not None:
+            replayed = self._journal.replay_call(self._label)
+            if replayed is not None:
+                return self._completed(*replayed)
         call = self._call_for(self.build_request(messages, tools, tool_choice))
         if cancellation_token is not None:
             cancellation_token.add_callback(call.cancel)
@@ -398,32 +420,40 @@ class ProviderChatClient(ChatCompletionClient):
                 )
             )
         metrics.MODEL_CALLS.labels("ok").inc()
-        self._on_usage(usage)
         request_usage = RequestUsage(
             prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens
-        )
-        self._last = request_usage
-        self._total = RequestUsage(
-            prompt_tokens=self._total.prompt_tokens + request_usage.prompt_tokens,
-            completion_tokens=self._total.completion_tokens + request_usage.completion_tokens,
         )
         content_text = "".join(text)
         thought = "".join(reasoning) or None
         if calls:
-            return CreateResult(
+            result = CreateResult(
                 finish_reason="function_calls",
                 content=calls,
                 usage=request_usage,
                 cached=False,
                 thought=content_text or thought,
             )
-        return CreateResult(
-            finish_reason=_FINISH.get(finish.reason, "unknown"),
-            content=content_text,
-            usage=request_usage,
-            cached=False,
-            thought=thought,
+        else:
+            result = CreateResult(
+                finish_reason=_FINISH.get(finish.reason, "unknown"),
+                content=content_text,
+                usage=request_usage,
+                cached=False,
+                thought=thought,
+            )
+        if self._journal is not None:
+            self._journal.record_call(self._label, result, usage)
+        return self._completed(result, usage)
+
+    def _completed(self, result: CreateResult, usage: chat_pb2.Usage) -> CreateResult:
+        """Count a completed (or replayed) call's usage; returns `result`."""
+        self._on_usage(usage)
+        self._last = result.usage
+        self._total = RequestUsage(
+            prompt_tokens=self._total.prompt_tokens + result.usage.prompt_tokens,
+            completion_tokens=self._total.completion_tokens + result.usage.completion_tokens,
         )
+        return result
 
     async def create_stream(
         self,

@@ -18,6 +18,13 @@
   when a cancel was recorded meanwhile, `run_failed` (UNAVAILABLE, RESUME_LIMIT,
   retryable) after `max_run_resumes` resumes, or resumes it from its last checkpoint
   (`RunManager.resume`, which emits `run_resumed`).
+* **Waiting runs** (issue 21). A run that asked a person (RUN_STATUS_AWAITING_INPUT) has no
+  lease and is never claimed. An answer (HistoryService.RecordRunInput) makes it RUNNING with
+  a free lease: the replica that took the answer claims it at once
+  (`continue_after_input`), or else any sweep does; it continues without `run_resumed`
+  (reason INPUT_RECEIVED), and such resumes do not count toward `max_run_resumes`. Every
+  `input_expiry_interval_s` the sweep also answers, as the system, the requests whose
+  `expire_time` passed (`expired`), and continues those runs.
 """
 
 from __future__ import annotations
@@ -38,7 +45,14 @@ from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
 from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.history import HistoryClient
-from chorus.orchestrator.runs import ACTIVE_STATUSES, LiveRun
+from chorus.orchestrator.runs import (
+    EXECUTING_STATUSES,
+    INPUT_RECEIVED,
+    PLANNED_RESUMES_KEY,
+    STEP_KEY,
+    LiveRun,
+    checkpoint_envelope,
+)
 
 if TYPE_CHECKING:
     from chorus.orchestrator.manager import RunManager
@@ -153,6 +167,7 @@ class Liveness:
         self._manager = manager
         self._tasks: list[asyncio.Task[None]] = []
         self._created_ns = time.time_ns()  # before this process recorded any run
+        self._next_expiry = 0.0  # monotonic time of the next look for expired inputs
         self.history_ready: Callable[[], Awaitable[None]] | None = None
         """Awaited before the first sweep: returns once history-svc reports SERVING (set
         by the app), so a stack starting all services at once does not log a failed sweep."""
@@ -241,7 +256,7 @@ class Liveness:
         stale_ns = time.time_ns() - int(self._settings.lease_duration_s * 1e9)
         cutoff = Timestamp(seconds=stale_ns // 1_000_000_000, nanos=stale_ns % 1_000_000_000)
         found: list[run_pb2.Run] = []
-        for status in ACTIVE_STATUSES:
+        for status in EXECUTING_STATUSES:
             token = ""
             while True:
                 request = hs.ListRunRecordsRequest(
@@ -273,8 +288,11 @@ class Liveness:
                 if r.owner_instance == mine and r.create_time.ToNanoseconds() < self._created_ns:
                     candidates[r.id] = r
         claimed = 0
+        if time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + self._settings.input_expiry_interval_s
+            claimed += await self.expire_inputs()
         for record in candidates.values():
-            if record.id in live or record.status not in ACTIVE_STATUSES:
+            if record.id in live or record.status not in EXECUTING_STATUSES:
                 continue
             if not self._manager.has_capacity():
                 break  # the others stay for a replica with room (or the next round)
@@ -284,6 +302,61 @@ class Liveness:
             except ChorusError as exc:
                 log.warning("run_takeover_failed", run_id=record.id, error=exc.message)
         return claimed
+
+    async def expire_inputs(self) -> int:
+        """Answer, as the system, every waiting run's request whose `expire_time` passed
+        (`InputReceived.expired`: an approval is denied with reason EXPIRED, a text request
+        fails the run INPUT_EXPIRED) and continue those runs here while there is room;
+        returns how many were continued here. An answer that lost to a person's (or to
+        another replica's expiry) is skipped."""
+        now_ns = time.time_ns()
+        continued = 0
+        token = ""
+        while True:
+            page = await self._history.list_runs(
+                identity.SYSTEM_USER,
+                hs.ListRunRecordsRequest(
+                    page_size=500,
+                    page_token=token,
+                    status=run_pb2.RUN_STATUS_AWAITING_INPUT,
+                    all_owners=True,
+                ),
+            )
+            for record in page.runs:
+                pending = record.pending_input
+                if not pending.HasField("expire_time"):
+                    continue
+                if pending.expire_time.ToNanoseconds() > now_ns:
+                    continue
+                answer = run_pb2.RunEvent.InputReceived(
+                    input_id=pending.input_id,
+                    expired=True,
+                    request_id=f"expired-{pending.input_id}",
+                )
+                try:
+                    run, _ = await self._history.record_run_input(
+                        identity.SYSTEM_USER, record.id, answer
+                    )
+                except (FailedPrecondition, NotFound) as exc:
+                    log.info("input_expiry_skipped", run_id=record.id, reason=exc.reason)
+                    continue
+                metrics.RUN_INPUTS_EXPIRED.inc()
+                log.info("run_input_expired", run_id=record.id, input_id=pending.input_id)
+                if self._manager.has_capacity() and await self.continue_after_input(run):
+                    continued += 1
+            token = page.next_page_token
+            if not token:
+                return continued
+
+    async def continue_after_input(self, record: run_pb2.Run) -> bool:
+        """Claim a run that just received its answer (RUNNING, lease free) and continue it
+        here; False when another replica got it first. Errors are logged, not raised: the
+        run stays claimable for any sweep."""
+        try:
+            return await self._take_over(record)
+        except ChorusError as exc:
+            log.warning("run_takeover_failed", run_id=record.id, error=exc.message)
+            return False
 
     async def _take_over(self, record: run_pb2.Run) -> bool:
         """Claim `record`'s run and resume or end it; False when another replica (or a
@@ -299,8 +372,19 @@ class Liveness:
         except (FailedPrecondition, NotFound) as exc:  # LEASE_HELD / LEASE_LOST / RUN_ENDED
             log.debug("run_claim_refused", run_id=record.id, reason=exc.reason)
             return False
-        metrics.RUNS_RECOVERED.inc()
-        resumes = run.attempt - 1
+        envelope = checkpoint_envelope(checkpoint)
+        # Resumes after a person's answer are part of the plan, not losses of the owner.
+        resumes = run.attempt - 1 - int(envelope.get(PLANNED_RESUMES_KEY, 0))
+        reason = "HANDOFF" if released else "OWNER_LOST"
+        if (
+            released
+            and checkpoint is not None
+            and STEP_KEY in envelope
+            and run.last_seq == checkpoint.seq  # nothing after the answer yet
+        ):
+            reason = INPUT_RECEIVED
+        else:
+            metrics.RUNS_RECOVERED.inc()
         if run.HasField("cancellation"):  # a cancel recorded while nobody owned it wins
             terminal = run_pb2.RunEvent(
                 run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=run.cancellation)
@@ -314,5 +398,5 @@ class Liveness:
             await end_orphan(self._history, run, terminal)
             log.warning("run_resume_limit", run_id=run.id, attempt=run.attempt)
         else:
-            await self._manager.resume(run, checkpoint, "HANDOFF" if released else "OWNER_LOST")
+            await self._manager.resume(run, checkpoint, reason)
         return True

@@ -28,10 +28,12 @@ provider call, and the team stops within milliseconds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import json
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,7 @@ from autogen_agentchat.messages import BaseChatMessage
 from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import (
     AssistantMessage,
+    CreateResult,
     FunctionExecutionResult,
     LLMMessage,
     UserMessage,
@@ -65,6 +68,7 @@ from chorus.orchestrator.model_client import ProviderChatClient, add_usage
 from chorus.orchestrator.settings import Settings
 from chorus.orchestrator.teams import (
     AgentState,
+    InputExpired,
     TeamParts,
     TeamRunner,
     build_runner,
@@ -86,8 +90,25 @@ MAX_RESULT_CHARS = 64 * 1024
 """`ToolCallFinished.result` limit."""
 MAX_ARTIFACT_BYTES = 1024 * 1024
 """`Artifact.data` limit."""
-ACTIVE_STATUSES = frozenset({run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING})
+ACTIVE_STATUSES = frozenset(
+    {run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING, run_pb2.RUN_STATUS_AWAITING_INPUT}
+)
 """Statuses of runs that have not ended."""
+EXECUTING_STATUSES = frozenset({run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING})
+"""Active statuses under a lease (an AWAITING_INPUT run has none: nobody executes it)."""
+DEFAULT_INPUT_TIMEOUT_S = 24 * 3600.0
+"""How long a request for input waits when the team sets no `input_timeout` (issue 21)."""
+INPUT_RECEIVED = "INPUT_RECEIVED"
+"""Resume reason of a run continuing after a person's answer (no `run_resumed` event)."""
+STEP_KEY = "step"
+"""Key of a parked run's checkpoint envelope (`RunCheckpoint.team_state` JSON) holding the
+step under way when the run asked for input: `{"boundary_seq": the last turn boundary's
+seq, "awaiting": the input id asked for, "calls": {client label: [completed model calls
+of the step]}}` — the run continues by redoing the step from that boundary silently, its
+model calls answered from `calls`, up to the question (docs/human-in-the-loop.md)."""
+PLANNED_RESUMES_KEY = "planned_resumes"
+"""Key of the checkpoint envelope counting the run's resumes after a person's answer: they
+do not count toward `max_run_resumes`."""
 _TEAM_STOP_TIMEOUT_S = 5.0
 _RELEASE_TIMEOUT_S = 5.0
 _Event = run_pb2.RunEvent
@@ -110,10 +131,36 @@ class StopKind(enum.Enum):
     HANDOFF = "handoff"
     """This process is stopping: stop at a turn boundary (or at the deadline, losing the
     turn under way), release the lease, and let another replica continue the run."""
+    PARK = "park"
+    """The run asks a person (issue 21): store `input_requested` with the checkpoint,
+    status AWAITING_INPUT, release the lease and let go until someone answers."""
 
 
 class RunHandedOff(Exception):
     """The run stopped for a handoff; its lease is released (or expires)."""
+
+
+class RunParked(Exception):
+    """The run waits for input: its checkpoint is stored and its lease released."""
+
+
+def checkpoint_envelope(checkpoint: run_pb2.RunCheckpoint | None) -> dict[str, Any]:
+    """The checkpoint's `team_state` JSON object (`{}` for none): the team runner's state
+    (absent when the run parked before its first turn boundary) plus the keys
+    `TRACE_STATE_KEY`, `STEP_KEY` and `PLANNED_RESUMES_KEY`."""
+    if checkpoint is None or not checkpoint.team_state:
+        return {}
+    envelope = json.loads(checkpoint.team_state)
+    return envelope if isinstance(envelope, dict) else {}
+
+
+def step_start(checkpoint: run_pb2.RunCheckpoint | None) -> int:
+    """The seq from which a resumed run redoes its work: the checkpoint's, or for a run that
+    parked mid-step, that step's turn boundary (0: the run's start)."""
+    if checkpoint is None:
+        return 0
+    step = checkpoint_envelope(checkpoint).get(STEP_KEY)
+    return int(step["boundary_seq"]) if isinstance(step, dict) else checkpoint.seq
 
 
 @dataclass(frozen=True)
@@ -126,12 +173,15 @@ class Resume:
         updates: `agent_updated` events stored after the checkpoint (UpdateRunAgent changes
             made during the interrupted turn), applied again as staged changes.
         context: a SINGLE team's earlier conversation messages (its agent's context).
+        answers: `input_received` events stored since the step's turn boundary
+            (`step_start`): the answers the redone step finds when it asks again.
     """
 
     checkpoint: run_pb2.RunCheckpoint | None
     reason: str
     updates: Sequence[run_pb2.RunEvent] = ()
     context: Sequence[conversation_pb2.Message] = ()
+    answers: Sequence[run_pb2.RunEvent] = ()
 
 
 class RunAbandoned(Exception):
@@ -238,6 +288,21 @@ class LiveRun:
         """Set once the run gives its lease up (handoff): heartbeats leave it alone."""
         self._opening_turn = resume is None  # a SINGLE run's agent_started went with the start
         self._resume_state: dict[str, Any] | None = None  # the checkpoint's, parsed once
+        self._trace_carrier: dict[str, str] = {}
+        # Human in the loop (issue 21):
+        self._approval_tools = self._tools_requiring_approval()
+        self._boundary: run_pb2.RunCheckpoint | None = None  # the last turn boundary's
+        self._step_calls: dict[str, list[dict[str, Any]]] = {}  # this step's model calls
+        self._replay: dict[str, deque[dict[str, Any]]] = {}  # of them, still to replay
+        self._muted = False  # redoing a parked step: its events are in the log already
+        self._awaiting: str | None = None  # the input whose answer ends the replay
+        self._answers: dict[str, run_pb2.RunEvent.InputReceived] = {}  # by input id
+        self._approvals: dict[str, run_pb2.RunEvent.InputReceived] = {}  # by tool call id
+        self._turn_inputs = 0  # requests for input made in the current turn
+        self._planned_resumes = 0
+        self._park_request: run_pb2.RunEvent.InputRequested | None = None
+        self._parking = False
+        self._input_error: run_pb2.RunError | None = None
         if resume is not None:
             self._restore(resume)
         self._span = self._start_span() if tracing.enabled() else None
@@ -260,12 +325,7 @@ class LiveRun:
         if resume is None:
             return tracing.start_span(name, attributes=attributes)
         attributes["chorus.run.resume_reason"] = resume.reason
-        carrier: dict[str, str] = {}
-        if resume.checkpoint is not None:
-            self._resume_state = json.loads(resume.checkpoint.team_state)
-            stored = self._resume_state.pop(TRACE_STATE_KEY, None)
-            if isinstance(stored, dict):
-                carrier = {k: v for k, v in stored.items() if isinstance(v, str)}
+        carrier = self._trace_carrier
         return tracing.start_span(
             name,
             attributes=attributes,
@@ -297,6 +357,26 @@ class LiveRun:
         """Take the run's progress from its checkpoint (and the changes staged after it)."""
         cp = resume.checkpoint
         if cp is not None:
+            state = checkpoint_envelope(cp)
+            stored = state.pop(TRACE_STATE_KEY, None)
+            if isinstance(stored, dict):
+                self._trace_carrier = {k: v for k, v in stored.items() if isinstance(v, str)}
+            self._planned_resumes = int(state.pop(PLANNED_RESUMES_KEY, 0))
+            step = state.pop(STEP_KEY, None)
+            self._resume_state = state
+            self._boundary = run_pb2.RunCheckpoint()
+            self._boundary.CopyFrom(cp)
+            if isinstance(step, dict):  # parked mid-step: redo it up to the question
+                self._boundary.seq = int(step["boundary_seq"])
+                self._boundary.team_state = json.dumps(
+                    {k: v for k, v in checkpoint_envelope(cp).items() if k != STEP_KEY},
+                    separators=(",", ":"),
+                ).encode()
+                self._replay = {
+                    label: deque(calls) for label, calls in dict(step.get("calls", {})).items()
+                }
+                self._awaiting = str(step["awaiting"])
+                self._muted = True
             self.turns = cp.turns
             self.usage.CopyFrom(cp.usage)
             self.speakers = list(cp.speakers)
@@ -314,6 +394,8 @@ class LiveRun:
                 state.pending = event.agent_updated.agent
         if resume.context:
             self._context = context_messages(resume.context, self.spec.team.agents[0].name)
+        for event in resume.answers:
+            self._answers[event.input_received.input_id] = event.input_received
 
     # ------------------------------------------------------------------ control
     @property
@@ -486,16 +568,22 @@ class LiveRun:
         """See `chorus.orchestrator.teams.RunHooks`."""
         await self._emit_closing()
         self.turns += 1
+        self._turn_inputs = 0
         if agent not in self.speakers:
             self.speakers.append(agent)
         if self._single and self._opening_turn:
             self._opening_turn = False
             return 1  # its agent_started went with the run's opening write
-        await self.log.emit(_Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns)))
+        if not self._muted:
+            await self.log.emit(
+                _Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns))
+            )
         return self.turns
 
     async def tool_calls_started(self, agent: str, calls: Sequence[FunctionCall]) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
+        if self._muted:
+            return
         for call in calls:
             await self.log.emit(
                 _Event(
@@ -513,6 +601,8 @@ class LiveRun:
         results: Sequence[FunctionExecutionResult],
     ) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
+        if self._muted:
+            return
         for call, result in zip(calls, results, strict=False):
             await self.log.emit(
                 _Event(
@@ -530,10 +620,14 @@ class LiveRun:
     async def message_completed(self, agent: str, message: BaseChatMessage) -> None:
         """A message outside the agents' turns (an orchestrator's) is complete."""
         usage, self._orchestrator_usage = self._orchestrator_usage, chat_pb2.Usage()
+        if self._muted:  # stored (message and event) before the run parked
+            self._messages += 1
+            return
         await self.log.emit(await self._message_event(agent, message.to_text(), usage))
 
     async def turn_completed(self, agent: str, turn: int, message: BaseChatMessage) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
+        self._unmute("the turn ended before the question it was redone for")
         usage = self.states[agent].turn_usage
         self._last_message = message.to_text()
         if self._single:  # the run's last message: a closing write
@@ -562,7 +656,192 @@ class LiveRun:
 
     async def end_turn(self, agent: str, turn: int) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
+        self._unmute("the turn ended before the question it was redone for")
         await self._close_turn(*self._turn_end(agent, turn))
+
+    # ------------------------------------------------------------------ input (issue 21)
+    def _tools_requiring_approval(self) -> dict[str, frozenset[str]]:
+        """Per agent, the tools whose calls wait for approval: the agent's and the team's
+        `tools_requiring_approval`, and the registry's always-approved tools it has."""
+        team = self.spec.team
+        out: dict[str, frozenset[str]] = {}
+        for spec in team.agents:
+            names = set(spec.tools_requiring_approval) | set(team.tools_requiring_approval)
+            for name in spec.tools:
+                entry = self._deps.tools.get(name)
+                if entry is not None and entry.requires_approval:
+                    names.add(name)
+            out[spec.name] = frozenset(names & set(spec.tools))
+        return out
+
+    def _unmute(self, why: str) -> None:
+        """End the silent redo of a parked step (it should end at the question)."""
+        if self._muted:
+            log.warning("run_replay_diverged", reason=why, awaiting=self._awaiting)
+            self._muted = False
+            self._awaiting = None
+
+    async def approve_tool_calls(self, agent: str, calls: Sequence[FunctionCall]) -> None:
+        """See `chorus.orchestrator.teams.RunHooks`: one APPROVAL request per call of a tool
+        that needs approval, in order, each answered before the next is asked."""
+        needed = self._approval_tools.get(agent, frozenset())
+        for call in calls:
+            if call.name not in needed:
+                continue
+            answer = await self._request_input(
+                agent,
+                run_pb2.INPUT_KIND_APPROVAL,
+                f"{agent} wants to call {call.name}. Approve?",
+                chat_pb2.ToolCall(id=call.id, name=call.name, arguments=call.arguments),
+            )
+            self._approvals[call.id] = answer
+
+    def tool_denial(self, call_id: str | None) -> str | None:
+        """See `chorus.orchestrator.teams.RunHooks`."""
+        answer = self._approvals.get(call_id) if call_id else None
+        if answer is None or (answer.HasField("decision") and answer.decision.approved):
+            return None
+        if answer.expired:
+            return "not run: nobody approved this call before its request expired (EXPIRED)"
+        reason = answer.decision.reason
+        return f"not run: denied by {answer.by or 'a person'}" + (f": {reason}" if reason else "")
+
+    async def human_input(self, agent: str) -> str:
+        """See `chorus.orchestrator.teams.RunHooks`: a TEXT request whose prompt is the human
+        agent's `system_prompt`."""
+        prompt = self.states[agent].spec.system_prompt or f"{agent}, it is your turn."
+        answer = await self._request_input(agent, run_pb2.INPUT_KIND_TEXT, prompt)
+        if answer.expired or answer.WhichOneof("answer") != "text":
+            self._input_error = run_pb2.RunError(
+                code=rpc_code(grpc.StatusCode.DEADLINE_EXCEEDED),
+                message=f"nobody answered {agent}'s request {answer.input_id} before it expired",
+                reason="INPUT_EXPIRED",
+            )
+            raise InputExpired(self._input_error.message)
+        return answer.text
+
+    async def _request_input(
+        self,
+        agent: str,
+        kind: run_pb2.InputKind,
+        prompt: str,
+        tool_call: chat_pb2.ToolCall | None = None,
+    ) -> run_pb2.RunEvent.InputReceived:
+        """The answer to this turn's next request for input: known already (given before
+        the run parked, or earlier in a redone step), or else the run parks — this never
+        returns then; the step is cancelled once the question is stored."""
+        self._turn_inputs += 1
+        input_id = f"turn{self.turns}-{self._turn_inputs}"
+        if self._muted and input_id == self._awaiting:
+            self._muted = False  # the redone step reached its question: live from here
+            self._awaiting = None
+        answer = self._answers.get(input_id)
+        if answer is not None:
+            return answer
+        self._unmute(f"a question ({input_id}) before the awaited one")
+        if not self._stop.is_set():
+            team = self.spec.team
+            timeout_s = (
+                team.input_timeout.ToNanoseconds() / 1e9
+                if team.HasField("input_timeout")
+                else DEFAULT_INPUT_TIMEOUT_S
+            )
+            expire = now()
+            expire.FromNanoseconds(expire.ToNanoseconds() + int(timeout_s * 1e9))
+            self._park_request = run_pb2.RunEvent.InputRequested(
+                input_id=input_id,
+                kind=kind,
+                prompt=prompt,
+                tool_call=tool_call,
+                expire_time=expire,
+                agent=agent,
+            )
+            self._stop_kind = StopKind.PARK
+            self._stop.set()
+        await asyncio.get_running_loop().create_future()  # cancelled with the step
+        raise AssertionError("unreachable: the step is cancelled")
+
+    def _park_checkpoint(self, input_id: str) -> run_pb2.RunCheckpoint:
+        """The checkpoint of a run that asks: its last turn boundary's (the team state and
+        counters) plus the step under way — its completed model calls and the question —
+        so that the run continues by redoing the step up to the question (`STEP_KEY`)."""
+        checkpoint = run_pb2.RunCheckpoint()
+        if self._boundary is not None:
+            checkpoint.CopyFrom(self._boundary)
+        else:  # the run's start
+            checkpoint.agents.extend(self.spec.team.agents)
+        envelope = checkpoint_envelope(checkpoint)
+        envelope[STEP_KEY] = {
+            "boundary_seq": checkpoint.seq,
+            "awaiting": input_id,
+            "calls": self._step_calls,
+        }
+        envelope[PLANNED_RESUMES_KEY] = self._planned_resumes + 1
+        if self._span is not None:
+            envelope.setdefault(TRACE_STATE_KEY, tracing.carrier_of(self._span))
+        checkpoint.team_state = json.dumps(envelope, separators=(",", ":")).encode()
+        return checkpoint
+
+    async def _park(self) -> None:
+        """Store `input_requested` with the parked checkpoint and the record's status
+        AWAITING_INPUT (history-svc releases the lease in that write), in one
+        AppendRunEvents; then the run lets go (issue 21, "waiting costs nothing")."""
+        request = self._park_request
+        assert request is not None
+        self._parking = True
+        checkpoint = self._park_checkpoint(request.input_id)
+        paths = ["status", "pending_input", "turns", "usage", "last_seq"]
+
+        async def write_park(events: Sequence[run_pb2.RunEvent]) -> None:
+            checkpoint.seq = events[-1].seq
+            waiting = run_pb2.Run(
+                id=self.id,
+                status=run_pb2.RUN_STATUS_AWAITING_INPUT,
+                pending_input=request,
+                turns=self.turns,
+                usage=self.usage,
+                last_seq=events[-1].seq,
+            )
+            try:
+                self.record = await self._history.append_final_events(
+                    self.owner,
+                    self.id,
+                    events,
+                    waiting,
+                    paths,
+                    lease_epoch=self.log.lease_epoch,
+                    checkpoint=checkpoint,
+                )
+            except (FailedPrecondition, NotFound) as exc:
+                self.abandon()
+                raise RunAbandoned(exc.message) from None
+
+        await self.log.emit(
+            _Event(agent=request.agent, input_requested=request), durable=True, writer=write_park
+        )
+        self.status = run_pb2.RUN_STATUS_AWAITING_INPUT
+        metrics.RUNS_AWAITING_INPUT.inc()
+
+    # ------------------------------------------------------------------ CallJournal
+    def replay_call(self, label: str) -> tuple[CreateResult, chat_pb2.Usage] | None:
+        """See `chorus.orchestrator.model_client.CallJournal`."""
+        queue = self._replay.get(label)
+        if not queue:
+            self._unmute(f"a model call of {label} beyond the recorded ones")
+            return None
+        entry = queue.popleft()
+        self._step_calls.setdefault(label, []).append(entry)
+        usage = chat_pb2.Usage.FromString(base64.b64decode(entry["usage"]))
+        return CreateResult.model_validate(entry["result"]), usage
+
+    def record_call(self, label: str, result: CreateResult, usage: chat_pb2.Usage) -> None:
+        """See `chorus.orchestrator.model_client.CallJournal`."""
+        self._step_calls.setdefault(label, []).append(
+            {
+                "result": result.model_dump(mode="json"),
+                "usage": base64.b64encode(usage.SerializeToString()).decode(),
+            }
+        )
 
     async def _close_turn(self, *events: run_pb2.RunEvent) -> None:
         """Keep the events that close a turn for the write that follows the turn: the turn
@@ -619,6 +898,8 @@ class LiveRun:
     async def _emit_artifact(self, agent: str, name: str, mime_type: str, data: bytes) -> None:
         if len(data) > MAX_ARTIFACT_BYTES:
             raise ValueError(f"artifact {name!r} exceeds {MAX_ARTIFACT_BYTES} bytes")
+        if self._muted:  # a redone tool call's artifact is in the log already
+            return
         await self.log.emit(
             _Event(agent=agent, artifact=_Event.Artifact(name=name, mime_type=mime_type, data=data))
         )
@@ -651,16 +932,18 @@ class LiveRun:
             on_usage=lambda usage: self._on_agent_usage(state, usage),
             on_error=self._on_provider_error,
             timeout_s=self._settings.model_call_timeout_s,
+            journal=self,
         )
 
     def _orchestrator_client(self) -> ProviderChatClient:
         team = self.spec.team
         spec = team_pb2.AgentSpec(name="orchestrator")
+        first = next(a for a in team.agents if not a.human)  # validation: there is one
         spec.model.CopyFrom(
-            team.orchestrator_model if team.HasField("orchestrator_model") else team.agents[0].model
+            team.orchestrator_model if team.HasField("orchestrator_model") else first.model
         )
-        if team.agents[0].HasField("simulator"):
-            spec.simulator.CopyFrom(team.agents[0].simulator)
+        if first.HasField("simulator"):
+            spec.simulator.CopyFrom(first.simulator)
         return ProviderChatClient(
             chats=self._deps.chats,
             user=self.owner,
@@ -671,6 +954,7 @@ class LiveRun:
             on_usage=self._on_orchestrator_usage,
             on_error=self._on_provider_error,
             timeout_s=self._settings.model_call_timeout_s,
+            journal=self,
         )
 
     def _agent_tools(self, spec: team_pb2.AgentSpec) -> list[BaseTool[Any, Any]]:
@@ -703,6 +987,8 @@ class LiveRun:
             log.warning("run_abandoned", reason=str(exc))
         except RunHandedOff:
             log.info("run_handed_off", turns=self.turns, stored_seq=self.log.stored_seq)
+        except RunParked:
+            log.info("run_awaiting_input", input_id=self.record.pending_input.input_id)
         except Exception as exc:
             try:
                 await self.fail_from(exc)
@@ -716,7 +1002,8 @@ class LiveRun:
             self.drop_prefetch()  # the team never made its first call (stopped before)
             self.log.close()
             metrics.RUNS_ACTIVE.dec()
-            metrics.RUNS_ENDED.labels(run_pb2.RunStatus.Name(self.status)).inc()
+            if self.status != run_pb2.RUN_STATUS_AWAITING_INPUT:
+                metrics.RUNS_ENDED.labels(run_pb2.RunStatus.Name(self.status)).inc()
             log.info("run_ended", status=run_pb2.RunStatus.Name(self.status), turns=self.turns)
             self._end_span()
             self.done.set()
@@ -813,28 +1100,26 @@ class LiveRun:
                 tool_timeout_s=self._settings.tool_timeout_s,
                 max_tool_iterations=self._settings.max_tool_iterations,
                 context=self._context,
+                tool_gate=self.tool_denial,
             ),
         )
         self._runner = runner
         resume = self._resume
         if resume is not None:
             checkpoint = resume.checkpoint
-            await self.log.emit(
-                _Event(
-                    run_resumed=_Event.RunResumed(
-                        attempt=self.record.attempt,
-                        from_seq=checkpoint.seq if checkpoint is not None else 0,
-                        reason=resume.reason,
-                    )
-                ),
-                durable=True,
-            )
-            if checkpoint is not None:
-                state = self._resume_state
-                if state is None:
-                    state = json.loads(checkpoint.team_state)
-                    state.pop(TRACE_STATE_KEY, None)
-                self._resume_state = None
+            if resume.reason != INPUT_RECEIVED:  # after an answer the run simply goes on
+                await self.log.emit(
+                    _Event(
+                        run_resumed=_Event.RunResumed(
+                            attempt=self.record.attempt,
+                            from_seq=checkpoint.seq if checkpoint is not None else 0,
+                            reason=resume.reason,
+                        )
+                    ),
+                    durable=True,
+                )
+            state, self._resume_state = self._resume_state, None
+            if state and "format" in state:  # no runner state: parked in the first step
                 await runner.load_state(state)
         return runner
 
@@ -842,8 +1127,8 @@ class LiveRun:
         """Drive the team one agent turn per step, storing a checkpoint at every turn
         boundary; returns the team's result, or None when a handoff stopped it at a
         boundary."""
-        resumed = self._resume is not None and self._resume.checkpoint is not None
-        task: str | None = None if resumed else self.spec.input
+        # A runner that loaded a checkpoint's state continues; a fresh one starts the task.
+        task: str | None = None if runner.started else self.spec.input
         while True:
             result: TaskResult | None = None
             async for item in runner.step(task, self.token):
@@ -863,11 +1148,17 @@ class LiveRun:
                 return None
 
     async def _checkpoint(self, runner: TeamRunner) -> run_pb2.RunCheckpoint:
-        """The run's state at a turn boundary (`seq` is set by the write that stores it)."""
+        """The run's state at a turn boundary (`seq` is set by the write that stores it);
+        the next step starts a new journal of model calls and answers."""
         state = await runner.save_state()
         if self._span is not None:  # a resumed run continues this trace
             state[TRACE_STATE_KEY] = tracing.carrier_of(self._span)
-        return run_pb2.RunCheckpoint(
+        if self._planned_resumes:
+            state[PLANNED_RESUMES_KEY] = self._planned_resumes
+        self._step_calls = {}
+        self._answers.clear()
+        self._approvals.clear()
+        self._boundary = run_pb2.RunCheckpoint(
             team_state=json.dumps(state, separators=(",", ":")).encode(),
             agents=[s.spec for s in self.states.values()],
             pending_agents=[s.pending for s in self.states.values() if s.pending is not None],
@@ -877,6 +1168,7 @@ class LiveRun:
             speakers=self.speakers,
             last_message=self._last_message,
         )
+        return self._boundary
 
     async def _drive(self, runner: TeamRunner) -> TaskResult | None:
         steps = asyncio.create_task(self._steps(runner), name=f"run-{self.id}-team")
@@ -899,6 +1191,9 @@ class LiveRun:
             await self._cancelled()
         elif self._stop_kind is StopKind.ABANDON:
             raise RunAbandoned("another replica owns the run now, or it ended elsewhere")
+        elif self._stop_kind is StopKind.PARK:
+            await self._park()
+            raise RunParked()
         elif self._handoff:  # at a turn boundary, or the deadline stopped the turn
             await self._release()
             raise RunHandedOff()
@@ -958,8 +1253,13 @@ class LiveRun:
         Chorus error keeps its code (retryable when UNAVAILABLE); anything else is a bug
         reported as INTERNAL without internals.
         """
+        if self._stop_kind is StopKind.PARK and self._parking:
+            self._stop_kind = None  # storing the question failed: the run fails instead
         if self._stop_kind is not None or self._handoff:
             await self._end(None)
+            return
+        if self._input_error is not None:
+            await self._fail(self._input_error)
             return
         if self._provider_error is not None:
             await self._fail(self._provider_error)

@@ -103,6 +103,12 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         agent = await self._manager.update_agent(current_identity().user, request)
         return rs.UpdateRunAgentResponse(agent=agent)
 
+    async def SubmitRunInput(
+        self, request: rs.SubmitRunInputRequest, context: grpc.aio.ServicerContext
+    ) -> rs.SubmitRunInputResponse:
+        run, event = await self._manager.submit_input(current_identity().user, request)
+        return rs.SubmitRunInputResponse(run=run, event=event)
+
     async def ListTeamTemplates(
         self, request: rs.ListTeamTemplatesRequest, context: grpc.aio.ServicerContext
     ) -> rs.ListTeamTemplatesResponse:

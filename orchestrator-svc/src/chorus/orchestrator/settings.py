@@ -128,6 +128,12 @@ class Settings(CoreSettings):
         description="Interval of the sweep that claims runs whose lease expired or was "
         "released, seconds (one indexed query per round).",
     )
+    input_expiry_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the sweep looks for requests for input whose expire_time "
+        "passed, seconds (issue 21; one listing of the waiting runs).",
+    )
     max_run_resumes: int = Field(
         3,
         ge=0,

@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.agents import AssistantAgent, UserProxyAgent
 from autogen_agentchat.base import (
     ChatAgent,
     Response,
@@ -72,7 +72,7 @@ from autogen_core.tools import BaseTool
 from pydantic_core import to_jsonable_python
 
 from chorus.core import tracing
-from chorus.orchestrator.tools.registry import BoundedWorkbench
+from chorus.orchestrator.tools.registry import BoundedWorkbench, ToolGate
 from chorus.v1 import chat_pb2, team_pb2
 
 DEFAULT_SELECTOR_PROMPT = (
@@ -113,6 +113,23 @@ class RunHooks(Protocol):
 
     async def end_turn(self, agent: str, turn: int) -> None:
         """The turn ended without a reply (emits `agent_finished` and `progress`)."""
+
+    async def approve_tool_calls(self, agent: str, calls: Sequence[FunctionCall]) -> None:
+        """The agent's tool calls are about to run: returns once every call that needs a
+        person's approval has an answer (the run may park meanwhile — issue 21: then this
+        never returns and the step is cancelled)."""
+
+    def tool_denial(self, call_id: str | None) -> str | None:
+        """The result a tool call returns instead of running (denied or expired approval),
+        or None to run it."""
+
+    async def human_input(self, agent: str) -> str:
+        """A human agent's turn: the person's text (the run may park meanwhile, as in
+        `approve_tool_calls`).
+
+        Raises:
+            InputExpired: nobody answered before the request expired.
+        """
 
 
 @dataclass
@@ -197,6 +214,8 @@ class TurnAgent(AssistantAgent):
                     if isinstance(item, ToolCallRequestEvent):
                         requested.update((call.id, call) for call in item.content)
                         await self._hooks.tool_calls_started(self.name, item.content)
+                        # autogen runs the calls once this item is consumed: ask first.
+                        await self._hooks.approve_tool_calls(self.name, item.content)
                     elif isinstance(item, ToolCallExecutionEvent):
                         calls = [
                             requested.get(r.call_id)
@@ -220,6 +239,44 @@ class TurnAgent(AssistantAgent):
                 span.end()
 
 
+class InputExpired(Exception):
+    """Nobody answered a human agent's request for input before it expired."""
+
+
+class HumanAgent(UserProxyAgent):
+    """A person in the team (`AgentSpec.human`, issue 21): autogen's `UserProxyAgent` whose
+    input function is the run's `RunHooks.human_input` — the turn asks for text, the run
+    parks until someone answers, and the answer is the agent's message. Reports its turns
+    like a `TurnAgent`.
+
+    Args:
+        hooks: the run.
+        name: the agent's name.
+        description: shown to selectors and orchestrators.
+    """
+
+    def __init__(self, *, hooks: RunHooks, name: str, description: str) -> None:
+        async def ask(prompt: str, cancellation_token: CancellationToken | None = None) -> str:
+            return await hooks.human_input(name)
+
+        super().__init__(name, description=description, input_func=ask)
+        self._hooks = hooks
+        self.reported: set[str] = set()
+        """As `TurnAgent.reported`."""
+
+    async def on_messages_stream(
+        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+    ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
+        await self._hooks.messages_seen(
+            [m for m in messages if m.id not in self.reported] if self.reported else messages
+        )
+        turn = await self._hooks.begin_turn(self.name)
+        async for item in super().on_messages_stream(messages, cancellation_token):
+            if isinstance(item, Response):
+                await self._hooks.turn_completed(self.name, turn, item.chat_message)
+            yield item
+
+
 @dataclass
 class TeamParts:
     """What `build_team` needs besides the spec.
@@ -233,6 +290,8 @@ class TeamParts:
         tool_timeout_s: deadline of one tool call.
         max_tool_iterations: model calls an agent may spend on tool calls per turn.
         context: earlier conversation messages (SINGLE teams only).
+        tool_gate: decides per call whether a tool runs (denied approvals do not); None:
+            every call runs.
     """
 
     hooks: RunHooks
@@ -243,9 +302,16 @@ class TeamParts:
     tool_timeout_s: float
     max_tool_iterations: int
     context: list[LLMMessage] = field(default_factory=list)
+    tool_gate: ToolGate | None = None
 
 
-def _agent(spec: team_pb2.AgentSpec, parts: TeamParts, context: list[LLMMessage]) -> TurnAgent:
+def _agent(
+    spec: team_pb2.AgentSpec, parts: TeamParts, context: list[LLMMessage]
+) -> TurnAgent | HumanAgent:
+    if spec.human:
+        return HumanAgent(
+            hooks=parts.hooks, name=spec.name, description=spec.description or "A person."
+        )
     state = parts.states[spec.name]
     tools = parts.tools(spec)
     return TurnAgent(
@@ -253,7 +319,11 @@ def _agent(spec: team_pb2.AgentSpec, parts: TeamParts, context: list[LLMMessage]
         state=state,
         name=spec.name,
         model_client=parts.agent_client(state),
-        workbench=BoundedWorkbench(tools, timeout_s=parts.tool_timeout_s) if tools else None,
+        workbench=(
+            BoundedWorkbench(tools, timeout_s=parts.tool_timeout_s, gate=parts.tool_gate)
+            if tools
+            else None
+        ),
         model_context=UnboundedChatCompletionContext(initial_messages=context or None),
         description=spec.description or f"Agent {spec.name}.",
         system_message=spec.system_prompt or None,
@@ -397,7 +467,7 @@ def build_team(team: team_pb2.TeamSpec, max_turns: int, parts: TeamParts) -> Tas
     return _build(team, max_turns, parts, _agents(team, parts), step_end=False)
 
 
-def _agents(team: team_pb2.TeamSpec, parts: TeamParts) -> list[TurnAgent]:
+def _agents(team: team_pb2.TeamSpec, parts: TeamParts) -> list[TurnAgent | HumanAgent]:
     context = parts.context if team.kind == team_pb2.TEAM_KIND_SINGLE else []
     return [_agent(spec, parts, context) for spec in team.agents]
 
@@ -503,7 +573,11 @@ class TeamRunner:
     """
 
     def __init__(
-        self, kind: int, max_turns: int, team: Team | ChatAgent, agents: Sequence[TurnAgent]
+        self,
+        kind: int,
+        max_turns: int,
+        team: Team | ChatAgent,
+        agents: Sequence[TurnAgent | HumanAgent],
     ) -> None:
         self._kind = kind
         self._max_turns = max_turns
@@ -526,6 +600,11 @@ class TeamRunner:
     def turns(self) -> int:
         """Agent turns completed so far, including those before the state loaded."""
         return self._turns
+
+    @property
+    def started(self) -> bool:
+        """True once a step ran or a state was loaded (the next step takes no task)."""
+        return self._started
 
     @property
     def done(self) -> bool:

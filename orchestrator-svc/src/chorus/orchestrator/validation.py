@@ -29,6 +29,9 @@ MAX_TERMINATION_TEXT_CHARS = 1000
 MAX_SELECTOR_PROMPT_BYTES = 32 * 1024
 MAX_REQUEST_ID_CHARS = 128
 MAX_OUTPUT_TOKENS = 1_000_000
+MIN_INPUT_TIMEOUT_S = 1
+MAX_INPUT_TIMEOUT_S = 30 * 24 * 3600
+"""`TeamSpec.input_timeout` bounds (issue 21): 1 s..30 days."""
 UPDATABLE_AGENT_FIELDS = ("system_prompt", "temperature", "model")
 """Update-mask paths UpdateRunAgent accepts."""
 
@@ -67,6 +70,14 @@ def check_agent(
         v.add(f"{path}.description", f"at most {MAX_DESCRIPTION_CHARS} characters")
     if len(agent.system_prompt.encode()) > MAX_SYSTEM_PROMPT_BYTES:
         v.add(f"{path}.system_prompt", f"at most {MAX_SYSTEM_PROMPT_BYTES} bytes")
+    if agent.human:  # a person: no model, no tools (issue 21)
+        for name in ("model", "temperature", "max_output_tokens", "simulator"):
+            if agent.HasField(name):
+                v.add(f"{path}.{name}", "must be unset for a human agent")
+        for name in ("tools", "tools_requiring_approval"):
+            if getattr(agent, name):
+                v.add(f"{path}.{name}", "must be empty for a human agent")
+        return
     if not agent.HasField("model"):
         v.add(f"{path}.model", "required")
     else:
@@ -86,6 +97,12 @@ def check_agent(
         elif name in seen:
             v.add(f"{path}.tools[{j}]", f"duplicate tool {name!r}")
         seen.add(name)
+    for j, name in enumerate(agent.tools_requiring_approval):
+        if name not in seen:
+            v.add(
+                f"{path}.tools_requiring_approval[{j}]",
+                f"{name!r} is not one of the agent's tools",
+            )
 
 
 def check_team(
@@ -110,6 +127,17 @@ def check_team(
         v.add(f"{path}.agents", "a SINGLE team has exactly one agent")
     elif kind == team_pb2.TEAM_KIND_SELECTOR and n < 2:
         v.add(f"{path}.agents", "a SELECTOR team needs at least two agents")
+    if n and all(agent.human for agent in team.agents):
+        v.add(f"{path}.agents", "at least one agent must be a model (not `human`)")
+    elif kind == team_pb2.TEAM_KIND_SINGLE and n == 1 and team.agents[0].human:
+        v.add(f"{path}.agents[0].human", "a SINGLE team's agent is a model")
+    for j, name in enumerate(team.tools_requiring_approval):
+        if name not in tools:
+            v.add(f"{path}.tools_requiring_approval[{j}]", f"unknown tool {name!r}")
+    if team.HasField("input_timeout"):
+        timeout_s = team.input_timeout.ToNanoseconds() / 1e9
+        if not MIN_INPUT_TIMEOUT_S <= timeout_s <= MAX_INPUT_TIMEOUT_S:
+            v.add(f"{path}.input_timeout", "must be 1 s..30 days")
     first: dict[str, int] = {}
     for i, agent in enumerate(team.agents):
         check_agent(v, f"{path}.agents[{i}]", agent, tools=tools, catalog=catalog)
@@ -188,6 +216,9 @@ def resolve_run_spec(
             path = f"spec.model_overrides[{name}]"
             if name not in agents:
                 v.add(path, f"no agent named {name!r} in the team")
+                continue
+            if agents[name].human:
+                v.add(path, f"agent {name!r} is human: it calls no model")
                 continue
             problem = catalog.check(ref)
             if problem is not None:

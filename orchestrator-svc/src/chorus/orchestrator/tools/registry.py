@@ -72,12 +72,15 @@ class ToolEntry:
         description: one line for listings.
         factory: builds the tool for one agent of one run.
         origin: `builtin` or the entry point's distribution.
+        requires_approval: every call waits for a person's approval, whatever the team says
+            (issue 21: `run_python` runs code).
     """
 
     name: str
     description: str
     factory: ToolFactory
     origin: str = "builtin"
+    requires_approval: bool = False
 
 
 def _summary(doc: str | None) -> str:
@@ -144,7 +147,7 @@ def _run_python_entry(timeout_s: float) -> ToolEntry:
         return await python_exec.run_python(code, timeout_s=timeout_s)
 
     tool = _function_tool(run_python, "run_python")
-    return ToolEntry("run_python", tool.description, lambda _ctx: tool)
+    return ToolEntry("run_python", tool.description, lambda _ctx: tool, requires_approval=True)
 
 
 def builtin_tools(*, code_execution: bool = False, code_timeout_s: float = 10.0) -> list[ToolEntry]:
@@ -242,16 +245,25 @@ class ToolRegistry:
         return [self._entries[name].factory(ctx) for name in names]
 
 
+ToolGate = Callable[[str | None], str | None]
+"""`gate(call_id)` → the text a tool call returns instead of running (a person denied it), or
+None to run it."""
+
+
 class BoundedWorkbench(StaticWorkbench):
-    """A `StaticWorkbench` with a per-call deadline and a bounded result size.
+    """A `StaticWorkbench` with a per-call deadline, a bounded result size and an optional
+    gate (issue 21: a denied call returns the denial as an error result and does not run).
 
     A tool that raises, times out or returns too much gives an error or truncated
     `ToolResult`; it never fails the run (the agent sees the error text).
     """
 
-    def __init__(self, tools: list[BaseTool[Any, Any]], *, timeout_s: float) -> None:
+    def __init__(
+        self, tools: list[BaseTool[Any, Any]], *, timeout_s: float, gate: ToolGate | None = None
+    ) -> None:
         super().__init__(tools)
         self._timeout_s = timeout_s
+        self._gate = gate
 
     async def call_tool(
         self,
@@ -288,6 +300,9 @@ class BoundedWorkbench(StaticWorkbench):
         cancellation_token: CancellationToken | None,
         call_id: str | None,
     ) -> ToolResult:
+        denial = self._gate(call_id) if self._gate is not None else None
+        if denial is not None:
+            return ToolResult(name=name, result=[TextResultContent(content=denial)], is_error=True)
         try:
             async with asyncio.timeout(self._timeout_s):
                 result = await super().call_tool(name, arguments, cancellation_token, call_id)
