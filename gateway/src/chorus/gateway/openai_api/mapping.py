@@ -20,7 +20,17 @@ of the run. Shapes follow the `openai` SDK's types (`openai.types.responses`):
 | `run_completed` | `response.completed` (`response.incomplete` with `max_messages` when a team that ends itself ran out of turns) |
 | `run_failed` | `response.failed` |
 | `run_cancelled` | `response.cancelled` (status `cancelled`; OpenAI defines no event for it) |
+| `input_requested`, approval | the tool's `function_call` item done `incomplete`, an `mcp_approval_request` item (added, done), `response.completed`: the response ends, the run waits |
+| `input_requested`, text | a message of the asking (human) agent whose text is the prompt, `response.completed` |
+| `input_received` | starts the next response of the run (`from_seq`): `response.created`, `response.in_progress` |
 | `agent_started`, `agent_finished`, `progress`, `agent_updated`, `artifact` | none |
+
+A run that asks a person (issue 21) is one response per part: the first ends at the first
+`input_requested` (status `completed`, the request as its last output item — as OpenAI ends
+a response with an MCP approval request); the client answers with a new response
+(`previous_response_id` + an `mcp_approval_response` item, or a text message for a text
+request), whose id is `resp_<run hex>_<seq of the input_received>` and whose mapper starts
+at that seq (`from_seq`), until the next request or the run's end.
 
 Every output item carries the agent that produced it as an extra `agent` field (the SDK's
 models keep unknown fields: `item.agent`, or `item.model_extra["agent"]`).
@@ -45,6 +55,9 @@ REQUEST_ID_PREFIX = "oai:"
 """`RunSpec.request_id` of runs started over `/v1`: `oai:<flags>:<model>:<key>`."""
 
 _ENDS_ITSELF = (team_pb2.TEAM_KIND_SELECTOR, team_pb2.TEAM_KIND_MAGENTIC_ONE)
+
+APPROVAL_SERVER_LABEL = "chorus"
+"""`server_label` of the `mcp_approval_request` items: the tools run on the Chorus server."""
 
 _TERMINAL_STATUS = {
     run_pb2.RUN_STATUS_COMPLETED: "completed",
@@ -220,18 +233,32 @@ class ResponseMapper:
     so far (status, output items, usage).
     """
 
-    def __init__(self, run_id: str, context: ResponseContext, created_at: int) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        context: ResponseContext,
+        created_at: int,
+        *,
+        from_seq: int = 0,
+    ) -> None:
         self.run_id = run_id
         self.context = context
+        self.from_seq = from_seq
+        """0: the run's first response; else the seq of the `input_received` that starts
+        this response (events before it are not this response's)."""
+        self.started = False
+        """This response's first event was fed (`response.created` sent)."""
         self.next_sequence = 0
         self.ended = False
+        self.waiting_input: run_pb2.RunEvent.InputRequested | None = None
+        """The request this response ended at (the run waits for it), or None."""
         self.last_seq = 0
         self.output: list[dict[str, Any]] = []
         self.final_answer = ""
         self._open: dict[tuple[str, str], _Item] = {}
         self._last_text: dict[str, str] = {}
         self.response: dict[str, Any] = {
-            "id": ids.response_id(run_id),
+            "id": ids.response_id(run_id, from_seq),
             "object": "response",
             "created_at": created_at,
             "status": "queued" if context.background else "in_progress",
@@ -259,6 +286,8 @@ class ResponseMapper:
             "usage": None,
             "user": None,
         }
+        if from_seq:  # until an earlier answer names a later one: the run's first response
+            self.response["previous_response_id"] = ids.response_id(run_id)
 
     # --- helpers ------------------------------------------------------------------------
     def _emit(self, out: list[dict[str, Any]], event: dict[str, Any]) -> None:
@@ -392,6 +421,16 @@ class ResponseMapper:
         self.last_seq = event.seq
         kind = event.WhichOneof("payload")
         agent = event.agent
+        if self.from_seq:
+            if event.seq < self.from_seq:  # an earlier response's: only its chain matters
+                if kind == "input_received":
+                    self.response["previous_response_id"] = ids.response_id(self.run_id, event.seq)
+                return out
+            if not self.started:
+                self.started = True
+                self.response["status"] = "in_progress"
+                self._lifecycle(out, "response.created")
+                self._lifecycle(out, "response.in_progress")
         if kind == "run_started":
             self.response["status"] = "in_progress"
             self._lifecycle(out, "response.created")
@@ -412,6 +451,8 @@ class ResponseMapper:
                 self._close(out, key)
         elif kind == "run_resumed":
             self._close_all(out, "incomplete")
+        elif kind == "input_requested":
+            self._input_requested(out, event)
         elif kind == "run_completed":
             self._ended_completed(out, event)
         elif kind == "run_failed":
@@ -425,6 +466,42 @@ class ResponseMapper:
             self._close_all(out, "incomplete")
             self._end(out, "cancelled", event, "response.cancelled")
         return out
+
+    def _input_requested(self, out: list[dict[str, Any]], event: run_pb2.RunEvent) -> None:
+        """The run waits for a person: this response ends (`completed`) with the request as
+        its last output item — an `mcp_approval_request` for an approval (the call's
+        `function_call` item is done `incomplete`: it has not run), the prompt as the asking
+        agent's message for a text request."""
+        request = event.input_requested
+        agent = request.agent or event.agent
+        if request.kind == run_pb2.INPUT_KIND_APPROVAL:
+            call = request.tool_call
+            self._close(out, ("function_call", call.id), "incomplete")
+            self._close_all(out)
+            data = {
+                "id": ids.approval_request_id(self.run_id, request.input_id),
+                "type": "mcp_approval_request",
+                "name": call.name,
+                "arguments": call.arguments,
+                "server_label": APPROVAL_SERVER_LABEL,
+                "agent": agent,
+            }
+            index = len(self.output)
+            self.output.append(data)
+            self._emit(
+                out, {"type": "response.output_item.added", "output_index": index, "item": data}
+            )
+            self._emit(
+                out,
+                {"type": "response.output_item.done", "output_index": index, "item": dict(data)},
+            )
+        else:
+            self._close_all(out)
+            key = ("message", agent)
+            self._text(out, self._open_message(out, agent, event.seq), request.prompt)
+            self._close(out, key)
+        self.waiting_input = request
+        self._end(out, "completed", event, "response.completed")
 
     def _reasoning(self, out: list[dict[str, Any]], agent: str, seq: int, text: str) -> None:
         item = self._open.get(("reasoning", agent))

@@ -138,11 +138,13 @@ async def _get_run(runs_stub: Any, run_id: str, settings: GatewaySettings) -> ru
     return run
 
 
-def _mapper(run: run_pb2.Run, metadata: dict[str, str] | None = None) -> mapping.ResponseMapper:
+def _mapper(
+    run: run_pb2.Run, metadata: dict[str, str] | None = None, from_seq: int = 0
+) -> mapping.ResponseMapper:
     context = mapping.context_of(run)
     if metadata:
         context = dataclasses.replace(context, metadata=dict(metadata))
-    return mapping.ResponseMapper(run.id, context, run.create_time.seconds)
+    return mapping.ResponseMapper(run.id, context, run.create_time.seconds, from_seq=from_seq)
 
 
 async def _metadata(
@@ -214,15 +216,41 @@ async def _label_conversation(
 
 
 async def _replay(
-    run: run_pb2.Run, history: history_service_pb2_grpc.HistoryServiceStub, timeout: float
+    run: run_pb2.Run,
+    history: history_service_pb2_grpc.HistoryServiceStub,
+    timeout: float,
+    from_seq: int = 0,
 ) -> tuple[mapping.ResponseMapper, list[dict[str, Any]]]:
-    """The run's stored log through a mapper: the mapper and every OpenAI event."""
-    mapper = _mapper(run, await _metadata(history, run.conversation_id, timeout))
+    """The run's stored log through a mapper (of the response starting at `from_seq`): the
+    mapper and every OpenAI event.
+
+    Raises:
+        NotFound: `from_seq` is not the seq of one of the run's `input_received` events.
+    """
+    mapper = _mapper(run, await _metadata(history, run.conversation_id, timeout), from_seq)
     events: list[dict[str, Any]] = []
     for event in await list_run_events(history, run.id, page_size=5000, timeout=timeout):
+        if from_seq and event.seq == from_seq and event.WhichOneof("payload") != "input_received":
+            break
         events.extend(mapper.feed(event))
+    if from_seq and not mapper.started:
+        raise _no_response(ids.response_id(run.id, from_seq))
     mapper.finish_from_run(run)
     return mapper, events
+
+
+def _run_of(response_id: str) -> str:
+    """The run id of a response id, or "" when it is not one."""
+    try:
+        return ids.run_id_of(response_id)
+    except NotFound:
+        return ""
+
+
+def _no_response(response_id: str) -> NotFound:
+    return NotFound(
+        f"No response found with id '{response_id[:100]}'.", reason="RESPONSE_NOT_FOUND"
+    )
 
 
 async def _follow_to_end(
@@ -232,12 +260,15 @@ async def _follow_to_end(
     run_id: str,
     metadata: dict[str, str],
     forget: Forget | None = None,
+    *,
+    mapper: mapping.ResponseMapper | None = None,
+    after_seq: int = 0,
 ) -> mapping.ResponseMapper:
-    """Start (or follow from seq 1) a run until its terminal event; the mapper of all of it.
-    With `forget` (`store: false`) the run is deleted once it ended — before this returns —
-    or, when the request goes away first, in the background."""
-    feed = EventFeed(watches, user=user, start=feed_spec, run_id=run_id)
-    mapper: mapping.ResponseMapper | None = None
+    """Start (or follow from seq 1, or after `after_seq` with a given `mapper`) a run until
+    the response ends — the run's terminal event, or a request for input; the mapper of
+    all of it. With `forget` (`store: false`) the run is deleted once the response ended —
+    before this returns — or, when the request goes away first, in the background."""
+    feed = EventFeed(watches, user=user, start=feed_spec, run_id=run_id, after_seq=after_seq)
     try:
         while (batch := await feed.next_batch()) is not None:
             for event in batch:
@@ -246,6 +277,8 @@ async def _follow_to_end(
                         raise InvalidArgument("the run's log does not start with run_started")
                     mapper = _mapper(event.run_started.run, metadata)
                 mapper.feed(event)
+            if mapper is not None and mapper.ended:
+                break
     except BaseException:
         if forget is not None and mapper is not None:
             _forget_later(forget(mapper.run_id, mapper.context.conversation))
@@ -266,12 +299,15 @@ def _stream(
     starting_after: int,
     settings: GatewaySettings,
     forget: Forget | None = None,
+    *,
+    mapper: mapping.ResponseMapper | None = None,
+    from_seq: int = 0,
 ) -> StreamingResponse:
-    """SSE of the feed's events mapped to OpenAI events numbered above `starting_after`.
-    With `forget` (`store: false`) the run is deleted when it ends, before the terminal
+    """SSE of the feed's events mapped to OpenAI events numbered above `starting_after`
+    (by `mapper`, or one made from the feed's `run_started`, of the response starting at
+    `from_seq`), until the response ends (the run's end, or a request for input). With
+    `forget` (`store: false`) the run is deleted when the response ends, before its last
     event is sent (a retrieve after it is 404), or when the client leaves first."""
-
-    mapper: mapping.ResponseMapper | None = None
 
     async def body() -> AsyncIterator[bytes]:
         nonlocal mapper
@@ -282,7 +318,7 @@ def _stream(
                 frames: list[bytes] = []
                 for event in batch:
                     if mapper is None:
-                        mapper = _mapper(event.run_started.run, metadata)
+                        mapper = _mapper(event.run_started.run, metadata, from_seq)
                     for out in mapper.feed(event):
                         if out["sequence_number"] > starting_after:
                             frames.append(mapping.sse_frame(out))
@@ -320,6 +356,154 @@ def _stream(
                 _forget_later(forget(mapper.run_id, mapper.context.conversation))
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@dataclasses.dataclass
+class _Answer:
+    """A create that answers a waiting run (issue 21) instead of starting one."""
+
+    run: run_pb2.Run
+    submit: run_service_pb2.SubmitRunInputRequest
+
+
+async def _answer_of(
+    body: CreateResponseBody, runs_stub: Any, settings: GatewaySettings
+) -> _Answer | None:
+    """The answer a `POST /v1/responses` carries for a run waiting for input, or None (the
+    request starts a run as usual).
+
+    * an `mcp_approval_response` input item (`approval_request_id`, `approve`, `reason`)
+      answers the approval it names — the only item allowed then; `previous_response_id`,
+      when given, must be a response of the same run;
+    * text input with `previous_response_id` naming a run that waits for a *text* answer
+      (a human agent's turn) is that answer: the last user message.
+
+    Raises:
+        InvalidArgument: an approval response with other items, a malformed one, one naming
+            no approval request of the previous response's run (param `input`); text to a
+            run that waits for an approval.
+        NotFound: the previous response does not exist.
+    """
+    items = body.input if isinstance(body.input, list) else []
+    approvals = [
+        (i, item)
+        for i, item in enumerate(items)
+        if isinstance(item, dict) and item.get("type") == "mcp_approval_response"
+    ]
+    previous_run_id = _run_of(body.previous_response_id or "")
+    if approvals:
+        if len(items) != 1:
+            raise InvalidArgument(
+                "an mcp_approval_response must be the only input item (the run waits for one "
+                "answer)",
+                [("input", "give exactly one mcp_approval_response item")],
+            )
+        index, item = approvals[0]
+        path = f"input[{index}]"
+        found = ids.approval_of(str(item.get("approval_request_id") or ""))
+        approve = item.get("approve")
+        reason = item.get("reason")
+        violations: list[tuple[str, str]] = []
+        if found is None:
+            violations.append((f"{path}.approval_request_id", "not an approval request id"))
+        elif previous_run_id and found[0] != previous_run_id:
+            violations.append(
+                (f"{path}.approval_request_id", "not an approval request of previous_response_id")
+            )
+        if not isinstance(approve, bool):
+            violations.append((f"{path}.approve", "required: true or false"))
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            violations.append((f"{path}.reason", "a string of at most 1000 characters"))
+        if violations or found is None or not isinstance(approve, bool):
+            raise InvalidArgument("invalid mcp_approval_response: " + violations[0][1], violations)
+        run = await _get_run(runs_stub, found[0], settings)
+        submit = run_service_pb2.SubmitRunInputRequest(
+            run_id=run.id,
+            input_id=found[1],
+            decision=run_pb2.ApprovalDecision(approved=approve, reason=reason or ""),
+        )
+        return _Answer(run, submit)
+    if not previous_run_id:
+        return None
+    try:
+        run = await _get_run(runs_stub, previous_run_id, settings)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None  # create answers the missing previous response
+    if run.status != run_pb2.RUN_STATUS_AWAITING_INPUT:
+        return None
+    pending = run.pending_input
+    if pending.kind != run_pb2.INPUT_KIND_TEXT:
+        approval = ids.approval_request_id(run.id, pending.input_id)
+        raise InvalidArgument(
+            "the previous response waits for an approval: answer it with an "
+            f"mcp_approval_response item (approval_request_id {approval})",
+            [("input", "an mcp_approval_response item")],
+        )
+    conv = (
+        runs.Conversation([], [], body.input)
+        if isinstance(body.input, str)
+        else runs.split_messages(body.input, "input", chat=False)
+    )
+    submit = run_service_pb2.SubmitRunInputRequest(
+        run_id=run.id, input_id=pending.input_id, text=conv.last
+    )
+    return _Answer(run, submit)
+
+
+async def _answer(
+    answer: _Answer,
+    body: CreateResponseBody,
+    user: str,
+    runs_stub: Any,
+    history: HistoryDep,
+    watches: RunWatches,
+    settings: GatewaySettings,
+    idempotency_key: str | None,
+) -> Response:
+    """Answer the waiting run (RunService.SubmitRunInput) and answer the response that
+    continues it: `resp_<run hex>_<seq of the input_received>`, streamed, in the background
+    or when it ends (the run's end or its next request). The `request_id` is the
+    `Idempotency-Key`'s digest, else the approval request's id (a retried approval returns
+    the same response), else random.
+
+    Raises:
+        grpc.aio.AioRpcError: FAILED_PRECONDITION `INPUT_NOT_PENDING` (400: answered already,
+            expired, or no longer waiting), INVALID_ARGUMENT (text for an approval …).
+    """
+    submit = answer.submit
+    if idempotency_key and idempotency_key.strip():
+        submit.request_id = "oai:" + runs.idempotency_key(idempotency_key)
+    elif submit.HasField("decision"):
+        submit.request_id = "oai:" + ids.approval_request_id(submit.run_id, submit.input_id)[:120]
+    else:
+        submit.request_id = "oai:" + runs.idempotency_key(None)
+    reply = await runs_stub.SubmitRunInput(submit, timeout=settings.rpc_timeout_s)
+    from_seq = reply.event.seq
+    metadata = await _metadata(history, answer.run.conversation_id, settings.rpc_timeout_s)
+    mapper = _mapper(reply.run, metadata, from_seq)
+    mapper.response["background"] = bool(body.background)
+    previous = body.previous_response_id or ""
+    if previous and _run_of(previous) == answer.run.id:
+        mapper.response["previous_response_id"] = previous
+    if body.stream:
+        feed = EventFeed(
+            watches,
+            user=user,
+            run_id=answer.run.id,
+            after_seq=from_seq - 1,
+            max_buffered=settings.sse_max_buffered_events,
+        )
+        first = await feed.first_batch(settings.sse_first_event_wait_s)
+        return _stream(feed, first, metadata, -1, settings, mapper=mapper)
+    if body.background:
+        mapper.response["status"] = "in_progress"
+        return json_response(mapper.response)
+    mapper = await _follow_to_end(
+        watches, user, None, answer.run.id, metadata, mapper=mapper, after_seq=from_seq - 1
+    )
+    return json_response(mapper.response)
 
 
 @router.post(
@@ -366,6 +550,11 @@ async def create_response(
             [("previous_response_id", "not with conversation")],
         )
     timeout = settings.rpc_timeout_s
+    answer = await _answer_of(body, runs_stub, settings)
+    if answer is not None:
+        return await _answer(
+            answer, body, caller.user, runs_stub, history, watches, settings, idempotency_key
+        )
 
     find = runs.model_finder(runs_stub, provider, timeout)
 
@@ -487,14 +676,15 @@ async def get_response(
             "starting_after must be a sequence_number (0 or more)",
             [("starting_after", "must be >= 0")],
         )
-    run = await _get_run(runs_stub, ids.run_id_of(response_id), settings)
+    run_id, from_seq = ids.segment_of(response_id)
+    run = await _get_run(runs_stub, run_id, settings)
     terminal = run.status in (
         run_pb2.RUN_STATUS_COMPLETED,
         run_pb2.RUN_STATUS_FAILED,
         run_pb2.RUN_STATUS_CANCELLED,
     )
     if not stream or terminal:
-        mapper, events = await _replay(run, history, settings.rpc_timeout_s)
+        mapper, events = await _replay(run, history, settings.rpc_timeout_s, from_seq)
         if not stream:
             return json_response(mapper.response)
         after = -1 if starting_after is None else starting_after
@@ -506,13 +696,19 @@ async def get_response(
             )
         frames = b"".join(mapping.sse_frame(e) for e in events if e["sequence_number"] > after)
         return Response(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    if from_seq:
+        answers = await list_run_events(
+            history, run.id, kinds=["input_received"], timeout=settings.rpc_timeout_s
+        )
+        if not any(e.seq == from_seq for e in answers):
+            raise _no_response(response_id)
     feed = EventFeed(
         watches, user=caller.user, run_id=run.id, max_buffered=settings.sse_max_buffered_events
     )
     first = await feed.first_batch(settings.sse_first_event_wait_s)
     metadata = await _metadata(history, run.conversation_id, settings.rpc_timeout_s)
     after = -1 if starting_after is None else starting_after
-    return _stream(feed, first, metadata, after, settings)
+    return _stream(feed, first, metadata, after, settings, from_seq=from_seq)
 
 
 @router.post(
