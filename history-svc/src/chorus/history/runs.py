@@ -1,12 +1,15 @@
-"""Rules of run records (RecordRun, RecordRunHeartbeats): what a create stores and how an
-update or a heartbeat merges.
+"""Rules of run records (RecordRun, RecordRunHeartbeats, RecordRunInput): what a create
+stores, how an update or a heartbeat merges, and how an answer to a waiting run is recorded.
 
 Pure functions over `chorus.v1.Run` messages; both stores call them inside their
 transaction, after reading the stored row under a lock, so the rules hold under concurrency.
 Source of the rules: RecordRun's comment in proto/chorus/v1/history_service.proto and the
 run semantics of docs/architecture.md §4. Leases (`lease_epoch`, `attempt`, ClaimRun, ReleaseRun and
 the fencing of appends and heartbeats) follow the comments of `Run.lease_epoch`, ClaimRun
-and ReleaseRun there (issue 18, "Durable runs").
+and ReleaseRun there (issue 18, "Durable runs"). A run waiting for a person
+(RUN_STATUS_AWAITING_INPUT, `Run.pending_input`, RecordRunInput) follows the comments of
+RecordRunInput and AppendRunEvents there and of the status in run.proto (issue 21, human in
+the loop).
 """
 
 from __future__ import annotations

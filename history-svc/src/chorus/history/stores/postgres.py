@@ -38,6 +38,7 @@ from chorus.history.stores.base import (
     RunUpdate,
     StartedRun,
     Store,
+    answer_on_row,
     conversation_busy,
     conversation_exists,
     conversation_not_found,
@@ -555,20 +556,12 @@ class PostgresStore(Store):
                 "WHERE id = $1 FOR UPDATE",
                 run_id,
             )
-            if row is None or (owner is not None and row[0] != owner):
-                raise run_not_found(run_id)
             answers = await conn.fetch(
                 "SELECT event FROM run_events WHERE run_id = $1 AND kind = $2 ORDER BY seq",
                 run_id,
                 INPUT_ANSWERS_KIND,
             )
-            answered = run_rules.answer_input(
-                rows.run(row[3:]),
-                answer,
-                [run_pb2.RunEvent.FromString(r[0]) for r in answers],
-                row[1] + 1,
-                now_us,
-            )
+            answered = answer_on_row(run_id, owner, row, [r[0] for r in answers], answer, now_us)
             if not answered.new:
                 return RecordedInput(answered.run, answered.event, [])
             _, new = await self._append_events(conn, run_id, row[1], row[2], input_batch(answered))
