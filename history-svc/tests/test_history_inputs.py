@@ -326,6 +326,12 @@ async def test_another_users_run_is_not_found_and_the_system_answers_expiry(
 async def test_an_expired_text_request_has_no_answer(alice: UserStub) -> None:
     run = await started(alice)
     await park(alice, run.id, 3, request("turn2-1", TEXT))
+    # An expired text request carries no answer: a decision is of the wrong kind.
+    err = await rpc_error(
+        answer(alice, run.id, input_id="turn2-1", expired=True, decision=approve())
+    )
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fields_of(err) == {"answer.decision"}
     resp = await answer(alice, run.id, input_id="turn2-1", expired=True, by="")
     received = resp.event.input_received
     assert received.expired and received.WhichOneof("answer") is None
@@ -434,8 +440,7 @@ async def test_a_watcher_follows_a_waiting_run_and_sees_the_answer_live(alice: U
         await park(alice, run.id, 3, request())
         await wait_for(lambda: len(received) == 3)
         assert received[-1].WhichOneof("payload") == "input_requested"
-        await asyncio.sleep(0)  # the watch goes on while the run waits
-        assert not task.done()
+        # The watch goes on while the run waits: it is shown the answer below.
         resp = await answer(alice, run.id, decision=approve())
         await wait_for(lambda: len(received) == 4)
         assert received[-1] == resp.event
