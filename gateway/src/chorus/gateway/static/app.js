@@ -172,7 +172,23 @@ function newTurn(agent, seq, { turn = 0, started = false, done = false } = {}) {
 function currentTurn(agent, seq) {
   const t = openTurn(agent);
   if (t) { t.last = seq; return t; }
+  // A turn paused by a request for input goes on in a new card below the input card.
+  const paused = model.turns.findLast((x) => x.kind === "turn" && x.agent === agent);
+  if (paused && paused.paused && !paused.continued) {
+    paused.continued = true;
+    return newTurn(agent, seq, { turn: paused.turn, started: paused.started });
+  }
   return newTurn(agent, seq);
+}
+
+// The agent's card holding tool call `id` (the latest first), or null.
+function toolOwner(agent, id) {
+  if (!id) return null;
+  for (let i = model.turns.length - 1; i >= 0; i--) {
+    const t = model.turns[i];
+    if (t.kind === "turn" && t.agent === agent && t.tools.some((x) => x.id === id)) return t;
+  }
+  return null;
 }
 
 // A turn's state after a boundary event (where the orchestrator may checkpoint the run).
@@ -238,8 +254,10 @@ function apply(type, ev) {
       return t;
     }
     case "tool_call_finished": {
-      const t = currentTurn(agent, seq);
       const call = ev.toolCallFinished.call || {};
+      const owner = toolOwner(agent, call.id);   // an approved call: in the card that made it
+      if (owner) owner.last = seq;
+      const t = owner || currentTurn(agent, seq);
       let tool = t.tools.find((x) => x.id && x.id === call.id);
       if (!tool) { tool = { id: call.id || "", name: call.name || "", args: call.arguments || "" }; t.tools.push(tool); }
       tool.result = ev.toolCallFinished.result || "";
@@ -298,6 +316,11 @@ function apply(type, ev) {
       const r = ev.inputRequested || {};
       const call = r.toolCall || {};
       model.status = "awaiting_input";
+      const open = openTurn(r.agent || agent);
+      if (open) {   // its card closes here; what the agent does after the answer gets its own
+        open.done = true; open.paused = true; open.last = seq; mark(open, seq, true);
+        if (rendered.has(open)) renderItem(open);
+      }
       const item = { kind: "input", seq, inputId: r.inputId || "",
                      approval: r.kind === "INPUT_KIND_APPROVAL", agent: r.agent || agent,
                      prompt: r.prompt || "", tool: call.name || "", args: call.arguments || "",
