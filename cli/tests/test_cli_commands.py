@@ -6,7 +6,11 @@ run as a process whose output is a pipe (issue 23 item 10):
 * "connection refused" says the stack is not running and how to start it;
 * `chorus run nosuch` lists the templates; `--on-interrupt` is a choice;
 * piped `chorus runs list` prints values whole (tab-separated), `--output json` the reply;
-* `chorus runs export` has `format`, `exportTime` and `complete`, as the REST export.
+* `chorus runs export` has `format`, `exportTime` and `complete`, as the REST export;
+* every other command's output and exit code, bad input included (issue 24 item 7): `models`,
+  `watch`, `runs show` / `cancel` / `list --status` / `export -o` / `artifacts`,
+  `conversations list` / `show`, `--model`, `--max-turns`, a run whose model has no
+  credentials, and the exit codes of `--help` and of no command at all.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def chorus(stack: Stack, *args: str, ports: dict[str, int] | None = None) -> Don
         [*CHORUS_COMMAND, *args],
         env=env,
         cwd=stack.cwd,
+        stdin=subprocess.DEVNULL,  # never a terminal: nothing is asked
         capture_output=True,
         text=True,
         timeout=120,
@@ -165,3 +170,122 @@ def test_runs_export_has_format_export_time_and_complete(stack: Stack, finished_
     assert missing.code == 4 and "NOT_FOUND" in missing.err, missing
     malformed = chorus(stack, "runs", "export", "no-such-run")
     assert malformed.code == 4 and "run_id: must be a UUID" in malformed.err, malformed
+
+
+def test_models_lists_the_simulator_with_its_capabilities(stack: Stack) -> None:
+    done = chorus(stack, "models")
+    assert done.code == 0, done
+    header = done.out.splitlines()[1]
+    for column in ("provider", "model", "tools", "reasoning", "context", "credentials"):
+        assert column in header, done.out
+    assert any(line.split()[1:2] == ["simulator"] for line in done.out.splitlines()), done.out
+
+
+def test_watch_replays_a_finished_run_and_fails_not_found_for_an_unknown_one(
+    stack: Stack, finished_run: str
+) -> None:
+    done = chorus(stack, "watch", finished_run)
+    assert done.code == 0, done
+    assert f"run {finished_run} started: duet" in done.out and "final answer" in done.out
+    after = chorus(stack, "watch", finished_run, "--after", "1")
+    assert after.code == 0 and "started: duet" not in after.out, after
+    missing = chorus(stack, "watch", str(uuid.uuid4()))
+    assert missing.code == 4 and "NOT_FOUND" in missing.err, missing
+    negative = chorus(stack, "watch", finished_run, "--after", "x")
+    assert negative.code == 2 and "--after" in negative.err, negative
+
+
+def test_runs_show_prints_the_run_as_json(stack: Stack, finished_run: str) -> None:
+    done = chorus(stack, "runs", "show", finished_run)
+    assert done.code == 0, done
+    run = json.loads(done.out)
+    assert run["id"] == finished_run and run["status"] == "RUN_STATUS_COMPLETED"
+    assert run["spec"]["template"] == "duet" and done.err == ""
+    missing = chorus(stack, "runs", "show", str(uuid.uuid4()))
+    assert missing.code == 4 and "NOT_FOUND" in missing.err, missing
+    malformed = chorus(stack, "runs", "show", "nope")
+    assert malformed.code == 4 and "INVALID_ARGUMENT" in malformed.err, malformed
+    no_id = chorus(stack, "runs", "show")
+    assert no_id.code == 2 and "Missing argument" in no_id.err, no_id
+
+
+def test_runs_cancel_of_an_ended_run_says_so(stack: Stack, finished_run: str) -> None:
+    done = chorus(stack, "runs", "cancel", finished_run, "--reason", "enough")
+    assert done.code == 0, done
+    assert done.out.strip().endswith("(status completed)"), done.out
+    missing = chorus(stack, "runs", "cancel", str(uuid.uuid4()))
+    assert missing.code == 4 and "NOT_FOUND" in missing.err, missing
+
+
+def test_runs_list_filters_by_status(stack: Stack, finished_run: str) -> None:
+    completed = chorus(stack, "runs", "list", "--status", "completed", "--limit", "50")
+    assert completed.code == 0, completed
+    assert finished_run in completed.out
+    assert all(r.split("\t")[1] == "completed" for r in completed.out.splitlines()[1:])
+    failed = chorus(stack, "runs", "list", "--status", "failed")
+    assert failed.code == 0 and finished_run not in failed.out, failed
+    bogus = chorus(stack, "runs", "list", "--status", "bogus")
+    assert bogus.code == 2 and "unknown status 'bogus'" in bogus.err, bogus
+    zero = chorus(stack, "runs", "list", "--limit", "0")
+    assert zero.code == 2 and "--limit" in zero.err, zero
+    # 80 columns: the input and the time are left out, no column is squeezed to nothing
+    table = chorus(stack, "runs", "list", "--output", "table")
+    assert table.code == 0, table
+    row = next(line for line in table.out.splitlines() if finished_run in line)
+    assert row.split() == ["│", finished_run, "│", "completed", "│", "duet", "│", "2", "│"], row
+    assert "input" not in table.out and "created" not in table.out
+
+
+def test_runs_export_to_a_file_and_artifacts_of_a_run_without_any(
+    stack: Stack, finished_run: str
+) -> None:
+    target = stack.cwd / "run.json"
+    done = chorus(stack, "runs", "export", finished_run, "-o", str(target))
+    assert done.code == 0 and f"wrote {target}" in done.out.replace("\n", ""), done
+    assert json.loads(target.read_text())["run"]["id"] == finished_run
+    none = chorus(stack, "runs", "artifacts", finished_run, "-o", str(stack.cwd / "arts"))
+    assert none.code == 0, none
+    assert f"run {finished_run} has no artifacts" in none.out
+    assert not (stack.cwd / "arts").exists()
+
+
+def test_conversations_list_and_show(stack: Stack, finished_run: str) -> None:
+    conversation = json.loads(chorus(stack, "runs", "show", finished_run).out)["conversationId"]
+    listed = chorus(stack, "conversations", "list")
+    assert listed.code == 0, listed
+    header, *rows = listed.out.splitlines()
+    assert header.split("\t") == ["id", "title", "team", "messages", "updated"]
+    row = next(r.split("\t") for r in rows if r.startswith(conversation))
+    assert row[2] == "duet" and int(row[3]) >= 3, row
+    as_json = chorus(stack, "conversations", "list", "-O", "json")
+    assert any(c["id"] == conversation for c in json.loads(as_json.out)["conversations"])
+    shown = chorus(stack, "conversations", "show", conversation)
+    assert shown.code == 0, shown
+    assert LONG_INPUT[:40] in shown.out and "user: " in shown.out, shown.out
+    missing = chorus(stack, "conversations", "show", str(uuid.uuid4()))
+    assert missing.code == 4 and "NOT_FOUND" in missing.err, missing
+
+
+def test_run_rejects_bad_options(stack: Stack) -> None:
+    bad_model = chorus(stack, "run", "duet", "-i", "x", "--model", "Ada")
+    assert bad_model.code == 2 and "AGENT=PROVIDER/MODEL" in bad_model.err, bad_model
+    zero_turns = chorus(stack, "run", "duet", "-i", "x", "--max-turns", "0")
+    assert zero_turns.code == 2 and "--max-turns" in zero_turns.err, zero_turns
+    no_input = chorus(stack, "run", "duet")
+    assert no_input.code == 2 and "--input" in no_input.err, no_input
+    no_key = chorus(stack, "run", "duet", "-i", "x", "--model", "Ada=openai/gpt-4o-mini")
+    assert no_key.code == 4 and "INVALID_ARGUMENT" in no_key.err, no_key
+    assert "has no credentials configured" in no_key.err, no_key.err
+
+
+def test_help_and_no_command(stack: Stack) -> None:
+    helped = chorus(stack, "--help")
+    assert helped.code == 0, helped
+    for command in ("run", "watch", "runs", "conversations", "models", "teams"):
+        assert command in helped.out
+    runs_help = chorus(stack, "runs", "--help")
+    assert runs_help.code == 0 and "input" in runs_help.out, runs_help
+    nothing = chorus(stack)
+    assert nothing.code == 2 and "Usage: chorus" in nothing.out + nothing.err, nothing
+    unknown = chorus(stack, "frobnicate")
+    assert unknown.code == 2 and "frobnicate" in unknown.err, unknown

@@ -71,7 +71,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(conversations_app, name="conversations")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
+"""Errors and hints: never wrapped by the CLI (a field violation stays one line)."""
 T = TypeVar("T")
 
 _defaults = Connection.from_env()
@@ -519,6 +520,13 @@ def runs_list(
     )
 
 
+WIDE_MIN = 12
+"""The narrowest a long column (input, title) is shortened to before columns are left out."""
+_DROPPED_FIRST = ("input", "title", "created", "updated", "template", "team", "turns", "messages")
+"""Columns left out of a table, in this order, when the terminal is too narrow for them all
+(the id and the status always stay whole)."""
+
+
 def _print_rows(
     output: Output,
     reply: Any,
@@ -526,8 +534,9 @@ def _print_rows(
     rows: Sequence[Sequence[str]],
     wide: Sequence[str] = ("input", "title"),
 ) -> None:
-    """A list as a table on a terminal (long values shortened to fit), as tab-separated
-    lines with every value whole when piped (`tsv`), or as the reply's proto3 JSON."""
+    """A list as a table on a terminal (long values shortened to fit; on a narrow terminal
+    whole columns left out, `_DROPPED_FIRST`), as tab-separated lines with every value whole
+    when piped (`tsv`), or as the reply's proto3 JSON."""
     if output == Output.json:
         sys.stdout.write(json.dumps(_json(reply), indent=2) + "\n")
         return
@@ -536,16 +545,30 @@ def _print_rows(
         lines += ["\t".join(" ".join(v.split()) for v in row) for row in rows]
         sys.stdout.write("\n".join(lines) + "\n")
         return
+    widths = {
+        column: max([len(column), *(len(row[i]) for row in rows)])
+        for i, column in enumerate(columns)
+    }
+    shown = list(columns)
+    for column in _DROPPED_FIRST:  # a narrow terminal: whole columns go, none is squeezed
+        if (
+            sum(min(widths[c], WIDE_MIN) if c in wide else widths[c] for c in shown)
+            + (3 * len(shown) + 1)
+            <= console.width
+        ):
+            break
+        if column in shown:
+            shown.remove(column)
     table = Table()
-    for column in columns:
-        if column == "id":
-            table.add_column(column, no_wrap=True, min_width=36)
-        elif column in wide:
+    for column in shown:
+        if column in wide:  # shortened with … to fit
             table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=50)
         else:
-            table.add_column(column, no_wrap=True)
+            table.add_column(column, no_wrap=True, min_width=widths[column])
     for row in rows:
-        table.add_row(*row)
+        table.add_row(
+            *(value for column, value in zip(columns, row, strict=True) if column in shown)
+        )
     console.print(table)
 
 
