@@ -121,8 +121,9 @@ class TtyChorus:
         with self._changed:
             return self._err.decode(errors="replace")
 
-    def expect(self, text: str, timeout: float = 60) -> str:
-        """Wait until `text` was printed (stdout; stderr too); returns the output so far.
+    def expect(self, text: str, timeout: float = 60, count: int = 1) -> str:
+        """Wait until `text` was printed (stdout; stderr too) `count` times; returns the
+        output so far.
 
         Raises:
             AssertionError: not printed within `timeout` seconds, or the process exited.
@@ -133,7 +134,7 @@ class TtyChorus:
         with self._changed:
             while True:
                 out = self._out.decode(errors="replace") + self._err.decode(errors="replace")
-                if text in out:
+                if out.count(text) >= count:
                     return out
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._readers_alive()):
