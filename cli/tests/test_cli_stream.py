@@ -80,6 +80,8 @@ class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
 
     cut: int = 9
     fail_first: int = 1
+    ending: run_pb2.RunEvent | None = None
+    """Replaces the script's last event (run_completed) when set."""
     first_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     calls: list[tuple[str, str, int]] = field(default_factory=list)
 
@@ -87,7 +89,11 @@ class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
         self, context: grpc.aio.ServicerContext, after_seq: int
     ) -> AsyncIterator[run_pb2.RunEvent]:
         failing = len(self.calls) <= self.fail_first
-        for event in script():
+        events = script()
+        if self.ending is not None:
+            events[-1] = run_pb2.RunEvent(run_id=RUN_ID, seq=events[-1].seq)
+            events[-1].MergeFrom(self.ending)
+        for event in events:
             if event.seq <= after_seq:
                 continue
             if failing and event.seq > self.cut:
@@ -218,3 +224,35 @@ async def test_several_addresses_are_accepted_and_a_bad_list_is_a_usage_error(fa
     assert done.code == 0, done
     bad = await chorus("orch-a:1,orch-b:2", "watch", RUN_ID)
     assert bad.code == 2 and "dns:///name:port" in bad.err, bad
+
+
+@pytest.mark.parametrize(
+    ("ending", "code", "line"),
+    [
+        (
+            run_pb2.RunEvent(
+                run_failed=run_pb2.RunEvent.RunFailed(
+                    error=run_pb2.RunError(message="the model is gone", reason="MODEL_ERROR")
+                )
+            ),
+            1,
+            "run failed: the model is gone (MODEL_ERROR; retryable=False)",
+        ),
+        (
+            run_pb2.RunEvent(
+                run_cancelled=run_pb2.RunEvent.RunCancelled(
+                    cancellation=run_pb2.Cancellation(requested_by="bob", reason="enough")
+                )
+            ),
+            3,
+            "run cancelled by bob: enough",
+        ),
+    ],
+)
+async def test_a_failed_run_exits_1_and_a_cancelled_one_3(fake, ending, code, line):
+    servicer, server = fake
+    servicer.fail_first, servicer.ending = 0, ending
+    for args in (("run", "duet", "--input", "Tabs or spaces?"), ("watch", RUN_ID)):
+        done = await chorus(server.address, *args)
+        assert done.code == code, (args, done)
+        assert line in done.out and "final answer" not in done.out, done.out
