@@ -626,3 +626,51 @@ def test_another_users_approval_is_not_found(keyed_gateway):
             )
     finally:
         alice.responses.cancel(first.id)
+
+
+# --- text requests: the human editor of `article-pipeline-reviewed` -------------------------
+
+REVIEWED = "article-pipeline-reviewed"
+
+
+async def test_a_human_agents_text_answer_becomes_its_message(client):
+    reply = await client.post(
+        "/api/v1/runs", json={"template": REVIEWED, "input": "Why bees matter."}
+    )
+    assert reply.status_code == 201, reply.text
+    run_id = reply.json()["id"]
+    request = await _waiting(client, run_id)
+    assert request["kind"] == "INPUT_KIND_TEXT" and request["agent"] == "editor"
+    assert "APPROVE" in request["prompt"] and "toolCall" not in request
+    url = f"/api/v1/runs/{run_id}/input"
+    decision = await client.post(
+        url, json={"inputId": request["inputId"], "decision": {"approved": True}}
+    )
+    assert decision.status_code == 400, decision.text  # a decision for a text request
+    answer = await client.post(url, json={"inputId": request["inputId"], "text": "APPROVE"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["event"]["inputReceived"]["text"] == "APPROVE"
+    events = await _events(client, run_id)
+    editor = [
+        e["messageCompleted"]["message"]["content"]
+        for e in events
+        if e["type"] == "message_completed" and e.get("agent") == "editor"
+    ]
+    assert editor == ["APPROVE"]
+    assert events[-1]["type"] == "run_completed"
+
+
+def test_openai_text_request_is_answered_by_the_next_responses_text(gateway):
+    client = _openai(gateway)
+    first = client.responses.create(model=f"chorus/{REVIEWED}", input="Why bees matter.")
+    assert first.status == "completed"
+    prompt = first.output[-1]
+    assert prompt.type == "message" and prompt.model_extra["agent"] == "editor"
+    assert "APPROVE" in prompt.content[0].text
+    second = client.responses.create(
+        model=f"chorus/{REVIEWED}", previous_response_id=first.id, input="APPROVE"
+    )
+    assert second.id.startswith(first.id + "_") and second.previous_response_id == first.id
+    assert second.status == "completed"
+    run = httpx.get(f"{gateway}/api/v1/runs/{ids.run_id_of(first.id)}").json()
+    assert run["status"] == "RUN_STATUS_COMPLETED"
