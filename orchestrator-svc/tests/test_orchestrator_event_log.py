@@ -22,12 +22,15 @@ class Store:
 
     Called with one run's events it stands for AppendRunEvents (lifecycle writes); its
     `many` method stands for AppendRunEventBatches (the flusher), recording each call's
-    runs in `calls` and rejecting the batches of the runs in `reject`.
+    runs in `calls` as the call begins (held by the gate or not) and rejecting the batches
+    of the runs in `reject`. `order` records when each write begins and ends ("write" for a
+    run write, "call" for the flusher's), so a test sees which overlapped.
     """
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.calls: list[list[str]] = []
+        self.order: list[str] = []
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
         self.reject: dict[str, Exception] = {}
@@ -35,20 +38,23 @@ class Store:
 
     async def __call__(self, events: Sequence[run_pb2.RunEvent]) -> None:
         self.entered += 1
+        self.order.append("write begins")
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
         self.batches.append([e.seq for e in events])
+        self.order.append("write ends")
 
     async def many(
         self, batches: Sequence[tuple[str, int, Sequence[run_pb2.RunEvent]]]
     ) -> list[int | Exception]:
+        self.calls.append([run_id for run_id, _, _ in batches])
+        self.order.append("call begins")
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
-        self.calls.append([run_id for run_id, _, _ in batches])
         results: list[int | Exception] = []
         for run_id, _, events in batches:
             if run_id in self.reject:
@@ -56,6 +62,7 @@ class Store:
             else:
                 self.batches.append([e.seq for e in events])
                 results.append(events[-1].seq)
+        self.order.append("call ends")
         return results
 
     @property
@@ -105,6 +112,17 @@ async def test_events_are_numbered_from_one_without_gaps_and_stamped() -> None:
         log.emit_delta(delta())
 
 
+async def started_tasks() -> None:
+    """Return once every task created before this call has run its first step (up to its
+    first await that suspends): asyncio runs ready tasks in the order they were scheduled,
+    so a task created now runs after them. A condition on the loop's order, not a time."""
+
+    async def last() -> None:
+        return None
+
+    await asyncio.create_task(last())
+
+
 async def test_a_lifecycle_event_waits_until_the_previous_one_is_stored() -> None:
     store = Store()
     store.gate = asyncio.Event()
@@ -112,8 +130,17 @@ async def test_a_lifecycle_event_waits_until_the_previous_one_is_stored() -> Non
     await log.emit(started(1))  # returns at once; its write is held by the gate
     assert log.last_seq == 1 and store.stored == []
     log.emit_delta(delta())  # deltas never wait
-    second = asyncio.create_task(log.emit(Event(agent_finished=Event.AgentFinished(turn=1))))
-    await asyncio.sleep(0.01)
+    await wait_for(lambda: store.entered == 1, timeout=2)  # the write of 1-2 is held
+    began = asyncio.Event()
+
+    async def emit_second() -> None:
+        began.set()  # the emit below runs in this same loop step up to its first suspension
+        await log.emit(Event(agent_finished=Event.AgentFinished(turn=1)))
+
+    second = asyncio.create_task(emit_second())
+    await asyncio.wait_for(began.wait(), 2)
+    # The emit has run as far as it can without the first write: were it not waiting for
+    # that write, it would have numbered its event (3) and returned in that step.
     assert not second.done() and log.last_seq == 2  # not emitted before 1 is stored
     store.gate.set()
     await second
@@ -209,7 +236,7 @@ async def test_watchers_wake_only_once_an_event_is_stored() -> None:
     log = new_log(store)
     waiter = asyncio.create_task(log.wait_beyond(0))
     log.emit_delta(delta())
-    await wait_for(lambda: store.calls == [] and log.writing, timeout=2)  # write held
+    await wait_for(lambda: store.calls == [["run-1"]], timeout=2)  # the write began, held
     assert not waiter.done() and log.events_after(0) == []
     store.gate.set()
     await asyncio.wait_for(waiter, 1)
@@ -220,15 +247,15 @@ async def test_watchers_wake_only_once_an_event_is_stored() -> None:
 async def test_watchers_wake_on_new_events_and_when_the_log_closes() -> None:
     log = new_log(Store())
     waiter = asyncio.create_task(log.wait_beyond(0))
-    await asyncio.sleep(0)
+    await started_tasks()
     assert not waiter.done()
     log.emit_delta(delta())
     await asyncio.wait_for(waiter, 1)
     waiter = asyncio.create_task(log.wait_beyond(1))
     cancelled_watcher = asyncio.create_task(log.wait_beyond(1))
-    await asyncio.sleep(0)
+    await started_tasks()
     cancelled_watcher.cancel()  # one watcher leaving does not affect the others
-    await asyncio.sleep(0)
+    await started_tasks()
     log.close()
     await asyncio.wait_for(waiter, 1)
 
@@ -255,14 +282,17 @@ async def test_deltas_arriving_during_a_call_go_together_in_the_next_one() -> No
     flusher = DeltaFlusher(store.many, max_in_flight=1)
     logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(3)]
     logs[0].emit_delta(delta())
-    await wait_for(lambda: logs[0].writing, timeout=2)  # the first call is held
+    await wait_for(lambda: store.calls == [["run-0"]], timeout=2)  # the first call is held
     for log in logs:
         for _ in range(5):
             log.emit_delta(delta())
-    await asyncio.sleep(0.01)
-    assert store.calls == []  # nothing more was sent while the call was in flight
     store.gate.set()
     await wait_for(lambda: all(not log.has_pending for log in logs), timeout=2)
+    # Nothing more was sent while the call was in flight: a call started meanwhile (its
+    # task is created by the first mark above, so it starts before the first call ends)
+    # would have taken run-1 and run-2 without run-0, whose batch was in flight; calls are
+    # recorded as they begin, and the second began once the first had ended.
+    assert store.order == ["call begins", "call ends", "call begins", "call ends"]
     assert [sorted(c) for c in store.calls] == [["run-0"], ["run-0", "run-1", "run-2"]]
     assert [log.stored_seq for log in logs] == [6, 5, 5]
     await flusher.close()
@@ -274,12 +304,14 @@ async def test_calls_in_flight_at_once_never_carry_two_batches_of_one_run() -> N
     flusher = DeltaFlusher(store.many, max_in_flight=3)
     first, second = (new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(2))
     first.emit_delta(delta())
-    await wait_for(lambda: first.writing, timeout=2)  # call 1: run-0, held
+    await wait_for(lambda: store.calls == [["run-0"]], timeout=2)  # call 1: run-0, held
     first.emit_delta(delta())
     second.emit_delta(delta())
-    await wait_for(lambda: second.writing, timeout=2)  # call 2: run-1 only
-    await asyncio.sleep(0.01)
-    assert first.has_pending and not store.batches  # run-0's second delta waits its turn
+    await wait_for(lambda: len(store.calls) == 2, timeout=2)  # call 2 began, held too
+    # it took every marked run, and run-0's second delta waits its turn (no call takes a
+    # run's batch while one of its batches is in flight, so none will before call 1 ends)
+    assert store.calls[1] == ["run-1"]
+    assert first.has_pending and first.stored_seq == 0 and not store.batches
     store.gate.set()
     await wait_for(lambda: not first.has_pending and not second.has_pending, timeout=2)
     assert [b for b in store.batches if len(b) == 1] == store.batches  # one delta a batch
@@ -329,13 +361,14 @@ async def test_a_lifecycle_write_waits_for_the_runs_delta_batch_in_flight() -> N
     store.gate = asyncio.Event()
     log = new_log(store)
     log.emit_delta(delta())
-    await wait_for(lambda: log.writing, timeout=2)  # the flusher's batch is held
-    await log.emit(started())
+    await wait_for(lambda: store.calls == [["run-1"]], timeout=2)  # the flusher's batch, held
+    await log.emit(started())  # its write's task is created, to start in the next step
+    await started_tasks()  # it has: it waits for the batch in flight
+    assert store.entered == 0 and store.order == ["call begins"]
     finishing = asyncio.create_task(log.sync())
-    await asyncio.sleep(0.02)
-    assert not finishing.done() and store.stored == []
     store.gate.set()
-    await finishing
+    await asyncio.wait_for(finishing, 2)
+    assert store.order == ["call begins", "call ends", "write begins", "write ends"]
     assert store.stored == [1, 2] and store.batches == [[1], [2]]
 
 
