@@ -542,6 +542,12 @@ def test_openai_approval_request_then_approval_response_continues_the_run(gatewa
     assert any(i.type == "function_call" and i.status == "completed" for i in second.output)
     again = client.responses.retrieve(second.id)
     assert again.status == "completed" and again.output_text == second.output_text
+    answered = client.responses.input_items.list(second.id).data
+    assert [(i.type, i.approval_request_id, i.approve) for i in answered] == [
+        ("mcp_approval_response", request.id, True)
+    ]
+    replayed = list(client.responses.retrieve(second.id, stream=True, starting_after=1))
+    assert replayed[0].sequence_number == 2 and replayed[-1].type == "response.completed"
 
     # the same approval again: nothing is pending any more
     with pytest.raises(openai.BadRequestError):
@@ -603,8 +609,13 @@ def test_openai_denial_without_streaming_and_bad_approval_items(gateway):
     assert second.status == "completed"
     call = next(i for i in second.output if i.type == "function_call")
     assert call.status == "incomplete" and "not now" in call.model_extra["output"]
-    with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve(first.id + "_999999")
+    for bogus in (first.id + "_999999", first.id + "_1"):  # no answer started a part there
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(bogus)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.cancel(bogus)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.delete(bogus)
 
 
 def test_another_users_approval_is_not_found(keyed_gateway):

@@ -247,6 +247,21 @@ def _run_of(response_id: str) -> str:
         return ""
 
 
+async def _check_part(
+    history: history_service_pb2_grpc.HistoryServiceStub,
+    run_id: str,
+    from_seq: int,
+    response_id: str,
+    timeout: float,
+) -> None:
+    """404 unless `from_seq` is 0 or the seq of one of the run's `input_received` events
+    (a response `resp_<run>_<seq>` exists only where an answer started it)."""
+    if from_seq:
+        answers = await list_run_events(history, run_id, kinds=["input_received"], timeout=timeout)
+        if not any(e.seq == from_seq for e in answers):
+            raise _no_response(response_id)
+
+
 def _no_response(response_id: str) -> NotFound:
     return NotFound(
         f"No response found with id '{response_id[:100]}'.", reason="RESPONSE_NOT_FOUND"
@@ -263,6 +278,7 @@ async def _follow_to_end(
     *,
     mapper: mapping.ResponseMapper | None = None,
     after_seq: int = 0,
+    from_seq: int = 0,
 ) -> mapping.ResponseMapper:
     """Start (or follow from seq 1, or after `after_seq` with a given `mapper`) a run until
     the response ends — the run's terminal event, or a request for input; the mapper of
@@ -275,7 +291,7 @@ async def _follow_to_end(
                 if mapper is None:
                     if event.WhichOneof("payload") != "run_started":
                         raise InvalidArgument("the run's log does not start with run_started")
-                    mapper = _mapper(event.run_started.run, metadata)
+                    mapper = _mapper(event.run_started.run, metadata, from_seq)
                 mapper.feed(event)
             if mapper is not None and mapper.ended:
                 break
@@ -696,12 +712,7 @@ async def get_response(
             )
         frames = b"".join(mapping.sse_frame(e) for e in events if e["sequence_number"] > after)
         return Response(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-    if from_seq:
-        answers = await list_run_events(
-            history, run.id, kinds=["input_received"], timeout=settings.rpc_timeout_s
-        )
-        if not any(e.seq == from_seq for e in answers):
-            raise _no_response(response_id)
+    await _check_part(history, run.id, from_seq, response_id, settings.rpc_timeout_s)
     feed = EventFeed(
         watches, user=caller.user, run_id=run.id, max_buffered=settings.sse_max_buffered_events
     )
@@ -730,7 +741,8 @@ async def cancel_response(
 ) -> Response:
     """Stops the run's in-flight model call and ends it `cancelled`, then answers the
     response. Idempotent: a response that already ended is answered as it is."""
-    run_id = ids.run_id_of(response_id)
+    run_id, from_seq = ids.segment_of(response_id)
+    await _check_part(history, run_id, from_seq, response_id, settings.rpc_timeout_s)
     await runs_stub.CancelRun(
         run_service_pb2.CancelRunRequest(run_id=run_id, reason="cancelled over the OpenAI API"),
         timeout=settings.rpc_timeout_s,
@@ -738,7 +750,9 @@ async def cancel_response(
     async with asyncio.timeout(settings.rpc_timeout_s):
         run = await _get_run(runs_stub, run_id, settings)
         metadata = await _metadata(history, run.conversation_id, settings.rpc_timeout_s)
-        mapper = await _follow_to_end(watches, caller.user, None, run_id, metadata)
+        mapper = await _follow_to_end(
+            watches, caller.user, None, run_id, metadata, from_seq=from_seq
+        )
     return json_response(mapper.response)
 
 
@@ -749,17 +763,22 @@ async def cancel_response(
     responses={200: {"description": "`{id, object: response.deleted, deleted: true}`"}, **_ERRORS},
 )
 async def delete_response(
-    response_id: str, caller: CallerDep, runs_stub: RunsDep, settings: SettingsDep
+    response_id: str,
+    caller: CallerDep,
+    runs_stub: RunsDep,
+    history: HistoryDep,
+    settings: SettingsDep,
 ) -> Response:
     """Deletes the response's run (RunService.DeleteRun: an active run is cancelled
     first); afterwards the response is 404 everywhere. The messages it added to its
     conversation stay there. 404 for an unknown or already deleted response."""
-    run_id = ids.run_id_of(response_id)
+    run_id, from_seq = ids.segment_of(response_id)
+    await _check_part(history, run_id, from_seq, response_id, settings.rpc_timeout_s)
     await runs_stub.DeleteRun(
         run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=settings.rpc_timeout_s
     )
     return json_response(
-        {"id": ids.response_id(run_id), "object": "response.deleted", "deleted": True}
+        {"id": ids.response_id(run_id, from_seq), "object": "response.deleted", "deleted": True}
     )
 
 
@@ -776,20 +795,40 @@ async def list_input_items(
     response_id: str,
     caller: CallerDep,
     runs_stub: RunsDep,
+    history: HistoryDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> Response:
     """The run's input as one user message item (earlier messages of the request are part
-    of its text)."""
-    run = await _get_run(runs_stub, ids.run_id_of(response_id), settings)
-    item = {
-        "id": ids.item_id("msg", run.id, 0),
+    of its text); for a response that answered the run (`resp_<run>_<seq>`, issue 21), the
+    answer: an `mcp_approval_response` item, or the text as a user message."""
+    run_id, from_seq = ids.segment_of(response_id)
+    run = await _get_run(runs_stub, run_id, settings)
+    item: dict[str, Any] = {
+        "id": ids.item_id("msg", run.id, from_seq),
         "type": "message",
         "role": "user",
         "status": "completed",
         "content": [{"type": "input_text", "text": run.spec.input}],
     }
+    if from_seq:
+        answers = await list_run_events(
+            history, run.id, kinds=["input_received"], timeout=settings.rpc_timeout_s
+        )
+        received = next((e.input_received for e in answers if e.seq == from_seq), None)
+        if received is None:
+            raise _no_response(response_id)
+        if received.HasField("decision"):
+            item = {
+                "id": ids.item_id("mcpa", run.id, from_seq),
+                "type": "mcp_approval_response",
+                "approval_request_id": ids.approval_request_id(run.id, received.input_id),
+                "approve": received.decision.approved,
+                "reason": received.decision.reason or None,
+            }
+        else:
+            item["content"] = [{"type": "input_text", "text": received.text}]
     data = [item][:limit]
     return json_response(
         {
