@@ -200,8 +200,8 @@ async def ask(request: InputRequested, read_line: LineReader, console: Console) 
                     console.print(Text(f"    {line}"))
             else:
                 console.print(Text.assemble((f"  {name}: ", "yellow"), value))
-        if request.prompt:
-            console.print(Text(f"  {request.prompt}", style="dim"))
+        if request.prompt and not request.prompt.startswith(f"{agent} wants to call "):
+            console.print(Text(f"  {request.prompt}", style="dim"))  # more than the above
         while True:
             line = await read_line("Approve? [y/N] ")
             if line is None:
