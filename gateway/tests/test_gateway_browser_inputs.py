@@ -119,3 +119,30 @@ async def test_deny_asks_for_a_reason_and_the_card_shows_it(page, gateway):
     events = await _events(gateway, run_id)
     finished = next(e for e in events if "toolCallFinished" in e)["toolCallFinished"]
     assert not finished.get("success", False) and "not today" in finished["result"]
+
+
+async def test_a_human_editors_card_takes_text_and_shows_it(page, gateway):
+    await page.goto("/")
+    await page.wait_for_selector(
+        '#template option[value="article-pipeline-reviewed"]', state="attached"
+    )
+    await page.select_option("#template", "article-pipeline-reviewed")
+    await page.fill("#topic", "Why bees matter.")
+    await page.click("#start")
+    card = page.locator(PENDING)
+    await card.wait_for(timeout=60_000)
+    assert "APPROVE" in (await card.locator(".input-prompt").text_content() or "")
+    assert await card.locator(".input-tool").count() == 0
+    await card.locator(".input-send").click()  # empty: nothing is sent
+    assert await page.locator(PENDING).count() == 1
+    await card.locator(".input-text").fill("APPROVE")
+    await card.locator(".input-send").click()
+    answered = page.locator('[data-testid="input-card"][data-state="answered"]')
+    await answered.wait_for()
+    assert await answered.locator(".input-outcome").text_content() == "Answered by dev: APPROVE"
+    await page.wait_for_function(
+        "document.getElementById('status').textContent === 'completed'", timeout=60_000
+    )
+    editor = page.locator('#transcript .turn[data-agent="editor"]:visible .turn-text')
+    assert await editor.all_text_contents() == ["APPROVE"], "one editor card: the answer"
+    await page.screenshot(path=str(ARTIFACTS / "gateway-page-editor.png"), full_page=True)

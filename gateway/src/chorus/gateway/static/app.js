@@ -382,6 +382,9 @@ function renderItem(item) {
   }
   node.dataset.agent = item.agent;
   node.classList.toggle("active", !item.done);
+  // A human agent's turn is its input card: the empty card it paused stays out of sight.
+  node.hidden = !!item.paused && !item.text && !item.reasoning && !item.tools.length &&
+                !(item.artifacts || []).length;
   let head = node.querySelector(".turn-head");
   if (!head) {
     head = el("div", "turn-head");
@@ -782,6 +785,10 @@ function describeTemplate() {
   const box = $("agent-models");
   box.replaceChildren();
   for (const agent of (t && t.spec && t.spec.agents) || []) {
+    if (agent.human) {   // a person (issue 21): no model to pick
+      box.appendChild(el("label", "human-agent", `${agent.name}: you`));
+      continue;
+    }
     const current = `${(agent.model || {}).provider || ""}/${(agent.model || {}).model || ""}`;
     const label = el("label", null, agent.name);
     const select = el("select");
