@@ -243,7 +243,8 @@ class HistoryServiceServicer(object):
         runs) and returns their records as stored, which is how a run's owner learns of a cancel
         recorded on another replica or of its run ended elsewhere. A heartbeat sets the run's
         `heartbeat_time` to the server's clock and its `owner_instance`, `turns`, `usage` and
-        `last_seq`; an ended run is returned unchanged; a missing run, or another user's unless
+        `last_seq`; an ended run, and a run AWAITING_INPUT (its lease stays free), is returned
+        unchanged; a missing run, or another user's unless
         the caller is the internal service identity, is left out of the answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -259,7 +260,7 @@ class HistoryServiceServicer(object):
         `attempt` + 1, and the response carries its latest checkpoint. Only for the internal
         service identity. FAILED_PRECONDITION with reason RUN_ENDED (the run ended),
         LEASE_HELD (its owner is alive), INPUT_PENDING (it waits for input: RecordRunInput
-        makes it claimable) or LEASE_LOST (the epoch moved: another replica
+        makes it claimable; ErrorInfo metadata `run_id`, `input_id`) or LEASE_LOST (the epoch moved: another replica
         claimed it first); NOT_FOUND for a missing run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -309,8 +310,8 @@ class HistoryServiceServicer(object):
         (`input_received`, stamped with the server's time), sets the record RUNNING with
         `pending_input` cleared and its lease free (as ReleaseRun leaves it), and moves the
         checkpoint's `seq` to the new event (the run continues from there). First answer wins:
-        a second answer to the same request is FAILED_PRECONDITION (reason INPUT_NOT_PENDING)
-        and changes nothing, unless it repeats the first answer's non-empty `request_id`, which
+        a second answer to the same request is FAILED_PRECONDITION (reason INPUT_NOT_PENDING,
+        ErrorInfo metadata `run_id`, `status`, `pending_input_id`) and changes nothing, unless it repeats the first answer's non-empty `request_id`, which
         returns the first answer's event and record. NOT_FOUND for a missing run or another
         user's (the internal service identity may answer any run: expiry); INVALID_ARGUMENT for
         a malformed answer or one of the wrong kind.
