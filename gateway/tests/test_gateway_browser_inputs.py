@@ -146,3 +146,17 @@ async def test_a_human_editors_card_takes_text_and_shows_it(page, gateway):
     editor = page.locator('#transcript .turn[data-agent="editor"]:visible .turn-text')
     assert await editor.all_text_contents() == ["APPROVE"], "one editor card: the answer"
     await page.screenshot(path=str(ARTIFACTS / "gateway-page-editor.png"), full_page=True)
+
+
+async def test_cancel_while_waiting_closes_the_card(page, gateway):
+    await _start(page)
+    await page.locator(PENDING).wait_for(timeout=30_000)
+    assert await page.is_enabled("#cancel")
+    await page.click("#cancel")
+    closed = page.locator('[data-testid="input-card"][data-state="closed"]')
+    await closed.wait_for()
+    assert await closed.locator("button").count() == 0
+    assert (
+        await closed.locator(".input-outcome").text_content() == "Not answered: the run cancelled"
+    )
+    assert await page.text_content("#status") == "cancelled"

@@ -421,6 +421,28 @@ async def test_an_sse_stream_of_a_waiting_run_stays_open_and_continues(client):
     assert [int(f.id or 0) for f in seen] == list(range(1, len(seen) + 1))
 
 
+async def test_cancel_while_waiting_ends_the_run_and_the_answer_is_too_late(client, waiting_run):
+    run_id, request = waiting_run
+    cancelled = await client.post(f"/api/v1/runs/{run_id}/cancel", json={"reason": "no"})
+    assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True
+    events = await _events(client, run_id)
+    assert [e["type"] for e in events][-2:] == ["input_requested", "run_cancelled"]
+    late = await client.post(
+        f"/api/v1/runs/{run_id}/input",
+        json={"inputId": request["inputId"], "decision": {"approved": True}},
+    )
+    assert late.status_code == 400, late.text
+    assert error_of(late)["status"] == "FAILED_PRECONDITION"
+
+
+async def test_deleting_the_conversation_of_a_waiting_run_deletes_the_run(client, waiting_run):
+    run_id, _ = waiting_run
+    conversation = (await client.get(f"/api/v1/runs/{run_id}")).json()["conversationId"]
+    deleted = await client.delete(f"/api/v1/conversations/{conversation}")
+    assert deleted.status_code == 204, deleted.text
+    assert (await client.get(f"/api/v1/runs/{run_id}")).status_code == 404
+
+
 async def test_the_websocket_input_frame_answers_and_acks_before_the_event(gateway):
     async with websockets.connect(_ws_url(gateway), origin=gateway) as ws:
         assert json.loads(await ws.recv())["status"] == "connected"

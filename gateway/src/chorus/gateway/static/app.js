@@ -478,6 +478,12 @@ function renderInput(item, node) {
     node.replaceChildren(...parts);
     return;
   }
+  if (TERMINAL.has(`run_${model.status}`)) {   // cancelled (or failed) while it waited
+    node.dataset.state = "closed";
+    parts.push(el("div", "input-outcome closed", `Not answered: the run ${model.status}`));
+    node.replaceChildren(...parts);
+    return;
+  }
   const actions = el("div", "input-actions");
   const error = el("div", "input-error", item.error || "");
   error.hidden = !item.error;
@@ -641,7 +647,8 @@ async function watch(runId, { restored = false } = {}) {
         onEvent: (type, ev) => {
           if (watching !== controller) return "stop";
           const item = apply(type, ev);
-          if (type === "run_resumed") renderAll();   // the interrupted turn's nodes go
+          // run_resumed: the interrupted turn's nodes go; the end: unanswered cards close
+          if (type === "run_resumed" || TERMINAL.has(type)) renderAll();
           else if (item) renderItem(item);
           if (type === "run_started") renderAgents();
           renderHead();
