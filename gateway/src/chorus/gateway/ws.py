@@ -28,7 +28,8 @@ Client → server frames, JSON text (binary frames holding UTF-8 JSON are accept
                                   "requestId": "…"}}
         answers the run's `input_requested` (issue 21; runId defaults as for cancel)
         → {"type": "status", "status": "input_submitted", "runId", "inputId", "run", "event"},
-        always before the run's `input_received` event; a repeat of the requestId → the same
+        always before the run's `input_received` event (a repeat of its requestId gets the
+        same ack); a bad answer or one too late → the error frame with runId and inputId
 
 Payload keys may be lowerCamelCase or snake_case (`runId` or `run_id`), like proto3 JSON.
 
