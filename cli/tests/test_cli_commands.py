@@ -273,6 +273,10 @@ def test_run_rejects_bad_options(stack: Stack) -> None:
     assert zero_turns.code == 2 and "--max-turns" in zero_turns.err, zero_turns
     no_input = chorus(stack, "run", "duet")
     assert no_input.code == 2 and "--input" in no_input.err, no_input
+    twice = chorus(stack, "run", "duet", "Tabs?", "--input", "Spaces?")
+    assert twice.code == 2 and "give the run's input once" in twice.err, twice
+    positional = chorus(stack, "run", "duet", "Tabs or spaces?", "--max-turns", "1")
+    assert positional.code == 0 and "final answer" in positional.out, positional
     no_key = chorus(stack, "run", "duet", "-i", "x", "--model", "Ada=openai/gpt-4o-mini")
     assert no_key.code == 4 and "INVALID_ARGUMENT" in no_key.err, no_key
     assert "has no credentials configured" in no_key.err, no_key.err

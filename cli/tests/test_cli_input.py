@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -393,10 +394,24 @@ async def test_on_a_whole_terminal_the_live_area_gives_way_to_the_prompt(approva
     assert fake.submits[0].decision.approved
 
 
+async def test_ctrl_c_at_the_prompt_of_watch_detaches_and_the_run_waits(approval) -> None:
+    fake, address = approval
+    tty = TtyChorus("watch", RUN_ID, env=env_for(address))
+    try:
+        await in_thread(tty.expect, "Approve? [y/N]")
+        tty.proc.send_signal(signal.SIGINT)
+        done = await in_thread(tty.wait)
+    finally:
+        tty.kill()
+    assert done.code == 5, done
+    assert f"detached; follow again with: chorus watch {RUN_ID} --after 5" in done.out, done.out
+    assert not fake.submits and fake.status == run_pb2.RUN_STATUS_AWAITING_INPUT
+
+
 # ------------------------------------------------------------------- not asking: exit code 6
 async def test_without_a_terminal_run_prints_how_to_answer_and_exits_6(approval) -> None:
     fake, address = approval
-    done = await chorus(address, *RUN_ARGS)
+    done = await chorus(address, "run", "assistant-approval", "What is 17.5% of 2,340?")
     assert done.code == 6, done
     assert "⏸ waiting for approval of calculator" in done.out
     assert f"run {RUN_ID} waits for approval of calculator(" in done.out, done.out

@@ -404,7 +404,16 @@ def run(
         str,
         typer.Argument(help="Team template: duet, assistant, crypto-analysts, article-pipeline, …"),
     ],
-    input: Annotated[str, typer.Option("--input", "-i", help="Topic, task or message.")],
+    text: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[INPUT]", help="Topic, task or message (or --input).", show_default=False
+        ),
+    ] = None,
+    input: Annotated[
+        str | None,
+        typer.Option("--input", "-i", help="Topic, task or message.", show_default=False),
+    ] = None,
     conversation: Annotated[str, typer.Option(help="Conversation id (default: a new one).")] = "",
     max_turns: Annotated[
         int | None, typer.Option(min=1, help="Turn limit (default: the team's).")
@@ -423,9 +432,14 @@ def run(
     input (a tool call to approve, a human agent's turn), asks at the terminal and sends
     the answer; with stdin not a terminal or --no-input, prints how to answer and exits 6
     while the run waits."""
+    if (text is None) == (input is None):
+        raise typer.BadParameter(
+            "give the run's input once: chorus run TEMPLATE INPUT, or --input INPUT",
+            param_hint="--input",
+        )
     spec = run_pb2.RunSpec(
         template=template,
-        input=input,
+        input=input if input is not None else text,
         conversation_id=conversation,
         max_turns=max_turns,
         request_id=request_id,
