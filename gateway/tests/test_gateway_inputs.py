@@ -216,6 +216,22 @@ def test_a_text_request_ends_the_response_with_the_agents_prompt():
 # --- end to end: the real services ----------------------------------------------------------
 
 
+async def test_the_openapi_document_describes_the_endpoint(client):
+    doc = (await client.get("/openapi.json")).json()
+    operation = doc["paths"]["/api/v1/runs/{run_id}/input"]["post"]
+    assert operation["operationId"] == "submitRunInput"
+    body = operation["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/RunInput"}
+    schema = doc["components"]["schemas"]["RunInput"]
+    assert schema["required"] == ["inputId"] and schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"inputId", "text", "decision", "requestId"}
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/chorus.v1.SubmitRunInputResponse"}
+    assert {"400", "4XX", "5XX"} <= set(operation["responses"])
+    events = doc["components"]["schemas"]["chorus.v1.RunEvent"]["properties"]
+    assert {"inputRequested", "inputReceived"} <= set(events)
+
+
 def _ws_url(base: str) -> str:
     return base.replace("http://", "ws://") + "/api/v1/ws"
 

@@ -228,7 +228,8 @@ function apply(type, ev) {
       model.status = "running";
       model.title = spec.template || "custom team";
       model.maxTurns = spec.maxTurns || (spec.team && spec.team.maxTurns) || 0;
-      model.agents = ((spec.team && spec.team.agents) || []).map((a) => ({
+      // a human agent (issue 21) has no model or temperature to steer
+      model.agents = ((spec.team && spec.team.agents) || []).filter((a) => !a.human).map((a) => ({
         name: a.name, temperature: a.temperature, systemPrompt: a.systemPrompt || "",
         model: a.model ? `${a.model.provider || ""}/${a.model.model || ""}` : "",
       }));
