@@ -362,7 +362,7 @@ async def test_a_request_answered_elsewhere_withdraws_the_prompt(approval) -> No
     finally:
         tty.kill()
     assert done.code == 0, done
-    assert "input turn1-1 was answered elsewhere" in done.out, done.out
+    assert "input turn1-1 was answered elsewhere" in done.err, done  # questions: stderr
     assert "✔ approved by bob" in done.out and not fake.submits
 
 

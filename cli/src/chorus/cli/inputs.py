@@ -38,7 +38,7 @@ import grpc
 from rich.console import Console
 from rich.text import Text
 
-from chorus.v1 import run_pb2, run_service_pb2
+from chorus.v1 import chat_pb2, run_pb2, run_service_pb2, run_service_pb2_grpc
 
 EXIT_AWAITING_INPUT = 6
 """`chorus run` / `chorus watch` stopped (stdin not a terminal, `--no-input`, or Ctrl-D at
@@ -73,10 +73,9 @@ class SubmitFailed(Exception):
         self.error = error
 
 
-def call_text(call: run_pb2.ToolCall | object) -> str:
+def call_text(call: chat_pb2.ToolCall) -> str:
     """`name(arguments)` of a tool call, arguments as sent (JSON), compacted."""
-    name = getattr(call, "name", "")
-    arguments = getattr(call, "arguments", "")
+    name, arguments = call.name, call.arguments
     with contextlib.suppress(ValueError, TypeError):
         arguments = json.dumps(json.loads(arguments), ensure_ascii=False, separators=(", ", ": "))
     return f"{name}({arguments})"
@@ -196,8 +195,8 @@ async def ask(request: InputRequested, read_line: LineReader, console: Console) 
         for name, value in _arguments(request.tool_call.arguments):
             if "\n" in value:
                 console.print(Text(f"  {name}:", style="yellow"))
-                for line in value.splitlines():
-                    console.print(Text(f"    {line}"))
+                for code_line in value.splitlines():
+                    console.print(Text(f"    {code_line}"))
             else:
                 console.print(Text.assemble((f"  {name}: ", "yellow"), value))
         if request.prompt and not request.prompt.startswith(f"{agent} wants to call "):
@@ -250,7 +249,7 @@ class InputPrompter:
 
     def __init__(
         self,
-        stub: object,
+        stub: run_service_pb2_grpc.RunServiceStub,
         metadata: tuple[tuple[str, str], ...],
         console: Console,
         renderer: Pausable,
@@ -261,9 +260,12 @@ class InputPrompter:
         self.stub = stub
         self.metadata = metadata
         self.console = console
+        """Where questions are asked (stderr when stdout is not a terminal)."""
         self.renderer = renderer
         self.interactive = interactive
-        self.read_line = read_line
+        self.read_line: LineReader | None = read_line
+        """Reads the answers; stdin's `TerminalLines` (one for the command: what is typed
+        ahead of a question is kept for it) unless given."""
         self.task: asyncio.Task[None] | None = None
         self.asking: str = ""
         """The input_id asked at the prompt, while `task` runs."""
@@ -315,9 +317,12 @@ class InputPrompter:
         """Whether the run still waits for `request` (a replayed one may be long answered).
         A run not (yet) recorded as waiting but with no later event stored counts as
         waiting: an answer arriving on the stream withdraws the prompt anyway."""
-        reply = await self.stub.GetRun(  # type: ignore[attr-defined]
-            run_service_pb2.GetRunRequest(run_id=run_id), metadata=self.metadata
-        )
+        try:
+            reply = await self.stub.GetRun(
+                run_service_pb2.GetRunRequest(run_id=run_id), metadata=self.metadata, timeout=30
+            )
+        except grpc.aio.AioRpcError:
+            return True  # not known: ask (an answer from elsewhere withdraws the question)
         run = reply.run
         if run.status == run_pb2.RUN_STATUS_AWAITING_INPUT:
             return bool(run.pending_input.input_id == request.input_id)
@@ -326,7 +331,9 @@ class InputPrompter:
         return False
 
     async def _ask_and_submit(self, run_id: str, request: InputRequested) -> None:
-        read_line = self.read_line or TerminalLines(self.console)
+        if self.read_line is None:
+            self.read_line = TerminalLines(self.console)
+        read_line = self.read_line
         while True:
             with self.renderer.paused():
                 try:
@@ -365,7 +372,7 @@ def is_not_pending(err: grpc.aio.AioRpcError) -> bool:
     from grpc_status import rpc_status
 
     try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
     except ValueError:
         status = None
     for detail in status.details if status is not None else ():
@@ -382,7 +389,7 @@ SUBMIT_ATTEMPTS = 4
 
 
 async def submit(
-    stub: object,
+    stub: run_service_pb2_grpc.RunServiceStub,
     metadata: tuple[tuple[str, str], ...],
     run_id: str,
     input_id: str,
@@ -405,7 +412,7 @@ async def submit(
         request.decision.CopyFrom(answer)
     for attempt in range(1, SUBMIT_ATTEMPTS + 1):
         try:
-            reply: run_service_pb2.SubmitRunInputResponse = await stub.SubmitRunInput(  # type: ignore[attr-defined]
+            reply: run_service_pb2.SubmitRunInputResponse = await stub.SubmitRunInput(
                 request, metadata=metadata, timeout=30
             )
             return reply

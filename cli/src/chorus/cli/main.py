@@ -334,7 +334,11 @@ def _stream_run(
         async with open_channel(_conn.orchestrator) as channel:
             stub = _conn.runs(channel)
             prompter = InputPrompter(
-                stub, _conn.metadata, console, renderer, interactive=interactive
+                stub,
+                _conn.metadata,
+                console if console.is_terminal else err_console,  # never into a pipe
+                renderer,
+                interactive=interactive,
             )
             with renderer:
                 try:

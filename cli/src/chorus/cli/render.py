@@ -247,10 +247,11 @@ class RunRenderer:
                     )
                 )
             else:
-                c = event.run_cancelled.cancellation
+                cancel = event.run_cancelled.cancellation
                 self.console.print(
                     Text(
-                        f"run cancelled by {c.requested_by or '?'}: {c.reason or 'no reason given'}",
+                        f"run cancelled by {cancel.requested_by or '?'}: "
+                        f"{cancel.reason or 'no reason given'}",
                         style="bold yellow",
                     )
                 )
