@@ -17,13 +17,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from chorus.core.errors import Aborted, AlreadyExists, ChorusError, NotFound, Unavailable
-from chorus.history import runs as run_rules
 from chorus.history.events import Batch
-from chorus.history.runs import AnsweredInput
-from chorus.history.stores import rows
 from chorus.v1 import conversation_pb2, run_pb2
 
 
@@ -186,42 +182,6 @@ class RecordedInput:
 INPUT_ANSWERS_KIND = "input_received"
 """`run_events.kind` of a run's answers (RecordRunInput reads them by it, index
 `run_events_inputs`)."""
-
-
-def input_batch(answered: AnsweredInput) -> Batch:
-    """The new `input_received` event of `runs.answer_input` as a batch for the stores'
-    append path (serialized as `chorus.history.events.prepare_batch` serializes events)."""
-    event = answered.event
-    return Batch(
-        event.seq, [event.SerializeToString(deterministic=True)], [INPUT_ANSWERS_KIND], False
-    )
-
-
-def answer_on_row(
-    run_id: str,
-    owner: str | None,
-    row: Sequence[Any] | None,
-    answers: Sequence[bytes],
-    answer: run_pb2.RunEvent.InputReceived,
-    now_us: int,
-) -> AnsweredInput:
-    """The part of `Store.record_input` both stores share: `row` is the run's locked row
-    (`owner, event_seq, events_ended, record, last_seq`, None when missing), `answers` its
-    stored `input_received` events (serialized); the outcome of `runs.answer_input`.
-
-    Raises:
-        NotFound: no such run, or (unless `owner` is None) another owner's.
-        FailedPrecondition, InvalidArgument: as `runs.answer_input`.
-    """
-    if row is None or (owner is not None and row[0] != owner):
-        raise run_not_found(run_id)
-    return run_rules.answer_input(
-        rows.run(row[3:]),
-        answer,
-        [run_pb2.RunEvent.FromString(bytes(data)) for data in answers],
-        row[1] + 1,
-        now_us,
-    )
 
 
 def conversation_not_found(conversation_id: str) -> NotFound:
