@@ -114,6 +114,15 @@ def test_connection_refused_says_the_stack_is_not_running_and_how_to_start_it(
         stack, "run", "duet", "-i", "hi", ports={**stack.ports, "orchestrator": nobody}
     )
     assert streamed.code == 4 and "stack is not running" in streamed.err, streamed
+    for service, command in (
+        ("orchestrator", ["teams"]),
+        ("provider", ["models"]),
+        ("history", ["conversations", "list"]),
+        ("orchestrator", ["runs", "input", str(uuid.uuid4()), "--approve"]),
+    ):
+        down = chorus(stack, *command, ports={**stack.ports, service: nobody})
+        assert down.code == 4, (command, down)
+        assert f"cannot reach {service} at 127.0.0.1:{nobody}" in down.err, (command, down.err)
 
 
 def test_run_of_an_unknown_template_lists_the_templates(stack: Stack) -> None:
