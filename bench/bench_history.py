@@ -9,10 +9,19 @@ prefix deleted at the end) and measures over loopback gRPC:
 2. GetConversation of a 100-message conversation with messages, cache hit vs cache miss,
    p50 (target: hit ≤ 1 ms and ≥ 2× faster than a miss);
 3. WatchRunEvents latency from the append on one replica to the event reaching a watcher
-   on another replica, p50 / p99.
+   on another replica, p50 / p99;
+4. RecordRunStart round trip, p50 / p99: a run that creates its conversation (on
+   PostgreSQL one statement) and one that joins its conversation with its input message,
+   `run_started` and the 10 latest messages read back (the transaction), one at a time.
 
 Each measurement is repeated (`--repeat`, default 3) and the median is reported. Results
 are printed and written as JSON to bench/results/history-<UTC date>.json.
+
+`--baseline-tree DIR` (a git worktree of an earlier commit, e.g. `git worktree add
+/tmp/base <rev>`) compares that tree's history-svc with this checkout's in one run: round
+after round (`--repeat`), alternating which goes first, each side on fresh replicas, a
+fresh database and Redis prefix (the client is this checkout's); prints the medians per
+side and the ratios new / baseline, writes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from typing import Any
 
 import grpc
 import redis
+from google.protobuf import field_mask_pb2
 
 from bench.harness import REDIS_URL, postgres_database, redis_prefix
 from chorus.core.identity import TOKEN_KEY, USER_KEY
@@ -57,8 +67,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def service_env(database_url: str, prefix: str) -> dict[str, str]:
+DISTS = ("core", "provider-svc", "history-svc", "orchestrator-svc", "gateway", "cli")
+
+
+def service_env(database_url: str, prefix: str, tree: Path | None = None) -> dict[str, str]:
+    """The replicas' environment; with `tree`, its packages go before this checkout's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
+    if tree is not None:
+        paths = [str(tree / dist / "src") for dist in DISTS]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
     env.update(
         CHORUS_DATABASE_URL=database_url,
         CHORUS_REDIS_URL=REDIS_URL,
@@ -210,6 +227,82 @@ async def watch_latency(append_address: str, watch_address: str, samples: int) -
     }
 
 
+async def run_start(address: str, samples: int) -> dict[str, float]:
+    """RecordRunStart round trips (ms): `samples` runs that create their conversation, then
+    `samples` that join one conversation (each ended by RecordRun before the next starts,
+    not timed), one at a time after 20 of each to warm up."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = history_service_pb2_grpc.HistoryServiceStub(channel)
+        joined = (
+            await stub.CreateConversation(
+                pb.CreateConversationRequest(conversation=conversation_pb2.Conversation(title="j")),
+                metadata=METADATA,
+            )
+        ).conversation.id
+
+        def request(conversation_id: str, new: bool) -> pb.RecordRunStartRequest:
+            run_id = str(uuid.uuid4())
+            req = pb.RecordRunStartRequest(
+                run=run_pb2.Run(
+                    id=run_id,
+                    conversation_id=conversation_id,
+                    spec=run_pb2.RunSpec(template="duet", input="bench the run start"),
+                    status=run_pb2.RUN_STATUS_RUNNING,
+                ),
+                messages=[
+                    conversation_pb2.Message(
+                        role=chat_pb2.ROLE_USER,
+                        content="bench the run start",
+                        client_message_id=f"{run_id}/input",
+                        run_id=run_id,
+                    )
+                ],
+                events=[
+                    run_pb2.RunEvent(
+                        seq=1,
+                        run_started=run_pb2.RunEvent.RunStarted(
+                            run=run_pb2.Run(status=run_pb2.RUN_STATUS_RUNNING)
+                        ),
+                    )
+                ],
+                recent_message_count=0 if new else 10,
+            )
+            if new:
+                req.conversation.CopyFrom(
+                    conversation_pb2.Conversation(id=conversation_id, title="bench", team="duet")
+                )
+            return req
+
+        created: list[float] = []
+        joins: list[float] = []
+        for i in range(samples + 20):
+            req = request(str(uuid.uuid4()), new=True)
+            start = time.perf_counter()
+            await stub.RecordRunStart(req, metadata=METADATA)
+            if i >= 20:
+                created.append(time.perf_counter() - start)
+        for i in range(samples + 20):
+            req = request(joined, new=False)
+            start = time.perf_counter()
+            resp = await stub.RecordRunStart(req, metadata=METADATA)
+            if i >= 20:
+                joins.append(time.perf_counter() - start)
+            assert resp.created
+            await stub.RecordRun(
+                pb.RecordRunRequest(
+                    run=run_pb2.Run(id=req.run.id, status=run_pb2.RUN_STATUS_COMPLETED),
+                    update_mask=field_mask_pb2.FieldMask(paths=["status"]),
+                ),
+                metadata=METADATA,
+            )
+    return {
+        "new_conversation_p50_ms": statistics.median(created) * 1000,
+        "new_conversation_p99_ms": percentile(created, 0.99) * 1000,
+        "join_conversation_p50_ms": statistics.median(joins) * 1000,
+        "join_conversation_p99_ms": percentile(joins, 0.99) * 1000,
+    }
+
+
 def median_of(results: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
 
@@ -218,14 +311,18 @@ async def bench(args: argparse.Namespace, a: str, b: str, prefix: str) -> dict[s
     throughput: list[float] = []
     gets: list[dict[str, float]] = []
     watches: list[dict[str, float]] = []
+    starts: list[dict[str, float]] = []
     for i in range(args.repeat):
         throughput.append(await append_throughput(a, runs=args.runs, batches=args.batches))
         gets.append(await get_conversation(a, prefix, args.samples))
         watches.append(await watch_latency(a, b, args.samples))
+        starts.append(await run_start(a, args.samples))
         print(
             f"  run {i + 1}/{args.repeat}: append {throughput[-1]:,.0f} events/s, "
             f"get hit {gets[-1]['hit_p50_ms']:.3f} ms / miss {gets[-1]['miss_p50_ms']:.3f} ms, "
-            f"watch p50 {watches[-1]['p50_ms']:.3f} ms p99 {watches[-1]['p99_ms']:.3f} ms",
+            f"watch p50 {watches[-1]['p50_ms']:.3f} ms p99 {watches[-1]['p99_ms']:.3f} ms, "
+            f"run start new {starts[-1]['new_conversation_p50_ms']:.3f} ms / join "
+            f"{starts[-1]['join_conversation_p50_ms']:.3f} ms",
             file=sys.stderr,
         )
     get = median_of(gets)
@@ -245,6 +342,57 @@ async def bench(args: argparse.Namespace, a: str, b: str, prefix: str) -> dict[s
             and get["miss_p50_ms"] >= 2 * get["hit_p50_ms"],
         },
         "watch_run_events_cross_replica": median_of(watches),
+        "record_run_start": median_of(starts),
+    }
+
+
+def one_side(args: argparse.Namespace, tree: Path | None) -> dict[str, Any]:
+    """`bench` on two fresh replicas (of `tree`'s history-svc, or this checkout's), a fresh
+    database and Redis prefix."""
+    with (
+        postgres_database() as database_url,
+        redis_prefix("history") as prefix,
+    ):
+        env = service_env(database_url, prefix, tree)
+        with (
+            ServiceProcess("chorus.history", env=env) as a,
+            ServiceProcess("chorus.history", env=env) as b,
+        ):
+            assert a.address and b.address
+            print(f"history-svc replicas at {a.address} and {b.address}", file=sys.stderr)
+            return asyncio.run(bench(args, a.address, b.address, prefix))
+
+
+COMPARED = {
+    "append events/s": ("append_run_events", "events_per_s_median"),
+    "get hit p50 ms": ("get_conversation_100_messages", "hit_p50_ms"),
+    "get miss p50 ms": ("get_conversation_100_messages", "miss_p50_ms"),
+    "watch p50 ms": ("watch_run_events_cross_replica", "p50_ms"),
+    "run start (new conversation) p50 ms": ("record_run_start", "new_conversation_p50_ms"),
+    "run start (join) p50 ms": ("record_run_start", "join_conversation_p50_ms"),
+}
+"""The figures `--baseline-tree` compares: label → where `bench` reports it."""
+
+
+def compare(args: argparse.Namespace, baseline: Path) -> dict[str, Any]:
+    """Baseline and this checkout alternated, `args.repeat` rounds of one repetition each."""
+    rounds = args.repeat
+    args.repeat = 1
+    sides: dict[str, Path | None] = {"baseline": baseline, "new": None}
+    figures: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    for i in range(rounds):
+        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        for side in order:
+            print(f"round {i + 1}/{rounds}: {side}", file=sys.stderr)
+            result = one_side(args, sides[side])
+            figures[side].append({k: result[a][b] for k, (a, b) in COMPARED.items()})
+    medians = {side: median_of(rows) for side, rows in figures.items()}
+    return {
+        "rounds": figures,
+        "medians": medians,
+        "ratio_new_over_baseline": {
+            k: round(medians["new"][k] / medians["baseline"][k], 3) for k in COMPARED
+        },
     }
 
 
@@ -257,23 +405,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=40, help="batches per appender")
     parser.add_argument("--samples", type=int, default=300, help="samples per latency figure")
     parser.add_argument("--quick", action="store_true", help="one short repetition (smoke test)")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="a worktree of an earlier commit: compare its history-svc with this one's",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat, args.batches, args.samples = 1, 5, 50
 
     load_before = round(os.getloadavg()[0], 2)
-    with (
-        postgres_database() as database_url,
-        redis_prefix("history") as prefix,
-    ):
-        env = service_env(database_url, prefix)
-        with (
-            ServiceProcess("chorus.history", env=env) as a,
-            ServiceProcess("chorus.history", env=env) as b,
-        ):
-            assert a.address and b.address
-            print(f"history-svc replicas at {a.address} and {b.address}", file=sys.stderr)
-            figures = asyncio.run(bench(args, a.address, b.address, prefix))
+    if args.baseline_tree is not None:
+        compared = compare(args, args.baseline_tree.resolve())
+        compared["load_average_1m"] = [load_before, round(os.getloadavg()[0], 2)]
+        print(json.dumps(compared, indent=2))
+        return 0
+    figures = one_side(args, None)
     now = datetime.now(UTC)
     result = {
         "benchmark": "history",
