@@ -195,6 +195,7 @@ async def test_first_answer_wins_and_a_repeated_request_id_returns_the_first_res
     assert kinds(events).count("input_received") == 1
     err = await rpc_error(alice.submit_input(run_id, input_id, approve=True, request_id="late"))
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "INPUT_NOT_PENDING"
+    assert err.metadata["run_id"] == run_id  # history-svc's ErrorInfo reaches the client
 
 
 @BOTH_BACKENDS

@@ -288,13 +288,16 @@ def error_for_code(
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ChorusError:
-    """Re-raise a downstream call's failure as a `ChorusError` keeping its code and reason.
+    """Re-raise a downstream call's failure as a `ChorusError` keeping its code, reason,
+    `ErrorInfo.metadata` (e.g. INPUT_NOT_PENDING's `pending_input_id`) and `BadRequest`
+    field violations.
 
     Used when a service passes another service's error on to its own caller.
     """
     from grpc_status import rpc_status
 
     reason = None
+    metadata: dict[str, str] = {}
     status = rpc_status.from_call(err)
     if status is not None:
         for detail in status.details:
@@ -302,7 +305,9 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> ChorusError:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 reason = info.reason
+                metadata = {k: v for k, v in info.metadata.items() if k != "request_id"}
     out = error_for_code(err.code(), err.details() or err.code().name, reason=reason)
+    out.metadata.update(metadata)
     if isinstance(out, InvalidArgument) and status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
