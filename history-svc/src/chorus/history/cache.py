@@ -405,7 +405,7 @@ class RedisCache(Cache):
             self._guard.failed("get_run", exc)
             return None
         self._guard.succeeded()
-        if raw is None or raw.startswith(_TOMBSTONE):
+        if not isinstance(raw, bytes) or raw.startswith(_TOMBSTONE):  # None: not cached
             _count("run", False)
             return None
         _count("run", True)

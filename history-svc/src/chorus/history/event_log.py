@@ -26,7 +26,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
@@ -38,6 +38,12 @@ from chorus.history.redis_guard import client as redis_client
 from chorus.history.settings import Settings
 
 log = get_logger("chorus.history.event_log")
+
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+"""Entries of a stream as XRANGE / XREVRANGE return them (`(id, fields)`; the client is
+bytes-only: no `decode_responses`)."""
+_StreamsReply = list[tuple[bytes, _Entries]] | None
+"""XREAD's reply: `(stream key, entries)` per stream with new entries; None on a timeout."""
 
 # KEYS: run streams; ARGV[1]: MAXLEN (approximate); ARGV[2]: ttl ms; then for each key: the
 # entry id, the number of events n, and n seq/event pairs. For each key: XADD the entry
@@ -364,7 +370,7 @@ class RedisEventLog(EventLog):
         entries = await self._redis.xrange(
             self.key(run_id), min=f"({after_seq}-0", max="+", count=count
         )
-        return _decode(entries, after_seq)
+        return _decode(entries or [], after_seq)
 
     async def wake(self, key: str) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -459,7 +465,7 @@ class _Hub:
         tail = self._tails.get(sub.run_id)
         if tail is None:
             try:  # tail from the stream's current end; the subscriber catches up before it
-                last = await self._log._redis.xrevrange(key, count=1)
+                last = cast(_Entries, await self._log._redis.xrevrange(key, count=1))
             except ERRORS as exc:
                 self._log._guard.failed("watch_subscribe", exc)
                 last = []
@@ -499,7 +505,10 @@ class _Hub:
                 streams[self._log.key(run_id)] = tail.cursor
             self._blocked = True
             try:
-                reply = await self._redis.xread(streams, count=100, block=RedisEventLog.BLOCK_MS)
+                reply = cast(
+                    _StreamsReply,
+                    await self._redis.xread(streams, count=100, block=RedisEventLog.BLOCK_MS),
+                )
             except Exception as exc:  # Redis errors, and anything unexpected: keep tailing
                 if isinstance(exc, ERRORS):
                     guard.failed("watch_tail", exc)
@@ -516,17 +525,17 @@ class _Hub:
             for key, entries in reply or ():
                 if not entries:
                     continue
-                run_id = self._keys.get(key)
-                if run_id is None:
+                watched = self._keys.get(key)
+                if watched is None:
                     if key == self._wake_key.encode():
                         self._wake_cursor = entries[-1][0]
                     continue
-                tail = self._tails.get(run_id)
-                if tail is None:
+                followed = self._tails.get(watched)
+                if followed is None:
                     continue
-                tail.cursor = entries[-1][0]
+                followed.cursor = entries[-1][0]
                 events = _decode(entries, 0)
-                for sub in tail.subscribers:
+                for sub in followed.subscribers:
                     sub.deliver(events)
 
     async def close(self) -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
 from chorus.core.errors import InvalidArgument
+
+T = TypeVar("T")
 
 
 def fingerprint(*parts: object) -> str:
@@ -62,3 +65,24 @@ def decode(token: str, query: str, shape: tuple[type, ...]) -> list[Any] | None:
             reason="INVALID_PAGE_TOKEN",
         )
     return cursor
+
+
+async def page(
+    query: str,
+    token: str,
+    shape: tuple[type, ...],
+    size: int,
+    fetch: Callable[[list[Any] | None, int], Awaitable[Sequence[T]]],
+    cursor_of: Callable[[T], list[Any]],
+) -> tuple[Sequence[T], str]:
+    """One page of a List RPC: `fetch(cursor, size + 1)` after the cursor of `token` (None
+    for the first page), then the first `size` items and the next page's token (from
+    `cursor_of` the last item shown; "" when nothing follows).
+
+    Raises:
+        InvalidArgument: the token is malformed or was issued for another query.
+    """
+    found = await fetch(decode(token, query, shape), size + 1)
+    if len(found) <= size:
+        return found, ""
+    return found[:size], encode(query, cursor_of(found[size - 1]))

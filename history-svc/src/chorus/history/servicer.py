@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import grpc
 
-from chorus.core.errors import ChorusError, InvalidArgument, PermissionDenied, Violations
+from chorus.core.errors import (
+    ChorusError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Violations,
+)
 from chorus.core.identity import Identity, current_identity, current_request_id
 from chorus.history import events as event_rules
 from chorus.history import limits, metrics, pagination, validation
@@ -51,6 +59,27 @@ misses they read from the store. Beyond this many, a call waits for its own writ
 _CONVERSATION_PATHS = ("title", "model", "team", "metadata")
 
 pb = history_service_pb2
+T = TypeVar("T")
+
+
+@contextmanager
+def _checked(message: str = "invalid request") -> Iterator[Violations]:
+    """Every handler's first step: the block collects the request's violations, its end
+    raises them all at once, before anything is read or written.
+
+    Raises:
+        InvalidArgument: `message` and a BadRequest field violation per bad field.
+    """
+    v = Violations()
+    yield v
+    v.raise_if_any(message)
+
+
+def _found(value: T | None, not_found: Callable[[str], NotFound], key: str) -> T:
+    """`value`, unless the store found nothing (None): then `not_found(key)` is raised."""
+    if value is None:
+        raise not_found(key)
+    return value
 
 
 def _scope(ident: Identity) -> str | None:
@@ -101,10 +130,9 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateConversationResponse:
         ident = current_identity()
-        v = Violations()
-        validation.conversation_fields(v, request.conversation, _CONVERSATION_PATHS)
-        validation.request_id(v, "request_id", request.request_id)
-        v.raise_if_any()
+        with _checked() as v:
+            validation.conversation_fields(v, request.conversation, _CONVERSATION_PATHS)
+            validation.request_id(v, "request_id", request.request_id)
         conv = _new_conversation(request.conversation, str(uuid.uuid4()), ident.user, now_us())
         stored, _ = await self._store.create_conversation(conv, request.request_id)
         await self._cache.put_conversation(stored)
@@ -114,25 +142,28 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConversationResponse:
         ident = current_identity()
-        v = Violations()
-        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
-        v.raise_if_any()
+        with _checked() as v:
+            conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
         with_messages = request.include_messages
         resp, complete = await self._cache.get_conversation(conversation_id, with_messages)
         if resp is not None and not _visible(ident, resp.conversation.owner):
             raise conversation_not_found(conversation_id)
         if resp is None:
-            conv = await self._store.get_conversation(conversation_id, _scope(ident))
-            if conv is None:
-                raise conversation_not_found(conversation_id)
+            conv = _found(
+                await self._store.get_conversation(conversation_id, _scope(ident)),
+                conversation_not_found,
+                conversation_id,
+            )
             await self._cache.put_conversation(conv)
             resp = pb.GetConversationResponse(conversation=conv)
         if with_messages and not complete:
-            messages = await self._store.list_messages(
-                conversation_id, _scope(ident), 0, limits.MAX_INCLUDED_MESSAGES
+            messages = _found(
+                await self._store.list_messages(
+                    conversation_id, _scope(ident), 0, limits.MAX_INCLUDED_MESSAGES
+                ),
+                conversation_not_found,
+                conversation_id,
             )
-            if messages is None:
-                raise conversation_not_found(conversation_id)
             await self._cache.put_messages(conversation_id, messages)
             resp.messages.extend(messages)
         return resp
@@ -141,34 +172,35 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListConversationsResponse:
         ident = current_identity()
-        v = Violations()
-        size = validation.page_size(v, request.page_size, limits.CONVERSATIONS_PAGE)
-        v.raise_if_any()
-        query = pagination.fingerprint("ListConversations", ident.user)
-        cursor = pagination.decode(request.page_token, query, (int, str))
-        found = await self._store.list_conversations(
-            ident.user, size + 1, None if cursor is None else (cursor[0], cursor[1])
+        with _checked() as v:
+            size = validation.page_size(v, request.page_size, limits.CONVERSATIONS_PAGE)
+        found, token = await pagination.page(
+            pagination.fingerprint("ListConversations", ident.user),
+            request.page_token,
+            (int, str),
+            size,
+            lambda cursor, limit: self._store.list_conversations(
+                ident.user, limit, None if cursor is None else (cursor[0], cursor[1])
+            ),
+            lambda last: [ts_to_us(last.update_time), last.id],
         )
-        resp = pb.ListConversationsResponse(conversations=found[:size])
-        if len(found) > size:
-            last = found[size - 1]
-            resp.next_page_token = pagination.encode(query, [ts_to_us(last.update_time), last.id])
-        return resp
+        return pb.ListConversationsResponse(conversations=found, next_page_token=token)
 
     async def UpdateConversation(
         self, request: pb.UpdateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateConversationResponse:
         ident = current_identity()
-        v = Violations()
-        conversation_id = validation.uuid_field(v, "conversation.id", request.conversation.id)
-        paths = validation.mask_paths(v, request.update_mask, _CONVERSATION_PATHS)
-        validation.conversation_fields(v, request.conversation, paths)
-        v.raise_if_any()
-        updated = await self._store.update_conversation(
-            conversation_id, _scope(ident), request.conversation, paths, now_us()
+        with _checked() as v:
+            conversation_id = validation.uuid_field(v, "conversation.id", request.conversation.id)
+            paths = validation.mask_paths(v, request.update_mask, _CONVERSATION_PATHS)
+            validation.conversation_fields(v, request.conversation, paths)
+        updated = _found(
+            await self._store.update_conversation(
+                conversation_id, _scope(ident), request.conversation, paths, now_us()
+            ),
+            conversation_not_found,
+            conversation_id,
         )
-        if updated is None:
-            raise conversation_not_found(conversation_id)
         await self._cache.put_conversation(updated)
         return pb.UpdateConversationResponse(conversation=updated)
 
@@ -176,21 +208,25 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteConversationResponse:
         ident = current_identity()
-        v = Violations()
-        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
-        v.raise_if_any()
+        with _checked() as v:
+            conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
         scope = _scope(ident)
-        if await self._store.get_conversation(conversation_id, scope) is None:
-            raise conversation_not_found(conversation_id)
+        _found(
+            await self._store.get_conversation(conversation_id, scope),
+            conversation_not_found,
+            conversation_id,
+        )
         # Tombstones before the transaction as well as after: a process dying between its
         # commit and its cleanup leaves no cached copy that a read could serve (issue 23).
         run_ids = await self._store.conversation_run_ids(conversation_id)
         await asyncio.gather(
             self._cache.drop_conversation(conversation_id), self._cache.drop_runs(run_ids)
         )
-        deleted = await self._store.delete_conversation(conversation_id, scope)
-        if deleted is None:
-            raise conversation_not_found(conversation_id)
+        deleted = _found(
+            await self._store.delete_conversation(conversation_id, scope),
+            conversation_not_found,
+            conversation_id,
+        )
         await self._forget(deleted, conversation_id)
         return pb.DeleteConversationResponse()
 
@@ -207,16 +243,17 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.AppendMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendMessagesResponse:
         ident = current_identity()
-        v = Violations()
-        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
-        validation.messages(v, request.messages, limits.MAX_MESSAGES_PER_APPEND)
-        v.raise_if_any("invalid messages")
+        with _checked("invalid messages") as v:
+            conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
+            validation.messages(v, request.messages, limits.MAX_MESSAGES_PER_APPEND)
         _canonical_run_ids(request.messages)
-        result = await self._store.append_messages(
-            conversation_id, _scope(ident), request.messages, now_us()
+        result = _found(
+            await self._store.append_messages(
+                conversation_id, _scope(ident), request.messages, now_us()
+            ),
+            conversation_not_found,
+            conversation_id,
         )
-        if result is None:
-            raise conversation_not_found(conversation_id)
         if result.added:
             await self._cache.append_messages(result.conversation, result.added)
         return pb.AppendMessagesResponse(messages=result.messages)
@@ -225,22 +262,29 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMessagesResponse:
         ident = current_identity()
-        v = Violations()
-        conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
-        run_id = validation.uuid_field(v, "run_id", request.run_id, required=False)
-        size = validation.page_size(v, request.page_size, limits.MESSAGES_PAGE)
-        v.raise_if_any()
-        query = pagination.fingerprint("ListMessages", ident.user, conversation_id, run_id)
-        cursor = pagination.decode(request.page_token, query, (int,))
-        found = await self._store.list_messages(
-            conversation_id, _scope(ident), cursor[0] if cursor else 0, size + 1, run_id
+        with _checked() as v:
+            conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
+            run_id = validation.uuid_field(v, "run_id", request.run_id, required=False)
+            size = validation.page_size(v, request.page_size, limits.MESSAGES_PAGE)
+
+        async def fetch(cursor: list[Any] | None, limit: int) -> list[conversation_pb2.Message]:
+            return _found(
+                await self._store.list_messages(
+                    conversation_id, _scope(ident), cursor[0] if cursor else 0, limit, run_id
+                ),
+                conversation_not_found,
+                conversation_id,
+            )
+
+        found, token = await pagination.page(
+            pagination.fingerprint("ListMessages", ident.user, conversation_id, run_id),
+            request.page_token,
+            (int,),
+            size,
+            fetch,
+            lambda last: [last.position],
         )
-        if found is None:
-            raise conversation_not_found(conversation_id)
-        resp = pb.ListMessagesResponse(messages=found[:size])
-        if len(found) > size:
-            resp.next_page_token = pagination.encode(query, [found[size - 1].position])
-        return resp
+        return pb.ListMessagesResponse(messages=found, next_page_token=token)
 
     # Run records
 
@@ -249,19 +293,18 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
     ) -> pb.RecordRunResponse:
         ident = current_identity()
         run = request.run
-        v = Violations()
-        run.id = validation.uuid_field(v, "run.id", run.id)
-        paths = validation.mask_paths(v, request.update_mask, run_rules.UPDATABLE_PATHS)
-        if not request.update_mask.paths and run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
-            paths.discard("status")  # "all fields" with no status: keep (or default) it
-        validation.run_values(v, run, paths)
-        if run.conversation_id:
-            run.conversation_id = validation.uuid_field(
-                v, "run.conversation_id", run.conversation_id
-            )
-        if run.HasField("spec"):
-            validation.run_spec(v, run.spec)
-        v.raise_if_any("invalid run record")
+        with _checked("invalid run record") as v:
+            run.id = validation.uuid_field(v, "run.id", run.id)
+            paths = validation.mask_paths(v, request.update_mask, run_rules.UPDATABLE_PATHS)
+            if not request.update_mask.paths and run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
+                paths.discard("status")  # "all fields" with no status: keep (or default) it
+            validation.run_values(v, run, paths)
+            if run.conversation_id:
+                run.conversation_id = validation.uuid_field(
+                    v, "run.conversation_id", run.conversation_id
+                )
+            if run.HasField("spec"):
+                validation.run_spec(v, run.spec)
         stored, created = await self._store.record_run(
             run, paths, ident.user, ident.is_system, now_us()
         )
@@ -273,28 +316,27 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
     ) -> pb.RecordRunHeartbeatsResponse:
         ident = current_identity()
         now = now_us()
-        v = Violations()
-        count = len(request.heartbeats)
-        beats: list[run_pb2.Run] = []
-        if not count:
-            v.add("heartbeats", "at least one heartbeat is required")
-        elif count > limits.MAX_HEARTBEATS_PER_CALL:
-            v.add("heartbeats", f"at most {limits.MAX_HEARTBEATS_PER_CALL} heartbeats per call")
-        else:
-            seen: set[str] = set()
-            for i, beat in enumerate(request.heartbeats):
-                field = f"heartbeats[{i}]"
-                values = run_rules.heartbeat_values(beat, now)
-                values.id = validation.uuid_field(v, f"{field}.run_id", beat.run_id)
-                if values.id in seen:
-                    v.add(f"{field}.run_id", "repeated within the request")
-                elif values.id:
-                    seen.add(values.id)
-                validation.run_values(v, values, run_rules.HEARTBEAT_PATHS, prefix=field)
-                beats.append(values)
-                if len(v.items) >= 50:
-                    break
-        v.raise_if_any("invalid heartbeats")
+        with _checked("invalid heartbeats") as v:
+            count = len(request.heartbeats)
+            beats: list[run_pb2.Run] = []
+            if not count:
+                v.add("heartbeats", "at least one heartbeat is required")
+            elif count > limits.MAX_HEARTBEATS_PER_CALL:
+                v.add("heartbeats", f"at most {limits.MAX_HEARTBEATS_PER_CALL} heartbeats per call")
+            else:
+                seen: set[str] = set()
+                for i, beat in enumerate(request.heartbeats):
+                    field = f"heartbeats[{i}]"
+                    values = run_rules.heartbeat_values(beat, now)
+                    values.id = validation.uuid_field(v, f"{field}.run_id", beat.run_id)
+                    if values.id in seen:
+                        v.add(f"{field}.run_id", "repeated within the request")
+                    elif values.id:
+                        seen.add(values.id)
+                    validation.run_values(v, values, run_rules.HEARTBEAT_PATHS, prefix=field)
+                    beats.append(values)
+                    if len(v.items) >= 50:
+                        break
         outcomes = await self._store.record_heartbeats(beats, _scope(ident), now)
         found = [o for o in outcomes if o is not None]
         await self._cache.put_runs([run for run, updated in found if updated])
@@ -317,14 +359,13 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             FailedPrecondition: RUN_ENDED, LEASE_LOST or LEASE_HELD.
         """
         self._require_system("ClaimRun")
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        validation.owner_instance(v, "owner_instance", request.owner_instance)
-        validation.lease_epoch(v, "lease_epoch", request.lease_epoch)
-        stale_after_us = validation.stale_after_us(
-            v, "stale_after", request.stale_after, request.HasField("stale_after")
-        )
-        v.raise_if_any("invalid claim")
+        with _checked("invalid claim") as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
+            validation.owner_instance(v, "owner_instance", request.owner_instance)
+            validation.lease_epoch(v, "lease_epoch", request.lease_epoch)
+            stale_after_us = validation.stale_after_us(
+                v, "stale_after", request.stale_after, request.HasField("stale_after")
+            )
         claimed = await self._store.claim_run(
             run_id, request.owner_instance, request.lease_epoch, stale_after_us, now_us()
         )
@@ -348,10 +389,9 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             FailedPrecondition: LEASE_LOST, `lease_epoch` is not the stored one.
         """
         self._require_system("ReleaseRun")
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        validation.lease_epoch(v, "lease_epoch", request.lease_epoch, required=True)
-        v.raise_if_any("invalid release")
+        with _checked("invalid release") as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
+            validation.lease_epoch(v, "lease_epoch", request.lease_epoch, required=True)
         run, written = await self._store.release_run(run_id, request.lease_epoch, now_us())
         if written:
             await self._cache.put_run(run)
@@ -376,9 +416,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             if not _visible(ident, run.owner):
                 raise run_not_found(run_id)
             return run
-        run = await self._store.get_run(run_id, _scope(ident))
-        if run is None:
-            raise run_not_found(run_id)
+        run = _found(await self._store.get_run(run_id, _scope(ident)), run_not_found, run_id)
         await self._cache.put_run(run)
         return run
 
@@ -430,34 +468,43 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             InvalidArgument: naming every bad field.
         """
         run = request.run
-        v = Violations()
-        given_run_id = run.id
-        run.id = validation.uuid_field(v, "run.id", run.id)
-        run.conversation_id = validation.uuid_field(v, "run.conversation_id", run.conversation_id)
-        if run.HasField("spec"):
-            validation.run_spec(v, run.spec)
-        else:
-            v.add("run.spec", "required")
-        paths = set(run_rules.UPDATABLE_PATHS)
-        if run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
-            paths.discard("status")  # QUEUED, as RecordRun creates it
-        validation.run_values(v, run, paths)
-        if request.HasField("conversation"):
-            conversation_id = validation.uuid_field(v, "conversation.id", request.conversation.id)
-            if conversation_id and run.conversation_id and conversation_id != run.conversation_id:
-                v.add("conversation.id", "must equal run.conversation_id")
-            validation.conversation_fields(v, request.conversation, _CONVERSATION_PATHS)
-        validation.messages(v, request.messages, limits.MAX_MESSAGES_PER_RUN_START, required=False)
-        if not 0 <= request.recent_message_count <= limits.MAX_RECENT_MESSAGES:
-            v.add("recent_message_count", f"must be 0..{limits.MAX_RECENT_MESSAGES}")
-        batch = None
-        try:
-            batch = event_rules.prepare_start(
-                run.id or given_run_id, request.events, self._settings.max_event_bytes
+        with _checked("invalid run start") as v:
+            given_run_id = run.id
+            run.id = validation.uuid_field(v, "run.id", run.id)
+            run.conversation_id = validation.uuid_field(
+                v, "run.conversation_id", run.conversation_id
             )
-        except InvalidArgument as exc:
-            v.items.extend(exc.violations)
-        v.raise_if_any("invalid run start")
+            if run.HasField("spec"):
+                validation.run_spec(v, run.spec)
+            else:
+                v.add("run.spec", "required")
+            paths = set(run_rules.UPDATABLE_PATHS)
+            if run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
+                paths.discard("status")  # QUEUED, as RecordRun creates it
+            validation.run_values(v, run, paths)
+            if request.HasField("conversation"):
+                conversation_id = validation.uuid_field(
+                    v, "conversation.id", request.conversation.id
+                )
+                if (
+                    conversation_id
+                    and run.conversation_id
+                    and conversation_id != run.conversation_id
+                ):
+                    v.add("conversation.id", "must equal run.conversation_id")
+                validation.conversation_fields(v, request.conversation, _CONVERSATION_PATHS)
+            validation.messages(
+                v, request.messages, limits.MAX_MESSAGES_PER_RUN_START, required=False
+            )
+            if not 0 <= request.recent_message_count <= limits.MAX_RECENT_MESSAGES:
+                v.add("recent_message_count", f"must be 0..{limits.MAX_RECENT_MESSAGES}")
+            batch = None
+            try:
+                batch = event_rules.prepare_start(
+                    run.id or given_run_id, request.events, self._settings.max_event_bytes
+                )
+            except InvalidArgument as exc:
+                v.items.extend(exc.violations)
         _canonical_run_ids(request.messages)
         return batch
 
@@ -473,12 +520,10 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             NotFound: no such run, another user's, or already deleted.
         """
         ident = current_identity()
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        v.raise_if_any()
+        with _checked() as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
         scope = _scope(ident)
-        if await self._store.get_run(run_id, scope) is None:  # never the cache: it may lag
-            raise run_not_found(run_id)
+        _found(await self._store.get_run(run_id, scope), run_not_found, run_id)  # not the cache
         await self._cache.drop_runs([run_id])
         if not await self._store.delete_run(run_id, scope):
             raise run_not_found(run_id)
@@ -489,9 +534,8 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.GetRunRecordRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRunRecordResponse:
         ident = current_identity()
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        v.raise_if_any()
+        with _checked() as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
         return pb.GetRunRecordResponse(run=await self._run(ident, run_id))
 
     async def ListRunRecords(
@@ -503,30 +547,30 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
                 "all_owners is only allowed for the internal service identity",
                 reason="ALL_OWNERS_DENIED",
             )
-        v = Violations()
-        size = validation.page_size(v, request.page_size, limits.RUNS_PAGE)
-        conversation_id = validation.uuid_field(
-            v, "conversation_id", request.conversation_id, required=False
-        )
-        if request.status not in run_pb2.RunStatus.values():
-            v.add("status", f"unknown status {request.status}")
-        before = ts_to_us(request.heartbeat_before)
-        v.raise_if_any()
+        with _checked() as v:
+            size = validation.page_size(v, request.page_size, limits.RUNS_PAGE)
+            conversation_id = validation.uuid_field(
+                v, "conversation_id", request.conversation_id, required=False
+            )
+            if request.status not in run_pb2.RunStatus.values():
+                v.add("status", f"unknown status {request.status}")
+            before = ts_to_us(request.heartbeat_before)
         owner = None if request.all_owners else ident.user
-        query = pagination.fingerprint(
-            "ListRunRecords", owner or "*", conversation_id, request.status, before
+        found, token = await pagination.page(
+            pagination.fingerprint(
+                "ListRunRecords", owner or "*", conversation_id, request.status, before
+            ),
+            request.page_token,
+            (int, str),
+            size,
+            lambda cursor, limit: self._store.list_runs(
+                RunFilter(owner, conversation_id, request.status, before),
+                limit,
+                None if cursor is None else (cursor[0], cursor[1]),
+            ),
+            lambda last: [ts_to_us(last.create_time), last.id],
         )
-        cursor = pagination.decode(request.page_token, query, (int, str))
-        found = await self._store.list_runs(
-            RunFilter(owner, conversation_id, request.status, before),
-            size + 1,
-            None if cursor is None else (cursor[0], cursor[1]),
-        )
-        resp = pb.ListRunRecordsResponse(runs=found[:size])
-        if len(found) > size:
-            last = found[size - 1]
-            resp.next_page_token = pagination.encode(query, [ts_to_us(last.create_time), last.id])
-        return resp
+        return pb.ListRunRecordsResponse(runs=found, next_page_token=token)
 
     async def RecordRunInput(
         self, request: pb.RecordRunInputRequest, context: grpc.aio.ServicerContext
@@ -546,10 +590,9 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             FailedPrecondition: INPUT_NOT_PENDING (metadata `status`, `pending_input_id`).
         """
         ident = current_identity()
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        validation.input_answer(v, request.answer, request.HasField("answer"))
-        v.raise_if_any("invalid input answer")
+        with _checked("invalid input answer") as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
+            validation.input_answer(v, request.answer, request.HasField("answer"))
         recorded = await self._store.record_input(run_id, _scope(ident), request.answer, now_us())
         if recorded.payloads:
             metrics.EVENTS_APPENDED.inc(len(recorded.payloads))
@@ -565,19 +608,18 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.AppendRunEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendRunEventsResponse:
         ident = current_identity()
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        update = self._run_update(v, request, run_id)
-        validation.lease_epoch(v, "lease_epoch", request.lease_epoch)
-        checkpoint = None
-        if request.HasField("checkpoint"):
-            validation.checkpoint(v, request.checkpoint)
-            checkpoint = Checkpoint(
-                request.checkpoint.seq,
-                request.checkpoint.SerializeToString(deterministic=True),
-                now_us(),
-            )
-        v.raise_if_any()
+        with _checked() as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
+            update = self._run_update(v, request, run_id)
+            validation.lease_epoch(v, "lease_epoch", request.lease_epoch)
+            checkpoint = None
+            if request.HasField("checkpoint"):
+                validation.checkpoint(v, request.checkpoint)
+                checkpoint = Checkpoint(
+                    request.checkpoint.seq,
+                    request.checkpoint.SerializeToString(deterministic=True),
+                    now_us(),
+                )
         batch = event_rules.prepare_batch(run_id, request.events, self._settings.max_event_bytes)
         result = await self._store.append_events(
             run_id,
@@ -591,8 +633,8 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         if result.new_payloads:
             metrics.EVENTS_APPENDED.inc(len(result.new_payloads))
             writes.append(self._log.publish(run_id, result.first_new_seq, result.new_payloads))
-        if result.new_payloads or update is not None:
-            writes.append(self._cache.put_run(result.run))
+        if (result.new_payloads or update is not None) and result.run is not None:
+            writes.append(self._cache.put_run(result.run))  # (append_events reads it)
         await asyncio.gather(*writes)
         return pb.AppendRunEventsResponse(
             last_seq=result.last_seq, run=result.run if update is not None else None
@@ -620,16 +662,15 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.AppendRunEventBatchesRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendRunEventBatchesResponse:
         ident = current_identity()
-        v = Violations()
-        count = len(request.batches)
-        if not count:
-            v.add("batches", "at least one batch is required")
-        elif count > limits.MAX_BATCHES_PER_APPEND:
-            v.add("batches", f"at most {limits.MAX_BATCHES_PER_APPEND} batches per call")
-        total = sum(len(b.events) for b in request.batches)
-        if total > limits.MAX_EVENTS_PER_BATCHES_APPEND:
-            v.add("batches", f"at most {limits.MAX_EVENTS_PER_BATCHES_APPEND} events in all")
-        v.raise_if_any()
+        with _checked() as v:
+            count = len(request.batches)
+            if not count:
+                v.add("batches", "at least one batch is required")
+            elif count > limits.MAX_BATCHES_PER_APPEND:
+                v.add("batches", f"at most {limits.MAX_BATCHES_PER_APPEND} batches per call")
+            total = sum(len(b.events) for b in request.batches)
+            if total > limits.MAX_EVENTS_PER_BATCHES_APPEND:
+                v.add("batches", f"at most {limits.MAX_EVENTS_PER_BATCHES_APPEND} events in all")
         # Each batch is checked on its own: a malformed one is rejected alone.
         outcomes: list[AppendedEvents | ChorusError | None] = [None] * count
         valid: list[EventWrite] = []
@@ -661,8 +702,8 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             positions.append(i)
         if valid:
             stored = await self._store.append_event_batches(valid, _scope(ident))
-            for i, outcome in zip(positions, stored, strict=True):
-                outcomes[i] = outcome
+            for i, stored_outcome in zip(positions, stored, strict=True):
+                outcomes[i] = stored_outcome
         resp = pb.AppendRunEventBatchesResponse()
         published: list[tuple[str, int, list[bytes]]] = []
         runs: list[run_pb2.Run] = []
@@ -722,36 +763,40 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: pb.ListRunEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRunEventsResponse:
         ident = current_identity()
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        size = validation.page_size(v, request.page_size, limits.EVENTS_PAGE)
-        if request.after_seq < 0:
-            v.add("after_seq", "must not be negative")
-        kinds = validation.event_kinds(v, "kinds", request.kinds)
-        v.raise_if_any()
+        with _checked() as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
+            size = validation.page_size(v, request.page_size, limits.EVENTS_PAGE)
+            if request.after_seq < 0:
+                v.add("after_seq", "must not be negative")
+            kinds = validation.event_kinds(v, "kinds", request.kinds)
         parts = [ident.user, run_id, request.after_seq] + ([",".join(kinds)] if kinds else [])
-        query = pagination.fingerprint("ListRunEvents", *parts)
-        cursor = pagination.decode(request.page_token, query, (int,))
-        await self._run(ident, run_id)
-        found = await self._store.list_events(
-            run_id, cursor[0] if cursor else request.after_seq, size + 1, kinds=kinds
+
+        async def fetch(cursor: list[Any] | None, limit: int) -> list[tuple[int, bytes]]:
+            await self._run(ident, run_id)  # after the token's check, as before
+            after = cursor[0] if cursor else request.after_seq
+            return await self._store.list_events(run_id, after, limit, kinds=kinds)
+
+        found, token = await pagination.page(
+            pagination.fingerprint("ListRunEvents", *parts),
+            request.page_token,
+            (int,),
+            size,
+            fetch,
+            lambda last: [last[0]],
         )
-        resp = pb.ListRunEventsResponse()
-        for _, payload in found[:size]:
+        resp = pb.ListRunEventsResponse(next_page_token=token)
+        for _, payload in found:
             resp.events.add().ParseFromString(payload)
-        if len(found) > size:
-            resp.next_page_token = pagination.encode(query, [found[size - 1][0]])
         return resp
 
     async def WatchRunEvents(
         self, request: pb.WatchRunEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRunEventsResponse]:
         ident = current_identity()
-        v = Violations()
-        run_id = validation.uuid_field(v, "run_id", request.run_id)
-        if request.after_seq < 0:
-            v.add("after_seq", "must not be negative")
-        v.raise_if_any()
+        with _checked() as v:
+            run_id = validation.uuid_field(v, "run_id", request.run_id)
+            if request.after_seq < 0:
+                v.add("after_seq", "must not be negative")
         await self._run(ident, run_id)
         async for item in self._watcher.watch(run_id, request.after_seq):
             yield item
