@@ -723,3 +723,24 @@ def test_openai_text_request_is_answered_by_the_next_responses_text(gateway):
     assert second.status == "completed"
     run = httpx.get(f"{gateway}/api/v1/runs/{ids.run_id_of(first.id)}").json()
     assert run["status"] == "RUN_STATUS_COMPLETED"
+
+
+def test_openai_background_approval_is_followed_by_retrieving_the_part(gateway):
+    client = _openai(gateway)
+    first = client.responses.create(model=f"chorus/{TEMPLATE}", input=QUESTION, background=True)
+    seen = list(client.responses.retrieve(first.id, stream=True))
+    assert seen[-1].type == "response.completed"
+    request = seen[-1].response.output[-1]
+    assert request.type == "mcp_approval_request"
+    part = client.responses.create(
+        model=f"chorus/{TEMPLATE}",
+        previous_response_id=first.id,
+        background=True,
+        input=[
+            {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
+        ],
+    )
+    assert part.status in ("queued", "in_progress") and part.background is True
+    rest = list(client.responses.retrieve(part.id, stream=True))
+    assert rest[0].type == "response.created" and rest[-1].type == "response.completed"
+    assert rest[-1].response.output_text
