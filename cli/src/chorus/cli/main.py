@@ -28,7 +28,7 @@ import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import grpc
 import typer
@@ -498,11 +498,12 @@ def runs_list(
     as_json: Annotated[bool, typer.Option("--json", help="Same as --output json.")] = False,
 ) -> None:
     """List your runs, newest first."""
-    status_value = 0
+    status_value = run_pb2.RUN_STATUS_UNSPECIFIED
     if status:
         try:
             name = status.strip().upper().replace("-", "_").replace(" ", "_")
-            status_value = run_pb2.RunStatus.Value(f"RUN_STATUS_{name}")
+            # The generated .pyi types Value() as int; the number is a RunStatus.
+            status_value = cast(run_pb2.RunStatus, run_pb2.RunStatus.Value(f"RUN_STATUS_{name}"))
         except ValueError:
             raise typer.BadParameter(f"unknown status {status!r}") from None
 

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import propagate
+from opentelemetry import trace as trace  # re-exported: callers write tracing.trace.Status
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

@@ -344,7 +344,11 @@ class ProviderChatClient(ChatCompletionClient):
                 return self._completed(*replayed)
         call = self._call_for(self.build_request(messages, tools, tool_choice))
         if cancellation_token is not None:
-            cancellation_token.add_callback(call.cancel)
+
+            def cancel_call() -> None:  # add_callback wants `() -> None`; cancel gives a bool
+                call.cancel()
+
+            cancellation_token.add_callback(cancel_call)
         deltas = self._deltas() if self._deltas is not None else None
         text: list[str] = []
         reasoning: list[str] = []

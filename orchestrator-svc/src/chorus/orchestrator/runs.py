@@ -357,13 +357,13 @@ class LiveRun:
         """Take the run's progress from its checkpoint (and the changes staged after it)."""
         cp = resume.checkpoint
         if cp is not None:
-            state = checkpoint_envelope(cp)
-            stored = state.pop(TRACE_STATE_KEY, None)
+            envelope = checkpoint_envelope(cp)
+            stored = envelope.pop(TRACE_STATE_KEY, None)
             if isinstance(stored, dict):
                 self._trace_carrier = {k: v for k, v in stored.items() if isinstance(v, str)}
-            self._planned_resumes = int(state.pop(PLANNED_RESUMES_KEY, 0))
-            step = state.pop(STEP_KEY, None)
-            self._resume_state = state
+            self._planned_resumes = int(envelope.pop(PLANNED_RESUMES_KEY, 0))
+            step = envelope.pop(STEP_KEY, None)
+            self._resume_state = envelope
             self._boundary = run_pb2.RunCheckpoint()
             self._boundary.CopyFrom(cp)
             if isinstance(step, dict):  # parked mid-step: redo it up to the question
@@ -1172,7 +1172,8 @@ class LiveRun:
 
     async def _drive(self, runner: TeamRunner) -> TaskResult | None:
         steps = asyncio.create_task(self._steps(runner), name=f"run-{self.id}-team")
-        await asyncio.wait({steps, self._stop.future()}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {steps, self._stop.future()}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if steps.done():
             return steps.result()
         self.token.cancel()  # cancels the in-flight provider call and the agents' handlers
