@@ -21,6 +21,7 @@ from typing import Any, ClassVar, cast
 
 import asyncpg
 
+from chorus.core.errors import ChorusError
 from chorus.history import runs as run_rules
 from chorus.history.events import Batch
 from chorus.history.settings import Settings
@@ -104,14 +105,24 @@ class PostgresStore(SqlStore):
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 yield conn
         except CONNECTION_ERRORS as exc:
-            if self.on_unavailable is not None:
-                self.on_unavailable()
-            raise database_unavailable(self.kind, exc) from exc
+            raise self._unavailable(exc) from exc
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Conn]:
-        async with self._session() as conn, conn.transaction():
-            yield conn
+        # `_session` written out: one context manager less on every write's path
+        try:
+            async with (
+                self._pool.acquire(timeout=self._acquire_timeout) as conn,
+                conn.transaction(),
+            ):
+                yield conn
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> ChorusError:
+        if self.on_unavailable is not None:
+            self.on_unavailable()
+        return database_unavailable(self.kind, exc)
 
     async def _one(self, conn: Conn, sql: str, *args: Any) -> Row | None:
         return await conn.fetchrow(sql, *args)
