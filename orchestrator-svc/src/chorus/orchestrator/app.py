@@ -28,7 +28,7 @@ from chorus.orchestrator.catalog import CatalogCache
 from chorus.orchestrator.chat_streams import ChatStreams
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.manager import RunManager
-from chorus.orchestrator.service import RunService
+from chorus.orchestrator.servicer import RunServicer
 from chorus.orchestrator.settings import Settings
 from chorus.orchestrator.templates import load_templates
 from chorus.orchestrator.tools.registry import ToolRegistry
@@ -61,7 +61,7 @@ class OrchestratorApp:
         self.bindings = [
             ServiceBinding(
                 SERVICE_NAME,
-                RunService(manager),
+                RunServicer(manager),
                 run_service_pb2_grpc.add_RunServiceServicer_to_server,
             )
         ]

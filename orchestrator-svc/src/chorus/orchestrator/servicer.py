@@ -22,7 +22,7 @@ def _spec(request: rs.CreateRunRequest | rs.StreamRunRequest) -> run_pb2.RunSpec
     return request.spec
 
 
-class RunService(run_service_pb2_grpc.RunServiceServicer):
+class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     """The RunService servicer.
 
     Args:
