@@ -68,7 +68,9 @@ class RateLimiter:
                 implementation="redispy",
                 key_prefix=settings.rate_limit_key_prefix,
                 wrap_exceptions=True,
-                connection_pool=pool,
+                # limits types **options as `float | str | bool`, but hands them to
+                # redis-py's client, which takes a `connection_pool`.
+                connection_pool=pool,  # type: ignore[arg-type]
             )
         else:
             self.storage = MemoryStorage()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Sequence
+from typing import TypedDict
 
 import orjson
 from prometheus_client import Counter, Gauge
@@ -253,7 +254,16 @@ class EventStreamResponse(Response):
             pump.close()
 
 
-def stream_options(settings: GatewaySettings) -> dict[str, float]:
+class StreamOptions(TypedDict):
+    """`open_event_stream`'s timing and buffering keyword arguments."""
+
+    first_event_wait_s: float
+    keepalive_s: float
+    max_buffered: int
+    flush_interval_s: float
+
+
+def stream_options(settings: GatewaySettings) -> StreamOptions:
     """`open_event_stream`'s timing and buffering arguments from the gateway settings."""
     return {
         "first_event_wait_s": settings.sse_first_event_wait_s,

@@ -126,8 +126,9 @@ class OpenAIErrorMiddleware:
         async def rewrite(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
-                headers = dict(message.get("headers") or ())
-                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+                start_headers = dict(message.get("headers") or ())
+                content_type = start_headers.get(b"content-type", b"")
+                is_json = content_type.startswith(b"application/json")
                 if message["status"] >= 400 and is_json:
                     start = message
                     return

@@ -224,7 +224,7 @@ async def build_spec(
     conversation_id: str,
     background: bool,
     key: str,
-    on_disconnect: int,
+    on_disconnect: run_pb2.OnDisconnect,
     store: bool = True,
     previous_run: str = "",
     settings: GatewaySettings,

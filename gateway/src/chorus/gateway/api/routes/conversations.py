@@ -469,12 +469,12 @@ async def _chat_json(
         final.usage.CopyFrom(completed.usage)
         final.last_seq = max(final.last_seq, terminal.seq)
         final.end_time.CopyFrom(terminal.time)
-    user = next((m for m in listed.messages if m.role == chat_pb2.ROLE_USER), None)
+    sent = next((m for m in listed.messages if m.role == chat_pb2.ROLE_USER), None)
     reply = next((m for m in reversed(listed.messages) if m.role == chat_pb2.ROLE_ASSISTANT), None)
     body = {
         "conversation": protojson.to_dict(current.conversation),
         "run": protojson.to_dict(final),
-        "userMessage": protojson.to_dict(user) if user is not None else None,
+        "userMessage": protojson.to_dict(sent) if sent is not None else None,
         "assistantMessage": protojson.to_dict(reply) if reply is not None else None,
     }
     return Response(orjson.dumps(body), media_type="application/json")

@@ -9,7 +9,7 @@ answer the list response (`{"runs": […], "nextPageToken": "…"}`), `:cancel` 
 from __future__ import annotations
 
 import urllib.parse
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import Header, Query, Request
@@ -63,7 +63,7 @@ UPDATABLE_AGENT_FIELDS = ("system_prompt", "temperature", "model")
 """`updateMask` paths of `PATCH /runs/{id}/agents/{name}` (camelCase accepted)."""
 
 
-def parse_status(value: str | None) -> int:
+def parse_status(value: str | None) -> run_pb2.RunStatus:
     """A `RunStatus` from `RUN_STATUS_RUNNING` or `running` (any case); None → unspecified.
 
     Raises:
@@ -75,7 +75,8 @@ def parse_status(value: str | None) -> int:
     if not name.startswith("RUN_STATUS_"):
         name = "RUN_STATUS_" + name
     try:
-        return int(run_pb2.RunStatus.Value(name))
+        # types-protobuf types EnumTypeWrapper.Value as a plain int, not the enum.
+        return cast(run_pb2.RunStatus, run_pb2.RunStatus.Value(name))
     except ValueError:
         names = ", ".join(
             n.removeprefix("RUN_STATUS_").lower() for n in run_pb2.RunStatus.keys()[1:]
