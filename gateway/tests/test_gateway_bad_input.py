@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 from gateway_helpers import detail, error_of, slow_duet
 
-from chorus.gateway.main import build_app
+from chorus.gateway.app import build_app
 from chorus.gateway.settings import GatewaySettings
 
 HUGE = "999999999999999999999999999999"

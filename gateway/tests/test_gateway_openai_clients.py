@@ -110,7 +110,7 @@ async def test_keys_are_required_in_apikey_mode(keyed_gateway):
 def test_every_v1_route_has_an_explicit_operation_id():
     from fastapi.openapi.utils import get_openapi
 
-    from chorus.gateway.main import build_app
+    from chorus.gateway.app import build_app
     from chorus.gateway.settings import GatewaySettings
 
     app = build_app(GatewaySettings(internal_token="t" * 40))

@@ -1,11 +1,15 @@
 """`python -m chorus.gateway`: serve the HTTP gateway with uvicorn on uvloop until SIGTERM/SIGINT.
 
-Other commands:
+The command line is typer's (issue 24 item 4: one CLI library for every command line):
 
+* `python -m chorus.gateway` or `python -m chorus.gateway serve` — serve;
 * `python -m chorus.gateway hash-password` — read a password (prompt or stdin) and print
   the bcrypt hash for `CHORUS_BASIC_PASSWORD_HASH`;
-* `python -m chorus.gateway new-api-key [--user NAME]` — print a new API key and the
+* `python -m chorus.gateway new-api-key --user NAME` — print a new API key and the
   `CHORUS_API_KEY_HASHES` entry for it.
+
+Exit codes: 0 done; 1 `hash-password` refused the password; 2 a bad command line (typer's
+usage error) or a configuration that must not serve.
 
 The process logs `listening` with `address=http://host:port` once it accepts connections
 (`chorus.core.testing.ServiceProcess` waits for that line). A configuration that must not
@@ -16,7 +20,6 @@ serve (e.g. `auth_mode=none` off loopback) exits with code 2 and one clear log l
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import getpass
@@ -25,7 +28,9 @@ import socket
 import sys
 from collections.abc import Iterator
 from types import FrameType
+from typing import Annotated
 
+import typer
 import uvicorn
 import uvloop
 
@@ -34,8 +39,8 @@ from chorus.core.logging import configure_logging, get_logger
 from chorus.core.metrics import start_metrics_server
 from chorus.core.settings import ConfigurationError
 from chorus.gateway import sse
+from chorus.gateway.app import build_app
 from chorus.gateway.auth import hash_password, new_api_key
-from chorus.gateway.main import build_app
 from chorus.gateway.settings import GatewaySettings
 
 log = get_logger("chorus.gateway")
@@ -132,41 +137,24 @@ async def serve(settings: GatewaySettings) -> None:
     log.info("stopped")
 
 
-def _hash_password() -> None:
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            sys.exit("passwords differ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    if len(password) < 8:
-        sys.exit("use at least 8 characters")
-    print(hash_password(password))
+cli = typer.Typer(
+    help="Serve the Chorus HTTP gateway (the default), or make a password hash or an API key.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
-def _new_api_key(user: str) -> None:
-    key, digest = new_api_key()
-    print(f"api key (give it to {user}; it is not stored): {key}")
-    print(f"CHORUS_API_KEY_HASHES entry: {json.dumps({digest: user})}")
+@cli.callback(invoke_without_command=True)
+def _default(ctx: typer.Context) -> None:
+    """Serve the HTTP gateway (also without a command)."""
+    if ctx.invoked_subcommand is None:
+        _serve()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m chorus.gateway", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="serve HTTP (default)")
-    sub.add_parser("hash-password", help="print a bcrypt hash for CHORUS_BASIC_PASSWORD_HASH")
-    key = sub.add_parser("new-api-key", help="print a new API key and its hash entry")
-    key.add_argument("--user", required=True, help="the identity the key authenticates")
-    args = parser.parse_args(argv)
-    if args.command == "hash-password":
-        _hash_password()
-        return
-    if args.command == "new-api-key":
-        _new_api_key(args.user)
-        return
+@cli.command("serve")
+def _serve() -> None:
+    """Serve HTTP (the default): settings from `CHORUS_*` variables; exit 2 on a bad one."""
     try:
         settings = GatewaySettings()
     except ValueError as exc:  # pydantic ValidationError: one line per bad setting
@@ -179,6 +167,36 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigurationError as exc:
         log.error("configuration_error", error=str(exc))
         raise SystemExit(2) from None
+
+
+@cli.command("hash-password")
+def _hash_password() -> None:
+    """Print a bcrypt hash for CHORUS_BASIC_PASSWORD_HASH (password: prompt or stdin)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            sys.exit("passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        sys.exit("use at least 8 characters")
+    print(hash_password(password))
+
+
+@cli.command("new-api-key")
+def _new_api_key(
+    user: Annotated[str, typer.Option(help="the identity the key authenticates")],
+) -> None:
+    """Print a new API key and its CHORUS_API_KEY_HASHES entry."""
+    key, digest = new_api_key()
+    print(f"api key (give it to {user}; it is not stored): {key}")
+    print(f"CHORUS_API_KEY_HASHES entry: {json.dumps({digest: user})}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point (`argv` defaults to `sys.argv[1:]`); exits with the
+    command's status (typer's standalone mode)."""
+    cli(args=argv, prog_name="python -m chorus.gateway")
 
 
 if __name__ == "__main__":
