@@ -73,6 +73,87 @@ def test_every_request_body_has_an_example(schema):
             assert media.get("example"), (method, path)
 
 
+PROTO = Path(__file__).resolve().parents[2] / "proto" / "chorus" / "v1"
+
+
+def _proto_comments() -> dict[str, str]:
+    """The leading comment of every message and field in proto/chorus/v1, by full name
+    (`chorus.v1.Run.owner_instance`), its lines joined with spaces."""
+    comments: dict[str, str] = {}
+    for path in sorted(PROTO.glob("*.proto")):
+        scope: list[str | None] = []  # message / enum names; None for a oneof
+        lines: list[str] = []
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            names = [n for n in scope if n is not None]
+            if comment := re.match(r"//\s?(.*)", line):
+                lines.append(comment[1])
+                continue
+            if block := re.match(r"(message|enum)\s+(\w+)\s*\{", line):
+                comments[".".join(["chorus.v1", *names, block[2]])] = " ".join(lines)
+                scope.append(block[2])
+            elif re.match(r"oneof\s+\w+\s*\{", line):
+                scope.append(None)
+            elif line.startswith("}") and scope:
+                scope.pop()
+            elif field := re.match(
+                r"(?:optional |repeated )?[\w.]+(?:<[\w., ]+>)?\s+(\w+)\s*=", line
+            ):
+                comments[".".join(["chorus.v1", *names, field[1]])] = " ".join(lines)
+            lines = []
+    return comments
+
+
+def _described(schema: dict[str, Any], name: str) -> str:
+    """The OpenAPI description of the proto message or field `name`."""
+    components = schema["components"]["schemas"]
+    if name in components:
+        return str(components[name].get("description", ""))
+    message, field = name.rsplit(".", 1)
+    (prop,) = [
+        p
+        for p in components[message]["properties"]
+        if re.sub(r"([A-Z])", r"_\1", p).lower() == field
+    ]
+    return str(components[message]["properties"][prop].get("description", ""))
+
+
+def test_replica_internals_and_testing_controls_are_marked(schema):
+    """Issue 24 item 6: the public schema says which fields clients need not read (replica
+    internals) and which only the simulator honours (testing controls), as the proto
+    comments do (docs/architecture.md §3)."""
+    replica = "Replica internals: clients need not read it."
+    testing = "Testing control: only the simulator provider honours it."
+    for field in ("owner_instance", "heartbeat_time", "lease_epoch", "attempt"):
+        assert _described(schema, f"chorus.v1.Run.{field}").startswith(replica), field
+    for name in (
+        "chorus.v1.SimulatorOptions",
+        "chorus.v1.SimulatorFault",
+        "chorus.v1.AgentSpec.simulator",
+    ):
+        assert _described(schema, name).startswith(testing), name
+    run = schema["components"]["schemas"]["chorus.v1.Run"]["properties"]
+    assert "description" not in run["id"] and "description" not in run["status"]
+
+    # every element the proto comments mark is marked in the document too (those of the
+    # internal services' messages, absent from the document, aside)
+    marked = {
+        name
+        for name, text in _proto_comments().items()
+        if re.search(r"replica internals|testing control", text, re.I)
+    }
+    assert {
+        "chorus.v1.Run.owner_instance",
+        "chorus.v1.Run.heartbeat_time",
+        "chorus.v1.Run.lease_epoch",
+        "chorus.v1.SimulatorOptions",
+    } <= marked, marked
+    components = schema["components"]["schemas"]
+    for name in marked:
+        if name in components or name.rsplit(".", 1)[0] in components:
+            assert _described(schema, name).startswith((replica, testing)), name
+
+
 def test_sse_operations_are_event_streams_with_the_event_schema(schema):
     for path, method in (("/api/v1/runs/stream", "post"), ("/api/v1/runs/{run_id}/events", "get")):
         content = schema["paths"][path][method]["responses"]["200"]["content"]

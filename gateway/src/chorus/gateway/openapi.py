@@ -85,6 +85,30 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 """Error responses of every `/api/v1` operation (FastAPI's 422 `HTTPValidationError` is
 never answered: validation errors are 400 INVALID_ARGUMENT, `chorus.gateway.errors`)."""
 
+REPLICA_INTERNALS = "Replica internals: clients need not read it."
+TESTING_CONTROL = "Testing control: only the simulator provider honours it."
+NOT_FOR_CLIENTS: dict[str, str] = {
+    "chorus.v1.Run.owner_instance": f"{REPLICA_INTERNALS} The orchestrator instance "
+    "executing the run (empty while nobody holds its lease).",
+    "chorus.v1.Run.heartbeat_time": f"{REPLICA_INTERNALS} Last heartbeat of `ownerInstance` "
+    "(the Unix epoch once the lease is released).",
+    "chorus.v1.Run.lease_epoch": f"{REPLICA_INTERNALS} Fencing epoch of the lease under "
+    "which `ownerInstance` executes the run.",
+    "chorus.v1.Run.attempt": f"{REPLICA_INTERNALS} Executions of the run so far: 1, plus "
+    "one per resume after its owner was lost or handed it over.",
+    "chorus.v1.AgentSpec.simulator": f"{TESTING_CONTROL} Used when the agent's model is on "
+    "the `simulator` provider; every real provider ignores it.",
+    "chorus.v1.SimulatorOptions": f"{TESTING_CONTROL} Speed, determinism and faults of the "
+    "offline `simulator` provider, per request (tests and benchmarks); every real provider "
+    "ignores them.",
+    "chorus.v1.SimulatorFault": f"{TESTING_CONTROL} A fault the simulator injects into its stream.",
+}
+"""Descriptions of the public messages' fields (and messages) that are no part of what a
+client needs (issue 24 item 6; docs/architecture.md §3 "What is public"), by proto full
+name. Their proto comments say so, but the generated descriptors carry no comments (protoc's
+Python output drops source info), so the marks are kept here; test_gateway_openapi.py checks
+that every element the proto comments mark is marked here too."""
+
 # Descriptors are typed loosely: the upb runtime's classes differ from the pure-Python stubs.
 _registry: dict[str, Any] = {}
 _named: dict[str, dict[str, Any]] = {}
@@ -119,7 +143,9 @@ def _field_schema(field: Any, pending: list[Any]) -> dict[str, Any]:
     else:
         single = dict(_SCALARS[field.type])
     if field.label == FieldDescriptor.LABEL_REPEATED:  # protobuf 5.x has no is_repeated
-        return {"type": "array", "items": single}
+        single = {"type": "array", "items": single}
+    if field.full_name in NOT_FOR_CLIENTS:
+        single["description"] = NOT_FOR_CLIENTS[field.full_name]
     return single
 
 
@@ -132,12 +158,15 @@ def message_schemas(roots: list[Any]) -> dict[str, dict[str, Any]]:
         if descriptor.full_name in out or descriptor.full_name in _WELL_KNOWN:
             continue
         properties = {f.json_name: _field_schema(f, pending) for f in descriptor.fields}
-        out[descriptor.full_name] = {
+        schema: dict[str, Any] = {
             "type": "object",
             "title": descriptor.full_name,
             "properties": properties,
             "additionalProperties": False,
         }
+        if descriptor.full_name in NOT_FOR_CLIENTS:
+            schema["description"] = NOT_FOR_CLIENTS[descriptor.full_name]
+        out[descriptor.full_name] = schema
     return out
 
 
