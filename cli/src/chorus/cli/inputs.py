@@ -451,12 +451,27 @@ def requested_text(agent: str, request: InputRequested) -> str:
     return f"⏸ waiting for {who}'s answer — input {request.input_id}"
 
 
-async def next_item(call: object, prompter: InputPrompter | None) -> object:
-    """The next item of a run stream (`call.read()`), while the prompt (`prompter.task`)
-    runs next to it: its failure (AwaitingInput on Ctrl-D, SubmitFailed) is raised here."""
+class RunStream(Protocol):
+    """A StreamRun or WatchRun call (`grpc.aio.UnaryStreamCall`)."""
+
+    def read(self) -> Awaitable[object]:
+        """The next `StreamRunResponse` / `WatchRunResponse`, `grpc.aio.EOF` at the end."""
+
+
+async def next_event(call: RunStream, prompter: InputPrompter | None) -> run_pb2.RunEvent | None:
+    """The next event of a run stream (`call.read()`; None once the stream ended), while the
+    prompt (`prompter.task`) runs next to it: its failure (AwaitingInput on Ctrl-D,
+    SubmitFailed) is raised here."""
+    item = await _next_item(call, prompter)
+    if isinstance(item, run_service_pb2.StreamRunResponse | run_service_pb2.WatchRunResponse):
+        return item.event
+    return None  # grpc.aio.EOF
+
+
+async def _next_item(call: RunStream, prompter: InputPrompter | None) -> object:
     if prompter is None or prompter.task is None:
-        return await call.read()  # type: ignore[attr-defined]
-    read = asyncio.ensure_future(call.read())  # type: ignore[attr-defined]
+        return await call.read()
+    read = asyncio.ensure_future(call.read())
     try:
         while prompter.task is not None:
             task = prompter.task

@@ -151,7 +151,7 @@ def _print_rpc_error(err: grpc.aio.AioRpcError) -> None:
         return
     err_console.print(f"[red]error:[/red] {err.code().name}: {details}", highlight=False)
     try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
     except ValueError:
         status = None
     for detail in status.details if status is not None else ():
@@ -223,7 +223,7 @@ def _status_label(status: int) -> str:
     return _status_name(status).replace("_", " ")
 
 
-OpenStream = Callable[[run_service_pb2_grpc.RunServiceStub], Any]
+OpenStream = Callable[[run_service_pb2_grpc.RunServiceStub], inputs.RunStream]
 """Opens the first call of a run stream (StreamRun or WatchRun) on a stub."""
 
 
@@ -261,7 +261,7 @@ async def _follow(
             f"{renderer.last_seq} (attempt {state.attempt_number + 1})"
         )
 
-    def open_call() -> Any:
+    def open_call() -> inputs.RunStream:
         if renderer.rendered:  # follow the run after what was rendered, on any replica
             return stub.WatchRun(
                 run_service_pb2.WatchRunRequest(
@@ -283,16 +283,15 @@ async def _follow(
             with attempt:
                 call = open_call()
                 # the first news (or the error) of this call
-                item = await inputs.next_item(call, prompter)
+                event = await inputs.next_event(call, prompter)
         try:
-            while item is not grpc.aio.EOF:
-                event = item.event  # type: ignore[attr-defined]
+            while event is not None:
                 if prompter is not None:
                     await prompter.before(event)
                 renderer.handle(event)
                 if prompter is not None:
                     await prompter.after(event)
-                item = await inputs.next_item(call, prompter)
+                event = await inputs.next_event(call, prompter)
             return
         except grpc.aio.AioRpcError as err:
             if not retryable(err):

@@ -12,6 +12,7 @@ outage pauses a run instead of failing it (issue 18).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -117,8 +118,11 @@ class HistoryClient:
                 conversation_id=conversation_id, page_size=1000, page_token=token
             )
             response = await self._call(
-                lambda request=request: self.stub.ListMessages(  # type: ignore[misc]
-                    request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S
+                functools.partial(
+                    self.stub.ListMessages,
+                    request,
+                    metadata=self._md(user),
+                    timeout=UNARY_TIMEOUT_S,
                 )
             )
             for message in response.messages:

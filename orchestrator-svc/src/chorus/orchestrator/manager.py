@@ -712,12 +712,7 @@ class RunManager:
             )
         paths = list(request.update_mask.paths)
         catalog = await self._catalog.get() if "model" in paths else None
-        after = resolve_agent_update(
-            state.latest,
-            request.agent,
-            paths,
-            catalog=catalog,  # type: ignore[arg-type]
-        )
+        after = resolve_agent_update(state.latest, request.agent, paths, catalog=catalog)
         state.pending = after
         event = run_pb2.RunEvent(
             agent=request.agent_name,

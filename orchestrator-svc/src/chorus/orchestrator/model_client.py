@@ -158,9 +158,11 @@ def to_tool_definitions(tools: Sequence[Tool | ToolSchema]) -> list[ps.ToolDefin
     for tool in tools:
         schema: ToolSchema = tool if isinstance(tool, dict) else tool.schema
         parameters = struct_pb2.Struct()
-        parameters.update(
-            dict(schema.get("parameters") or {"type": "object", "properties": {}})  # type: ignore[arg-type]
+        # A JSON schema (a TypedDict: mypy sees its values as object); Struct takes JSON values.
+        json_schema: dict[str, Any] = dict(
+            schema.get("parameters") or {"type": "object", "properties": {}}
         )
+        parameters.update(json_schema)
         out.append(
             ps.ToolDefinition(
                 name=schema["name"],

@@ -194,12 +194,12 @@ class Liveness:
     def _as_system() -> None:
         identity.set_identity(identity.Identity(identity.SYSTEM_USER, "internal"))
 
-    async def _loop(self, step: Callable[[], object], interval: float) -> None:
+    async def _loop(self, step: Callable[[], Awaitable[object]], interval: float) -> None:
         self._as_system()
         while True:
             await asyncio.sleep(interval)
             try:
-                await step()  # type: ignore[misc]
+                await step()
             except Exception as exc:  # a bad round must not end the loop
                 log.warning(
                     "liveness_step_failed", step=getattr(step, "__name__", "?"), error=repr(exc)

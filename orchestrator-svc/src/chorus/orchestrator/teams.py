@@ -403,10 +403,13 @@ class ResumableMagenticOneOrchestrator(MagenticOneOrchestrator):
     after the turn that ended the previous step. A start with messages is autogen's.
     """
 
+    # autogen's types: an @rpc handler is a MessageHandler[its class, ...] (invariant in the
+    # class, so no override fits) and not a descriptor (a bound call seems to lack
+    # `agent_instance`).
     @rpc
-    async def handle_start(self, message: GroupChatStart, ctx: MessageContext) -> None:  # type: ignore[override]
+    async def handle_start(self, message: GroupChatStart, ctx: MessageContext) -> None:  # type: ignore[override]  # MessageHandler[cls]
         if message.messages or not self._task:
-            await super().handle_start(message, ctx)  # type: ignore[call-arg]
+            await super().handle_start(message, ctx)  # type: ignore[call-arg]  # bound call
             return
         if self._termination_condition is not None and self._termination_condition.terminated:
             stop = StopMessage(content="The group chat has already terminated.", source=self._name)

@@ -245,9 +245,10 @@ def resolve_agent_update(
     update: team_pb2.AgentSpec,
     paths: Sequence[str],
     *,
-    catalog: ModelCatalog,
+    catalog: ModelCatalog | None,
 ) -> team_pb2.AgentSpec:
-    """The agent's spec after UpdateRunAgent applies `update` at `paths`.
+    """The agent's spec after UpdateRunAgent applies `update` at `paths`; `catalog` is
+    needed (not None) only when `model` is one of them.
 
     Raises:
         chorus.core.errors.InvalidArgument: empty or unknown mask paths, or an invalid value
@@ -280,6 +281,7 @@ def resolve_agent_update(
         if not update.HasField("model"):
             v.add("agent.model", "required when `model` is in the update mask")
         else:
+            assert catalog is not None, "a model update is checked against the catalog"
             check_model(v, "agent.model", update.model, catalog)
             after.model.CopyFrom(update.model)
     v.raise_if_any("invalid agent update")
