@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
-from chorus.core.errors import (
-    ChorusError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Violations,
-)
+from chorus.core.errors import ChorusError, InvalidArgument, PermissionDenied, Violations
 from chorus.core.identity import Identity, current_identity, current_request_id
 from chorus.history import events as event_rules
 from chorus.history import limits, metrics, pagination, validation
@@ -59,7 +53,6 @@ misses they read from the store. Beyond this many, a call waits for its own writ
 _CONVERSATION_PATHS = ("title", "model", "team", "metadata")
 
 pb = history_service_pb2
-T = TypeVar("T")
 
 
 @contextmanager
@@ -73,13 +66,6 @@ def _checked(message: str = "invalid request") -> Iterator[Violations]:
     v = Violations()
     yield v
     v.raise_if_any(message)
-
-
-def _found(value: T | None, not_found: Callable[[str], NotFound], key: str) -> T:
-    """`value`, unless the store found nothing (None): then `not_found(key)` is raised."""
-    if value is None:
-        raise not_found(key)
-    return value
 
 
 def _scope(ident: Identity) -> str | None:
@@ -149,21 +135,17 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         if resp is not None and not _visible(ident, resp.conversation.owner):
             raise conversation_not_found(conversation_id)
         if resp is None:
-            conv = _found(
-                await self._store.get_conversation(conversation_id, _scope(ident)),
-                conversation_not_found,
-                conversation_id,
-            )
+            conv = await self._store.get_conversation(conversation_id, _scope(ident))
+            if conv is None:
+                raise conversation_not_found(conversation_id)
             await self._cache.put_conversation(conv)
             resp = pb.GetConversationResponse(conversation=conv)
         if with_messages and not complete:
-            messages = _found(
-                await self._store.list_messages(
-                    conversation_id, _scope(ident), 0, limits.MAX_INCLUDED_MESSAGES
-                ),
-                conversation_not_found,
-                conversation_id,
+            messages = await self._store.list_messages(
+                conversation_id, _scope(ident), 0, limits.MAX_INCLUDED_MESSAGES
             )
+            if messages is None:
+                raise conversation_not_found(conversation_id)
             await self._cache.put_messages(conversation_id, messages)
             resp.messages.extend(messages)
         return resp
@@ -194,13 +176,11 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             conversation_id = validation.uuid_field(v, "conversation.id", request.conversation.id)
             paths = validation.mask_paths(v, request.update_mask, _CONVERSATION_PATHS)
             validation.conversation_fields(v, request.conversation, paths)
-        updated = _found(
-            await self._store.update_conversation(
-                conversation_id, _scope(ident), request.conversation, paths, now_us()
-            ),
-            conversation_not_found,
-            conversation_id,
+        updated = await self._store.update_conversation(
+            conversation_id, _scope(ident), request.conversation, paths, now_us()
         )
+        if updated is None:
+            raise conversation_not_found(conversation_id)
         await self._cache.put_conversation(updated)
         return pb.UpdateConversationResponse(conversation=updated)
 
@@ -211,22 +191,17 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         with _checked() as v:
             conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
         scope = _scope(ident)
-        _found(
-            await self._store.get_conversation(conversation_id, scope),
-            conversation_not_found,
-            conversation_id,
-        )
+        if await self._store.get_conversation(conversation_id, scope) is None:
+            raise conversation_not_found(conversation_id)
         # Tombstones before the transaction as well as after: a process dying between its
         # commit and its cleanup leaves no cached copy that a read could serve (issue 23).
         run_ids = await self._store.conversation_run_ids(conversation_id)
         await asyncio.gather(
             self._cache.drop_conversation(conversation_id), self._cache.drop_runs(run_ids)
         )
-        deleted = _found(
-            await self._store.delete_conversation(conversation_id, scope),
-            conversation_not_found,
-            conversation_id,
-        )
+        deleted = await self._store.delete_conversation(conversation_id, scope)
+        if deleted is None:
+            raise conversation_not_found(conversation_id)
         await self._forget(deleted, conversation_id)
         return pb.DeleteConversationResponse()
 
@@ -247,13 +222,11 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             conversation_id = validation.uuid_field(v, "conversation_id", request.conversation_id)
             validation.messages(v, request.messages, limits.MAX_MESSAGES_PER_APPEND)
         _canonical_run_ids(request.messages)
-        result = _found(
-            await self._store.append_messages(
-                conversation_id, _scope(ident), request.messages, now_us()
-            ),
-            conversation_not_found,
-            conversation_id,
+        result = await self._store.append_messages(
+            conversation_id, _scope(ident), request.messages, now_us()
         )
+        if result is None:
+            raise conversation_not_found(conversation_id)
         if result.added:
             await self._cache.append_messages(result.conversation, result.added)
         return pb.AppendMessagesResponse(messages=result.messages)
@@ -268,13 +241,12 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             size = validation.page_size(v, request.page_size, limits.MESSAGES_PAGE)
 
         async def fetch(cursor: list[Any] | None, limit: int) -> list[conversation_pb2.Message]:
-            return _found(
-                await self._store.list_messages(
-                    conversation_id, _scope(ident), cursor[0] if cursor else 0, limit, run_id
-                ),
-                conversation_not_found,
-                conversation_id,
+            found = await self._store.list_messages(
+                conversation_id, _scope(ident), cursor[0] if cursor else 0, limit, run_id
             )
+            if found is None:
+                raise conversation_not_found(conversation_id)
+            return found
 
         found, token = await pagination.page(
             pagination.fingerprint("ListMessages", ident.user, conversation_id, run_id),
@@ -416,7 +388,9 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             if not _visible(ident, run.owner):
                 raise run_not_found(run_id)
             return run
-        run = _found(await self._store.get_run(run_id, _scope(ident)), run_not_found, run_id)
+        run = await self._store.get_run(run_id, _scope(ident))
+        if run is None:
+            raise run_not_found(run_id)
         await self._cache.put_run(run)
         return run
 
@@ -523,7 +497,8 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         with _checked() as v:
             run_id = validation.uuid_field(v, "run_id", request.run_id)
         scope = _scope(ident)
-        _found(await self._store.get_run(run_id, scope), run_not_found, run_id)  # not the cache
+        if await self._store.get_run(run_id, scope) is None:  # never the cache: it may lag
+            raise run_not_found(run_id)
         await self._cache.drop_runs([run_id])
         if not await self._store.delete_run(run_id, scope):
             raise run_not_found(run_id)
