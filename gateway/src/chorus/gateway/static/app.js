@@ -27,6 +27,11 @@
 // shows the outcome on the card and its buttons go. A reload rebuilds the card from the
 // saved transcript or from the replayed events: pending until an input_received follows.
 // The conversation list marks conversations whose run waits ("waiting for you").
+//
+// Delete (issue 20's leftover): the run head's Delete and each conversation's × ask for a
+// confirmation, then call DELETE /runs/{id} or DELETE /conversations/{id} (an active run is
+// cancelled first by the gateway). The run shown goes from the page when it, or its
+// conversation, was deleted.
 "use strict";
 
 const API = "/api/v1";
@@ -226,6 +231,7 @@ function apply(type, ev) {
       const run = ev.runStarted.run || {};
       const spec = run.spec || {};
       model.status = "running";
+      model.conversationId = run.conversationId || "";
       model.title = spec.template || "custom team";
       model.maxTurns = spec.maxTurns || (spec.team && spec.team.maxTurns) || 0;
       // a human agent (issue 21) has no model or temperature to steer
@@ -724,6 +730,60 @@ async function cancelRun() {
   }
 }
 
+// Stops showing the current run: its stream, its saved transcript and its #run= go.
+function closeRun() {
+  if (watching) watching.abort();
+  watching = null;
+  model = null;
+  sessionStorage.removeItem(STORE_KEY);
+  history.replaceState(null, "", location.pathname + location.search);
+  rendered.clear();
+  $("transcript").replaceChildren();
+  $("run").hidden = true;
+  renderAgents();
+}
+
+async function deleteRun() {
+  if (!model) return;
+  const runId = model.runId;
+  const active = ACTIVE.has(model.status);
+  const question = `Delete this run${active ? " (it is cancelled first)" : ""} with its events? `
+    + "Its messages stay in the conversation. This cannot be undone.";
+  if (!window.confirm(question)) return;
+  $("delete-run").disabled = true;
+  let note = "";
+  try {
+    await api(`/runs/${encodeURIComponent(runId)}`, { method: "DELETE" });
+  } catch (err) {
+    if (err.status !== 404) {
+      banner(`Delete failed: ${err.message}`);
+      $("delete-run").disabled = false;
+      return;
+    }
+    note = "The run was already deleted.";
+  }
+  $("delete-run").disabled = false;
+  if (model && model.runId === runId) closeRun();
+  banner(note);
+  loadConversations();
+}
+
+async function deleteConversation(conversation, item) {
+  const name = conversation.title ? `"${conversation.title}"` : "this conversation";
+  if (!window.confirm(`Delete ${name} with its messages and runs? Its active runs are `
+      + "cancelled first. This cannot be undone.")) return;
+  let note = "";
+  try {
+    await api(`/conversations/${encodeURIComponent(conversation.id)}`, { method: "DELETE" });
+  } catch (err) {
+    if (err.status !== 404) { banner(`Delete failed: ${err.message}`); return; }
+    note = "The conversation was already deleted.";
+  }
+  item.remove();
+  if (model && model.conversationId === conversation.id) closeRun();
+  banner(note);
+}
+
 async function exportRun() {
   if (!model) return;
   try {
@@ -856,7 +916,15 @@ async function loadConversations(more = false) {
       title.appendChild(el("span", "conversation-time", c.updateTime ? new Date(c.updateTime).toLocaleString() : ""));
       const runs = el("ul", "runs");
       title.addEventListener("click", () => toggleRuns(c.id, runs));
-      li.append(title, runs);
+      const remove = el("button", "conversation-delete", "×");
+      remove.type = "button";
+      remove.title = "Delete the conversation with its messages and runs";
+      remove.setAttribute("aria-label", `Delete ${c.title || "the untitled conversation"}`);
+      remove.dataset.testid = "delete-conversation";
+      remove.addEventListener("click", () => deleteConversation(c, li));
+      const head = el("div", "conversation-head");
+      head.append(title, remove);
+      li.append(head, runs);
       list.appendChild(li);
     }
     conversationsToken = reply.nextPageToken || "";
@@ -928,6 +996,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("cancel").addEventListener("click", cancelRun);
   $("export").addEventListener("click", exportRun);
+  $("delete-run").addEventListener("click", deleteRun);
   $("refresh-conversations").addEventListener("click", () => loadConversations());
   $("more-conversations").addEventListener("click", () => loadConversations(true));
   $("apikey-form").addEventListener("submit", (e) => {
