@@ -41,6 +41,7 @@ from orchestrator_helpers import (
     team,
 )
 
+from chorus.orchestrator.tools.registry import ToolRegistry
 from chorus.v1 import run_pb2, team_pb2
 
 APPROVAL = run_pb2.INPUT_KIND_APPROVAL
@@ -159,6 +160,7 @@ async def test_a_human_editor_answers_with_text_until_it_approves(
     assert [a for a, _ in said] == ["writer", "editor", "writer", "editor"]
     assert said[1][1] == "Shorter, please." and said[3][1] == "APPROVE"
     assert events[-1].run_completed.stop_reason == "termination_text"
+    assert run.final_answer == said[2][1]  # the writer's last draft, not the editor's APPROVE
     assert run.turns == 4
     assert max(model_calls(stack, run_id).values()) == 1
     messages = await stack.history_client(alice.user).messages(run.conversation_id)
@@ -311,6 +313,12 @@ async def test_bad_input_is_refused_and_changes_nothing(
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "RUN_AWAITING_INPUT"
     run = await alice.get(run_id)
     assert run.status == run_pb2.RUN_STATUS_AWAITING_INPUT and run.last_seq == seen[-1].seq
+
+
+def test_run_python_always_needs_approval() -> None:
+    registry = ToolRegistry.load(entry_points=False, code_execution=True)
+    needs = {name for name in registry.names() if registry.get(name).requires_approval}
+    assert needs == {"run_python"}
 
 
 async def test_bad_team_specs_for_people_and_approvals_are_invalid(alice: RunClient) -> None:

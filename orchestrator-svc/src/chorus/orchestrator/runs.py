@@ -291,6 +291,7 @@ class LiveRun:
         self._trace_carrier: dict[str, str] = {}
         # Human in the loop (issue 21):
         self._approval_tools = self._tools_requiring_approval()
+        self._humans = frozenset(a.name for a in record.spec.team.agents if a.human)
         self._boundary: run_pb2.RunCheckpoint | None = None  # the last turn boundary's
         self._step_calls: dict[str, list[dict[str, Any]]] = {}  # this step's model calls
         self._replay: dict[str, deque[dict[str, Any]]] = {}  # of them, still to replay
@@ -629,7 +630,8 @@ class LiveRun:
         """See `chorus.orchestrator.teams.RunHooks`."""
         self._unmute("the turn ended before the question it was redone for")
         usage = self.states[agent].turn_usage
-        self._last_message = message.to_text()
+        if agent not in self._humans:  # a person's reply (APPROVE, notes) is no answer
+            self._last_message = message.to_text()
         if self._single:  # the run's last message: a closing write
             async with self._end_slot():
                 event = await self._message_event(agent, message.to_text(), usage)
@@ -1215,7 +1217,12 @@ class LiveRun:
 
     async def _complete(self, result: TaskResult) -> None:
         messages = [m for m in result.messages if isinstance(m, BaseChatMessage)]
-        final = next((m for m in reversed(messages) if m.source != "user"), None)
+        # The final answer is the last model agent's message: a human agent's (an editor's
+        # APPROVE) ends the run but answers nothing.
+        final = next(
+            (m for m in reversed(messages) if m.source != "user" and m.source not in self._humans),
+            None,
+        )
         # A step's result holds that step's messages only: the last turn's may be earlier.
         final_answer = final.to_text() if final is not None else self._last_message
         await self._end_with(
