@@ -33,6 +33,14 @@ one (`bench/paced_upstream.py`, one token per event at `--tps`) as provider-svc'
 5. **tokens/s** at 100 × 500 from the fast upstream (SSE; coalesced ‡) and services' CPU ms
    per 1,000 tokens there.
 
+`--ttft-only`: every variant's stack up at once and TTFT p50 at 1 run measured in short
+batches taken in turn (`--ttft-batches`), for the one wall-clock figure a busy machine
+moves most.
+
+`--gc-stats`: every service also records the CPU time its cyclic garbage collections take
+(`CHORUS_BENCH_GC_STATS_DIR`, see the switches' module); `gc_share` is that time over the
+four services' CPU over the stack's life — a figure a busy machine moves little.
+
 Reported: medians per variant and each figure's ratio without / with (base). The variant
 order alternates (reversed every other round). Writes `bench/results/machinery-<date>.json`
 and prints a markdown table.
@@ -44,10 +52,13 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from bench.harness import (
@@ -119,8 +130,13 @@ def loadavg() -> float:
 def one_round(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """The figures of one variant on a fresh stack (see the module docstring)."""
     out: dict[str, Any] = {"load_start": loadavg()}
+    gc_dir = tempfile.mkdtemp(prefix="machinery-gc-") if args.gc_stats else None
     with ExitStack() as stack:
         fresh = {**env, "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("mach"))}
+        if gc_dir is not None:
+            fresh["CHORUS_BENCH_GC_STATS_DIR"] = gc_dir
+            if "PYTHONPATH" not in fresh:
+                fresh["PYTHONPATH"] = variant_env(SWITCHED[0])["PYTHONPATH"]
         chorus = stack.enter_context(Stack(fresh))
         gw = chorus.addresses["gateway"]
         once = ("--once", "--ramp-s", "0")
@@ -172,6 +188,15 @@ def one_round(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
             1e6 * (sum(c1.values()) - sum(c0.values())) / max(1, int(fast["tokens"])), 2
         )
     out["load_end"] = loadavg()
+    if gc_dir is not None:  # the stack stopped: each service wrote its totals at exit
+        stats = [json.loads(p.read_text()) for p in Path(gc_dir).glob("*.json")]
+        shutil.rmtree(gc_dir, ignore_errors=True)
+        gc_s = sum(sum(s["gc_cpu_s"]) for s in stats)
+        cpu_s = sum(s["process_cpu_s"] for s in stats)
+        out["gc_processes"] = len(stats)
+        out["gc_cpu_s"] = round(gc_s, 3)
+        out["gc_share"] = round(gc_s / cpu_s, 4) if cpu_s else None
+        out["gc_collections"] = [sum(s["collections"][g] for s in stats) for g in range(3)]
     return out
 
 
@@ -205,6 +230,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 print(
                     f"round {r + 1} {v}: "
                     + ", ".join(f"{label} {result[key]}" for key, label in FIGURES)
+                    + (f", gc share {result['gc_share']}" if "gc_share" in result else "")
                     + f" (load {result['load_start']}→{result['load_end']})",
                     flush=True,
                 )
@@ -216,6 +242,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             for key, _ in FIGURES
         }
         figures["median"][v]["load"] = statistics.median(r["load_start"] for r in rs)
+        if all(r.get("gc_share") is not None for r in rs):
+            figures["median"][v]["gc_share"] = statistics.median(r["gc_share"] for r in rs)
     base = figures["median"].get("base")
     if base:
         for v in args.variants:
@@ -224,6 +252,37 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for key, _ in FIGURES
             }
     return figures
+
+
+def ttft_interleaved(args: argparse.Namespace) -> dict[str, Any]:
+    """TTFT p50 at 1 run with every variant's stack up at once, the variants taken in turn
+    in short batches (`--ttft-batches` × 20 one-token runs each): a busy machine slows all
+    of them alike, which alternated fresh stacks cannot promise for a wall-clock figure."""
+    per: dict[str, list[float]] = {v: [] for v in args.variants}
+    with ExitStack() as stack:
+        slow = stack.enter_context(paced_upstream(args.tps, args.tokens))
+        gateways = {}
+        for v in args.variants:
+            env = {
+                "CHORUS_DATABASE_URL": stack.enter_context(postgres_database()),
+                "CHORUS_REDIS_URL": REDIS_URL,
+                "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("mach")),
+                "CHORUS_OPENAI_COMPATIBLE_BASE_URL": slow.url,
+                "CHORUS_OPENAI_COMPATIBLE_MODELS": '["sim"]',
+                **variant_env(v),
+            }
+            gateways[v] = stack.enter_context(Stack(env)).addresses["gateway"]
+        once = ("--once", "--ramp-s", "0")
+        for v in args.variants:
+            paced(gateways[v], 10, 1, args.tps, *once)  # warm-up
+        for b in range(args.ttft_batches):
+            order = list(args.variants) if b % 2 == 0 else list(reversed(args.variants))
+            for v in order:
+                r = paced(gateways[v], 1, 1, args.tps, *once, "--repeats", "20")
+                per[v].append(r["ttft_p50_ms"])
+    out = {v: {"ttft_p50_ms": round(statistics.median(x), 2), "batches": x} for v, x in per.items()}
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def table(f: dict[str, Any]) -> str:
@@ -236,6 +295,10 @@ def table(f: dict[str, Any]) -> str:
             for key, _ in FIGURES
         ]
         rows.append(f"| {v} | " + " | ".join(cells) + f" | {med['load']} |")
+    shares = {v: med["gc_share"] for v, med in f["median"].items() if "gc_share" in med}
+    if shares:
+        rows.append("")
+        rows.append("gc CPU share (median): " + ", ".join(f"{v} {s}" for v, s in shares.items()))
     return "\n".join(rows)
 
 
@@ -251,6 +314,17 @@ def main() -> None:
     parser.add_argument("--start-runs", type=int, default=100)
     parser.add_argument("--fast-streams", type=int, default=100)
     parser.add_argument("--fast-tokens", type=int, default=500)
+    parser.add_argument(
+        "--gc-stats",
+        action="store_true",
+        help="every service records the CPU its garbage collections take (gc_share)",
+    )
+    parser.add_argument(
+        "--ttft-only",
+        action="store_true",
+        help="TTFT p50 at 1 run only, all variants' stacks up at once, taken in turn",
+    )
+    parser.add_argument("--ttft-batches", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="1 round, 20 streams, 20 × 100")
     args = parser.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
@@ -260,11 +334,15 @@ def main() -> None:
     if args.quick:
         args.rounds, args.streams, args.start_runs = 1, 20, 20
         args.fast_streams, args.fast_tokens = 20, 100
-    figures = bench(args)
+    if args.ttft_only:
+        figures = {"args": vars(args), "ttft_interleaved": ttft_interleaved(args)}
+    else:
+        figures = bench(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"machinery-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(figures, indent=2))
-    print(table(figures))
+    if not args.ttft_only:
+        print(table(figures))
     print(f"written {out}")
 
 

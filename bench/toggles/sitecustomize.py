@@ -15,6 +15,11 @@ comma-separated:
   orchestrator `chat_streams.RESPONSE_WINDOW`) → 0: no flow control, no acknowledgements
   (the server sends as fast as it gathers).
 
+`CHORUS_BENCH_GC_STATS_DIR` (with or without toggles): the process records the CPU time
+(`time.thread_time`) its cyclic garbage collections take, per generation, and writes it
+with its collection counts and total CPU to `<dir>/<pid>.json` at most every 0.5 s and at
+exit.
+
 Each patch is applied right after its module is first imported (a meta-path hook), so
 `from module import Name` in the services' code sees the replacement.
 """
@@ -151,6 +156,48 @@ class _Finder(importlib.abc.MetaPathFinder):
                 return spec
         return None
 
+
+def _gc_stats(directory: str) -> None:
+    import atexit
+    import gc
+    import json
+    import time
+
+    path = os.path.join(directory, f"{os.getpid()}.json")
+    cpu = [0.0, 0.0, 0.0]
+    count = [0, 0, 0]
+    started = [0.0]
+    written = [0.0]
+
+    def write() -> None:
+        payload = {
+            "argv": sys.argv,
+            "gc_cpu_s": cpu,
+            "collections": count,
+            "process_cpu_s": time.process_time(),
+        }
+        with open(path + ".tmp", "w") as f:
+            json.dump(payload, f)
+        os.replace(path + ".tmp", path)
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+            return
+        generation = info["generation"]
+        cpu[generation] += time.thread_time() - started[0]
+        count[generation] += 1
+        now = time.monotonic()
+        if now - written[0] > 0.5:
+            written[0] = now
+            write()
+
+    gc.callbacks.append(callback)
+    atexit.register(write)
+
+
+if os.environ.get("CHORUS_BENCH_GC_STATS_DIR"):
+    _gc_stats(os.environ["CHORUS_BENCH_GC_STATS_DIR"])
 
 unknown = WITHOUT - set(PATCHES)
 if unknown:

@@ -1,0 +1,173 @@
+"""What each small mechanism of issue 24 item 2 saves per object or per event, measured in
+one process (no services, little affected by a busy machine), to set beside the
+whole-stack figures of `bench.bench_machinery`:
+
+    python -m bench.machinery_micro
+
+* `Flag` vs `asyncio.Event` (the bench switch's `EventFlag`): bytes per object (tracemalloc),
+  fresh and after one wait; a live run holds two in the orchestrator, an SSE stream one in
+  the gateway.
+* the gateway's `event_json` fast path vs `json_format.MessageToDict` + orjson: µs per
+  `text_delta` run event.
+* provider-svc's `Watchdog` vs a timer created again on every arm (asyncio.timeout's
+  reschedule): µs per arm + disarm (one per upstream event).
+* `_JOIN_PIECES` (32) vs never joining: bytes a model call's text holds after 200 and 1,000
+  one-token deltas (` tok` pieces).
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import tracemalloc
+from typing import Any
+
+os.environ["CHORUS_BENCH_WITHOUT"] = ""
+
+
+def _bytes_per(make: Any, n: int = 2000) -> float:
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    keep = [make() for _ in range(n)]
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    size = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    del keep
+    return round(size / n, 1)
+
+
+async def flags() -> dict[str, float]:
+    import importlib.util
+    import pathlib
+
+    from chorus.core.flag import Flag
+
+    path = pathlib.Path(__file__).parent / "toggles" / "sitecustomize.py"
+    spec = importlib.util.spec_from_file_location("bench_toggles", path)
+    assert spec and spec.loader
+    toggles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toggles)
+
+    class Holder:
+        Flag: Any = None
+
+    holder = Holder()
+    toggles._patch_flag(holder)
+    event_flag = holder.Flag
+
+    async def waited(cls: Any) -> Any:
+        f = cls()
+        t = asyncio.ensure_future(f.wait())
+        await asyncio.sleep(0)
+        f.set()
+        await t
+        return f
+
+    out = {"flag_bytes": _bytes_per(Flag), "event_bytes": _bytes_per(event_flag)}
+    tracemalloc.start()
+    s0 = tracemalloc.get_traced_memory()[0]
+    a = [await waited(Flag) for _ in range(1000)]
+    s1 = tracemalloc.get_traced_memory()[0]
+    b = [await waited(event_flag) for _ in range(1000)]
+    s2 = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    out["flag_bytes_after_wait"] = round((s1 - s0) / 1000, 1)
+    out["event_bytes_after_wait"] = round((s2 - s1) / 1000, 1)
+    del a, b
+    return out
+
+
+def _per_call_us(fn: Any, n: int) -> float:
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return round(best * 1e6, 2)
+
+
+def protojson() -> dict[str, float]:
+    import orjson
+    from google.protobuf import json_format
+
+    from chorus.gateway import protojson as pj
+    from chorus.v1 import run_pb2
+
+    event = run_pb2.RunEvent(
+        run_id="8b0f5a0e-3d5c-4a57-9a3e-1f0f8f6c9d21", seq=1234, agent="writer"
+    )
+    event.time.GetCurrentTime()
+    event.text_delta.text = " token"
+    assert orjson.loads(pj.event_json(event)) == json_format.MessageToDict(event)
+    return {
+        "fast_us_per_event": _per_call_us(lambda: pj.event_json(event), 20000),
+        "generic_us_per_event": _per_call_us(
+            lambda: orjson.dumps(json_format.MessageToDict(event)), 20000
+        ),
+    }
+
+
+async def watchdogs() -> dict[str, float]:
+    import importlib.util
+    import pathlib
+
+    from chorus.provider.watchdog import Watchdog
+
+    path = pathlib.Path(__file__).parent / "toggles" / "sitecustomize.py"
+    spec = importlib.util.spec_from_file_location("bench_toggles_w", path)
+    assert spec and spec.loader
+    toggles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toggles)
+
+    class Holder:
+        Watchdog: Any = None
+
+    holder = Holder()
+    toggles._patch_watchdog(holder)
+    out = {}
+    for name, cls in (("watchdog", Watchdog), ("timer_per_arm", holder.Watchdog)):
+        w = cls()
+
+        def pair(w: Any = w) -> None:
+            w.arm(60.0)
+            w.disarm()
+
+        out[f"{name}_us_per_event"] = _per_call_us(pair, 50000)
+        w.close()
+    return out
+
+
+def join_pieces() -> dict[str, float]:
+    out = {}
+    for tokens in (200, 1000):
+        for label, every in (("join32", 32), ("never", 10**9)):
+            tracemalloc.start()
+            s0 = tracemalloc.get_traced_memory()[0]
+            text: list[str] = []
+            for i in range(tokens):
+                text.append(f" t{i % 97}")  # a fresh small str per delta, as decoded
+                if len(text) == every:
+                    text[:] = ["".join(text)]
+            s1 = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            out[f"{label}_bytes_{tokens}"] = s1 - s0
+            del text
+    return out
+
+
+async def main() -> None:
+    out: dict[str, Any] = {}
+    out["flag"] = await flags()
+    out["protojson"] = protojson()
+    out["watchdog"] = await watchdogs()
+    out["join_pieces"] = join_pieces()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
