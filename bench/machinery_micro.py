@@ -5,12 +5,14 @@ whole-stack figures of `bench.bench_machinery`:
     python -m bench.machinery_micro
 
 * `Flag` vs `asyncio.Event` (the bench switch's `EventFlag`): bytes per object (tracemalloc),
-  fresh and after one wait; a live run holds two in the orchestrator, an SSE stream one in
-  the gateway.
+  fresh and after one wait, and what waiting for a run's stop beside its team costs (a
+  `Flag.future()` vs a task running `Event.wait()`); a live run holds two in the
+  orchestrator, an SSE stream one in the gateway.
 * the gateway's `event_json` fast path vs `json_format.MessageToDict` + orjson: µs per
   `text_delta` run event.
 * provider-svc's `Watchdog` vs a timer created again on every arm (asyncio.timeout's
-  reschedule): µs per arm + disarm (one per upstream event).
+  reschedule) and vs `async with asyncio.timeout(...)`: µs per wait (one per upstream
+  event).
 * `_JOIN_PIECES` (32) vs never joining: bytes a model call's text holds after 200 and 1,000
   one-token deltas (` tok` pieces).
 
@@ -78,6 +80,23 @@ async def flags() -> dict[str, float]:
     out["flag_bytes_after_wait"] = round((s1 - s0) / 1000, 1)
     out["event_bytes_after_wait"] = round((s2 - s1) / 1000, 1)
     del a, b
+    # a run waits for its stop beside its team's task: a future of the Flag's, or (with
+    # asyncio.Event) a task running Event.wait()
+    flags_, events_ = [Flag() for _ in range(1000)], [asyncio.Event() for _ in range(1000)]
+    tracemalloc.start()
+    s0 = tracemalloc.get_traced_memory()[0]
+    futures = [f.future() for f in flags_]
+    s1 = tracemalloc.get_traced_memory()[0]
+    tasks = [asyncio.ensure_future(e.wait()) for e in events_]
+    await asyncio.sleep(0)
+    s2 = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    out["flag_future_bytes"] = round((s1 - s0) / 1000, 1)
+    out["event_wait_task_bytes"] = round((s2 - s1) / 1000, 1)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    del futures
     return out
 
 
@@ -139,6 +158,14 @@ async def watchdogs() -> dict[str, float]:
 
         out[f"{name}_us_per_event"] = _per_call_us(pair, 50000)
         w.close()
+    best = float("inf")  # asyncio.timeout itself around each wait
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(50000):
+            async with asyncio.timeout(60.0):
+                pass
+        best = min(best, (time.perf_counter() - t0) / 50000)
+    out["asyncio_timeout_us_per_event"] = round(best * 1e6, 2)
     return out
 
 
