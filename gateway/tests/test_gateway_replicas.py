@@ -287,7 +287,8 @@ async def test_the_page_replaces_the_interrupted_turn_when_the_run_resumes(repli
     from playwright.async_api import async_playwright
 
     async with httpx.AsyncClient(base_url=replicas.gateway, timeout=60) as http:
-        spec = slow_duet(tokens_per_second=40, output_tokens=60, max_turns=3)
+        # ~5 s a turn: the kill lands mid-run even when a loaded machine delays the page.
+        spec = slow_duet(tokens_per_second=20, output_tokens=100, max_turns=3)
         run = (await http.post("/api/v1/runs", json=spec)).json()
         owner = next(r for r in replicas.replicas if r.instance == run["ownerInstance"])
         async with async_playwright() as pw:
