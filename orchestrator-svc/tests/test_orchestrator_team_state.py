@@ -158,7 +158,7 @@ class RecordingHooks:
     async def approve_tool_calls(self, agent: str, calls: Sequence[FunctionCall]) -> None:
         pass
 
-    def tool_denial(self, call_id: str | None) -> str | None:
+    def tool_result_instead(self, call_id: str | None) -> tuple[str, bool] | None:
         return None
 
     async def human_input(self, agent: str) -> str:

@@ -216,3 +216,27 @@ def test_a_registry_keeps_the_first_tool_of_a_name() -> None:
     second = ToolEntry("one", "second", lambda _ctx: tool, origin="elsewhere")
     registry = ToolRegistry([first, second])
     assert registry.names() == ["one"] and registry.get("one") is first
+
+
+async def test_the_gate_answers_for_calls_that_ran_or_were_denied_without_running_them() -> None:
+    """Issue 21: a redone step's completed call returns its recorded result, a denied call
+    its denial (as an error); only a call the gate lets through runs."""
+    ran: list[str] = []
+
+    def echo(text: str) -> str:
+        """Echo the text."""
+        ran.append(text)
+        return text
+
+    instead = {"c1": ("recorded 42", False), "c2": ("not run: denied by alice", True)}
+    bench = BoundedWorkbench(
+        [FunctionTool(echo, description="Echo.")], timeout_s=5, gate=instead.get
+    )
+    token = CancellationToken()
+    recorded = await bench.call_tool("echo", {"text": "a"}, token, call_id="c1")
+    denied = await bench.call_tool("echo", {"text": "b"}, token, call_id="c2")
+    fresh = await bench.call_tool("echo", {"text": "c"}, token, call_id="c3")
+    assert (recorded.to_text(), recorded.is_error) == ("recorded 42", False)
+    assert (denied.to_text(), denied.is_error) == ("not run: denied by alice", True)
+    assert (fresh.to_text(), fresh.is_error) == ("c", False)
+    assert ran == ["c"]

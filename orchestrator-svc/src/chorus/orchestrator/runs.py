@@ -104,8 +104,10 @@ STEP_KEY = "step"
 """Key of a parked run's checkpoint envelope (`RunCheckpoint.team_state` JSON) holding the
 step under way when the run asked for input: `{"boundary_seq": the last turn boundary's
 seq, "awaiting": the input id asked for, "calls": {client label: [completed model calls
-of the step]}}` — the run continues by redoing the step from that boundary silently, its
-model calls answered from `calls`, up to the question (docs/human-in-the-loop.md)."""
+of the step]}, "tools": {tool call id: [result text, is_error]}}` — the run continues by
+redoing the step from that boundary silently, its model calls answered from `calls` and
+its completed tool calls from `tools` (none is paid or run twice), up to the question
+(docs/human-in-the-loop.md)."""
 PLANNED_RESUMES_KEY = "planned_resumes"
 """Key of the checkpoint envelope counting the run's resumes after a person's answer: they
 do not count toward `max_run_resumes`."""
@@ -294,6 +296,8 @@ class LiveRun:
         self._humans = frozenset(a.name for a in record.spec.team.agents if a.human)
         self._boundary: run_pb2.RunCheckpoint | None = None  # the last turn boundary's
         self._step_calls: dict[str, list[dict[str, Any]]] = {}  # this step's model calls
+        self._step_tools: dict[str, list[Any]] = {}  # its tool results: [text, is_error]
+        self._replay_tools: dict[str, list[Any]] = {}  # of them, still to replay
         self._replay: dict[str, deque[dict[str, Any]]] = {}  # of them, still to replay
         self._muted = False  # redoing a parked step: its events are in the log already
         self._awaiting: str | None = None  # the input whose answer ends the replay
@@ -376,6 +380,7 @@ class LiveRun:
                 self._replay = {
                     label: deque(calls) for label, calls in dict(step.get("calls", {})).items()
                 }
+                self._replay_tools = dict(step.get("tools", {}))
                 self._awaiting = str(step["awaiting"])
                 self._muted = True
             self.turns = cp.turns
@@ -602,6 +607,8 @@ class LiveRun:
         results: Sequence[FunctionExecutionResult],
     ) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
+        for result in results:  # the step's journal: a redo of the step never runs them again
+            self._step_tools[result.call_id] = [result.content, result.is_error]
         if self._muted:
             return
         for call, result in zip(calls, results, strict=False):
@@ -698,15 +705,23 @@ class LiveRun:
             )
             self._approvals[call.id] = answer
 
-    def tool_denial(self, call_id: str | None) -> str | None:
-        """See `chorus.orchestrator.teams.RunHooks`."""
-        answer = self._approvals.get(call_id) if call_id else None
+    def tool_result_instead(self, call_id: str | None) -> tuple[str, bool] | None:
+        """See `chorus.orchestrator.teams.RunHooks`: while a parked step is redone, a call
+        that ran before the question returns its recorded result (a tool is never run twice
+        for one call); a denied or expired approval returns the denial as an error."""
+        if not call_id:
+            return None
+        recorded = self._replay_tools.pop(call_id, None)
+        if recorded is not None:
+            return str(recorded[0]), bool(recorded[1])
+        answer = self._approvals.get(call_id)
         if answer is None or (answer.HasField("decision") and answer.decision.approved):
             return None
         if answer.expired:
-            return "not run: nobody approved this call before its request expired (EXPIRED)"
+            return "not run: nobody approved this call before its request expired (EXPIRED)", True
         reason = answer.decision.reason
-        return f"not run: denied by {answer.by or 'a person'}" + (f": {reason}" if reason else "")
+        denial = f"not run: denied by {answer.by or 'a person'}" + (f": {reason}" if reason else "")
+        return denial, True
 
     async def human_input(self, agent: str) -> str:
         """See `chorus.orchestrator.teams.RunHooks`: a TEXT request whose prompt is the human
@@ -777,6 +792,7 @@ class LiveRun:
             "boundary_seq": checkpoint.seq,
             "awaiting": input_id,
             "calls": self._step_calls,
+            "tools": self._step_tools,
         }
         envelope[PLANNED_RESUMES_KEY] = self._planned_resumes + 1
         if self._span is not None:
@@ -1102,7 +1118,7 @@ class LiveRun:
                 tool_timeout_s=self._settings.tool_timeout_s,
                 max_tool_iterations=self._settings.max_tool_iterations,
                 context=self._context,
-                tool_gate=self.tool_denial,
+                tool_gate=self.tool_result_instead,
             ),
         )
         self._runner = runner
@@ -1158,6 +1174,7 @@ class LiveRun:
         if self._planned_resumes:
             state[PLANNED_RESUMES_KEY] = self._planned_resumes
         self._step_calls = {}
+        self._step_tools = {}
         self._answers.clear()
         self._approvals.clear()
         self._boundary = run_pb2.RunCheckpoint(

@@ -119,9 +119,10 @@ class RunHooks(Protocol):
         person's approval has an answer (the run may park meanwhile — issue 21: then this
         never returns and the step is cancelled)."""
 
-    def tool_denial(self, call_id: str | None) -> str | None:
-        """The result a tool call returns instead of running (denied or expired approval),
-        or None to run it."""
+    def tool_result_instead(self, call_id: str | None) -> tuple[str, bool] | None:
+        """`(text, is_error)` a tool call returns instead of running — a denied or expired
+        approval, or the recorded result of a call that already ran in a step being redone
+        — or None to run it."""
 
     async def human_input(self, agent: str) -> str:
         """A human agent's turn: the person's text (the run may park meanwhile, as in
@@ -290,8 +291,8 @@ class TeamParts:
         tool_timeout_s: deadline of one tool call.
         max_tool_iterations: model calls an agent may spend on tool calls per turn.
         context: earlier conversation messages (SINGLE teams only).
-        tool_gate: decides per call whether a tool runs (denied approvals do not); None:
-            every call runs.
+        tool_gate: decides per call whether a tool runs (denied approvals and calls that
+            already ran do not); None: every call runs.
     """
 
     hooks: RunHooks

@@ -245,14 +245,15 @@ class ToolRegistry:
         return [self._entries[name].factory(ctx) for name in names]
 
 
-ToolGate = Callable[[str | None], str | None]
-"""`gate(call_id)` → the text a tool call returns instead of running (a person denied it), or
-None to run it."""
+ToolGate = Callable[[str | None], tuple[str, bool] | None]
+"""`gate(call_id)` → `(result text, is_error)` a tool call returns instead of running (a person
+denied it, or the call already ran in a step being redone), or None to run it."""
 
 
 class BoundedWorkbench(StaticWorkbench):
     """A `StaticWorkbench` with a per-call deadline, a bounded result size and an optional
-    gate (issue 21: a denied call returns the denial as an error result and does not run).
+    gate (issue 21: a denied call returns the denial as an error result, and a call that ran
+    before the run parked returns its recorded result; neither runs).
 
     A tool that raises, times out or returns too much gives an error or truncated
     `ToolResult`; it never fails the run (the agent sees the error text).
@@ -300,9 +301,12 @@ class BoundedWorkbench(StaticWorkbench):
         cancellation_token: CancellationToken | None,
         call_id: str | None,
     ) -> ToolResult:
-        denial = self._gate(call_id) if self._gate is not None else None
-        if denial is not None:
-            return ToolResult(name=name, result=[TextResultContent(content=denial)], is_error=True)
+        instead = self._gate(call_id) if self._gate is not None else None
+        if instead is not None:
+            text, is_error = instead
+            return ToolResult(
+                name=name, result=[TextResultContent(content=text)], is_error=is_error
+            )
         try:
             async with asyncio.timeout(self._timeout_s):
                 result = await super().call_tool(name, arguments, cancellation_token, call_id)
