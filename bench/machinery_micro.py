@@ -190,9 +190,17 @@ def join_pieces() -> dict[str, float]:
 
 async def main() -> None:
     out: dict[str, Any] = {}
-    out["flag"] = await flags()
+    # a mechanism removed since (issue 24 item 2) has no "with" side left to measure: its
+    # figures are in bench/README.md ("Machinery that pays")
+    try:
+        out["flag"] = await flags()
+    except ImportError:
+        out["flag"] = "removed"
     out["protojson"] = protojson()
-    out["watchdog"] = await watchdogs()
+    try:
+        out["watchdog"] = await watchdogs()
+    except ImportError:
+        out["watchdog"] = "removed"
     out["join_pieces"] = join_pieces()
     print(json.dumps(out))
 
