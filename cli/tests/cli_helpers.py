@@ -7,10 +7,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chorus.core.server import GrpcServer, ServiceBinding
+from chorus.core.settings import CoreSettings
+from chorus.core.testing import BackendProcesses, backend_processes
+from chorus.v1 import run_service_pb2_grpc
 
 CHORUS_COMMAND = (
     sys.executable,
@@ -18,6 +26,47 @@ CHORUS_COMMAND = (
     "from chorus.cli.main import app; app(prog_name='chorus')",
 )
 """`chorus` as the installed entry point runs it, from this interpreter."""
+
+
+@contextlib.contextmanager
+def simulated_backend(tmp: Path) -> Iterator[BackendProcesses]:
+    """provider-svc (its simulator at full speed), history-svc on SQLite in `tmp` and
+    orchestrator-svc, each a real process in dev mode (no identity needed)."""
+    env = {
+        "CHORUS_DEV_MODE": "true",
+        "CHORUS_INTERNAL_TOKEN": "",
+        "CHORUS_DATA_DIR": str(tmp / "data"),
+        "CHORUS_DATABASE_URL": "",
+        "CHORUS_REDIS_URL": "",
+        "CHORUS_GRACE_PERIOD_S": "2",
+    }
+    fast = {
+        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "0",
+        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0",
+    }
+    with backend_processes(env, provider_env=fast, ready_timeout_s=60) as backend:
+        yield backend
+
+
+@contextlib.asynccontextmanager
+async def fake_run_service(servicer: Any) -> AsyncIterator[GrpcServer]:
+    """`servicer` (a fake RunService) on a real grpc.aio server on port 0, in dev mode."""
+    server = GrpcServer(
+        [
+            ServiceBinding(
+                "chorus.v1.RunService",
+                servicer,
+                run_service_pb2_grpc.add_RunServiceServicer_to_server,
+            )
+        ],
+        CoreSettings(_env_file=None, dev_mode=True, instance_id="fake"),  # type: ignore[call-arg]
+        0,
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
 
 
 @dataclass

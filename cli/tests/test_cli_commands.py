@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_helpers import CHORUS_COMMAND, Done
+from cli_helpers import CHORUS_COMMAND, Done, simulated_backend
 
-from chorus.core.testing import backend_processes, free_port
+from chorus.core.testing import free_port
 
 LONG_INPUT = (
     "Should a small bakery in a quiet town open on Sundays, given the cost of staff and the "
@@ -43,19 +43,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("cli-stack")
-    env = {
-        "CHORUS_DEV_MODE": "true",
-        "CHORUS_INTERNAL_TOKEN": "",
-        "CHORUS_DATA_DIR": str(tmp / "data"),
-        "CHORUS_DATABASE_URL": "",
-        "CHORUS_REDIS_URL": "",
-        "CHORUS_GRACE_PERIOD_S": "2",
-    }
-    fast = {
-        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "0",
-        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0",
-    }
-    with backend_processes(env, provider_env=fast, ready_timeout_s=60) as b:
+    with simulated_backend(tmp) as b:
         ports = {
             name: int(address.rsplit(":", 1)[1])
             for name, address in (

@@ -26,14 +26,12 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from cli_helpers import Done, TtyChorus, run_chorus
+from cli_helpers import Done, TtyChorus, fake_run_service, run_chorus
 from google.protobuf import timestamp_pb2
 from rich.console import Console
 
 from chorus.cli.render import RunRenderer
 from chorus.core import errors
-from chorus.core.server import GrpcServer, ServiceBinding
-from chorus.core.settings import CoreSettings
 from chorus.v1 import chat_pb2, conversation_pb2, run_pb2, run_service_pb2_grpc, team_pb2
 from chorus.v1 import run_service_pb2 as rs
 
@@ -231,22 +229,8 @@ class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
 
 
 async def _serve(servicer: FakeRuns) -> AsyncIterator[tuple[FakeRuns, str]]:
-    server = GrpcServer(
-        [
-            ServiceBinding(
-                "chorus.v1.RunService",
-                servicer,
-                run_service_pb2_grpc.add_RunServiceServicer_to_server,
-            )
-        ],
-        CoreSettings(_env_file=None, dev_mode=True, instance_id="fake"),  # type: ignore[call-arg]
-        0,
-    )
-    await server.start()
-    try:
+    async with fake_run_service(servicer) as server:
         yield servicer, server.address
-    finally:
-        await server.stop(0)
 
 
 @pytest.fixture

@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_helpers import CHORUS_COMMAND, Done, TtyChorus
-
-from chorus.core.testing import backend_processes
+from cli_helpers import CHORUS_COMMAND, Done, TtyChorus, simulated_backend
 
 QUESTION = "What is 17.5% of 2,340?"
 TOPIC = "Why cats sleep so much"
@@ -39,19 +37,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("cli-input-stack")
-    env = {
-        "CHORUS_DEV_MODE": "true",
-        "CHORUS_INTERNAL_TOKEN": "",
-        "CHORUS_DATA_DIR": str(tmp / "data"),
-        "CHORUS_DATABASE_URL": "",
-        "CHORUS_REDIS_URL": "",
-        "CHORUS_GRACE_PERIOD_S": "2",
-    }
-    fast = {
-        "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "0",
-        "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0",
-    }
-    with backend_processes(env, provider_env=fast, ready_timeout_s=60) as b:
+    with simulated_backend(tmp) as b:
         cwd = tmp / "cwd"
         cwd.mkdir()
         yield Stack(

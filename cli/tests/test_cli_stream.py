@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from cli_helpers import Done, run_chorus
+from cli_helpers import Done, fake_run_service, run_chorus
 
-from chorus.core.server import GrpcServer, ServiceBinding
-from chorus.core.settings import CoreSettings
+from chorus.core.server import GrpcServer
 from chorus.v1 import chat_pb2, conversation_pb2, run_pb2, run_service_pb2_grpc, team_pb2
 from chorus.v1 import run_service_pb2 as rs
 
@@ -116,22 +115,8 @@ class FakeRuns(run_service_pb2_grpc.RunServiceServicer):
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeRuns, GrpcServer]]:
     servicer = FakeRuns()
-    server = GrpcServer(
-        [
-            ServiceBinding(
-                "chorus.v1.RunService",
-                servicer,
-                run_service_pb2_grpc.add_RunServiceServicer_to_server,
-            )
-        ],
-        CoreSettings(_env_file=None, dev_mode=True, instance_id="fake"),  # type: ignore[call-arg]
-        0,
-    )
-    await server.start()
-    try:
+    async with fake_run_service(servicer) as server:
         yield servicer, server
-    finally:
-        await server.stop(0)
 
 
 async def chorus(address: str, *args: str, timeout: float = 60) -> Done:
