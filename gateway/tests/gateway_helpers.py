@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -249,3 +250,18 @@ class Gateways:
         for proc in self._running.values():
             proc.stop()
         self._running.clear()
+
+
+@contextlib.asynccontextmanager
+async def browser_page(browser: Any, base_url: str) -> AsyncIterator[Any]:
+    """A new Playwright page (own context, downloads on) at `base_url`; fails the test if
+    the page raised a JavaScript error meanwhile."""
+    context = await browser.new_context(base_url=base_url, accept_downloads=True)
+    tab = await context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield tab
+    finally:
+        await context.close()
+    assert not errors, f"JavaScript errors: {errors}"

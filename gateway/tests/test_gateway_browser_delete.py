@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from gateway_helpers import browser_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -24,15 +25,8 @@ PENDING = '[data-testid="input-card"][data-state="pending"]'
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Any, gateway: str) -> AsyncIterator[Any]:
-    context = await browser.new_context(base_url=gateway)
-    tab = await context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    async with browser_page(browser, gateway) as tab:
         yield tab
-    finally:
-        await context.close()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 @pytest_asyncio.fixture(loop_scope="module")

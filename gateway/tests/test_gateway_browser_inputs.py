@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from gateway_helpers import ARTIFACTS
+from gateway_helpers import ARTIFACTS, browser_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -28,15 +28,8 @@ PENDING = '[data-testid="input-card"][data-state="pending"]'
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Any, gateway: str) -> AsyncIterator[Any]:
-    context = await browser.new_context(base_url=gateway, accept_downloads=True)
-    tab = await context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    async with browser_page(browser, gateway) as tab:
         yield tab
-    finally:
-        await context.close()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 async def _start(page: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from gateway_helpers import ARTIFACTS, Backend, base_env
+from gateway_helpers import ARTIFACTS, Backend, base_env, browser_page
 
 from chorus.core.testing import ServiceProcess
 
@@ -95,15 +95,8 @@ def restartable(
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Any, restartable: Restartable) -> AsyncIterator[Any]:
-    context = await browser.new_context(base_url=restartable.url)
-    tab = await context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    async with browser_page(browser, restartable.url) as tab:
         yield tab
-    finally:
-        await context.close()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 async def test_a_waiting_run_survives_a_restart_and_approve_in_the_reloaded_page_finishes_it(
