@@ -41,14 +41,15 @@ browser-deps: ## Debian's chromium for the browser tests (installed when missing
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium missing and not root: browser tests will skip (fail under CI=true)"; fi; }
 
-lint: $(STAMP) ## lock fresh, no dependency conflict, ruff, mypy (strict on core), buf lint + format, generated code fresh
+lint: $(STAMP) ## lock fresh, no dependency conflict, ruff, mypy on every package (strict on core), buf lint + format, generated code fresh
 	$(UV) lock --check
 	$(UV) pip check --python $(PY)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	@# mypy: one invocation; history-svc and gateway join when they pass (pyproject.toml [tool.mypy])
+	@# mypy on every package, one invocation (pyproject.toml [tool.mypy]: strict on core and provider-svc)
 	$(VENV)/bin/mypy core/src/chorus/core provider-svc/src/chorus/provider \
-		orchestrator-svc/src/chorus/orchestrator cli/src/chorus/cli
+		history-svc/src/chorus/history orchestrator-svc/src/chorus/orchestrator \
+		gateway/src/chorus/gateway cli/src/chorus/cli
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
 	$(MAKE) --no-print-directory proto-check
