@@ -1,4 +1,4 @@
-"""`python -m chorus.history [serve | migrate]`.
+"""`python -m chorus.history [serve | migrate [--list]]` (typer, as every Chorus command line).
 
 * `serve` (the default): serve chorus.v1.HistoryService until SIGTERM/SIGINT (pending
   migrations are applied first unless `CHORUS_MIGRATE_ON_START=false`).
@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from typing import Annotated
+
+import typer
 
 from chorus.core.logging import configure_logging, get_logger
 from chorus.core.server import GrpcServer, ServiceBinding, main
@@ -62,21 +64,44 @@ def _migrate(settings: Settings, list_only: bool) -> int:
     return 0
 
 
+cli = typer.Typer(
+    help="Serve chorus.v1.HistoryService (the default), or apply the schema migrations.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@cli.callback(invoke_without_command=True)
+def _default(ctx: typer.Context) -> None:
+    """Serve HistoryService (also without a command)."""
+    if ctx.invoked_subcommand is None:
+        _serve(Settings())
+
+
+@cli.command("serve")
+def serve() -> None:
+    """Serve HistoryService until SIGTERM / SIGINT (migrations applied first)."""
+    _serve(Settings())
+
+
+@cli.command("migrate")
+def migrate(
+    list_only: Annotated[
+        bool, typer.Option("--list", help="Only list the pending migrations.")
+    ] = False,
+) -> None:
+    """Apply the pending schema migrations and exit (1 when one fails)."""
+    raise typer.Exit(_migrate(Settings(), list_only))
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m chorus.history",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="serve HistoryService (default)")
-    migrate = sub.add_parser("migrate", help="apply pending schema migrations and exit")
-    migrate.add_argument("--list", action="store_true", help="only list pending migrations")
-    args = parser.parse_args(argv)
-    settings = Settings()
-    if args.command == "migrate":
-        return _migrate(settings, args.list)
-    _serve(settings)
+    """Run the command line with `argv` (default: `sys.argv[1:]`); returns the exit code.
+    Usage errors exit 2 (typer)."""
+    try:
+        cli(args=list(argv) if argv is not None else None, prog_name="python -m chorus.history")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     return 0
 
 
