@@ -9,20 +9,19 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
 import redis.asyncio as redis
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from chorus.core.errors import ChorusError, from_rpc_error
 from chorus.core.identity import SYSTEM_USER, TOKEN_KEY, USER_KEY
 from chorus.core.server import GrpcServer
+from chorus.core.testing import fields_of as fields_of
 from chorus.core.testing import free_port, wait_for
+from chorus.core.testing import rpc_error as rpc_error
 from chorus.history.app import HistoryApp, build_app
 from chorus.history.settings import Settings
 from chorus.v1 import chat_pb2, conversation_pb2, history_service_pb2_grpc, run_pb2
@@ -95,24 +94,6 @@ async def running_history(settings: Settings) -> AsyncIterator[History]:
         await channel.close()
         await server.stop(0)
         await app.close()
-
-
-async def rpc_error(call: Awaitable[Any]) -> ChorusError:
-    """The ChorusError (code, reason, ErrorInfo metadata, field violations) a call failed with."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    err = from_rpc_error(info.value)
-    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            error_info = error_details_pb2.ErrorInfo()
-            detail.Unpack(error_info)
-            err.metadata = dict(error_info.metadata)
-    return err
-
-
-def fields_of(err: ChorusError) -> set[str]:
-    return {f for f, _ in getattr(err, "violations", [])}
 
 
 # Builders

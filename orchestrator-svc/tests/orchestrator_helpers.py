@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
-from chorus.core.errors import ChorusError, from_rpc_error
 from chorus.core.identity import TOKEN_KEY, USER_KEY
 from chorus.core.server import GrpcServer
 from chorus.core.testing import ServiceProcess
+from chorus.core.testing import fields_of as fields_of
+from chorus.core.testing import rpc_error as rpc_error
 from chorus.history.app import HistoryApp
 from chorus.history.app import build_app as build_history
 from chorus.history.settings import Settings as HistorySettings
@@ -510,21 +509,3 @@ async def read_rest(call: Any) -> list[run_pb2.RunEvent]:
         while (response := await call.read()) is not grpc.aio.EOF:
             out.append(response.event)
     return out
-
-
-async def rpc_error(call: Awaitable[Any]) -> ChorusError:
-    """The ChorusError (code, reason, field violations) a call failed with."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    err = from_rpc_error(info.value)
-    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            error_info = error_details_pb2.ErrorInfo()
-            detail.Unpack(error_info)
-            err.metadata = dict(error_info.metadata)
-    return err
-
-
-def fields_of(err: ChorusError) -> set[str]:
-    return {f for f, _ in getattr(err, "violations", [])}

@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chorus.core import tracing
+from chorus.core.errors import ChorusError, from_rpc_error
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -301,3 +302,24 @@ class TcpProxy:
         self._closed = True
         self.cut()
         self._listener.close()
+
+
+async def rpc_error(call: Awaitable[Any]) -> ChorusError:
+    """The `ChorusError` a gRPC call failed with: its code, `ErrorInfo` reason and metadata,
+    and `BadRequest` field violations (`chorus.core.errors.from_rpc_error`).
+
+    Raises:
+        AssertionError: the call succeeded.
+    """
+    import grpc
+
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return from_rpc_error(exc)
+    raise AssertionError("the call succeeded; an error was expected")
+
+
+def fields_of(err: ChorusError) -> set[str]:
+    """The field paths of `err`'s `BadRequest` violations (empty for other errors)."""
+    return {field_path for field_path, _ in getattr(err, "violations", [])}
