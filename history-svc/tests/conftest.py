@@ -20,14 +20,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
-import psycopg
 import pytest
 import redis.asyncio as redis
 
 sys.path.insert(0, str(Path(__file__).parent))  # history_helpers (pytest uses importlib mode)
 
 from history_helpers import (
-    ADMIN_URL,
     PG_HOST,
     PG_PORT,
     REDIS_HOST,
@@ -40,7 +38,7 @@ from history_helpers import (
     running_history,
 )
 
-from chorus.core.testing import require_service
+from chorus.core.testing import require_service, throwaway_postgres
 from chorus.history.migrate import apply_migrations
 from chorus.history.settings import Settings
 
@@ -48,17 +46,9 @@ from chorus.history.settings import Settings
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A migrated throw-away PostgreSQL database for the session (dropped afterwards)."""
-    require_service("PostgreSQL", PG_HOST, PG_PORT)
-    name = f"chorus_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    try:
+    with throwaway_postgres("chorus_test") as url:
         apply_migrations(make_settings(database_url=url))
         yield url
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -16,16 +16,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import redis.asyncio as redis
 
 sys.path.insert(0, str(Path(__file__).parent))  # orchestrator_helpers (importlib mode)
 
 from orchestrator_helpers import (
-    ADMIN_URL,
-    PG_HOST,
-    PG_PORT,
     REDIS_HOST,
     REDIS_PORT,
     RunClient,
@@ -33,21 +29,14 @@ from orchestrator_helpers import (
     running_stack,
 )
 
-from chorus.core.testing import require_service
+from chorus.core.testing import require_service, throwaway_postgres
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A throw-away PostgreSQL database for the session (history-svc migrates it)."""
-    require_service("PostgreSQL", PG_HOST, PG_PORT)
-    name = f"chorus_orch_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_postgres("chorus_orch_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -323,3 +323,27 @@ async def rpc_error(call: Awaitable[Any]) -> ChorusError:
 def fields_of(err: ChorusError) -> set[str]:
     """The field paths of `err`'s `BadRequest` violations (empty for other errors)."""
     return {field_path for field_path, _ in getattr(err, "violations", [])}
+
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+"""The machine's PostgreSQL (trust auth), where throw-away test databases are made."""
+
+
+@contextlib.contextmanager
+def throwaway_postgres(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database `<prefix>_<random>` on the machine's server; yields
+    its URL and drops it (WITH FORCE) on exit. Never touches another database. Skips the
+    test (`requires-service:`) when PostgreSQL is unreachable."""
+    import uuid
+
+    import psycopg
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
