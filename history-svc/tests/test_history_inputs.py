@@ -21,6 +21,7 @@ import grpc
 import orjson
 import redis.asyncio as redis
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from history_helpers import (
     History,
     UserStub,
@@ -583,3 +584,33 @@ async def test_an_answer_on_one_replica_reaches_a_watcher_on_another(
             assert await run_of(alice_two, run.id) == resp.run
         finally:
             task.cancel()
+
+
+async def test_the_expiry_sweep_lists_only_waiting_runs_whose_request_expired(
+    history: History, alice: UserStub
+) -> None:
+    """ListRunRecords `input_expire_before` (the orchestrators' expiry sweep, one indexed
+    query): waiting runs whose request expired, not those still in time nor active ones."""
+    expired = request()
+    expired.expire_time.FromSeconds(1_000_000_000)  # 2001
+    overdue = await started(alice)
+    await park(alice, overdue.id, 3, expired)
+    in_time = await started(alice)
+    await park(alice, in_time.id, 3, request())
+    running = await started(alice)
+    system = history.system()
+
+    async def expiring() -> set[str]:
+        now = Timestamp()
+        now.GetCurrentTime()
+        listing = await system.ListRunRecords(
+            pb.ListRunRecordsRequest(all_owners=True, input_expire_before=now, page_size=1000)
+        )
+        return {run.id for run in listing.runs}
+
+    found = await expiring()
+    assert overdue.id in found and in_time.id not in found and running.id not in found
+    await system.RecordRunInput(
+        pb.RecordRunInputRequest(run_id=overdue.id, answer=Answer(input_id="turn1-1", expired=True))
+    )
+    assert overdue.id not in await expiring()  # answered: RUNNING, its request gone

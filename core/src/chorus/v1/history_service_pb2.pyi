@@ -245,20 +245,22 @@ class GetRunRecordResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ...) -> None: ...
 
 class ListRunRecordsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "conversation_id", "status", "heartbeat_before", "all_owners")
+    __slots__ = ("page_size", "page_token", "conversation_id", "status", "heartbeat_before", "all_owners", "input_expire_before")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     ALL_OWNERS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_EXPIRE_BEFORE_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     conversation_id: str
     status: _run_pb2.RunStatus
     heartbeat_before: _timestamp_pb2.Timestamp
     all_owners: bool
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., heartbeat_before: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., all_owners: bool = ...) -> None: ...
+    input_expire_before: _timestamp_pb2.Timestamp
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[_run_pb2.RunStatus, str]] = ..., heartbeat_before: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., all_owners: bool = ..., input_expire_before: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListRunRecordsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")

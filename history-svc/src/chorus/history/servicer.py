@@ -530,16 +530,22 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             if request.status not in run_pb2.RunStatus.values():
                 v.add("status", f"unknown status {request.status}")
             before = ts_to_us(request.heartbeat_before)
+            expiring = ts_to_us(request.input_expire_before)
         owner = None if request.all_owners else ident.user
         found, token = await pagination.page(
             pagination.fingerprint(
-                "ListRunRecords", owner or "*", conversation_id, request.status, before
+                "ListRunRecords",
+                owner or "*",
+                conversation_id,
+                request.status,
+                before,
+                *(() if expiring is None else (expiring,)),  # earlier tokens stay valid
             ),
             request.page_token,
             (int, str),
             size,
             lambda cursor, limit: self._store.list_runs(
-                RunFilter(owner, conversation_id, request.status, before),
+                RunFilter(owner, conversation_id, request.status, before, expiring),
                 limit,
                 None if cursor is None else (cursor[0], cursor[1]),
             ),

@@ -24,7 +24,8 @@
   (`continue_after_input`), or else any sweep does; it continues without `run_resumed`
   (reason INPUT_RECEIVED), and such resumes do not count toward `max_run_resumes`. Every
   `input_expiry_interval_s` the sweep also answers, as the system, the requests whose
-  `expire_time` passed (`expired`), and continues those runs.
+  `expire_time` passed (`expired`; found by ListRunRecords `input_expire_before`, one
+  indexed query however many runs wait), and continues those runs.
 """
 
 from __future__ import annotations
@@ -310,16 +311,19 @@ class Liveness:
         returns how many were continued here. An answer that lost to a person's (or to
         another replica's expiry) is skipped."""
         now_ns = time.time_ns()
+        cutoff = Timestamp()
+        cutoff.FromNanoseconds(now_ns)
         continued = 0
         token = ""
         while True:
-            page = await self._history.list_runs(
+            page = await self._history.list_runs(  # one indexed query (runs_input_expiry)
                 identity.SYSTEM_USER,
                 hs.ListRunRecordsRequest(
                     page_size=500,
                     page_token=token,
                     status=run_pb2.RUN_STATUS_AWAITING_INPUT,
                     all_owners=True,
+                    input_expire_before=cutoff,
                 ),
             )
             for record in page.runs:

@@ -132,7 +132,7 @@ class Settings(CoreSettings):
         5.0,
         gt=0,
         description="How often the sweep looks for requests for input whose expire_time "
-        "passed, seconds (issue 21; one listing of the waiting runs).",
+        "passed, seconds (issue 21; one indexed query, ListRunRecords input_expire_before).",
     )
     max_run_resumes: int = Field(
         3,

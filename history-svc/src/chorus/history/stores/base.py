@@ -33,12 +33,15 @@ class RunFilter:
         status: only this status (0 for any).
         heartbeat_before_us: only runs whose heartbeat (or creation, when they never sent
             one) is older than this time, in µs since the epoch.
+        input_expire_before_us: only AWAITING_INPUT runs whose pending input expires before
+            this time, in µs since the epoch (issue 21's expiry sweep).
     """
 
     owner: str | None
     conversation_id: str = ""
     status: int = 0
     heartbeat_before_us: int | None = None
+    input_expire_before_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

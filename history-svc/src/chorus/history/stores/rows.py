@@ -133,6 +133,9 @@ def run_columns(r: run_pb2.Run) -> dict[str, Any]:
         "pending_input": codec.message_to_json(r.pending_input)
         if r.HasField("pending_input")
         else None,
+        "input_expire_time": r.pending_input.expire_time.ToMicroseconds()
+        if r.HasField("pending_input") and r.pending_input.HasField("expire_time")
+        else None,
         "record": run_record(r),
     }
 
@@ -141,7 +144,9 @@ ACTIVE_STATUSES = ", ".join(str(s) for s in sorted(run_rules.ACTIVE))
 """`runs.status` values of an active run, for SQL `status IN (…)` (QUEUED, RUNNING,
 AWAITING_INPUT: the partial index `runs_one_active_per_conversation` has the same list)."""
 
-TIME_COLUMNS = frozenset({"heartbeat_time", "create_time", "start_time", "end_time", "update_time"})
+TIME_COLUMNS = frozenset(
+    {"heartbeat_time", "create_time", "start_time", "end_time", "update_time", "input_expire_time"}
+)
 
 
 def number_new_messages(

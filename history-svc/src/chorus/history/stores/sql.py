@@ -88,7 +88,7 @@ _TOUCH = "update_time = GREATEST(update_time + interval '1 microsecond', {})"
 RUN_COLUMNS = (
     "status", "turns", "final_answer", "error", "cancellation", "usage", "owner_instance",
     "heartbeat_time", "start_time", "end_time", "update_time", "last_seq", "record",
-    "pending_input",
+    "pending_input", "input_expire_time",
 )  # fmt: skip
 """The `runs` columns every write of a record sets (keys of `rows.run_columns`)."""
 
@@ -704,6 +704,9 @@ class SqlStore(Store):
         if where.heartbeat_before_us is not None:
             before = arg(self._time(where.heartbeat_before_us))
             conditions.append(f"coalesce(heartbeat_time, create_time) < {before}")
+        if where.input_expire_before_us is not None:  # the partial index runs_input_expiry
+            before = arg(self._time(where.input_expire_before_us))
+            conditions.append(f"status = 6 AND input_expire_time < {before}")
         if after is not None:
             conditions.append(
                 f"(create_time, id) < ({arg(self._time(after[0]))}, {arg(after[1])}::uuid)"
