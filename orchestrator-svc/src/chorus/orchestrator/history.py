@@ -4,22 +4,29 @@ Runs outlive the RPCs that started them, and background work (heartbeats, the re
 sweep) acts for many users, so every call names its user explicitly (`x-chorus-user`)
 instead of relying on the context. Failures are re-raised as `ChorusError`s keeping
 history-svc's code and reason (`from_rpc_error`). Writes that are safe to repeat are retried
-with jittered exponential backoff while history-svc is UNAVAILABLE or does not answer in
-time (DEADLINE_EXCEEDED: its database is cut off), for up to `retry_s` seconds — a store
-outage pauses a run instead of failing it (issue 18).
+with jittered exponential backoff (tenacity) while history-svc is UNAVAILABLE or does not
+answer in time (DEADLINE_EXCEEDED: its database is cut off), for up to `retry_s` seconds — a
+store outage pauses a run instead of failing it (issue 18).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    stop_never,
+    wait_random_exponential,
+)
 
 from chorus.core.deadlines import time_remaining
 from chorus.core.errors import ChorusError, from_rpc_error, from_status
@@ -39,6 +46,14 @@ T = TypeVar("T")
 UNARY_TIMEOUT_S = 10.0
 """Deadline of one unary call to history-svc."""
 _RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+RETRY_FIRST_WAIT_S = 0.05
+"""Scale of the full-jitter exponential backoff between retries (tenacity), seconds."""
+RETRY_MAX_WAIT_S = 2.0
+"""Longest wait between two retries, seconds."""
+
+
+def _retried(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _RETRIED_CODES
 
 
 class HistoryClient:
@@ -70,26 +85,46 @@ class HistoryClient:
     async def _call(
         self, call: Callable[[], Awaitable[T]], *, retry: bool = False, retry_s: float | None = None
     ) -> T:
-        """`call`, retried with jittered backoff (50 ms doubling to 2 s) on UNAVAILABLE and
-        DEADLINE_EXCEEDED for `retry_s` seconds (default: the client's `retry_s`) when
-        `retry`; an error becomes a `ChorusError` of the same code."""
-        limit = self._retry_s if retry_s is None else retry_s
-        deadline = time.monotonic() + (limit if retry else 0.0)
-        delay = 0.05
-        while True:
-            try:
-                result = await call()
-            except grpc.aio.AioRpcError as exc:
-                if retry and exc.code() in _RETRIED_CODES:
-                    if time.monotonic() + delay < deadline:
-                        await asyncio.sleep(delay * (0.5 + random.random()))
-                        delay = min(delay * 2, 2.0)
-                        continue
-                    self.outage = from_rpc_error(exc)
-                    raise self.outage from None
+        """`call`, and with `retry` again with jittered exponential backoff (tenacity; 50 ms
+        scale, at most 2 s apart) on UNAVAILABLE and DEADLINE_EXCEEDED for `retry_s`
+        seconds (default: the client's `retry_s`; `math.inf`: until history-svc answers);
+        an error becomes a `ChorusError` of the same code. The first attempt is a plain
+        call: the retry machinery is built only after a failure.
+
+        Raises:
+            chorus.core.errors.ChorusError: the call's error; after the retries gave up on
+                an outage, also kept as `outage`.
+        """
+        try:
+            result = await call()
+        except grpc.aio.AioRpcError as exc:
+            if not (retry and _retried(exc)):
                 raise from_rpc_error(exc) from None
-            self.outage = None
-            return result
+            limit = self._retry_s if retry_s is None else retry_s
+            result = await self._retry(call, limit)
+        self.outage = None
+        return result
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], limit_s: float) -> T:
+        """Retry `call` (its first attempt failed on an outage code) for `limit_s` s."""
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(limit_s) if math.isfinite(limit_s) else stop_never,
+            wait=wait_random_exponential(multiplier=RETRY_FIRST_WAIT_S, max=RETRY_MAX_WAIT_S),
+            retry=retry_if_exception(_retried),
+            reraise=True,
+        )
+        # The first attempt failed already: wait (full jitter, 50 ms scale) before retrying.
+        await asyncio.sleep(random.uniform(0.0, RETRY_FIRST_WAIT_S))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await call()
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            if _retried(exc):
+                self.outage = error
+            raise error from None
+        raise AssertionError("unreachable: tenacity returns or raises")
 
     # ----------------------------------------------------------------- conversations
     async def append_messages(
