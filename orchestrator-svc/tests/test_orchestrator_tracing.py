@@ -162,3 +162,36 @@ async def test_a_watch_carrying_a_trace_context_is_served_under_a_span_of_its_ow
     untraced = run_span(untraced_run)
     assert untraced is not None and untraced.parent is None
     assert format(untraced.context.trace_id, "032x") != caller_trace
+
+
+async def test_a_run_lost_before_its_first_checkpoint_continues_its_first_trace(
+    stack: Stack, alice: RunClient, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22: the run record carries the first execution's trace context
+    (`Run.trace_context`), so a replica resuming a run that never reached a checkpoint
+    continues its trace instead of starting a new one."""
+    with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        async with orchestrator_process(stack) as (proc, channel):
+            first = RunClient(channel, alice.user)
+            run = await first.create(spec(team_spec=paced_duet()))
+            # The first turn under way: no checkpoint stored yet.
+            await read_until(first.watch_call(run.id), lambda e: e.HasField("text_delta"))
+            proc.terminate(signal.SIGKILL)
+            await asyncio.to_thread(proc.proc.wait, 30)
+    traceparent = run.trace_context["traceparent"]
+    trace_id = traceparent.split("-")[1]
+    done = await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED, timeout=30)
+    assert done.trace_context["traceparent"] == traceparent
+
+    def resumed_span() -> trace.Span | None:
+        return next(
+            (s for s in spans.get_finished_spans() if s.attributes.get("chorus.run.id") == run.id),
+            None,
+        )
+
+    new = await wait_for(resumed_span, timeout=10)
+    assert new.attributes["chorus.run.resume_reason"] == "OWNER_LOST"
+    assert format(new.context.trace_id, "032x") == trace_id
+    assert format(new.parent.span_id, "016x") == traceparent.split("-")[2]

@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import code_pb2 as google_dot_rpc_dot_code__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63horus/v1/run.proto\x12\tchorus.v1\x1a\x14\x63horus/v1/chat.proto\x1a\x1c\x63horus/v1/conversation.proto\x1a\x14\x63horus/v1/team.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15google/rpc/code.proto\"4\n\x10\x41pprovalDecision\x12\x10\n\x08\x61pproved\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xdd\x02\n\x07RunSpec\x12\x10\n\x08template\x18\x01 \x01(\t\x12!\n\x04team\x18\x02 \x01(\x0b\x32\x13.chorus.v1.TeamSpec\x12?\n\x0fmodel_overrides\x18\x03 \x03(\x0b\x32&.chorus.v1.RunSpec.ModelOverridesEntry\x12\r\n\x05input\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\x12\x16\n\tmax_turns\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12.\n\ron_disconnect\x18\x08 \x01(\x0e\x32\x17.chorus.v1.OnDisconnect\x1aJ\n\x13ModelOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.chorus.v1.ModelRef:\x02\x38\x01\x42\x0c\n\n_max_turns\"f\n\x0c\x43\x61ncellation\x12\x14\n\x0crequested_by\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x30\n\x0crequest_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x08RunError\x12\x1e\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x10.google.rpc.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x99\x05\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.chorus.v1.RunSpec\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.chorus.v1.RunStatus\x12\r\n\x05turns\x18\x06 \x01(\x05\x12\x14\n\x0c\x66inal_answer\x18\x07 \x01(\t\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x13.chorus.v1.RunError\x12-\n\x0c\x63\x61ncellation\x18\t \x01(\x0b\x32\x17.chorus.v1.Cancellation\x12\x1f\n\x05usage\x18\n \x01(\x0b\x32\x10.chorus.v1.Usage\x12\x10\n\x08last_seq\x18\x0b \x01(\x03\x12\x16\n\x0eowner_instance\x18\x0c \x01(\t\x12\x32\n\x0eheartbeat_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blease_epoch\x18\x12 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x13 \x01(\x05\x12\x39\n\rpending_input\x18\x14 \x01(\x0b\x32\".chorus.v1.RunEvent.InputRequested\"\xf3\x01\n\rRunCheckpoint\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x12\n\nteam_state\x18\x02 \x01(\x0c\x12$\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x14.chorus.v1.AgentSpec\x12,\n\x0epending_agents\x18\x04 \x03(\x0b\x32\x14.chorus.v1.AgentSpec\x12\r\n\x05turns\x18\x05 \x01(\x05\x12\x1f\n\x05usage\x18\x06 \x01(\x0b\x32\x10.chorus.v1.Usage\x12\x15\n\rmessage_count\x18\x07 \x01(\x05\x12\x10\n\x08speakers\x18\x08 \x03(\t\x12\x14\n\x0clast_message\x18\t \x01(\t\"\xfd\x11\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x35\n\x0brun_started\x18\n \x01(\x0b\x32\x1e.chorus.v1.RunEvent.RunStartedH\x00\x12\x39\n\ragent_started\x18\x0b \x01(\x0b\x32 .chorus.v1.RunEvent.AgentStartedH\x00\x12;\n\x0e\x61gent_finished\x18\x0c \x01(\x0b\x32!.chorus.v1.RunEvent.AgentFinishedH\x00\x12\x33\n\ntext_delta\x18\r \x01(\x0b\x32\x1d.chorus.v1.RunEvent.TextDeltaH\x00\x12=\n\x0freasoning_delta\x18\x0e \x01(\x0b\x32\".chorus.v1.RunEvent.ReasoningDeltaH\x00\x12\x41\n\x11message_completed\x18\x0f \x01(\x0b\x32$.chorus.v1.RunEvent.MessageCompletedH\x00\x12@\n\x11tool_call_started\x18\x10 \x01(\x0b\x32#.chorus.v1.RunEvent.ToolCallStartedH\x00\x12\x42\n\x12tool_call_finished\x18\x11 \x01(\x0b\x32$.chorus.v1.RunEvent.ToolCallFinishedH\x00\x12\x39\n\ragent_updated\x18\x12 \x01(\x0b\x32 .chorus.v1.RunEvent.AgentUpdatedH\x00\x12\x30\n\x08progress\x18\x13 \x01(\x0b\x32\x1c.chorus.v1.RunEvent.ProgressH\x00\x12\x30\n\x08\x61rtifact\x18\x14 \x01(\x0b\x32\x1c.chorus.v1.RunEvent.ArtifactH\x00\x12\x39\n\rrun_completed\x18\x15 \x01(\x0b\x32 .chorus.v1.RunEvent.RunCompletedH\x00\x12\x33\n\nrun_failed\x18\x16 \x01(\x0b\x32\x1d.chorus.v1.RunEvent.RunFailedH\x00\x12\x39\n\rrun_cancelled\x18\x17 \x01(\x0b\x32 .chorus.v1.RunEvent.RunCancelledH\x00\x12\x35\n\x0brun_resumed\x18\x18 \x01(\x0b\x32\x1e.chorus.v1.RunEvent.RunResumedH\x00\x12=\n\x0finput_requested\x18\x19 \x01(\x0b\x32\".chorus.v1.RunEvent.InputRequestedH\x00\x12;\n\x0einput_received\x18\x1a \x01(\x0b\x32!.chorus.v1.RunEvent.InputReceivedH\x00\x1a)\n\nRunStarted\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x1a\x1c\n\x0c\x41gentStarted\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x1a\x1d\n\rAgentFinished\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x1a\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x1e\n\x0eReasoningDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x37\n\x10MessageCompleted\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.chorus.v1.Message\x1a\x34\n\x0fToolCallStarted\x12!\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x1aV\n\x10ToolCallFinished\x12!\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x12\x0e\n\x06result\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x1aW\n\x0c\x41gentUpdated\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.chorus.v1.AgentSpec\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12\x12\n\nupdated_by\x18\x03 \x01(\t\x1a+\n\x08Progress\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x12\x11\n\tmax_turns\x18\x02 \x01(\x05\x1a\x39\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x1aj\n\x0cRunCompleted\x12\x14\n\x0c\x66inal_answer\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.chorus.v1.Usage\x12\x13\n\x0bstop_reason\x18\x04 \x01(\t\x1a/\n\tRunFailed\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunError\x1a?\n\nRunResumed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x1a\xbe\x01\n\x0eInputRequested\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.chorus.v1.InputKind\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12&\n\ttool_call\x18\x04 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\x06 \x01(\t\x1a\x9d\x01\n\rInputReceived\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\n\n\x02\x62y\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12/\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32\x1b.chorus.v1.ApprovalDecisionH\x00\x12\x0f\n\x07\x65xpired\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x08\n\x06\x61nswer\x1a=\n\x0cRunCancelled\x12-\n\x0c\x63\x61ncellation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.CancellationB\t\n\x07payload*\xc0\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x1d\n\x19RUN_STATUS_AWAITING_INPUT\x10\x06*U\n\tInputKind\x12\x1a\n\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINPUT_KIND_TEXT\x10\x01\x12\x17\n\x13INPUT_KIND_APPROVAL\x10\x02*c\n\x0cOnDisconnect\x12\x1d\n\x19ON_DISCONNECT_UNSPECIFIED\x10\x00\x12\x1a\n\x16ON_DISCONNECT_CONTINUE\x10\x01\x12\x18\n\x14ON_DISCONNECT_CANCEL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63horus/v1/run.proto\x12\tchorus.v1\x1a\x14\x63horus/v1/chat.proto\x1a\x1c\x63horus/v1/conversation.proto\x1a\x14\x63horus/v1/team.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15google/rpc/code.proto\"4\n\x10\x41pprovalDecision\x12\x10\n\x08\x61pproved\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xdd\x02\n\x07RunSpec\x12\x10\n\x08template\x18\x01 \x01(\t\x12!\n\x04team\x18\x02 \x01(\x0b\x32\x13.chorus.v1.TeamSpec\x12?\n\x0fmodel_overrides\x18\x03 \x03(\x0b\x32&.chorus.v1.RunSpec.ModelOverridesEntry\x12\r\n\x05input\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\x12\x16\n\tmax_turns\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12.\n\ron_disconnect\x18\x08 \x01(\x0e\x32\x17.chorus.v1.OnDisconnect\x1aJ\n\x13ModelOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.chorus.v1.ModelRef:\x02\x38\x01\x42\x0c\n\n_max_turns\"f\n\x0c\x43\x61ncellation\x12\x14\n\x0crequested_by\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x30\n\x0crequest_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x08RunError\x12\x1e\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x10.google.rpc.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x87\x06\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.chorus.v1.RunSpec\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.chorus.v1.RunStatus\x12\r\n\x05turns\x18\x06 \x01(\x05\x12\x14\n\x0c\x66inal_answer\x18\x07 \x01(\t\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x13.chorus.v1.RunError\x12-\n\x0c\x63\x61ncellation\x18\t \x01(\x0b\x32\x17.chorus.v1.Cancellation\x12\x1f\n\x05usage\x18\n \x01(\x0b\x32\x10.chorus.v1.Usage\x12\x10\n\x08last_seq\x18\x0b \x01(\x03\x12\x16\n\x0eowner_instance\x18\x0c \x01(\t\x12\x32\n\x0eheartbeat_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blease_epoch\x18\x12 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x13 \x01(\x05\x12\x39\n\rpending_input\x18\x14 \x01(\x0b\x32\".chorus.v1.RunEvent.InputRequested\x12\x37\n\rtrace_context\x18\x15 \x03(\x0b\x32 .chorus.v1.Run.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\rRunCheckpoint\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x12\n\nteam_state\x18\x02 \x01(\x0c\x12$\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x14.chorus.v1.AgentSpec\x12,\n\x0epending_agents\x18\x04 \x03(\x0b\x32\x14.chorus.v1.AgentSpec\x12\r\n\x05turns\x18\x05 \x01(\x05\x12\x1f\n\x05usage\x18\x06 \x01(\x0b\x32\x10.chorus.v1.Usage\x12\x15\n\rmessage_count\x18\x07 \x01(\x05\x12\x10\n\x08speakers\x18\x08 \x03(\t\x12\x14\n\x0clast_message\x18\t \x01(\t\"\xfd\x11\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x35\n\x0brun_started\x18\n \x01(\x0b\x32\x1e.chorus.v1.RunEvent.RunStartedH\x00\x12\x39\n\ragent_started\x18\x0b \x01(\x0b\x32 .chorus.v1.RunEvent.AgentStartedH\x00\x12;\n\x0e\x61gent_finished\x18\x0c \x01(\x0b\x32!.chorus.v1.RunEvent.AgentFinishedH\x00\x12\x33\n\ntext_delta\x18\r \x01(\x0b\x32\x1d.chorus.v1.RunEvent.TextDeltaH\x00\x12=\n\x0freasoning_delta\x18\x0e \x01(\x0b\x32\".chorus.v1.RunEvent.ReasoningDeltaH\x00\x12\x41\n\x11message_completed\x18\x0f \x01(\x0b\x32$.chorus.v1.RunEvent.MessageCompletedH\x00\x12@\n\x11tool_call_started\x18\x10 \x01(\x0b\x32#.chorus.v1.RunEvent.ToolCallStartedH\x00\x12\x42\n\x12tool_call_finished\x18\x11 \x01(\x0b\x32$.chorus.v1.RunEvent.ToolCallFinishedH\x00\x12\x39\n\ragent_updated\x18\x12 \x01(\x0b\x32 .chorus.v1.RunEvent.AgentUpdatedH\x00\x12\x30\n\x08progress\x18\x13 \x01(\x0b\x32\x1c.chorus.v1.RunEvent.ProgressH\x00\x12\x30\n\x08\x61rtifact\x18\x14 \x01(\x0b\x32\x1c.chorus.v1.RunEvent.ArtifactH\x00\x12\x39\n\rrun_completed\x18\x15 \x01(\x0b\x32 .chorus.v1.RunEvent.RunCompletedH\x00\x12\x33\n\nrun_failed\x18\x16 \x01(\x0b\x32\x1d.chorus.v1.RunEvent.RunFailedH\x00\x12\x39\n\rrun_cancelled\x18\x17 \x01(\x0b\x32 .chorus.v1.RunEvent.RunCancelledH\x00\x12\x35\n\x0brun_resumed\x18\x18 \x01(\x0b\x32\x1e.chorus.v1.RunEvent.RunResumedH\x00\x12=\n\x0finput_requested\x18\x19 \x01(\x0b\x32\".chorus.v1.RunEvent.InputRequestedH\x00\x12;\n\x0einput_received\x18\x1a \x01(\x0b\x32!.chorus.v1.RunEvent.InputReceivedH\x00\x1a)\n\nRunStarted\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.chorus.v1.Run\x1a\x1c\n\x0c\x41gentStarted\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x1a\x1d\n\rAgentFinished\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x1a\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x1e\n\x0eReasoningDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x37\n\x10MessageCompleted\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.chorus.v1.Message\x1a\x34\n\x0fToolCallStarted\x12!\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x1aV\n\x10ToolCallFinished\x12!\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x12\x0e\n\x06result\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x1aW\n\x0c\x41gentUpdated\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.chorus.v1.AgentSpec\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12\x12\n\nupdated_by\x18\x03 \x01(\t\x1a+\n\x08Progress\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x12\x11\n\tmax_turns\x18\x02 \x01(\x05\x1a\x39\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x1aj\n\x0cRunCompleted\x12\x14\n\x0c\x66inal_answer\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.chorus.v1.Usage\x12\x13\n\x0bstop_reason\x18\x04 \x01(\t\x1a/\n\tRunFailed\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.chorus.v1.RunError\x1a?\n\nRunResumed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x1a\xbe\x01\n\x0eInputRequested\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.chorus.v1.InputKind\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12&\n\ttool_call\x18\x04 \x01(\x0b\x32\x13.chorus.v1.ToolCall\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\x06 \x01(\t\x1a\x9d\x01\n\rInputReceived\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\n\n\x02\x62y\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12/\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32\x1b.chorus.v1.ApprovalDecisionH\x00\x12\x0f\n\x07\x65xpired\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x08\n\x06\x61nswer\x1a=\n\x0cRunCancelled\x12-\n\x0c\x63\x61ncellation\x18\x01 \x01(\x0b\x32\x17.chorus.v1.CancellationB\t\n\x07payload*\xc0\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x1d\n\x19RUN_STATUS_AWAITING_INPUT\x10\x06*U\n\tInputKind\x12\x1a\n\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINPUT_KIND_TEXT\x10\x01\x12\x17\n\x13INPUT_KIND_APPROVAL\x10\x02*c\n\x0cOnDisconnect\x12\x1d\n\x19ON_DISCONNECT_UNSPECIFIED\x10\x00\x12\x1a\n\x16ON_DISCONNECT_CONTINUE\x10\x01\x12\x18\n\x14ON_DISCONNECT_CANCEL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNSPEC_MODELOVERRIDESENTRY']._loaded_options = None
   _globals['_RUNSPEC_MODELOVERRIDESENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATUS']._serialized_start=3989
-  _globals['_RUNSTATUS']._serialized_end=4181
-  _globals['_INPUTKIND']._serialized_start=4183
-  _globals['_INPUTKIND']._serialized_end=4268
-  _globals['_ONDISCONNECT']._serialized_start=4270
-  _globals['_ONDISCONNECT']._serialized_end=4369
+  _globals['_RUN_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_RUN_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_RUNSTATUS']._serialized_start=4099
+  _globals['_RUNSTATUS']._serialized_end=4291
+  _globals['_INPUTKIND']._serialized_start=4293
+  _globals['_INPUTKIND']._serialized_end=4378
+  _globals['_ONDISCONNECT']._serialized_start=4380
+  _globals['_ONDISCONNECT']._serialized_end=4479
   _globals['_APPROVALDECISION']._serialized_start=164
   _globals['_APPROVALDECISION']._serialized_end=216
   _globals['_RUNSPEC']._serialized_start=219
@@ -55,43 +57,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNERROR']._serialized_start=674
   _globals['_RUNERROR']._serialized_end=768
   _globals['_RUN']._serialized_start=771
-  _globals['_RUN']._serialized_end=1436
-  _globals['_RUNCHECKPOINT']._serialized_start=1439
-  _globals['_RUNCHECKPOINT']._serialized_end=1682
-  _globals['_RUNEVENT']._serialized_start=1685
-  _globals['_RUNEVENT']._serialized_end=3986
-  _globals['_RUNEVENT_RUNSTARTED']._serialized_start=2784
-  _globals['_RUNEVENT_RUNSTARTED']._serialized_end=2825
-  _globals['_RUNEVENT_AGENTSTARTED']._serialized_start=2827
-  _globals['_RUNEVENT_AGENTSTARTED']._serialized_end=2855
-  _globals['_RUNEVENT_AGENTFINISHED']._serialized_start=2857
-  _globals['_RUNEVENT_AGENTFINISHED']._serialized_end=2886
-  _globals['_RUNEVENT_TEXTDELTA']._serialized_start=2888
-  _globals['_RUNEVENT_TEXTDELTA']._serialized_end=2913
-  _globals['_RUNEVENT_REASONINGDELTA']._serialized_start=2915
-  _globals['_RUNEVENT_REASONINGDELTA']._serialized_end=2945
-  _globals['_RUNEVENT_MESSAGECOMPLETED']._serialized_start=2947
-  _globals['_RUNEVENT_MESSAGECOMPLETED']._serialized_end=3002
-  _globals['_RUNEVENT_TOOLCALLSTARTED']._serialized_start=3004
-  _globals['_RUNEVENT_TOOLCALLSTARTED']._serialized_end=3056
-  _globals['_RUNEVENT_TOOLCALLFINISHED']._serialized_start=3058
-  _globals['_RUNEVENT_TOOLCALLFINISHED']._serialized_end=3144
-  _globals['_RUNEVENT_AGENTUPDATED']._serialized_start=3146
-  _globals['_RUNEVENT_AGENTUPDATED']._serialized_end=3233
-  _globals['_RUNEVENT_PROGRESS']._serialized_start=3235
-  _globals['_RUNEVENT_PROGRESS']._serialized_end=3278
-  _globals['_RUNEVENT_ARTIFACT']._serialized_start=3280
-  _globals['_RUNEVENT_ARTIFACT']._serialized_end=3337
-  _globals['_RUNEVENT_RUNCOMPLETED']._serialized_start=3339
-  _globals['_RUNEVENT_RUNCOMPLETED']._serialized_end=3445
-  _globals['_RUNEVENT_RUNFAILED']._serialized_start=3447
-  _globals['_RUNEVENT_RUNFAILED']._serialized_end=3494
-  _globals['_RUNEVENT_RUNRESUMED']._serialized_start=3496
-  _globals['_RUNEVENT_RUNRESUMED']._serialized_end=3559
-  _globals['_RUNEVENT_INPUTREQUESTED']._serialized_start=3562
-  _globals['_RUNEVENT_INPUTREQUESTED']._serialized_end=3752
-  _globals['_RUNEVENT_INPUTRECEIVED']._serialized_start=3755
-  _globals['_RUNEVENT_INPUTRECEIVED']._serialized_end=3912
-  _globals['_RUNEVENT_RUNCANCELLED']._serialized_start=3914
-  _globals['_RUNEVENT_RUNCANCELLED']._serialized_end=3975
+  _globals['_RUN']._serialized_end=1546
+  _globals['_RUN_TRACECONTEXTENTRY']._serialized_start=1495
+  _globals['_RUN_TRACECONTEXTENTRY']._serialized_end=1546
+  _globals['_RUNCHECKPOINT']._serialized_start=1549
+  _globals['_RUNCHECKPOINT']._serialized_end=1792
+  _globals['_RUNEVENT']._serialized_start=1795
+  _globals['_RUNEVENT']._serialized_end=4096
+  _globals['_RUNEVENT_RUNSTARTED']._serialized_start=2894
+  _globals['_RUNEVENT_RUNSTARTED']._serialized_end=2935
+  _globals['_RUNEVENT_AGENTSTARTED']._serialized_start=2937
+  _globals['_RUNEVENT_AGENTSTARTED']._serialized_end=2965
+  _globals['_RUNEVENT_AGENTFINISHED']._serialized_start=2967
+  _globals['_RUNEVENT_AGENTFINISHED']._serialized_end=2996
+  _globals['_RUNEVENT_TEXTDELTA']._serialized_start=2998
+  _globals['_RUNEVENT_TEXTDELTA']._serialized_end=3023
+  _globals['_RUNEVENT_REASONINGDELTA']._serialized_start=3025
+  _globals['_RUNEVENT_REASONINGDELTA']._serialized_end=3055
+  _globals['_RUNEVENT_MESSAGECOMPLETED']._serialized_start=3057
+  _globals['_RUNEVENT_MESSAGECOMPLETED']._serialized_end=3112
+  _globals['_RUNEVENT_TOOLCALLSTARTED']._serialized_start=3114
+  _globals['_RUNEVENT_TOOLCALLSTARTED']._serialized_end=3166
+  _globals['_RUNEVENT_TOOLCALLFINISHED']._serialized_start=3168
+  _globals['_RUNEVENT_TOOLCALLFINISHED']._serialized_end=3254
+  _globals['_RUNEVENT_AGENTUPDATED']._serialized_start=3256
+  _globals['_RUNEVENT_AGENTUPDATED']._serialized_end=3343
+  _globals['_RUNEVENT_PROGRESS']._serialized_start=3345
+  _globals['_RUNEVENT_PROGRESS']._serialized_end=3388
+  _globals['_RUNEVENT_ARTIFACT']._serialized_start=3390
+  _globals['_RUNEVENT_ARTIFACT']._serialized_end=3447
+  _globals['_RUNEVENT_RUNCOMPLETED']._serialized_start=3449
+  _globals['_RUNEVENT_RUNCOMPLETED']._serialized_end=3555
+  _globals['_RUNEVENT_RUNFAILED']._serialized_start=3557
+  _globals['_RUNEVENT_RUNFAILED']._serialized_end=3604
+  _globals['_RUNEVENT_RUNRESUMED']._serialized_start=3606
+  _globals['_RUNEVENT_RUNRESUMED']._serialized_end=3669
+  _globals['_RUNEVENT_INPUTREQUESTED']._serialized_start=3672
+  _globals['_RUNEVENT_INPUTREQUESTED']._serialized_end=3862
+  _globals['_RUNEVENT_INPUTRECEIVED']._serialized_start=3865
+  _globals['_RUNEVENT_INPUTRECEIVED']._serialized_end=4022
+  _globals['_RUNEVENT_RUNCANCELLED']._serialized_start=4024
+  _globals['_RUNEVENT_RUNCANCELLED']._serialized_end=4085
 # @@protoc_insertion_point(module_scope)

@@ -104,7 +104,14 @@ class RunError(_message.Message):
     def __init__(self, code: _Optional[_Union[_code_pb2.Code, str]] = ..., message: _Optional[str] = ..., retryable: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "owner", "spec", "conversation_id", "status", "turns", "final_answer", "error", "cancellation", "usage", "last_seq", "owner_instance", "heartbeat_time", "create_time", "start_time", "end_time", "update_time", "lease_epoch", "attempt", "pending_input")
+    __slots__ = ("id", "owner", "spec", "conversation_id", "status", "turns", "final_answer", "error", "cancellation", "usage", "last_seq", "owner_instance", "heartbeat_time", "create_time", "start_time", "end_time", "update_time", "lease_epoch", "attempt", "pending_input", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +132,7 @@ class Run(_message.Message):
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PENDING_INPUT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     spec: RunSpec
@@ -145,7 +153,8 @@ class Run(_message.Message):
     lease_epoch: int
     attempt: int
     pending_input: RunEvent.InputRequested
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., attempt: _Optional[int] = ..., pending_input: _Optional[_Union[RunEvent.InputRequested, _Mapping]] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., conversation_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., turns: _Optional[int] = ..., final_answer: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., last_seq: _Optional[int] = ..., owner_instance: _Optional[str] = ..., heartbeat_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., lease_epoch: _Optional[int] = ..., attempt: _Optional[int] = ..., pending_input: _Optional[_Union[RunEvent.InputRequested, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunCheckpoint(_message.Message):
     __slots__ = ("seq", "team_state", "agents", "pending_agents", "turns", "usage", "message_count", "speakers", "last_message")

@@ -96,6 +96,8 @@ NOT_FOR_CLIENTS: dict[str, str] = {
     "which `ownerInstance` executes the run.",
     "chorus.v1.Run.attempt": f"{REPLICA_INTERNALS} Executions of the run so far: 1, plus "
     "one per resume after its owner was lost or handed it over.",
+    "chorus.v1.Run.trace_context": f"{REPLICA_INTERNALS} W3C trace context of the run's first "
+    "execution, when the orchestrator traces (a resumed run continues that trace).",
     "chorus.v1.AgentSpec.simulator": f"{TESTING_CONTROL} Used when the agent's model is on "
     "the `simulator` provider; every real provider ignores it.",
     "chorus.v1.SimulatorOptions": f"{TESTING_CONTROL} Speed, determinism and faults of the "

@@ -311,6 +311,8 @@ class LiveRun:
         if resume is not None:
             self._restore(resume)
         self._span = self._start_span() if tracing.enabled() else None
+        if self._span is not None and resume is None:  # stored with the run's opening write
+            self.record.trace_context.update(tracing.carrier_of(self._span))
 
     def _start_span(self) -> Any:
         """The run's span (this execution's): a child of the request that started the run;
@@ -360,6 +362,9 @@ class LiveRun:
 
     def _restore(self, resume: Resume) -> None:
         """Take the run's progress from its checkpoint (and the changes staged after it)."""
+        # The first execution's trace (a run lost before its first checkpoint), unless the
+        # checkpoint carries a later one.
+        self._trace_carrier = dict(self.record.trace_context)
         cp = resume.checkpoint
         if cp is not None:
             envelope = checkpoint_envelope(cp)
