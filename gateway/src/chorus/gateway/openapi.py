@@ -134,7 +134,10 @@ def _field_schema(field: Any, pending: list[Any]) -> dict[str, Any]:
         message = field.message_type
         if message.GetOptions().map_entry:
             value = _field_schema(message.fields_by_name["value"], pending)
-            return {"type": "object", "additionalProperties": value}
+            mapped: dict[str, Any] = {"type": "object", "additionalProperties": value}
+            if field.full_name in NOT_FOR_CLIENTS:
+                mapped["description"] = NOT_FOR_CLIENTS[field.full_name]
+            return mapped
         if message.full_name in _WELL_KNOWN:
             single = dict(_WELL_KNOWN[message.full_name])
         else:
