@@ -42,7 +42,6 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_r
 
 from chorus.core import tracing
 from chorus.core.errors import ChorusError, Unavailable
-from chorus.core.flag import Flag
 from chorus.core.identity import REQUEST_ID_KEY, USER_KEY
 from chorus.core.logging import get_logger
 from chorus.core.multiplex import MultiplexClient, Stream, StreamSink, Update
@@ -348,7 +347,7 @@ class WatchBuffer:
         self.finished = False
         self.paused = False
         self._max = max_buffered
-        self._ready = Flag()
+        self._ready = asyncio.Event()
 
     def end(self, error: BaseException | None) -> None:
         """The watch ended (after its terminal event, or with `error`)."""

@@ -54,7 +54,6 @@ from autogen_core.tools import BaseTool
 
 from chorus.core import deadlines, identity, tracing
 from chorus.core.errors import ChorusError, FailedPrecondition, NotFound, rpc_code
-from chorus.core.flag import Flag
 from chorus.core.logging import get_logger
 from chorus.core.timestamps import now
 from chorus.orchestrator import metrics
@@ -266,9 +265,9 @@ class LiveRun:
         self.states = {a.name: AgentState(spec=a) for a in record.spec.team.agents}
         self.speakers: list[str] = []
         self.token = CancellationToken()
-        self.done = Flag()
+        self.done = asyncio.Event()
         """Set once the run's task is over."""
-        self._stop = Flag()
+        self._stop = asyncio.Event()
         self._stop_kind: StopKind | None = None
         self._provider_error: run_pb2.RunError | None = None
         self._end_retry_s: float | None = None  # the end's write: the client's retry limit
@@ -1196,8 +1195,11 @@ class LiveRun:
 
     async def _drive(self, runner: TeamRunner) -> TaskResult | None:
         steps = asyncio.create_task(self._steps(runner), name=f"run-{self.id}-team")
-        either: set[asyncio.Future[Any]] = {steps, self._stop.future()}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        stop = asyncio.create_task(self._stop.wait(), name=f"run-{self.id}-stop")
+        try:
+            await asyncio.wait({steps, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
         if steps.done():
             return steps.result()
         self.token.cancel()  # cancels the in-flight provider call and the agents' handlers
