@@ -38,7 +38,6 @@ from chorus.provider import metrics
 from chorus.provider.backends.base import Backend, Call, Event, StreamResult, UpstreamError
 from chorus.provider.models import ModelSpec, ProviderSpec
 from chorus.provider.settings import Settings
-from chorus.provider.watchdog import Watchdog
 from chorus.v1 import provider_service_pb2
 
 log = get_logger("chorus.provider.retry")
@@ -161,7 +160,6 @@ class Retrier:
         request: provider_service_pb2.StreamChatRequest,
         models: list[ModelSpec],
         max_output_tokens: Callable[[ModelSpec], int],
-        watchdog: Watchdog,
     ) -> Opened:
         """Try `models` in order until one produces its first event.
 
@@ -208,18 +206,15 @@ class Retrier:
                 if remaining is not None:
                     limit = min(limit, max(0.0, remaining))
                 try:
-                    watchdog.arm(limit)
-                    try:
-                        first: Event | None = await events.__anext__()
-                    except StopAsyncIteration:
-                        first = None
-                    watchdog.disarm()
+                    async with asyncio.timeout(limit) as waited:
+                        try:
+                            first: Event | None = await events.__anext__()
+                        except StopAsyncIteration:
+                            first = None
                 except UpstreamError as exc:
-                    watchdog.disarm()
                     err = exc
-                except asyncio.CancelledError:
-                    watchdog.disarm()
-                    if not watchdog.consume():
+                except TimeoutError:
+                    if not waited.expired():
                         raise
                     err = UpstreamError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,

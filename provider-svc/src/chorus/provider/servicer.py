@@ -32,7 +32,6 @@ from chorus.provider.settings import Settings
 from chorus.provider.streams import StreamChatsCall
 from chorus.provider.telemetry import ModelCallSpan
 from chorus.provider.validation import max_output_tokens, resolve_models
-from chorus.provider.watchdog import Watchdog
 from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
 
 log = get_logger("chorus.provider.servicer")
@@ -129,7 +128,6 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             if tracing.enabled()
             else None
         )
-        watchdog = Watchdog()
         opened: Opened | None = None
         outcome = "cancelled"
         events = 0
@@ -139,7 +137,6 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                     request,
                     models,
                     lambda m: max_output_tokens(request, m, settings),
-                    watchdog,
                 )
             except RetryFailed as failed:
                 outcome = "failed"
@@ -174,12 +171,21 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                 idle = settings.idle_timeout_s
                 try:
                     while True:
-                        watchdog.arm(idle)
                         try:
-                            event = await next_event()
+                            async with asyncio.timeout(idle) as limit:
+                                event = await next_event()
                         except StopAsyncIteration:
                             break
-                        watchdog.disarm()
+                        except TimeoutError:
+                            if not limit.expired():
+                                raise
+                            failure = UpstreamError(
+                                grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"{model.provider.name}/{model.name}: no event for {idle:g} s "
+                                "(idle timeout)",
+                                reason="UPSTREAM_IDLE_TIMEOUT",
+                            )
+                            break
                         events += 1
                         if observe is not None:
                             observe(event)
@@ -200,17 +206,6 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                         retryable=False,
                         reason="INTERNAL",
                     )
-                except asyncio.CancelledError:
-                    if not watchdog.consume():
-                        raise
-                    failure = UpstreamError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"{model.provider.name}/{model.name}: no event for {idle:g} s "
-                        "(idle timeout)",
-                        reason="UPSTREAM_IDLE_TIMEOUT",
-                    )
-                finally:
-                    watchdog.disarm()
             if failure is not None:
                 outcome = "error"
                 log.warning(
@@ -257,7 +252,6 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             )
             self._observe(model, usage, opened, events, request)
         finally:
-            watchdog.close()
             if call_span is not None and outcome == "cancelled":
                 call_span.fail(asyncio.CancelledError("the caller cancelled the call"))
             if opened is not None:

@@ -230,7 +230,7 @@ class Call:
         max_output_tokens: the output limit to send (request, else model, else settings).
         attempt: 0-based attempt number within the whole request (all models), which the
             simulator's `fault.attempts` counts against.
-        read_timeout_s: the HTTP read timeout backstop (our watchdog enforces the real limits).
+        read_timeout_s: the HTTP read timeout backstop (the first-event and idle timeouts, asyncio.timeout, enforce the real limits).
     """
 
     request: provider_service_pb2.StreamChatRequest
