@@ -8,14 +8,13 @@ Conventions (the protobuf defaults, used everywhere — REST, SSE `data:`, WebSo
   Timestamps as RFC 3339 UTC strings, FieldMasks as comma-separated camelCase paths;
 * fields holding their default value (0, "", false, empty list) are omitted.
 
-Run events are the hot path: `event_json` serializes the frequent small payloads
-(`text_delta`, `reasoning_delta`, `progress`, turn markers) without `json_format`'s generic
-reflection, producing the same JSON (a test checks the two agree).
+Run events go through `json_format` like every other message: a fast path for the
+frequent payloads saved ~7 µs of CPU per SSE event, ~1 % of the stack's CPU per token at
+LLM pace, and was removed (issue 24 item 2, bench/README.md "Machinery that pays").
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from typing import Any, TypeVar
 
@@ -143,72 +142,9 @@ def _parse_error_field(text: str) -> tuple[str, str]:
     return path or "body", rest.strip().rstrip(".") or "invalid value"
 
 
-_EPOCH = dt.datetime(1970, 1, 1)
-_second_cache: tuple[int, str] = (-1 << 62, "")
-
-
-def timestamp_json(seconds: int, nanos: int) -> str:
-    """RFC 3339 text of a Timestamp, exactly as `Timestamp.ToJsonString` writes it (0, 3, 6
-    or 9 fractional digits), with the date part cached per second — run events come many
-    per second."""
-    global _second_cache
-    cached_seconds, prefix = _second_cache
-    if seconds != cached_seconds:
-        prefix = (_EPOCH + dt.timedelta(seconds=seconds)).isoformat()
-        _second_cache = (seconds, prefix)
-    if nanos == 0:
-        return prefix + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{prefix}.{nanos // 1_000_000:03d}Z"
-    if nanos % 1000 == 0:
-        return f"{prefix}.{nanos // 1000:06d}Z"
-    return f"{prefix}.{nanos:09d}Z"
-
-
-def _fast_payload(event: run_pb2.RunEvent, kind: str) -> tuple[str, dict[str, Any]] | None:
-    """The camelCase key and JSON of the hot payloads, or None for the others."""
-    if kind == "text_delta":
-        text = event.text_delta.text
-        return "textDelta", {"text": text} if text else {}
-    if kind == "reasoning_delta":
-        text = event.reasoning_delta.text
-        return "reasoningDelta", {"text": text} if text else {}
-    if kind == "progress":
-        p = event.progress
-        d: dict[str, Any] = {}
-        if p.turn:
-            d["turn"] = p.turn
-        if p.max_turns:
-            d["maxTurns"] = p.max_turns
-        return "progress", d
-    if kind == "agent_started":
-        turn = event.agent_started.turn
-        return "agentStarted", {"turn": turn} if turn else {}
-    if kind == "agent_finished":
-        turn = event.agent_finished.turn
-        return "agentFinished", {"turn": turn} if turn else {}
-    return None
-
-
 def event_dict(event: run_pb2.RunEvent) -> dict[str, Any]:
-    """proto3 JSON of a `RunEvent` as a dict; equal to `to_dict(event)`, faster for the
-    frequent payloads."""
-    kind = event.WhichOneof("payload")
-    fast = _fast_payload(event, kind) if kind else None
-    if fast is None:
-        return json_format.MessageToDict(event)
-    d: dict[str, Any] = {}
-    if event.run_id:
-        d["runId"] = event.run_id
-    if event.seq:
-        d["seq"] = str(event.seq)
-    if event.HasField("time"):
-        ts = event.time
-        d["time"] = timestamp_json(ts.seconds, ts.nanos)
-    if event.agent:
-        d["agent"] = event.agent
-    d[fast[0]] = fast[1]
-    return d
+    """proto3 JSON of a `RunEvent` as a dict (`to_dict`)."""
+    return json_format.MessageToDict(event)
 
 
 def event_json(event: run_pb2.RunEvent) -> bytes:
