@@ -20,6 +20,9 @@ comma-separated:
 with its collection counts and total CPU to `<dir>/<pid>.json` at most every 0.5 s and at
 exit.
 
+`flag`, `protojson` and `watchdog` measured mechanisms removed since (issue 24 item 2,
+bench/README.md "Machinery that pays"): their switches find nothing to replace now.
+
 Each patch is applied right after its module is first imported (a meta-path hook), so
 `from module import Name` in the services' code sees the replacement.
 """
