@@ -117,12 +117,14 @@ class ListMessagesResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[_conversation_pb2.Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RecordRunRequest(_message.Message):
-    __slots__ = ("run", "update_mask")
+    __slots__ = ("run", "update_mask", "lease_epoch")
     RUN_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     run: _run_pb2.Run
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+    lease_epoch: int
+    def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., lease_epoch: _Optional[int] = ...) -> None: ...
 
 class RecordRunResponse(_message.Message):
     __slots__ = ("run", "created")

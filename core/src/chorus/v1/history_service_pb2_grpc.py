@@ -217,7 +217,8 @@ class HistoryServiceServicer(object):
         """Creates or updates a run record. Creating with a `spec.request_id` already used by the
         caller returns the existing run (`created = false`). Creating an active run in a
         conversation that already has one is ABORTED (reason CONVERSATION_BUSY). A terminal
-        status is final: changing it is FAILED_PRECONDITION.
+        status is final: changing it is FAILED_PRECONDITION. An update fenced with a stale
+        `lease_epoch` is FAILED_PRECONDITION (reason LEASE_LOST) and changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
