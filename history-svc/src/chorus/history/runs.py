@@ -5,7 +5,7 @@ Pure functions over `chorus.v1.Run` messages; both stores call them inside their
 transaction, after reading the stored row under a lock, so the rules hold under concurrency.
 Source of the rules: RecordRun's comment in proto/chorus/v1/history_service.proto and the
 run semantics of docs/architecture.md §4. Leases (`lease_epoch`, `attempt`, ClaimRun, ReleaseRun and
-the fencing of appends and heartbeats) follow the comments of `Run.lease_epoch`, ClaimRun
+the fencing of appends, record updates and heartbeats) follow the comments of `Run.lease_epoch`, ClaimRun
 and ReleaseRun there (issue 18, "Durable runs"). A run waiting for a person
 (RUN_STATUS_AWAITING_INPUT, `Run.pending_input`, RecordRunInput) follows the comments of
 RecordRunInput and AppendRunEvents there and of the status in run.proto (issue 21, human in
@@ -201,8 +201,8 @@ def lease_lost(stored: run_pb2.Run, given: int) -> FailedPrecondition:
 
 
 def check_lease(stored: run_pb2.Run, lease_epoch: int) -> None:
-    """The fence of AppendRunEvents (AppendRunEventsRequest.lease_epoch), checked on the
-    row read under lock, before anything is written.
+    """The fence of AppendRunEvents and RecordRun updates (their requests' `lease_epoch`),
+    checked on the row read under lock, before anything is written.
 
     Raises:
         FailedPrecondition: reason LEASE_LOST (`lease_lost`).

@@ -277,8 +277,9 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
                 )
             if run.HasField("spec"):
                 validation.run_spec(v, run.spec)
+            validation.lease_epoch(v, "lease_epoch", request.lease_epoch)
         stored, created = await self._store.record_run(
-            run, paths, ident.user, ident.is_system, now_us()
+            run, paths, ident.user, ident.is_system, now_us(), request.lease_epoch
         )
         await self._cache.put_run(stored)
         return pb.RecordRunResponse(run=stored, created=created)
@@ -610,13 +611,26 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             lease_epoch=request.lease_epoch,
             checkpoint=checkpoint,
         )
-        writes = []
         if result.new_payloads:
             metrics.EVENTS_APPENDED.inc(len(result.new_payloads))
-            writes.append(self._log.publish(run_id, result.first_new_seq, result.new_payloads))
-        if (result.new_payloads or update is not None) and result.run is not None:
-            writes.append(self._cache.put_run(result.run))  # (append_events reads it)
-        await asyncio.gather(*writes)
+        if update is None:
+            # Events alone (a writer's lifecycle events): the Redis writes follow the answer,
+            # as AppendRunEventBatches' do — the record changed only in its last seq.
+            if result.new_payloads:
+                published = [(run_id, result.first_new_seq, result.new_payloads)]
+                if result.run is None:  # not read (the one-statement path): advance it
+                    await self._after_answer(published, [], [(run_id, result.last_seq)])
+                else:
+                    await self._after_answer(published, [result.run], [])
+        else:
+            # Record fields with the events (a run's end): in the cache before the answer,
+            # so whoever learns of the end from the caller reads the final record.
+            writes = [self._cache.put_run(result.run)] if result.run is not None else []
+            if result.new_payloads:
+                writes.append(
+                    self._log.publish(run_id, result.first_new_seq, result.new_payloads)
+                )
+            await asyncio.gather(*writes)
         return pb.AppendRunEventsResponse(
             last_seq=result.last_seq, run=result.run if update is not None else None
         )
@@ -708,15 +722,24 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
                 result.error.CopyFrom(outcome.to_status(request_id))
         if published:
             metrics.EVENTS_APPENDED.inc(sum(len(p[2]) for p in published))
-            if len(self._after_batches) < MAX_WRITES_AFTER_ANSWER:
-                task = asyncio.get_running_loop().create_task(
-                    self._share(published, runs, advanced)
-                )
-                self._after_batches.add(task)
-                task.add_done_callback(self._after_batches.discard)
-            else:  # Redis is behind: this call waits for its own writes (backpressure)
-                await self._share(published, runs, advanced)
+            await self._after_answer(published, runs, advanced)
         return resp
+
+    async def _after_answer(
+        self,
+        published: list[tuple[str, int, list[bytes]]],
+        runs: list[run_pb2.Run],
+        advanced: list[tuple[str, int]],
+    ) -> None:
+        """`_share` in the background, so the call answers once the store committed; at
+        most `MAX_WRITES_AFTER_ANSWER` calls' worth at a time, beyond that the caller
+        waits for its own writes (backpressure: Redis is behind)."""
+        if len(self._after_batches) < MAX_WRITES_AFTER_ANSWER:
+            task = asyncio.get_running_loop().create_task(self._share(published, runs, advanced))
+            self._after_batches.add(task)
+            task.add_done_callback(self._after_batches.discard)
+        else:
+            await self._share(published, runs, advanced)
 
     async def _share(
         self,

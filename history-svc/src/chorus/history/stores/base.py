@@ -332,6 +332,7 @@ class Store(abc.ABC):
         owner: str,
         is_system: bool,
         now_us: int,
+        lease_epoch: int = 0,
     ) -> tuple[run_pb2.Run, bool]:
         """Create or update the run `values.id` (see `chorus.history.runs`).
 
@@ -339,7 +340,10 @@ class Store(abc.ABC):
         caller's `spec.request_id` already used returns that run; the conversation must be
         the caller's; an active status while the conversation has an active run is ABORTED
         CONVERSATION_BUSY. Otherwise updates `paths` (owner's run only, unless
-        `is_system`). Returns `(stored run, created)`.
+        `is_system`), fenced by the writer's `lease_epoch` (`chorus.history.runs.
+        check_lease`: a non-zero epoch other than the run's raises FAILED_PRECONDITION
+        LEASE_LOST before anything is written; a create ignores it). Returns
+        `(stored run, created)`.
         """
 
     @abc.abstractmethod

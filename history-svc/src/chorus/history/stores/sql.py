@@ -498,11 +498,17 @@ class SqlStore(Store):
     # Run records
 
     async def record_run(
-        self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
+        self,
+        values: run_pb2.Run,
+        paths: set[str],
+        owner: str,
+        is_system: bool,
+        now_us: int,
+        lease_epoch: int = 0,
     ) -> tuple[run_pb2.Run, bool]:
         for _ in range(3):  # a concurrent create of the same id or key: read it again
             try:
-                return await self._record_run(values, paths, owner, is_system, now_us)
+                return await self._record_run(values, paths, owner, is_system, now_us, lease_epoch)
             except self.UNIQUE_VIOLATION as exc:
                 index = self._violated(exc)
                 if index == "runs_one_active_per_conversation":
@@ -512,7 +518,13 @@ class SqlStore(Store):
         raise RuntimeError("run record kept changing under concurrent creates")
 
     async def _record_run(
-        self, values: run_pb2.Run, paths: set[str], owner: str, is_system: bool, now_us: int
+        self,
+        values: run_pb2.Run,
+        paths: set[str],
+        owner: str,
+        is_system: bool,
+        now_us: int,
+        lease_epoch: int,
     ) -> tuple[run_pb2.Run, bool]:
         async with self._transaction() as conn:
             row = await self._one(
@@ -521,7 +533,9 @@ class SqlStore(Store):
             if row is not None:
                 if not is_system and row[0] != owner:
                     raise run_not_found(values.id)
-                merged = run_rules.apply_update(rows.run(row[1:]), values, paths, now_us)
+                stored = rows.run(row[1:])
+                run_rules.check_lease(stored, lease_epoch)  # the fence: before any write
+                merged = run_rules.apply_update(stored, values, paths, now_us)
                 await self._execute(conn, self.UPDATE_RUN, *self._run_args(merged))
                 return merged, False
             if not values.HasField("spec") or not values.conversation_id:
