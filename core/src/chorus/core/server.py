@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import uvloop
@@ -131,15 +131,34 @@ class GrpcServer:
         await self.server.stop(self.settings.grace_period_s if grace is None else grace)
 
 
+class ServiceApp(Protocol):
+    """What `run_service` serves: a service's app object (`build_app(settings)` of
+    provider-svc, history-svc and orchestrator-svc)."""
+
+    @property
+    def bindings(self) -> Sequence[ServiceBinding]:
+        """The services to serve."""
+        ...
+
+    async def close(self) -> None:
+        """Close pools, channels and background tasks (after the server stopped)."""
+        ...
+
+
+AppT = TypeVar("AppT", bound=ServiceApp)
+
+AppHook = Callable[[AppT, "GrpcServer"], Awaitable[None]]
+"""A hook of `run_service`: called with the app and its server."""
+
+
 async def run_service(
     service: str,
     settings: CoreSettings,
     port: int,
-    make_bindings: Callable[[], Awaitable[Sequence[ServiceBinding]]],
+    build_app: Callable[[], Awaitable[AppT]],
     *,
-    on_started: Callable[[GrpcServer], Awaitable[None]] | None = None,
-    on_stopping: Callable[[GrpcServer], Awaitable[None]] | None = None,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    on_started: AppHook[AppT] | None = None,
+    on_stopping: AppHook[AppT] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully.
 
@@ -147,17 +166,17 @@ async def run_service(
         service: service name for logs (`provider`, `history`, `orchestrator`).
         settings: the service's settings; `check_security()` is enforced.
         port: gRPC port (0 picks one; the bound address is logged as `listening`).
-        make_bindings: builds the servicers (runs inside the event loop, so channels and
-            pools are created on the right loop).
+        build_app: builds the app (runs inside the event loop, so channels and pools are
+            created on the right loop); its `close()` runs after the server stopped.
         on_started: called once the server is SERVING (e.g. to start background sweeps).
         on_stopping: called when the signal arrived, after health reports NOT_SERVING and
             before the server stops taking calls (the orchestrator hands its runs over
-            here, while its watchers are still connected); bounded by the caller.
-        on_shutdown: called after the server stopped (close pools and channels).
+            here, while its watchers are still connected); its time counts against the
+            grace period (`CHORUS_GRACE_PERIOD_S`).
     """
     settings.check_security()
-    bindings = await make_bindings()
-    server = GrpcServer(bindings, settings, port)
+    app = await build_app()
+    server = GrpcServer(app.bindings, settings, port)
     if settings.metrics_port is not None:
         metrics_port = start_metrics_server(settings.metrics_port, settings.host)
         log.info("metrics_listening", address=f"http://{settings.host}:{metrics_port}/metrics")
@@ -168,20 +187,19 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     configure_gc(settings)
-    log.info("listening", address=server.address, services=[b.name for b in bindings])
+    log.info("listening", address=server.address, services=[b.name for b in server.bindings])
     if on_started is not None:
-        await on_started(server)
+        await on_started(app, server)
     await stop.wait()
     log.info("shutting_down", grace_s=settings.grace_period_s)
     grace = settings.grace_period_s
     if on_stopping is not None:  # its time counts against the grace period
         started = time.monotonic()
         await server.set_serving(False)
-        await on_stopping(server)
+        await on_stopping(app, server)
         grace = max(grace - (time.monotonic() - started), 1.0)
     await server.stop(grace)
-    if on_shutdown is not None:
-        await on_shutdown()
+    await app.close()
     log.info("stopped")
 
 
@@ -208,13 +226,16 @@ def main(
     service: str,
     settings: CoreSettings,
     port: int,
-    make_bindings: Callable[[], Awaitable[Sequence[ServiceBinding]]],
-    **kwargs: Any,
+    build_app: Callable[[], Awaitable[AppT]],
+    *,
+    on_started: AppHook[AppT] | None = None,
+    on_stopping: AppHook[AppT] | None = None,
 ) -> None:
-    """Entry point of `python -m chorus.<service>`: logging, uvloop, `run_service`.
+    """Entry point of `python -m chorus.<service>`: logging, tracing, uvloop, `run_service`
+    (arguments as there).
 
-    `-h` / `--help` prints the module's docstring and every `CHORUS_*` setting the service
-    reads (default and description), then exits 0 without serving.
+        `-h` / `--help` prints the module's docstring and every `CHORUS_*` setting the service
+        reads (default and description), then exits 0 without serving.
     """
     if {"-h", "--help"} & set(sys.argv[1:]):
         print(settings_help(service, settings))
@@ -226,7 +247,11 @@ def main(
         log.error("configuration_error", error=str(exc))
         raise SystemExit(2) from None
     try:
-        uvloop.run(run_service(service, settings, port, make_bindings, **kwargs))
+        uvloop.run(
+            run_service(
+                service, settings, port, build_app, on_started=on_started, on_stopping=on_stopping
+            )
+        )
     except ConfigurationError as exc:  # one clear line, exit 2
         log.error("configuration_error", error=str(exc))
         raise SystemExit(2) from None

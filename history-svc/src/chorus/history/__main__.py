@@ -15,35 +15,19 @@ from typing import Annotated
 import typer
 
 from chorus.core.logging import configure_logging, get_logger
-from chorus.core.server import GrpcServer, ServiceBinding, main
+from chorus.core.server import main
 from chorus.history.app import HistoryApp, build_app
 from chorus.history.migrate import apply_migrations, pending_migrations
 from chorus.history.settings import Settings
 
 
 def _serve(settings: Settings) -> None:
-    app: HistoryApp | None = None
-
-    async def bindings() -> Sequence[ServiceBinding]:
-        nonlocal app
-        app = await build_app(settings)
-        return app.bindings
-
-    async def on_started(server: GrpcServer) -> None:
-        assert app is not None
-        await app.on_started(server)
-
-    async def on_shutdown() -> None:
-        if app is not None:
-            await app.close()
-
     main(
         "history",
         settings,
         settings.history_port,
-        bindings,
-        on_started=on_started,
-        on_shutdown=on_shutdown,
+        lambda: build_app(settings),
+        on_started=HistoryApp.on_started,
     )
 
 

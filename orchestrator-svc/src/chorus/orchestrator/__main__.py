@@ -9,42 +9,25 @@ replica continues it at once (issue 18, "Handoff on SIGTERM").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from chorus.core.server import GrpcServer, ServiceBinding, main
+from chorus.core.server import GrpcServer, main
 from chorus.orchestrator.app import OrchestratorApp, build_app
 from chorus.orchestrator.settings import Settings
 
 
 def run() -> None:
+    """Read settings, serve on `CHORUS_ORCHESTRATOR_PORT`; on SIGTERM hand the runs over."""
     settings = Settings()
-    app: OrchestratorApp | None = None
 
-    async def bindings() -> Sequence[ServiceBinding]:
-        nonlocal app
-        app = await build_app(settings)
-        return app.bindings
-
-    async def on_started(server: GrpcServer) -> None:
-        assert app is not None
-        await app.on_started(server)
-
-    async def on_stopping(server: GrpcServer) -> None:
-        if app is not None:
-            await app.manager.hand_over(max(settings.grace_period_s - 1.0, 0.5))
-
-    async def on_shutdown() -> None:
-        if app is not None:
-            await app.close()
+    async def hand_over(app: OrchestratorApp, server: GrpcServer) -> None:
+        await app.manager.hand_over(max(settings.grace_period_s - 1.0, 0.5))
 
     main(
         "orchestrator",
         settings,
         settings.orchestrator_port,
-        bindings,
-        on_started=on_started,
-        on_stopping=on_stopping,
-        on_shutdown=on_shutdown,
+        lambda: build_app(settings),
+        on_started=OrchestratorApp.on_started,
+        on_stopping=hand_over,
     )
 
 
