@@ -15,9 +15,12 @@ stream through an extra task, a cost per streamed event — so they pass
 Idempotent unary RPCs are retried on UNAVAILABLE by gRPC's own retry policy (service config);
 streams are never retried — resume them with `after_seq`.
 
-A service with several replicas is addressed as a comma-separated list of `ip:port`, or as
-one DNS name with several addresses (`dns:///name:port`, as a Kubernetes headless Service
-gives): calls are spread over them round robin (`balanced_target`).
+A service with several replicas is addressed as one DNS name with several addresses
+(`dns:///name:port`, or plain `name:port`, as a Kubernetes headless Service gives), or as a
+comma-separated list of `ip:port` (`balanced_target`): every channel built with
+`channel_options` spreads its calls over all the target's addresses round robin (the
+service config's `loadBalancingConfig`; gRPC's default, pick_first, would send everything
+to the first address). A long-lived stream stays on the replica it started on.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
 
 
 def service_config() -> str:
-    """gRPC service config JSON with a retry policy for `IDEMPOTENT_METHODS`."""
+    """gRPC service config JSON: round-robin balancing over every address the target
+    resolves to, and a retry policy for `IDEMPOTENT_METHODS`."""
     return json.dumps(
         {
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [
@@ -68,7 +73,7 @@ def service_config() -> str:
                         "retryableStatusCodes": ["UNAVAILABLE"],
                     },
                 }
-            ]
+            ],
         }
     )
 
@@ -115,7 +120,8 @@ class _UnaryForwardingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 def channel_options(settings: CoreSettings) -> list[tuple[str, Any]]:
-    """Channel arguments: message sizes, keepalive and the retry service config."""
+    """Channel arguments: message sizes, keepalive and the service config (round robin,
+    retries)."""
     return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -129,7 +135,8 @@ def channel_options(settings: CoreSettings) -> list[tuple[str, Any]]:
 
 
 ROUND_ROBIN: tuple[str, str] = ("grpc.lb_policy_name", "round_robin")
-"""Channel option: spread calls over every address of the target (gRPC's round_robin)."""
+"""Channel option: spread calls over every address of the target (gRPC's round_robin), for
+channels built without `channel_options` (whose service config already says so)."""
 
 
 def _list_entry(entry: str) -> tuple[int, str]:

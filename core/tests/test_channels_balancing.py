@@ -1,0 +1,91 @@
+"""A channel built with `channel_options` spreads unary calls over every address its target
+resolves to (round robin), as the orchestrator's channels to several provider-svc /
+history-svc replicas behind one name need (issue 22)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from chorus.core.channels import channel_options
+from chorus.core.server import GrpcServer
+from chorus.core.settings import CoreSettings
+from chorus.v1 import provider_service_pb2 as pb
+from chorus.v1 import provider_service_pb2_grpc as pbg
+
+from .conftest import AUTH, RecordingProvider, provider_grpc_server
+
+MAX_CALLS = 200
+"""Calls made before giving up on reaching both replicas (round robin needs two)."""
+
+
+@pytest.fixture
+async def replicas(
+    settings: CoreSettings,
+) -> AsyncIterator[list[tuple[GrpcServer, RecordingProvider]]]:
+    started = []
+    for _ in range(2):
+        recorder = RecordingProvider()
+        server = provider_grpc_server(recorder, settings)
+        await server.start()
+        started.append((server, recorder))
+    yield started
+    for server, _ in started:
+        await server.stop(0)
+
+
+def one_name_for_both(replicas: list[tuple[GrpcServer, RecordingProvider]]) -> str:
+    """A target that resolves to both replicas' addresses."""
+    return "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server, _ in replicas)
+
+
+async def call_until_both_reached(
+    channel: grpc.aio.Channel, recorders: list[RecordingProvider]
+) -> int:
+    """ListModels until every replica has served one (at most `MAX_CALLS`); the calls made."""
+    stub = pbg.ProviderServiceStub(channel)
+    for made in range(1, MAX_CALLS + 1):
+        await stub.ListModels(pb.ListModelsRequest(provider="ok"), metadata=AUTH, timeout=10)
+        if all(r.calls for r in recorders):
+            return made
+    return MAX_CALLS
+
+
+async def test_calls_reach_every_address_the_target_resolves_to(replicas, settings):
+    recorders = [recorder for _, recorder in replicas]
+    # Built as the orchestrator builds its channels: the target and `channel_options`, no
+    # load-balancing option of its own.
+    async with grpc.aio.insecure_channel(
+        one_name_for_both(replicas), options=channel_options(settings)
+    ) as channel:
+        await call_until_both_reached(channel, recorders)
+        before = [len(r.calls) for r in recorders]
+        stub = pbg.ProviderServiceStub(channel)
+        for _ in range(20):  # both connected now: round robin alternates
+            await stub.ListModels(pb.ListModelsRequest(provider="ok"), metadata=AUTH, timeout=10)
+    assert all(r.calls for r in recorders)
+    assert [len(r.calls) - b for r, b in zip(recorders, before, strict=True)] == [10, 10]
+
+
+async def test_without_the_round_robin_config_every_call_goes_to_one_address(replicas, settings):
+    """gRPC's default (pick_first): what `channel_options` is there to prevent."""
+    recorders = [recorder for _, recorder in replicas]
+    options = dict(channel_options(settings))
+    config = json.loads(options["grpc.service_config"])
+    del config["loadBalancingConfig"]
+    options["grpc.service_config"] = json.dumps(config)
+    async with grpc.aio.insecure_channel(
+        one_name_for_both(replicas), options=list(options.items())
+    ) as channel:
+        made = await call_until_both_reached(channel, recorders)
+    assert made == MAX_CALLS
+    assert sorted(len(r.calls) for r in recorders) == [0, MAX_CALLS]
+
+
+def test_the_service_config_asks_for_round_robin(settings):
+    config = json.loads(dict(channel_options(settings))["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
