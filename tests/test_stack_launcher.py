@@ -331,6 +331,29 @@ def test_the_orchestrator_gets_a_stable_instance_id(tmp_path):
     assert from_file["orchestrator"].env == {"CHORUS_INSTANCE_ID": "from-dotenv"}
 
 
+def test_each_service_traces_under_its_own_service_name(tmp_path):
+    dotenv = str(tmp_path / ".env")
+
+    def names(env: dict[str, str]) -> dict[str, str | None]:
+        launched = stack.stack_services(env, dotenv)
+        full = stack.stack_environment(env, launched, dotenv)
+        return {s.name: {**full, **s.env}.get("OTEL_SERVICE_NAME") for s in launched}
+
+    # unset: each service's own default (chorus.core.tracing: chorus-<service>)
+    assert set(names({}).values()) == {None}
+    assert names({"OTEL_SERVICE_NAME": "chorus"}) == {
+        "provider": "chorus-provider",
+        "history": "chorus-history",
+        "orchestrator": "chorus-orchestrator",
+        "gateway": "chorus-gateway",
+    }
+    from_attributes = names(
+        {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=dev,service.name=my%20app"}
+    )
+    assert from_attributes["gateway"] == "my app-gateway"
+    assert len(set(from_attributes.values())) == 4
+
+
 def test_the_stop_timeouts_follow_the_grace_period(tmp_path):
     assert stack.grace_period({}, str(tmp_path / ".env")) == 10.0
     assert stack.grace_period({"CHORUS_GRACE_PERIOD_S": "30"}, str(tmp_path / ".env")) == 30.0

@@ -1,6 +1,7 @@
 """Tracing end to end (issue 22 item 1): the stack started as `make run` starts it
 (`python -m chorus.cli.stack`, embedded storage, the simulator), exporting to a real
-OTLP/gRPC receiver started by the test; one run through the gateway's REST API.
+OTLP/gRPC receiver started by the test (`OTEL_SERVICE_NAME=chorus`, which the launcher
+turns into one name per service); one run through the gateway's REST API.
 
 With `OTEL_TRACES_EXPORTER=otlp`: the run is one trace rooted at the gateway's HTTP request,
 with spans of all four services, each gRPC hop a client span whose child is the next
@@ -91,6 +92,9 @@ def traced_stack(
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_TRACES_SAMPLER": "always_on",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            # one name for the whole stack: the launcher gives each service its own
+            # (`chorus-gateway`, …, as `SERVICES` expects)
+            "OTEL_SERVICE_NAME": "chorus",
         },
     )
     try:

@@ -41,6 +41,9 @@ which tests use, is faster).
 The orchestrator's `CHORUS_INSTANCE_ID` is `orchestrator-1` unless set, stable across restarts
 and launches, so the next `make run` finds the runs the last one left in `./data` as its own.
 
+Tracing (`OTEL_*`, `chorus.core.tracing`): each service gets its own `service.name`
+(`stack_services`).
+
 Storage and models follow the environment: with no `CHORUS_DATABASE_URL` / `CHORUS_REDIS_URL`
 history-svc runs on SQLite in `CHORUS_DATA_DIR` (default `./data`) with an in-process
 cache; with no provider key the simulator answers every model call — announced loudly.
@@ -62,6 +65,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -164,17 +168,35 @@ class Service:
         return self.command or [sys.executable, "-m", self.module]
 
 
+def otel_service_name(env: Mapping[str, str]) -> str | None:
+    """The OpenTelemetry `service.name` the environment gives every process alike:
+    `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES` (comma-separated
+    `key=value`, values percent-encoded); None when neither names one."""
+    if env.get("OTEL_SERVICE_NAME", "").strip():
+        return env["OTEL_SERVICE_NAME"].strip()
+    for pair in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == "service.name" and value.strip():
+            return unquote(value.strip())
+    return None
+
+
 def stack_services(env: Mapping[str, str], dotenv_path: str = ".env") -> list[Service]:
     """The four services with their ports (`CHORUS_<NAME>_PORT`, defaults 50051-50053, 8000).
 
     The orchestrator's `CHORUS_INSTANCE_ID` is the one configured, else `orchestrator-1`.
+    Each service traces under its own `service.name`: `chorus-<name>` (`chorus.core.tracing`'s
+    default), or `<given>-<name>` when the environment names one for all
+    (`otel_service_name`: `OTEL_SERVICE_NAME=chorus` gives `chorus-gateway`, …), so that a
+    trace tells the four apart.
     """
     instance_id = _setting(env, "CHORUS_INSTANCE_ID", dotenv_path) or ORCHESTRATOR_INSTANCE_ID
+    given = otel_service_name(env)
 
     def port(var: str, default: int) -> int:
         return int(env.get(var) or default)
 
-    return [
+    services = [
         Service(
             "provider",
             "chorus.provider",
@@ -198,6 +220,10 @@ def stack_services(env: Mapping[str, str], dotenv_path: str = ".env") -> list[Se
         ),
         Service("gateway", "chorus.gateway", port("CHORUS_GATEWAY_PORT", 8000), None),
     ]
+    if given:
+        for service in services:
+            service.env["OTEL_SERVICE_NAME"] = f"{given}-{service.name}"
+    return services
 
 
 def stack_environment(
