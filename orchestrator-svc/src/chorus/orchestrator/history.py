@@ -188,9 +188,15 @@ class HistoryClient:
             )
         )
 
-    async def update_run(self, user: str, run: run_pb2.Run, paths: Sequence[str]) -> run_pb2.Run:
-        """RecordRun updating the fields at `paths` (retried: setting fields is idempotent)."""
-        request = hs.RecordRunRequest(run=run, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    async def update_run(
+        self, user: str, run: run_pb2.Run, paths: Sequence[str], *, lease_epoch: int = 0
+    ) -> run_pb2.Run:
+        """RecordRun updating the fields at `paths` (retried: setting fields is idempotent),
+        fenced by the writer's `lease_epoch` (0: a writer holding no lease; a stale one is
+        FailedPrecondition, reason LEASE_LOST)."""
+        request = hs.RecordRunRequest(
+            run=run, update_mask=field_mask_pb2.FieldMask(paths=paths), lease_epoch=lease_epoch
+        )
         response = await self._call(
             lambda: self.stub.RecordRun(request, metadata=self._md(user), timeout=UNARY_TIMEOUT_S),
             retry=True,
