@@ -475,8 +475,12 @@ class RunManager:
                 terminal = run_pb2.RunEvent(
                     run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=cancellation)
                 )
-                record = await end_orphan(self._history, claimed, terminal)
-                return record, True, "run cancelled (its orchestrator had stopped)"
+                ended = await end_orphan(self._history, claimed, terminal)
+                if ended is not None:
+                    return ended, True, "run cancelled (its orchestrator had stopped)"
+                # Claimed by another replica meanwhile (this one paused past the lease):
+                # forward the cancel to it.
+                record = await self._history.get_run(user, run_id)
             if record.status not in ACTIVE_STATUSES:
                 return record, False, _already(record)
         try:

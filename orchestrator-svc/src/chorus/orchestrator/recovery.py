@@ -16,8 +16,13 @@
   `instance_id`, which cannot be alive). It claims each with one compare-and-set
   (HistoryService.ClaimRun; exactly one replica wins) and then: ends it `run_cancelled`
   when a cancel was recorded meanwhile, `run_failed` (UNAVAILABLE, RESUME_LIMIT,
-  retryable) after `max_run_resumes` resumes, or resumes it from its last checkpoint
-  (`RunManager.resume`, which emits `run_resumed`).
+  retryable) once its owner was lost more than `max_run_resumes` times, or resumes it from
+  its last checkpoint (`RunManager.resume`, which emits `run_resumed`). Only resumes after
+  a lost owner (reason OWNER_LOST: crash, freeze, cut network) count: a handoff (HANDOFF,
+  a released lease) is a planned move — with rolling deploys a long run is handed over
+  many times — and is counted as planned (`PLANNED_RESUMES_KEY`) in the checkpoint
+  written with its `run_resumed`. The claimer's writes (the end of an orphan, its record)
+  are fenced by the epoch it claimed; a refusal (LEASE_LOST) lets the run go quietly.
 * **Waiting runs** (issue 21). A run that asked a person (RUN_STATUS_AWAITING_INPUT) has no
   lease and is never claimed. An answer (HistoryService.RecordRunInput) makes it RUNNING with
   a free lease: the replica that took the answer claims it at once
@@ -48,7 +53,9 @@ from chorus.orchestrator.events import is_terminal
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.runs import (
     EXECUTING_STATUSES,
+    HANDOFF,
     INPUT_RECEIVED,
+    OWNER_LOST,
     PLANNED_RESUMES_KEY,
     STEP_KEY,
     LiveRun,
@@ -65,6 +72,9 @@ log = get_logger("chorus.orchestrator.recovery")
 
 HEARTBEATS_PER_CALL = 1000
 """Heartbeats per RecordRunHeartbeats call (the contract's limit)."""
+LEASE_LOST = "LEASE_LOST"
+"""ErrorInfo reason of a write refused for a stale lease epoch (another replica claimed
+the run)."""
 _STATUS_OF_TERMINAL = {
     "run_completed": run_pb2.RUN_STATUS_COMPLETED,
     "run_failed": run_pb2.RUN_STATUS_FAILED,
@@ -105,15 +115,17 @@ def resume_limit_error(resumes: int) -> run_pb2.RunError:
 
 async def end_orphan(
     history: HistoryClient, record: run_pb2.Run, terminal: run_pb2.RunEvent
-) -> run_pb2.Run:
+) -> run_pb2.Run | None:
     """End a run this replica claimed without running it: append `terminal` after its last
-    stored event (unless the log already ends), fenced by the claimed `record.lease_epoch`,
-    then make the record match the log's terminal event.
+    stored event (unless the log already ends), then make the record match the log's
+    terminal event — both writes fenced by the claimed `record.lease_epoch`.
 
     Acts as the run's owner. Retries when another writer appends meanwhile.
 
     Returns:
-        The stored record after the call.
+        The stored record after the call; None when the lease was lost meanwhile (this
+        replica was frozen or cut off past it and another one claimed the run: the run is
+        theirs now, and nothing more was written).
     """
     user = record.owner
     for _ in range(5):
@@ -132,17 +144,27 @@ async def end_orphan(
                     user, record.id, [final], lease_epoch=record.lease_epoch
                 )
             except FailedPrecondition as exc:
-                if exc.reason == "LEASE_LOST":  # someone claimed it after us: theirs now
-                    raise
+                if exc.reason == LEASE_LOST:  # someone claimed it after us: theirs now
+                    _lease_lost(record)
+                    return None
                 # someone appended meanwhile: look again
                 record = await history.get_run(user, record.id)
                 continue
         run, paths = _terminal_record(record.id, final)
         try:
-            return await history.update_run(user, run, paths)
-        except FailedPrecondition:  # already terminal: someone else finished it
-            return await history.get_run(user, record.id)
+            return await history.update_run(user, run, paths, lease_epoch=record.lease_epoch)
+        except FailedPrecondition as exc:
+            if exc.reason == LEASE_LOST:
+                _lease_lost(record)
+                return None
+            return await history.get_run(user, record.id)  # someone else finished it
     raise FailedPrecondition(f"run {record.id} kept changing while being ended")
+
+
+def _lease_lost(record: run_pb2.Run) -> None:
+    """A claimer's write was refused LEASE_LOST: let the run go quietly (as a live run does
+    when an append is refused)."""
+    log.info("run_lease_lost", run_id=record.id, lease_epoch=record.lease_epoch)
 
 
 class Liveness:
@@ -377,9 +399,7 @@ class Liveness:
             log.debug("run_claim_refused", run_id=record.id, reason=exc.reason)
             return False
         envelope = checkpoint_envelope(checkpoint)
-        # Resumes after a person's answer are part of the plan, not losses of the owner.
-        resumes = run.attempt - 1 - int(envelope.get(PLANNED_RESUMES_KEY, 0))
-        reason = "HANDOFF" if released else "OWNER_LOST"
+        reason = HANDOFF if released else OWNER_LOST
         if (
             released
             and checkpoint is not None
@@ -389,15 +409,21 @@ class Liveness:
             reason = INPUT_RECEIVED
         else:
             metrics.RUNS_RECOVERED.inc()
+        # Only losses of the owner count: resumes after a person's answer or a handoff are
+        # planned (the checkpoint counts the earlier ones; this claim's is counted when the
+        # run_resumed write stores it, `PLANNED_RESUMES_KEY`).
+        losses = run.attempt - 1 - int(envelope.get(PLANNED_RESUMES_KEY, 0))
+        if reason == HANDOFF:
+            losses -= 1
         if run.HasField("cancellation"):  # a cancel recorded while nobody owned it wins
             terminal = run_pb2.RunEvent(
                 run_cancelled=run_pb2.RunEvent.RunCancelled(cancellation=run.cancellation)
             )
             await end_orphan(self._history, run, terminal)
             log.warning("orphan_run_cancelled", run_id=run.id)
-        elif resumes > self._settings.max_run_resumes:
+        elif losses > self._settings.max_run_resumes:
             terminal = run_pb2.RunEvent(
-                run_failed=run_pb2.RunEvent.RunFailed(error=resume_limit_error(resumes - 1))
+                run_failed=run_pb2.RunEvent.RunFailed(error=resume_limit_error(losses - 1))
             )
             await end_orphan(self._history, run, terminal)
             log.warning("run_resume_limit", run_id=run.id, attempt=run.attempt)

@@ -99,6 +99,11 @@ DEFAULT_INPUT_TIMEOUT_S = 24 * 3600.0
 """How long a request for input waits when the team sets no `input_timeout` (issue 21)."""
 INPUT_RECEIVED = "INPUT_RECEIVED"
 """Resume reason of a run continuing after a person's answer (no `run_resumed` event)."""
+HANDOFF = "HANDOFF"
+"""`RunResumed.reason` of a run whose owner released it (SIGTERM handoff): planned."""
+OWNER_LOST = "OWNER_LOST"
+"""`RunResumed.reason` of a run whose owner's lease expired (crash, freeze): a loss,
+counted toward `max_run_resumes`."""
 STEP_KEY = "step"
 """Key of a parked run's checkpoint envelope (`RunCheckpoint.team_state` JSON) holding the
 step under way when the run asked for input: `{"boundary_seq": the last turn boundary's
@@ -108,8 +113,9 @@ redoing the step from that boundary silently, its model calls answered from `cal
 its completed tool calls from `tools` (none is paid or run twice), up to the question
 (docs/human-in-the-loop.md)."""
 PLANNED_RESUMES_KEY = "planned_resumes"
-"""Key of the checkpoint envelope counting the run's resumes after a person's answer: they
-do not count toward `max_run_resumes`."""
+"""Key of the checkpoint envelope counting the run's planned resumes — after a person's
+answer (counted in the parked checkpoint) or a handoff (counted in the checkpoint stored
+with that resume's `run_resumed`): they do not count toward `max_run_resumes`."""
 _TEAM_STOP_TIMEOUT_S = 5.0
 _RELEASE_TIMEOUT_S = 5.0
 _Event = run_pb2.RunEvent
@@ -170,7 +176,7 @@ class Resume:
 
     Attributes:
         checkpoint: the last checkpoint; None restarts the team from the input.
-        reason: `RunResumed.reason`: OWNER_LOST or HANDOFF.
+        reason: `RunResumed.reason` (OWNER_LOST or HANDOFF), or INPUT_RECEIVED.
         updates: `agent_updated` events stored after the checkpoint (UpdateRunAgent changes
             made during the interrupted turn), applied again as staged changes.
         context: a SINGLE team's earlier conversation messages (its agent's context).
@@ -1130,20 +1136,43 @@ class LiveRun:
         if resume is not None:
             checkpoint = resume.checkpoint
             if resume.reason != INPUT_RECEIVED:  # after an answer the run simply goes on
-                await self.log.emit(
-                    _Event(
-                        run_resumed=_Event.RunResumed(
-                            attempt=self.record.attempt,
-                            from_seq=checkpoint.seq if checkpoint is not None else 0,
-                            reason=resume.reason,
-                        )
-                    ),
-                    durable=True,
+                resumed = _Event(
+                    run_resumed=_Event.RunResumed(
+                        attempt=self.record.attempt,
+                        from_seq=checkpoint.seq if checkpoint is not None else 0,
+                        reason=resume.reason,
+                    )
                 )
+                if resume.reason == HANDOFF:
+                    await self._emit_counted_handoff(resumed)
+                else:
+                    await self.log.emit(resumed, durable=True)
             state, self._resume_state = self._resume_state, None
             if state and "format" in state:  # no runner state: parked in the first step
                 await runner.load_state(state)
         return runner
+
+    async def _emit_counted_handoff(self, resumed: run_pb2.RunEvent) -> None:
+        """Store `run_resumed` of a handoff with the claimed checkpoint counting this resume
+        as planned (`PLANNED_RESUMES_KEY` + 1; seq, state and step unchanged — a run with
+        no checkpoint gets one at seq 0, its start), so that no later claim takes the
+        handoff for a lost owner. Until this write is stored the claim counts as a loss:
+        a claimer lost in between was lost indeed."""
+        self._planned_resumes += 1
+        stored = self._resume.checkpoint if self._resume is not None else None
+        counted = run_pb2.RunCheckpoint()
+        if stored is not None:
+            counted.CopyFrom(stored)
+        else:  # the run's start, as a parked run's first-step checkpoint has it
+            counted.agents.extend(self.spec.team.agents)
+        envelope = checkpoint_envelope(stored)
+        envelope[PLANNED_RESUMES_KEY] = self._planned_resumes
+        counted.team_state = json.dumps(envelope, separators=(",", ":")).encode()
+
+        async def write_counted(batch: Sequence[run_pb2.RunEvent]) -> None:
+            await self._write_events(batch, counted)
+
+        await self.log.emit(resumed, durable=True, writer=write_counted)
 
     async def _steps(self, runner: TeamRunner) -> TaskResult | None:
         """Drive the team one agent turn per step, storing a checkpoint at every turn
