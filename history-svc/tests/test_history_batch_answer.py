@@ -12,6 +12,7 @@ import pytest
 from history_helpers import History, UserStub, new_run, text_event
 
 from chorus.history import servicer as servicer_module
+from chorus.history.cache import RunWrites
 from chorus.v1 import history_service_pb2 as pb
 
 Batch = pb.AppendRunEventsRequest
@@ -26,10 +27,12 @@ class HeldPublish:
         log = history.app.servicer._log
         publish_many = log.publish_many
 
-        async def held(batches: Sequence[tuple[str, int, Sequence[bytes]]]) -> None:
+        async def held(
+            batches: Sequence[tuple[str, int, Sequence[bytes]]], writes: RunWrites | None = None
+        ) -> None:
             self.started.put_nowait(None)
             await self.release.wait()
-            await publish_many(batches)
+            await publish_many(batches, writes)
 
         log.publish_many = held  # type: ignore[method-assign]
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import asyncpg
 from history_helpers import History, UserStub, new_run, run_spec, text_event
 
+from chorus.history.cache import RunWrites
 from chorus.history.settings import Settings
 from chorus.v1 import conversation_pb2, run_pb2
 from chorus.v1 import history_service_pb2 as pb
@@ -64,10 +65,12 @@ class CommitChecker:
             await check(run_id, first_seq, len(payloads))
             await publish(run_id, first_seq, payloads)
 
-        async def checked_many(batches: Sequence[tuple[str, int, Sequence[bytes]]]) -> None:
+        async def checked_many(
+            batches: Sequence[tuple[str, int, Sequence[bytes]]], writes: RunWrites | None = None
+        ) -> None:
             for run_id, first_seq, payloads in batches:
                 await check(run_id, first_seq, len(payloads))
-            await publish_many(batches)
+            await publish_many(batches, writes)
 
         log.publish = checked_publish  # type: ignore[method-assign]
         log.publish_many = checked_many  # type: ignore[method-assign]

@@ -27,7 +27,9 @@ per-message work in Python.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import cachetools
 import redis.asyncio as redis
@@ -187,6 +189,14 @@ class Cache(abc.ABC):
                 advanced.last_seq = last_seq
                 await self.put_run(advanced)
 
+    def run_writes(
+        self, runs: Sequence[run_pb2.Run], last_seqs: Sequence[tuple[str, int]]
+    ) -> RunWrites:
+        """`put_runs(runs)` and `advance_runs(last_seqs)` as one `RunWrites`, to be sent on
+        its own (`RunWrites.send`) or, where the cache is Redis, queued on the live log's
+        pipeline (one round trip for a delta batch's log entries and cached records)."""
+        return RunWrites(self, runs, last_seqs)
+
     async def put_run_start(
         self,
         run: run_pb2.Run,
@@ -199,6 +209,28 @@ class Cache(abc.ABC):
         if conversation is not None:
             await self.append_messages(conversation, added)
         await self.put_run(run)
+
+
+class RunWrites:
+    """Cached-record writes of committed event batches (`Cache.run_writes`): whole records
+    (`runs`, read by the store) and last-seq advances (`last_seqs`: `(run_id, last_seq)`).
+
+    `send` writes them on their own. On Redis, `queue` puts them on a caller's pipeline
+    instead and `sent` takes that pipeline's outcome. Nothing raises: a failure is counted
+    and the keys are dropped once Redis answers again, as for any cache write."""
+
+    def __init__(
+        self, cache: Cache, runs: Sequence[run_pb2.Run], last_seqs: Sequence[tuple[str, int]]
+    ) -> None:
+        self.cache = cache
+        self.runs = runs
+        self.last_seqs = last_seqs
+
+    async def send(self) -> None:
+        """Write them (one round trip per kind where the cache is remote)."""
+        await asyncio.gather(
+            self.cache.put_runs(self.runs), self.cache.advance_runs(self.last_seqs)
+        )
 
 
 def _count(entity: str, hit: bool) -> None:
@@ -447,6 +479,67 @@ class RedisCache(Cache):
                 for _, last_seq in last_seqs
             ],
         )
+
+    async def queue_run_writes(self, pipe: Any, writes: RunWrites) -> int | None:
+        """Queue `writes` on `pipe` (a non-transactional pipeline of this cache's client):
+        how many commands were queued (0: nothing to write), or None when Redis is skipped
+        now (their keys are then dropped once it answers again). The pipeline's owner
+        hands their replies to `run_writes_sent`."""
+        keys, calls = self._run_write_calls(writes)
+        if not keys:
+            return 0
+        if not await self._ready():
+            self._dirty.update(keys)
+            return None
+        for script, script_keys, args in calls:
+            await script(keys=script_keys, args=args, client=pipe)
+        return len(calls)
+
+    def run_writes_sent(self, writes: RunWrites, replies: Sequence[Any] | BaseException) -> None:
+        """The outcome of `queue_run_writes`' commands: their replies, or the exception the
+        pipeline raised."""
+        if isinstance(replies, BaseException):
+            failure: BaseException | None = replies
+        else:
+            failure = next((r for r in replies if isinstance(r, BaseException)), None)
+        if failure is None:
+            self._guard.succeeded()
+            return
+        keys = [self.run_key(run.id) for run in writes.runs]
+        keys += [self.run_key(run_id) for run_id, _ in writes.last_seqs]
+        self._write_failed("run_writes", failure, *keys)
+
+    def _run_write_calls(
+        self, writes: RunWrites
+    ) -> tuple[list[str], list[tuple[AsyncScript, list[str], list[bytes | int]]]]:
+        """The keys of `writes` and its script calls `(script, keys, args)`, at most
+        `_MANY_KEYS` keys each."""
+        calls: list[tuple[AsyncScript, list[str], list[bytes | int]]] = []
+        all_keys: list[str] = []
+        for script, keys, per_key, prefix in (
+            (
+                self._set_many_if_newer,
+                [self.run_key(run.id) for run in writes.runs],
+                [(run_version(run), run.SerializeToString()) for run in writes.runs],
+                [self._ttl_ms],
+            ),
+            (
+                self._advance_last_seq,
+                [self.run_key(run_id) for run_id, _ in writes.last_seqs],
+                [
+                    (b"%020d" % last_seq, run_pb2.Run(last_seq=last_seq).SerializeToString())
+                    for _, last_seq in writes.last_seqs
+                ],
+                [],
+            ),
+        ):
+            all_keys += keys
+            for start in range(0, len(keys), _MANY_KEYS):
+                args: list[bytes | int] = list(prefix)
+                for pair in per_key[start : start + _MANY_KEYS]:
+                    args += pair
+                calls.append((script, keys[start : start + _MANY_KEYS], args))
+        return all_keys, calls
 
     async def _per_run_scripts(
         self,

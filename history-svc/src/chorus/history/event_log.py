@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from chorus.core.logging import get_logger
 from chorus.history import metrics
+from chorus.history.cache import RedisCache, RunWrites
 from chorus.history.redis_guard import ERRORS, RedisGuard
 from chorus.history.redis_guard import client as redis_client
 from chorus.history.settings import Settings
@@ -109,11 +110,18 @@ class EventLog(abc.ABC):
         """Add a committed batch (seqs `first_seq`…). Never raises: a failure is logged,
         counted, and left to the watchers' gap filling."""
 
-    async def publish_many(self, batches: Sequence[tuple[str, int, Sequence[bytes]]]) -> None:
-        """`publish` for each `(run_id, first_seq, payloads)` (one round trip where the log
-        is remote). Never raises."""
+    async def publish_many(
+        self,
+        batches: Sequence[tuple[str, int, Sequence[bytes]]],
+        writes: RunWrites | None = None,
+    ) -> None:
+        """`publish` for each `(run_id, first_seq, payloads)`, and the cached records'
+        `writes` of those batches (one round trip for both where the log and the cache are
+        Redis). Never raises."""
         for run_id, first_seq, payloads in batches:
             await self.publish(run_id, first_seq, payloads)
+        if writes is not None:
+            await writes.send()
 
     @abc.abstractmethod
     async def drop(self, run_ids: Sequence[str]) -> None:
@@ -294,18 +302,27 @@ class RedisEventLog(EventLog):
             metrics.EVENT_LOG_PUBLISH_FAILURES.inc()
             log.debug("event_log_out_of_order", run_id=run_id, last_seq=last, error=str(results[0]))
 
-    async def publish_many(self, batches: Sequence[tuple[str, int, Sequence[bytes]]]) -> None:
+    async def publish_many(
+        self,
+        batches: Sequence[tuple[str, int, Sequence[bytes]]],
+        writes: RunWrites | None = None,
+    ) -> None:
         batches = [b for b in batches if b[2]]
-        if not batches:
-            return
-        if not self._guard.usable():
-            metrics.EVENT_LOG_PUBLISH_FAILURES.inc(len(batches))
+        if writes is not None and not isinstance(writes.cache, RedisCache):
+            await writes.send()  # not on this client
+            writes = None
+        if not batches or not self._guard.usable():
+            if batches:
+                metrics.EVENT_LOG_PUBLISH_FAILURES.inc(len(batches))
+            if writes is not None:
+                await writes.send()  # (marks their keys stale if Redis is skipped)
             return
         # A delta flush carries a batch for every live run: one script call per
         # `_MANY_RUNS` runs instead of an XADD and a PEXPIRE each (commands and replies were
         # most of history-svc's Redis time under 300 slow streams).
         small = [b for b in batches if len(b[2]) <= _MANY_EVENTS]
         large = [b for b in batches if len(b[2]) > _MANY_EVENTS]
+        queued: int | None = 0
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for start in range(0, len(small), _MANY_RUNS):
@@ -323,11 +340,19 @@ class RedisEventLog(EventLog):
                     fields = {str(seq): data for seq, data in enumerate(payloads, first_seq)}
                     pipe.xadd(key, fields, id=f"{last}-0", maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
                     pipe.pexpire(key, self._ttl_ms)
+                # The cached records' writes go last, on the same round trip.
+                if writes is not None:
+                    queued = await cast(RedisCache, writes.cache).queue_run_writes(pipe, writes)
                 results = await pipe.execute(raise_on_error=False)
         except ERRORS as exc:
             self._guard.failed("publish", exc)
             metrics.EVENT_LOG_PUBLISH_FAILURES.inc(len(batches))
+            if writes is not None and queued:
+                cast(RedisCache, writes.cache).run_writes_sent(writes, exc)
             return
+        if writes is not None and queued:
+            cast(RedisCache, writes.cache).run_writes_sent(writes, results[-queued:])
+            results = results[:-queued]
         scripts = -(-len(small) // _MANY_RUNS)
         failed = [r for r in results[:scripts] if isinstance(r, Exception)]
         if failed:  # a script call itself failed: none of its entries is known to be added

@@ -627,9 +627,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             # so whoever learns of the end from the caller reads the final record.
             writes = [self._cache.put_run(result.run)] if result.run is not None else []
             if result.new_payloads:
-                writes.append(
-                    self._log.publish(run_id, result.first_new_seq, result.new_payloads)
-                )
+                writes.append(self._log.publish(run_id, result.first_new_seq, result.new_payloads))
             await asyncio.gather(*writes)
         return pb.AppendRunEventsResponse(
             last_seq=result.last_seq, run=result.run if update is not None else None
@@ -752,11 +750,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         (`runs`, read by the store) or only their new last seq (`advanced`: `(run_id,
         last_seq)`). None raises (a failure is logged and counted, and the store stays the
         truth)."""
-        await asyncio.gather(
-            self._log.publish_many(published),
-            self._cache.put_runs(runs),
-            self._cache.advance_runs(advanced),
-        )
+        await self._log.publish_many(published, self._cache.run_writes(runs, advanced))
 
     async def drain(self) -> None:
         """Wait for the Redis writes of the delta batches already answered (at shutdown)."""

@@ -30,7 +30,9 @@ from chorus.history.stores.base import (
     AppendedEvents,
     AppendedMessages,
     BatchOutcome,
+    Checkpoint,
     EventWrite,
+    RunUpdate,
     StartedRun,
     database_unavailable,
 )
@@ -233,6 +235,37 @@ class PostgresStore(SqlStore):
         for msg in added:
             msg.position += before
         return AppendedMessages(self._conversation(row), list(added), added)
+
+    async def append_events(
+        self,
+        run_id: str,
+        owner: str | None,
+        batch: Batch,
+        update: RunUpdate | None = None,
+        *,
+        lease_epoch: int = 0,
+        checkpoint: Checkpoint | None = None,
+    ) -> AppendedEvents:
+        """See `Store.append_events`. A batch without record fields or checkpoint that
+        continues its run's log (a writer's next lifecycle events: the usual case) is one
+        statement (`_APPEND_CONTINUING`, as AppendRunEventBatches stores its batches): one
+        round trip instead of BEGIN, lock, insert, COMMIT. Its result has no `run` (the
+        record is not read: only its last seq moved). Anything else — a repeat, a gap, a
+        lost lease, an ended, unknown or foreign run — goes through the transaction, which
+        applies every rule and explains a refusal."""
+        if update is None and checkpoint is None and batch.payloads:
+            write = EventWrite(run_id, batch, lease_epoch)
+            async with self._session() as conn:
+                try:
+                    appended = await self._append_continuing(conn, [write], owner)
+                except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+                    appended = {}  # nothing of the statement was written
+            if run_id in appended:
+                # The log ended right before the batch: it ends at its last seq now.
+                return AppendedEvents(batch.last_seq, batch.first_seq, list(batch.payloads), None)
+        return await super().append_events(
+            run_id, owner, batch, update, lease_epoch=lease_epoch, checkpoint=checkpoint
+        )
 
     async def append_event_batches(
         self, batches: Sequence[EventWrite], owner: str | None
