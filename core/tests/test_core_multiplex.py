@@ -1,6 +1,6 @@
 """`chorus.core.multiplex`: the server side's gathering of keyed streams into responses
 (order, response size cap, per-stream buffer, pause / resume, stop, errors, the response
-window), the client side's acknowledgements and the rule of whom a request acts for. The
+window, the tick between responses of a busy call), the client side's acknowledgements and the rule of whom a request acts for. The
 gRPC side is covered where it is used (provider-svc's StreamChats, orchestrator-svc's
 WatchRuns, the gateway's SSE and WebSocket streams)."""
 
@@ -230,6 +230,83 @@ async def test_a_window_is_not_waited_on_once_the_client_half_closed() -> None:
     gate.set()
     ((_, items, status),) = await h.next()
     assert items == [1] and status is not None and status.code == 0
+
+
+async def test_on_a_busy_call_news_within_a_tick_leaves_in_one_response_at_the_ticks_end() -> None:
+    tick = 0.3
+    h = Harness(tick_s=tick, idle_s=60)
+    loop = asyncio.get_running_loop()
+    gates = {key: asyncio.Event() for key in (1, 2, 3)}
+
+    def stream(key: int) -> Any:
+        async def produce(outbox: Outbox[int]) -> None:
+            await outbox.put(key * 10)  # a stream's first item: sent at once
+            await gates[key].wait()
+            await outbox.put(key * 10 + 1)  # not idle: waits for the tick
+
+        return produce
+
+    def open_all() -> None:
+        for key in gates:
+            h.server.open(key, stream(key))
+
+    h.send(open_all)
+    first: list[int] = []
+    while len(first) < 3:
+        response = await h.next()
+        first += [item for _, items, _ in response for item in items]
+        sent_at = loop.time()
+    assert sorted(first) == [10, 20, 30]
+    for gate in gates.values():  # one stream's news per loop turn, as tokens come in
+        gate.set()
+        await asyncio.sleep(0)
+    response = await h.next()
+    assert sorted(item for _, items, _ in response for item in items) == [11, 21, 31]
+    assert loop.time() - sent_at >= tick * 0.9  # it waited for the tick's end
+
+
+async def test_the_first_item_of_an_idle_stream_does_not_wait_for_the_tick() -> None:
+    h = Harness(tick_s=60, idle_s=60)  # a tick no test would wait for
+    more = asyncio.Event()
+
+    async def busy(outbox: Outbox[int]) -> None:
+        await outbox.put(1)
+        await more.wait()
+        await outbox.put(2)  # within the tick and not idle: held
+        await asyncio.Event().wait()
+
+    async def newcomer(outbox: Outbox[int]) -> None:
+        await outbox.put(100)
+        await asyncio.Event().wait()
+
+    h.send(lambda: h.server.open(1, busy))
+    assert await h.next() == [(1, [1], None)]  # the call was quiet: at once
+    more.set()
+    waiting = asyncio.ensure_future(h.next())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # stream 1's second item waits for the tick
+    h.send(lambda: h.server.open(2, newcomer))
+    async with asyncio.timeout(5):
+        response = await waiting
+    # the newcomer's first item went at once, taking what the call held with it
+    assert sorted((key, tuple(items)) for key, items, _ in response) == [(1, (2,)), (2, (100,))]
+    h.server.stop(1)
+    h.server.stop(2)
+
+
+async def test_a_stream_whose_buffer_is_full_does_not_wait_for_the_tick() -> None:
+    h = Harness(tick_s=60, idle_s=60, buffer_items=3)
+
+    async def produce(outbox: Outbox[int]) -> None:
+        for item in range(9):
+            await outbox.put(item)
+        await asyncio.Event().wait()
+
+    h.send(lambda: h.server.open(1, produce))
+    responses = [await h.next() for _ in range(3)]
+    assert responses == [[(1, [0, 1, 2], None)], [(1, [3, 4, 5], None)], [(1, [6, 7, 8], None)]]
+    h.server.stop(1)
 
 
 class FakeCall:

@@ -319,6 +319,41 @@ async def test_calls_in_flight_at_once_never_carry_two_batches_of_one_run() -> N
     await flusher.close()
 
 
+async def test_deltas_within_the_tick_wait_for_its_end_and_go_in_one_call() -> None:
+    tick = 0.3
+    store = Store()
+    flusher = DeltaFlusher(store.many, tick_s=tick)
+    logs = [new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(3)]
+    loop = asyncio.get_running_loop()
+    for log in logs:  # each run's first delta: at once, in one call
+        log.emit_delta(delta())
+    started = loop.time()
+    await wait_for(lambda: all(log.stored_seq == 1 for log in logs), timeout=2)
+    for log in logs:  # the next tokens, one run per loop turn: within the tick
+        log.emit_delta(delta())
+        await asyncio.sleep(0)
+    await wait_for(lambda: all(log.stored_seq == 2 for log in logs), timeout=2)
+    assert loop.time() - started >= tick * 0.9  # they waited for the tick's end
+    assert [sorted(call) for call in store.calls] == [[g.run_id for g in logs]] * 2
+    await flusher.close()
+
+
+async def test_the_first_delta_of_a_turn_does_not_wait_for_the_tick() -> None:
+    store = Store()
+    flusher = DeltaFlusher(store.many, tick_s=60)  # a tick no test would wait for
+    busy, quiet = (new_log(store, flusher=flusher, run_id=f"run-{i}") for i in range(2))
+    busy.emit_delta(delta())
+    await wait_for(lambda: busy.stored_seq == 1, timeout=2)
+    busy.emit_delta(delta())  # a stream's next token within the tick: held
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert busy.stored_seq == 1
+    quiet.emit_delta(delta())  # another run's first delta: at once, with what was held
+    await wait_for(lambda: quiet.stored_seq == 1 and busy.stored_seq == 2, timeout=5)
+    assert [sorted(call) for call in store.calls] == [["run-0"], ["run-0", "run-1"]]
+    await flusher.close()
+
+
 async def test_calls_are_split_at_the_flushers_batch_and_event_limits() -> None:
     store = Store()
     flusher = DeltaFlusher(store.many, max_batches=3, max_events=4)

@@ -12,10 +12,15 @@ per stream, items in order; a stream's last update carries its `google.rpc.Statu
 the error that ended that stream only).
 
 Server (`MultiplexServer`): a producer task per stream `put`s items into its `Outbox`; one
-sender builds a response from every outbox with news each time it runs — under load the
-event loop runs many producers between two sends, so messages carry many streams' items;
-when idle an item goes out at once (no added wait). An outbox holds at most `buffer_items`
-unsent items, then its producer waits; a paused stream sends nothing until resumed.
+sender builds a response from every outbox with news. It sends at most one response per
+`tick_s` (default `TICK_S`, 5 ms): news that comes within a tick of the last response waits
+for the tick's end and leaves with everything else gathered by then, so many slow streams
+(100 runs × 20 tokens/s, each token its own item) cost ~200 responses/s, not one per item.
+Nothing waits when the call was quiet for a tick (a lone item goes out at once), nor for
+the first item of a stream that had nothing for `IDLE_S` (a run's first event, the first
+token of a turn: time to first token is not taxed), nor for a stream whose buffer is full.
+An outbox holds at most `buffer_items` unsent items, then its producer waits; a paused
+stream sends nothing until resumed.
 With a response window (`flow`, announced by the client) at most that many responses
 are out unacknowledged; news gathers meanwhile, so a reader that falls
 behind gets fewer, larger responses instead of a backlog of small ones (a grpc.aio reader
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -56,6 +62,12 @@ Resp = TypeVar("Resp")
 
 OK = status_pb2.Status(code=0)
 """The status of a stream that ended normally."""
+TICK_S = 0.005
+"""Default least time between two responses of a busy call, seconds (`MultiplexServer`)."""
+IDLE_S = 0.25
+"""A stream with nothing put for this long, seconds, sends its next item without waiting
+for the tick: longer than the gap between two tokens of any live model stream (≥ 4
+tokens/s), so only the first item of a stream or of a turn goes out at once."""
 
 Update = tuple[int, Sequence[Any], status_pb2.Status | None]
 """One stream's news in a response: key, items (in order), final status or None."""
@@ -86,7 +98,7 @@ def acting_user(caller: Identity, user: str) -> str:
 class Outbox(Generic[T]):
     """One stream of a multiplexed call on the server: its items not sent yet."""
 
-    __slots__ = ("_server", "items", "key", "paused", "status")
+    __slots__ = ("_last_put", "_server", "items", "key", "paused", "status")
 
     def __init__(self, server: MultiplexServer[T, Any], key: int) -> None:
         self._server = server
@@ -95,16 +107,24 @@ class Outbox(Generic[T]):
         self.status: status_pb2.Status | None = None
         """Set when the stream ended: its last update carries it."""
         self.paused = False
+        self._last_put = -math.inf  # loop time of the last put
 
     async def put(self, item: T) -> None:
         """Queue `item`; waits while the stream is paused or holds `buffer_items` unsent."""
         server = self._server
         items = self.items
         items.append(item)
-        if not self.paused and self.key not in server._news:
-            server._news[self.key] = self
-            server._wake.set()
-        if self.paused or len(items) >= server._buffer:
+        now = server._loop.time()
+        idle = now - self._last_put >= server._idle
+        self._last_put = now
+        full = len(items) >= server._buffer
+        if not self.paused:
+            if self.key not in server._news:
+                server._news[self.key] = self
+                server._wake_sender(urgent=idle)
+            if full:
+                server._wake_sender(urgent=True)
+        if self.paused or full:
             await server._wait_space(self)
 
 
@@ -115,6 +135,10 @@ class MultiplexServer(Generic[T, Resp]):
         build: one response from the updates gathered for it.
         buffer_items: unsent items one stream may hold before its producer waits.
         max_items: most items in one response; the rest go in the next.
+        tick_s: least time between two responses, seconds, but for the first item of an
+            idle stream and a full buffer (module docstring); 0: each response leaves as
+            soon as the sender runs.
+        idle_s: a stream with nothing put for this long sends its next item at once.
     """
 
     def __init__(
@@ -123,10 +147,18 @@ class MultiplexServer(Generic[T, Resp]):
         *,
         buffer_items: int = 256,
         max_items: int = 4096,
+        tick_s: float = TICK_S,
+        idle_s: float = IDLE_S,
     ) -> None:
         self._build = build
         self._buffer = buffer_items
         self._max_items = max_items
+        self._tick = tick_s
+        self._idle = idle_s
+        self._loop = asyncio.get_running_loop()
+        self._sent_at = -math.inf  # loop time the last response was built
+        self._urgent = False  # news that must not wait for the tick
+        self._ticking = False  # the sender waits for the tick's end
         self._outboxes: dict[int, Outbox[T]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._on_stop: dict[int, Callable[[], None]] = {}
@@ -171,11 +203,18 @@ class MultiplexServer(Generic[T, Resp]):
             ChorusError: `handle` raised it (a request broke the protocol): the call ends.
         """
         reader = asyncio.create_task(self._read(requests, handle))
+        loop = self._loop
         try:
             while True:
                 if self._fatal is not None:
                     raise self._fatal
                 if self._news and (not self._window or self._in_flight < self._window):
+                    due = self._sent_at + self._tick
+                    if not self._urgent and loop.time() < due:
+                        await self._tick_end(due)
+                        continue
+                    self._urgent = False
+                    self._sent_at = loop.time()
                     self._in_flight += 1
                     yield self._response()
                     continue
@@ -187,6 +226,27 @@ class MultiplexServer(Generic[T, Resp]):
             reader.cancel()
             for key in list(self._tasks):
                 self.stop(key)
+
+    def _wake_sender(self, *, urgent: bool) -> None:
+        """News: the sender runs now, or at the tick's end when it waits for it and the
+        news is not `urgent`."""
+        if urgent:
+            self._urgent = True
+            self._wake.set()
+        elif not self._ticking:
+            self._wake.set()
+
+    async def _tick_end(self, due: float) -> None:
+        """Until loop time `due`, or earlier when urgent news, an acknowledgement or the
+        client's half-close wakes the sender."""
+        self._ticking = True
+        self._wake.clear()
+        timer = self._loop.call_at(due, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
+            self._ticking = False
 
     async def _read(self, requests: AsyncIterator[Req], handle: Callable[[Req], None]) -> None:
         try:
@@ -253,7 +313,7 @@ class MultiplexServer(Generic[T, Resp]):
             outbox.paused = False
             if outbox.items or outbox.status is not None:
                 self._news[key] = outbox
-                self._wake.set()
+                self._wake_sender(urgent=False)
             self._release(key)
 
     async def _produce(
@@ -281,7 +341,8 @@ class MultiplexServer(Generic[T, Resp]):
         outbox.status = status
         if not outbox.paused:
             self._news[outbox.key] = outbox
-            self._wake.set()
+            # A stream that ends before its first item (a refused request) is answered at once.
+            self._wake_sender(urgent=outbox._last_put == -math.inf)
 
     async def _wait_space(self, outbox: Outbox[T]) -> None:
         """Until the stream is resumed and its unsent items are below the buffer."""

@@ -28,6 +28,7 @@ Hot path (`emit_delta`): no task, no timer, no await — one list append and one
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 log = get_logger("chorus.orchestrator.events")
 
+IDLE_S = 0.25
+"""A delta after this long without one, seconds, is the first of a turn: the flusher sends
+it without waiting for its tick (`chorus.orchestrator.flusher`)."""
 MAX_APPEND_BATCH = 1000
 """Events per AppendRunEvents call (history-svc's limit)."""
 TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
@@ -117,6 +121,7 @@ class RunEventLog:
         self._barrier: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Future[None] | None = None  # the flusher's batch
         self._waiter: asyncio.Future[None] | None = None
+        self._last_delta = -math.inf  # loop time of the last emit_delta
         self.ended = False
         """True once the terminal event was emitted."""
         self.closed = False
@@ -169,7 +174,8 @@ class RunEventLog:
         return list(events)
 
     def emit_delta(self, event: run_pb2.RunEvent) -> None:
-        """Emit a token delta now; it is stored with the next batch (≤ flush interval).
+        """Emit a token delta now; it is stored with the flusher's next call (≤ its tick
+        later; the first delta of a turn at once).
 
         Raises:
             RuntimeError: the run already ended.
@@ -177,7 +183,10 @@ class RunEventLog:
         if self.ended:
             raise RuntimeError("run already ended")
         self._publish(event)
-        self._flusher.mark(self)
+        now = self._loop.time()
+        idle = now - self._last_delta >= IDLE_S  # the first delta of a turn: no tick
+        self._last_delta = now
+        self._flusher.mark(self, urgent=idle)
 
     async def emit(
         self,

@@ -6,11 +6,14 @@ stream (a few tokens per second) across 1,000 runs must not cost one call (one d
 transaction) per delta. `RunEventLog.emit_delta` marks its log dirty (a set add); the
 flusher then sends the pending deltas of every dirty run as ONE
 HistoryService.AppendRunEventBatches call (several, concurrently, beyond `max_batches`
-runs or `max_events` events) — started in the next event-loop step while fewer than
-`MAX_CALLS_IN_FLIGHT` calls are under way, else as soon as one returns. This is a group
-commit: when idle, a delta waits for one call; under load, everything that arrived during
-the calls in flight goes in the next one, so the number of calls per second is bounded by
-history-svc's speed, not by the number of runs or deltas. A run has at most one batch in
+runs or `max_events` events) — started in the next event-loop step when no call started
+within the last `tick_s` (`FLUSH_TICK_S`, 5 ms) and fewer than `MAX_CALLS_IN_FLIGHT` calls
+are under way, else at the tick's end or as soon as one returns. This is a group commit:
+when idle, a delta waits for one call; under load, everything that arrived during the tick
+and the calls in flight goes in the next one, so the number of calls per second is bounded
+by the tick and history-svc's speed, not by the number of runs or deltas (100 runs × 20
+tokens/s each made ~1 call per delta before the tick). The first delta of a turn (a run
+with no delta for `chorus.orchestrator.events.IDLE_S`) does not wait for the tick. A run has at most one batch in
 flight (its later deltas wait for it), so its events are stored in order.
 
 Per run the order stays that of `RunEventLog`: the flusher skips a run whose lifecycle
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -52,6 +56,9 @@ RUNS_PER_CALL = 200
 """Runs per call the flusher sends (history-svc takes up to 1000)."""
 RETRY_AFTER_FAILURE_S = 0.5
 """Pause before a call that failed as a whole is tried again."""
+FLUSH_TICK_S = 0.005
+"""Least time between the starts of two calls, seconds, but for the first delta of a turn."""
+
 
 BatchWriter = Callable[
     [Sequence[tuple[str, int, Sequence[run_pb2.RunEvent]]]], Awaitable[Sequence[int | Exception]]
@@ -71,6 +78,8 @@ class DeltaFlusher:
             so its deltas stay in order.
         max_batches: runs per call.
         max_events: events per call, all runs together.
+        tick_s: least time between the starts of two calls, but for urgent marks; 0: a
+            call starts whenever fewer than `max_in_flight` are under way.
     """
 
     def __init__(
@@ -80,6 +89,7 @@ class DeltaFlusher:
         max_in_flight: int = MAX_CALLS_IN_FLIGHT,
         max_batches: int = RUNS_PER_CALL,
         max_events: int = MAX_EVENTS_PER_CALL,
+        tick_s: float = FLUSH_TICK_S,
     ) -> None:
         self._writer = writer
         self._max_in_flight = max_in_flight
@@ -89,11 +99,21 @@ class DeltaFlusher:
         self._starting = False  # a call's task exists but has not taken the dirty set yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._tick = tick_s
+        self._started_at = -math.inf  # loop time the last call's task was made
+        self._urgent = False  # a mark that does not wait for the tick
+        self._timer: asyncio.TimerHandle | None = None
 
-    def mark(self, run_log: RunEventLog) -> None:
-        """`run_log` has pending deltas: send them with the next call (at once when none
-        is in flight)."""
+    def mark(self, run_log: RunEventLog, *, urgent: bool = False) -> None:
+        """`run_log` has pending deltas: send them with the next call — at once when no
+        call started within the tick, or when `urgent` (the first delta of a turn)."""
         self._dirty.add(run_log)
+        if urgent:
+            self._urgent = True
+        self._schedule()
+
+    def _tick_end(self) -> None:
+        self._timer = None
         self._schedule()
 
     def _schedule(self) -> None:
@@ -105,8 +125,16 @@ class DeltaFlusher:
         ):  # the task's first step runs in the next loop step, so this step's marks go in
             # too; a task now, not a callback that makes one: one loop step less before the
             # first delta of a turn is on its way (TTFT)
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            due = self._started_at + self._tick
+            if now < due and not self._urgent:
+                if self._timer is None:
+                    self._timer = loop.call_at(due, self._tick_end)
+                return
+            self._started_at = now
             self._starting = True
-            task = asyncio.get_running_loop().create_task(self._flush_marked(), name="delta-flush")
+            task = loop.create_task(self._flush_marked(), name="delta-flush")
             self._tasks.add(task)
             task.add_done_callback(self._flushed)
 
@@ -124,6 +152,7 @@ class DeltaFlusher:
     async def flush(self) -> None:
         """Send the pending deltas of every marked run now."""
         dirty, self._dirty = self._dirty, set()
+        self._urgent = False  # the urgent marks are in this call
         calls: list[list[tuple[RunEventLog, list[run_pb2.RunEvent]]]] = [[]]
         events = 0
         for run_log in dirty:
@@ -178,6 +207,9 @@ class DeltaFlusher:
     async def close(self) -> None:
         """Stop scheduling calls and wait for (at most) the calls in flight to end."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task
