@@ -22,6 +22,7 @@ from typing import Any, ClassVar, cast
 import asyncpg
 
 from chorus.core.errors import ChorusError
+from chorus.history import codec
 from chorus.history import runs as run_rules
 from chorus.history.events import Batch
 from chorus.history.settings import Settings
@@ -193,6 +194,27 @@ class PostgresStore(SqlStore):
                 f"SELECT checkpoint FROM run_checkpoints WHERE run_id = $1",
                 *self._run_args(run),
             ),
+        )
+
+    async def _write_heartbeats(self, conn: Conn, runs: list[run_pb2.Run]) -> None:
+        # One statement for every run (not one per row), and only the columns a heartbeat
+        # changes (`_WRITE_HEARTBEATS`): the heartbeats of every live run come each second.
+        await conn.execute(
+            _WRITE_HEARTBEATS,
+            [r.id for r in runs],
+            [r.turns for r in runs],
+            [codec.usage_to_json(r.usage) for r in runs],
+            [r.owner_instance for r in runs],
+            [
+                us_to_datetime(r.heartbeat_time.ToMicroseconds())
+                if r.HasField("heartbeat_time")
+                else None
+                for r in runs
+            ],
+            [us_to_datetime(ts_to_us(r.start_time)) for r in runs],
+            [us_to_datetime(ts_to_us(r.update_time)) for r in runs],
+            [r.last_seq for r in runs],
+            [rows.run_record(r) for r in runs],
         )
 
     # Fast paths
@@ -407,6 +429,20 @@ _START_IN_NEW_CONVERSATION = (
 """The run start of `_start_in_new_conversation` as one statement: the conversation, the
 run, its messages and its events (the foreign keys between them are checked at the end of
 the statement, when every row is in)."""
+
+
+_WRITE_HEARTBEATS = (
+    "UPDATE runs SET turns = t.turns, usage = t.usage, owner_instance = t.owner_instance, "
+    "heartbeat_time = t.heartbeat_time, start_time = t.start_time, "
+    "update_time = t.update_time, last_seq = t.last_seq, record = t.record "
+    "FROM unnest($1::uuid[], $2::integer[], $3::jsonb[], $4::text[], $5::timestamptz[], "
+    "$6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::bytea[]) "
+    "AS t(id, turns, usage, owner_instance, heartbeat_time, start_time, update_time, "
+    "last_seq, record) WHERE runs.id = t.id"
+)
+"""The records of `_write_heartbeats`: the columns `runs.apply_heartbeats` may change
+(`HEARTBEAT_PATHS`, the start and update times, the serialized record); the others —
+status, input, answer, error, cancellation, pending input, lease epoch — stay as stored."""
 
 
 _APPEND_NEW_MESSAGES = (

@@ -591,8 +591,13 @@ class SqlStore(Store):
             outcomes = run_rules.apply_heartbeats(beats, stored, now_us)
             updated = [o[0] for o in outcomes if o is not None and o[1]]
             if updated:
-                await self._executemany(conn, self.UPDATE_RUN, [self._run_args(r) for r in updated])
+                await self._write_heartbeats(conn, updated)
         return outcomes
+
+    async def _write_heartbeats(self, conn: Conn, runs: list[run_pb2.Run]) -> None:
+        """Write the records `record_heartbeats` changed, their rows locked (a dialect may
+        write only the columns a heartbeat changes, in one statement)."""
+        await self._executemany(conn, self.UPDATE_RUN, [self._run_args(r) for r in runs])
 
     async def claim_run(
         self,
