@@ -16,8 +16,6 @@ from chorus.v1 import run_pb2
 
 _TEXT = 1
 _REASONING = 2
-_TextDelta = run_pb2.RunEvent.TextDelta
-_ReasoningDelta = run_pb2.RunEvent.ReasoningDelta
 _RunEvent = run_pb2.RunEvent
 
 
@@ -43,10 +41,11 @@ class DeltaStream:
         self._timer: asyncio.TimerHandle | None = None
 
     def _emit(self, kind: int, text: str) -> None:
+        event = _RunEvent(agent=self._agent)  # fields set in place: no sub-message copied
         if kind == _TEXT:
-            event = _RunEvent(agent=self._agent, text_delta=_TextDelta(text=text))
+            event.text_delta.text = text
         else:
-            event = _RunEvent(agent=self._agent, reasoning_delta=_ReasoningDelta(text=text))
+            event.reasoning_delta.text = text
         self._log.emit_delta(event)
 
     def _add(self, kind: int, piece: str) -> None:

@@ -34,8 +34,6 @@ from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from chorus.core.logging import get_logger
 from chorus.orchestrator import metrics
 from chorus.v1 import run_pb2
@@ -62,11 +60,6 @@ RejectionHandler = Callable[[Exception], None]
 def is_terminal(event: run_pb2.RunEvent) -> bool:
     """Whether `event` ends its run."""
     return event.WhichOneof("payload") in TERMINAL_PAYLOADS
-
-
-def _now() -> Timestamp:
-    ns = time.time_ns()
-    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
 class RunEventLog:
@@ -160,7 +153,8 @@ class RunEventLog:
     def _publish(self, event: run_pb2.RunEvent) -> None:
         event.run_id = self.run_id
         event.seq = self._next
-        event.time.CopyFrom(_now())
+        stamp, ns = event.time, time.time_ns()  # set in place: no Timestamp copied
+        stamp.seconds, stamp.nanos = divmod(ns, 1_000_000_000)
         self._next += 1
         self._pending.append(event)
 
