@@ -190,12 +190,16 @@ class Cache(abc.ABC):
                 await self.put_run(advanced)
 
     def run_writes(
-        self, runs: Sequence[run_pb2.Run], last_seqs: Sequence[tuple[str, int]]
+        self,
+        runs: Sequence[run_pb2.Run],
+        last_seqs: Sequence[tuple[str, int]],
+        conversations: Sequence[conversation_pb2.Conversation] = (),
     ) -> RunWrites:
-        """`put_runs(runs)` and `advance_runs(last_seqs)` as one `RunWrites`, to be sent on
-        its own (`RunWrites.send`) or, where the cache is Redis, queued on the live log's
-        pipeline (one round trip for a delta batch's log entries and cached records)."""
-        return RunWrites(self, runs, last_seqs)
+        """`put_runs(runs)`, `advance_runs(last_seqs)` and `put_conversation` of each of
+        `conversations` as one `RunWrites`, to be sent on its own (`RunWrites.send`) or,
+        where the cache is Redis, queued on the live log's pipeline (one round trip for a
+        batch's log entries and cached values)."""
+        return RunWrites(self, runs, last_seqs, conversations)
 
     async def put_run_start(
         self,
@@ -220,16 +224,23 @@ class RunWrites:
     and the keys are dropped once Redis answers again, as for any cache write."""
 
     def __init__(
-        self, cache: Cache, runs: Sequence[run_pb2.Run], last_seqs: Sequence[tuple[str, int]]
+        self,
+        cache: Cache,
+        runs: Sequence[run_pb2.Run],
+        last_seqs: Sequence[tuple[str, int]],
+        conversations: Sequence[conversation_pb2.Conversation] = (),
     ) -> None:
         self.cache = cache
         self.runs = runs
         self.last_seqs = last_seqs
+        self.conversations = conversations
 
     async def send(self) -> None:
         """Write them (one round trip per kind where the cache is remote)."""
         await asyncio.gather(
-            self.cache.put_runs(self.runs), self.cache.advance_runs(self.last_seqs)
+            self.cache.put_runs(self.runs),
+            self.cache.advance_runs(self.last_seqs),
+            *map(self.cache.put_conversation, self.conversations),
         )
 
 
@@ -507,6 +518,7 @@ class RedisCache(Cache):
             return
         keys = [self.run_key(run.id) for run in writes.runs]
         keys += [self.run_key(run_id) for run_id, _ in writes.last_seqs]
+        keys += [self.conversation_key(c.id) for c in writes.conversations]
         self._write_failed("run_writes", failure, *keys)
 
     def _run_write_calls(
@@ -539,6 +551,13 @@ class RedisCache(Cache):
                 for pair in per_key[start : start + _MANY_KEYS]:
                     args += pair
                 calls.append((script, keys[start : start + _MANY_KEYS], args))
+        for conversation in writes.conversations:
+            key = self.conversation_key(conversation.id)
+            all_keys.append(key)
+            version = conversation_version(conversation)
+            calls.append(
+                (self._set_if_newer, [key], [version, _framed(conversation), self._ttl_ms])
+            )
         return all_keys, calls
 
     async def _per_run_scripts(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -418,12 +418,20 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         if not started.created:
             await self._cache.put_run(started.run)
             return pb.RecordRunStartResponse(run=started.run, created=False)
-        changed = started.conversation if conversation is not None or started.added else None
-        writes = [self._cache.put_run_start(started.run, changed, started.added)]
         if started.payloads:
             metrics.EVENTS_APPENDED.inc(len(started.payloads))
-            writes.append(self._log.publish(started.run.id, 1, started.payloads))
-        await asyncio.gather(*writes)
+        if conversation is not None and started.conversation is not None:
+            # A new conversation: no cached value can be stale (its messages list is not
+            # cached until a read fills it), so the Redis writes — run, conversation, live
+            # log — follow the answer, in one round trip, as a delta batch's do.
+            published = [(started.run.id, 1, started.payloads)] if started.payloads else []
+            await self._after_answer(published, [started.run], [], [started.conversation])
+        else:
+            changed = started.conversation if started.added else None
+            writes = [self._cache.put_run_start(started.run, changed, started.added)]
+            if started.payloads:
+                writes.append(self._log.publish(started.run.id, 1, started.payloads))
+            await asyncio.gather(*writes)
         return pb.RecordRunStartResponse(
             run=started.run,
             created=True,
@@ -728,29 +736,34 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         published: list[tuple[str, int, list[bytes]]],
         runs: list[run_pb2.Run],
         advanced: list[tuple[str, int]],
+        conversations: Sequence[conversation_pb2.Conversation] = (),
     ) -> None:
         """`_share` in the background, so the call answers once the store committed; at
         most `MAX_WRITES_AFTER_ANSWER` calls' worth at a time, beyond that the caller
         waits for its own writes (backpressure: Redis is behind)."""
+        share = self._share(published, runs, advanced, conversations)
         if len(self._after_batches) < MAX_WRITES_AFTER_ANSWER:
-            task = asyncio.get_running_loop().create_task(self._share(published, runs, advanced))
+            task = asyncio.get_running_loop().create_task(share)
             self._after_batches.add(task)
             task.add_done_callback(self._after_batches.discard)
         else:
-            await self._share(published, runs, advanced)
+            await share
 
     async def _share(
         self,
         published: list[tuple[str, int, list[bytes]]],
         runs: list[run_pb2.Run],
         advanced: list[tuple[str, int]],
+        conversations: Sequence[conversation_pb2.Conversation] = (),
     ) -> None:
-        """A delta batch's writes to Redis once it is committed: the live log's entries
-        (the wake-up of watchers on every replica) and the cached records — whole
+        """Committed writes' Redis part, in one round trip: the live log's entries (the
+        wake-up of watchers on every replica) and the cached values — records whole
         (`runs`, read by the store) or only their new last seq (`advanced`: `(run_id,
-        last_seq)`). None raises (a failure is logged and counted, and the store stays the
-        truth)."""
-        await self._log.publish_many(published, self._cache.run_writes(runs, advanced))
+        last_seq)`), and new `conversations`. None raises (a failure is logged and
+        counted, and the store stays the truth)."""
+        await self._log.publish_many(
+            published, self._cache.run_writes(runs, advanced, conversations)
+        )
 
     async def drain(self) -> None:
         """Wait for the Redis writes of the delta batches already answered (at shutdown)."""
