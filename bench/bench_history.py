@@ -44,7 +44,7 @@ import grpc
 import redis
 from google.protobuf import field_mask_pb2
 
-from bench.harness import REDIS_URL, REPO, postgres_database, redis_prefix
+from bench.harness import REDIS_URL, REPO, _cpu_s, postgres_database, redis_prefix
 from chorus.core.identity import TOKEN_KEY, USER_KEY
 from chorus.core.testing import ServiceProcess
 from chorus.v1 import (
@@ -303,30 +303,130 @@ async def run_start(address: str, samples: int) -> dict[str, float]:
     }
 
 
+async def paced_cpu(address: str, pid: int, runs: int = 100) -> dict[str, float]:
+    """history-svc's CPU (ms, from /proc: user + system of process `pid`) per call of the
+    shapes a paced load sends it (issue 19: many live runs, one token per upstream event):
+    a run start in a new conversation (`runs` of them, 20 at a time); a lifecycle event
+    written alone with AppendRunEvents (every run, twice, 20 at a time); one token of 20
+    runs per AppendRunEventBatches call (the delta flusher under a paced load: a few runs
+    per call; per event); a RecordRunHeartbeats call for all `runs` runs (per run); a
+    run's end (terminal event and record, AppendRunEvents with `run`; 20 at a time).
+    The writes after an answer (Redis) are included: each phase ends when the process has
+    been idle for 0.2 s."""
+    out: dict[str, float] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = history_service_pb2_grpc.HistoryServiceStub(channel)
+
+        async def settle() -> None:
+            # the writes after the answer: wait until the process stops using CPU
+            last = _cpu_s(pid)
+            while True:
+                await asyncio.sleep(0.2)
+                now = _cpu_s(pid)
+                if now - last < 0.002:
+                    return
+                last = now
+
+        async def measured(name: str, calls: list[Any], per: int, concurrency: int) -> None:
+            await settle()
+            before = _cpu_s(pid)
+            for start in range(0, len(calls), concurrency):
+                await asyncio.gather(*(call() for call in calls[start : start + concurrency]))
+            await settle()
+            out[name] = round(1000 * (_cpu_s(pid) - before) / (len(calls) * per), 4)
+
+        def start_call(run_id: str) -> Any:
+            conversation_id = str(uuid.uuid4())
+            req = pb.RecordRunStartRequest(
+                conversation=conversation_pb2.Conversation(id=conversation_id, title="p"),
+                run=run_pb2.Run(
+                    id=run_id,
+                    conversation_id=conversation_id,
+                    spec=run_pb2.RunSpec(template="duet", input="paced"),
+                    status=run_pb2.RUN_STATUS_RUNNING,
+                ),
+                messages=[conversation_pb2.Message(role=chat_pb2.ROLE_USER, content="paced")],
+                events=[run_pb2.RunEvent(seq=1, run_started=run_pb2.RunEvent.RunStarted())],
+            )
+            return lambda: stub.RecordRunStart(req, metadata=METADATA)
+
+        def event_call(run_id: str, seq: int) -> Any:
+            req = pb.AppendRunEventsRequest(run_id=run_id, events=deltas(seq, 1), lease_epoch=1)
+            return lambda: stub.AppendRunEvents(req, metadata=METADATA)
+
+        def flush_call(run_ids: list[str], seq: int) -> Any:
+            req = pb.AppendRunEventBatchesRequest(
+                batches=[
+                    pb.AppendRunEventsRequest(run_id=r, events=deltas(seq, 1), lease_epoch=1)
+                    for r in run_ids
+                ]
+            )
+            return lambda: stub.AppendRunEventBatches(req, metadata=METADATA)
+
+        def beat_call(run_ids: list[str], seq: int) -> Any:
+            req = pb.RecordRunHeartbeatsRequest(
+                heartbeats=[
+                    pb.RunHeartbeat(
+                        run_id=r, owner_instance="bench", turns=1, last_seq=seq, lease_epoch=1
+                    )
+                    for r in run_ids
+                ]
+            )
+            return lambda: stub.RecordRunHeartbeats(req, metadata=METADATA)
+
+        def end_call(run_id: str, seq: int) -> Any:
+            req = pb.AppendRunEventsRequest(
+                run_id=run_id,
+                events=[
+                    run_pb2.RunEvent(
+                        seq=seq, run_completed=run_pb2.RunEvent.RunCompleted(final_answer="ok")
+                    )
+                ],
+                lease_epoch=1,
+                run=run_pb2.Run(status=run_pb2.RUN_STATUS_COMPLETED, final_answer="ok"),
+                update_mask=field_mask_pb2.FieldMask(paths=["status", "final_answer"]),
+            )
+            return lambda: stub.AppendRunEvents(req, metadata=METADATA)
+
+        ids = [str(uuid.uuid4()) for _ in range(runs)]
+        await measured("run_start_ms", [start_call(r) for r in ids], 1, 20)
+        lifecycle = [event_call(r, 2) for r in ids] + [event_call(r, 3) for r in ids]
+        await measured("lifecycle_event_ms", lifecycle, 1, 20)
+        groups = [ids[i : i + 20] for i in range(0, runs, 20)]
+        flushes = [flush_call(g, seq) for seq in range(4, 24) for g in groups]
+        await measured("flush_ms_per_event", flushes, 20, 1)
+        await measured("heartbeat_ms_per_run", [beat_call(ids, 23) for _ in range(20)], runs, 1)
+        await measured("run_end_ms", [end_call(r, 24) for r in ids], 1, 20)
+    return out
+
+
 def median_of(results: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
 
 
-async def bench(args: argparse.Namespace, a: str, b: str, prefix: str) -> dict[str, Any]:
+async def bench(args: argparse.Namespace, a: str, b: str, prefix: str, pid: int) -> dict[str, Any]:
     throughput: list[float] = []
     gets: list[dict[str, float]] = []
     watches: list[dict[str, float]] = []
     starts: list[dict[str, float]] = []
+    paced: list[dict[str, float]] = []
     for i in range(args.repeat):
         throughput.append(await append_throughput(a, runs=args.runs, batches=args.batches))
         gets.append(await get_conversation(a, prefix, args.samples))
         watches.append(await watch_latency(a, b, args.samples))
         starts.append(await run_start(a, args.samples))
+        paced.append(await paced_cpu(a, pid))
         print(
             f"  run {i + 1}/{args.repeat}: append {throughput[-1]:,.0f} events/s, "
             f"get hit {gets[-1]['hit_p50_ms']:.3f} ms / miss {gets[-1]['miss_p50_ms']:.3f} ms, "
             f"watch p50 {watches[-1]['p50_ms']:.3f} ms p99 {watches[-1]['p99_ms']:.3f} ms, "
             f"run start new {starts[-1]['new_conversation_p50_ms']:.3f} ms / join "
-            f"{starts[-1]['join_conversation_p50_ms']:.3f} ms",
+            f"{starts[-1]['join_conversation_p50_ms']:.3f} ms, CPU ms per call {paced[-1]}",
             file=sys.stderr,
         )
     get = median_of(gets)
     return {
+        "paced_cpu_ms": median_of(paced),
         "append_run_events": {
             "events_per_s_median": round(statistics.median(throughput)),
             "runs": [round(t) for t in throughput],
@@ -360,7 +460,7 @@ def one_side(args: argparse.Namespace, tree: Path | None) -> dict[str, Any]:
         ):
             assert a.address and b.address
             print(f"history-svc replicas at {a.address} and {b.address}", file=sys.stderr)
-            return asyncio.run(bench(args, a.address, b.address, prefix))
+            return asyncio.run(bench(args, a.address, b.address, prefix, a.proc.pid))
 
 
 COMPARED = {
@@ -370,6 +470,11 @@ COMPARED = {
     "watch p50 ms": ("watch_run_events_cross_replica", "p50_ms"),
     "run start (new conversation) p50 ms": ("record_run_start", "new_conversation_p50_ms"),
     "run start (join) p50 ms": ("record_run_start", "join_conversation_p50_ms"),
+    "CPU ms: run start": ("paced_cpu_ms", "run_start_ms"),
+    "CPU ms: lifecycle event": ("paced_cpu_ms", "lifecycle_event_ms"),
+    "CPU ms: flush, per event": ("paced_cpu_ms", "flush_ms_per_event"),
+    "CPU ms: heartbeat, per run": ("paced_cpu_ms", "heartbeat_ms_per_run"),
+    "CPU ms: run end": ("paced_cpu_ms", "run_end_ms"),
 }
 """The figures `--baseline-tree` compares: label → where `bench` reports it."""
 

@@ -45,11 +45,12 @@ from chorus.v1 import (
 )
 
 MAX_WRITES_AFTER_ANSWER = 64
-"""Delta batches whose Redis writes (live log, cached records) may still be under way after
-AppendRunEventBatches answered. The answer goes out once the store committed: the writer's
-watchers wait for it (issue 18, log before show) and Redis was a third of the handler's
-time; watchers on other replicas are woken by the live log a moment later, and whatever it
-misses they read from the store. Beyond this many, a call waits for its own writes."""
+"""Calls whose Redis writes (live log, cached records) may still be under way after they
+answered: AppendRunEventBatches, AppendRunEvents of events alone, RecordRunStart in a new
+conversation. The answer goes out once the store committed: the writer's watchers wait for
+it (issue 18, log before show) and Redis was a third of the handler's time; watchers on
+other replicas are woken by the live log a moment later, and whatever it misses they read
+from the store. Beyond this many, a call waits for its own writes."""
 _CONVERSATION_PATHS = ("title", "model", "team", "metadata")
 
 pb = history_service_pb2
