@@ -22,6 +22,28 @@ and measures, each in its own client process, `--repeats` times (medians reporte
 * the simulator at full speed (`sim-fast`, tokens_per_second 0): events/s to one gRPC client.
 
 Results go to `bench/results/provider-<UTC time>.json` and a table on stdout.
+
+    python -m bench.bench_provider paced [--base DIR] [--rounds 3] [--streams 100] ...
+
+provider-svc's own CPU per token at LLM pace, and a baseline tree's beside it (`--base`: a
+`git worktree`; a copy of its `provider-svc/src`, with this tree's `__main__.py` because the
+entry point follows `chorus.core`, goes first on the baseline process's PYTHONPATH;
+`chorus.core` is the current tree's for both). The upstream is `bench.paced_upstream` (each
+token its own SSE event, `--tps` tokens/s per stream). Per round, each variant in turn (the
+order alternates), measured by /proc CPU time of the provider-svc process only:
+
+* `chats`: `--streams` live streams over one StreamChats call with a response window of 1
+  (as the orchestrator calls it), closed loop for `--ramp-s` + `--hold-s` s: CPU s per 1,000
+  delivered tokens, lag p99;
+* `stream`: the same load as one StreamChat call per stream (`bench.paced_client`);
+* `starts`: `--starts` concurrent one-token streams over StreamChats, 5 times: CPU ms per
+  model call (request, upstream call, start/usage/finish events);
+* `fast`: 20 StreamChat streams x 500 tokens from the anchors' fake upstream at full speed
+  (deltas coalesced: one event carries every token of a network read): tokens/s and CPU s
+  per 1,000 tokens.
+
+Writes `bench/results/provider-paced-<UTC time>.json`; prints per-round figures, medians
+and new/base ratios.
 """
 
 from __future__ import annotations
@@ -30,6 +52,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -270,8 +293,283 @@ def main(argv: list[str]) -> None:
     print(f"written {out.relative_to(harness.REPO)}")
 
 
+# --- paced: CPU per token at LLM pace, baseline tree vs this one ---------------------------
+
+
+async def _chats_client(
+    address: str, streams: int, tokens: int, tps: float, ramp_s: float, hold_s: float, once: int
+) -> None:
+    """StreamChats load (window 1, like the orchestrator): closed loop over `streams` slots,
+    or with `once` > 0 each slot runs `once` streams in a row, all slots at once."""
+    import re
+
+    import grpc
+
+    from bench.load_client import MD, percentile
+    from chorus.core.multiplex import MultiplexClient
+    from chorus.v1 import chat_pb2, provider_service_pb2, provider_service_pb2_grpc
+
+    ps = provider_service_pb2
+    token = re.compile(rb" (\d+)@(\d+)")
+    request = ps.StreamChatRequest(
+        model=chat_pb2.ModelRef(provider="openai-compatible", model="sim"),
+        messages=[ps.ChatMessage(role=chat_pb2.ROLE_USER, content="hi")],
+        max_output_tokens=tokens,
+    )
+    lags: list[float] = []
+    ttfts: list[float] = []
+    tally = {"streams": 0, "tokens": 0, "events": 0, "responses": 0, "errors": 0}
+
+    class Sink:
+        def __init__(self) -> None:
+            self.done = asyncio.get_running_loop().create_future()
+            self.opened = time.time()
+            self.first = True
+
+        def deliver(self, items: Any) -> None:
+            now = time.time()
+            for event in items:
+                if event.WhichOneof("event") != "text_delta":
+                    continue
+                found = token.findall(event.text_delta.text.encode())
+                if not found:
+                    continue
+                tally["events"] += 1
+                if self.first:
+                    self.first = False
+                    ttfts.append(1000 * (now - self.opened))
+                for _, micros in found:
+                    tally["tokens"] += 1
+                    lags.append(1000 * now - int(micros) / 1000)
+
+        def end(self, error: BaseException | None) -> None:
+            if error is not None:
+                tally["errors"] += 1
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def unpack(response: Any) -> Any:
+        tally["responses"] += 1
+        return (
+            (u.stream_id, u.events, u.status if u.HasField("status") else None)
+            for u in response.updates
+        )
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = provider_service_pb2_grpc.ProviderServiceStub(channel)
+        client: MultiplexClient[Any] = MultiplexClient(
+            lambda requests: stub.StreamChats(requests, metadata=MD),
+            unpack,
+            "StreamChats",
+            flow=lambda w, a: ps.StreamChatsRequest(response_window=w, acknowledged=a),
+            window=1,
+        )
+
+        async def one() -> None:
+            sink = Sink()
+            tally["streams"] += 1
+            client.open(sink, lambda key: ps.StreamChatsRequest(stream_id=key, open=request))
+            await sink.done
+
+        began = time.monotonic()
+
+        async def slot(k: int) -> None:
+            if once:
+                for _ in range(once):
+                    await one()
+                return
+            await asyncio.sleep(k * ramp_s / streams)
+            while time.monotonic() - began < ramp_s + hold_s:
+                await one()
+
+        await asyncio.gather(*(slot(k) for k in range(streams)))
+        client.close()
+    print(
+        json.dumps(
+            {
+                **tally,
+                "lag_p50_ms": round(statistics.median(lags), 2) if lags else None,
+                "lag_p99_ms": round(percentile(lags, 0.99), 2) if lags else None,
+                "ttft_p50_ms": round(statistics.median(ttfts), 2) if ttfts else None,
+                "ttft_p99_ms": round(percentile(ttfts, 0.99), 2) if ttfts else None,
+            }
+        )
+    )
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _metered(pid: int, cmd: list[str]) -> tuple[dict[str, Any], float]:
+    """Run the client `cmd`; its JSON result and process `pid`'s CPU seconds meanwhile."""
+    before = _cpu_s(pid)
+    out = _run_json(cmd)
+    return out, _cpu_s(pid) - before
+
+
+def paced(argv: list[str]) -> None:
+    """The `paced` subcommand (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="bench_provider paced")
+    parser.add_argument("--base", help="a baseline tree (git worktree) to compare with")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--tps", type=float, default=20.0)
+    parser.add_argument("--ramp-s", type=float, default=5.0)
+    parser.add_argument("--hold-s", type=float, default=10.0)
+    parser.add_argument("--starts", type=int, default=100)
+    parser.add_argument(
+        "--only", default="chats,stream,starts,fast", help="comma-separated scenarios"
+    )
+    args = parser.parse_args(argv)
+    scenarios = args.only.split(",")
+
+    from chorus.core.testing import ServiceProcess
+
+    with ExitStack() as stack:
+        upstream = stack.enter_context(harness.paced_upstream(args.tps, args.tokens))
+        fast_upstream = stack.enter_context(harness.upstream())
+        models = Path(tempfile.mkdtemp(prefix="bench-provider-")) / "models.yaml"
+        models.write_text(
+            "models:\n  - provider: openai\n    name: sim\n    context_window: 8192\n"
+        )
+        env = {
+            "CHORUS_DEV_MODE": "true",
+            "CHORUS_PROVIDER_PORT": "0",
+            "CHORUS_OPENAI_COMPATIBLE_BASE_URL": upstream.url,
+            "CHORUS_OPENAI_COMPATIBLE_MODELS": '["sim"]',
+            "CHORUS_OPENAI_API_KEY": "sk-fake",
+            "CHORUS_OPENAI_BASE_URL": fast_upstream,
+            "CHORUS_MODELS_FILE": str(models),
+        }
+        variants: dict[str, tuple[int, str]] = {}
+        trees = {"new": None, "base": args.base} if args.base else {"new": None}
+        if args.base:  # the baseline's code with this tree's entry point (it follows core's)
+            overlay = Path(tempfile.mkdtemp(prefix="bench-provider-base-")) / "src"
+            shutil.copytree(Path(args.base) / "provider-svc" / "src", overlay)
+            main_py = "chorus/provider/__main__.py"
+            shutil.copy(harness.REPO / "provider-svc" / "src" / main_py, overlay / main_py)
+            trees["base"] = str(overlay)
+        for name, tree in trees.items():
+            extra = (
+                {"PYTHONPATH": os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))}
+                if tree
+                else {}
+            )
+            service = ServiceProcess("chorus.provider", env={**env, **extra})
+            stack.callback(service.stop)
+            variants[name] = (service.proc.pid, service.wait_ready(60))
+        n, tok = args.streams, args.tokens
+        chats = [PY, "-m", "bench.bench_provider", "chats-client"]
+        for _pid, address in variants.values():  # warm-up: connections, lazy imports
+            _run_json([*chats, address, "10", "5", str(args.tps), "0", "0", "1"])
+            _grpc(address, 2, 10, 1, "openai/sim")
+
+        def measure(name: str, scenario: str) -> dict[str, Any]:
+            pid, address = variants[name]
+            if scenario == "chats":
+                out, cpu = _metered(
+                    pid,
+                    [
+                        *chats,
+                        address,
+                        str(n),
+                        str(tok),
+                        str(args.tps),
+                        str(args.ramp_s),
+                        str(args.hold_s),
+                        "0",
+                    ],
+                )
+            elif scenario == "stream":
+                out, cpu = _metered(
+                    pid,
+                    [
+                        PY,
+                        "-m",
+                        "bench.paced_client",
+                        "provider",
+                        address,
+                        str(n),
+                        str(tok),
+                        "--tps",
+                        str(args.tps),
+                        "--ramp-s",
+                        str(args.ramp_s),
+                        "--hold-s",
+                        str(args.hold_s),
+                    ],
+                )
+            elif scenario == "starts":
+                out, cpu = _metered(
+                    pid, [*chats, address, str(args.starts), "1", str(args.tps), "0", "0", "5"]
+                )
+                out["cpu_ms_per_call"] = round(1000 * cpu / max(1, out["streams"]), 3)
+            else:
+                before = _cpu_s(pid)
+                out = _grpc(address, 20, 500, 1, "openai/sim")
+                cpu = _cpu_s(pid) - before
+            out["cpu_s"] = round(cpu, 3)
+            out["cpu_s_per_1k_tokens"] = round(1000 * cpu / max(1, out["tokens"]), 4)
+            return out
+
+        rounds: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            row: dict[str, Any] = {}
+            for scenario in scenarios:
+                for name in order:
+                    row.setdefault(scenario, {})[name] = out = measure(name, scenario)
+                    keys = (
+                        "cpu_s_per_1k_tokens",
+                        "cpu_ms_per_call",
+                        "tokens_per_s",
+                        "lag_p99_ms",
+                        "responses",
+                        "tokens",
+                        "errors",
+                        "lost",
+                    )
+                    shown = {k: out[k] for k in keys if k in out}
+                    print(f"round {r + 1} {scenario} {name}: {shown}", flush=True)
+            rounds.append(row)
+    medians: dict[str, Any] = {}
+    for scenario in scenarios:
+        for key in ("cpu_s_per_1k_tokens", "cpu_ms_per_call", "tokens_per_s", "lag_p99_ms"):
+            per = {
+                name: statistics.median(r[scenario][name][key] for r in rounds)
+                for name in variants
+                if key in rounds[0][scenario][name]
+            }
+            if not per:
+                continue
+            medians.setdefault(scenario, {})[key] = per
+            if per.get("base"):
+                per["new/base"] = round(per["new"] / per["base"], 3)
+    print(json.dumps(medians, indent=2))
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    out = harness.RESULTS / f"provider-paced-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps({"args": vars(args), "medians": medians, "rounds": rounds}, indent=2))
+    print(f"written {out.relative_to(harness.REPO)}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "grpc-client":
+    if len(sys.argv) > 1 and sys.argv[1] == "chats-client":
+        import uvloop
+
+        a = sys.argv[2:]
+        uvloop.run(
+            _chats_client(
+                a[0], int(a[1]), int(a[2]), float(a[3]), float(a[4]), float(a[5]), int(a[6])
+            )
+        )
+    elif len(sys.argv) > 1 and sys.argv[1] == "paced":
+        paced(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "grpc-client":
         import uvloop
 
         _, _, address, conc, ntok, reps, model = sys.argv

@@ -29,18 +29,18 @@ import httpx2
 import orjson
 
 from chorus.provider.backends.base import (
+    READ_ERRORS,
     Backend,
     Call,
+    Deltas,
     Event,
     StreamResult,
     UpstreamError,
     bad_shape,
+    body_reader,
+    disconnected,
     error_from_http,
     finish_reason_of,
-    merge_deltas,
-    reasoning_event,
-    relay_upstream,
-    text_event,
     unreachable,
 )
 from chorus.provider.models import ProviderSpec, Usage
@@ -151,8 +151,8 @@ class _EventState:
         self.stop_reason: str | None = None
         self.stopped = False
 
-    def handle(self, name: str, data: bytes, out: list[Event]) -> None:
-        """Append the events of one SSE event to `out`.
+    def handle(self, name: str, data: bytes, out: Deltas) -> None:
+        """Add the events of one SSE event to `out`.
 
         Raises:
             UpstreamError: an event that is not JSON, or an `error` event.
@@ -173,25 +173,25 @@ class _EventState:
                 text = delta.get("text")
                 if text:
                     result.output_chars += len(text)
-                    out.append(text_event(text))
+                    out.text(text)
             elif kind == "thinking_delta":
                 thinking = delta.get("thinking")
                 if thinking:
                     result.output_chars += len(thinking)
-                    out.append(reasoning_event(thinking))
+                    out.reasoning(thinking)
             elif kind == "input_json_delta":
-                out += self.tools.fragment(obj["index"], "", "", delta.get("partial_json") or "")
+                out.add(self.tools.fragment(obj["index"], "", "", delta.get("partial_json") or ""))
         elif name == "content_block_start":
             block = obj["content_block"]
             index = obj["index"]
             self.kinds[index] = block.get("type", "")
             if self.kinds[index] == "tool_use":
-                out += self.tools.fragment(index, block.get("id", ""), block["name"], "")
+                out.add(self.tools.fragment(index, block.get("id", ""), block["name"], ""))
         elif name == "content_block_stop":
             if self.kinds.get(obj["index"]) == "tool_use":
                 end = self.tools.end(obj["index"])
                 if end is not None:
-                    out.append(end)
+                    out.add([end])
         elif name == "message_start":
             message = obj.get("message") or {}
             result.response_id = message.get("id") or ""
@@ -275,33 +275,32 @@ class AnthropicBackend(Backend):
             ) from None
         except anthropic.APIConnectionError as err:  # refused, reset, DNS, connect timeout
             raise unreachable(self.provider.name, err) from None
+        name = self.provider.name
         response = sdk_stream.response
-        async for event in relay_upstream(
-            self.provider.name, response, self._decode(response, result)
-        ):
-            yield event
-
-    async def _decode(
-        self, response: httpx2.Response, result: StreamResult
-    ) -> AsyncGenerator[Event, None]:
+        read = body_reader(response)
         decoder = SSEDecoder()
-        state = _EventState(self.provider.name, result)
-        coalesce = self._coalesce
-        async for chunk in response.aiter_bytes():
-            batch: list[Event] = []
-            try:
-                for name, data in decoder.feed(chunk):
-                    # The SDK drops frames without an `event:` line; so do we (and pings).
-                    if name and name != "ping" and data:
-                        state.handle(name, data, batch)
-            except (UpstreamError, LookupError, TypeError, ValueError, AttributeError) as exc:
-                for event in batch:  # what arrived before the error still reaches the caller
+        state = _EventState(name, result)
+        deltas = Deltas(self._coalesce)
+        # One generator from the socket to the caller (see the OpenAI backend).
+        try:
+            while chunk := await read():
+                try:
+                    for kind, data in decoder.feed(chunk):
+                        # The SDK drops frames without an `event:` line; so do we (and pings).
+                        if kind and kind != "ping" and data:
+                            state.handle(kind, data, deltas)
+                except (UpstreamError, LookupError, TypeError, ValueError, AttributeError) as exc:
+                    for event in deltas.take():  # what came before the error reaches the caller
+                        yield event
+                    if isinstance(exc, UpstreamError):
+                        raise
+                    raise bad_shape(name, exc) from exc
+                for event in deltas.take():
                     yield event
-                if isinstance(exc, UpstreamError):
-                    raise
-                raise bad_shape(self.provider.name, exc) from exc
-            for event in merge_deltas(batch) if coalesce else batch:
-                yield event
+        except READ_ERRORS as err:
+            raise disconnected(name, err) from None
+        finally:
+            await response.aclose()
         stopped, stop_reason, usage, tools = (
             state.stopped,
             state.stop_reason,
@@ -311,7 +310,7 @@ class AnthropicBackend(Backend):
         if not stopped and stop_reason is None:
             raise UpstreamError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"{self.provider.name}: the upstream closed the stream before it finished",
+                f"{name}: the upstream closed the stream before it finished",
                 reason="UPSTREAM_DISCONNECTED",
             )
         for event in tools.end_all():

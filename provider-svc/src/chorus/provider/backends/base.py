@@ -17,9 +17,10 @@ from __future__ import annotations
 import email.utils
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 import grpc
 import httpx2
 
@@ -29,52 +30,76 @@ from chorus.v1 import chat_pb2, provider_service_pb2
 Event = provider_service_pb2.StreamChatResponse
 FinishReason = provider_service_pb2.FinishReason
 
-_TextDelta = Event.TextDelta
-_ReasoningDelta = Event.ReasoningDelta
-
 
 def text_event(text: str) -> Event:
     """A `text_delta` event."""
-    return Event(text_delta=_TextDelta(text=text))
+    event = Event()
+    event.text_delta.text = text  # ~2x faster than nesting a TextDelta in the constructor
+    return event
 
 
 def reasoning_event(text: str) -> Event:
     """A `reasoning_delta` event."""
-    return Event(reasoning_delta=_ReasoningDelta(text=text))
+    event = Event()
+    event.reasoning_delta.text = text
+    return event
 
 
-def merge_deltas(events: list[Event]) -> list[Event]:
-    """`events` with each run of consecutive `text_delta` (or `reasoning_delta`) events
-    merged into one (the contract allows "one or more tokens" per delta).
+class Deltas:
+    """The events decoded from one network read, in order.
 
-    Backends apply it to the events decoded from one network read: those arrived together
-    while the caller was still busy with earlier ones, so merging adds no latency and saves
-    the busy caller one message per token.
+    With `coalesce`, a run of consecutive text (or reasoning) deltas becomes one event whose
+    text is theirs joined (the contract allows "one or more tokens" per delta): those
+    arrived together while the caller was still busy with earlier ones, so merging adds no
+    latency and saves the busy caller one message per token. The texts are only joined when
+    the run ends, so a token costs no event of its own.
     """
-    if len(events) < 2:
+
+    __slots__ = ("_coalesce", "_events", "_kind", "_parts")
+
+    def __init__(self, coalesce: bool) -> None:
+        self._coalesce = coalesce
+        self._events: list[Event] = []
+        self._kind = 0  # 0: no open run, 1: text, 2: reasoning
+        self._parts: list[str] = []
+
+    def text(self, text: str) -> None:
+        """A `text_delta` of `text` (non-empty)."""
+        if self._kind == 1 and self._coalesce:
+            self._parts.append(text)
+            return
+        self._close()
+        self._kind = 1
+        self._parts = [text]
+
+    def reasoning(self, text: str) -> None:
+        """A `reasoning_delta` of `text` (non-empty)."""
+        if self._kind == 2 and self._coalesce:
+            self._parts.append(text)
+            return
+        self._close()
+        self._kind = 2
+        self._parts = [text]
+
+    def add(self, events: list[Event]) -> None:
+        """Other events (tool calls), after what came before."""
+        if events:
+            self._close()
+            self._events += events
+
+    def take(self) -> list[Event]:
+        """The events so far (the object starts empty again)."""
+        self._close()
+        events, self._events = self._events, []
         return events
-    out: list[Event] = []
-    run: list[Event] = []
-    run_kind: str | None = None
-    for event in [*events, None]:
-        kind = event.WhichOneof("event") if event is not None else None
-        if run and kind == run_kind:
-            run.append(event)  # type: ignore[arg-type]
-            continue
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            text = "".join(getattr(e, run_kind).text for e in run)  # type: ignore[arg-type]
-            out.append(text_event(text) if run_kind == "text_delta" else reasoning_event(text))
-        run = []
-        run_kind = None
-        if event is None:
-            break
-        if kind in ("text_delta", "reasoning_delta"):
-            run, run_kind = [event], kind
-        else:
-            out.append(event)
-    return out
+
+    def _close(self) -> None:
+        kind = self._kind
+        if kind:
+            parts = self._parts
+            text = parts[0] if len(parts) == 1 else "".join(parts)
+            self._events.append(text_event(text) if kind == 1 else reasoning_event(text))
+            self._kind = 0
 
 
 RETRYABLE_CODES = frozenset(
@@ -182,26 +207,46 @@ def error_from_http(
     )
 
 
-async def relay_upstream(
-    provider: str, response: httpx2.Response, events: AsyncIterator[Event]
-) -> AsyncGenerator[Event, None]:
-    """Yield the decoded `events` of an open upstream `response`, and always close it.
+READ_ERRORS = (httpx2.HTTPError, aiohttp.ClientError)
+"""What reading an upstream body raises when the connection fails: httpx2's errors, or
+aiohttp's when `body_reader` reads aiohttp's response directly."""
 
-    Raises:
-        UpstreamError: UNAVAILABLE (reason UPSTREAM_DISCONNECTED) when the connection fails
-            mid-stream; nothing is retried after this point.
+
+def disconnected(provider: str, err: BaseException) -> UpstreamError:
+    """The error for a connection that failed mid-stream (UNAVAILABLE, reason
+    UPSTREAM_DISCONNECTED; nothing is retried after the first event)."""
+    return UpstreamError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{provider}: the upstream connection failed mid-stream ({type(err).__name__})",
+        reason="UPSTREAM_DISCONNECTED",
+    )
+
+
+def body_reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
+    """A function that returns the next bytes of an open streaming `response`'s body
+    (whatever one socket read brought), b"" at its end.
+
+    Under the SDKs' aiohttp transport an uncompressed body is read from aiohttp's response
+    itself: httpx2's `aiter_bytes` passes each read through four async generators (httpx2's
+    decoder and chunker, its pool wrapper, the transport's `iter_chunked`), ~10 % of
+    provider-svc's CPU at one token per read. Anything else (httpx2's own transport, a
+    `Content-Encoding`) goes through `aiter_bytes`.
+
+    Raises (from the function): `READ_ERRORS` when the connection fails.
     """
-    try:
-        async for event in events:
-            yield event
-    except httpx2.HTTPError as err:
-        raise UpstreamError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{provider}: the upstream connection failed mid-stream ({type(err).__name__})",
-            reason="UPSTREAM_DISCONNECTED",
-        ) from None
-    finally:
-        await response.aclose()
+    raw = getattr(getattr(response.stream, "_stream", None), "_aiohttp_response", None)
+    content = getattr(raw, "content", None)
+    if content is not None and response.headers.get("content-encoding", "identity") == "identity":
+        return content.readany  # type: ignore[no-any-return]
+    chunks = response.aiter_bytes()
+
+    async def read() -> bytes:
+        try:
+            return await anext(chunks)
+        except StopAsyncIteration:
+            return b""
+
+    return read
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

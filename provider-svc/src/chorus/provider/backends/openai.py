@@ -31,19 +31,19 @@ import orjson
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chorus.provider.backends.base import (
+    READ_ERRORS,
     Backend,
     Call,
+    Deltas,
     Event,
     StreamResult,
     UpstreamError,
     bad_shape,
+    body_reader,
+    disconnected,
     error_from_http,
     finish_reason_of,
-    merge_deltas,
-    reasoning_event,
-    relay_upstream,
     role_name,
-    text_event,
     unreachable,
 )
 from chorus.provider.models import ProviderSpec, Usage
@@ -142,8 +142,8 @@ class _ChunkState:
         self.done = False
         self.finish: str | None = None
 
-    def handle(self, data: bytes, out: list[Event]) -> bool:
-        """Append the events of one chunk to `out`; True at `[DONE]`.
+    def handle(self, data: bytes, out: Deltas) -> bool:
+        """Add the events of one chunk to `out`; True at `[DONE]`.
 
         Raises:
             UpstreamError: a chunk that is not JSON, or an error object in the stream.
@@ -168,27 +168,29 @@ class _ChunkState:
                 text = delta.get("content")
                 if text:
                     result.output_chars += len(text)
-                    out.append(text_event(text))
+                    out.text(text)
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning and isinstance(reasoning, str):
                     result.output_chars += len(reasoning)
-                    out.append(reasoning_event(reasoning))
+                    out.reasoning(reasoning)
                 refusal = delta.get("refusal")
                 if refusal:
-                    out.append(text_event(refusal))
+                    out.text(refusal)
                 calls = delta.get("tool_calls")
                 if calls:
                     for pos, tc in enumerate(calls):
                         fn = tc.get("function") or {}
-                        out += self.tools.fragment(
-                            tc.get("index", pos),
-                            tc.get("id") or "",
-                            fn.get("name") or "",
-                            fn.get("arguments") or "",
+                        out.add(
+                            self.tools.fragment(
+                                tc.get("index", pos),
+                                tc.get("id") or "",
+                                fn.get("name") or "",
+                                fn.get("arguments") or "",
+                            )
                         )
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
-                out += self.tools.end_all()
+                out.add(self.tools.end_all())
         elif obj.get("error"):
             error = obj["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
@@ -290,49 +292,47 @@ class OpenAIBackend(Backend):
             ) from None
         except openai.APIConnectionError as err:  # refused, reset, DNS, connect timeout
             raise unreachable(self.provider.name, err) from None
+        name = self.provider.name
         response = sdk_stream.response
-        async for event in relay_upstream(
-            self.provider.name, response, self._decode(response, result)
-        ):
-            yield event
-
-    async def _decode(
-        self, response: httpx2.Response, result: StreamResult
-    ) -> AsyncGenerator[Event, None]:
+        read = body_reader(response)
         decoder = SSEDecoder()
-        state = _ChunkState(self.provider.name, result)
-        coalesce = self._coalesce
-        chunks = response.aiter_bytes()
-        async for chunk in chunks:
-            batch: list[Event] = []
-            try:
-                for _, data in decoder.feed(chunk):
-                    if state.handle(data, batch):
-                        break
-            except (UpstreamError, LookupError, TypeError, ValueError, AttributeError) as exc:
-                for event in batch:  # what arrived before the error still reaches the caller
+        state = _ChunkState(name, result)
+        deltas = Deltas(self._coalesce)
+        # One generator from the socket to the caller: each layer of async generators
+        # would cost every token a few µs more.
+        try:
+            while chunk := await read():
+                try:
+                    for _, data in decoder.feed(chunk):
+                        if state.handle(data, deltas):
+                            break
+                except (UpstreamError, LookupError, TypeError, ValueError, AttributeError) as exc:
+                    for event in deltas.take():  # what came before the error reaches the caller
+                        yield event
+                    if isinstance(exc, UpstreamError):
+                        raise
+                    raise bad_shape(name, exc) from exc
+                for event in deltas.take():
                     yield event
-                if isinstance(exc, UpstreamError):
-                    raise
-                raise bad_shape(self.provider.name, exc) from exc
-            for event in merge_deltas(batch) if coalesce else batch:
-                yield event
-            if state.done:
-                break
-        done, finish = state.done, state.finish
-        if done:
-            # Read the end of the body (normally just the chunked terminator) so the
-            # connection goes back to the pool; a server that keeps it open loses it.
-            try:
-                async with asyncio.timeout(_DRAIN_TIMEOUT_S):
-                    async for _ in chunks:
+                if state.done:
+                    # Read the end of the body (normally just the chunked terminator) so the
+                    # connection goes back to the pool; a server that keeps it open loses it.
+                    try:
+                        async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                            while await read():
+                                pass
+                    except (TimeoutError, *READ_ERRORS):
                         pass
-            except (TimeoutError, httpx2.HTTPError):
-                pass
+                    break
+        except READ_ERRORS as err:
+            raise disconnected(name, err) from None
+        finally:
+            await response.aclose()
+        finish = state.finish
         if finish is None:
             raise UpstreamError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"{self.provider.name}: the upstream closed the stream before it finished",
+                f"{name}: the upstream closed the stream before it finished",
                 reason="UPSTREAM_DISCONNECTED",
             )
         for event in state.tools.end_all():
