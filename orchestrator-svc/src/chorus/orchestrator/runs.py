@@ -112,6 +112,15 @@ of the step]}, "tools": {tool call id: [result text, is_error]}}` — the run co
 redoing the step from that boundary silently, its model calls answered from `calls` and
 its completed tool calls from `tools` (none is paid or run twice), up to the question
 (docs/human-in-the-loop.md)."""
+SELECTION_KEY = "selection"
+"""Key of a checkpoint envelope holding the orchestrator's model calls completed in the step
+under way before its agent's turn began — a selector's choice of speaker, MagenticOne's
+facts, plan, progress ledger — as `[completed call, ...]` (the shape of `STEP_KEY`'s
+`calls`). Stored with that turn's `agent_started` (the checkpoint's `seq` stays its turn
+boundary's), so a run resumed after losing the turn answers those calls from it: the turn
+is given to the speaker chosen before, and no completed orchestrator call is paid twice."""
+ORCHESTRATOR_LABEL = "orchestrator"
+"""The label (`CallJournal`) of a selector's or MagenticOne's orchestrator model client."""
 PLANNED_RESUMES_KEY = "planned_resumes"
 """Key of the checkpoint envelope counting the run's planned resumes — after a person's
 answer (counted in the parked checkpoint) or a handoff (counted in the checkpoint stored
@@ -378,15 +387,25 @@ class LiveRun:
                 self._trace_carrier = {k: v for k, v in stored.items() if isinstance(v, str)}
             self._planned_resumes = int(envelope.pop(PLANNED_RESUMES_KEY, 0))
             step = envelope.pop(STEP_KEY, None)
+            selection = envelope.pop(SELECTION_KEY, None)
             self._resume_state = envelope
             self._boundary = run_pb2.RunCheckpoint()
             self._boundary.CopyFrom(cp)
-            if isinstance(step, dict):  # parked mid-step: redo it up to the question
-                self._boundary.seq = int(step["boundary_seq"])
+            if step is not None or selection is not None:  # the boundary's own state
                 self._boundary.team_state = json.dumps(
-                    {k: v for k, v in checkpoint_envelope(cp).items() if k != STEP_KEY},
+                    {
+                        k: v
+                        for k, v in checkpoint_envelope(cp).items()
+                        if k not in (STEP_KEY, SELECTION_KEY)
+                    },
                     separators=(",", ":"),
                 ).encode()
+            if isinstance(selection, list) and not isinstance(step, dict):
+                # The lost turn's speaker was chosen already: the redone step asks again
+                # and gets the same answers.
+                self._replay = {ORCHESTRATOR_LABEL: deque(selection)}
+            if isinstance(step, dict):  # parked mid-step: redo it up to the question
+                self._boundary.seq = int(step["boundary_seq"])
                 self._replay = {
                     label: deque(calls) for label, calls in dict(step.get("calls", {})).items()
                 }
@@ -591,10 +610,38 @@ class LiveRun:
             self._opening_turn = False
             return 1  # its agent_started went with the run's opening write
         if not self._muted:
-            await self.log.emit(
-                _Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns))
-            )
+            started = _Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns))
+            checkpoint = self._selection_checkpoint()
+            if checkpoint is None:
+                await self.log.emit(started)
+            else:
+
+                async def write_selection(batch: Sequence[run_pb2.RunEvent]) -> None:
+                    await self._write_events(batch, checkpoint)
+
+                await self.log.emit(started, writer=write_selection)
         return self.turns
+
+    def _selection_checkpoint(self) -> run_pb2.RunCheckpoint | None:
+        """The last turn boundary's checkpoint plus the orchestrator's calls completed in
+        this step so far (`SELECTION_KEY`); None when it made none (ROUND_ROBIN, GraphFlow,
+        SINGLE)."""
+        calls = self._step_calls.get(ORCHESTRATOR_LABEL)
+        if not calls:
+            return None
+        checkpoint = run_pb2.RunCheckpoint()
+        if self._boundary is not None:
+            checkpoint.CopyFrom(self._boundary)
+        else:  # the run's start
+            checkpoint.agents.extend(self.spec.team.agents)
+        envelope = checkpoint_envelope(checkpoint)
+        envelope[SELECTION_KEY] = list(calls)
+        if self._planned_resumes:
+            envelope[PLANNED_RESUMES_KEY] = self._planned_resumes
+        if self._span is not None:
+            envelope.setdefault(TRACE_STATE_KEY, tracing.carrier_of(self._span))
+        checkpoint.team_state = json.dumps(envelope, separators=(",", ":")).encode()
+        return checkpoint
 
     async def tool_calls_started(self, agent: str, calls: Sequence[FunctionCall]) -> None:
         """See `chorus.orchestrator.teams.RunHooks`."""
@@ -977,7 +1024,7 @@ class LiveRun:
             user=self.owner,
             request_id=self._request_id,
             spec=lambda: spec,
-            labels={"run_id": self.id, "agent": "orchestrator"},
+            labels={"run_id": self.id, "agent": ORCHESTRATOR_LABEL},
             deltas=None,
             on_usage=self._on_orchestrator_usage,
             on_error=self._on_provider_error,
@@ -1208,6 +1255,7 @@ class LiveRun:
             state[PLANNED_RESUMES_KEY] = self._planned_resumes
         self._step_calls = {}
         self._step_tools = {}
+        self._replay = {}  # a replay never reaches past its step
         self._answers.clear()
         self._approvals.clear()
         self._boundary = run_pb2.RunCheckpoint(
