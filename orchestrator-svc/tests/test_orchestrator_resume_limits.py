@@ -8,7 +8,8 @@ is asked to hand over (`LiveRun.request_handoff`, at its next turn boundary, as 
 `handoff_now`, at the deadline, losing the turn) or is lost (`abandon`: it stops without a
 word and its lease expires), and the replica's own sweep claims it again (lease 1 s, sweep
 every 0.2 s). SIGKILL past the limit (`test_orchestrator_durable.py`) still ends the run
-RESUME_LIMIT.
+RESUME_LIMIT. Also here: a claimer's record write is fenced by its epoch, and a turn lost
+after a selector or MagenticOne chose its speaker is redone without choosing again.
 """
 
 from __future__ import annotations
@@ -188,3 +189,34 @@ async def test_a_claimer_whose_record_write_is_refused_lease_lost_lets_the_run_g
     assert after.status == run_pb2.RUN_STATUS_RUNNING and not after.final_answer
     assert not after.HasField("end_time")
     assert (after.owner_instance, after.lease_epoch) == ("orch-new", current.lease_epoch)
+
+
+@BOTH_BACKENDS
+@pytest.mark.parametrize(
+    "kind", [team_pb2.TEAM_KIND_SELECTOR, team_pb2.TEAM_KIND_MAGENTIC_ONE], ids=["selector", "m1"]
+)
+async def test_a_turn_lost_after_its_speaker_was_chosen_is_redone_without_choosing_again(
+    stack: Stack, alice: RunClient, kind: int
+) -> None:
+    """The orchestrator's calls that chose the lost turn's speaker (after the checkpoint)
+    are answered from the checkpoint stored with `agent_started`: only the interrupted
+    agent's call is made twice, by the same agent."""
+    options = sim(tokens_per_second=150.0, output_tokens=150)
+    names = ("Ada", "Blaise", "Carl")
+    team_spec = team(kind, *(agent(n, simulator=options) for n in names), max_turns=3)
+    run = await alice.create(spec(team_spec=team_spec))
+    watch = alice.watch_call(run.id)
+    await read_until(watch, lambda e: e.HasField("progress"))  # the first turn's boundary
+    started = await read_until(watch, lambda e: e.HasField("agent_started"))
+    await read_until(watch, is_delta)
+    (await live_attempt(stack, run.id, 1)).abandon()  # lost mid-turn: its lease expires
+    resumed = await read_until(watch, resumed_as(2))
+    redone = await read_until(watch, lambda e: e.HasField("agent_started"))
+    assert redone[-1].agent == started[-1].agent  # the same speaker, not chosen again
+    await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED, timeout=30)
+    assert resumed[-1].run_resumed.reason == "OWNER_LOST"
+    mine = [r for r in stack.received if r.metadata["run_id"] == run.id]
+    calls = Counter(r.SerializeToString(deterministic=True) for r in mine)
+    assert sum(n - 1 for n in calls.values()) == 1  # the interrupted agent's call only
+    repeated = next(r for r in mine if calls[r.SerializeToString(deterministic=True)] > 1)
+    assert repeated.metadata["agent"] == started[-1].agent
