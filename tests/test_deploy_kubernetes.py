@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import kubernetes_validate
 import opentelemetry.environment_variables as otel_api_env
 import opentelemetry.sdk.environment_variables as otel_sdk_env
@@ -262,11 +264,18 @@ def test_addresses_reach_the_right_service_and_port(overlay):
             assert service["spec"]["selector"]["app.kubernetes.io/name"] == target_module.replace(
                 ".", "-"
             )
-    # the gateway balances over every orchestrator replica: dns:/// on a headless Service
-    (gateway,) = [c for w, c, m in chorus_containers(overlay) if m == "chorus.gateway"]
-    address = environment(overlay, gateway)["CHORUS_ORCHESTRATOR_ADDRESS"]["value"]
-    service, _ = resolve_address(overlay, address)
-    assert address.startswith("dns:///") and service["spec"]["clusterIP"] == "None"
+    # every caller balances over every replica of the service it calls (round robin,
+    # chorus.core.channels): dns:/// on a headless Service, one DNS record per ready pod
+    addresses = [
+        entry["value"]
+        for _w, container, _m in chorus_containers(overlay)
+        for name, entry in environment(overlay, container).items()
+        if name.endswith("_ADDRESS")
+    ]
+    assert len(addresses) == 5  # gateway → orchestrator, history, provider; orchestrator → two
+    for address in addresses:
+        service, _ = resolve_address(overlay, address)
+        assert address.startswith("dns:///") and service["spec"]["clusterIP"] == "None", address
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -411,3 +420,183 @@ def test_production_uses_external_stores_and_a_restricted_namespace():
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
         assert deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
+# --------------------------------------------------------------------------- ServiceMonitor
+SERVICEMONITOR = KUBERNETES / "components" / "servicemonitor"
+DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
+SERVICEMONITOR_SCHEMA: dict[str, Any] = {
+    # The part of the Prometheus Operator's monitoring.coreos.com/v1 ServiceMonitor CRD
+    # schema that the component uses (field names, types, enums and the duration pattern as
+    # the CRD declares them); unknown fields refused, as kubernetes-validate's strict mode
+    # does for built-in kinds (it ships no CRD schemas).
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "matchExpressions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["key", "operator"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "key": {"type": "string"},
+                                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                                    "values": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        },
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": {"type": "string", "pattern": DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": DURATION},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@cache
+def render_with_servicemonitor(overlay: str) -> list[dict[str, Any]]:
+    """The overlay with the optional ServiceMonitor component added, as an operator adds it
+    (`components:` in a kustomization over the overlay, in the overlay's namespace)."""
+    import tempfile
+    from pathlib import Path
+
+    namespace = next(
+        o["metadata"]["namespace"] for o in render(overlay) if o["kind"] == "Deployment"
+    )
+    kubectl = str(KUBECTL) if KUBECTL.exists() else shutil.which("kubectl")
+    assert kubectl
+    with tempfile.TemporaryDirectory() as tmp:
+        relative = Path(os.path.relpath(KUBERNETES, tmp))  # kustomize refuses absolute roots
+        (Path(tmp) / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "namespace": namespace,
+                    "resources": [str(relative / "overlays" / overlay)],
+                    "components": [str(relative / "components" / "servicemonitor")],
+                }
+            )
+        )
+        done = subprocess.run(
+            [kubectl, "kustomize", tmp], capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector selects an object with `labels`."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_servicemonitor_component_has_the_crds_shape_and_the_rest_still_validates(overlay):
+    rendered = render_with_servicemonitor(overlay)
+    (monitor,) = [o for o in rendered if o["kind"] == "ServiceMonitor"]
+    jsonschema.validate(monitor, SERVICEMONITOR_SCHEMA)
+    assert len(rendered) == len(render(overlay)) + 1
+    for obj in rendered:
+        if obj["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
+
+
+def test_the_servicemonitor_schema_refuses_a_misspelt_field():
+    (monitor,) = [
+        o for o in render_with_servicemonitor("production") if o["kind"] == "ServiceMonitor"
+    ]
+    wrong = copy.deepcopy(monitor)
+    wrong["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(wrong, SERVICEMONITOR_SCHEMA)
+    wrong = copy.deepcopy(monitor)
+    wrong["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(wrong, SERVICEMONITOR_SCHEMA)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_servicemonitor_scrapes_every_services_metrics_port(overlay):
+    rendered = render_with_servicemonitor(overlay)
+    (monitor,) = [o for o in rendered if o["kind"] == "ServiceMonitor"]
+    services = [o for o in rendered if o["kind"] == "Service"]
+    selected = [
+        s for s in services if selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    # exactly the four Chorus Services (not dev's PostgreSQL or Redis), in its namespace
+    assert sorted(s["metadata"]["name"] for s in selected) == sorted(
+        module.replace(".", "-") for module in SERVICES
+    )
+    assert {s["metadata"]["namespace"] for s in selected} == {monitor["metadata"]["namespace"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    pods = {
+        c_module: (workload, container)
+        for workload, container, c_module in chorus_containers(overlay)
+        if workload["kind"] == "Deployment"
+    }
+    for service in selected:
+        module = service["metadata"]["name"].replace("-", ".")
+        workload, container = pods[module]
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        metrics = int(environment(overlay, container)["CHORUS_METRICS_PORT"]["value"])
+        assert port_of(container, port["targetPort"]) == metrics
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert endpoint["path"] == annotations["prometheus.io/path"] == "/metrics"
+        assert int(annotations["prometheus.io/port"]) == metrics
