@@ -224,6 +224,33 @@ async def test_the_first_events_of_a_stream_are_never_held_back(firehose):
     assert socket.events() == 6
 
 
+def _delta(seq: int) -> run_pb2.RunEvent:
+    event = run_pb2.RunEvent(run_id="r1", seq=seq, agent="Ada")
+    event.text_delta.text = f"token {seq} "
+    return event
+
+
+async def test_after_a_burst_the_first_frame_after_a_quiet_interval_goes_out_at_once():
+    pump = sse._Pump(max_buffered=100, flush_interval_s=10.0)
+    try:
+        for seq in range(1, sse.FLUSH_BURST + 1):  # the burst allowance, written at once
+            pump.deliver([_delta(seq)])
+            assert b"id: %d" % seq in await asyncio.wait_for(pump.take(15), 5)
+        # the allowance spent: a frame now waits for the interval (10 s) ...
+        pump.deliver([_delta(sse.FLUSH_BURST + 1)])
+        held = asyncio.create_task(pump.take(15))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not held.done()
+        held.cancel()
+        # ... unless the stream was quiet for an interval, as the clock would say after
+        # ten quiet seconds (moved here instead of waited for)
+        pump._credit_time -= 10.0
+        assert b"id: 9" in await asyncio.wait_for(pump.take(15), 5)
+    finally:
+        pump.close()
+
+
 async def test_a_full_buffer_pauses_the_watch_until_the_writer_drains_it():
     servicer = FakeRuns(count=20_000)
     server, channel, watches = await serving(servicer)
