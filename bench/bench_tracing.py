@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 from contextlib import ExitStack
 from typing import Any
@@ -56,6 +57,7 @@ def one_side(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     cpu_s = sum(after.values()) - sum(before.values())
     tokens = args.concurrency * args.tokens
     return {
+        "load_avg": round(os.getloadavg()[0], 2),  # a busy machine moves the wall-clock figures
         "ttft": ttft,
         "throughput": throughput,
         "cpu_ms_per_1k_tokens": round(cpu_s * 1e6 / tokens, 2),
@@ -89,7 +91,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     f"round {r + 1} tracing {side}: TTFT p50 {result['ttft']['ttft_p50_ms']} ms, "
                     f"{result['throughput']['tokens_per_s']} tokens/s at "
                     f"{args.concurrency} x {args.tokens}, services' CPU "
-                    f"{result['cpu_ms_per_1k_tokens']} ms per 1k tokens",
+                    f"{result['cpu_ms_per_1k_tokens']} ms per 1k tokens, "
+                    f"load average {result['load_avg']}",
                     flush=True,
                 )
     figures: dict[str, Any] = {"args": vars(args), "rounds": sides}
@@ -122,7 +125,12 @@ def table(f: dict[str, Any]) -> str:
         ),
         f"| on vs off | {f['ttft_delta_ms']:+} ms | ×{f['tokens_ratio']} | ×{f['cpu_ratio']} |",
     ]
-    return "\n".join(rows) + f"\n\nspans exported per run (median): {f['spans_per_run']}"
+    loads = [r["load_avg"] for side in f["rounds"].values() for r in side]
+    return (
+        "\n".join(rows)
+        + f"\n\nspans exported per run (median): {f['spans_per_run']}"
+        + f"\nload average over the rounds: {min(loads)}–{max(loads)}"
+    )
 
 
 def main() -> None:
