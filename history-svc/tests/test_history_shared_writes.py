@@ -185,3 +185,45 @@ async def test_a_redis_cut_during_the_writes_after_the_answer_loses_nothing(
         assert got.run.last_seq == 8
         other = await stub.GetRunRecord(pb.GetRunRecordRequest(run_id=started_during.run.id))
         assert other.run == started_during.run
+
+
+async def test_scripts_redis_lost_are_loaded_again(
+    replicas: tuple[History, History], shared_settings: Settings, private_redis: RedisServer
+) -> None:
+    """The pipelines send the Lua scripts as bare EVALSHA (no SCRIPT EXISTS round trip per
+    call): when Redis lost them (SCRIPT FLUSH here; a restart does the same), the write
+    that hit NOSCRIPT is dropped like any failed Redis write and the next ones load them."""
+    one, two = replicas
+    writer, reader = one.as_user("shared-carol"), two.as_user("shared-carol")
+    run = (await start_run(writer)).run
+    seen: list[int] = []
+    task = watching(reader, run.id, seen)
+    await append_batches(writer, (run.id, [2]))
+    await wait_for(lambda: seen == [1, 2])
+    direct = redis.Redis.from_url(private_redis.url)
+    await direct.script_flush()
+    seq = 2
+
+    async def advanced() -> bool:
+        # a fill (a direct script call, which loads its script itself), then a batch whose
+        # log entry and cache advance go through the pipeline
+        nonlocal seq
+        await reader.GetRunRecord(pb.GetRunRecordRequest(run_id=run.id))
+        seq += 1
+        await append_batches(writer, (run.id, [seq]))
+        await one.app.servicer.drain()
+        last = await direct.xrevrange(
+            f"{shared_settings.redis_key_prefix}run:{run.id}:events", count=1
+        )
+        return (
+            bool(last)
+            and last[0][0] == f"{seq}-0".encode()
+            and (await cached_last_seq(shared_settings, run.id) == seq)
+        )
+
+    try:
+        await wait_for(advanced, timeout=10, interval=0.3)  # past the failure's retry pause
+    finally:
+        await direct.aclose()
+    await wait_for(lambda: seen == list(range(1, seq + 1)))
+    task.cancel()

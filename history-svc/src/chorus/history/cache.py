@@ -36,7 +36,7 @@ import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
 from chorus.history import metrics
-from chorus.history.redis_guard import ERRORS, RedisGuard
+from chorus.history.redis_guard import ERRORS, RedisGuard, queue_script
 from chorus.history.settings import Settings
 from chorus.history.timeutil import ts_to_us
 from chorus.v1 import conversation_pb2, history_service_pb2, run_pb2
@@ -262,10 +262,10 @@ class RedisCache(Cache):
         self._guard = guard
         self._prefix = settings.redis_key_prefix
         self._ttl_ms = settings.cache_ttl_s * 1000
-        self._set_if_newer = client.register_script(_SET_IF_NEWER)
-        self._set_many_if_newer = client.register_script(_SET_MANY_IF_NEWER)
-        self._append_if_exists = client.register_script(_APPEND_IF_EXISTS)
-        self._advance_last_seq = client.register_script(_ADVANCE_LAST_SEQ)
+        self._set_if_newer = guard.script(client, _SET_IF_NEWER)
+        self._set_many_if_newer = guard.script(client, _SET_MANY_IF_NEWER)
+        self._append_if_exists = guard.script(client, _APPEND_IF_EXISTS)
+        self._advance_last_seq = guard.script(client, _ADVANCE_LAST_SEQ)
         self._dirty: set[str] = set()
 
     def conversation_key(self, conversation_id: str) -> str:
@@ -279,7 +279,7 @@ class RedisCache(Cache):
 
     async def _ready(self) -> bool:
         """Redis may be used now (after dropping keys whose write-through failed)."""
-        if not self._guard.usable():
+        if not self._guard.usable() or not await self._guard.scripts_ready(self._redis):
             return False
         if self._dirty:
             keys = list(self._dirty)
@@ -392,17 +392,16 @@ class RedisCache(Cache):
     ) -> None:
         """Queue `append_messages`' commands on `pipe`: the conversation if newer, and the
         new messages appended to a cached list."""
-        await self._set_if_newer(
-            keys=[self.conversation_key(conversation.id)],
-            args=[conversation_version(conversation), _framed(conversation), self._ttl_ms],
-            client=pipe,
+        queue_script(
+            pipe,
+            self._set_if_newer,
+            [self.conversation_key(conversation.id)],
+            [conversation_version(conversation), _framed(conversation), self._ttl_ms],
         )
         cached = [m for m in added if m.position <= self.max_messages]
         if cached:
             blob = GetConversationResponse(messages=cached).SerializeToString()
-            await self._append_if_exists(
-                keys=[self.messages_key(conversation.id)], args=[blob], client=pipe
-            )
+            queue_script(pipe, self._append_if_exists, [self.messages_key(conversation.id)], [blob])
 
     async def drop_conversation(self, conversation_id: str) -> None:
         conv_key, msgs_key = (
@@ -503,7 +502,7 @@ class RedisCache(Cache):
             self._dirty.update(keys)
             return None
         for script, script_keys, args in calls:
-            await script(keys=script_keys, args=args, client=pipe)
+            queue_script(pipe, script, script_keys, args)
         return len(calls)
 
     def run_writes_sent(self, writes: RunWrites, replies: Sequence[Any] | BaseException) -> None:
@@ -582,7 +581,7 @@ class RedisCache(Cache):
                     args: list[bytes | int] = list(prefix)
                     for pair in per_key[start : start + _MANY_KEYS]:
                         args += pair
-                    await script(keys=keys[start : start + _MANY_KEYS], args=args, client=pipe)
+                    queue_script(pipe, script, keys[start : start + _MANY_KEYS], args)
                 await pipe.execute()
         except ERRORS as exc:
             self._write_failed(operation, exc, *keys)
@@ -603,10 +602,11 @@ class RedisCache(Cache):
             return
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                await self._set_if_newer(
-                    keys=[keys[0]],
-                    args=[run_version(run), run.SerializeToString(), self._ttl_ms],
-                    client=pipe,
+                queue_script(
+                    pipe,
+                    self._set_if_newer,
+                    [keys[0]],
+                    [run_version(run), run.SerializeToString(), self._ttl_ms],
                 )
                 if conversation is not None:
                     await self._queue_append_messages(pipe, conversation, added)

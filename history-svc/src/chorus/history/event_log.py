@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 from chorus.core.logging import get_logger
 from chorus.history import metrics
 from chorus.history.cache import RedisCache, RunWrites
-from chorus.history.redis_guard import ERRORS, RedisGuard
+from chorus.history.redis_guard import ERRORS, RedisGuard, queue_script
 from chorus.history.redis_guard import client as redis_client
 from chorus.history.settings import Settings
 
@@ -270,7 +270,7 @@ class RedisEventLog(EventLog):
         self._prefix = settings.redis_key_prefix
         self._maxlen = settings.redis_stream_maxlen
         self._ttl_ms = settings.redis_stream_ttl_s * 1000
-        self._xadd_many = client.register_script(_XADD_MANY)
+        self._xadd_many = guard.script(client, _XADD_MANY)
         self.buffer_limit = settings.watch_buffer_events
         self._hub: _Hub | None = None
 
@@ -311,7 +311,9 @@ class RedisEventLog(EventLog):
         if writes is not None and not isinstance(writes.cache, RedisCache):
             await writes.send()  # not on this client
             writes = None
-        if not batches or not self._guard.usable():
+        if not batches or not (
+            self._guard.usable() and await self._guard.scripts_ready(self._redis)
+        ):
             if batches:
                 metrics.EVENT_LOG_PUBLISH_FAILURES.inc(len(batches))
             if writes is not None:
@@ -333,7 +335,7 @@ class RedisEventLog(EventLog):
                         args += (f"{first_seq + len(payloads) - 1}-0", len(payloads))
                         for seq, data in enumerate(payloads, first_seq):
                             args += (seq, data)
-                    await self._xadd_many(keys=keys, args=args, client=pipe)
+                    queue_script(pipe, self._xadd_many, keys, args)
                 for run_id, first_seq, payloads in large:
                     key = self.key(run_id)
                     last = first_seq + len(payloads) - 1

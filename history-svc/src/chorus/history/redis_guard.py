@@ -10,8 +10,11 @@ logged once (`redis_unavailable`, `redis_recovered`), every failure is counted i
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from chorus.core.logging import get_logger
@@ -49,6 +52,16 @@ def client(settings: Settings, *, socket_timeout_s: float | None = None) -> redi
     return redis.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
 
+def queue_script(
+    pipe: Any, script: AsyncScript, keys: Sequence[str], args: Sequence[bytes | int | str]
+) -> None:
+    """Queue `script` on the pipeline `pipe` as a bare EVALSHA. redis-py's own way,
+    `script(client=pipe)`, makes every execute of the pipeline ask SCRIPT EXISTS first:
+    one more round trip per call (issue 19). The script must be registered with
+    `RedisGuard.script` and loaded (`RedisGuard.scripts_ready`)."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
 class RedisGuard:
     """Tracks whether Redis is usable right now (a small circuit breaker).
 
@@ -60,6 +73,31 @@ class RedisGuard:
         self._retry_after = retry_after_s
         self._down_since: float | None = None
         self._next_try = 0.0
+        self._scripts: list[AsyncScript] = []
+        self._scripts_loaded = False
+
+    def script(self, client: redis.Redis, source: str) -> AsyncScript:
+        """Register a Lua script of `client`; pipelines queue it with `queue_script` once
+        `scripts_ready` loaded it (direct calls load it themselves when needed)."""
+        script = client.register_script(source)
+        self._scripts.append(script)
+        self._scripts_loaded = False
+        return script
+
+    async def scripts_ready(self, client: redis.Redis) -> bool:
+        """Load the registered scripts into Redis when it may lack them — before the first
+        pipeline, and after any failure (a NOSCRIPT reply, or a restarted Redis). False when
+        that failed (counted as a failure of `script_load`)."""
+        if self._scripts_loaded:
+            return True
+        try:
+            for script in self._scripts:
+                await client.script_load(script.script)
+        except ERRORS as exc:
+            self.failed("script_load", exc)
+            return False
+        self._scripts_loaded = True
+        return True
 
     def usable(self) -> bool:
         """False while Redis recently failed; True when it is (or may be) back."""
@@ -73,6 +111,8 @@ class RedisGuard:
     def failed(self, operation: str, exc: BaseException) -> None:
         """Record a failed command."""
         metrics.REDIS_ERRORS.labels(operation).inc()
+        # Redis may have lost the scripts (NOSCRIPT; or it restarted): load them again.
+        self._scripts_loaded = False
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
