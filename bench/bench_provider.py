@@ -515,6 +515,12 @@ def paced(argv: list[str]) -> None:
                 cpu = _cpu_s(pid) - before
             out["cpu_s"] = round(cpu, 3)
             out["cpu_s_per_1k_tokens"] = round(1000 * cpu / max(1, out["tokens"]), 4)
+            if out.get("events") and scenario != "fast":
+                # > 1 token per event: reads brought several tokens (a starved process reads
+                # less often), which lowers the CPU per token; CPU per event shows the work
+                # per read whatever the machine's load did to the merging
+                out["tokens_per_event"] = round(out["tokens"] / out["events"], 2)
+                out["cpu_s_per_1k_events"] = round(1000 * cpu / out["events"], 4)
             return out
 
         rounds: list[dict[str, Any]] = []
@@ -526,6 +532,8 @@ def paced(argv: list[str]) -> None:
                     row.setdefault(scenario, {})[name] = out = measure(name, scenario)
                     keys = (
                         "cpu_s_per_1k_tokens",
+                        "cpu_s_per_1k_events",
+                        "tokens_per_event",
                         "cpu_ms_per_call",
                         "tokens_per_s",
                         "lag_p99_ms",
@@ -539,7 +547,14 @@ def paced(argv: list[str]) -> None:
             rounds.append(row)
     medians: dict[str, Any] = {}
     for scenario in scenarios:
-        for key in ("cpu_s_per_1k_tokens", "cpu_ms_per_call", "tokens_per_s", "lag_p99_ms"):
+        for key in (
+            "cpu_s_per_1k_tokens",
+            "cpu_s_per_1k_events",
+            "tokens_per_event",
+            "cpu_ms_per_call",
+            "tokens_per_s",
+            "lag_p99_ms",
+        ):
             per = {
                 name: statistics.median(r[scenario][name][key] for r in rounds)
                 for name in variants

@@ -275,14 +275,12 @@ class Call:
         max_output_tokens: the output limit to send (request, else model, else settings).
         attempt: 0-based attempt number within the whole request (all models), which the
             simulator's `fault.attempts` counts against.
-        read_timeout_s: the HTTP read timeout backstop (the first-event and idle timeouts, asyncio.timeout, enforce the real limits).
     """
 
     request: provider_service_pb2.StreamChatRequest
     model: ModelSpec
     max_output_tokens: int
     attempt: int = 0
-    read_timeout_s: float = 120.0
 
 
 @dataclass(slots=True)

@@ -215,7 +215,10 @@ class OpenAIBackend(Backend):
         self.provider = provider
         timeout = httpx2.Timeout(
             connect=settings.connect_timeout_s,
-            read=max(settings.first_event_timeout_s, settings.idle_timeout_s) + 5.0,
+            # No read timeout: aiohttp would re-arm its timer on every socket read (~3 % of
+            # the CPU per token); the retry loop's first-event timeout and the servicer's
+            # idle timeout bound every read instead.
+            read=None,
             write=30.0,
             pool=settings.connect_timeout_s,
         )
