@@ -611,31 +611,32 @@ class LiveRun:
             return 1  # its agent_started went with the run's opening write
         if not self._muted:
             started = _Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns))
-            checkpoint = self._selection_checkpoint()
-            if checkpoint is None:
+            calls = list(self._step_calls.get(ORCHESTRATOR_LABEL, ()))
+            if not calls:  # ROUND_ROBIN, GraphFlow, SINGLE; a selector that did not ask
                 await self.log.emit(started)
             else:
+                # The boundary's own write (which sets its seq) is stored before this one
+                # starts; by then `_boundary` may be the next turn's already.
+                boundary = self._boundary
 
                 async def write_selection(batch: Sequence[run_pb2.RunEvent]) -> None:
-                    await self._write_events(batch, checkpoint)
+                    await self._write_events(batch, self._selection_checkpoint(boundary, calls))
 
                 await self.log.emit(started, writer=write_selection)
         return self.turns
 
-    def _selection_checkpoint(self) -> run_pb2.RunCheckpoint | None:
-        """The last turn boundary's checkpoint plus the orchestrator's calls completed in
-        this step so far (`SELECTION_KEY`); None when it made none (ROUND_ROBIN, GraphFlow,
-        SINGLE)."""
-        calls = self._step_calls.get(ORCHESTRATOR_LABEL)
-        if not calls:
-            return None
+    def _selection_checkpoint(
+        self, boundary: run_pb2.RunCheckpoint | None, calls: list[dict[str, Any]]
+    ) -> run_pb2.RunCheckpoint:
+        """The checkpoint of the turn boundary `boundary` (stored; None: the run's start)
+        plus the orchestrator's `calls` completed in the step since (`SELECTION_KEY`)."""
         checkpoint = run_pb2.RunCheckpoint()
-        if self._boundary is not None:
-            checkpoint.CopyFrom(self._boundary)
+        if boundary is not None:
+            checkpoint.CopyFrom(boundary)
         else:  # the run's start
             checkpoint.agents.extend(self.spec.team.agents)
         envelope = checkpoint_envelope(checkpoint)
-        envelope[SELECTION_KEY] = list(calls)
+        envelope[SELECTION_KEY] = calls
         if self._planned_resumes:
             envelope[PLANNED_RESUMES_KEY] = self._planned_resumes
         if self._span is not None:
