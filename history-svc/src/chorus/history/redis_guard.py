@@ -9,6 +9,7 @@ logged once (`redis_unavailable`, `redis_recovered`), every failure is counted i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -75,6 +76,7 @@ class RedisGuard:
         self._next_try = 0.0
         self._scripts: list[AsyncScript] = []
         self._scripts_loaded = False
+        self._loading = asyncio.Lock()
 
     def script(self, client: redis.Redis, source: str) -> AsyncScript:
         """Register a Lua script of `client`; pipelines queue it with `queue_script` once
@@ -90,13 +92,16 @@ class RedisGuard:
         that failed (counted as a failure of `script_load`)."""
         if self._scripts_loaded:
             return True
-        try:
-            for script in self._scripts:
-                await client.script_load(script.script)
-        except ERRORS as exc:
-            self.failed("script_load", exc)
-            return False
-        self._scripts_loaded = True
+        async with self._loading:  # one load for all the calls waiting for it
+            if self._scripts_loaded:
+                return True
+            try:
+                for script in self._scripts:
+                    await client.script_load(script.script)
+            except ERRORS as exc:
+                self.failed("script_load", exc)
+                return False
+            self._scripts_loaded = True
         return True
 
     def usable(self) -> bool:
