@@ -74,53 +74,6 @@ def usage_event(usage: Usage, model: ModelSpec) -> Event:
     return out
 
 
-class IdleWatch:
-    """The idle timeout between a stream's events, for the task iterating it.
-
-    `since` is the loop time the current wait for the upstream began (None while the
-    caller has the event: a slow caller's time does not count). A timer, re-armed only when
-    it fires, cancels the task once a wait has lasted `idle_s`; the task's CancelledError is
-    then the timeout (`timed_out`). Per event that is one clock read and two stores, where
-    `asyncio.timeout` around each wait costs a Timeout object and a timer handle made and
-    cancelled (~7 % of provider-svc's CPU at one token per upstream event).
-    """
-
-    __slots__ = ("_cancelling", "_handle", "_idle", "_task", "expired", "loop", "since")
-
-    def __init__(self, idle_s: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._idle = idle_s
-        self.since: float | None = None
-        self.expired = False
-        self._handle = self.loop.call_at(self.loop.time() + idle_s, self._check)
-
-    def _check(self) -> None:
-        since = self.since
-        if since is None:
-            since = self.loop.time()
-        elif self.loop.time() - since >= self._idle:
-            self.expired = True
-            self._task.cancel()
-            return
-        self._handle = self.loop.call_at(since + self._idle, self._check)
-
-    def timed_out(self) -> bool:
-        """Whether the CancelledError being handled is this timeout's (else it is the
-        caller's, and must propagate)."""
-        if not self.expired:
-            return False
-        self.expired = False
-        return self._task.uncancel() <= self._cancelling
-
-    def close(self) -> None:
-        """Stop the timer."""
-        self._handle.cancel()
-
-
 class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     """The ProviderService implementation (one per process)."""
 
@@ -216,17 +169,15 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                 events = 1
                 next_event = opened.events.__anext__
                 idle = settings.idle_timeout_s
-                watch = IdleWatch(idle)
-                now = watch.loop.time
                 try:
                     while True:
-                        watch.since = now()
-                        try:
-                            event = await next_event()
+                        try:  # the caller's time between events does not count
+                            async with asyncio.timeout(idle) as limit:
+                                event = await next_event()
                         except StopAsyncIteration:
                             break
-                        except asyncio.CancelledError:
-                            if not watch.timed_out():
+                        except TimeoutError:
+                            if not limit.expired():
                                 raise
                             failure = UpstreamError(
                                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -235,7 +186,6 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                                 reason="UPSTREAM_IDLE_TIMEOUT",
                             )
                             break
-                        watch.since = None  # the caller's time from here on does not count
                         events += 1
                         if observe is not None:
                             observe(event)
@@ -256,8 +206,6 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                         retryable=False,
                         reason="INTERNAL",
                     )
-                finally:
-                    watch.close()
             if failure is not None:
                 outcome = "error"
                 log.warning(
