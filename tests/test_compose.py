@@ -385,7 +385,7 @@ def test_grpc_healthcheck_asks_the_port_the_service_was_configured_with(tmp_path
     }
     proc = ServiceProcess("chorus.provider", env=env)
     try:
-        proc.wait_ready(60)
+        proc.wait_ready()
         assert run_healthcheck("provider", {"CHORUS_PROVIDER_PORT": str(port)}) == 0
         assert run_healthcheck("provider", {"CHORUS_PROVIDER_PORT": str(_free_port())}) == 1
     finally:

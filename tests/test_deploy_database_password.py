@@ -146,7 +146,7 @@ def test_history_serves_on_postgresql_with_the_password_from_pgpassword(
     migrate(history_env(cluster, tmp_path, PASSWORD))
     proc = ServiceProcess("chorus.history", env=history_env(cluster, tmp_path, PASSWORD))
     try:
-        address = proc.wait_ready(60)
+        address = proc.wait_ready()
         assert check(address, "chorus.v1.HistoryService", timeout=10)
         with grpc.insecure_channel(address) as channel:
             reply = history_service_pb2_grpc.HistoryServiceStub(channel).CreateConversation(

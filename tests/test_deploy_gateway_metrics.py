@@ -59,7 +59,7 @@ def gateway_with_metrics_port(tmp_path_factory: pytest.TempPathFactory) -> Itera
         env=gateway_env(tmp_path_factory.mktemp("gw"), CHORUS_METRICS_PORT="0"),
     )
     try:
-        proc.wait_ready(60)
+        proc.wait_ready()
         yield proc
     finally:
         proc.stop()
@@ -88,7 +88,7 @@ def test_public_port_no_longer_serves_metrics(gateway_with_metrics_port: Service
 def test_without_a_metrics_port_the_public_port_keeps_metrics(tmp_path: Path):
     proc = ServiceProcess("chorus.gateway", env=gateway_env(tmp_path))
     try:
-        proc.wait_ready(60)
+        proc.wait_ready()
         reply = httpx.get(f"{proc.address}/metrics", timeout=10)
         assert reply.status_code == 200 and "# TYPE" in reply.text
         assert not any('"metrics_listening"' in line for line in proc.lines)

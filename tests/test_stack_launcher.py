@@ -571,7 +571,7 @@ async def test_readiness_waits_for_its_own_process_not_a_server_already_on_the_p
         | {"CHORUS_HISTORY_PORT": str(port), "CHORUS_DEV_MODE": "true"},
     )
     try:
-        other.wait_ready(60)
+        other.wait_ready()
         assert await asyncio.to_thread(serving, port, "chorus.v1.HistoryService")
         service = stack.Service("history", "chorus.history", port, "chorus.v1.HistoryService")
         probe = stack._ready(service, {})

@@ -43,7 +43,7 @@ def test_the_startup_sweep_waits_for_history_svc_started_after_the_orchestrator(
     )
     history = None
     try:
-        orchestrator.wait_ready(60)
+        orchestrator.wait_ready()
         _wait_event(orchestrator, "orchestrator_ready", 30)
         # history-svc is not there yet: the sweep waits (it used to fail at once)
         history = ServiceProcess(
@@ -51,7 +51,7 @@ def test_the_startup_sweep_waits_for_history_svc_started_after_the_orchestrator(
             env=service_env(tmp_path, "CHORUS_HISTORY_PORT")
             | {"CHORUS_HISTORY_PORT": str(history_port)},
         )
-        history.wait_ready(60)
+        history.wait_ready()
         _wait_event(orchestrator, "startup_sweep_done", 60)
         events = _events(orchestrator)
         assert "startup_sweep_failed" not in events, "\n".join(orchestrator.lines)

@@ -44,7 +44,7 @@ def simulated_backend(tmp: Path) -> Iterator[BackendProcesses]:
         "CHORUS_SIMULATOR_TOKENS_PER_SECOND": "0",
         "CHORUS_SIMULATOR_TIME_TO_FIRST_TOKEN_S": "0",
     }
-    with backend_processes(env, provider_env=fast, ready_timeout_s=60) as backend:
+    with backend_processes(env, provider_env=fast) as backend:
         yield backend
 
 

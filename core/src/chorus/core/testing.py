@@ -88,6 +88,12 @@ def traced_in_memory(*, capture: bool = False) -> Iterator[InMemorySpanExporter]
         provider.shutdown()
 
 
+READY_TIMEOUT_S = 120.0
+"""How long a test waits for a service process to log its address, seconds: a wait on a
+condition, so only a failing start pays it; generous because on a loaded 2-core machine
+(load average 20-50 while a CI run shares it) importing grpc and autogen alone took 44 s."""
+
+
 class ServiceProcess:
     """A Chorus service in its own process (`python -m <module>`), on port 0 by default.
 
@@ -130,7 +136,7 @@ class ServiceProcess:
                     self._ready.set()
         self._ready.set()
 
-    def wait_ready(self, timeout: float = 30.0) -> str:
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:
         """Block until the service logged its address; return it (`host:port`).
 
         Raises:
@@ -182,7 +188,7 @@ def backend_processes(
     env: Mapping[str, str],
     *,
     provider_env: Mapping[str, str] | None = None,
-    ready_timeout_s: float = 30.0,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Iterator[BackendProcesses]:
     """provider-svc and history-svc, then orchestrator-svc pointed at them, each a
     `ServiceProcess` on port 0 with `env` (plus `provider_env` for provider-svc); all
