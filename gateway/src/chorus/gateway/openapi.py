@@ -95,7 +95,8 @@ NOT_FOR_CLIENTS: dict[str, str] = {
     "chorus.v1.Run.lease_epoch": f"{REPLICA_INTERNALS} Fencing epoch of the lease under "
     "which `ownerInstance` executes the run.",
     "chorus.v1.Run.attempt": f"{REPLICA_INTERNALS} Executions of the run so far: 1, plus "
-    "one per resume after its owner was lost or handed it over.",
+    "one per resume after its owner was lost or handed it over, or after a person's answer; "
+    "only the resumes after a lost owner are bounded (`CHORUS_MAX_RUN_RESUMES`).",
     "chorus.v1.Run.trace_context": f"{REPLICA_INTERNALS} W3C trace context of the run's first "
     "execution, when the orchestrator traces (a resumed run continues that trace).",
     "chorus.v1.AgentSpec.simulator": f"{TESTING_CONTROL} Used when the agent's model is on "
