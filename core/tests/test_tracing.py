@@ -203,15 +203,6 @@ async def test_each_hop_is_a_client_span_with_the_next_server_span_as_its_child(
         assert s.attributes["rpc.service"] == "chorus.v1.ProviderService"
         assert s.attributes["rpc.method"] == "ListModels"
         assert s.attributes["rpc.grpc.status_code"] == 0
-    # server spans: the rpc.* attributes only, not the peer's address, port, user agent
-    for s in chain:
-        if s.kind == trace.SpanKind.SERVER:
-            assert sorted(s.attributes) == [
-                "rpc.grpc.status_code",
-                "rpc.method",
-                "rpc.service",
-                "rpc.system",
-            ]
 
 
 async def test_a_failed_rpc_marks_its_spans_failed_with_the_grpc_code(traced_chain, spans):
