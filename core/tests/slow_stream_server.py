@@ -18,13 +18,25 @@ class SlowProvider(pbg.ProviderServiceServicer):
             yield pb.StreamChatResponse(text_delta=pb.StreamChatResponse.TextDelta(text=str(i)))
 
 
-async def bindings() -> list[ServiceBinding]:
-    return [
-        ServiceBinding(
-            "chorus.v1.ProviderService", SlowProvider(), pbg.add_ProviderServiceServicer_to_server
-        )
-    ]
+class SlowApp:
+    """The app `main` serves: one ProviderService binding, nothing to close."""
+
+    def __init__(self) -> None:
+        self.bindings = [
+            ServiceBinding(
+                "chorus.v1.ProviderService",
+                SlowProvider(),
+                pbg.add_ProviderServiceServicer_to_server,
+            )
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def build_app() -> SlowApp:
+    return SlowApp()
 
 
 if __name__ == "__main__":
-    main("slow", CoreSettings(), 0, bindings)
+    main("slow", CoreSettings(), 0, build_app)
