@@ -4,6 +4,7 @@ history-svc replicas behind one name need (issue 22)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -89,3 +90,70 @@ def test_the_service_config_asks_for_round_robin(settings):
     config = json.loads(dict(channel_options(settings))["grpc.service_config"])
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+class PeerRecorder(RecordingProvider):
+    """Records the peer (client address and port) of every ListModels call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: list[str] = []
+
+    async def ListModels(self, request, context):
+        self.peers.append(context.peer())
+        return await super().ListModels(request, context)
+
+
+async def test_a_server_with_a_connection_age_makes_callers_reconnect(settings):
+    """`max_connection_age_s` (grpc.max_connection_age_ms): the server sends GOAWAY, the
+    caller's next calls come over a new connection (a new client port), which is when a
+    caller balancing over a DNS name resolves it again and finds new replicas."""
+    recorder = PeerRecorder()
+    server = provider_grpc_server(
+        recorder, settings.model_copy(update={"max_connection_age_s": 0.3})
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=channel_options(settings)
+        ) as channel:
+            stub = pbg.ProviderServiceStub(channel)
+            request = pb.ListModelsRequest(provider="ok")
+            await stub.ListModels(request, metadata=AUTH, timeout=10)
+            async with asyncio.timeout(15):
+                while len(set(recorder.peers)) < 2:
+                    await channel.wait_for_state_change(channel.get_state())
+                    await stub.ListModels(request, metadata=AUTH, timeout=10)
+    finally:
+        await server.stop(0)
+    assert len(set(recorder.peers)) >= 2
+
+
+
+class SlowStream(PeerRecorder):
+    """StreamChat yields one delta every 0.1 s, ten in all."""
+
+    async def StreamChat(self, request, context):
+        for i in range(10):
+            await asyncio.sleep(0.1)
+            yield pb.StreamChatResponse(text_delta=pb.StreamChatResponse.TextDelta(text=str(i)))
+
+
+async def test_a_stream_outlives_the_connection_age(settings):
+    """GOAWAY only stops new calls on the connection: a stream open at that moment (a
+    WatchRuns, a StreamChats) runs to its end; no grace limit cuts it."""
+    server = provider_grpc_server(
+        SlowStream(), settings.model_copy(update={"max_connection_age_s": 0.2})
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=channel_options(settings)
+        ) as channel:
+            stub = pbg.ProviderServiceStub(channel)
+            call = stub.StreamChat(pb.StreamChatRequest(), metadata=AUTH, timeout=10)
+            texts = [item.text_delta.text async for item in call]
+            assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(0)
+    assert texts == [str(i) for i in range(10)]

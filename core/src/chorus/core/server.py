@@ -53,7 +53,12 @@ class ServiceBinding:
 
 def server_options(settings: CoreSettings) -> list[tuple[str, int]]:
     """Channel arguments of every Chorus server (names checked: unknown keys are ignored)."""
-    return [
+    age = (
+        [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000))]
+        if settings.max_connection_age_s
+        else []
+    )
+    return age + [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),

@@ -60,6 +60,14 @@ class CoreSettings(BaseSettings):
     keepalive_timeout_s: float = Field(
         10.0, gt=0, description="Seconds to wait for a keepalive ping's ack before closing."
     )
+    max_connection_age_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds after which a gRPC server asks each client connection to go "
+        "away (GOAWAY; grpc.max_connection_age_ms, jittered by ±10 % per gRPC proposal A9), "
+        "so callers balancing over a DNS name resolve it again and reach new replicas. Calls "
+        "in progress finish on the old connection (no grace limit). Unset: never.",
+    )
     max_unrequested_time_s: int = Field(
         300,
         gt=0,
