@@ -129,7 +129,6 @@ async def test_a_server_with_a_connection_age_makes_callers_reconnect(settings):
     assert len(set(recorder.peers)) >= 2
 
 
-
 class SlowStream(PeerRecorder):
     """StreamChat yields one delta every 0.1 s, ten in all."""
 

@@ -53,12 +53,7 @@ class ServiceBinding:
 
 def server_options(settings: CoreSettings) -> list[tuple[str, int]]:
     """Channel arguments of every Chorus server (names checked: unknown keys are ignored)."""
-    age = (
-        [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000))]
-        if settings.max_connection_age_s
-        else []
-    )
-    return age + [
+    options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
@@ -72,6 +67,9 @@ def server_options(settings: CoreSettings) -> list[tuple[str, int]]:
         # the call — the client sees CANCELLED and nothing in our logs says why.
         ("grpc.server_max_unrequested_time_in_server", settings.max_unrequested_time_s),
     ]
+    if settings.max_connection_age_s:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+    return options
 
 
 class GrpcServer:
