@@ -233,11 +233,6 @@ class Settings(CoreSettings):
     )
     cooldown_s: float = Field(30.0, ge=0, description="Cool-down length, seconds (0 disables).")
 
-    http_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp",
-        description="HTTP client under the SDKs: their aiohttp transport (`openai[aiohttp]`, "
-        "C-parsed, reads whole socket buffers) or their default httpx2.",
-    )
     coalesce_deltas: bool = Field(
         True,
         description="Merge consecutive text (or reasoning) deltas that arrive in one network "

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import grpc
-import httpx2
 
 from chorus.provider.models import ModelSpec, Usage
 from chorus.v1 import chat_pb2, provider_service_pb2
@@ -207,9 +206,9 @@ def error_from_http(
     )
 
 
-READ_ERRORS = (httpx2.HTTPError, aiohttp.ClientError)
-"""What reading an upstream body raises when the connection fails: httpx2's errors, or
-aiohttp's when `body_reader` reads aiohttp's response directly."""
+READ_ERRORS = (aiohttp.ClientError,)
+"""What reading an upstream body raises when the connection fails (aiohttp's
+`ClientPayloadError`, `ClientConnectionError`, ...)."""
 
 
 def disconnected(provider: str, err: BaseException) -> UpstreamError:
@@ -222,31 +221,14 @@ def disconnected(provider: str, err: BaseException) -> UpstreamError:
     )
 
 
-def body_reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
+def body_reader(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[bytes]]:
     """A function that returns the next bytes of an open streaming `response`'s body
-    (whatever one socket read brought), b"" at its end.
-
-    Under the SDKs' aiohttp transport an uncompressed body is read from aiohttp's response
-    itself: httpx2's `aiter_bytes` passes each read through four async generators (httpx2's
-    decoder and chunker, its pool wrapper, the transport's `iter_chunked`), ~10 % of
-    provider-svc's CPU at one token per read. Anything else (httpx2's own transport, a
-    `Content-Encoding`) goes through `aiter_bytes`.
+    (whatever one socket read brought, decompressed when the body has a
+    `Content-Encoding`), b"" at its end.
 
     Raises (from the function): `READ_ERRORS` when the connection fails.
     """
-    raw = getattr(getattr(response.stream, "_stream", None), "_aiohttp_response", None)
-    content = getattr(raw, "content", None)
-    if content is not None and response.headers.get("content-encoding", "identity") == "identity":
-        return content.readany  # type: ignore[no-any-return]
-    chunks = response.aiter_bytes()
-
-    async def read() -> bytes:
-        try:
-            return await anext(chunks)
-        except StopAsyncIteration:
-            return b""
-
-    return read
+    return response.content.readany
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

@@ -1,9 +1,12 @@
 """The OpenAI Chat Completions family: `openai`, `azure-openai` and `openai-compatible`.
 
-One backend class for the three, through the official `openai` SDK (3.x) with its retries
-off (`max_retries=0`; our loop in `chorus.provider.retry` owns retries). The SDK builds,
-authenticates (Azure: `api-key` header, `/openai/deployments/{model}` URLs, `api-version`)
-and sends the request and raises on HTTP errors; the SSE body is decoded by
+One backend class for the three. The request is JSON POSTed over aiohttp by
+`chorus.provider.backends.http` (no SDK: its request path cost ~0.9 ms of CPU per call), with
+the URLs and auth the `openai` SDK (3.x) used: `{base_url}/chat/completions` (default base
+`https://api.openai.com/v1`) and `Authorization: Bearer <key>` (openai-compatible servers
+without a key get `Bearer not-needed`, as the SDK sent); Azure
+`{endpoint}/openai/deployments/{model}/chat/completions?api-version={api_version}` and an
+`api-key` header. Retries are `chorus.provider.retry`'s. The SSE body is decoded by
 `chorus.provider.sse` (see there why).
 
 Wire facts handled (REFERENCE.md): `data:` lines ending with `data: [DONE]`; a first chunk
@@ -21,14 +24,14 @@ become `tool_calls`; tool results become `tool` messages with `tool_call_id`.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import quote
 
 import grpc
-import httpx2
-import openai
 import orjson
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from yarl import URL
 
 from chorus.provider.backends.base import (
     READ_ERRORS,
@@ -41,11 +44,10 @@ from chorus.provider.backends.base import (
     bad_shape,
     body_reader,
     disconnected,
-    error_from_http,
     finish_reason_of,
     role_name,
-    unreachable,
 )
+from chorus.provider.backends.http import JsonPoster
 from chorus.provider.models import ProviderSpec, Usage
 from chorus.provider.schemas import tool_schema
 from chorus.provider.settings import Settings
@@ -119,15 +121,6 @@ def _usage(raw: dict[str, Any]) -> Usage:
         output_tokens=int(raw.get("completion_tokens") or 0),
         reasoning_tokens=int(completion.get("reasoning_tokens") or 0),
     )
-
-
-def _error_message(err: openai.APIStatusError) -> str:
-    body = err.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-    return str(err.message)
 
 
 class _ChunkState:
@@ -212,47 +205,44 @@ class OpenAIBackend(Backend):
     `openai-compatible`."""
 
     def __init__(self, provider: ProviderSpec, settings: Settings) -> None:
+        """Raises: ValueError: an `azure-openai` provider without an `api_version` (nor
+        `OPENAI_API_VERSION` in the environment, which the SDK read)."""
         self.provider = provider
-        timeout = httpx2.Timeout(
-            connect=settings.connect_timeout_s,
-            # No read timeout: aiohttp would re-arm its timer on every socket read (~3 % of
-            # the CPU per token); the retry loop's first-event timeout and the servicer's
-            # idle timeout bound every read instead.
-            read=None,
-            write=30.0,
-            pool=settings.connect_timeout_s,
-        )
-        http_client = (
-            openai.DefaultAioHttpClient(timeout=timeout)
-            if settings.http_transport == "aiohttp"
-            else openai.DefaultAsyncHttpxClient(timeout=timeout)
-        )
-        self._client: openai.AsyncOpenAI
+        self._azure: tuple[str, str] | None = None
         if provider.kind == "azure-openai":
-            self._client = openai.AsyncAzureOpenAI(
-                azure_endpoint=provider.base_url or "",
-                api_key=provider.api_key,
-                api_version=provider.api_version,
-                max_retries=0,
-                timeout=timeout,
-                http_client=http_client,
+            version = provider.api_version or os.environ.get("OPENAI_API_VERSION")
+            if not version:
+                raise ValueError(f"{provider.name}: azure-openai needs an api_version")
+            endpoint = (provider.base_url or "").rstrip("/")
+            self._azure = (
+                f"{endpoint}/openai/deployments/",
+                f"/chat/completions?api-version={quote(version, safe='')}",
             )
+            headers = {"api-key": provider.api_key or ""}
         else:
-            self._client = openai.AsyncOpenAI(
-                # OpenAI-compatible servers often want no key; the SDK insists on one.
-                api_key=provider.api_key or "not-needed",
-                base_url=provider.base_url or None,
-                max_retries=0,
-                timeout=timeout,
-                http_client=http_client,
-            )
+            base = (provider.base_url or "https://api.openai.com/v1").rstrip("/")
+            self._url = URL(f"{base}/chat/completions")
+            # OpenAI-compatible servers often want no key; the SDK sent this one.
+            headers = {"Authorization": f"Bearer {provider.api_key or 'not-needed'}"}
+        self._urls: dict[str, URL] = {}
+        self._http = JsonPoster(provider.name, headers, settings)
         self._coalesce = settings.coalesce_deltas
         self._max_tokens_param = (
             "max_tokens" if provider.kind == "openai-compatible" else "max_completion_tokens"
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
+
+    def _url_of(self, model: str) -> URL:
+        """The chat completions URL for `model` (Azure: its deployment's)."""
+        if self._azure is None:
+            return self._url
+        url = self._urls.get(model)
+        if url is None:
+            head, tail = self._azure
+            url = self._urls[model] = URL(f"{head}{quote(model, safe='')}{tail}")
+        return url
 
     def _params(self, call: Call) -> dict[str, Any]:
         req = call.request
@@ -277,26 +267,8 @@ class OpenAIBackend(Backend):
         return params
 
     async def stream(self, call: Call, result: StreamResult) -> AsyncGenerator[Event, None]:
-        try:
-            # `post` is the SDK's documented way to send a body as is: `chat.completions.create`
-            # would first run its type-driven transform over the params (~0.76 ms of CPU per
-            # call here, for plain JSON that it leaves unchanged). Same URL (Azure: the
-            # deployment's), headers, auth, timeouts and errors.
-            sdk_stream = await self._client.post(
-                "/chat/completions",
-                body=self._params(call),
-                cast_to=ChatCompletion,
-                stream=True,
-                stream_cls=openai.AsyncStream[ChatCompletionChunk],
-            )
-        except openai.APIStatusError as err:
-            raise error_from_http(
-                err.status_code, _error_message(err), err.response.headers
-            ) from None
-        except openai.APIConnectionError as err:  # refused, reset, DNS, connect timeout
-            raise unreachable(self.provider.name, err) from None
+        response = await self._http.post(self._url_of(call.model.name), self._params(call))
         name = self.provider.name
-        response = sdk_stream.response
         read = body_reader(response)
         decoder = SSEDecoder()
         state = _ChunkState(name, result)
@@ -330,7 +302,7 @@ class OpenAIBackend(Backend):
         except READ_ERRORS as err:
             raise disconnected(name, err) from None
         finally:
-            await response.aclose()
+            response.release()
         finish = state.finish
         if finish is None:
             raise UpstreamError(

@@ -1,7 +1,7 @@
 """One backend instance per configured provider, created on first use and closed with the app.
 
-The SDK-backed modules are imported on first use too: `openai` and `anthropic` take seconds
-to import, which a process serving only the simulator need not pay at start.
+The HTTP backends' modules are imported on first use too (a process serving only the
+simulator does not load them).
 """
 
 from __future__ import annotations
