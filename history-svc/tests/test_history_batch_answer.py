@@ -1,7 +1,7 @@
 """AppendRunEventBatches answers once the store committed, before its Redis writes (the
 live log's entries and the cached records), which follow in the background — bounded by
-`MAX_WRITES_AFTER_ANSWER`, beyond which a call waits for its own (issue 18: the first
-delta of a turn is shown once its batch is answered)."""
+`shared.MAX_WRITES_AFTER_ANSWER` calls in a group, beyond which a call waits for its own
+(issue 18: the first delta of a turn is shown once its batch is answered)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import pytest
 from history_helpers import History, UserStub, new_run, text_event
 
-from chorus.history import servicer as servicer_module
+from chorus.core.testing import wait_for
+from chorus.history import shared
 from chorus.history.cache import RunWrites
 from chorus.v1 import history_service_pb2 as pb
 
@@ -63,17 +64,19 @@ async def test_the_answer_does_not_wait_for_the_live_log(history: History, alice
 async def test_beyond_the_bound_a_call_waits_for_its_own_writes(
     history: History, alice: UserStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(servicer_module, "MAX_WRITES_AFTER_ANSWER", 1)
+    monkeypatch.setattr(shared, "MAX_WRITES_AFTER_ANSWER", 1)
     held = HeldPublish(history)
-    first, second = await new_run(alice), await new_run(alice)
+    first, second, third = await new_run(alice), await new_run(alice), await new_run(alice)
     await asyncio.wait_for(append(alice, first.id, 1), 10)  # its writes in the background
-    blocked = asyncio.ensure_future(append(alice, second.id, 1))
-
-    for _ in range(2):  # the first call's publish, then the second call's own, inline
-        await asyncio.wait_for(held.started.get(), 10)
+    await asyncio.wait_for(held.started.get(), 10)  # …held on their way to Redis
+    # the next group fills while that one is under way: one call still answers at once,
+    await asyncio.wait_for(append(alice, second.id, 1), 10)
+    blocked = asyncio.ensure_future(append(alice, third.id, 1))  # the next waits for its own
+    await wait_for(lambda: history.app.servicer._shared._open.calls == 2)  # type: ignore[union-attr]
     assert not blocked.done()
     held.release.set()
     resp = await asyncio.wait_for(blocked, 10)
     assert resp.results[0].last_seq == 1
+    assert held.started.qsize() == 1  # the second and third calls' writes: one round trip
     await history.app.servicer.drain()
-    assert not history.app.servicer._after_batches
+    assert history.app.servicer._shared._flusher is None

@@ -194,30 +194,25 @@ class Cache(abc.ABC):
         runs: Sequence[run_pb2.Run],
         last_seqs: Sequence[tuple[str, int]],
         conversations: Sequence[conversation_pb2.Conversation] = (),
+        messages: Sequence[Appended] = (),
     ) -> RunWrites:
-        """`put_runs(runs)`, `advance_runs(last_seqs)` and `put_conversation` of each of
-        `conversations` as one `RunWrites`, to be sent on its own (`RunWrites.send`) or,
-        where the cache is Redis, queued on the live log's pipeline (one round trip for a
-        batch's log entries and cached values)."""
-        return RunWrites(self, runs, last_seqs, conversations)
+        """`put_runs(runs)`, `advance_runs(last_seqs)`, `put_conversation` of each of
+        `conversations` and `append_messages` of each of `messages` as one `RunWrites`, to
+        be sent on its own (`RunWrites.send`) or, where the cache is Redis, queued on the
+        live log's pipeline (one round trip for many calls' log entries and cached
+        values: `chorus.history.shared`)."""
+        return RunWrites(self, runs, last_seqs, conversations, messages)
 
-    async def put_run_start(
-        self,
-        run: run_pb2.Run,
-        conversation: conversation_pb2.Conversation | None,
-        added: Sequence[conversation_pb2.Message],
-    ) -> None:
-        """Write-through of RecordRunStart: `put_run`, and `append_messages` when the
-        conversation changed (created, or `added` messages; else None). One round trip
-        where the cache is remote."""
-        if conversation is not None:
-            await self.append_messages(conversation, added)
-        await self.put_run(run)
+
+Appended = tuple[conversation_pb2.Conversation, Sequence[conversation_pb2.Message]]
+"""A conversation as a commit left it and the messages that commit added to it (those of
+`Cache.append_messages`)."""
 
 
 class RunWrites:
-    """Cached-record writes of committed event batches (`Cache.run_writes`): whole records
-    (`runs`, read by the store) and last-seq advances (`last_seqs`: `(run_id, last_seq)`).
+    """Cached-record writes of committed calls (`Cache.run_writes`): whole records (`runs`,
+    read by the store), last-seq advances (`last_seqs`: `(run_id, last_seq)`), new or
+    changed `conversations` and message appends (`messages`).
 
     `send` writes them on their own. On Redis, `queue` puts them on a caller's pipeline
     instead and `sent` takes that pipeline's outcome. Nothing raises: a failure is counted
@@ -229,11 +224,13 @@ class RunWrites:
         runs: Sequence[run_pb2.Run],
         last_seqs: Sequence[tuple[str, int]],
         conversations: Sequence[conversation_pb2.Conversation] = (),
+        messages: Sequence[Appended] = (),
     ) -> None:
         self.cache = cache
         self.runs = runs
         self.last_seqs = last_seqs
         self.conversations = conversations
+        self.messages = messages
 
     async def send(self) -> None:
         """Write them (one round trip per kind where the cache is remote)."""
@@ -241,6 +238,7 @@ class RunWrites:
             self.cache.put_runs(self.runs),
             self.cache.advance_runs(self.last_seqs),
             *map(self.cache.put_conversation, self.conversations),
+            *(self.cache.append_messages(conv, added) for conv, added in self.messages),
         )
 
 
@@ -518,6 +516,8 @@ class RedisCache(Cache):
         keys = [self.run_key(run.id) for run in writes.runs]
         keys += [self.run_key(run_id) for run_id, _ in writes.last_seqs]
         keys += [self.conversation_key(c.id) for c in writes.conversations]
+        for conv, _ in writes.messages:
+            keys += [self.conversation_key(conv.id), self.messages_key(conv.id)]
         self._write_failed("run_writes", failure, *keys)
 
     def _run_write_calls(
@@ -557,6 +557,23 @@ class RedisCache(Cache):
             calls.append(
                 (self._set_if_newer, [key], [version, _framed(conversation), self._ttl_ms])
             )
+        # `append_messages` of each: the conversation if newer, then the messages appended
+        # to a cached list. Not in one MULTI as `append_messages` sends them: a reader
+        # between the two finds a list shorter than the count and reads the store
+        # (`messages_valid`).
+        for conversation, added in writes.messages:
+            conv_key = self.conversation_key(conversation.id)
+            all_keys.append(conv_key)
+            version = conversation_version(conversation)
+            calls.append(
+                (self._set_if_newer, [conv_key], [version, _framed(conversation), self._ttl_ms])
+            )
+            cached = [m for m in added if m.position <= self.max_messages]
+            if cached:
+                blob = GetConversationResponse(messages=cached).SerializeToString()
+                msgs_key = self.messages_key(conversation.id)
+                all_keys.append(msgs_key)
+                calls.append((self._append_if_exists, [msgs_key], [blob]))
         return all_keys, calls
 
     async def _per_run_scripts(
@@ -585,34 +602,6 @@ class RedisCache(Cache):
                 await pipe.execute()
         except ERRORS as exc:
             self._write_failed(operation, exc, *keys)
-            return
-        self._guard.succeeded()
-
-    async def put_run_start(
-        self,
-        run: run_pb2.Run,
-        conversation: conversation_pb2.Conversation | None,
-        added: Sequence[conversation_pb2.Message],
-    ) -> None:
-        keys = [self.run_key(run.id)]
-        if conversation is not None:
-            keys += [self.conversation_key(conversation.id), self.messages_key(conversation.id)]
-        if not await self._ready():
-            self._dirty.update(keys)
-            return
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                queue_script(
-                    pipe,
-                    self._set_if_newer,
-                    [keys[0]],
-                    [run_version(run), run.SerializeToString(), self._ttl_ms],
-                )
-                if conversation is not None:
-                    await self._queue_append_messages(pipe, conversation, added)
-                await pipe.execute()
-        except ERRORS as exc:
-            self._write_failed("put_run_start", exc, *keys)
             return
         self._guard.succeeded()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from chorus.history import runs as run_rules
 from chorus.history.cache import Cache
 from chorus.history.event_log import EventLog
 from chorus.history.settings import Settings
+from chorus.history.shared import SharedWrites
 from chorus.history.stores.base import (
     AppendedEvents,
     Checkpoint,
@@ -44,13 +45,6 @@ from chorus.v1 import (
     run_pb2,
 )
 
-MAX_WRITES_AFTER_ANSWER = 64
-"""Calls whose Redis writes (live log, cached records) may still be under way after they
-answered: AppendRunEventBatches, AppendRunEvents of events alone, RecordRunStart in a new
-conversation. The answer goes out once the store committed: the writer's watchers wait for
-it (issue 18, log before show) and Redis was a third of the handler's time; watchers on
-other replicas are woken by the live log a moment later, and whatever it misses they read
-from the store. Beyond this many, a call waits for its own writes."""
 _CONVERSATION_PATHS = ("title", "model", "team", "metadata")
 
 pb = history_service_pb2
@@ -108,7 +102,7 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         self._store = store
         self._cache = cache
         self._log = log
-        self._after_batches: set[asyncio.Task[None]] = set()
+        self._shared = SharedWrites(log, cache)
         self._watcher = Watcher(store, log, settings)
 
     # Conversations
@@ -228,8 +222,8 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
         )
         if result is None:
             raise conversation_not_found(conversation_id)
-        if result.added:
-            await self._cache.append_messages(result.conversation, result.added)
+        if result.added:  # cached before the answer, on a round trip shared with others
+            await self._shared.write(messages=[(result.conversation, result.added)], wait=True)
         return pb.AppendMessagesResponse(messages=result.messages)
 
     async def ListMessages(
@@ -421,18 +415,20 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             return pb.RecordRunStartResponse(run=started.run, created=False)
         if started.payloads:
             metrics.EVENTS_APPENDED.inc(len(started.payloads))
+        published = [(started.run.id, 1, started.payloads)] if started.payloads else []
         if conversation is not None and started.conversation is not None:
             # A new conversation: no cached value can be stale (its messages list is not
             # cached until a read fills it), so the Redis writes — run, conversation, live
-            # log — follow the answer, in one round trip, as a delta batch's do.
-            published = [(started.run.id, 1, started.payloads)] if started.payloads else []
-            await self._after_answer(published, [started.run], [], [started.conversation])
+            # log — follow the answer, on a round trip shared with other calls.
+            await self._shared.write(
+                published, [started.run], conversations=[started.conversation], wait=False
+            )
         else:
-            changed = started.conversation if started.added else None
-            writes = [self._cache.put_run_start(started.run, changed, started.added)]
-            if started.payloads:
-                writes.append(self._log.publish(started.run.id, 1, started.payloads))
-            await asyncio.gather(*writes)
+            # An existing conversation: the run and the messages it added are cached before
+            # the answer (a reader of the conversation may come next), on a shared trip.
+            changed = started.conversation
+            added = [(changed, started.added)] if changed is not None and started.added else []
+            await self._shared.write(published, [started.run], messages=added, wait=True)
         return pb.RecordRunStartResponse(
             run=started.run,
             created=True,
@@ -628,16 +624,20 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
             if result.new_payloads:
                 published = [(run_id, result.first_new_seq, result.new_payloads)]
                 if result.run is None:  # not read (the one-statement path): advance it
-                    await self._after_answer(published, [], [(run_id, result.last_seq)])
+                    await self._shared.write(
+                        published, advanced=[(run_id, result.last_seq)], wait=False
+                    )
                 else:
-                    await self._after_answer(published, [result.run], [])
+                    await self._shared.write(published, [result.run], wait=False)
         else:
             # Record fields with the events (a run's end): in the cache before the answer,
-            # so whoever learns of the end from the caller reads the final record.
-            writes = [self._cache.put_run(result.run)] if result.run is not None else []
-            if result.new_payloads:
-                writes.append(self._log.publish(run_id, result.first_new_seq, result.new_payloads))
-            await asyncio.gather(*writes)
+            # so whoever learns of the end from the caller reads the final record — on a
+            # round trip shared with the other calls that committed meanwhile.
+            published = (
+                [(run_id, result.first_new_seq, result.new_payloads)] if result.new_payloads else []
+            )
+            runs = [result.run] if result.run is not None else []
+            await self._shared.write(published, runs, wait=True)
         return pb.AppendRunEventsResponse(
             last_seq=result.last_seq, run=result.run if update is not None else None
         )
@@ -729,47 +729,12 @@ class HistoryServicer(history_service_pb2_grpc.HistoryServiceServicer):
                 result.error.CopyFrom(outcome.to_status(request_id))
         if published:
             metrics.EVENTS_APPENDED.inc(sum(len(p[2]) for p in published))
-            await self._after_answer(published, runs, advanced)
+            await self._shared.write(published, runs, advanced, wait=False)
         return resp
 
-    async def _after_answer(
-        self,
-        published: list[tuple[str, int, list[bytes]]],
-        runs: list[run_pb2.Run],
-        advanced: list[tuple[str, int]],
-        conversations: Sequence[conversation_pb2.Conversation] = (),
-    ) -> None:
-        """`_share` in the background, so the call answers once the store committed; at
-        most `MAX_WRITES_AFTER_ANSWER` calls' worth at a time, beyond that the caller
-        waits for its own writes (backpressure: Redis is behind)."""
-        share = self._share(published, runs, advanced, conversations)
-        if len(self._after_batches) < MAX_WRITES_AFTER_ANSWER:
-            task = asyncio.get_running_loop().create_task(share)
-            self._after_batches.add(task)
-            task.add_done_callback(self._after_batches.discard)
-        else:
-            await share
-
-    async def _share(
-        self,
-        published: list[tuple[str, int, list[bytes]]],
-        runs: list[run_pb2.Run],
-        advanced: list[tuple[str, int]],
-        conversations: Sequence[conversation_pb2.Conversation] = (),
-    ) -> None:
-        """Committed writes' Redis part, in one round trip: the live log's entries (the
-        wake-up of watchers on every replica) and the cached values — records whole
-        (`runs`, read by the store) or only their new last seq (`advanced`: `(run_id,
-        last_seq)`), and new `conversations`. None raises (a failure is logged and
-        counted, and the store stays the truth)."""
-        await self._log.publish_many(
-            published, self._cache.run_writes(runs, advanced, conversations)
-        )
-
     async def drain(self) -> None:
-        """Wait for the Redis writes of the delta batches already answered (at shutdown)."""
-        while self._after_batches:
-            await asyncio.gather(*self._after_batches, return_exceptions=True)
+        """Wait for the Redis writes of the calls already answered (at shutdown)."""
+        await self._shared.drain()
 
     async def ListRunEvents(
         self, request: pb.ListRunEventsRequest, context: grpc.aio.ServicerContext
