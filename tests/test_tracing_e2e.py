@@ -140,6 +140,13 @@ def by_id(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
     return {s.span_id: s for s in spans}
 
 
+BACKGROUND_RPCS = {
+    "/chorus.v1.HistoryService/ListRunRecords",
+    "/chorus.v1.HistoryService/RecordRunHeartbeats",
+}
+"""What the orchestrator calls on its own, outside any request."""
+
+
 def only(spans: list[ReceivedSpan], service: str, name: str) -> list[ReceivedSpan]:
     return [s for s in spans if s.service == service and s.name == name]
 
@@ -188,6 +195,13 @@ def test_one_run_is_one_trace_across_the_four_services(
     root, trace = run_trace(spans, run_id)
     assert root is not None
     ids = by_id(trace)
+
+    # The services' background calls (heartbeats every 1 s, lease sweeps every 0.5 s,
+    # catalog refreshes) start no trace: every trace begins at some caller's request (the
+    # test's own readiness calls included), never at a client span of a service.
+    roots = [s for s in spans if not s.parent_span_id]
+    assert {s.kind for s in roots} == {"SERVER"}, [(s.service, s.name) for s in roots]
+    assert not [s for s in roots if s.name in BACKGROUND_RPCS]
 
     # The trace starts at the gateway's HTTP request.
     http = http_request_span(trace)

@@ -16,14 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from chorus.core import tracing
+from chorus.core import identity, tracing
 from chorus.core.channels import ChannelPool
 from chorus.core.server import GrpcServer
 from chorus.core.testing import traced_in_memory
 from chorus.v1 import provider_service_pb2 as pb
 from chorus.v1 import provider_service_pb2_grpc as pbg
 
-from .conftest import AUTH
+from .conftest import AUTH, TOKEN
 
 PROBE = """
 import json, sys, threading
@@ -244,6 +244,24 @@ async def test_health_checks_are_not_traced(traced_chain, spans):
     reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert spans.get_finished_spans() == ()
+
+
+async def test_background_calls_are_traced_only_inside_a_trace(traced_chain, spans):
+    """The services' own calls outside any request (heartbeats, lease sweeps: identity
+    `system`, no current span) start no trace on any hop; inside a trace they are traced."""
+    channel, _ = traced_chain
+    stub = pbg.ProviderServiceStub(channel)
+    system = ((identity.USER_KEY, identity.SYSTEM_USER), (identity.TOKEN_KEY, TOKEN))
+    request = pb.ListModelsRequest(provider="ok")
+    await stub.ListModels(request, metadata=system, timeout=10)
+    assert spans.get_finished_spans() == ()
+    await stub.ListModels(request, metadata=AUTH, timeout=10)  # a user's: traced
+    assert len(spans.get_finished_spans()) == 4
+    spans.clear()
+    with tracing.span("sweep"):
+        await stub.ListModels(request, metadata=system, timeout=10)
+    kinds = sorted(s.kind.name for s in spans.get_finished_spans() if s.name != "sweep")
+    assert kinds == ["CLIENT", "CLIENT", "SERVER", "SERVER"]
 
 
 async def test_nothing_is_intercepted_when_off(settings):

@@ -23,7 +23,10 @@ What is traced, when on:
   (`start_stream_client_span`, `start_stream_server_span`), its context carried in the
   stream's own request (`StreamChatRequest.metadata`, `WatchRunsRequest.trace_context`:
   `carrier_of` on the sending side); nor the delta flusher's group
-  commits (`UNTRACED_METHODS`), which carry many runs' events;
+  commits (`UNTRACED_METHODS`), which carry many runs' events; nor background calls: those
+  made as the services' own identity (`identity.SYSTEM_USER`) outside any trace —
+  heartbeats, lease sweeps, input expiry, catalog refreshes — which would otherwise start a
+  new trace every few hundred milliseconds per orchestrator (`_background`);
 * the gateway's HTTP requests, SSE and WebSocket included (opentelemetry-instrumentation-
   fastapi, `chorus.gateway.tracing`);
 * runs, agent turns and tool calls (orchestrator) and model calls (provider-svc) after the
@@ -50,6 +53,8 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry import trace as trace  # re-exported: callers write tracing.trace.Status
+
+from chorus.core import identity
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -275,6 +280,24 @@ def _traced_rpc(method: str) -> bool:
     )
 
 
+def _user_of(metadata: Any) -> str | None:
+    """The `x-chorus-user` of a call's metadata ((key, value) pairs), or None."""
+    return next((value for key, value in metadata or () if key == identity.USER_KEY), None)
+
+
+def _background(user: str | None, in_trace: bool) -> bool:
+    """True for a call that belongs to no request: made as `identity.SYSTEM_USER` (which end
+    users can never be) and not inside a trace (`in_trace`: the caller has a current span, or
+    the call carries a `traceparent`)."""
+    return user == identity.SYSTEM_USER and not in_trace
+
+
+def _server_traced(details: Any) -> bool:
+    metadata = details.invocation_metadata or ()
+    carries_context = any(key == "traceparent" for key, _ in metadata)
+    return _traced_rpc(details.method) and not _background(_user_of(metadata), carries_context)
+
+
 def server_interceptors() -> list[Any]:
     """The OpenTelemetry aio server interceptor (outermost), or none when off."""
     if not _state.enabled:
@@ -283,8 +306,7 @@ def server_interceptors() -> list[Any]:
 
     return [
         aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=_state.provider,
-            filter_=lambda details: _traced_rpc(details.method),
+            tracer_provider=_state.provider, filter_=_server_traced
         )
     ]
 
@@ -299,7 +321,14 @@ def client_interceptors() -> list[Any]:
 
     def traced(details: Any) -> bool:
         method = details.method
-        return _traced_rpc(method.decode() if isinstance(method, bytes) else method)
+        if not _traced_rpc(method.decode() if isinstance(method, bytes) else method):
+            return False
+        in_trace = trace.get_current_span().get_span_context().is_valid
+        user = _user_of(details.metadata)
+        if user is None:  # the pool forwards the current identity after this interceptor
+            current = identity.current_identity_or_none()
+            user = current.user if current is not None else None
+        return not _background(user, in_trace)
 
     interceptors = aio_client_interceptors(  # type: ignore[no-untyped-call]
         tracer_provider=_state.provider, filter_=traced
