@@ -124,3 +124,42 @@ async def test_a_burst_beyond_the_redis_pool_is_counted_not_failed_open():
         async for key in client.scan_iter(f"{prefix}*"):
             await client.delete(key)
         await client.aclose()
+
+
+def test_local_windows_move_with_the_clock(monkeypatch):
+    from chorus.gateway import ratelimit
+
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
+    windows = ratelimit.LocalWindows()
+    assert windows.hit("runs/alice", 2, 60) == 0.0
+    now[0] += 10
+    assert windows.hit("runs/alice", 2, 60) == 0.0
+    assert windows.hit("runs/bob", 2, 60) == 0.0, "per key"
+    now[0] += 20
+    assert windows.hit("runs/alice", 2, 60) == 30.0, "refused until the first hit is 60 s old"
+    now[0] += 30
+    assert windows.hit("runs/alice", 2, 60) == 0.0, "the first hit left the window"
+    assert windows.hit("runs/alice", 2, 60) == 10.0, "the refused hit was not counted"
+    assert windows.hit("runs/carol", 0, 60) == 60.0
+    now[0] += 200
+    windows.hit("runs/alice", 2, 60)
+    assert set(windows._hits) == {"runs/alice"}, "keys whose window emptied were dropped"
+
+
+async def test_an_in_memory_limit_runs_no_task_and_no_thread():
+    import asyncio
+    import threading
+
+    from chorus.core.errors import ResourceExhausted
+    from chorus.gateway.ratelimit import RateLimiter
+    from chorus.gateway.settings import GatewaySettings
+
+    limiter = RateLimiter(GatewaySettings(rate_limit_runs="3/minute"))
+    tasks, threads = len(asyncio.all_tasks()), threading.active_count()
+    for _ in range(3):
+        await limiter.hit("runs", "dave")
+    with pytest.raises(ResourceExhausted):
+        await limiter.hit("runs", "dave")
+    assert len(asyncio.all_tasks()) == tasks and threading.active_count() == threads
+    await limiter.close()

@@ -151,7 +151,7 @@ class RequestContextMiddleware:
         elapsed = time.perf_counter() - start
         REQUESTS.labels(method, template, str(status)).inc()
         DURATION.labels(method, template).observe(elapsed)
-        log.info(
+        log.debug(  # not at INFO: a console line per request was ~3 % of a run start's CPU
             "http_request",
             method=method,
             path=scope.get("path", ""),

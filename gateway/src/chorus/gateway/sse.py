@@ -64,6 +64,8 @@ FLUSH_BURST = 8
 """Writes a stream may make back to back before the flush interval paces it."""
 RETRY_MS = 2000
 """Reconnect delay suggested to `EventSource` (`retry:` field), milliseconds."""
+RETRY = f"retry: {RETRY_MS}\n\n".encode()
+"""The `retry:` field a stream starts with."""
 
 STREAMS = Gauge("chorus_gateway_sse_streams", "SSE streams being served.")
 EVENTS = Counter("chorus_gateway_sse_events_total", "Run events sent over SSE.")
@@ -230,22 +232,25 @@ class EventStreamResponse(Response):
         STREAMS.inc()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": f"retry: {RETRY_MS}\n\n".encode(),
-                    "more_body": True,
-                }
-            )
+            # Each body message is a socket write: the `retry:` line leaves with the first
+            # events (already buffered when the stream opened after its first event), and
+            # the last events with the end of the body.
+            body = RETRY
+            if not pump.frames and not pump.finished:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = b""
             while (chunk := await pump.take(self.keepalive_s)) is not None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if chunk is not KEEPALIVE:
                     WRITES.inc()
                     EVENTS.inc(chunk.count(b"\n\n"))
-            tail = b""
+                body = body + chunk if body else chunk
+                if pump.finished and not pump.frames:
+                    break  # nothing can follow: these go out with the end
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = b""
             if pump.error is not None and not pump.closed:
-                tail = encode_error(pump.error)
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+                body += encode_error(pump.error)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         except OSError:  # ASGI 2.4 servers raise on a send after the client left
             pass
         finally:
