@@ -129,13 +129,16 @@ class SqliteStore(SqlStore):
             await asyncio.wait({done})
             raise
 
+    # One trip to aiosqlite's thread per statement (`execute_fetchall`), not three (execute,
+    # fetch, close the cursor): each trip is a queue hand-off and a wake-up of both sides.
+    # Every `_one` statement finds at most a few rows (by key, or LIMIT).
+
     async def _one(self, conn: Conn, sql: str, *args: Any) -> Row | None:
-        async with conn.execute(translate(sql), args) as cur:
-            return await cur.fetchone()
+        found = await conn.execute_fetchall(translate(sql), args)
+        return found[0] if found else None
 
     async def _all(self, conn: Conn, sql: str, *args: Any) -> list[Row]:
-        async with conn.execute(translate(sql), args) as cur:
-            return list(await cur.fetchall())
+        return list(await conn.execute_fetchall(translate(sql), args))
 
     async def _execute(self, conn: Conn, sql: str, *args: Any) -> None:
         await conn.execute(translate(sql), args)
