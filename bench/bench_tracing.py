@@ -3,7 +3,7 @@ span sampled (`OTEL_TRACES_SAMPLER=always_on`) and exported over OTLP/gRPC to a 
 this process — against the same stack with tracing off, alternated round after round.
 
     python -m bench.bench_tracing [--rounds 3] [--concurrency 100] [--tokens 500]
-        [--ttft-repeats 20] [--quick]
+        [--ttft-repeats 20] [--paced-runs 100] [--paced-tps 20] [--paced-tokens 200] [--quick]
 
 Each round and side runs on a fresh stack (PostgreSQL + Redis, a throw-away database and
 key prefix per side): a warm-up, SSE time to first token at 1 run (`--ttft-repeats` runs
@@ -13,6 +13,12 @@ goes first alternates. Reported: medians per side, the TTFT difference (ms), the
 ratio (on / off), the CPU the four services spent per 1,000 tokens of the throughput load
 (less moved by a busy machine than tokens/s) and the spans the receiver got per run. Target (issue 22):
 tokens/s at most 5 % lower, TTFT p50 at most 1 ms higher.
+
+The fast upstream's answers reach Chorus's clients coalesced (a 500-token answer in a few
+dozen events), so a run there costs ~14 ms of CPU and a span's fixed cost weighs heavily.
+Then, on the same stack, `--paced-runs` runs at once at LLM pace (the simulator streaming
+`--paced-tps` tokens/s, `--paced-tokens` each, one token per event): the services' CPU per
+1,000 tokens there is tracing's cost the way models stream.
 
 Writes `bench/results/tracing-<date>.json` and prints a markdown table.
 """
@@ -52,11 +58,29 @@ def one_side(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
         before = chorus.cpu_s()
         throughput = load("sse", gateway, args.concurrency, args.tokens)
         after = chorus.cpu_s()
+        paced_cpu_s = 0.0
+        if args.paced_runs:
+            paced_before = chorus.cpu_s()
+            load(
+                "sse",
+                gateway,
+                args.paced_runs,
+                args.paced_tokens,
+                "--model",
+                "simulator/sim-fast",
+                "--tokens-per-second",
+                str(args.paced_tps),
+            )
+            paced_cpu_s = sum(chorus.cpu_s().values()) - sum(paced_before.values())
     # CPU the four services spent per 1,000 tokens streamed: unlike tokens/s, not moved by
     # what else the (shared) machine runs meanwhile.
     cpu_s = sum(after.values()) - sum(before.values())
     tokens = args.concurrency * args.tokens
+    paced_tokens = args.paced_runs * args.paced_tokens
     return {
+        "paced_cpu_ms_per_1k_tokens": (
+            round(paced_cpu_s * 1e6 / paced_tokens, 2) if paced_tokens else None
+        ),
         "load_avg": round(os.getloadavg()[0], 2),  # a busy machine moves the wall-clock figures
         "ttft": ttft,
         "throughput": throughput,
@@ -68,7 +92,7 @@ def one_side(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     sides: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     spans_per_run: list[float] = []
-    runs_per_round = 10 + args.ttft_repeats + args.concurrency
+    runs_per_round = 10 + args.ttft_repeats + args.concurrency + args.paced_runs
     with ExitStack() as stack:
         receiver = stack.enter_context(OtlpReceiver())
         fast = stack.enter_context(upstream())
@@ -105,11 +129,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_ms_per_1k_tokens": round(
                 statistics.median(r["cpu_ms_per_1k_tokens"] for r in rounds), 2
             ),
+            "paced_cpu_ms_per_1k_tokens": (
+                round(statistics.median(r["paced_cpu_ms_per_1k_tokens"] for r in rounds), 2)
+                if args.paced_runs
+                else None
+            ),
         }
     off, on = figures["off"], figures["on"]
     figures["ttft_delta_ms"] = round(on["ttft_p50_ms"] - off["ttft_p50_ms"], 2)
     figures["tokens_ratio"] = round(on["tokens_per_s"] / off["tokens_per_s"], 3)
     figures["cpu_ratio"] = round(on["cpu_ms_per_1k_tokens"] / off["cpu_ms_per_1k_tokens"], 3)
+    if args.paced_runs:
+        figures["paced_cpu_ratio"] = round(
+            on["paced_cpu_ms_per_1k_tokens"] / off["paced_cpu_ms_per_1k_tokens"], 3
+        )
     figures["spans_per_run"] = round(statistics.median(spans_per_run), 1) if spans_per_run else 0
     return figures
 
@@ -125,6 +158,15 @@ def table(f: dict[str, Any]) -> str:
         ),
         f"| on vs off | {f['ttft_delta_ms']:+} ms | ×{f['tokens_ratio']} | ×{f['cpu_ratio']} |",
     ]
+    if f.get("paced_cpu_ratio"):
+        paced = f["args"]
+        rows += [
+            "",
+            f"At LLM pace ({paced['paced_runs']} runs at once, {paced['paced_tps']:g} tokens/s, "
+            f"{paced['paced_tokens']} tokens each, one token per event), services' CPU per 1k "
+            f"tokens: off {f['off']['paced_cpu_ms_per_1k_tokens']} ms, on "
+            f"{f['on']['paced_cpu_ms_per_1k_tokens']} ms, ×{f['paced_cpu_ratio']}",
+        ]
     loads = [r["load_avg"] for side in f["rounds"].values() for r in side]
     return (
         "\n".join(rows)
@@ -139,10 +181,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=500)
     parser.add_argument("--ttft-repeats", type=int, default=20)
+    parser.add_argument(
+        "--paced-runs",
+        type=int,
+        default=100,
+        help="runs of the LLM-pace phase (the simulator at --paced-tps; 0 skips it)",
+    )
+    parser.add_argument("--paced-tps", type=float, default=20.0)
+    parser.add_argument("--paced-tokens", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="2 rounds, 50 x 200, 10 TTFT runs")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.concurrency, args.tokens, args.ttft_repeats = 2, 50, 200, 10
+        args.paced_runs, args.paced_tokens = 20, 40
     figures = bench(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"tracing-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}.json"
