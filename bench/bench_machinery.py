@@ -15,7 +15,6 @@ edited):
 | `prefetch` | `CHORUS_PREFETCH_FIRST_MODEL_CALL=false` |
 | `coalesce` | `CHORUS_DELTA_COALESCE_S=0` (orchestrator) and `CHORUS_COALESCE_DELTAS=false` (provider) |
 | `sse_flush` | `CHORUS_SSE_FLUSH_INTERVAL_S=0` (gateway: write every SSE frame at once) |
-| `httpx` | `CHORUS_HTTP_TRANSPORT=httpx` (provider: the OpenAI SDK's own transport) |
 | `flag`, `protojson`, `watchdog`, `join_pieces`, `window` | the bench switch of that name |
 
 Each round and variant runs on a fresh four-service stack (PostgreSQL: a throw-away
@@ -82,7 +81,6 @@ SETTINGS: dict[str, dict[str, str]] = {
     "prefetch": {"CHORUS_PREFETCH_FIRST_MODEL_CALL": "false"},
     "coalesce": {"CHORUS_DELTA_COALESCE_S": "0", "CHORUS_COALESCE_DELTAS": "false"},
     "sse_flush": {"CHORUS_SSE_FLUSH_INTERVAL_S": "0"},
-    "httpx": {"CHORUS_HTTP_TRANSPORT": "httpx"},
 }
 VARIANTS = (*SETTINGS, *SWITCHED)
 FIGURES = (
