@@ -41,6 +41,7 @@ C = grpc.StatusCode
 
 _STATUSES = [
     # status, code, reason, retried
+    (300, C.UNKNOWN, "UPSTREAM_ERROR", False),  # final, neither 2xx nor an error (no Location)
     (400, C.INVALID_ARGUMENT, "UPSTREAM_BAD_REQUEST", False),
     (401, C.FAILED_PRECONDITION, "UPSTREAM_UNAUTHENTICATED", False),
     (403, C.FAILED_PRECONDITION, "UPSTREAM_PERMISSION_DENIED", False),
