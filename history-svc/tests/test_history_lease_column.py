@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from history_helpers import History, UserStub, new_run, text_event
@@ -123,3 +124,47 @@ async def test_a_continuing_batch_takes_one_statement_and_others_the_transaction
     )
     assert resp.results[0].WhichOneof("result") == "error"
     assert checked[-1] == [first.id]
+
+
+async def test_a_continuing_append_with_a_checkpoint_takes_one_statement(
+    pg_history: History, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, system = pg_history.as_user("lease-column-checkpoint"), pg_history.system()
+    transactions: list[str] = []
+    original = PostgresStore._transaction
+
+    def spy(self: PostgresStore):  # type: ignore[no-untyped-def]
+        transactions.append("begin")
+        return original(self)
+
+    monkeypatch.setattr(PostgresStore, "_transaction", spy)
+    run = await new_run(alice)
+    transactions.clear()  # (RecordRun's)
+    point = run_pb2.RunCheckpoint(seq=2, turns=1)
+    request = Batch(
+        run_id=run.id, events=[text_event(1), text_event(2)], lease_epoch=1, checkpoint=point
+    )
+    assert (await alice.AppendRunEvents(request)).last_seq == 2
+    assert transactions == []  # events, log end and checkpoint: one statement
+    row = await pg.fetchrow("SELECT seq, checkpoint FROM run_checkpoints WHERE run_id = $1", run.id)
+    assert row[0] == 2 and run_pb2.RunCheckpoint.FromString(row[1]) == point
+    # a repeat after a lost answer: the transaction recognises it
+    assert (await alice.AppendRunEvents(request)).last_seq == 2
+    assert transactions == ["begin"]
+    # a stale owner's append with a checkpoint never passes the statement: nothing written
+    await system.ClaimRun(
+        pb.ClaimRunRequest(
+            run_id=run.id, owner_instance="orch-b", lease_epoch=1, stale_after=STALE_NOW
+        )
+    )
+    stale = Batch(
+        run_id=run.id,
+        events=[text_event(3)],
+        lease_epoch=1,
+        checkpoint=run_pb2.RunCheckpoint(seq=3, turns=2),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await alice.AppendRunEvents(stale)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await pg.fetchval("SELECT count(*) FROM run_events WHERE run_id = $1", run.id) == 2
+    assert await pg.fetchval("SELECT seq FROM run_checkpoints WHERE run_id = $1", run.id) == 2

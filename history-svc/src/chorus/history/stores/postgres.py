@@ -268,10 +268,11 @@ class PostgresStore(SqlStore):
         lease_epoch: int = 0,
         checkpoint: Checkpoint | None = None,
     ) -> AppendedEvents:
-        """See `Store.append_events`. A batch without record fields or checkpoint that
-        continues its run's log (a writer's next lifecycle events: the usual case) is one
-        statement (`_APPEND_CONTINUING`, as AppendRunEventBatches stores its batches): one
-        round trip instead of BEGIN, lock, insert, COMMIT. Its result has no `run` (the
+        """See `Store.append_events`. A batch without record fields that continues its
+        run's log (a writer's next lifecycle events: the usual case) is one statement
+        (`_APPEND_CONTINUING`, as AppendRunEventBatches stores its batches; with a
+        checkpoint, `_APPEND_CONTINUING_CHECKPOINT`): one round trip instead of BEGIN,
+        lock, insert, (checkpoint,) COMMIT. Its result has no `run` (the
         record is not read: only its last seq moved). Anything else — a repeat, a gap, a
         lost lease, an ended, unknown or foreign run — goes through the transaction, which
         applies every rule and explains a refusal."""
@@ -284,6 +285,27 @@ class PostgresStore(SqlStore):
                     appended = {}  # nothing of the statement was written
             if run_id in appended:
                 # The log ended right before the batch: it ends at its last seq now.
+                return AppendedEvents(batch.last_seq, batch.first_seq, list(batch.payloads), None)
+        elif (
+            update is None
+            and checkpoint is not None
+            and batch.payloads
+            and checkpoint.seq <= batch.last_seq
+        ):
+            # A writer's lifecycle events with its checkpoint (a run's first agent, a turn's
+            # end): the same, the checkpoint written by the same statement.
+            async with self._session() as conn:
+                try:
+                    found = await conn.fetchval(
+                        _APPEND_CONTINUING_CHECKPOINT,
+                        run_id, batch.first_seq, batch.last_seq, lease_epoch, batch.ends_run,
+                        owner, list(range(batch.first_seq, batch.last_seq + 1)),
+                        list(batch.kinds), list(batch.payloads), checkpoint.seq,
+                        checkpoint.data, us_to_datetime(checkpoint.now_us),
+                    )  # fmt: skip
+                except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+                    found = None  # nothing of the statement was written
+            if found is not None:
                 return AppendedEvents(batch.last_seq, batch.first_seq, list(batch.payloads), None)
         return await super().append_events(
             run_id, owner, batch, update, lease_epoch=lease_epoch, checkpoint=checkpoint
@@ -503,3 +525,29 @@ for each run that is the caller's (`$6`, NULL for the system), not ended, whose 
 (the `lease_epoch` column, kept equal to the record's) is the batch's (or the batch's is 0)
 and whose log ends right before the batch: move its log's end and insert its events. Returns
 those runs' id and new last seq (not the record: the cache only advances its last seq)."""
+
+
+_APPEND_CONTINUING_CHECKPOINT = (
+    "WITH locked AS (SELECT owner, event_seq, events_ended, lease_epoch FROM runs "
+    "WHERE id = $1 FOR UPDATE), "
+    "continued AS (UPDATE runs SET event_seq = $3, events_ended = $5, "
+    "last_seq = GREATEST(runs.last_seq, $3) FROM locked l "
+    "WHERE runs.id = $1 AND l.event_seq = $2 - 1 AND NOT l.events_ended "
+    "AND ($4::bigint = 0 OR l.lease_epoch = $4) AND ($6::text IS NULL OR l.owner = $6) "
+    "RETURNING runs.last_seq), "
+    "inserted AS (INSERT INTO run_events (run_id, seq, kind, event) "
+    "SELECT $1, s, k, e FROM unnest($7::bigint[], $8::text[], $9::bytea[]) AS t(s, k, e) "
+    "WHERE EXISTS (SELECT 1 FROM continued)), "
+    "checkpoint AS (INSERT INTO run_checkpoints (run_id, seq, checkpoint, update_time) "
+    "SELECT $1, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM continued) "
+    "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, "
+    "checkpoint = excluded.checkpoint, update_time = excluded.update_time "
+    "WHERE run_checkpoints.seq <= excluded.seq) "
+    "SELECT last_seq FROM continued"
+)
+"""`_APPEND_CONTINUING` of one run's batch with its checkpoint (`$10` seq, `$11` serialized
+`RunCheckpoint`, `$12` time; at most the batch's last seq, checked before): lock the run,
+and if it is the caller's (`$6`), open, fenced by the batch's epoch (`$4`, 0: unfenced) and
+stored up to right before the batch (`$2`), move its log's end to `$3`, insert the events
+and replace the checkpoint unless the stored one covers more (as `_PUT_CHECKPOINT`).
+Returns the run's new last seq; no row: nothing was written (the transaction decides)."""
