@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import disable_created_metrics
 from starlette.responses import FileResponse, Response
@@ -89,14 +89,16 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
 
-    api = APIRouter(
-        prefix=API_PREFIX,
-        dependencies=[Depends(current_caller)],
-        generate_unique_id_function=routing.operation_id,
-    )
+    # Each module's router straight on the app, not through one `/api/v1` router: FastAPI
+    # matches a request once per level of included routers (twice, as it also matches
+    # when handling), ~25 µs of a run start's CPU per level.
     for module in (runs, conversations, models, teams, settings_routes, user):
-        api.include_router(module.router)
-    app.include_router(api)
+        app.include_router(
+            module.router,
+            prefix=API_PREFIX,
+            dependencies=[Depends(current_caller)],
+            generate_unique_id_function=routing.operation_id,
+        )
     app.include_router(ws.router, prefix=API_PREFIX)
     app.include_router(health.router)
 
