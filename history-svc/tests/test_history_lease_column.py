@@ -168,3 +168,69 @@ async def test_a_continuing_append_with_a_checkpoint_takes_one_statement(
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert await pg.fetchval("SELECT count(*) FROM run_events WHERE run_id = $1", run.id) == 2
     assert await pg.fetchval("SELECT seq FROM run_checkpoints WHERE run_id = $1", run.id) == 2
+
+
+async def test_a_run_end_takes_one_write_unless_the_row_changed_under_it(
+    pg_history: History, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = pg_history.as_user("lease-column-end")
+    transactions: list[str] = []
+    original = PostgresStore._transaction
+
+    def spy(self: PostgresStore):  # type: ignore[no-untyped-def]
+        transactions.append("begin")
+        return original(self)
+
+    monkeypatch.setattr(PostgresStore, "_transaction", spy)
+
+    def end(run_id: str) -> pb.AppendRunEventsRequest:
+        return Batch(
+            run_id=run_id,
+            events=[text_event(1)],
+            lease_epoch=1,
+            run=run_pb2.Run(status=run_pb2.RUN_STATUS_COMPLETED, last_seq=1, final_answer="ok"),
+            update_mask={"paths": ["status", "last_seq", "final_answer"]},
+        )
+
+    run = await new_run(alice)
+    transactions.clear()  # (RecordRun's)
+    ended = (await alice.AppendRunEvents(end(run.id))).run
+    assert transactions == []  # read, then one compare-and-set statement: no transaction
+    assert ended.status == run_pb2.RUN_STATUS_COMPLETED and ended.last_seq == 1
+    stored = await alice.GetRunRecord(pb.GetRunRecordRequest(run_id=run.id))
+    assert stored.run == ended
+    assert await pg.fetchval("SELECT event_seq FROM runs WHERE id = $1", run.id) == 1
+
+    # A writer changes the record between the read and the write: the statement writes
+    # nothing and the transaction merges the end into the changed record.
+    other = await new_run(alice)
+    transactions.clear()
+    row = await pg.fetchrow("SELECT record FROM runs WHERE id = $1", other.id)
+    record = run_pb2.Run.FromString(row[0])
+    record.owner_instance = "orch-z"  # a heartbeat's change, made after the read below
+    read = PostgresStore._append_updating
+
+    async def read_then_race(self, run_id, owner, batch, update, lease_epoch):  # type: ignore[no-untyped-def]
+        fetchrow = asyncpg.Connection.fetchrow
+
+        async def then_write(conn, sql, *args, **kw):  # type: ignore[no-untyped-def]
+            found = await fetchrow(conn, sql, *args, **kw)
+            await pg.execute(
+                "UPDATE runs SET record = $2, owner_instance = 'orch-z' WHERE id = $1",
+                run_id,
+                record.SerializeToString(),
+            )
+            return found
+
+        monkeypatch.setattr(asyncpg.Connection, "fetchrow", then_write)
+        try:
+            return await read(self, run_id, owner, batch, update, lease_epoch)
+        finally:
+            monkeypatch.setattr(asyncpg.Connection, "fetchrow", fetchrow)
+
+    monkeypatch.setattr(PostgresStore, "_append_updating", read_then_race)
+    ended = (await alice.AppendRunEvents(end(other.id))).run
+    assert transactions == ["begin"]  # the compare-and-set found the row changed
+    assert ended.status == run_pb2.RUN_STATUS_COMPLETED
+    assert ended.owner_instance == "orch-z"  # the concurrent change is kept, not lost
+    assert await pg.fetchval("SELECT count(*) FROM run_events WHERE run_id = $1", other.id) == 1
