@@ -437,3 +437,35 @@ async def test_a_kill_at_any_point_of_the_run_loses_nothing(
     # At most the call under way at the kill is made again (after a checkpoint: the next
     # turn's, if it had begun).
     assert_no_completed_call_repeated(stack, interrupted=1)
+
+
+@BOTH_BACKENDS
+async def test_a_single_run_killed_as_its_first_deltas_are_written_restarts_from_its_input(
+    stack: Stack, alice: RunClient
+) -> None:
+    # The prefetched call's first deltas are written once the opening write is stored,
+    # while the team is being built: a kill then (their write under way or not) leaves a
+    # log that a resume continues exactly, from the input.
+    writer = agent("writer", simulator=sim(tokens_per_second=200.0, output_tokens=100))
+    async with orchestrator_process(stack) as (proc, channel):
+        run = await RunClient(channel, alice.user).create(
+            spec(team_spec=team(team_pb2.TEAM_KIND_SINGLE, writer))
+        )
+        proc.terminate(signal.SIGKILL)
+        await asyncio.to_thread(proc.proc.wait)
+    done = await alice.wait_status(run.id, run_pb2.RUN_STATUS_COMPLETED, timeout=30)
+    events = await stack.history_client(alice.user).events(run.id)
+    assert_well_formed(events)
+    assert done.last_seq == events[-1].seq and done.attempt == 2
+    (at,) = [i for i, e in enumerate(events) if e.HasField("run_resumed")]
+    assert events[at].run_resumed.from_seq == 0  # restarted from its input
+    first, second = events[:at], events[at + 1 :]
+    assert [payload(e) for e in first[:2]] == ["run_started", "agent_started"]
+    assert {payload(e) for e in first[2:]} <= {"text_delta"}
+    assert payload(second[0]) == "agent_started" and second[0].agent_started.turn == 1
+    kinds = [payload(e) for e in second[1:]]
+    assert kinds[-4:] == ["message_completed", "agent_finished", "progress", "run_completed"]
+    assert set(kinds[:-4]) == {"text_delta"}
+    text = "".join(e.text_delta.text for e in second if e.HasField("text_delta"))
+    assert text == second[-1].run_completed.final_answer
+    assert_no_completed_call_repeated(stack, interrupted=1)

@@ -123,6 +123,29 @@ async def started_tasks() -> None:
     await asyncio.create_task(last())
 
 
+async def test_deltas_of_a_held_log_are_written_and_shown_only_once_it_is_released() -> None:
+    # A new run's log is held while its opening write is under way: a prefetched model
+    # call's deltas are numbered after the opening events (stored by that write) but
+    # neither written (the run is not stored yet) nor shown until the log is released.
+    store = Store()
+    flusher = DeltaFlusher(store.many, tick_s=60)  # a tick no test would wait for
+    log = RunEventLog("run-1", store, flusher=flusher, buffer_events=64, held=True)
+    log.emit_stored(Event(run_started=Event.RunStarted()), started(1))
+    waiter = asyncio.create_task(log.wait_beyond(2))
+    log.emit_delta(delta("a"))
+    log.emit_delta(delta("b"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert log.last_seq == 4 and log.stored_seq == 2 and store.calls == []
+    assert log.events_after(2) == [] and not waiter.done()
+    log.release()  # the opening write is stored: both go in one call, without the tick
+    await asyncio.wait_for(waiter, 2)
+    assert store.calls == [["run-1"]] and store.stored == [3, 4]
+    assert [e.text_delta.text for e in log.events_after(2) or []] == ["a", "b"]
+    log.close()
+    await flusher.close()
+
+
 async def test_a_lifecycle_event_waits_until_the_previous_one_is_stored() -> None:
     store = Store()
     store.gate = asyncio.Event()

@@ -27,7 +27,9 @@ from prometheus_client import REGISTRY
 
 from chorus.core.errors import rpc_code
 from chorus.core.testing import wait_for
+from chorus.orchestrator.events import RunEventLog
 from chorus.v1 import chat_pb2, run_pb2, team_pb2
+from chorus.v1 import run_service_pb2 as rs
 
 SINGLE = team_pb2.TEAM_KIND_SINGLE
 Fault = chat_pb2.SimulatorFault
@@ -196,3 +198,48 @@ async def test_the_first_model_call_runs_during_the_opening_write_and_ends_when_
     await wait_for(lambda: stack.provider.simulator.active_streams == 0)
     assert prefetches("dropped") == dropped + 1
     assert await stack.history_client(alice.user).conversations() == []  # nothing stored
+
+
+@pytest.mark.parametrize("history_backend", ["postgres"], indirect=True)
+async def test_the_first_deltas_are_read_during_the_opening_write_and_shown_after_it(
+    stack: Stack, alice: RunClient, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Time to first token: the prefetched call's deltas enter the run's log as they arrive,
+    # while the opening write is under way (their own write starts with its answer, not
+    # once the team is built); log before show: nobody sees them before both are stored.
+    emitted: list[run_pb2.RunEvent] = []
+    emit_delta = RunEventLog.emit_delta
+
+    def counted(self: RunEventLog, event: run_pb2.RunEvent) -> None:
+        emitted.append(event)
+        emit_delta(self, event)
+
+    monkeypatch.setattr(RunEventLog, "emit_delta", counted)
+    async with (
+        await psycopg.AsyncConnection.connect(pg_url) as lock,
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin,
+    ):
+        # New conversations wait for this lock: the run's opening write stays under way.
+        await lock.execute("LOCK TABLE conversations IN EXCLUSIVE MODE")
+        writer = agent("writer", simulator=sim(output_tokens=4))
+        request = rs.StreamRunRequest(spec=spec(team_spec=team(SINGLE, writer)))
+        call = alice.stub.StreamRun(request, metadata=alice.md)
+        first = asyncio.create_task(read_until(call, lambda e: True))
+
+        async def blocked_write() -> tuple[int] | None:
+            waiting = await admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            return await waiting.fetchone()
+
+        await wait_for(blocked_write)  # the opening write waits for the lock …
+        await wait_for(lambda: emitted)  # … while the reply enters the log
+        assert emitted[0].seq == 3  # after run_started and agent_started
+        assert not first.done()  # nothing shown: the run is not stored
+        await lock.rollback()
+    events = await first + await read_rest(call)
+    assert_well_formed(events)
+    assert kinds(events)[:3] == ["run_started", "agent_started", "text_delta"]
+    assert events[-1].HasField("run_completed")
+    assert await stack.history_client(alice.user).events(events[0].run_id) == events

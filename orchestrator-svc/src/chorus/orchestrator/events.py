@@ -76,6 +76,8 @@ class RunEventLog:
             resumed run).
         lease_epoch: the owner's lease epoch (`Run.lease_epoch`), carried by every write so
             history-svc refuses it once another replica claimed the run.
+        held: the run is not stored yet (its opening write is under way): token deltas
+            are numbered and kept, not written, until `release`.
         on_rejected: called when history-svc rejected a delta batch written by the
             flusher (the batch stays pending; the next lifecycle write retries it).
     """
@@ -89,6 +91,7 @@ class RunEventLog:
         buffer_events: int,
         next_seq: int = 1,
         lease_epoch: int = 0,
+        held: bool = False,
         on_rejected: RejectionHandler | None = None,
     ) -> None:
         self.run_id = run_id
@@ -115,6 +118,7 @@ class RunEventLog:
         self._in_flight: asyncio.Future[None] | None = None  # the flusher's batch
         self._waiter: asyncio.Future[None] | None = None
         self._last_delta = -math.inf  # loop time of the last emit_delta
+        self._held = held
         self.ended = False
         """True once the terminal event was emitted."""
         self.closed = False
@@ -169,7 +173,8 @@ class RunEventLog:
 
     def emit_delta(self, event: run_pb2.RunEvent) -> None:
         """Emit a token delta now; it is stored with the flusher's next call (≤ its tick
-        later; the first delta of a turn at once).
+        later; the first delta of a turn at once) — or, while the log is held, once it is
+        released.
 
         Raises:
             RuntimeError: the run already ended.
@@ -180,7 +185,15 @@ class RunEventLog:
         now = self._loop.time()
         idle = now - self._last_delta >= IDLE_S  # the first delta of a turn: no tick
         self._last_delta = now
-        self._flusher.mark(self, urgent=idle)
+        if not self._held:
+            self._flusher.mark(self, urgent=idle)
+
+    def release(self) -> None:
+        """The run's opening write is stored: the token deltas emitted meanwhile (a
+        prefetched first model call's) go to the flusher at once, without its tick."""
+        self._held = False
+        if self._pending:
+            self._flusher.mark(self, urgent=True)
 
     async def emit(
         self,

@@ -167,7 +167,11 @@ class DeltaFlusher:
             calls[-1].append((run_log, batch))
             events += len(batch)
         if calls[0]:
-            failed = await asyncio.gather(*(self._send(call) for call in calls))
+            failed = (  # one call (the usual case) in this task: no task per call to start
+                [await self._send(calls[0])]
+                if len(calls) == 1
+                else await asyncio.gather(*(self._send(call) for call in calls))
+            )
             if any(failed):  # history-svc unreachable beyond the client's retries
                 await asyncio.sleep(RETRY_AFTER_FAILURE_S)
 

@@ -75,8 +75,9 @@ STREAM_CHATS_CALLS = Counter(
 MODEL_CALL_PREFETCHES = Counter(
     "chorus_orchestrator_model_call_prefetches_total",
     "First model calls opened during a run's opening write, by outcome: used (the agent's "
-    "first call was that request), mismatch (it was not; cancelled) or dropped (the run "
-    "did not start; cancelled).",
+    "first call was that request), mismatch (it was not: taken up all the same, its deltas "
+    "being in the run's log) or dropped (the run did not start, or stopped before its agent "
+    "asked; cancelled).",
     ["outcome"],
 )
 HEARTBEAT_FAILURES = Counter(

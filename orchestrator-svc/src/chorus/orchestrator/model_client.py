@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import grpc
@@ -196,6 +197,35 @@ def add_usage(total: chat_pb2.Usage, usage: chat_pb2.Usage) -> None:
         total.cost_usd = (total.cost_usd if total.HasField("cost_usd") else 0.0) + usage.cost_usd
 
 
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What one model call's stream gave: its text, reasoning (None: none), tool calls,
+    usage and finish (None: the stream ended without one)."""
+
+    text: str
+    reasoning: str | None
+    calls: list[FunctionCall]
+    usage: chat_pb2.Usage
+    finish: ps.StreamChatResponse.Finish | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefetch:
+    """A call opened before its agent asked (`ProviderChatClient.prefetch`): its request,
+    its stream and the task reading it."""
+
+    request: ps.StreamChatRequest
+    call: ChatStream
+    reading: asyncio.Task[_Reply]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A prefetched call's reading ended: its error counts as seen (a dropped prefetch's
+    error is nobody's; a taken-up one's is raised by `create`)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class ProviderChatClient(ChatCompletionClient):
     """A `ChatCompletionClient` for one agent (or a team's orchestrator) of one run.
 
@@ -245,23 +275,31 @@ class ProviderChatClient(ChatCompletionClient):
         self._label = self._labels.get("agent", "")
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
-        self._prefetched: tuple[ps.StreamChatRequest, ChatStream] | None
-        self._prefetched = None
+        self._prefetched: _Prefetch | None = None
 
     def prefetch(self, messages: Sequence[LLMMessage], tools: Sequence[ToolSchema]) -> None:
         """Open the call the agent is expected to make first (`messages`, `tools`, tool
-        choice "auto"), before the run has started: provider-svc and the upstream work
-        on it while the run's opening write is under way. The first `create` whose request
-        is exactly this one takes the call up (its responses wait in the call meanwhile);
-        any other request cancels it. `drop_prefetch` cancels an unused one."""
+        choice "auto"), before the run has started, and read it at once: provider-svc and
+        the upstream work on it while the run's opening write is under way, and its deltas
+        go to the run's log as they arrive (held there until that write is stored:
+        `RunEventLog.release`), not once the team is built and asks. The agent's first
+        `create` takes the call up and returns its result; its request should be exactly
+        this one (a change staged meanwhile — UpdateRunAgent — applies from the next call:
+        the deltas of this one are in the log already). `drop_prefetch` cancels an unused
+        one."""
         self.drop_prefetch()
         request = self.build_request(messages, tools, "auto")
-        self._prefetched = (request, self._open(request))
+        call = self._open(request)
+        reading = asyncio.get_running_loop().create_task(self._read(call))
+        reading.add_done_callback(_retrieve)
+        self._prefetched = _Prefetch(request, call, reading)
 
     def drop_prefetch(self) -> None:
-        """Cancel the prefetched call if no `create` took it up (the run did not start)."""
+        """Cancel the prefetched call if no `create` took it up (the run did not start, or
+        stopped before its agent asked)."""
         if self._prefetched is not None:
-            self._prefetched[1].cancel()
+            self._prefetched.call.cancel()
+            self._prefetched.reading.cancel()
             self._prefetched = None
             metrics.MODEL_CALL_PREFETCHES.labels("dropped").inc()
 
@@ -270,17 +308,16 @@ class ProviderChatClient(ChatCompletionClient):
             request, user=self._user, request_id=self._request_id, timeout_s=self._timeout_s
         )
 
-    def _call_for(self, request: ps.StreamChatRequest) -> ChatStream:
-        """The prefetched call when it was opened with `request`, else a new call."""
+    def _take_prefetch(self, request: ps.StreamChatRequest) -> _Prefetch | None:
+        """The prefetched call, taken up by the call of `request` (None: nothing prefetched)."""
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None:
-            if prefetched[0] == request:
+            if prefetched.request == request:
                 metrics.MODEL_CALL_PREFETCHES.labels("used").inc()
-                return prefetched[1]
-            prefetched[1].cancel()
-            metrics.MODEL_CALL_PREFETCHES.labels("mismatch").inc()
-            log.warning("model_call_prefetch_mismatch", labels=self._labels)
-        return self._open(request)
+            else:  # its deltas are in the log: it is the agent's first call all the same
+                metrics.MODEL_CALL_PREFETCHES.labels("mismatch").inc()
+                log.warning("model_call_prefetch_mismatch", labels=self._labels)
+        return prefetched
 
     def build_request(
         self,
@@ -344,13 +381,88 @@ class ProviderChatClient(ChatCompletionClient):
             replayed = self._journal.replay_call(self._label)
             if replayed is not None:
                 return self._completed(*replayed)
-        call = self._call_for(self.build_request(messages, tools, tool_choice))
+        request = self.build_request(messages, tools, tool_choice)
+        prefetched = self._take_prefetch(request)
+        call = prefetched.call if prefetched is not None else self._open(request)
         if cancellation_token is not None:
 
             def cancel_call() -> None:  # add_callback wants `() -> None`; cancel gives a bool
                 call.cancel()
 
             cancellation_token.add_callback(cancel_call)
+        try:
+            reply = await (
+                prefetched.reading if prefetched is not None else self._read(call, on_text)
+            )
+        except ProviderCallError as exc:  # the stream's `error` event
+            raise self._fail(exc.error) from None
+        except ChorusError as exc:  # the stream's error status, or the call's failure
+            if (
+                exc.code == grpc.StatusCode.CANCELLED
+                and cancellation_token is not None
+                and cancellation_token.is_cancelled()
+            ):
+                metrics.MODEL_CALLS.labels("cancelled").inc()
+                raise asyncio.CancelledError() from None
+            raise self._fail(
+                run_pb2.RunError(
+                    code=rpc_code(exc.code),
+                    message=f"model call failed: {exc.message}",
+                    retryable=exc.code in _RETRYABLE,
+                    reason="PROVIDER_ERROR",
+                )
+            ) from None
+        except asyncio.CancelledError:
+            call.cancel()
+            if prefetched is not None:
+                prefetched.reading.cancel()
+            metrics.MODEL_CALLS.labels("cancelled").inc()
+            raise
+        if prefetched is not None and on_text is not None and reply.text:
+            on_text(reply.text)  # read before this call took it up: one piece
+        if reply.finish is None:  # the stream ended without its terminal event
+            raise self._fail(
+                run_pb2.RunError(
+                    code=rpc_code(grpc.StatusCode.UNAVAILABLE),
+                    message="model call ended without a finish event",
+                    retryable=True,
+                    reason="PROVIDER_ERROR",
+                )
+            )
+        metrics.MODEL_CALLS.labels("ok").inc()
+        usage = reply.usage
+        request_usage = RequestUsage(
+            prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens
+        )
+        if reply.calls:
+            result = CreateResult(
+                finish_reason="function_calls",
+                content=reply.calls,
+                usage=request_usage,
+                cached=False,
+                thought=reply.text or reply.reasoning,
+            )
+        else:
+            result = CreateResult(
+                finish_reason=_FINISH.get(reply.finish.reason, "unknown"),
+                content=reply.text,
+                usage=request_usage,
+                cached=False,
+                thought=reply.reasoning,
+            )
+        if self._journal is not None:
+            self._journal.record_call(self._label, result, usage)
+        return self._completed(result, usage)
+
+    async def _read(self, call: ChatStream, on_text: Callable[[str], None] | None = None) -> _Reply:
+        """Read one call's stream to its end: text and reasoning pieces go to the run's log
+        (`DeltaStream`) and to `on_text` as they arrive; the rest is gathered.
+
+        Raises:
+            ProviderCallError: the stream's `error` event (not reported yet: `create` does).
+            chorus.core.errors.ChorusError: the stream's error status, or CANCELLED after
+                `call.cancel()`.
+        """
         deltas = self._deltas() if self._deltas is not None else None
         text: list[str] = []
         reasoning: list[str] = []
@@ -385,7 +497,7 @@ class ProviderChatClient(ChatCompletionClient):
                     finish = response.finish
                 elif kind == "error":
                     err = response.error
-                    raise self._fail(
+                    raise ProviderCallError(
                         run_pb2.RunError(
                             code=err.code,
                             message=f"model call failed: {err.message}",
@@ -393,63 +505,10 @@ class ProviderChatClient(ChatCompletionClient):
                             reason="PROVIDER_ERROR",
                         )
                     )
-        except ChorusError as exc:  # the stream's error status, or the call's failure
-            if (
-                exc.code == grpc.StatusCode.CANCELLED
-                and cancellation_token is not None
-                and cancellation_token.is_cancelled()
-            ):
-                metrics.MODEL_CALLS.labels("cancelled").inc()
-                raise asyncio.CancelledError() from None
-            raise self._fail(
-                run_pb2.RunError(
-                    code=rpc_code(exc.code),
-                    message=f"model call failed: {exc.message}",
-                    retryable=exc.code in _RETRYABLE,
-                    reason="PROVIDER_ERROR",
-                )
-            ) from None
-        except asyncio.CancelledError:
-            call.cancel()
-            metrics.MODEL_CALLS.labels("cancelled").inc()
-            raise
         finally:
             if deltas is not None:
                 deltas.flush()
-        if finish is None:  # the stream ended without its terminal event
-            raise self._fail(
-                run_pb2.RunError(
-                    code=rpc_code(grpc.StatusCode.UNAVAILABLE),
-                    message="model call ended without a finish event",
-                    retryable=True,
-                    reason="PROVIDER_ERROR",
-                )
-            )
-        metrics.MODEL_CALLS.labels("ok").inc()
-        request_usage = RequestUsage(
-            prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens
-        )
-        content_text = "".join(text)
-        thought = "".join(reasoning) or None
-        if calls:
-            result = CreateResult(
-                finish_reason="function_calls",
-                content=calls,
-                usage=request_usage,
-                cached=False,
-                thought=content_text or thought,
-            )
-        else:
-            result = CreateResult(
-                finish_reason=_FINISH.get(finish.reason, "unknown"),
-                content=content_text,
-                usage=request_usage,
-                cached=False,
-                thought=thought,
-            )
-        if self._journal is not None:
-            self._journal.record_call(self._label, result, usage)
-        return self._completed(result, usage)
+        return _Reply("".join(text), "".join(reasoning) or None, calls, usage, finish)
 
     def _completed(self, result: CreateResult, usage: chat_pb2.Usage) -> CreateResult:
         """Count a completed (or replayed) call's usage; returns `result`."""

@@ -271,6 +271,7 @@ class LiveRun:
             buffer_events=deps.settings.watcher_buffer_events,
             next_seq=record.last_seq + 1 if resume is not None else 1,
             lease_epoch=record.lease_epoch,
+            held=resume is None,  # until the opening write is stored (`started`)
             on_rejected=self._events_rejected,
         )
         self.status: run_pb2.RunStatus = record.status
@@ -1121,6 +1122,7 @@ class LiveRun:
         messages before the input (the context of a SINGLE team's agent)."""
         self.record = record
         self.log.lease_epoch = record.lease_epoch
+        self.log.release()  # a prefetched call's first deltas: their write starts now
         if earlier:
             self._context = context_messages(earlier, self.spec.team.agents[0].name)
 
@@ -1129,9 +1131,12 @@ class LiveRun:
         is stored, when its request is known up front: a new conversation (no context to
         read), no `request_id` (a repeat would find an earlier run and waste the call) and
         the `prefetch_first_model_call` setting. The request is what the agent sends first —
-        its system prompt, the input as the user's message, its tools — and the agent's
-        client takes the call up only if it is exactly that (`ProviderChatClient.prefetch`).
-        The caller must `drop_prefetch` when the run does not start."""
+        its system prompt, the input as the user's message, its tools. The call is read at
+        once: its deltas go to the run's log as they arrive, held there until the opening
+        write is stored (`started`), so that the first delta's write starts with the opening
+        write's answer — not once the team is built and its agent asks — and the agent's
+        first call takes it up (`ProviderChatClient.prefetch`). The caller must
+        `drop_prefetch` when the run does not start."""
         if not (
             self._single
             and self._new_conversation
@@ -1290,6 +1295,7 @@ class LiveRun:
         return None
 
     async def _end(self, result: TaskResult | None) -> None:
+        self.drop_prefetch()  # a stop before the agent took it up: no deltas after the end
         if result is not None:
             await self._complete(result)
         elif self._stop_kind is StopKind.CANCEL:
@@ -1363,6 +1369,7 @@ class LiveRun:
         Chorus error keeps its code (retryable when UNAVAILABLE); anything else is a bug
         reported as INTERNAL without internals.
         """
+        self.drop_prefetch()
         if self._stop_kind is StopKind.PARK and self._parking:
             self._stop_kind = None  # storing the question failed: the run fails instead
         if self._stop_kind is not None or self._handoff:
