@@ -103,14 +103,24 @@ async def test_a_refused_call_fails_alone_in_its_group(alice: UserStub) -> None:
         assert got.run.status == run_pb2.RUN_STATUS_COMPLETED
 
 
-async def test_concurrent_message_appends_and_run_starts_are_cached_when_answered(
-    history: History, alice: UserStub
+async def test_concurrent_message_appends_are_cached_when_answered_in_shared_trips(
+    history: History, alice: UserStub, settings: Settings
 ) -> None:
     convs = [await new_conversation(alice) for _ in range(8)]
     for conv in convs:  # a cached messages list, so the appends must extend it
         await alice.GetConversation(
             pb.GetConversationRequest(conversation_id=conv.id, include_messages=True)
         )
+    counted = CountedPublish(history)
+    alone: list[str] = []  # message appends sent on their own round trip
+    cache = history.app.cache
+    append_messages = cache.append_messages
+
+    async def spy(conv: conversation_pb2.Conversation, added: Sequence[object]) -> None:
+        alone.append(conv.id)
+        await append_messages(conv, added)  # type: ignore[arg-type]
+
+    cache.append_messages = spy  # type: ignore[method-assign]
 
     async def append(conv: conversation_pb2.Conversation) -> None:
         await alice.AppendMessages(
@@ -121,6 +131,8 @@ async def test_concurrent_message_appends_and_run_starts_are_cached_when_answere
         assert [m.content for m in cached.messages] == ["hi"]
 
     await asyncio.gather(*map(append, convs))
+    if settings.redis_url:  # on the live log's pipeline, one per group, never on their own
+        assert alone == [] and 1 <= counted.calls <= len(convs)
 
 
 async def test_a_failed_flush_releases_its_callers_and_the_next_group_goes() -> None:

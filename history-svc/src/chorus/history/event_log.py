@@ -311,14 +311,15 @@ class RedisEventLog(EventLog):
         if writes is not None and not isinstance(writes.cache, RedisCache):
             await writes.send()  # not on this client
             writes = None
-        if not batches or not (
-            self._guard.usable() and await self._guard.scripts_ready(self._redis)
-        ):
+        if not batches and writes is None:
+            return
+        if not (self._guard.usable() and await self._guard.scripts_ready(self._redis)):
             if batches:
                 metrics.EVENT_LOG_PUBLISH_FAILURES.inc(len(batches))
             if writes is not None:
                 await writes.send()  # (marks their keys stale if Redis is skipped)
             return
+        # Cached values alone (a group of message appends) take the same one round trip.
         # A delta flush carries a batch for every live run: one script call per
         # `_MANY_RUNS` runs instead of an XADD and a PEXPIRE each (commands and replies were
         # most of history-svc's Redis time under 300 slow streams).
