@@ -2,7 +2,8 @@
 error status, an error body that is not JSON, a refused connection, a connect timeout and an
 upstream that never answers map to one gRPC status, ErrorInfo reason and retry behaviour
 (the table in `chorus.provider.backends.base`). The backends build their requests without
-the SDKs since session 13; these pin what the SDK-based code produced (they pass on it too)."""
+the SDKs since session 13; these pin what the SDK-based code produced (they pass on it too,
+except a response that is not HTTP, which the openai SDK's path let through as INTERNAL)."""
 
 from __future__ import annotations
 
@@ -217,4 +218,34 @@ async def test_an_upstream_that_never_answers_hits_the_first_event_timeout(
     assert details.code == C.DEADLINE_EXCEEDED
     assert details.info is not None
     assert details.info.reason == "UPSTREAM_FIRST_EVENT_TIMEOUT"
+    assert details.info.metadata["attempts"] == "2"
+
+
+@pytest.fixture
+async def garbage_upstream() -> AsyncIterator[str]:
+    """A server that answers every request with bytes that are not HTTP; yields its URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HELLO THERE\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("kind", list(_MODELS))
+async def test_a_response_that_is_not_http_is_unavailable_and_retried(
+    provider, garbage_upstream: str, kind: str
+) -> None:
+    """Under the openai SDK, aiohttp's ClientResponseError got through its transport
+    (INTERNAL, not retried); the anthropic SDK's path gave this already."""
+    p = await provider(max_attempts=2, **_base_url(kind, garbage_upstream))
+    details = await expect_status(p.stream(_request(kind)))
+
+    assert details.code == C.UNAVAILABLE
+    assert details.info is not None and details.info.reason == "UPSTREAM_UNREACHABLE"
     assert details.info.metadata["attempts"] == "2"
