@@ -239,6 +239,12 @@ class RunManager:
             earlier = self.local(user, started.run.id)
             return (earlier.snapshot() if earlier is not None else started.run), earlier
         live.started(started.run, started.recent_messages)
+        if live.log.has_pending:
+            # A prefetched call's deltas, released to the flusher: its task (scheduled
+            # already) makes their gRPC call now, whose own task then sends it before the
+            # run's task builds the team (asyncio runs ready tasks in order): the first
+            # delta's write is on the path to the first token, the team is not.
+            await asyncio.sleep(0)
         self._runs[live.id] = live
         live.task = asyncio.create_task(self._execute(live), name=f"run-{live.id}")
         return live.snapshot(), live
