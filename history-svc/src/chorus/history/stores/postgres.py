@@ -87,6 +87,7 @@ class PostgresStore(SqlStore):
     def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float) -> None:
         self._pool = pool
         self._acquire_timeout = acquire_timeout_s
+        self._starts = _StartGroups(self)
 
     @classmethod
     async def connect(cls, settings: Settings) -> PostgresStore:
@@ -461,8 +462,9 @@ class PostgresStore(SqlStore):
         """`record_run_start` of a run that creates its conversation and has no request id:
         nothing to look up first, so the conversation, the run, its messages and events go
         in one statement (`_START_IN_NEW_CONVERSATION`) — one round trip instead of a
-        transaction of seven. An existing id raises `UniqueViolationError` as the
-        transaction's inserts would."""
+        transaction of seven — and that statement is group-committed with the other
+        concurrent starts (`_StartGroups`: one round trip and one commit for many). An
+        existing id raises `UniqueViolationError` as the transaction's inserts would."""
         new = run_rules.prepare_new(run, owner, now_us)
         added = rows.number_new_messages(messages, {}, run.conversation_id, 0, now_us)
         message_columns: list[Sequence[Any]] = list(
@@ -473,24 +475,30 @@ class PostgresStore(SqlStore):
         run_cols = rows.run_columns(new)
         payloads = list(events.payloads) if events is not None else []
         last_seq = events.last_seq if events is not None else 0
-        async with self._session() as conn:
-            row = await conn.fetchrow(
-                _START_IN_NEW_CONVERSATION,
-                conversation.id, conversation.owner, conversation.title, provider, model, team,
-                metadata, len(added), us_to_datetime(create_us),
-                us_to_datetime(max(create_us + 1, now_us) if added else create_us),
-                new.id, new.owner, new.conversation_id, run_cols["status"], run_cols["input"],
-                run_cols["turns"], run_cols["final_answer"], run_cols["error"],
-                run_cols["cancellation"], run_cols["usage"], run_cols["owner_instance"],
-                *(us_to_datetime(run_cols[k]) for k in ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")),
-                last_seq, events is not None and events.ends_run, run_cols["record"],
-                *(list(column) for column in message_columns),
-                list(range(events.first_seq, last_seq + 1)) if events is not None else [],
-                list(events.kinds) if events is not None else [],
-                payloads, run_cols["lease_epoch"], run_cols["pending_input"],
-            )  # fmt: skip
+        update_us = max(create_us + 1, now_us) if added else create_us
+        times = ("heartbeat_time", "create_time", "start_time", "end_time", "update_time")
+        args = (
+            conversation.id, conversation.owner, conversation.title, provider, model, team,
+            metadata, len(added), us_to_datetime(create_us), us_to_datetime(update_us),
+            new.id, new.owner, new.conversation_id, run_cols["status"], run_cols["input"],
+            run_cols["turns"], run_cols["final_answer"], run_cols["error"],
+            run_cols["cancellation"], run_cols["usage"], run_cols["owner_instance"],
+            *(us_to_datetime(run_cols[k]) for k in times),
+            last_seq, events is not None and events.ends_run, run_cols["record"],
+            *(list(column) for column in message_columns),
+            list(range(events.first_seq, last_seq + 1)) if events is not None else [],
+            list(events.kinds) if events is not None else [],
+            payloads, run_cols["lease_epoch"], run_cols["pending_input"],
+        )  # fmt: skip
+        await self._starts.write(args)
         new.last_seq = last_seq
-        return StartedRun(new, True, self._conversation(row), list(added), added, [], payloads)
+        # The conversation as its row now reads (`_C`), without reading it back.
+        stored = rows.conversation(
+            (conversation.id, conversation.owner, conversation.title, provider, model, team,
+             metadata, len(added), create_us, update_us),
+            lambda us: us,
+        )  # fmt: skip
+        return StartedRun(new, True, stored, list(added), added, [], payloads)
 
 
 _START_IN_NEW_CONVERSATION = (
@@ -613,3 +621,107 @@ and if it is the caller's (`$6`), open, fenced by the batch's epoch (`$4`, 0: un
 stored up to right before the batch (`$2`), move its log's end to `$3`, insert the events
 and replace the checkpoint unless the stored one covers more (as `_PUT_CHECKPOINT`).
 Returns the run's new last seq; no row: nothing was written (the transaction decides)."""
+
+
+class _StartGroups:
+    """Group commit of concurrent run starts in new conversations (issue 19).
+
+    `write` joins the open group with one start's arguments of `_START_IN_NEW_CONVERSATION`
+    and returns once that start is committed. A group — every start that arrived since the
+    last one was taken, at most `MAX_GROUP` — is ONE `executemany` on one connection: one
+    round trip and one commit for all (asyncpg runs it as one implicit transaction: all or
+    nothing). At most `MAX_IN_FLIGHT` groups are under way at once, so the database's cores
+    stay busy. When the group fails on one start's rows (a used id: a unique violation,
+    or any other statement error) nothing was written, and each of its starts is tried
+    again alone: each caller gets its own outcome, one caller's bad start fails no other.
+    When the database cannot be reached, every caller of the group gets UNAVAILABLE
+    (retryable) and nothing is written.
+    """
+
+    MAX_GROUP = 64
+    MAX_IN_FLIGHT = 2
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._open: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def write(self, args: tuple[Any, ...]) -> None:
+        """Commit one start (`args` of `_START_IN_NEW_CONVERSATION`) with its group.
+
+        Raises:
+            asyncpg.UniqueViolationError: as the statement alone would.
+            Unavailable: DATABASE_UNAVAILABLE.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._open.append((args, done))
+        if self._in_flight < self.MAX_IN_FLIGHT:
+            self._in_flight += 1
+            task = loop.create_task(self._send())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await done
+
+    async def _send(self) -> None:
+        """Send the open group, then the next, while there is one; then make way."""
+        try:
+            while self._open:
+                group = self._open[: self.MAX_GROUP]
+                del self._open[: self.MAX_GROUP]
+                group = [(args, done) for args, done in group if not done.cancelled()]
+                if group:
+                    await self._commit(group)
+        finally:
+            self._in_flight -= 1
+
+    async def _commit(self, group: list[tuple[tuple[Any, ...], asyncio.Future[None]]]) -> None:
+        store = self._store
+        try:
+            try:
+                async with store._pool.acquire(timeout=store._acquire_timeout) as conn:
+                    if len(group) == 1:
+                        await conn.execute(_START_IN_NEW_CONVERSATION, *group[0][0])
+                    else:
+                        await conn.executemany(_START_IN_NEW_CONVERSATION, [a for a, _ in group])
+                    _settle(group, None)
+                    return
+            except CONNECTION_ERRORS:
+                raise
+            except Exception as exc:  # one start's rows: nothing written, each goes alone
+                if len(group) == 1:
+                    _settle(group, exc)
+                    return
+            for args, done in group:
+                if done.cancelled():
+                    continue
+                try:
+                    async with store._pool.acquire(timeout=store._acquire_timeout) as conn:
+                        await conn.execute(_START_IN_NEW_CONVERSATION, *args)
+                except CONNECTION_ERRORS as exc:
+                    _settle([(args, done)], store._unavailable(exc))
+                except Exception as exc:
+                    _settle([(args, done)], exc)
+                else:
+                    _settle([(args, done)], None)
+        except CONNECTION_ERRORS as exc:
+            for item in group:
+                _settle([item], store._unavailable(exc))  # an error of its own each
+        except BaseException as exc:  # cancelled (shutdown): nobody may wait for ever
+            for item in group:
+                _settle([item], store._unavailable(exc))
+            raise
+
+
+def _settle(
+    group: list[tuple[tuple[Any, ...], asyncio.Future[None]]], outcome: BaseException | None
+) -> None:
+    """Answer each caller of `group` still waiting: done, or `outcome` raised."""
+    for _, done in group:
+        if done.done():
+            continue
+        if outcome is None:
+            done.set_result(None)
+        else:
+            done.set_exception(outcome)

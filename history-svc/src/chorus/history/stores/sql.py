@@ -902,7 +902,9 @@ class SqlStore(Store):
                 index = self._violated(exc)
                 if index == "runs_one_active_per_conversation":
                     raise await self._conversation_busy(run.conversation_id) from None
-                if index == "runs_pkey":
+                # PostgreSQL's one-statement start may hit the run's first event before
+                # its row: a used run id either way.
+                if index in ("runs_pkey", "run_events_pkey"):
                     raise run_exists(run.id) from None
                 if index == "conversations_pkey":
                     raise conversation_exists(run.conversation_id) from None
