@@ -1,10 +1,8 @@
 """Per-identity rate limits on starting runs and sending chat messages (the `limits` library).
 
-Counters live in Redis when `redis_url` is set (shared by every gateway replica; the
-`limits` library's moving window) and in process memory otherwise (`LocalWindows`: the
-same window as a deque per key; `limits`' MemoryStorage spent ~50 µs of CPU per hit on an
-expiry task and a worker-thread hop, more as its list grew). The strategy is a moving
-window: `10/minute` means at most 10 hits in any 60 s span. A refused hit is RESOURCE_EXHAUSTED (HTTP 429) with a `RetryInfo`
+Counters live in Redis when `redis_url` is set (shared by every gateway replica) and in
+process memory otherwise. The strategy is a moving window: `10/minute` means at most 10
+hits in any 60 s span. A refused hit is RESOURCE_EXHAUSTED (HTTP 429) with a `RetryInfo`
 detail, which becomes the `Retry-After` header.
 
 If Redis fails, the limit is not enforced for that request (fail open): a broken counter
@@ -15,12 +13,11 @@ store must not take the product down. The failure is logged and counted in
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Literal
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
@@ -46,36 +43,6 @@ def storage_uri(redis_url: str) -> str:
     return redis_url if redis_url.startswith("async+") else f"async+{redis_url}"
 
 
-class LocalWindows:
-    """Moving windows in this process's memory: per key, the monotonic times of the hits
-    in its window, oldest first. Keys whose window emptied are dropped once a window."""
-
-    def __init__(self) -> None:
-        self._hits: dict[str, tuple[float, deque[float]]] = {}
-        self._sweep_at = 0.0
-
-    def hit(self, key: str, amount: int, window_s: float) -> float:
-        """Count a hit on `key` unless `amount` hits fell in the last `window_s` seconds.
-
-        Returns:
-            0.0 when counted; else the seconds until the oldest hit leaves the window.
-        """
-        now = time.monotonic()
-        if now >= self._sweep_at:
-            self._sweep_at = now + window_s
-            self._hits = {k: v for k, v in self._hits.items() if v[1] and v[1][-1] > now - v[0]}
-        entry = self._hits.get(key)
-        if entry is None:
-            entry = self._hits[key] = (window_s, deque())
-        hits = entry[1]
-        while hits and hits[0] <= now - window_s:
-            hits.popleft()
-        if len(hits) >= amount:
-            return hits[0] + window_s - now if hits else window_s
-        hits.append(now)
-        return 0.0
-
-
 class RateLimiter:
     """Checks and counts hits per (limit, user).
 
@@ -84,9 +51,7 @@ class RateLimiter:
     """
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.storage: RedisStorage | None = None
-        self._strategy: MovingWindowRateLimiter | None = None
-        self._local: LocalWindows | None = None
+        self.storage: Storage
         self._pool: aioredis.BlockingConnectionPool | None = None
         if settings.redis_url:
             # A bounded, blocking pool: 1,000 streams starting at once must queue for a
@@ -107,9 +72,9 @@ class RateLimiter:
                 # redis-py's client, which takes a `connection_pool`.
                 connection_pool=pool,  # type: ignore[arg-type]
             )
-            self._strategy = MovingWindowRateLimiter(self.storage)
         else:
-            self._local = LocalWindows()
+            self.storage = MemoryStorage()
+        self._strategy = MovingWindowRateLimiter(self.storage)
         self.limits: dict[LimitName, list[RateLimitItem]] = {
             "runs": parse_many(settings.rate_limit_runs) if settings.rate_limit_runs else [],
             "messages": (
@@ -129,23 +94,16 @@ class RateLimiter:
             ResourceExhausted: the limit is reached (reason RATE_LIMITED, `retry_after_s`).
         """
         for item in self.limits[name]:
-            if self._local is not None:
-                wait = self._local.hit(item.key_for(name, user), item.amount, item.get_expiry())
-                if not wait:
+            try:
+                if await self._strategy.hit(item, name, user):
                     continue
-            else:
-                assert self._strategy is not None
-                try:
-                    if await self._strategy.hit(item, name, user):
-                        continue
-                    stats = await self._strategy.get_window_stats(item, name, user)
-                except Exception as exc:  # fail open, see the module docstring
-                    STORAGE_ERRORS.inc()
-                    log.warning("rate_limit_storage_error", limit=name, error=str(exc))
-                    return
-                wait = stats.reset_time - time.time()
+                stats = await self._strategy.get_window_stats(item, name, user)
+            except Exception as exc:  # fail open, see the module docstring
+                STORAGE_ERRORS.inc()
+                log.warning("rate_limit_storage_error", limit=name, error=str(exc))
+                return
             LIMITED.labels(name).inc()
-            retry = max(1.0, wait)
+            retry = max(1.0, stats.reset_time - time.time())
             raise ResourceExhausted(
                 f"rate limit reached: {item} for {name}; retry in {retry:.0f} s",
                 retry_after_s=retry,
