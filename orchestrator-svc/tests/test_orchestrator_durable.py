@@ -27,6 +27,7 @@ from orchestrator_helpers import (
     Stack,
     agent,
     assert_well_formed,
+    history_calls,
     orchestrator_process,
     read_rest,
     read_until,
@@ -469,3 +470,29 @@ async def test_a_single_run_killed_as_its_first_deltas_are_written_restarts_from
     text = "".join(e.text_delta.text for e in second if e.HasField("text_delta"))
     assert text == second[-1].run_completed.final_answer
     assert_no_completed_call_repeated(stack, interrupted=1)
+
+
+@pytest.mark.parametrize("kind", [ROUND_ROBIN, team_pb2.TEAM_KIND_SEQUENTIAL])
+async def test_a_teams_known_first_turn_starts_in_the_opening_write(
+    stack: Stack, alice: RunClient, kind: int
+) -> None:
+    # The first speaker of a round robin or a sequence is its first agent: that turn's
+    # agent_started is stored with run_started (no write of its own before the turn's
+    # first delta); the next turn's has its own write.
+    options = sim(output_tokens=3)
+    two = team(kind, agent("Ada", simulator=options), agent("Blaise", simulator=options))
+    two.max_turns = 2
+    before = history_calls("AppendRunEvents"), history_calls("RecordRunStart")
+    events = await alice.stream(spec(team_spec=two))
+    writes = (
+        history_calls("AppendRunEvents") - before[0],
+        history_calls("RecordRunStart") - before[1],
+    )
+    assert_well_formed(events)
+    assert [payload(e) for e in events[:3]] == ["run_started", "agent_started", "text_delta"]
+    assert events[1].agent == "Ada" and events[1].agent_started.turn == 1
+    started = [e for e in events if e.HasField("agent_started")]
+    assert [(e.agent, e.agent_started.turn) for e in started] == [("Ada", 1), ("Blaise", 2)]
+    # the opening; then turn 1's boundary (with its checkpoint), Blaise's agent_started, the end
+    assert writes == (3, 1)
+    assert await stack.history_client(alice.user).events(events[0].run_id) == events

@@ -4,7 +4,8 @@
 
 1. before the task starts, one write (`start_request`, HistoryService.RecordRunStart)
    stores the new conversation, the RUNNING record (lease epoch 1), the input message and
-   `run_started`, and reads the conversation context of a SINGLE team — or, for a run this
+   `run_started` (with the first turn's `agent_started` when the first speaker is known),
+   and reads the conversation context of a SINGLE team — or, for a run this
    replica claimed after its owner was lost (`LiveRun(..., resume=...)`), the task first
    stores `run_resumed` and loads the last checkpoint;
 2. drive a fresh team one agent turn per step (`chorus.orchestrator.teams.TeamRunner`);
@@ -129,6 +130,11 @@ _TEAM_STOP_TIMEOUT_S = 5.0
 _RELEASE_TIMEOUT_S = 5.0
 _Event = run_pb2.RunEvent
 _FINAL_PATHS_BASE = ("status", "turns", "usage", "last_seq", "end_time")
+_FIRST_SPEAKER_KNOWN = frozenset(
+    {team_pb2.TEAM_KIND_SINGLE, team_pb2.TEAM_KIND_ROUND_ROBIN, team_pb2.TEAM_KIND_SEQUENTIAL}
+)
+"""Team kinds whose first turn is their first agent's (a selector or MagenticOne asks its
+model): that turn's `agent_started` goes with the run's opening write."""
 _STORE_OUTAGE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 """Codes of a history-svc call that failed after the client's retries (a store outage)."""
 TRACE_STATE_KEY = "trace"
@@ -303,7 +309,9 @@ class LiveRun:
         self._handoff = False
         self.releasing = False
         """Set once the run gives its lease up (handoff): heartbeats leave it alone."""
-        self._opening_turn = resume is None  # a SINGLE run's agent_started went with the start
+        # The first turn's agent_started goes with the opening write (`start_request`)
+        # when the first speaker is known before the run starts.
+        self._opening_turn = resume is None and record.spec.team.kind in _FIRST_SPEAKER_KNOWN
         self._resume_state: dict[str, Any] | None = None  # the checkpoint's, parsed once
         self._trace_carrier: dict[str, str] = {}
         # Human in the loop (issue 21):
@@ -607,9 +615,10 @@ class LiveRun:
         self._turn_inputs = 0
         if agent not in self.speakers:
             self.speakers.append(agent)
-        if self._single and self._opening_turn:
+        if self._opening_turn:
             self._opening_turn = False
-            return 1  # its agent_started went with the run's opening write
+            if agent == self.spec.team.agents[0].name:
+                return 1  # its agent_started went with the run's opening write
         if not self._muted:
             started = _Event(agent=agent, agent_started=_Event.AgentStarted(turn=self.turns))
             calls = list(self._step_calls.get(ORCHESTRATOR_LABEL, ()))
@@ -1091,11 +1100,13 @@ class LiveRun:
     ) -> hs.RecordRunStartRequest:
         """The run's opening write (HistoryService.RecordRunStart): the new `conversation`
         (None to join the run's existing one), the record, the input message and
-        `run_started` (seq 1, counted as stored from now on) — plus, for a SINGLE team, its
-        agent's `agent_started` (seq 2: its one turn starts with the run) and, in an
-        existing conversation, a read of the earlier messages that are the agent's context."""
+        `run_started` (seq 1, counted as stored from now on) — plus, for a team whose first
+        speaker is known up front (SINGLE, ROUND_ROBIN, SEQUENTIAL: its first agent), that
+        agent's `agent_started` (seq 2: its turn starts with the run; no write of its own
+        before the turn's first delta) and, for a SINGLE team in an existing conversation,
+        a read of the earlier messages that are the agent's context."""
         opening = [_Event(run_started=_Event.RunStarted(run=self.snapshot()))]
-        if self._single:  # its agent's one turn starts with the run
+        if self._opening_turn:  # the first agent's turn starts with the run
             name = self.spec.team.agents[0].name
             opening.append(_Event(agent=name, agent_started=_Event.AgentStarted(turn=1)))
         return hs.RecordRunStartRequest(
