@@ -187,8 +187,14 @@ def test_one_run_is_one_trace_across_the_four_services(
         root, trace = run_trace(spans, run_id)
         if root is None:
             return False
-        return {s.service for s in trace} >= set(SERVICES) and any(
-            s.service == "chorus-gateway" and s.kind == "SERVER" for s in trace
+        # Each service exports on its own schedule: wait until every model call's client
+        # span (orchestrator) has its server span (provider-svc) too.
+        calls = only(trace, "chorus-orchestrator", "chorus.v1.ProviderService/StreamChats")
+        served = only(trace, "chorus-provider", "chorus.v1.ProviderService/StreamChats")
+        return (
+            {s.service for s in trace} >= set(SERVICES)
+            and any(s.service == "chorus-gateway" and s.kind == "SERVER" for s in trace)
+            and len(served) >= len(calls)
         )
 
     spans = receiver.wait_for(complete, timeout=60)

@@ -228,20 +228,34 @@ async def test_closing_the_watches_ends_reattaching_streams():
 
 
 @pytest.mark.parametrize(
-    ("code", "details", "expected"),
+    ("code", "details", "answered", "expected"),
     [
-        (grpc.StatusCode.UNAVAILABLE, "Socket closed", True),
-        (grpc.StatusCode.CANCELLED, "server shutting down", True),
-        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2", True),
-        (grpc.StatusCode.INTERNAL, "bug", False),
-        (grpc.StatusCode.NOT_FOUND, "no run", False),
-        (grpc.StatusCode.INVALID_ARGUMENT, "bad", False),
-        (grpc.StatusCode.PERMISSION_DENIED, "no", False),
-        (grpc.StatusCode.UNAUTHENTICATED, "who", False),
+        (grpc.StatusCode.UNAVAILABLE, "Socket closed", False, True),
+        (grpc.StatusCode.CANCELLED, "server shutting down", False, True),
+        # gRPC's own INTERNAL for a broken stream: no rich status from a server.
+        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2", False, True),
+        (
+            grpc.StatusCode.INTERNAL,
+            "Received unexpected EOS on DATA frame from server",
+            False,
+            True,
+        ),
+        # A Chorus server's INTERNAL (a bug): it carries grpc-status-details-bin.
+        (grpc.StatusCode.INTERNAL, "bug", True, False),
+        (grpc.StatusCode.NOT_FOUND, "no run", True, False),
+        (grpc.StatusCode.INVALID_ARGUMENT, "bad", True, False),
+        (grpc.StatusCode.PERMISSION_DENIED, "no", True, False),
+        (grpc.StatusCode.UNAUTHENTICATED, "who", False, False),
     ],
 )
-def test_which_call_errors_reattach(code: grpc.StatusCode, details: str, expected: bool) -> None:
-    error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+def test_which_call_errors_reattach(
+    code: grpc.StatusCode, details: str, answered: bool, expected: bool
+) -> None:
+    trailing = grpc.aio.Metadata()
+    if answered:
+        status = status_pb2.Status(code=code.value[0], message=details)
+        trailing.add("grpc-status-details-bin", status.SerializeToString())
+    error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
     assert reattachable(error) is expected
 
 

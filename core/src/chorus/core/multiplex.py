@@ -477,6 +477,7 @@ class _Call(Generic[Req]):
                     "multiplexed_call_ended",
                     call=self._name,
                     code=getattr(code, "name", "OK"),
+                    details=error.details() if isinstance(error, grpc.aio.AioRpcError) else None,
                     streams=len(sinks),
                 )
             ended, self.sinks = list(sinks.values()), {}
