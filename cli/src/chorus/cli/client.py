@@ -26,6 +26,7 @@ import grpc
 
 from chorus.core import identity
 from chorus.core.channels import balanced_target
+from chorus.core.errors import server_went_away
 from chorus.v1 import (
     history_service_pb2_grpc,
     provider_service_pb2_grpc,
@@ -35,20 +36,13 @@ from chorus.v1 import (
 DEFAULT_PORTS = {"provider": 50051, "history": 50052, "orchestrator": 50053}
 """The ports `make run` uses unless `CHORUS_*_PORT` says otherwise."""
 
-_REATTACH_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
-
 
 def reattachable(error: BaseException) -> bool:
     """Whether a run stream that failed with `error` may be followed again on another
-    replica: its server went away or is shutting down (UNAVAILABLE; CANCELLED or an HTTP/2
-    stream reset from the server — the CLI's own cancel is Ctrl-C, never an error here).
-    Every other code (NOT_FOUND, PERMISSION_DENIED, …) is final."""
-    if not isinstance(error, grpc.aio.AioRpcError):
-        return False
-    code = error.code()
-    return code in _REATTACH_CODES or (
-        code == grpc.StatusCode.INTERNAL and "RST_STREAM" in (error.details() or "")
-    )
+    replica: its server went away or is shutting down (`chorus.core.errors.server_went_away`;
+    the CLI's own cancel is Ctrl-C, never an error here). Every other code (NOT_FOUND,
+    PERMISSION_DENIED, …) is final."""
+    return isinstance(error, grpc.aio.AioRpcError) and server_went_away(error)
 
 
 def channel(address: str) -> grpc.aio.Channel:

@@ -287,6 +287,28 @@ def error_for_code(
     return err
 
 
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""Trailing metadata of a rich error status (google.rpc.Status, AIP-193), which Chorus
+servers attach to every error they answer (`chorus.core.interceptors`)."""
+
+_SERVER_GONE_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+
+
+def server_went_away(err: grpc.aio.AioRpcError) -> bool:
+    """Whether a call failed because its server went away or is shutting down, so the same
+    call may be made again on another replica: UNAVAILABLE, CANCELLED (a caller's own
+    cancel is not an error it sees), or an INTERNAL that gRPC itself raised for a broken
+    HTTP/2 stream (an RST_STREAM, an end of stream without a status) — recognised by its
+    missing `grpc-status-details-bin`, which every error a Chorus server answers carries.
+    Every other code (NOT_FOUND, PERMISSION_DENIED, a server's own INTERNAL, …) is final."""
+    code = err.code()
+    if code in _SERVER_GONE_CODES:
+        return True
+    return code == grpc.StatusCode.INTERNAL and not any(
+        key == STATUS_DETAILS_KEY for key, _ in err.trailing_metadata() or ()
+    )
+
+
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ChorusError:
     """Re-raise a downstream call's failure as a `ChorusError` keeping its code, reason,
     `ErrorInfo.metadata` (e.g. INPUT_NOT_PENDING's `pending_input_id`) and `BadRequest`

@@ -41,7 +41,7 @@ from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from chorus.core import tracing
-from chorus.core.errors import ChorusError, Unavailable
+from chorus.core.errors import ChorusError, Unavailable, server_went_away
 from chorus.core.identity import REQUEST_ID_KEY, USER_KEY
 from chorus.core.logging import get_logger
 from chorus.core.multiplex import MultiplexClient, Stream, StreamSink, Update
@@ -67,26 +67,15 @@ CANCEL_TIMEOUT_S = 10.0
 leaves."""
 
 _REATTACH_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
-"""Trailing metadata of a rich error status (google.rpc.Status), which Chorus servers attach
-to every error they answer."""
 
 
 def reattachable(error: BaseException) -> bool:
     """Whether a watch that ended with `error` may be opened again on another replica: the
-    call failed because its server went away or is shutting down (UNAVAILABLE; CANCELLED
-    or an INTERNAL that gRPC itself raised for a broken HTTP/2 stream — an RST_STREAM, an
-    end of stream without a status — which carries no `grpc-status-details-bin`, while
-    every error a Chorus server answers does; the gateway's own cancel is a close, which
-    never reattaches), or the orchestrator ended the watch UNAVAILABLE (its store
-    unreachable). Every other code is final."""
+    call failed because its server went away (`chorus.core.errors.server_went_away`; the
+    gateway's own cancel is a close, which never reattaches), or the orchestrator ended the
+    watch UNAVAILABLE (its store unreachable). Every other code is final."""
     if isinstance(error, grpc.aio.AioRpcError):
-        code = error.code()
-        if code in _REATTACH_CODES:
-            return True
-        return code == grpc.StatusCode.INTERNAL and not any(
-            key == STATUS_DETAILS_KEY for key, _ in error.trailing_metadata() or ()
-        )
+        return server_went_away(error)
     if isinstance(error, ChorusError):  # StatusError of one watch; Unavailable: call ended
         return error.code in _REATTACH_CODES
     return False
