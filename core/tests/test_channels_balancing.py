@@ -5,6 +5,7 @@ history-svc replicas behind one name need (issue 22)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -104,28 +105,38 @@ class PeerRecorder(RecordingProvider):
         return await super().ListModels(request, context)
 
 
-async def test_a_server_with_a_connection_age_makes_callers_reconnect(settings):
-    """`max_connection_age_s` (grpc.max_connection_age_ms): the server sends GOAWAY, the
-    caller's next calls come over a new connection (a new client port), which is when a
-    caller balancing over a DNS name resolves it again and finds new replicas."""
-    recorder = PeerRecorder()
+@contextlib.asynccontextmanager
+async def aged(
+    servicer: RecordingProvider, settings: CoreSettings, age_s: float
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel (built with `channel_options`) to a server of `servicer` whose connections
+    are sent away after `age_s`."""
     server = provider_grpc_server(
-        recorder, settings.model_copy(update={"max_connection_age_s": 0.3})
+        servicer, settings.model_copy(update={"max_connection_age_s": age_s})
     )
     await server.start()
     try:
         async with grpc.aio.insecure_channel(
             f"127.0.0.1:{server.port}", options=channel_options(settings)
         ) as channel:
-            stub = pbg.ProviderServiceStub(channel)
-            request = pb.ListModelsRequest(provider="ok")
-            await stub.ListModels(request, metadata=AUTH, timeout=10)
-            async with asyncio.timeout(15):
-                while len(set(recorder.peers)) < 2:
-                    await channel.wait_for_state_change(channel.get_state())
-                    await stub.ListModels(request, metadata=AUTH, timeout=10)
+            yield channel
     finally:
         await server.stop(0)
+
+
+async def test_a_server_with_a_connection_age_makes_callers_reconnect(settings):
+    """`max_connection_age_s` (grpc.max_connection_age_ms): the server sends GOAWAY, the
+    caller's next calls come over a new connection (a new client port), which is when a
+    caller balancing over a DNS name resolves it again and finds new replicas."""
+    recorder = PeerRecorder()
+    async with aged(recorder, settings, 0.3) as channel:
+        stub = pbg.ProviderServiceStub(channel)
+        request = pb.ListModelsRequest(provider="ok")
+        await stub.ListModels(request, metadata=AUTH, timeout=10)
+        async with asyncio.timeout(15):
+            while len(set(recorder.peers)) < 2:
+                await channel.wait_for_state_change(channel.get_state())
+                await stub.ListModels(request, metadata=AUTH, timeout=10)
     assert len(set(recorder.peers)) >= 2
 
 
@@ -141,18 +152,9 @@ class SlowStream(PeerRecorder):
 async def test_a_stream_outlives_the_connection_age(settings):
     """GOAWAY only stops new calls on the connection: a stream open at that moment (a
     WatchRuns, a StreamChats) runs to its end; no grace limit cuts it."""
-    server = provider_grpc_server(
-        SlowStream(), settings.model_copy(update={"max_connection_age_s": 0.2})
-    )
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{server.port}", options=channel_options(settings)
-        ) as channel:
-            stub = pbg.ProviderServiceStub(channel)
-            call = stub.StreamChat(pb.StreamChatRequest(), metadata=AUTH, timeout=10)
-            texts = [item.text_delta.text async for item in call]
-            assert await call.code() == grpc.StatusCode.OK
-    finally:
-        await server.stop(0)
+    async with aged(SlowStream(), settings, 0.2) as channel:
+        stub = pbg.ProviderServiceStub(channel)
+        call = stub.StreamChat(pb.StreamChatRequest(), metadata=AUTH, timeout=10)
+        texts = [item.text_delta.text async for item in call]
+        assert await call.code() == grpc.StatusCode.OK
     assert texts == [str(i) for i in range(10)]
