@@ -75,9 +75,12 @@ class Relay(provider_service_pb2_grpc.ProviderServiceServicer):
 
 
 def provider_grpc_server(
-    servicer: provider_service_pb2_grpc.ProviderServiceServicer, settings: CoreSettings
+    servicer: provider_service_pb2_grpc.ProviderServiceServicer,
+    settings: CoreSettings,
+    port: int = 0,
 ) -> GrpcServer:
-    """A GrpcServer on port 0 serving `servicer` as chorus.v1.ProviderService (not started)."""
+    """A GrpcServer on `port` (0: a free one) serving `servicer` as chorus.v1.ProviderService
+    (not started)."""
     return GrpcServer(
         [
             ServiceBinding(
@@ -87,7 +90,7 @@ def provider_grpc_server(
             )
         ],
         settings,
-        0,
+        port,
     )
 
 

@@ -10,7 +10,7 @@ from chorus.core.channels import ChannelPool, channel_options
 from chorus.v1 import provider_service_pb2 as pb
 from chorus.v1 import provider_service_pb2_grpc as pbg
 
-from .conftest import AUTH, Relay, provider_grpc_server
+from .conftest import AUTH, RecordingProvider, Relay, provider_grpc_server
 
 
 async def test_identity_request_id_and_deadline_are_forwarded(provider_server, settings):
@@ -101,3 +101,35 @@ def test_channel_options_enable_retries_with_a_service_config(settings):
     assert options["grpc.enable_retries"] == 1
     assert '"retryableStatusCodes": ["UNAVAILABLE"]' in options["grpc.service_config"]
     assert options["grpc.max_receive_message_length"] == settings.max_message_bytes
+
+
+async def test_a_new_channel_does_not_inherit_a_failed_connection_to_its_address(settings):
+    """A server went away and another now listens on its port (a restarted service, or a
+    test's port 0 handed out again): a channel made now reaches it at once, although an
+    older channel to that address is still failing and backing off. With gRPC's shared
+    subchannel pool the new channel took the old one's failure: "connections to all
+    backends failing … Connection refused" (a CI failure of the orchestrator suite)."""
+    request = pb.ListModelsRequest(provider="ok")
+    first = provider_grpc_server(RecordingProvider(), settings)
+    await first.start()
+    port = first.port
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=channel_options(settings)
+    ) as old:
+        await pbg.ProviderServiceStub(old).ListModels(request, metadata=AUTH, timeout=5)
+        await first.stop(0)
+        refused = 0
+        while refused < 3:  # the old channel's connection attempts are refused
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await pbg.ProviderServiceStub(old).ListModels(request, metadata=AUTH, timeout=5)
+            refused += "connections to all backends failing" in (failed.value.details() or "")
+        second = provider_grpc_server(RecordingProvider(), settings, port)
+        await second.start()
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=channel_options(settings)
+            ) as new:
+                stub = pbg.ProviderServiceStub(new)
+                assert (await stub.ListModels(request, metadata=AUTH, timeout=5)).models
+        finally:
+            await second.stop(0)

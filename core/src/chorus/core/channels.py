@@ -120,9 +120,18 @@ class _UnaryForwardingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 def channel_options(settings: CoreSettings) -> list[tuple[str, Any]]:
-    """Channel arguments: message sizes, keepalive and the service config (round robin,
-    retries)."""
+    """Channel arguments: message sizes, keepalive, the service config (round robin,
+    retries) and a subchannel pool of the channel's own.
+
+    gRPC shares connections (subchannels) between every channel of a process with the same
+    address and arguments by default. A new channel to an address whose earlier server went
+    away then inherits that subchannel's failure and its reconnect backoff (up to 120 s),
+    and fails at once with "connections to all backends failing" although a server
+    listens there now. `grpc.use_local_subchannel_pool` (GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL
+    in grpc_types.h) gives each channel its own.
+    """
     return [
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
