@@ -2,7 +2,7 @@
 continues after its orchestrator replica is lost (issue 18, "Benchmarks").
 
     python -m bench.compare --baseline REV [--rounds 5] [--slow-runs 1000]
-        [--slow-seconds 30] [--skip-slow] [--kills 10] [--skip-resume]
+        [--slow-seconds 30] [--skip-slow] [--only-slow] [--kills 10] [--skip-resume]
     make bench BENCH_ARGS="--baseline REV"     (bench.run hands over to this module)
 
 * **Old against new.** The commit `REV` is checked out in a git worktree under
@@ -16,6 +16,9 @@ continues after its orchestrator replica is lost (issue 18, "Benchmarks").
   a fast upstream are coalesced (2 ms window), so tokens/s there counts coalesced
   events — and the simulator at 5 tokens/s, one token per event, for the slow one.
   Reported: medians per side, TTFT difference (ms), tokens/s and lag ratios (new / old).
+  `--only-slow` runs the slow scenario alone. Each slow load also records every token's
+  lag (`bench/results/lag-<date>-r<round>-<side>.jsonl`, see `bench.load_client
+  --lag-timeline`), where its worst 1 % sat, and each service's CPU seconds over it.
 * **Resume time.** A second orchestrator replica (default settings: heartbeat 1 s, lease
   4 s, sweep 0.5 s) beside the stack's runs a paced duet; it is SIGKILLed (`--kills`
   times, restarted in between) or SIGTERMed once a turn is done; the figure is the time
@@ -108,23 +111,32 @@ def side_env(db: str, fast: str, tree: Path | None) -> dict[str, str]:
     return env
 
 
-def one_round(env: dict[str, str], slow_runs: int, slow_seconds: int) -> dict[str, Any]:
-    """TTFT at 1 run and tokens/s at 100 × 500 on one fresh stack; the slow scenario on
-    another (each starts from services that held nothing)."""
+def one_round(
+    env: dict[str, str],
+    slow_runs: int,
+    slow_seconds: int,
+    fast: bool = True,
+    timeline: Path | None = None,
+) -> dict[str, Any]:
+    """TTFT at 1 run and tokens/s at 100 × 500 on one fresh stack (unless not `fast`); the
+    slow scenario on another (each starts from services that held nothing), its per-token
+    lags written to `timeline` when given."""
     out: dict[str, Any] = {}
-    with ExitStack() as stack:
-        fresh = {**env, "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("cmp"))}
-        chorus = stack.enter_context(Stack(fresh))
-        gateway = chorus.addresses["gateway"]
-        load("sse", gateway, 10, 20)  # warm-up: imports, caches, connections
-        out["ttft"] = load("sse", gateway, 1, 20, "--repeats", "20")
-        out["throughput"] = load("sse", gateway, 100, 500)
+    if fast:
+        with ExitStack() as stack:
+            fresh = {**env, "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("cmp"))}
+            chorus = stack.enter_context(Stack(fresh))
+            gateway = chorus.addresses["gateway"]
+            load("sse", gateway, 10, 20)  # warm-up: imports, caches, connections
+            out["ttft"] = load("sse", gateway, 1, 20, "--repeats", "20")
+            out["throughput"] = load("sse", gateway, 100, 500)
     if slow_runs:
         with ExitStack() as stack:
             fresh = {**env, "CHORUS_REDIS_KEY_PREFIX": stack.enter_context(redis_prefix("cmp"))}
             chorus = stack.enter_context(Stack(fresh))
             gateway = chorus.addresses["gateway"]
             load("sse", gateway, 20, 20, "--model", "simulator/sim-fast")
+            before = chorus.cpu_s()
             out["slow"] = load(
                 "sse",
                 gateway,
@@ -135,7 +147,10 @@ def one_round(env: dict[str, str], slow_runs: int, slow_seconds: int) -> dict[st
                 "--tokens-per-second",
                 str(SLOW_TPS),
                 "--lag",
+                *(("--lag-timeline", str(timeline)) if timeline else ()),
             )
+            after = chorus.cpu_s()
+            out["slow"]["cpu_s"] = {name: round(after[name] - before[name], 2) for name in after}
     return out
 
 
@@ -159,28 +174,40 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             order = ("old", "new") if r % 2 == 0 else ("new", "old")
             for side in order:
-                result = one_round(envs[side], slow_runs, args.slow_seconds)
-                sides[side].append(result)
-                print(
-                    f"round {r + 1} {side}: TTFT p50 {result['ttft']['ttft_p50_ms']} ms, "
-                    f"{result['throughput']['tokens_per_s']} tokens/s at 100 x 500"
-                    + (
-                        f", slow lag p99 {result['slow']['lag_p99_ms']} ms"
-                        if "slow" in result
-                        else ""
-                    ),
-                    flush=True,
+                result = one_round(
+                    envs[side],
+                    slow_runs,
+                    args.slow_seconds,
+                    fast=not args.only_slow,
+                    timeline=RESULTS / f"lag-{args.stamp}-r{r + 1}-{side}.jsonl",
                 )
+                sides[side].append(result)
+                line = f"round {r + 1} {side}:"
+                if "ttft" in result:
+                    line += (
+                        f" TTFT p50 {result['ttft']['ttft_p50_ms']} ms,"
+                        f" {result['throughput']['tokens_per_s']} tokens/s at 100 x 500,"
+                    )
+                if "slow" in result:
+                    slow = result["slow"]
+                    line += (
+                        f" slow lag p50 {slow['lag_p50_ms']} ms p99 {slow['lag_p99_ms']} ms"
+                        f" (worst 1 % at {slow.get('lag_p99_window_s')} s, last first token"
+                        f" {slow.get('first_token_last_s')} s, CPU s {slow['cpu_s']})"
+                    )
+                print(line, flush=True)
     figures: dict[str, Any] = {"baseline": args.baseline, "rounds": sides}
     for side, rounds in sides.items():
         figures[side] = {
             "ttft_p50_ms": _median(rounds, "ttft", "ttft_p50_ms"),
             "tokens_per_s": _median(rounds, "throughput", "tokens_per_s"),
+            "slow_lag_p50_ms": _median(rounds, "slow", "lag_p50_ms"),
             "slow_lag_p99_ms": _median(rounds, "slow", "lag_p99_ms"),
         }
     old, new = figures["old"], figures["new"]
-    figures["ttft_delta_ms"] = round(new["ttft_p50_ms"] - old["ttft_p50_ms"], 2)
-    figures["tokens_ratio"] = round(new["tokens_per_s"] / old["tokens_per_s"], 3)
+    if old["ttft_p50_ms"] is not None and new["ttft_p50_ms"] is not None:
+        figures["ttft_delta_ms"] = round(new["ttft_p50_ms"] - old["ttft_p50_ms"], 2)
+        figures["tokens_ratio"] = round(new["tokens_per_s"] / old["tokens_per_s"], 3)
     if old["slow_lag_p99_ms"]:
         figures["lag_ratio"] = round(new["slow_lag_p99_ms"] / old["slow_lag_p99_ms"], 3)
     return figures
@@ -293,24 +320,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-runs", type=int, default=1000)
     parser.add_argument("--slow-seconds", type=int, default=30)
     parser.add_argument("--skip-slow", action="store_true")
+    parser.add_argument("--only-slow", action="store_true")
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--skip-resume", action="store_true")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%MZ")
+    args.stamp = stamp
     out: dict[str, Any] = {"date": stamp}
     if args.baseline:
         out["compare"] = compare(args)
         c = out["compare"]
-        print("\n| side | TTFT p50, 1 run (SSE) | tokens/s 100 × 500 | slow lag p99 |")
-        print("|---|---|---|---|")
+        print(
+            "\n| side | TTFT p50, 1 run (SSE) | tokens/s 100 × 500 | slow lag p50 | slow lag p99 |"
+        )
+        print("|---|---|---|---|---|")
         for side in ("old", "new"):
             f = c[side]
             print(
-                f"| {side} | {f['ttft_p50_ms']} ms | {f['tokens_per_s']} | {f['slow_lag_p99_ms']} ms |"
+                f"| {side} | {f['ttft_p50_ms']} ms | {f['tokens_per_s']} | "
+                f"{f['slow_lag_p50_ms']} ms | {f['slow_lag_p99_ms']} ms |"
             )
         print(
-            f"\nTTFT {c['ttft_delta_ms']:+} ms, tokens/s x{c['tokens_ratio']}, "
+            f"\nTTFT {c.get('ttft_delta_ms')} ms, tokens/s x{c.get('tokens_ratio')}, "
             f"lag p99 x{c.get('lag_ratio')}"
         )
     if not args.skip_resume:

@@ -1,7 +1,7 @@
 """Load client for the benchmarks, run in its own process.
 
     python -m bench.load_client MODE TARGET CONCURRENCY TOKENS [--repeats R] [--model PROVIDER/MODEL]
-        [--tokens-per-second TPS] [--lag] [--ramp-s S]
+        [--tokens-per-second TPS] [--lag] [--lag-timeline FILE] [--ramp-s S]
 
 MODE is where the client attaches:
   openai        POST TARGET (an OpenAI-compatible /v1/chat/completions: the upstream or LiteLLM)
@@ -17,16 +17,26 @@ events (deltas that carried tokens) and tokens_per_event (> 1: the path merged t
 larger deltas, i.e. coalesced), and with --lag the p50/p99 lag of every token behind its
 schedule (first token + i / TPS).
 With --ramp-s the streams start evenly over S seconds instead of all at once.
+With --lag-timeline FILE (implies --lag) every lagged token is also written to FILE as
+JSON lines `[receipt_s, lag_ms, stream, shown_ms]` (receipt in seconds since the load
+began, lag in ms, the stream's index; in sse mode `shown_ms`, receipt minus the event's
+`time` — the orchestrator numbered it then — the part of the lag spent between the
+orchestrator's emit and this client: the store before show, the fan-out, the gateway; else
+null), and the result gains `lag_p99_window_s`: where the worst 1 % of
+lags were received (min, p50, max, seconds since the load began) and `first_token_last_s`,
+when the last stream's first token arrived (the end of the start burst).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import statistics
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -93,8 +103,13 @@ async def stream_openai(
 
 
 async def stream_sse(
-    client: aiohttp.ClientSession, url: str, spec: run_pb2.RunSpec
+    client: aiohttp.ClientSession,
+    url: str,
+    spec: run_pb2.RunSpec,
+    stamps: list[float] | None = None,
 ) -> AsyncIterator[int]:
+    """The tokens of each text delta of a run streamed over SSE; with `stamps`, each
+    delta's event time (the orchestrator's, Unix seconds) is appended to it first."""
     from google.protobuf import json_format
 
     body = json_format.MessageToDict(spec)
@@ -107,8 +122,10 @@ async def stream_sse(
             if line.startswith(b"event:"):
                 event = line[6:].strip()
             elif line.startswith(b"data:") and event == b"text_delta":
-                text = orjson.loads(line[5:])["textDelta"]["text"]
-                yield len(text.split()) or 1
+                data = orjson.loads(line[5:])
+                if stamps is not None:
+                    stamps.append(dt.datetime.fromisoformat(data["time"]).timestamp())
+                yield len(data["textDelta"]["text"].split()) or 1
             elif line.startswith(b"data:") and event == b"error":  # the run could not stream
                 raise RuntimeError(f"SSE error event: {line[5:].strip().decode()}")
 
@@ -124,12 +141,17 @@ async def main() -> None:
     parser.add_argument("--key", default="sk-none")
     parser.add_argument("--tokens-per-second", type=float, default=None)
     parser.add_argument("--lag", action="store_true")
+    parser.add_argument("--lag-timeline", default=None)
     parser.add_argument("--ramp-s", type=float, default=0.0)
     args = parser.parse_args()
+    args.lag = args.lag or args.lag_timeline is not None
     provider, _, model_name = args.model.partition("/")
     model = chat_pb2.ModelRef(provider=provider, model=model_name)
     ttfts: list[float] = []
     lags: list[float] = []
+    # (receipt - began, lag, stream, receipt - event time or None), seconds
+    timeline: list[tuple[float, float, int, float | None]] = []
+    first_tokens: list[float] = []  # each stream's first receipt - began, s
     total = 0
     events = 0
     errors: list[str] = []
@@ -140,12 +162,12 @@ async def main() -> None:
     )
     client = http_session(args.concurrency + 10)
 
-    def open_stream() -> AsyncIterator[int]:
+    def open_stream(stamps: list[float] | None) -> AsyncIterator[int]:
         if args.mode == "openai":
             return stream_openai(client, args.target, args.tokens, args.key)
         if args.mode == "sse":
             return stream_sse(
-                client, args.target, run_spec(model, args.tokens, args.tokens_per_second)
+                client, args.target, run_spec(model, args.tokens, args.tokens_per_second), stamps
             )
         assert channel is not None
         if args.mode == "provider":
@@ -181,6 +203,8 @@ async def main() -> None:
 
         return run_tokens()
 
+    began = time.perf_counter()
+
     async def one(index: int) -> None:
         nonlocal total, events
         if args.ramp_s:
@@ -188,21 +212,26 @@ async def main() -> None:
         start = time.perf_counter()
         first: float | None = None
         count = 0
+        stamps: list[float] | None = [] if args.lag_timeline and args.mode == "sse" else None
         try:
-            async for n in open_stream():
+            async for n in open_stream(stamps):
                 now = time.perf_counter()
                 if first is None:
                     first = now
                     ttfts.append(now - start)
+                    first_tokens.append(now - began)
                 elif args.lag and args.tokens_per_second:
-                    lags.append(now - (first + count / args.tokens_per_second))
+                    lag = now - (first + count / args.tokens_per_second)
+                    lags.append(lag)
+                    if args.lag_timeline:
+                        shown = time.time() - stamps[-1] if stamps else None
+                        timeline.append((now - began, lag, index, shown))
                 count += n
                 events += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
         total += count
 
-    began = time.perf_counter()
     for _ in range(args.repeats):
         await asyncio.gather(*(one(i) for i in range(args.concurrency)))
     elapsed = time.perf_counter() - began
@@ -226,6 +255,21 @@ async def main() -> None:
     if args.lag:
         result["lag_p50_ms"] = round(1000 * statistics.median(lags), 2) if lags else None
         result["lag_p99_ms"] = round(1000 * percentile(lags, 0.99), 2) if lags else None
+    if args.lag_timeline and timeline:
+        cut = percentile(lags, 0.99)
+        worst = sorted(t for t, lag, _, _ in timeline if lag >= cut)
+        result["lag_p99_window_s"] = [
+            round(worst[0], 2),
+            round(statistics.median(worst), 2),
+            round(worst[-1], 2),
+        ]
+        result["first_token_last_s"] = round(max(first_tokens), 2)
+        text = "".join(
+            f"[{t:.4f}, {1000 * lag:.2f}, {stream}, "
+            f"{'null' if shown is None else round(1000 * shown, 2)}]\n"
+            for t, lag, stream, shown in timeline
+        )
+        await asyncio.to_thread(Path(args.lag_timeline).write_text, text)
     print(json.dumps(result))
 
 
