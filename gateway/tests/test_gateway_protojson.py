@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +49,32 @@ def events(draw: st.DrawFn) -> run_pb2.RunEvent:
 @given(events())
 def test_event_json_equals_json_format(event: run_pb2.RunEvent) -> None:
     assert protojson.event_dict(event) == json_format.MessageToDict(event)
-    assert orjson.loads(protojson.event_json(event)) == json_format.MessageToDict(event)
+    # byte for byte: the same keys in the same order
+    assert protojson.event_json(event) == orjson.dumps(json_format.MessageToDict(event))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(min_value=-62135596800, max_value=253402300799),
+    st.integers(min_value=0, max_value=999_999_999) | st.sampled_from([0, 5_000_000, 7_000]),
+)
+def test_timestamp_text_equals_protobufs(seconds: int, nanos: int) -> None:
+    ts = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    assert protojson.timestamp_json(seconds, nanos) == ts.ToJsonString()
+
+
+def test_the_deltas_written_by_hand_have_one_field() -> None:
+    """`event_dict` writes text and reasoning deltas itself: a field added to either in the
+    contract must be added there too (this fails first)."""
+    for name in ("text_delta", "reasoning_delta"):
+        payload = run_pb2.RunEvent.DESCRIPTOR.fields_by_name[name].message_type
+        assert [f.name for f in payload.fields] == ["text"]
+    assert [f.name for f in run_pb2.RunEvent.DESCRIPTOR.fields if f.number < 10] == [
+        "run_id",
+        "seq",
+        "time",
+        "agent",
+    ]
 
 
 def test_a_terminal_event_is_proto3_json() -> None:

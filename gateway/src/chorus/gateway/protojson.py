@@ -8,13 +8,16 @@ Conventions (the protobuf defaults, used everywhere — REST, SSE `data:`, WebSo
   Timestamps as RFC 3339 UTC strings, FieldMasks as comma-separated camelCase paths;
 * fields holding their default value (0, "", false, empty list) are omitted.
 
-Run events go through `json_format` like every other message: a fast path for the
-frequent payloads saved ~7 µs of CPU per SSE event, ~1 % of the stack's CPU per token at
-LLM pace, and was removed (issue 24 item 2, bench/README.md "Machinery that pays").
+Run events go through `json_format` like every other message, but for the per-token
+payloads (`text_delta`, `reasoning_delta`): `event_dict` writes those itself, the same dict
+(keys in field order, so the same bytes) at a third of the CPU — the encoding was ~10 % of the
+gateway's CPU per token at LLM pace (issue 19; tests compare both ways byte for byte and
+fail when either payload gains a field).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any, TypeVar
 
@@ -142,9 +145,53 @@ def _parse_error_field(text: str) -> tuple[str, str]:
     return path or "body", rest.strip().rstrip(".") or "invalid value"
 
 
+_EPOCH = dt.datetime(1970, 1, 1)
+_second: tuple[int, str] = (-1 << 62, "")
+"""The last second `timestamp_json` wrote, and its text up to the seconds."""
+
+
+def timestamp_json(seconds: int, nanos: int) -> str:
+    """RFC 3339 text of a Timestamp, exactly as `Timestamp.ToJsonString` writes it (UTC, 0,
+    3, 6 or 9 fractional digits), the date and time cached per second: run events come many
+    a second."""
+    global _second
+    cached, prefix = _second
+    if seconds != cached:
+        prefix = (_EPOCH + dt.timedelta(seconds=seconds)).isoformat()
+        _second = (seconds, prefix)
+    if nanos == 0:
+        return prefix + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{prefix}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{prefix}.{nanos // 1000:06d}Z"
+    return f"{prefix}.{nanos:09d}Z"
+
+
+_DELTAS = {"text_delta": "textDelta", "reasoning_delta": "reasoningDelta"}
+"""The per-token payloads `event_dict` writes itself (each has one field, `text`), with
+their JSON names."""
+
+
 def event_dict(event: run_pb2.RunEvent) -> dict[str, Any]:
-    """proto3 JSON of a `RunEvent` as a dict (`to_dict`)."""
-    return json_format.MessageToDict(event)
+    """proto3 JSON of a `RunEvent` as a dict: `to_dict(event)`, keys in the same order."""
+    kind = event.WhichOneof("payload")
+    name = _DELTAS.get(kind) if kind is not None else None
+    if name is None:
+        return json_format.MessageToDict(event)
+    out: dict[str, Any] = {}
+    if event.run_id:
+        out["runId"] = event.run_id
+    if event.seq:
+        out["seq"] = str(event.seq)
+    if event.HasField("time"):
+        ts = event.time
+        out["time"] = timestamp_json(ts.seconds, ts.nanos)
+    if event.agent:
+        out["agent"] = event.agent
+    text = getattr(event, kind).text
+    out[name] = {"text": text} if text else {}
+    return out
 
 
 def event_json(event: run_pb2.RunEvent) -> bytes:
