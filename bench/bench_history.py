@@ -21,7 +21,9 @@ are printed and written as JSON to bench/results/history-<UTC date>.json.
 /tmp/base <rev>`) compares that tree's history-svc with this checkout's in one run: round
 after round (`--repeat`), alternating which goes first, each side on fresh replicas, a
 fresh database and Redis prefix (the client is this checkout's); prints the medians per
-side and the ratios new / baseline, writes nothing.
+side and the ratios new / baseline, writes nothing. `--cpu-only` measures only the CPU per
+call of a paced load's shapes (`paced_cpu`), skipping the throughput and latency figures
+(the quick loop while cutting CPU); it writes nothing either.
 """
 
 from __future__ import annotations
@@ -411,6 +413,10 @@ async def bench(args: argparse.Namespace, a: str, b: str, prefix: str, pid: int)
     starts: list[dict[str, float]] = []
     paced: list[dict[str, float]] = []
     for i in range(args.repeat):
+        if args.cpu_only:
+            paced.append(await paced_cpu(a, pid))
+            print(f"  run {i + 1}/{args.repeat}: CPU ms per call {paced[-1]}", file=sys.stderr)
+            continue
         throughput.append(await append_throughput(a, runs=args.runs, batches=args.batches))
         gets.append(await get_conversation(a, prefix, args.samples))
         watches.append(await watch_latency(a, b, args.samples))
@@ -424,6 +430,8 @@ async def bench(args: argparse.Namespace, a: str, b: str, prefix: str, pid: int)
             f"{starts[-1]['join_conversation_p50_ms']:.3f} ms, CPU ms per call {paced[-1]}",
             file=sys.stderr,
         )
+    if args.cpu_only:
+        return {"paced_cpu_ms": median_of(paced)}
     get = median_of(gets)
     return {
         "paced_cpu_ms": median_of(paced),
@@ -493,13 +501,13 @@ def compare(args: argparse.Namespace, baseline: Path) -> dict[str, Any]:
         for side in order:
             print(f"round {i + 1}/{rounds}: {side}", file=sys.stderr)
             result = one_side(args, sides[side])
-            figures[side].append({k: result[a][b] for k, (a, b) in COMPARED.items()})
+            figures[side].append({k: result[a][b] for k, (a, b) in COMPARED.items() if a in result})
     medians = {side: median_of(rows) for side, rows in figures.items()}
     return {
         "rounds": figures,
         "medians": medians,
         "ratio_new_over_baseline": {
-            k: round(medians["new"][k] / medians["baseline"][k], 3) for k in COMPARED
+            k: round(medians["new"][k] / medians["baseline"][k], 3) for k in medians["new"]
         },
     }
 
@@ -513,6 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=40, help="batches per appender")
     parser.add_argument("--samples", type=int, default=300, help="samples per latency figure")
     parser.add_argument("--quick", action="store_true", help="one short repetition (smoke test)")
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="only the CPU per call of the paced load's shapes (`paced_cpu`), no latency figures",
+    )
     parser.add_argument(
         "--baseline-tree",
         type=Path,
@@ -544,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **figures,
     }
     print(json.dumps(result, indent=2))
-    if not args.quick:
+    if not (args.quick or args.cpu_only):
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"history-{now:%Y-%m-%d}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
