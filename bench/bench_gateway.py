@@ -1,6 +1,8 @@
 """The gateway's SSE path: events/s one gateway process delivers, and what it adds to TTFT.
 
     python -m bench.bench_gateway [--clients 100] [--events 2000] [--ttft-runs 100] [--quick]
+    python -m bench.bench_gateway --paced [--baseline-tree DIR] [--rounds 3] [--nice -10]
+        [--paced-streams 100] [--paced-tokens 200] [--paced-window 6] [--paced-starts 200]
 
 Two measurements, each client in this process (a lean asyncio HTTP/1.1 client that decodes
 chunked bodies and counts SSE frames, so the client costs little CPU):
@@ -23,6 +25,18 @@ chunked bodies and counts SSE frames, so the client costs little CPU):
    request to the first `text_delta`, p50 / p99, sequentially and 20 at a time.
 
 Results: a table on stdout and `bench/results/gateway-<UTC time>.json`.
+
+`--paced` measures only the gateway's CPU at LLM pace (issue 19), as process CPU time from
+/proc: one `python -m chorus.gateway` in front of `PacedOrchestrator` (a WatchRuns served by
+the orchestrator's own multiplexer, in this process: `run_started`, one-word `text_delta`s at
+20 tokens/s, `run_completed`; no store, no model). Per round: `--paced-streams` SSE runs of
+`--paced-tokens` tokens started over 2 s (`POST /api/v1/runs/stream`), CPU per delivered token
+over `--paced-window` s in the middle of them (with tokens per body write: > 1 means the
+gateway fell behind and batched, which makes a token cheaper — compare rounds that agree);
+then CPU per run start over 2 × `--paced-starts` concurrent one-token SSE runs. With
+`--baseline-tree` (a checkout, e.g. a git worktree of an earlier commit) its gateway runs too
+(its `src` directories in front of `PYTHONPATH`), alternated round by round; medians and the
+ratio are printed. Rate limits stay on (at 1,000,000/minute).
 """
 
 from __future__ import annotations
@@ -321,6 +335,253 @@ async def paced_machinery(streams: int, events: int, interval_s: float) -> dict[
     }
 
 
+# --- 1c. the gateway at LLM pace: CPU per token and per run start, against a tree -----
+
+
+class PacedOrchestrator:
+    """A RunService whose WatchRuns serves runs at LLM pace over the orchestrator's own
+    multiplexer (`chorus.core.multiplex.MultiplexServer`, 5 ms ticks), in this process: a
+    started run is `run_started`, `tokens` one-word `text_delta` events `1 / tps` s apart,
+    then `run_completed`; a watch resumes after `after_seq`. `spec.input` "tokens=N"
+    overrides `tokens` for that run. No store, no model: only the gateway works."""
+
+    def __init__(self, tokens: int, tps: float) -> None:
+        self.tokens = tokens
+        self.tps = tps
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> str:
+        """Serve on 127.0.0.1:0; returns `host:port`."""
+        server = self.server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._watch_runs,
+            request_deserializer=run_service_pb2.WatchRunsRequest.FromString,
+            response_serializer=run_service_pb2.WatchRunsResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("chorus.v1.RunService", {"WatchRuns": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return f"127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+
+    async def _watch_runs(self, requests: Any, context: Any) -> Any:
+        from chorus.core.multiplex import MultiplexServer
+
+        update = run_service_pb2.WatchRunsResponse.Update
+
+        def build(updates: list[Any]) -> run_service_pb2.WatchRunsResponse:
+            return run_service_pb2.WatchRunsResponse(
+                updates=[update(watch_id=k, events=e, status=s) for k, e, s in updates]
+            )
+
+        mux: MultiplexServer[run_pb2.RunEvent, run_service_pb2.WatchRunsResponse]
+        mux = MultiplexServer(build, buffer_items=256, max_items=4096)
+
+        def handle(request: run_service_pb2.WatchRunsRequest) -> None:
+            action = request.WhichOneof("action")
+            if mux.flow(request.response_window, request.acknowledged) and not action:
+                return
+            key = request.watch_id
+            if action == "stop":
+                mux.stop(key)
+            elif action == "pause":
+                mux.pause(key)
+            elif action == "resume":
+                mux.resume(key)
+            elif action == "start":
+                text = request.start.input
+                tokens = int(text[7:]) if text.startswith("tokens=") else self.tokens
+                run_id = f"run-{key:08d}-0000-4000-8000-{os.urandom(6).hex()}"
+                mux.open(key, lambda out: self._run(out, run_id, tokens, 0))
+            elif action == "watch":
+                run_id = request.watch.run_id
+                mux.open(
+                    key, lambda out: self._run(out, run_id, self.tokens, request.watch.after_seq)
+                )
+
+        async for response in mux.serve(requests, handle):
+            yield response
+
+    async def _run(self, out: Any, run_id: str, tokens: int, after: int) -> None:
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        for seq in range(after + 1, tokens + 3):
+            event = run_pb2.RunEvent(run_id=run_id, seq=seq)
+            event.time.GetCurrentTime()
+            if seq == 1:
+                event.run_started.SetInParent()
+            elif seq == tokens + 2:
+                event.run_completed.final_answer = "done"
+            else:
+                event.agent = "writer"
+                event.text_delta.text = f" tok{seq}"
+                await asyncio.sleep(max(0.0, begin + (seq - 1) / self.tps - loop.time()))
+            await out.put(event)
+
+
+class _Tally:
+    events = 0
+
+
+async def _paced_stream(base: str, body: bytes, tally: _Tally) -> int:
+    """One `POST /api/v1/runs/stream` read to its end; counts frames into `tally`."""
+    url = urlsplit(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(
+        (
+            f"POST /api/v1/runs/stream HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Accept: text/event-stream\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    events = 0
+    try:
+        status = await reader.readuntil(b"\r\n")
+        if b" 200 " not in status:
+            raise RuntimeError(status.decode().strip())
+        while await reader.readuntil(b"\r\n") != b"\r\n":
+            pass
+        while True:  # chunked
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                break
+            n = (await reader.readexactly(size + 2)).count(b"\nid: ")
+            events += n
+            tally.events += n
+    finally:
+        writer.close()
+    return events
+
+
+def _start_body(tokens: int | None = None) -> bytes:
+    spec = one_agent_spec(1)
+    if tokens is not None:
+        spec.input = f"tokens={tokens}"
+    from google.protobuf import json_format
+
+    return orjson.dumps(json_format.MessageToDict(spec))
+
+
+def paced_gateway_env(address: str, tree: str | None) -> dict[str, str]:
+    env = {
+        "CHORUS_ORCHESTRATOR_ADDRESS": address,
+        "CHORUS_RATE_LIMIT_RUNS": "1000000/minute",
+        "CHORUS_RATE_LIMIT_MESSAGES": "1000000/minute",
+    }
+    if tree:
+        dists = ("core", "provider-svc", "history-svc", "orchestrator-svc", "gateway", "cli")
+        paths = [f"{tree}/{dist}/src" for dist in dists]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
+    return env
+
+
+async def paced_round(
+    tree: str | None,
+    streams: int,
+    tokens: int,
+    tps: float,
+    window_s: float,
+    starts: int,
+    nice: int = 0,
+) -> dict[str, float]:
+    """One gateway (from `tree`, or this checkout) in front of a `PacedOrchestrator`:
+    CPU per delivered token with `streams` live streams at `tps` (measured over `window_s`
+    in the middle of their runs), then CPU per run start over `starts` concurrent one-token
+    SSE runs (after one unmeasured batch, two batches). `nice` < 0: the gateway and this
+    process run at that priority (root), so other work on the machine does not starve
+    them into batching more events per write than they would alone."""
+    upstream = PacedOrchestrator(tokens, tps)
+    address = await upstream.start()
+    gateway = ServiceProcess(
+        "chorus.gateway",
+        env={
+            **SERVICE_ENV,
+            "CHORUS_GATEWAY_PORT": "0",
+            "CHORUS_AUTH_MODE": "none",
+            **paced_gateway_env(address, tree),
+        },
+    )
+    try:
+        base = "http://" + (await asyncio.to_thread(gateway.wait_ready, 60)).removeprefix("http://")
+        pid = gateway.proc.pid
+        if nice:  # on a shared machine: neither the gateway nor its feed starved by others
+            for who in (pid, os.getpid()):
+                os.setpriority(os.PRIO_PROCESS, who, nice)
+        tally = _Tally()
+        try:
+            await asyncio.gather(*(_paced_stream(base, _start_body(3), tally) for _ in range(20)))
+        except RuntimeError:
+            print("\n".join(gateway.lines[-20:]))
+            raise
+        body = _start_body()
+        ramp = 2.0
+        tasks = []
+        for _ in range(streams):
+            tasks.append(asyncio.create_task(_paced_stream(base, body, tally)))
+            await asyncio.sleep(ramp / streams)
+        await asyncio.sleep(1.0)
+        writes0 = await _scrape(base, "chorus_gateway_sse_writes_total")
+        cpu0, events0 = cpu_seconds(pid), tally.events
+        await asyncio.sleep(window_s)
+        cpu, events = cpu_seconds(pid) - cpu0, tally.events - events0
+        writes = await _scrape(base, "chorus_gateway_sse_writes_total") - writes0
+        await asyncio.gather(*tasks)
+        out = {
+            "cpu_ms_per_token": cpu * 1000 / max(events, 1),
+            "tokens": events,
+            "tokens_per_write": events / max(writes, 1),
+        }
+        one = _start_body(1)
+        await asyncio.gather(*(_paced_stream(base, one, tally) for _ in range(starts)))
+        cpu0 = cpu_seconds(pid)
+        for _ in range(2):
+            await asyncio.gather(*(_paced_stream(base, one, tally) for _ in range(starts)))
+        out["cpu_ms_per_start"] = (cpu_seconds(pid) - cpu0) * 1000 / (2 * starts)
+        return out
+    finally:
+        await asyncio.to_thread(gateway.stop)
+        await upstream.stop()
+
+
+def paced_compare(args: argparse.Namespace) -> None:
+    """`--paced`: this checkout's gateway against `--baseline-tree`'s, alternated."""
+    sides = {"new": None, "base": args.baseline_tree} if args.baseline_tree else {"new": None}
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+    for r in range(args.rounds):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for side in order:
+            row = asyncio.run(
+                paced_round(
+                    sides[side],
+                    args.paced_streams,
+                    args.paced_tokens,
+                    20.0,
+                    args.paced_window,
+                    args.paced_starts,
+                )
+            )
+            rows[side].append(row)
+            print(
+                f"round {r + 1} {side:>4}: {row['cpu_ms_per_token']:.4f} ms CPU/token "
+                f"({row['tokens']} tokens, {row['tokens_per_write']:.2f} per write), "
+                f"{row['cpu_ms_per_start']:.3f} ms CPU/run start "
+                f"(load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    for key in ("cpu_ms_per_token", "cpu_ms_per_start"):
+        med = {side: statistics.median(r[key] for r in rows[side]) for side in sides}
+        text = ", ".join(f"{side} {v:.4f}" for side, v in med.items())
+        if "base" in med:
+            text += f", new/base x{med['new'] / med['base']:.3f}"
+        print(f"median {key}: {text}", flush=True)
+
+
 # --- 2. TTFT -------------------------------------------------------------------------
 
 
@@ -444,7 +705,22 @@ def main() -> None:
     )
     parser.add_argument("--skip-ttft", action="store_true", help="only the SSE delivery part")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument(
+        "--paced",
+        action="store_true",
+        help="only the gateway at LLM pace (CPU per token, run start)",
+    )
+    parser.add_argument("--baseline-tree", help="--paced: also a gateway from this checkout")
+    parser.add_argument("--rounds", type=int, default=3, help="--paced: rounds per side")
+    parser.add_argument("--paced-streams", type=int, default=100)
+    parser.add_argument("--paced-tokens", type=int, default=200)
+    parser.add_argument("--paced-window", type=float, default=6.0)
+    parser.add_argument("--paced-starts", type=int, default=200)
+    parser.add_argument("--nice", type=int, default=0, help="--paced: priority (e.g. -10)")
     args = parser.parse_args()
+    if args.paced:
+        paced_compare(args)
+        return
     if args.quick:
         args.clients, args.events, args.ttft_runs = 20, 300, 20
     out: dict[str, Any] = {
