@@ -22,7 +22,8 @@ JSON lines `[receipt_s, lag_ms, stream, shown_ms]` (receipt in seconds since the
 began, lag in ms, the stream's index; in sse mode `shown_ms`, receipt minus the event's
 `time` — the orchestrator numbered it then — the part of the lag spent between the
 orchestrator's emit and this client: the store before show, the fan-out, the gateway; else
-null), and the result gains `lag_p99_window_s`: where the worst 1 % of
+null), then in sse mode one line per stream for its first token, lag null (a token's lag
+is `shown_ms - first shown_ms` + how late the orchestrator emitted it), and the result gains `lag_p99_window_s`: where the worst 1 % of
 lags were received (min, p50, max, seconds since the load began) and `first_token_last_s`,
 when the last stream's first token arrived (the end of the start burst).
 """
@@ -152,6 +153,7 @@ async def main() -> None:
     # (receipt - began, lag, stream, receipt - event time or None), seconds
     timeline: list[tuple[float, float, int, float | None]] = []
     first_tokens: list[float] = []  # each stream's first receipt - began, s
+    firsts: list[tuple[float, int, float]] = []  # (receipt - began, stream, shown), s
     total = 0
     events = 0
     errors: list[str] = []
@@ -220,6 +222,8 @@ async def main() -> None:
                     first = now
                     ttfts.append(now - start)
                     first_tokens.append(now - began)
+                    if stamps:
+                        firsts.append((now - began, index, time.time() - stamps[-1]))
                 elif args.lag and args.tokens_per_second:
                     lag = now - (first + count / args.tokens_per_second)
                     lags.append(lag)
@@ -268,6 +272,8 @@ async def main() -> None:
             f"[{t:.4f}, {1000 * lag:.2f}, {stream}, "
             f"{'null' if shown is None else round(1000 * shown, 2)}]\n"
             for t, lag, stream, shown in timeline
+        ) + "".join(
+            f"[{t:.4f}, null, {stream}, {1000 * shown:.2f}]\n" for t, stream, shown in firsts
         )
         await asyncio.to_thread(Path(args.lag_timeline).write_text, text)
     print(json.dumps(result))
