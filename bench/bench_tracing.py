@@ -20,6 +20,13 @@ Then, on the same stack, `--paced-runs` runs at once at LLM pace (the simulator 
 `--paced-tps` tokens/s, `--paced-tokens` each, one token per event): the services' CPU per
 1,000 tokens there is tracing's cost the way models stream.
 
+The services' CPU of a phase includes the spans it exported: a batch span processor exports
+what it buffered only every `OTEL_BSP_SCHEDULE_DELAY` (5 s) unless 512 spans wait, so most
+of a phase's encoding and sending happens after the load ends. Each phase is therefore
+followed by `SETTLE_S` of quiet on both sides, and the services' idle CPU over that long
+(measured on the stack before the first measured phase, once the warm-up's and TTFT's spans
+went out) is taken off. Also reported: each service's CPU per run of the throughput phase.
+
 Writes `bench/results/tracing-<date>.json` and prints a markdown table.
 """
 
@@ -30,12 +37,18 @@ import datetime as dt
 import json
 import os
 import statistics
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
 from bench.compare import side_env
 from bench.harness import RESULTS, Stack, load, postgres_database, redis_prefix, upstream
 from chorus.core.otlp_receiver import OtlpReceiver
+
+SETTLE_S = 6.0
+"""Quiet after each measured phase, seconds: longer than the batch span processor's default
+schedule delay (5 s), so the spans a phase made are exported inside its CPU window."""
 
 
 def tracing_env(receiver: OtlpReceiver) -> dict[str, str]:
@@ -55,26 +68,32 @@ def one_side(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
         gateway = chorus.addresses["gateway"]
         load("sse", gateway, 10, 20)  # warm-up: imports, caches, connections
         ttft = load("sse", gateway, 1, 20, "--repeats", str(args.ttft_repeats))
-        before = chorus.cpu_s()
-        throughput = load("sse", gateway, args.concurrency, args.tokens)
-        after = chorus.cpu_s()
+        time.sleep(SETTLE_S)  # the spans of the phases above go out before the idle window
+        idle = _cpu_of(chorus.cpu_s, lambda: time.sleep(SETTLE_S), None)[1]
+        throughput, by_service = _cpu_of(
+            chorus.cpu_s, lambda: load("sse", gateway, args.concurrency, args.tokens), idle
+        )
         paced_cpu_s = 0.0
         if args.paced_runs:
-            paced_before = chorus.cpu_s()
-            load(
-                "sse",
-                gateway,
-                args.paced_runs,
-                args.paced_tokens,
-                "--model",
-                "simulator/sim-fast",
-                "--tokens-per-second",
-                str(args.paced_tps),
+            paced_cpu_s = sum(
+                _cpu_of(
+                    chorus.cpu_s,
+                    lambda: load(
+                        "sse",
+                        gateway,
+                        args.paced_runs,
+                        args.paced_tokens,
+                        "--model",
+                        "simulator/sim-fast",
+                        "--tokens-per-second",
+                        str(args.paced_tps),
+                    ),
+                    idle,
+                )[1].values()
             )
-            paced_cpu_s = sum(chorus.cpu_s().values()) - sum(paced_before.values())
     # CPU the four services spent per 1,000 tokens streamed: unlike tokens/s, not moved by
     # what else the (shared) machine runs meanwhile.
-    cpu_s = sum(after.values()) - sum(before.values())
+    cpu_s = sum(by_service.values())
     tokens = args.concurrency * args.tokens
     paced_tokens = args.paced_runs * args.paced_tokens
     return {
@@ -85,8 +104,27 @@ def one_side(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
         "ttft": ttft,
         "throughput": throughput,
         "cpu_ms_per_1k_tokens": round(cpu_s * 1e6 / tokens, 2),
-        "cpu_s_by_service": {k: round(after[k] - before[k], 3) for k in after},
+        "cpu_s_by_service": {k: round(v, 3) for k, v in by_service.items()},
+        "cpu_ms_per_run_by_service": {
+            k: round(v * 1e3 / args.concurrency, 3) for k, v in by_service.items()
+        },
     }
+
+
+def _cpu_of(
+    cpu_s: Callable[[], dict[str, float]],
+    phase: Callable[[], Any],
+    idle: dict[str, float] | None,
+) -> tuple[Any, dict[str, float]]:
+    """Run `phase`, then stay quiet `SETTLE_S`; return what `phase` returned and the CPU
+    seconds each service spent meanwhile, less its `idle` CPU over `SETTLE_S` (None: less
+    nothing; that is how `idle` itself is measured)."""
+    before = cpu_s()
+    result = phase()
+    if idle is not None:
+        time.sleep(SETTLE_S)  # the exporters' schedule delay: the phase's spans go out
+    after = cpu_s()
+    return result, {k: after[k] - before[k] - (idle[k] if idle else 0.0) for k in after}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,6 +172,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 if args.paced_runs
                 else None
             ),
+            "cpu_ms_per_run_by_service": {
+                name: round(
+                    statistics.median(r["cpu_ms_per_run_by_service"][name] for r in rounds), 3
+                )
+                for name in rounds[0]["cpu_ms_per_run_by_service"]
+            },
         }
     off, on = figures["off"], figures["on"]
     figures["ttft_delta_ms"] = round(on["ttft_p50_ms"] - off["ttft_p50_ms"], 2)
@@ -167,6 +211,22 @@ def table(f: dict[str, Any]) -> str:
             f"tokens: off {f['off']['paced_cpu_ms_per_1k_tokens']} ms, on "
             f"{f['on']['paced_cpu_ms_per_1k_tokens']} ms, ×{f['paced_cpu_ratio']}",
         ]
+    per_run = {side: f[side]["cpu_ms_per_run_by_service"] for side in ("off", "on")}
+    rows += [
+        "",
+        "| services' CPU per run ‡ | " + " | ".join(per_run["off"]) + " |",
+        "|---|" + "---|" * len(per_run["off"]),
+        *(
+            f"| {side} | " + " | ".join(f"{v} ms" for v in per_run[side].values()) + " |"
+            for side in ("off", "on")
+        ),
+        "| on vs off | "
+        + " | ".join(
+            f"×{per_run['on'][k] / per_run['off'][k]:.3f}" if per_run["off"][k] else "–"
+            for k in per_run["off"]
+        )
+        + " |",
+    ]
     loads = [r["load_avg"] for side in f["rounds"].values() for r in side]
     return (
         "\n".join(rows)
