@@ -97,3 +97,27 @@ def test_a_service_whose_log_pipe_is_gone_still_shuts_down_in_order():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_child_can_log_a_burst_without_waiting_for_its_reader(tmp_path: Path):
+    """`ServiceProcess` gives the child's stderr a pipe of `LOG_PIPE_BYTES`: a burst of log
+    lines (1,000 run starts log ~670 KB) goes into it in one write, however slow the reader
+    thread is to be scheduled (with the kernel's 64 KiB the write stops part-way and a
+    service's event loop waits)."""
+    burst = 600_000
+    script = tmp_path / "burst.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "fd = sys.stderr.fileno()\n"
+        "os.set_blocking(fd, False)\n"
+        f"blob = (('x' * 99) + chr(10)).encode() * {burst // 100}\n"
+        "written = os.write(fd, blob)\n"
+        "os.set_blocking(fd, True)\n"
+        "line = json.dumps({'event': 'wrote', 'address': str(written)})\n"
+        "os.write(fd, (line + chr(10)).encode())\n"
+    )
+    proc = ServiceProcess(str(script), log_event="wrote")
+    try:
+        assert proc.wait_ready(60) == str(burst)
+    finally:
+        proc.stop()

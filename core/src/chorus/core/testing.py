@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -89,6 +90,13 @@ def traced_in_memory(*, capture: bool = False) -> Iterator[InMemorySpanExporter]
 
 
 READY_TIMEOUT_S = 120.0
+
+LOG_PIPE_BYTES = 1 << 20
+"""Capacity of a child's stderr pipe (Linux `F_SETPIPE_SZ`; 1 MiB is the default
+`/proc/sys/fs/pipe-max-size`). With the kernel's 64 KiB, a burst of log lines (1,000 run
+starts: ~2 lines of ~335 bytes each) fills the pipe whenever the reader thread is slow to be
+scheduled, and the service's event loop blocks in its log write: a stall a container
+runtime's log driver does not cause, measured as lag in the benchmarks."""
 """How long a test waits for a service process to log its address, seconds: a wait on a
 condition, so only a failing start pays it; generous because on a loaded 2-core machine
 (load average 20-50 while a CI run shares it) importing grpc and autogen alone took 44 s."""
@@ -119,6 +127,9 @@ class ServiceProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert self.proc.stderr is not None
+        with contextlib.suppress(OSError):  # a smaller limit: the kernel's default stays
+            fcntl.fcntl(self.proc.stderr.fileno(), fcntl.F_SETPIPE_SZ, LOG_PIPE_BYTES)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
