@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -119,10 +121,11 @@ async def test_a_new_channel_does_not_inherit_a_failed_connection_to_its_address
         await pbg.ProviderServiceStub(old).ListModels(request, metadata=AUTH, timeout=5)
         await first.stop(0)
         refused = 0
-        while refused < 3:  # the old channel's connection attempts are refused
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await pbg.ProviderServiceStub(old).ListModels(request, metadata=AUTH, timeout=5)
-            refused += "connections to all backends failing" in (failed.value.details() or "")
+        async with asyncio.timeout(30):
+            while refused < 3:  # the old channel's connection attempts are refused
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await pbg.ProviderServiceStub(old).ListModels(request, metadata=AUTH, timeout=5)
+                refused += "connections to all backends failing" in (failed.value.details() or "")
         second = provider_grpc_server(RecordingProvider(), settings, port)
         await second.start()
         try:

@@ -291,7 +291,8 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 """Trailing metadata of a rich error status (google.rpc.Status, AIP-193), which Chorus
 servers attach to every error they answer (`chorus.core.interceptors`)."""
 
-_SERVER_GONE_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+SERVER_GONE_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+"""Codes of a call whose server went away or is shutting down (`server_went_away`)."""
 
 
 def server_went_away(err: grpc.aio.AioRpcError) -> bool:
@@ -302,7 +303,7 @@ def server_went_away(err: grpc.aio.AioRpcError) -> bool:
     missing `grpc-status-details-bin`, which every error a Chorus server answers carries.
     Every other code (NOT_FOUND, PERMISSION_DENIED, a server's own INTERNAL, …) is final."""
     code = err.code()
-    if code in _SERVER_GONE_CODES:
+    if code in SERVER_GONE_CODES:
         return True
     return code == grpc.StatusCode.INTERNAL and not any(
         key == STATUS_DETAILS_KEY for key, _ in err.trailing_metadata() or ()

@@ -90,6 +90,9 @@ def traced_in_memory(*, capture: bool = False) -> Iterator[InMemorySpanExporter]
 
 
 READY_TIMEOUT_S = 120.0
+"""How long a test waits for a service process to log its address, seconds: a wait on a
+condition, so only a failing start pays it; generous because on a loaded 2-core machine
+(load average 20-50 while a CI run shares it) importing grpc and autogen alone took 44 s."""
 
 LOG_PIPE_BYTES = 1 << 20
 """Capacity of a child's stderr pipe (Linux `F_SETPIPE_SZ`; 1 MiB is the default
@@ -97,9 +100,6 @@ LOG_PIPE_BYTES = 1 << 20
 starts: ~2 lines of ~335 bytes each) fills the pipe whenever the reader thread is slow to be
 scheduled, and the service's event loop blocks in its log write: a stall a container
 runtime's log driver does not cause, measured as lag in the benchmarks."""
-"""How long a test waits for a service process to log its address, seconds: a wait on a
-condition, so only a failing start pays it; generous because on a loaded 2-core machine
-(load average 20-50 while a CI run shares it) importing grpc and autogen alone took 44 s."""
 
 
 class ServiceProcess:
@@ -128,7 +128,7 @@ class ServiceProcess:
             text=True,
         )
         assert self.proc.stderr is not None
-        with contextlib.suppress(OSError):  # a smaller limit: the kernel's default stays
+        with contextlib.suppress(OSError):  # over pipe-max-size, unprivileged: 64 KiB stays
             fcntl.fcntl(self.proc.stderr.fileno(), fcntl.F_SETPIPE_SZ, LOG_PIPE_BYTES)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

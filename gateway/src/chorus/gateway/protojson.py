@@ -10,9 +10,10 @@ Conventions (the protobuf defaults, used everywhere — REST, SSE `data:`, WebSo
 
 Run events go through `json_format` like every other message, but for the per-token
 payloads (`text_delta`, `reasoning_delta`): `event_dict` writes those itself, the same dict
-(keys in field order, so the same bytes) at a third of the CPU — the encoding was ~10 % of the
-gateway's CPU per token at LLM pace (issue 19; tests compare both ways byte for byte and
-fail when either payload gains a field).
+(keys in field order, so the same bytes) — 0.75 µs instead of 13.9 µs per event as received
+from WatchRuns, 14–28 % of the gateway's CPU per token at LLM pace (issue 19, bench/README.md
+"Session 14"; tests compare both ways byte for byte and fail when either payload gains a
+field).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from chorus.core import tracing
-from chorus.core.errors import ChorusError, Unavailable, server_went_away
+from chorus.core.errors import SERVER_GONE_CODES, ChorusError, Unavailable, server_went_away
 from chorus.core.identity import REQUEST_ID_KEY, USER_KEY
 from chorus.core.logging import get_logger
 from chorus.core.multiplex import MultiplexClient, Stream, StreamSink, Update
@@ -66,8 +66,6 @@ CANCEL_TIMEOUT_S = 10.0
 """Deadline of the CancelRun a reattached `ON_DISCONNECT_CANCEL` watch sends when its client
 leaves."""
 
-_REATTACH_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
-
 
 def reattachable(error: BaseException) -> bool:
     """Whether a watch that ended with `error` may be opened again on another replica: the
@@ -77,7 +75,7 @@ def reattachable(error: BaseException) -> bool:
     if isinstance(error, grpc.aio.AioRpcError):
         return server_went_away(error)
     if isinstance(error, ChorusError):  # StatusError of one watch; Unavailable: call ended
-        return error.code in _REATTACH_CODES
+        return error.code in SERVER_GONE_CODES
     return False
 
 
