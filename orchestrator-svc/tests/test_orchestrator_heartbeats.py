@@ -1,5 +1,6 @@
-"""Heartbeats: one RecordRunHeartbeats call carries every live run's heartbeat, and its
-answer delivers what other replicas recorded (a cancel).
+"""Heartbeats: one RecordRunHeartbeats call carries up to `HEARTBEATS_PER_CALL` live runs'
+heartbeats, a round's calls are spread over the interval, and a call's answer delivers
+what other replicas recorded (a cancel).
 
 Calls are counted on history-svc's own gRPC server metric (`grpc_server_started_total`;
 history-svc runs in this process), not on a mock. The stack's heartbeat loop is slowed
@@ -23,6 +24,7 @@ from orchestrator_helpers import (
 from prometheus_client import REGISTRY
 
 from chorus.core.testing import wait_for
+from chorus.orchestrator import recovery
 from chorus.orchestrator.history import HistoryClient
 from chorus.orchestrator.recovery import Liveness
 from chorus.v1 import history_service_pb2 as hs
@@ -97,3 +99,31 @@ async def test_one_round_is_one_call_for_every_live_run_and_delivers_a_recorded_
     assert heartbeat_failures() - failures == beating == len(runs) - 1
     for client, run in zip(clients, runs, strict=True):
         await client.cancel(run.id)
+
+
+@pytest.mark.parametrize("history_backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("orchestrator_values", [QUIET], indirect=True)
+async def test_a_round_spreads_its_calls_over_the_interval(
+    stack: Stack, alice: RunClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round of 5 runs at 2 heartbeats per call is 3 calls, started spread_s / 3 apart:
+    the runs of the last call are stamped (by history-svc's clock) about 2/3 of spread_s
+    after those of the first, and every run beats once."""
+    monkeypatch.setattr(recovery, "HEARTBEATS_PER_CALL", 2)
+    runs = [await alice.create(spec(team_spec=SLOW_DUET)) for _ in range(5)]
+    live = stack.orchestrator.manager.live_runs
+    await wait_for(lambda: stack.provider.simulator.active_streams == len(runs), timeout=20)
+    await wait_for(lambda: all(live[r.id].log.stored_seq >= 3 for r in runs), timeout=20)
+    order = [run_id for run_id in live if run_id in {r.id for r in runs}]
+
+    calls = history_calls("RecordRunHeartbeats")
+    await stack.orchestrator.manager.liveness.heartbeat_all(spread_s=1.5)
+    assert history_calls("RecordRunHeartbeats") - calls == 3
+
+    client = stack.history_client(alice.user)
+    stamps = [(await client.record(r)).heartbeat_time.ToNanoseconds() / 1e9 for r in order]
+    assert stamps[1] - stamps[0] < 0.4  # the same call
+    assert 0.4 <= stamps[2] - stamps[0] < 1.0  # the next call, 0.5 s later
+    assert 0.9 <= stamps[4] - stamps[0] < 1.5  # the last call, 1.0 s later
+    for run in runs:
+        await alice.cancel(run.id)

@@ -6,8 +6,10 @@
   an old epoch (FAILED_PRECONDITION, LEASE_LOST) — so an owner frozen past its lease
   (SIGSTOP, a long pause, a cut network) cannot write into a run someone else took over.
 * **Heartbeats.** Every `heartbeat_interval_s` this replica writes `heartbeat_time` (and
-  turns, usage, last stored seq) into the record of every run it executes, all runs in one
-  RecordRunHeartbeats call (per 1000). The answer is the stored records, which is how a
+  turns, usage, last stored seq) into the record of every run it executes, in
+  RecordRunHeartbeats calls of up to `HEARTBEATS_PER_CALL` runs spread evenly over the
+  interval (a call holds its runs' rows while history-svc writes them, and those runs'
+  appends wait: one call for 1,000 runs stalled every live stream each second). The answer is the stored records, which is how a
   cancel recorded by another replica (`cancellation`) reaches the run's owner, and how the
   owner learns that its lease was lost or that someone else ended its run.
 * **Sweep.** At start and every `sweep_interval_s`, this replica looks for active runs
@@ -70,8 +72,13 @@ from chorus.v1 import run_pb2
 
 log = get_logger("chorus.orchestrator.recovery")
 
-HEARTBEATS_PER_CALL = 1000
-"""Heartbeats per RecordRunHeartbeats call (the contract's limit)."""
+HEARTBEATS_PER_CALL = 100
+"""Heartbeats per RecordRunHeartbeats call (the contract allows 1,000). history-svc holds a
+call's run rows locked for its whole transaction (read, rules, write), and every append of
+those runs waits for it: at 1,000 live runs in one call, every stream stalled 100–200 ms
+once a second, which set the 1,000 slow streams' lag p99 (bench/README.md, session 15).
+Calls of 100, spread over the interval, stall a tenth of the runs for about a tenth as long,
+for ~1.5 ms more of history-svc's CPU per extra call."""
 LEASE_LOST = "LEASE_LOST"
 """ErrorInfo reason of a write refused for a stale lease epoch (another replica claimed
 the run)."""
@@ -198,9 +205,7 @@ class Liveness:
     def start(self) -> None:
         """Start the heartbeat and sweep loops (the first sweep runs at once)."""
         self._tasks = [
-            asyncio.create_task(
-                self._loop(self.heartbeat_all, self._settings.heartbeat_interval_s)
-            ),
+            asyncio.create_task(self._heartbeat_loop()),
             asyncio.create_task(self._sweep_loop()),
         ]
 
@@ -228,6 +233,22 @@ class Liveness:
                     "liveness_step_failed", step=getattr(step, "__name__", "?"), error=repr(exc)
                 )
 
+    async def _heartbeat_loop(self) -> None:
+        """`heartbeat_all` every `heartbeat_interval_s`, at a fixed rate (a round's calls are
+        spread over the interval, so a round lasts about an interval itself: waiting a
+        whole interval after it would stretch a run's heartbeat period to two)."""
+        self._as_system()
+        interval = self._settings.heartbeat_interval_s
+        clock = asyncio.get_running_loop()
+        next_at = clock.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - clock.time()))
+            next_at = max(next_at + interval, clock.time())
+            try:
+                await self.heartbeat_all(spread_s=interval)
+            except Exception as exc:  # a bad round must not end the loop
+                log.warning("liveness_step_failed", step="heartbeat_all", error=repr(exc))
+
     async def _sweep_loop(self) -> None:
         self._as_system()
         if self.history_ready is not None:
@@ -241,22 +262,39 @@ class Liveness:
         await self._loop(self.sweep, self._settings.sweep_interval_s)
 
     # ----------------------------------------------------------------- heartbeats
-    async def heartbeat_all(self) -> None:
+    async def heartbeat_all(self, spread_s: float = 0.0) -> None:
         """One heartbeat for every live run: one RecordRunHeartbeats call per
         `HEARTBEATS_PER_CALL` runs, as the internal service identity (the runs belong to
         many users); each run then acts on its stored record (`LiveRun.on_heartbeat`).
+        The calls start `spread_s` / their number apart (the heartbeat loop spreads them
+        over its interval; 0: all at once); returns when every call has been answered.
 
         A failed call is counted (`chorus_orchestrator_run_heartbeat_failures_total`, per run) and
         logged; its runs beat again next round. A run left out of the answer has been
         deleted: it stops without writing anything more (issue 23).
         """
-        runs = [r for r in self._live_runs().values() if not r.log.ended and not r.releasing]
+        runs = list(self._live_runs().values())
         chunks = [
             runs[i : i + HEARTBEATS_PER_CALL] for i in range(0, len(runs), HEARTBEATS_PER_CALL)
         ]
-        await asyncio.gather(*(self._heartbeat_chunk(chunk) for chunk in chunks))
+        gap_s = spread_s / len(chunks) if chunks else 0.0
+        calls: list[asyncio.Task[None]] = []
+        try:
+            for i, chunk in enumerate(chunks):
+                if i and gap_s:
+                    await asyncio.sleep(gap_s)
+                calls.append(asyncio.create_task(self._heartbeat_chunk(chunk)))
+            await asyncio.gather(*calls)
+        finally:
+            for call in calls:  # stopped meanwhile: no call outlives the loop
+                call.cancel()
 
     async def _heartbeat_chunk(self, runs: list[LiveRun]) -> None:
+        # Taken when the call goes: a run that ended or is being handed over since the
+        # round began sends no heartbeat.
+        runs = [r for r in runs if not r.log.ended and not r.releasing]
+        if not runs:
+            return
         try:
             stored = await self._history.record_heartbeats(
                 identity.SYSTEM_USER, [run.heartbeat() for run in runs]
