@@ -283,6 +283,18 @@ async def test_watchers_wake_on_new_events_and_when_the_log_closes() -> None:
     await asyncio.wait_for(waiter, 1)
 
 
+async def test_a_watcher_resumes_in_the_loop_turn_after_its_event_is_stored() -> None:
+    """Every loop turn between a stored event and its watcher is latency on every delta's
+    way to the screen (3–10 ms a turn while a burst of runs starts): one turn, no more."""
+    log = new_log(Store())
+    watchers = [asyncio.create_task(log.wait_beyond(0)) for _ in range(3)]
+    await started_tasks()
+    log.emit_stored(started())
+    await asyncio.sleep(0)  # one turn: the watchers' wake-ups run in it
+    assert all(w.done() for w in watchers)
+    log.close()
+
+
 async def test_one_call_carries_the_deltas_of_every_run_marked_in_one_loop_step() -> None:
     store = Store()
     flusher = DeltaFlusher(store.many)

@@ -28,6 +28,7 @@ Hot path (`emit_delta`): no task, no timer, no await — one list append and one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from array import array
@@ -116,7 +117,7 @@ class RunEventLog:
         self._emit_lock = asyncio.Lock()
         self._barrier: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Future[None] | None = None  # the flusher's batch
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # one per watcher waiting
         self._last_delta = -math.inf  # loop time of the last emit_delta
         self._held = held
         self.ended = False
@@ -317,10 +318,7 @@ class RunEventLog:
         self._stored = self._pending[count - 1].seq
         del self._pending[:count]
         self._trim()
-        waiter = self._waiter  # log before show: watchers wake for stored events only
-        if waiter is not None:
-            self._waiter = None
-            waiter.set_result(None)
+        self._wake_watchers()  # log before show: watchers wake for stored events only
 
     # The flusher's side (chorus.orchestrator.flusher): take, then stored or failed.
 
@@ -387,14 +385,27 @@ class RunEventLog:
     async def wait_beyond(self, seq: int) -> None:
         """Return once an event with seq greater than `seq` is stored, or the log was
         closed."""
+        # A future per watcher, not one shared behind asyncio.shield: a watcher that goes
+        # away cancels only its own, and the wake-up is one loop turn, not two (shield's
+        # callback, then the task) — under a burst of run starts a turn of the
+        # orchestrator's loop took 3–10 ms, on the path of every delta to its watchers.
         while self._stored <= seq and not self.closed:
-            if self._waiter is None:
-                self._waiter = self._loop.create_future()
-            await asyncio.shield(self._waiter)
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                with contextlib.suppress(ValueError):  # woken meanwhile: already taken
+                    self._waiters.remove(waiter)
+                raise
+
+    def _wake_watchers(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def close(self) -> None:
         """The run's task is over: the flusher drops the log, every watcher wakes."""
         self.closed = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.set_result(None)
+        self._wake_watchers()
