@@ -9,9 +9,10 @@
   turns, usage, last stored seq) into the record of every run it executes, in
   RecordRunHeartbeats calls of up to `HEARTBEATS_PER_CALL` runs spread evenly over the
   interval (a call holds its runs' rows while history-svc writes them, and those runs'
-  appends wait: one call for 1,000 runs stalled every live stream each second). The answer is the stored records, which is how a
-  cancel recorded by another replica (`cancellation`) reaches the run's owner, and how the
-  owner learns that its lease was lost or that someone else ended its run.
+  appends wait: one call for 1,000 runs stalled every live stream each second). The
+  answer is the stored records, which is how a cancel recorded by another replica
+  (`cancellation`) reaches the run's owner, and how the owner learns that its lease was
+  lost or that someone else ended its run.
 * **Sweep.** At start and every `sweep_interval_s`, this replica looks for active runs
   whose lease is free — released by an owner that handed them over, or whose heartbeat is
   older than `lease_duration_s` (and, at start, those recorded under this replica's own
@@ -205,7 +206,11 @@ class Liveness:
     def start(self) -> None:
         """Start the heartbeat and sweep loops (the first sweep runs at once)."""
         self._tasks = [
-            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(
+                self._loop(
+                    self._heartbeat_round, self._settings.heartbeat_interval_s, fixed_rate=True
+                )
+            ),
             asyncio.create_task(self._sweep_loop()),
         ]
 
@@ -222,10 +227,19 @@ class Liveness:
     def _as_system() -> None:
         identity.set_identity(identity.Identity(identity.SYSTEM_USER, "internal"))
 
-    async def _loop(self, step: Callable[[], Awaitable[object]], interval: float) -> None:
+    async def _loop(
+        self, step: Callable[[], Awaitable[object]], interval: float, *, fixed_rate: bool = False
+    ) -> None:
+        """`step` every `interval` seconds: `interval` after the last one ended, or with
+        `fixed_rate` `interval` after the last one began (at once when it overran) — the
+        heartbeat round spreads its calls over the interval and so lasts about one itself:
+        waiting a whole interval after it would stretch a run's heartbeat period to two."""
         self._as_system()
+        clock = asyncio.get_running_loop()
+        next_at = clock.time() + interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, next_at - clock.time()) if fixed_rate else interval)
+            next_at = max(next_at + interval, clock.time())
             try:
                 await step()
             except Exception as exc:  # a bad round must not end the loop
@@ -233,21 +247,9 @@ class Liveness:
                     "liveness_step_failed", step=getattr(step, "__name__", "?"), error=repr(exc)
                 )
 
-    async def _heartbeat_loop(self) -> None:
-        """`heartbeat_all` every `heartbeat_interval_s`, at a fixed rate (a round's calls are
-        spread over the interval, so a round lasts about an interval itself: waiting a
-        whole interval after it would stretch a run's heartbeat period to two)."""
-        self._as_system()
-        interval = self._settings.heartbeat_interval_s
-        clock = asyncio.get_running_loop()
-        next_at = clock.time() + interval
-        while True:
-            await asyncio.sleep(max(0.0, next_at - clock.time()))
-            next_at = max(next_at + interval, clock.time())
-            try:
-                await self.heartbeat_all(spread_s=interval)
-            except Exception as exc:  # a bad round must not end the loop
-                log.warning("liveness_step_failed", step="heartbeat_all", error=repr(exc))
+    async def _heartbeat_round(self) -> None:
+        """`heartbeat_all`, its calls spread over the heartbeat interval."""
+        await self.heartbeat_all(spread_s=self._settings.heartbeat_interval_s)
 
     async def _sweep_loop(self) -> None:
         self._as_system()
