@@ -295,6 +295,24 @@ async def test_the_first_item_of_an_idle_stream_does_not_wait_for_the_tick() -> 
     h.server.stop(2)
 
 
+async def test_an_item_put_as_urgent_does_not_wait_for_the_tick() -> None:
+    h = Harness(tick_s=60, idle_s=60)  # a tick no test would wait for
+    more = asyncio.Event()
+
+    async def produce(outbox: Outbox[int]) -> None:
+        await outbox.put(1)
+        await more.wait()
+        await outbox.put(2)  # within the tick and not idle: held
+        await outbox.put(3, urgent=True)  # e.g. a turn's first token: goes, with 2
+        await asyncio.Event().wait()
+
+    h.send(lambda: h.server.open(1, produce))
+    assert await h.next() == [(1, [1], None)]
+    more.set()
+    assert await h.next() == [(1, [2, 3], None)]  # Harness.next gives up after 5 s
+    h.server.stop(1)
+
+
 async def test_a_stream_whose_buffer_is_full_does_not_wait_for_the_tick() -> None:
     h = Harness(tick_s=60, idle_s=60, buffer_items=3)
 

@@ -6,6 +6,7 @@ protocol errors that end the call."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import grpc
@@ -25,6 +26,8 @@ from orchestrator_helpers import (
 
 from chorus.core.errors import from_status
 from chorus.core.identity import SYSTEM_USER, TOKEN_KEY, USER_KEY
+from chorus.core.multiplex import MultiplexServer
+from chorus.orchestrator import watches
 from chorus.v1 import run_pb2, run_service_pb2_grpc
 from chorus.v1 import run_service_pb2 as rs
 
@@ -167,6 +170,29 @@ async def test_with_a_response_window_nothing_more_goes_out_until_acknowledged(
     assert watches.status[1].code == 0
     assert watches.events[1] == await alice.watch(run_id)
     assert len(watches.responses) < len(watches.events[1]) / 4  # gathered, not one by one
+
+
+async def test_a_turns_first_token_does_not_wait_for_the_calls_tick(
+    stack: Stack, alice: RunClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tick (and an idle time) no test would wait for: only urgent news goes out.
+    slow = functools.partial(MultiplexServer, tick_s=60, idle_s=60)
+    monkeypatch.setattr(watches, "MultiplexServer", slow)
+    paced = duet(turns=2, simulator=sim(tokens_per_second=20.0, output_tokens=4))
+    w = WatchRunsClient(stack)
+    await w.send(1, user=alice.user, start=spec(team_spec=paced))
+
+    def first_tokens() -> list[run_pb2.RunEvent]:
+        """Each turn's first token received: a text_delta right after another kind."""
+        got, kinds = [], [e.WhichOneof("payload") for e in w.events.get(1, [])]
+        for i, kind in enumerate(kinds):
+            if kind == "text_delta" and i and kinds[i - 1] != "text_delta":
+                got.append(w.events[1][i])
+        return got
+
+    async with asyncio.timeout(10):  # each turn's events reach its first token within ~1 s
+        await w.read_until(lambda: len(first_tokens()) == 2)
+    assert [e.agent for e in first_tokens()] == ["Ada", "Blaise"]
 
 
 @pytest.mark.parametrize(

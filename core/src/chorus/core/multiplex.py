@@ -18,7 +18,9 @@ for the tick's end and leaves with everything else gathered by then, so many slo
 (100 runs × 20 tokens/s, each token its own item) cost ~200 responses/s, not one per item.
 Nothing waits when the call was quiet for a tick (a lone item goes out at once), nor for
 the first item of a stream that had nothing for `IDLE_S` (a run's first event, the first
-token of a turn: time to first token is not taxed), nor for a stream whose buffer is full.
+token of a turn: time to first token is not taxed), nor for an item its producer puts as
+urgent (WatchRuns: a turn's first token, which follows its run's other events within a
+tick), nor for a stream whose buffer is full.
 An outbox holds at most `buffer_items` unsent items, then its producer waits; a paused
 stream sends nothing until resumed.
 With a response window (`flow`, announced by the client) at most that many responses
@@ -109,19 +111,23 @@ class Outbox(Generic[T]):
         self.paused = False
         self._last_put = -math.inf  # loop time of the last put
 
-    async def put(self, item: T) -> None:
-        """Queue `item`; waits while the stream is paused or holds `buffer_items` unsent."""
+    async def put(self, item: T, *, urgent: bool = False) -> None:
+        """Queue `item`; waits while the stream is paused or holds `buffer_items` unsent.
+        `urgent`: the item does not wait for the tick, as the first item of an idle stream
+        (the producer knows better: the first token after other news, say)."""
         server = self._server
         items = self.items
         items.append(item)
         now = server._loop.time()
-        idle = now - self._last_put >= server._idle
+        urgent = urgent or now - self._last_put >= server._idle
         self._last_put = now
         full = len(items) >= server._buffer
         if not self.paused:
             if self.key not in server._news:
                 server._news[self.key] = self
-                server._wake_sender(urgent=idle)
+                server._wake_sender(urgent=urgent)
+            elif urgent:
+                server._wake_sender(urgent=True)
             if full:
                 server._wake_sender(urgent=True)
         if self.paused or full:

@@ -9,14 +9,15 @@ client (`chorus.core.multiplex.MultiplexServer`):
 * a follower task per watch reads `RunManager.watch` (the same per-run stream StreamRun
   and WatchRun serve: memory, history-svc catch-up, the terminal event last) into the
   watch's outbox;
-* one sender gathers every watch with news into one response each time it runs.
+* one sender gathers every watch with news into one response each time it runs, at most
+  one per tick on a busy call, but at once for a turn's first token (`_TOKENS`).
 
 Flow control: a watch holds at most `WATCH_BUFFER_EVENTS` unsent events, then its
 follower waits (the run's log keeps the rest, history-svc beyond it); the client pauses a
 watch whose consumer is slow and resumes it later, and gRPC's own flow control slows the
 whole call when the client reads slowly. A client that announces a `response_window`
 acknowledges what it read and gets at most that many responses ahead of it, news
-gathered meanwhile (the gateway: 2), so a reader whose event loop is busy gets few large
+gathered meanwhile (the gateway: 1), so a reader whose event loop is busy gets few large
 responses instead of a backlog of small ones.
 
 A watch ends with an update whose `status` is OK after its terminal event, or the error
@@ -59,6 +60,11 @@ MAX_EVENTS_PER_RESPONSE = 4096
 """Most events in one response (~0.5–1 MB); the rest go in the next one."""
 MAX_WATCHES_PER_CALL = 100_000
 """Most watches open at once on one call; more end at once with RESOURCE_EXHAUSTED."""
+
+_TOKENS = frozenset({"text_delta", "reasoning_delta"})
+"""The per-token events. The first after any other event (a turn's first token, which
+comes within a tick of its `agent_started`) goes without waiting for the call's tick: time
+to first token is not taxed (`chorus.core.multiplex`); the ones after it share responses."""
 
 _Update = rs.WatchRunsResponse.Update
 _METHOD = "/chorus.v1.RunService/WatchRuns"
@@ -194,8 +200,14 @@ class _Follower:
             self.run_id, after_seq = request.watch.run_id, request.watch.after_seq
         del request
         put = outbox.put
+        first = True  # the next token is the first after other events: it does not wait
         async for event in self._manager.watch(self.user, self.run_id, after_seq):
-            await put(event)
+            if event.WhichOneof("payload") in _TOKENS:
+                await put(event, urgent=first)
+                first = False
+            else:
+                await put(event)
+                first = True
 
     def disconnected(self) -> None:
         """The watch was stopped (or its call ended) before the run's end."""
