@@ -295,22 +295,39 @@ async def test_the_first_item_of_an_idle_stream_does_not_wait_for_the_tick() -> 
     h.server.stop(2)
 
 
-async def test_an_item_put_as_urgent_does_not_wait_for_the_tick() -> None:
+async def test_an_urgent_item_goes_at_once_unless_other_news_waits_for_the_tick() -> None:
     h = Harness(tick_s=60, idle_s=60)  # a tick no test would wait for
-    more = asyncio.Event()
+    go_1, more, go_2 = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def produce(outbox: Outbox[int]) -> None:
+    async def one(outbox: Outbox[int]) -> None:
         await outbox.put(1)
+        await go_1.wait()
+        await outbox.put(2, urgent=True)  # nothing else waits: at once
         await more.wait()
-        await outbox.put(2)  # within the tick and not idle: held
-        await outbox.put(3, urgent=True)  # e.g. a turn's first token: goes, with 2
+        await outbox.put(3)  # within the tick and not idle: held
         await asyncio.Event().wait()
 
-    h.send(lambda: h.server.open(1, produce))
+    async def two(outbox: Outbox[int]) -> None:
+        await outbox.put(20)
+        await go_2.wait()
+        await outbox.put(21, urgent=True)  # stream 1's news waits: this one too
+        await asyncio.Event().wait()
+
+    h.send(lambda: h.server.open(1, one))
     assert await h.next() == [(1, [1], None)]
+    h.send(lambda: h.server.open(2, two))
+    assert await h.next() == [(2, [20], None)]  # a stream's first item
+    go_1.set()
+    assert await h.next() == [(1, [2], None)]  # Harness.next gives up after 5 s
     more.set()
-    assert await h.next() == [(1, [2, 3], None)]  # Harness.next gives up after 5 s
+    go_2.set()
+    waiting = asyncio.ensure_future(h.next())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # both wait for the tick's end, to leave in one response
+    waiting.cancel()
     h.server.stop(1)
+    h.server.stop(2)
 
 
 async def test_a_stream_whose_buffer_is_full_does_not_wait_for_the_tick() -> None:

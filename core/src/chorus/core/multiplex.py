@@ -19,8 +19,8 @@ for the tick's end and leaves with everything else gathered by then, so many slo
 Nothing waits when the call was quiet for a tick (a lone item goes out at once), nor for
 the first item of a stream that had nothing for `IDLE_S` (a run's first event, the first
 token of a turn: time to first token is not taxed), nor for an item its producer puts as
-urgent (WatchRuns: a turn's first token, which follows its run's other events within a
-tick), nor for a stream whose buffer is full.
+urgent while no other stream's news waits (WatchRuns: a turn's first token, which follows
+its run's other events within a tick), nor for a stream whose buffer is full.
 An outbox holds at most `buffer_items` unsent items, then its producer waits; a paused
 stream sends nothing until resumed.
 With a response window (`flow`, announced by the client) at most that many responses
@@ -113,20 +113,25 @@ class Outbox(Generic[T]):
 
     async def put(self, item: T, *, urgent: bool = False) -> None:
         """Queue `item`; waits while the stream is paused or holds `buffer_items` unsent.
-        `urgent`: the item does not wait for the tick, as the first item of an idle stream
-        (the producer knows better: the first token after other news, say)."""
+        `urgent` (the producer knows: a turn's first token, say): the item does not wait
+        for the tick when no other stream's news does — on a busy call it leaves with them
+        at the tick's end, so many streams' urgent items cost no more responses."""
         server = self._server
         items = self.items
         items.append(item)
         now = server._loop.time()
-        urgent = urgent or now - self._last_put >= server._idle
+        idle = now - self._last_put >= server._idle
         self._last_put = now
         full = len(items) >= server._buffer
         if not self.paused:
-            if self.key not in server._news:
-                server._news[self.key] = self
-                server._wake_sender(urgent=urgent)
-            elif urgent:
+            news = server._news
+            mine = self.key in news
+            if urgent and len(news) > mine:  # another stream's news waits: this one too
+                urgent = False
+            if not mine:
+                news[self.key] = self
+                server._wake_sender(urgent=idle or urgent)
+            elif urgent:  # with this stream's own news held so far
                 server._wake_sender(urgent=True)
             if full:
                 server._wake_sender(urgent=True)
