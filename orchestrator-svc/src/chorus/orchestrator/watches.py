@@ -10,7 +10,8 @@ client (`chorus.core.multiplex.MultiplexServer`):
   and WatchRun serve: memory, history-svc catch-up, the terminal event last) into the
   watch's outbox;
 * one sender gathers every watch with news into one response each time it runs, at most
-  one per tick on a busy call, but at once for a turn's first token (`_TOKENS`).
+  one per tick on a busy call; a turn's first token goes at once when no other watch's
+  news waits for the tick (`_TOKENS`).
 
 Flow control: a watch holds at most `WATCH_BUFFER_EVENTS` unsent events, then its
 follower waits (the run's log keeps the rest, history-svc beyond it); the client pauses a
@@ -63,8 +64,9 @@ MAX_WATCHES_PER_CALL = 100_000
 
 _TOKENS = frozenset({"text_delta", "reasoning_delta"})
 """The per-token events. The first after any other event (a turn's first token, which
-comes within a tick of its `agent_started`) goes without waiting for the call's tick: time
-to first token is not taxed (`chorus.core.multiplex`); the ones after it share responses."""
+comes within a tick of its `agent_started`) is put as urgent: it does not wait for the
+call's tick unless other watches' news does (`chorus.core.multiplex`), so time to first
+token is not taxed; the ones after it share responses."""
 
 _Update = rs.WatchRunsResponse.Update
 _METHOD = "/chorus.v1.RunService/WatchRuns"
