@@ -400,6 +400,8 @@ class RunEventLog:
                 raise
 
     def _wake_watchers(self) -> None:
+        if not self._waiters:  # every stored batch comes here: no new list when none wait
+            return
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
